@@ -1,0 +1,19 @@
+"""Backbones: one file per model family, behind the `Backbone` protocol and a registry keyed by name."""
+
+from setseq.backbones.base import (
+    Backbone,
+    BackboneInfo,
+    PromptEmbeds,
+    load_backbone,
+    register_backbone,
+    registered_backbones,
+)
+
+__all__ = [
+    "Backbone",
+    "BackboneInfo",
+    "PromptEmbeds",
+    "load_backbone",
+    "register_backbone",
+    "registered_backbones",
+]

@@ -1,0 +1,137 @@
+"""The one small interface that hides backbone differences, and the registry keyed by name.
+
+A backbone owns the frozen pieces of a text-to-video model (text encoder, video codec, DiT) and the few
+operations the Set-and-Sequence recipes need. Everything trainable lives in `setseq.lora`, injected into
+`backbone.transformer`. Shapes: videos are `(B, F, 3, H, W)` in [-1, 1]; latents are `(B, C, f, h, w)`,
+already normalised the way the DiT was trained on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from setseq.errors import SetseqError
+
+
+@dataclass
+class PromptEmbeds:
+    """Text-encoder output for a batch of prompts.
+
+    embeds: (B, L, D) hidden states, zero beyond each prompt's length (the way Wan pads).
+    mask:   (B, L) bool, True on real tokens (token masking only drops real tokens).
+    """
+
+    embeds: torch.Tensor
+    mask: torch.Tensor
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> PromptEmbeds:
+        return PromptEmbeds(self.embeds.to(device=device, dtype=dtype or self.embeds.dtype), self.mask.to(device))
+
+
+@dataclass
+class BackboneInfo:
+    """Static facts about a backbone, used for validation, cache keys and defaults."""
+
+    name: str  # registry name: "wan", "toy", ...
+    model_id: str  # local folder or hub id it was loaded from
+    fingerprint: str  # short hash of the model's configs: part of every cache key and LoRA metadata
+    height: int  # default generation/training size
+    width: int
+    frames: int  # default clip length
+    frame_multiple: int  # valid clip lengths are frame_multiple * k + 1 (4 for Wan's causal VAE)
+    spatial_multiple: int  # height and width must be multiples of this (VAE stride * patch size)
+    supports_self_conditioning: bool = False
+    # Module-name patterns (regex, matched with re.search on names inside `transformer`) of the linears that
+    # carry LoRA by default: every linear of self-attention, cross-attention and FFN in the DiT blocks.
+    lora_targets: tuple[str, ...] = ()
+    extra: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """What a text-to-video backbone provides to the recipes. One implementation per model family."""
+
+    info: BackboneInfo
+    transformer: torch.nn.Module  # the DiT; LoRA layers are injected into its linears
+    device: torch.device
+    dtype: torch.dtype  # compute dtype of the frozen weights
+
+    def encode_prompt(self, prompts: list[str]) -> PromptEmbeds:
+        """Encode prompts with the frozen text encoder."""
+        ...
+
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, F, 3, H, W) in [-1, 1] -> normalised latents (B, C, f, h, w). F == 1 gives a 1-frame latent."""
+        ...
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents (B, C, f, h, w) -> video (B, F, 3, H, W) in [-1, 1]."""
+        ...
+
+    def sample_sigmas(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Noise levels sigma in (0, 1), (B,), drawn the way the backbone was trained."""
+        ...
+
+    def predict(
+        self,
+        noisy: torch.Tensor,
+        sigmas: torch.Tensor,
+        prompt: PromptEmbeds,
+        self_cond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The DiT's flow-matching prediction (velocity noise - x0) for noisy latents at sigmas (B,)."""
+        ...
+
+    def generate(
+        self,
+        prompt: str,
+        negative_prompt: str = "",
+        *,
+        frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        steps: int = 30,
+        guidance_scale: float = 5.0,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Text-to-video with classifier-free guidance. Returns (F, 3, H, W) in [-1, 1], on CPU."""
+        ...
+
+
+BackboneLoader = Callable[[str, torch.device, torch.dtype], Backbone]
+_REGISTRY: dict[str, BackboneLoader] = {}
+
+
+def register_backbone(name: str) -> Callable[[BackboneLoader], BackboneLoader]:
+    """Decorator: register a loader `(model_id, device, dtype) -> Backbone` under `name`."""
+
+    def deco(fn: BackboneLoader) -> BackboneLoader:
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def registered_backbones() -> list[str]:
+    _import_builtin()
+    return sorted(_REGISTRY)
+
+
+def _import_builtin() -> None:
+    # Imported lazily so that `setseq --help` stays fast (diffusers takes seconds to import).
+    from setseq.backbones import toy, wan  # noqa: F401
+
+
+def load_backbone(
+    name: str, model_id: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> Backbone:
+    """Load a backbone by registry name from a local folder or hub id."""
+    _import_builtin()
+    if name not in _REGISTRY:
+        raise SetseqError(f"unknown backbone '{name}'", f"use one of: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](model_id, torch.device(device), dtype)
