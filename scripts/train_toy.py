@@ -1,0 +1,263 @@
+"""Train the toy text-to-video model from scratch on the synthetic world (CPU, wall-clock budgeted).
+
+    python scripts/train_toy.py --out src/setseq/assets/toy --minutes 55
+
+Read top to bottom: setup (model, codec statistics, optimizer), train (flow matching on 9-frame clips and on
+single frames as 1-frame videos, self-conditioning on half of the steps, 10% empty prompts for CFG, EMA),
+save (EMA weights as a toy model folder, periodically and at the end), cleanup.
+
+The learning-rate schedule runs on elapsed *time*, not steps (warmup, then cosine to `lr_min` at the end of
+the budget), so a run on a machine shared with other jobs still ends on time with a finished schedule.
+Held-out (colour, shape) and (shape, motion) combinations of `setseq.data.synthetic` are never shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from setseq.backbones.toy import ToyBackbone, build_toy_components, save_toy_model, toy_config
+from setseq.data import synthetic as S
+from setseq.functional.flow_matching import flow_matching_loss, interpolate, x0_from_velocity
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="src/setseq/assets/toy", help="toy model folder to write")
+    p.add_argument("--minutes", type=float, default=55.0, help="wall-clock training budget")
+    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: budget only)")
+    p.add_argument("--batch", type=int, default=24, help="9-frame clips per video step")
+    p.add_argument("--image-batch", type=int, default=64, help="frames per image step (1-frame videos)")
+    p.add_argument("--image-frac", type=float, default=0.25, help="fraction of steps that are image steps")
+    p.add_argument("--simple-frac", type=float, default=0.5, help="fraction of simple specs (solid, plain, no dynamics)")
+    p.add_argument("--empty-prompt", type=float, default=0.1, help="probability of an empty prompt (CFG)")
+    p.add_argument("--self-cond", type=float, default=0.5, help="probability of a self-conditioning step")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-min", type=float, default=2e-5)
+    p.add_argument("--warmup-minutes", type=float, default=1.5)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--ema", type=float, default=0.998)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--head-dim", type=int, default=32)
+    p.add_argument("--ffn", type=int, default=512)
+    p.add_argument("--freeze-text", action="store_true", help="keep the random UMT5 frozen (default: train it)")
+    p.add_argument("--frames", type=int, default=9)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--ckpt-minutes", type=float, default=8.0)
+    return p.parse_args()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data: rendered on the fly (a clip renders in ~1 ms), never held out
+# ---------------------------------------------------------------------------------------------------------
+
+
+def sample_batch(
+    rng: np.random.Generator, n: int, frames: int, size: int, simple_frac: float, empty_prompt: float, image: bool
+) -> tuple[torch.Tensor, list[str]]:
+    """(n, F, 3, H, W) in [-1, 1] and captions. `image`: one random frame of each clip, as a 1-frame video."""
+    clips, captions = [], []
+    for _ in range(n):
+        spec = S.sample_spec(rng, allow_held_out=False, simple=bool(rng.random() < simple_frac))
+        video = S.render(spec, frames=frames, size=size, seed=int(rng.integers(1 << 30)))  # (F, H, W, 3) uint8
+        if image:
+            f = int(rng.integers(frames))
+            video = video[f : f + 1]
+        clips.append(video)
+        captions.append("" if rng.random() < empty_prompt else S.caption(spec))
+    x = torch.from_numpy(np.stack(clips)).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
+    return x, captions
+
+
+def pixel_statistics(rng: np.random.Generator, args: argparse.Namespace, n: int = 2000) -> tuple[list[float], list[float]]:
+    """Per-RGB mean/std of training pixels in [-1, 1]: the codec's normalisation, stored in toy_config.json."""
+    x, _ = sample_batch(rng, n, args.frames, args.size, args.simple_frac, 0.0, image=False)
+    mean = x.mean(dim=(0, 1, 3, 4))
+    std = x.std(dim=(0, 1, 3, 4))
+    return [round(float(v), 5) for v in mean], [round(float(v), 5) for v in std]
+
+
+def lr_at(elapsed: float, budget: float, args: argparse.Namespace) -> float:
+    warm = args.warmup_minutes * 60.0
+    if elapsed < warm:
+        return args.lr * max(elapsed / warm, 0.01)
+    frac = min(1.0, (elapsed - warm) / max(budget - warm, 1.0))
+    return args.lr_min + 0.5 * (args.lr - args.lr_min) * (1.0 + math.cos(math.pi * frac))
+
+
+def main() -> None:
+    args = parse_args()
+    # 1. setup
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # logs live outside the model folder while it is being swapped; each save copies them in
+    log_dir = Path(tempfile.mkdtemp(prefix="setseq_train_toy_"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_txt = open(log_dir / "train_log.txt", "w")
+    log_jsonl = open(log_dir / "train_log.jsonl", "w")
+
+    def log(msg: str, record: dict | None = None) -> None:
+        print(msg, flush=True)
+        log_txt.write(msg + "\n")
+        log_txt.flush()
+        if record is not None:
+            log_jsonl.write(json.dumps(record) + "\n")
+            log_jsonl.flush()
+
+    mean, std = pixel_statistics(rng, args)
+    cfg = toy_config(
+        height=args.size,
+        width=args.size,
+        frames=args.frames,
+        pixel_mean=mean,
+        pixel_std=std,
+        transformer={
+            "num_layers": args.layers,
+            "num_attention_heads": args.heads,
+            "attention_head_dim": args.head_dim,
+            "ffn_dim": args.ffn,
+        },
+    )
+    comps = build_toy_components(cfg, seed=args.seed)
+    model = ToyBackbone(comps, model_id=str(out), freeze=False)
+    model.transformer.train()
+    model.text_encoder.train()
+    if args.freeze_text:
+        model.text_encoder.requires_grad_(False)
+    params = [p for m in (model.transformer, model.text_encoder) for p in m.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.99),
+    )
+    ema = [p.detach().clone() for p in params]
+    n_tr = sum(p.numel() for p in model.transformer.parameters())
+    n_te = sum(p.numel() for p in model.text_encoder.parameters())
+    log(
+        f"toy training: transformer {n_tr / 1e6:.2f}M params, text encoder {n_te / 1e6:.2f}M "
+        f"({'frozen' if args.freeze_text else 'trained'}), pixel mean {mean} std {std}",
+        {"event": "start", "args": vars(args), "transformer_params": n_tr, "text_encoder_params": n_te},
+    )
+
+    def save(step: int, elapsed: float, final: bool) -> None:
+        # EMA weights into a copy of the model, written to a temporary folder, then swapped in.
+        snap = copy.deepcopy(comps)
+        snap_params = [p for m in (snap.transformer, snap.text_encoder) for p in m.parameters()]
+        live = [p for m in (model.transformer, model.text_encoder) for p in m.parameters()]
+        ema_of = {id(p): e for p, e in zip(params, ema)}
+        with torch.no_grad():
+            for sp, lp in zip(snap_params, live):
+                sp.copy_(ema_of.get(id(lp), lp.detach()))
+        snap.transformer.eval()
+        snap.text_encoder.eval()
+        tmp = out.parent / f".{out.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        extra = {"step": step, "minutes": round(elapsed / 60.0, 2), "final": final, "ema": args.ema, "args": vars(args)}
+        save_toy_model(tmp, snap, extra=extra)
+        for name in ("train_log.txt", "train_log.jsonl"):
+            shutil.copy2(log_dir / name, tmp / name)
+        keep = [p for p in ("eval_toy.json", "eval_toy.txt") if (out / p).exists()]
+        for p in keep:
+            shutil.copy2(out / p, tmp / p)
+        old = out.parent / f".{out.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+        log(f"saved {'final' if final else 'checkpoint'} (EMA) to {out} at step {step}", {"event": "save", "step": step})
+
+    # 2. train
+    budget = args.minutes * 60.0
+    start = time.time()
+    last_ckpt = start
+    step = 0
+    window: dict[str, list[float]] = {"video": [], "image": []}
+    t_window = time.time()
+    while True:
+        elapsed = time.time() - start
+        if elapsed >= budget or (args.max_steps and step >= args.max_steps):
+            break
+        lr = lr_at(elapsed, budget, args)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        image = bool(rng.random() < args.image_frac)
+        n = args.image_batch if image else args.batch
+        video, captions = sample_batch(rng, n, args.frames, args.size, args.simple_frac, args.empty_prompt, image)
+        x0 = model.encode_video(video)  # (B, 48, F, 8, 8)
+        noise = torch.randn_like(x0)
+        sigmas = model.sample_sigmas(n)
+        noisy = interpolate(x0, noise, sigmas)
+        prompt = model.encode_prompt(captions)
+        self_cond = None
+        if rng.random() < args.self_cond:
+            # FIT / RIN self-conditioning: a first pass with zeros gives an x0 estimate, fed back detached.
+            with torch.no_grad():
+                detached = type(prompt)(prompt.embeds.detach(), prompt.mask)
+                self_cond = x0_from_velocity(noisy, model.predict(noisy, sigmas, detached), sigmas)
+        pred = model.predict(noisy, sigmas, prompt, self_cond=self_cond)
+        loss = flow_matching_loss(pred, x0, noise)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"non-finite loss at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        decay_now = min(args.ema, (1.0 + step) / (10.0 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - decay_now)
+        window["image" if image else "video"].append(float(loss))
+
+        if step % args.log_every == 0:
+            elapsed = time.time() - start
+            rec = {
+                "event": "train",
+                "step": step,
+                "elapsed_s": round(elapsed, 1),
+                "lr": lr,
+                "loss_video": float(np.mean(window["video"])) if window["video"] else None,
+                "loss_image": float(np.mean(window["image"])) if window["image"] else None,
+                "grad_norm": float(gnorm),
+                "s_per_step": round((time.time() - t_window) / args.log_every, 3),
+            }
+            log(
+                f"step {step:6d}  {elapsed / 60:6.2f} min  lr {lr:.2e}  loss video {rec['loss_video'] or float('nan'):.4f}"
+                f"  image {rec['loss_image'] or float('nan'):.4f}  gnorm {float(gnorm):.3f}  {rec['s_per_step']:.3f} s/step",
+                rec,
+            )
+            window = {"video": [], "image": []}
+            t_window = time.time()
+        if time.time() - last_ckpt > args.ckpt_minutes * 60.0:
+            save(step, time.time() - start, final=False)
+            last_ckpt = time.time()
+
+    # 3. save
+    elapsed = time.time() - start
+    log(f"done: {step} steps in {elapsed / 60:.1f} min", {"event": "done", "step": step, "elapsed_s": round(elapsed, 1)})
+    save(step, elapsed, final=True)
+    # 4. cleanup
+    log_txt.close()
+    log_jsonl.close()
+
+
+if __name__ == "__main__":
+    main()

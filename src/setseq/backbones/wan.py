@@ -1,0 +1,201 @@
+"""Wan 2.1 / 2.2 text-to-video through diffusers (`WanPipeline`, `WanTransformer3DModel`, `AutoencoderKLWan`).
+
+Loads any diffusers-format Wan T2V checkpoint from a local folder or a hub id. Latents are normalised with
+the VAE's `latents_mean` / `latents_std`, exactly as `WanPipeline` un-normalises them before decoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from setseq.backbones.base import BackboneInfo, PromptEmbeds, register_backbone
+from setseq.errors import SetseqError
+from setseq.functional import flow_matching as fm
+
+# Every linear of self-attention (attn1), cross-attention (attn2, incl. Wan 2.1 I2V's image projections)
+# and FFN inside the DiT blocks. Names are those of diffusers' WanTransformer3DModel.
+WAN_LORA_TARGETS = (
+    r"^blocks\.\d+\.attn1\.(to_q|to_k|to_v|to_out\.0)$",
+    r"^blocks\.\d+\.attn2\.(to_q|to_k|to_v|to_out\.0|add_k_proj|add_v_proj)$",
+    r"^blocks\.\d+\.ffn\.net\.(0\.proj|2)$",
+)
+MAX_SEQUENCE_LENGTH = 512  # WanPipeline's default text length
+
+
+def _fingerprint(configs: list[dict]) -> str:
+    """Architecture identity: a hash of the component configs (LoRA compatibility, part of cache keys)."""
+    return hashlib.sha256(json.dumps(configs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _plain_config(cfg) -> dict:
+    return {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
+
+
+class WanBackbone:
+    """Wan T2V behind the `Backbone` protocol."""
+
+    def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype) -> None:
+        if getattr(pipe, "transformer_2", None) is not None:
+            raise SetseqError(
+                "this Wan 2.2 checkpoint has two experts (transformer and transformer_2), which setseq does not train yet",
+                "use a single-transformer Wan 2.1 or Wan 2.2 TI2V-5B checkpoint",
+            )
+        self.pipe = pipe
+        self.transformer = pipe.transformer
+        self.vae = pipe.vae
+        self.text_encoder = pipe.text_encoder
+        self.tokenizer = pipe.tokenizer
+        self.device = device
+        self.dtype = dtype
+        vcfg, tcfg = self.vae.config, self.transformer.config
+        self.z_dim = vcfg.z_dim
+        self.latents_mean = torch.tensor(vcfg.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        self.latents_std = torch.tensor(vcfg.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        st = int(getattr(vcfg, "scale_factor_temporal", 4))
+        ss = int(getattr(vcfg, "scale_factor_spatial", 8))
+        patch = tuple(tcfg.patch_size)
+        self.flow_shift = float(getattr(pipe.scheduler.config, "flow_shift", None) or getattr(pipe.scheduler.config, "shift", 3.0))
+        self.expand_timesteps = bool(getattr(pipe.config, "expand_timesteps", False))
+        small = tcfg.num_layers * tcfg.num_attention_heads * tcfg.attention_head_dim < 4096 * 8
+        self.info = BackboneInfo(
+            name="wan",
+            model_id=model_id,
+            fingerprint=_fingerprint([_plain_config(tcfg), _plain_config(vcfg), self.text_encoder.config.to_dict()]),
+            # Wan's native 480p size; tiny test models default to a tiny size.
+            height=32 if small else 480,
+            width=32 if small else 832,
+            frames=9 if small else 33,
+            frame_multiple=st,
+            spatial_multiple=ss * patch[1],
+            supports_self_conditioning=False,
+            lora_targets=WAN_LORA_TARGETS,
+            extra={"flow_shift": self.flow_shift, "vae_scale_factor_spatial": ss, "patch_size": patch},
+        )
+
+    # -- text ------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str]) -> PromptEmbeds:
+        # Same steps as WanPipeline._get_t5_prompt_embeds, keeping the attention mask for token masking.
+        from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+
+        texts = [prompt_clean(p) for p in prompts]
+        tok = self.tokenizer(
+            texts,
+            padding="max_length",
+            max_length=MAX_SEQUENCE_LENGTH,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        ids, mask = tok.input_ids.to(self.device), tok.attention_mask.to(self.device)
+        hidden = self.text_encoder(ids, mask).last_hidden_state.float()  # (B, L, D)
+        real = mask.bool()
+        hidden = hidden * real.unsqueeze(-1)  # Wan zero-pads beyond each prompt's length
+        return PromptEmbeds(hidden, real)
+
+    # -- video <-> latents -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        x = video.to(self.device, self.vae.dtype).permute(0, 2, 1, 3, 4)  # (B, F, 3, H, W) -> (B, 3, F, H, W)
+        z = self.vae.encode(x).latent_dist.mode().float()  # (B, C, f, h, w); the mean: deterministic caches
+        return (z - self.latents_mean.to(z.device)) / self.latents_std.to(z.device)
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        z = latents.float() * self.latents_std.to(latents.device) + self.latents_mean.to(latents.device)
+        x = self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0]  # (B, 3, F, H, W)
+        return x.float().clamp(-1, 1).permute(0, 2, 1, 3, 4)
+
+    # -- diffusion -------------------------------------------------------------------------------------------
+    def sample_sigmas(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        # Wan's schedulers sample in shifted time (flow_shift); training draws u uniformly and applies it.
+        return fm.sample_sigmas(batch, shift=self.flow_shift, weighting="uniform", generator=generator, device=self.device)
+
+    def predict(
+        self,
+        noisy: torch.Tensor,
+        sigmas: torch.Tensor,
+        prompt: PromptEmbeds,
+        self_cond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if self_cond is not None:
+            raise SetseqError("Wan has no self-conditioning input", "set regularizers.self_conditioning=0 for this backbone")
+        t = sigmas.to(self.device).float() * 1000.0  # (B,)
+        if self.expand_timesteps:
+            # Wan 2.2 TI2V takes one timestep per latent patch (all equal for text-to-video).
+            p = self.transformer.config.patch_size
+            n = (noisy.shape[2] // p[0]) * (noisy.shape[3] // p[1]) * (noisy.shape[4] // p[2])
+            t = t[:, None].expand(-1, n)
+        out = self.transformer(
+            hidden_states=noisy.to(self.dtype),
+            timestep=t,
+            encoder_hidden_states=prompt.embeds.to(self.dtype),
+            return_dict=False,
+        )[0]
+        return out.float()
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: str,
+        negative_prompt: str = "",
+        *,
+        frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        steps: int = 30,
+        guidance_scale: float = 5.0,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        self.pipe.set_progress_bar_config(disable=not progress)
+        out = self.pipe(
+            prompt=prompt,
+            negative_prompt=negative_prompt or None,
+            height=height or self.info.height,
+            width=width or self.info.width,
+            num_frames=frames or self.info.frames,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            generator=torch.Generator(device="cpu").manual_seed(seed),
+            output_type="pt",
+            max_sequence_length=MAX_SEQUENCE_LENGTH,
+        ).frames  # (B, F, 3, H, W) in [0, 1]
+        return (out[0].float().cpu() * 2.0 - 1.0).clamp(-1, 1)
+
+
+@register_backbone("wan")
+def load_wan(model_id: str, device: torch.device, dtype: torch.dtype) -> WanBackbone:
+    """Load a diffusers-format Wan T2V checkpoint (local folder or hub id). Only safetensors are read."""
+    from diffusers import WanPipeline
+
+    local = Path(model_id)
+    if local.exists() and not (local / "model_index.json").is_file():
+        raise SetseqError(
+            f"{model_id} is not a diffusers Wan checkpoint (no model_index.json)",
+            "point --model at the folder that holds model_index.json, transformer/, vae/, text_encoder/ and tokenizer/",
+        )
+    try:
+        pipe = WanPipeline.from_pretrained(model_id, torch_dtype=dtype, use_safetensors=True)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = (
+            "download it first (huggingface-cli download <id> --local-dir DIR) and pass the folder"
+            if not local.exists()
+            else "check that the folder is a complete diffusers Wan checkpoint with safetensors weights"
+        )
+        raise SetseqError(f"cannot load Wan model '{model_id}': {first}", hint) from None
+    # Keep the VAE in fp32 on CPU-sized runs; upcasting it is the usual advice for Wan's VAE.
+    pipe.vae.to(torch.float32)
+    pipe.to(device)
+    for m in (pipe.transformer, pipe.vae, pipe.text_encoder):
+        m.requires_grad_(False)
+        m.eval()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return WanBackbone(pipe, str(model_id), device, dtype)

@@ -1,0 +1,242 @@
+"""The `setseq` command line: each subcommand is one typed function; `main` maps argv onto them.
+
+Heavy imports (torch, diffusers) happen inside the functions so that `setseq --help` is instant.
+User errors (`SetseqError`) are printed as one line, without a traceback, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from setseq.errors import SetseqError
+
+
+def _size(text: str) -> list[int]:
+    """'480x832' -> [480, 832]; '256' -> [256, 256]."""
+    try:
+        parts = [int(p) for p in text.lower().replace("*", "x").split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 480x832 (height x width), got {text!r}") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"size must look like 480x832 (height x width), got {text!r}")
+    return parts
+
+
+def _quiet() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import diffusers
+        import transformers
+
+        diffusers.utils.logging.set_verbosity_error()
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+    import torch
+
+    if torch.get_num_threads() > os.cpu_count():  # type: ignore[operator]
+        torch.set_num_threads(os.cpu_count() or 1)
+
+
+def _model_flags(model: str | None, backbone: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if model is not None:
+        out["path"] = model
+        out["backbone"] = backbone or ("toy" if model == "toy" else "wan")
+    elif backbone is not None:
+        out["backbone"] = backbone
+    return out
+
+
+def cmd_train(
+    video: str | None,
+    out: str,
+    model: str | None = None,
+    backbone: str | None = None,
+    token: str | None = None,
+    class_word: str | None = None,
+    action: str | None = None,
+    camera: str | None = None,
+    config: str | None = None,
+    frames: int | None = None,
+    fps: float | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    size: list[int] | None = None,
+    resume: bool = False,
+    init_lora: str | None = None,
+    overrides: list[str] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Personalize a model to one video (stage 1 + stage 2)."""
+    from setseq.config import resolve_config
+    from setseq.train.run import train
+
+    _quiet()
+    if resume:
+        if any(v is not None for v in (video, model, token, class_word, config, frames, fps, size, init_lora)) or overrides:
+            raise SetseqError("--resume continues a run exactly with its saved config; other flags are not allowed with it",
+                              "drop the other flags, or start a new run with --init-lora")
+        return train(None, out, resume=True, progress=progress)  # type: ignore[arg-type]
+    flags: dict[str, Any] = {}
+    if m := _model_flags(model, backbone):
+        flags["model"] = m
+    data = {k: v for k, v in dict(video=video, frames=frames, fps=fps, start=start, end=end, size=size).items() if v is not None}
+    if data:
+        flags["data"] = data
+    concept = {k: v for k, v in dict(token=token, class_word=class_word, action=action, camera=camera).items() if v is not None}
+    if concept:
+        flags["concept"] = concept
+    cfg = resolve_config(config, flags, overrides)
+    return train(cfg, out, init_lora=init_lora, progress=progress)
+
+
+def cmd_generate(
+    run: str | None,
+    prompts: list[str],
+    out: str,
+    model: str | None = None,
+    backbone: str | None = None,
+    identity_scale: float | None = None,
+    motion_scale: float | None = None,
+    cfg: float | None = None,
+    steps: int = 30,
+    seed: int = 0,
+    size: list[int] | None = None,
+    frames: int | None = None,
+    negative_prompt: str = "",
+    device: str = "auto",
+    dtype: str = "float32",
+) -> list[Path]:
+    """Generate videos with a run's LoRA on its model, or with the base model alone."""
+    from setseq.infer.generate import GenerateOptions, Personalized, generate_to_files
+
+    _quiet()
+    pm = Personalized.load(run, model, backbone, device=device, dtype=dtype)
+    opts = GenerateOptions(identity_scale, motion_scale, cfg, steps, seed, frames,
+                           size[0] if size else None, size[1] if size else None, negative_prompt)
+    results = generate_to_files(pm, prompts, opts, out)
+    for r in results:
+        print(f"wrote {r.mp4} and {r.png}  ({r.prompt!r})")
+    return [r.mp4 for r in results if r.mp4]
+
+
+def cmd_export(run: str, fmt: str, out: str, identity_scale: float | None = None, motion_scale: float | None = None,
+               dtype: str = "float32") -> Path:
+    """Export a run's LoRA to diffusers, ComfyUI, identity-only or motion-only files."""
+    import torch
+
+    from setseq.export import export_file, load_setseq
+
+    lora = load_setseq(run)
+    path = export_file(lora, fmt, out, identity_scale, motion_scale, dtype={"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype])
+    print(f"wrote {path} ({fmt})")
+    return path
+
+
+def cmd_info(run: str) -> dict[str, Any]:
+    """Print what a run folder (or a setseq.safetensors file) holds."""
+    from setseq.info import describe_run
+
+    text, data = describe_run(Path(run))
+    print(text)
+    return data
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="setseq", description="Set-and-Sequence: personalize a text-to-video DiT to a dynamic concept from one video.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="personalize a model to one video (stage 1 + stage 2)")
+    t.add_argument("--video", help="the input video (any container PyAV reads)")
+    t.add_argument("--out", required=True, help="run folder")
+    t.add_argument("--model", help="'toy' (default), or a Wan checkpoint: local folder or hub id")
+    t.add_argument("--backbone", help="backbone family (default: wan for any --model other than toy)")
+    t.add_argument("--token", help="concept token [v] (default sks)")
+    t.add_argument("--class-word", help="class word, e.g. person")
+    t.add_argument("--action", help="coarse action words for T_motion, e.g. 'dancing'")
+    t.add_argument("--camera", help="camera words for T_motion, e.g. 'static camera'")
+    t.add_argument("--config", help="YAML run config")
+    t.add_argument("--frames", type=int, help="clip length (4k+1 for Wan)")
+    t.add_argument("--fps", type=float, help="resample the video to this frame rate")
+    t.add_argument("--start", type=float, help="start time in seconds")
+    t.add_argument("--end", type=float, help="end time in seconds")
+    t.add_argument("--size", type=_size, help="HxW, e.g. 480x832")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out exactly (optimizer, step, RNG)")
+    t.add_argument("--init-lora", help="start a NEW run from the weights of a setseq.safetensors")
+    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("overrides", nargs="*", help="dotted key=value config overrides, e.g. stage1.steps=600")
+
+    g = sub.add_parser("generate", help="generate videos with a run (or the base model alone)")
+    g.add_argument("run", nargs="?", help="run folder or setseq.safetensors (omit for the base model alone)")
+    g.add_argument("--prompt", action="append", required=True, help="prompt (repeat for several)")
+    g.add_argument("--out", required=True, help="output .mp4 (a .png contact sheet is written beside it)")
+    g.add_argument("--model", help="base model (default: the run's own model, else toy)")
+    g.add_argument("--backbone")
+    g.add_argument("--identity-scale", type=float)
+    g.add_argument("--motion-scale", type=float)
+    g.add_argument("--cfg", type=float, help="classifier-free guidance scale")
+    g.add_argument("--steps", type=int, default=30)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--size", type=_size)
+    g.add_argument("--frames", type=int)
+    g.add_argument("--negative-prompt", default="")
+    g.add_argument("--device", default="auto")
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+
+    e = sub.add_parser("export", help="export a run's LoRA for diffusers / ComfyUI, or one part of it")
+    e.add_argument("run")
+    e.add_argument("--format", required=True, choices=["diffusers", "comfyui", "identity", "motion"])
+    e.add_argument("--out", required=True)
+    e.add_argument("--identity-scale", type=float)
+    e.add_argument("--motion-scale", type=float)
+    e.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+
+    i = sub.add_parser("info", help="print what a run holds")
+    i.add_argument("run")
+
+    d = sub.add_parser("demo", help="personalize the shipped toy model to a shipped concept and show the results")
+    d.add_argument("--out", default="demo_out")
+    d.add_argument("--concept", default=None, help="which shipped concept (default: the first)")
+    d.add_argument("--quick", action="store_true", help="a few steps only (CI)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            cmd_train(args.video, args.out, args.model, args.backbone, args.token, args.class_word, args.action, args.camera,
+                      args.config, args.frames, args.fps, args.start, args.end, args.size, args.resume, args.init_lora,
+                      args.overrides, progress=not args.no_progress)
+        elif args.command == "generate":
+            cmd_generate(args.run, args.prompt, args.out, args.model, args.backbone, args.identity_scale, args.motion_scale,
+                         args.cfg, args.steps, args.seed, args.size, args.frames, args.negative_prompt, args.device, args.dtype)
+        elif args.command == "export":
+            cmd_export(args.run, args.format, args.out, args.identity_scale, args.motion_scale, args.dtype)
+        elif args.command == "info":
+            cmd_info(args.run)
+        elif args.command == "demo":
+            from setseq.demo import run_demo
+
+            _quiet()
+            run_demo(Path(args.out), concept=args.concept, quick=args.quick)
+    except SetseqError as exc:
+        print(f"setseq: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("setseq: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

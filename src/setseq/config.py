@@ -1,0 +1,308 @@
+"""Run configuration: typed dataclasses, a YAML file per run, and dotted `key=value` overrides.
+
+Precedence: defaults < `--config run.yaml` < command-line flags < `key=value` overrides. The resolved config
+is saved as `config.yaml` in the run folder; `--resume` reads it back from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from setseq.errors import SetseqError
+
+
+@dataclass
+class ModelConfig:
+    """Which base model to personalize."""
+
+    backbone: str = "toy"  # registry name: toy, wan
+    path: str = "toy"  # local folder or hub id ("toy" is the shipped toy model)
+    dtype: str = "float32"  # float32 | bfloat16 | float16: compute dtype of the frozen weights
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+
+
+@dataclass
+class DataConfig:
+    """The one input video and how it is sampled."""
+
+    video: str | None = None  # any container PyAV reads
+    frames: int | None = None  # clip length for stage 2 (4k+1 for Wan); None: the backbone's default
+    fps: float | None = None  # resample to this rate; None: the source rate
+    start: float = 0.0  # seconds
+    end: float | None = None  # seconds; None: to the end
+    size: list[int] | None = None  # [height, width]; None: the backbone's default
+
+    def __post_init__(self) -> None:
+        if self.frames is not None and self.frames < 1:
+            raise ValueError(f"data.frames must be >= 1, got {self.frames}")
+        if self.fps is not None and not self.fps > 0:
+            raise ValueError(f"data.fps must be > 0, got {self.fps}")
+        if self.size is not None:
+            if isinstance(self.size, int):
+                self.size = [self.size, self.size]
+            if len(self.size) != 2 or min(self.size) < 1:
+                raise ValueError(f"data.size must be [height, width] of positive ints, got {self.size}")
+            self.size = [int(s) for s in self.size]
+
+
+@dataclass
+class ConceptConfig:
+    """The identifier tokens and the two training prompts (T_static for stage 1, T_motion for stage 2)."""
+
+    token: str = "sks"  # appearance identifier [v]
+    class_word: str = "person"
+    motion_token: str = "zwx"  # motion identifier [u]
+    action: str = ""  # coarse action words, e.g. "dancing"
+    camera: str = ""  # camera words, e.g. "static camera"
+    static_prompt: str | None = None  # default: "a {token} {class_word}"
+
+    def __post_init__(self) -> None:
+        for name in ("token", "class_word", "motion_token"):
+            v = getattr(self, name)
+            if not isinstance(v, str) or not v.strip() or len(v.split()) != 1:
+                raise ValueError(f"concept.{name} must be one word, got {v!r}")
+        if self.token == self.motion_token:
+            raise ValueError("concept.token and concept.motion_token must differ")
+        if self.static_prompt is not None and self.token not in self.static_prompt.split():
+            raise ValueError(f"concept.static_prompt must contain the concept token '{self.token}'")
+
+    @property
+    def t_static(self) -> str:
+        return self.static_prompt or f"a {self.token} {self.class_word}"
+
+    @property
+    def t_motion(self) -> str:
+        """T_motion = T_static + "in [u] motion" + the action and camera words."""
+        parts = [f"{self.t_static} in {self.motion_token} motion"] + [w for w in (self.action, self.camera) if w]
+        return ", ".join(parts)
+
+
+@dataclass
+class LoraConfig:
+    """The Set-and-Sequence LoRA layer."""
+
+    rank: int = 128
+    alpha: float | None = None  # None: alpha = rank (scale 1)
+    basis: str = "down"  # down: basis = down-projection, coefficients = up; up: the reverse
+    targets: list[str] | None = None  # regexes on DiT module names; None: the backbone's default
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"lora.rank must be >= 1, got {self.rank}")
+        if self.basis not in ("down", "up"):
+            raise ValueError(f"lora.basis must be 'down' or 'up', got {self.basis!r}")
+
+    @property
+    def scale_alpha(self) -> float:
+        return float(self.alpha if self.alpha is not None else self.rank)
+
+
+@dataclass
+class StageConfig:
+    """One training stage: AdamW with the paper's settings."""
+
+    steps: int = 600
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    weight_decay: float = 0.01
+    grad_clip: float = 0.05
+    batch_size: int = 8  # samples per optimizer step
+    micro_batch: int | None = None  # samples per forward; batch_size / micro_batch accumulation steps
+    dropconnect: float = 0.8  # drop probability on this stage's trainable coefficients
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.micro_batch is not None and (self.micro_batch < 1 or self.batch_size % self.micro_batch):
+            raise ValueError(f"micro_batch ({self.micro_batch}) must divide batch_size ({self.batch_size})")
+        if not 0.0 <= self.dropconnect < 1.0:
+            raise ValueError(f"dropconnect must be in [0, 1), got {self.dropconnect}")
+        if len(self.betas) != 2:
+            raise ValueError(f"betas must be two numbers, got {self.betas}")
+
+    @property
+    def accumulation(self) -> int:
+        return self.batch_size // (self.micro_batch or self.batch_size)
+
+
+@dataclass
+class RegularizerConfig:
+    token_mask: float = 0.1  # probability of dropping each prompt token
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.token_mask < 1.0:
+            raise ValueError(f"regularizers.token_mask must be in [0, 1), got {self.token_mask}")
+
+
+@dataclass
+class TrainConfig:
+    """Logging, checkpoints, samples."""
+
+    seed: int = 0
+    checkpoint_every: int = 100  # optimizer steps; the end of each stage is always checkpointed
+    keep_checkpoints: int = 2  # per stage
+    log_every: int = 1
+    sample_every: int = 0  # 0: no sample videos during training
+    sample_steps: int = 20
+    guidance_scale: float = 5.0  # for samples during training and the run's default at generation
+    tensorboard: bool = True
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    concept: ConceptConfig = field(default_factory=ConceptConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    stage1: StageConfig = field(default_factory=lambda: StageConfig(steps=600, dropconnect=0.8))
+    stage2: StageConfig = field(default_factory=lambda: StageConfig(steps=900, dropconnect=0.5))
+    regularizers: RegularizerConfig = field(default_factory=RegularizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building from dicts, YAML and overrides
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise SetseqError(f"config section '{where or 'top level'}' must be a mapping, got {type(data).__name__}", "fix the YAML")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise SetseqError(f"unknown config key '{key}'", f"valid keys here are: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        sub = _SECTIONS.get((cls, name))
+        kwargs[name] = _build(sub, value, f"{where}.{name}" if where else name) if sub else value
+    if cls is RunConfig:
+        defaults = RunConfig()
+        for stage in ("stage1", "stage2"):
+            if stage in data:
+                # Merge over the stage's own defaults (stage 2's dropconnect is 0.5, not 0.8).
+                merged = dataclasses.asdict(getattr(defaults, stage)) | data[stage]
+                kwargs[stage] = _build(StageConfig, merged, stage)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise SetseqError(f"invalid config in '{where or 'top level'}': {exc}", "fix the value in the YAML or the override") from None
+
+
+_SECTIONS: dict[tuple[type, str], type] = {
+    (RunConfig, "model"): ModelConfig,
+    (RunConfig, "data"): DataConfig,
+    (RunConfig, "concept"): ConceptConfig,
+    (RunConfig, "lora"): LoraConfig,
+    (RunConfig, "stage1"): StageConfig,
+    (RunConfig, "stage2"): StageConfig,
+    (RunConfig, "regularizers"): RegularizerConfig,
+    (RunConfig, "train"): TrainConfig,
+}
+
+
+def _typecheck(cfg: RunConfig) -> None:
+    """Reject values of the wrong type (YAML '600' vs 600 etc.) with the key's name."""
+    for sect in dataclasses.fields(cfg):
+        obj = getattr(cfg, sect.name)
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            expected = dataclasses.asdict(RunConfig()).get(sect.name, {}).get(f.name)
+            if v is None or expected is None:
+                continue
+            if isinstance(expected, bool):
+                ok = isinstance(v, bool)
+            elif isinstance(expected, float):
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+            elif isinstance(expected, int):
+                ok = isinstance(v, int) and not isinstance(v, bool)
+            elif isinstance(expected, str):
+                ok = isinstance(v, str)
+            elif isinstance(expected, list):
+                ok = isinstance(v, list)
+            else:
+                ok = True
+            if not ok:
+                raise SetseqError(
+                    f"config key '{sect.name}.{f.name}' must be {type(expected).__name__}, got {v!r}",
+                    "fix the value in the YAML or the override",
+                )
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """['stage1.steps=600', 'lora.basis=up'] -> nested dict; values parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise SetseqError(f"cannot read the override '{item}'", "write overrides as dotted key=value, e.g. stage1.steps=600")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            raise SetseqError(f"cannot parse the value of override '{item}'", "quote it or fix its syntax") from None
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise SetseqError(f"override '{item}' conflicts with another override", "give each key once")
+        node[parts[-1]] = value
+    return out
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise SetseqError(f"config file {p} does not exist", "check the --config path")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SetseqError(f"config file {p} is not valid YAML{where}", "fix its syntax (yaml.safe_load must read it)") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SetseqError(f"config file {p} must hold a mapping of sections", "see configs/ for examples")
+    return data
+
+
+def resolve_config(
+    config_file: str | Path | None = None, flags: dict[str, Any] | None = None, overrides: list[str] | None = None
+) -> RunConfig:
+    """Defaults < YAML file < flags (a nested dict of the flags the user gave) < key=value overrides."""
+    data: dict[str, Any] = load_yaml(config_file) if config_file else {}
+    if flags:
+        data = deep_merge(data, flags)
+    if overrides:
+        data = deep_merge(data, parse_overrides(overrides))
+    cfg = _build(RunConfig, data, "")
+    _typecheck(cfg)
+    return cfg

@@ -1,0 +1,105 @@
+"""The on-disk cache of what the frozen encoders make: frame latents, clip latents and prompt embeddings.
+
+Computed once per (model, video content, size, frames, sampling, prompts) and stored as one safetensors
+file named by the hash of that key, with the key itself in the file's metadata. A file whose metadata does
+not match the key it is asked for is refused, never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+
+from setseq.backbones.base import PromptEmbeds
+from setseq.errors import SetseqError
+from setseq.io import atomic_path
+
+CACHE_VERSION = "1"
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_stamp(model_id: str) -> str:
+    """For a local model folder, a hash of its weight files' names, sizes and times (weights can change while
+    configs stay the same); for a hub id, the id itself (the hub revision is in the cache path)."""
+    folder = Path(model_id)
+    if not folder.is_dir():
+        return model_id
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*.safetensors")):
+        st = f.stat()
+        h.update(f"{f.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def cache_key(fields: dict[str, Any]) -> tuple[str, str]:
+    """(canonical JSON of the key fields, short hash used as the file name)."""
+    canon = json.dumps({"cache_version": CACHE_VERSION, **fields}, sort_keys=True, default=str)
+    return canon, hashlib.sha256(canon.encode()).hexdigest()[:20]
+
+
+@dataclass
+class EncodedConcept:
+    """The cached inputs of both stages.
+
+    set_latents:  (N, C, 1, h, w), every sampled frame as a 1-frame latent (stage 1).
+    clip_latents: (1, C, f, h, w), the ordered clip (stage 2).
+    static, motion: prompt embeddings of T_static and T_motion.
+    """
+
+    set_latents: torch.Tensor
+    clip_latents: torch.Tensor
+    static: PromptEmbeds
+    motion: PromptEmbeds
+    key: str
+
+
+def save_cache(path: Path, enc: EncodedConcept, canon_key: str) -> None:
+    tensors = {
+        "set_latents": enc.set_latents.contiguous().cpu(),
+        "clip_latents": enc.clip_latents.contiguous().cpu(),
+        "static.embeds": enc.static.embeds.contiguous().cpu(),
+        "static.mask": enc.static.mask.to(torch.uint8).contiguous().cpu(),
+        "motion.embeds": enc.motion.embeds.contiguous().cpu(),
+        "motion.mask": enc.motion.mask.to(torch.uint8).contiguous().cpu(),
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"setseq_cache_key": canon_key})
+
+
+def load_cache(path: Path, canon_key: str, short_key: str) -> EncodedConcept | None:
+    """The cached encodings for this key, None if absent; a stale or corrupt file is refused."""
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            stored = (f.metadata() or {}).get("setseq_cache_key")
+        t = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SetseqError(f"the cache file {path} is corrupt ({type(exc).__name__})", f"delete {path} and run again") from None
+    if stored != canon_key:
+        raise SetseqError(
+            f"the cache file {path} was made for another model, video, size or prompt (stale cache)",
+            f"delete {path} and run again to re-encode",
+        )
+    return EncodedConcept(
+        set_latents=t["set_latents"],
+        clip_latents=t["clip_latents"],
+        static=PromptEmbeds(t["static.embeds"], t["static.mask"].bool()),
+        motion=PromptEmbeds(t["motion.embeds"], t["motion.mask"].bool()),
+        key=short_key,
+    )

@@ -1,0 +1,266 @@
+"""The Set-and-Sequence LoRA layer: an identity basis + coefficients, and a motion residual on the coefficients.
+
+For a frozen linear `y = W x + b` (W: (out, in)), with `s = alpha / r`:
+
+    basis: down  (basis = D1 (r, in), coefficients = U1 (out, r), motion residual U2 (out, r))
+        dW = s * (s_id * U1 * M + s_mot * U2 * M') @ D1
+    basis: up    (basis = U1 (out, r), coefficients = D1 (r, in), motion residual D2 (r, in))
+        dW = s * U1 @ (s_id * D1 * M + s_mot * D2 * M')
+
+`s_id`, `s_mot` are the identity and motion scales (1.0 by default, set at inference). `M`, `M'` are
+DropConnect masks on the *trainable* coefficient matrix of the current stage only (stage 1: the identity
+coefficients, p = 0.8; stage 2: the motion residual, p = 0.5), with inverted scaling `M = Bernoulli(1-p)/(1-p)`,
+a fresh mask every forward in training mode, and no mask at inference. The motion residual starts at zero,
+so stage 2 starts exactly at the stage-1 model.
+
+A merged export keeps the same rank: basis down gives `U = s (s_id U1 + s_mot U2)`, `D = D1`; basis up gives
+`U = s U1`, `D = s_id D1 + s_mot D2` (alpha is folded into U so loaders need no alpha).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from setseq.errors import SetseqError
+from setseq.functional.regularizers import dropconnect_mask
+
+Basis = Literal["down", "up"]
+Stage = Literal[1, 2, 0]  # 0 = inference (nothing trainable, no mask)
+
+
+class SetSeqLinear(nn.Module):
+    """A frozen `nn.Linear` plus the identity LoRA and the motion residual. See the module docstring."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, basis: Basis, generator: torch.Generator | None = None):
+        super().__init__()
+        if basis not in ("down", "up"):
+            raise ValueError(f"basis must be 'down' or 'up', got {basis!r}")
+        self.base = base
+        self.rank = rank
+        self.alpha = float(alpha)
+        self.basis = basis
+        out_f, in_f = base.weight.shape
+        dev, dt = base.weight.device, base.weight.dtype
+        # peft's default init: down-projection Kaiming-uniform, up-projection zero, so dW starts at 0.
+        self.down = nn.Parameter(torch.empty(rank, in_f, device=dev, dtype=torch.float32))  # D1 (r, in)
+        bound = 1.0 / math.sqrt(in_f)
+        with torch.no_grad():
+            self.down.uniform_(-bound, bound, generator=generator)
+        self.up = nn.Parameter(torch.zeros(out_f, rank, device=dev, dtype=torch.float32))  # U1 (out, r)
+        # The motion residual lives on the coefficients: U2 (out, r) for basis down, D2 (r, in) for basis up.
+        res_shape = (out_f, rank) if basis == "down" else (rank, in_f)
+        self.motion = nn.Parameter(torch.zeros(res_shape, device=dev, dtype=torch.float32))
+        self.identity_scale = 1.0
+        self.motion_scale = 1.0
+        self.stage: Stage = 0
+        self.dropconnect = 0.0  # drop probability on the trainable coefficients of the current stage
+        self.mask_generator: torch.Generator | None = None  # set per step by the trainer for reproducibility
+        self.merged = False
+        self._merged_delta: torch.Tensor | None = None
+        base.weight.requires_grad_(False)
+        if base.bias is not None:
+            base.bias.requires_grad_(False)
+        _ = dt
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
+
+    # -- the pieces: which tensor is basis / coefficients in each reading ------------------------------------
+    @property
+    def coefficients(self) -> nn.Parameter:
+        """The identity coefficients B1 (U1 for basis down, D1 for basis up)."""
+        return self.up if self.basis == "down" else self.down
+
+    @property
+    def basis_tensor(self) -> nn.Parameter:
+        """The identity basis A1 (D1 for basis down, U1 for basis up)."""
+        return self.down if self.basis == "down" else self.up
+
+    def _masked(self, t: torch.Tensor, trainable_here: bool) -> torch.Tensor:
+        if self.training and trainable_here and self.dropconnect > 0.0:
+            return t * dropconnect_mask(t.shape, self.dropconnect, self.mask_generator, device=t.device, dtype=t.dtype)
+        return t
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(U, D) of the effective low-rank update dW = U @ D, with masks, scales and alpha applied."""
+        s = self.scaling
+        coeff = self._masked(self.coefficients, self.stage == 1)
+        motion = self._masked(self.motion, self.stage == 2)
+        combined = self.identity_scale * coeff + self.motion_scale * motion
+        if self.basis == "down":
+            return s * combined, self.down
+        return s * self.up, combined
+
+    def delta_weight(self) -> torch.Tensor:
+        """dW (out, in) at the current scales, without masks (call in eval mode)."""
+        u, d = self.factors()
+        return u @ d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if self.merged or (self.identity_scale == 0.0 and self.motion_scale == 0.0):
+            return y
+        u, d = self.factors()
+        # Per-token path: x (..., in) -> (..., r) -> (..., out); cheaper than forming dW when r << in.
+        return y + F.linear(F.linear(x.to(d.dtype), d), u).to(y.dtype)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold dW into the base weight (inference only); `unmerge` restores it exactly up to rounding."""
+        if self.merged:
+            return
+        was_training = self.training
+        self.eval()
+        delta = self.delta_weight().to(self.base.weight.dtype)
+        self.train(was_training)
+        self.base.weight.add_(delta)
+        self._merged_delta = delta
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if not self.merged:
+            return
+        assert self._merged_delta is not None
+        self.base.weight.sub_(self._merged_delta)
+        self._merged_delta = None
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, alpha={self.alpha}, basis={self.basis}, stage={self.stage}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Injection and stage control
+
+
+@dataclass
+class LoraSpec:
+    rank: int
+    alpha: float
+    basis: Basis
+    targets: tuple[str, ...]
+
+
+def find_targets(model: nn.Module, patterns: Iterable[str]) -> list[str]:
+    """Names of the `nn.Linear` modules of `model` whose name matches any regex in `patterns` (re.search)."""
+    regs = [re.compile(p) for p in patterns]
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and any(r.search(n) for r in regs)]
+
+
+def inject(model: nn.Module, spec: LoraSpec, seed: int = 0) -> dict[str, SetSeqLinear]:
+    """Replace each targeted linear of `model` by a `SetSeqLinear` wrapping it; returns {name: layer}.
+
+    Every base parameter of `model` is frozen. Init is seeded, so the same seed gives the same LoRA."""
+    if get_layers(model):
+        raise SetseqError("this model already carries setseq LoRA layers", "load a fresh model before injecting again")
+    names = find_targets(model, spec.targets)
+    if not names:
+        raise SetseqError(
+            f"no linear layer matches the LoRA target patterns {list(spec.targets)}",
+            "check lora.targets against the model's module names (setseq info --modules)",
+        )
+    for p in model.parameters():
+        p.requires_grad_(False)
+    gen = torch.Generator().manual_seed(seed)
+    layers: dict[str, SetSeqLinear] = {}
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        base = getattr(parent, child)
+        layer = SetSeqLinear(base, spec.rank, spec.alpha, spec.basis, generator=gen)
+        setattr(parent, child, layer)
+        layers[name] = layer
+    return layers
+
+
+def get_layers(model: nn.Module) -> dict[str, SetSeqLinear]:
+    """{target module name: layer} for every injected layer (names as before injection)."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, SetSeqLinear)}
+
+
+def set_stage(model: nn.Module, stage: Stage, dropconnect: float = 0.0) -> list[nn.Parameter]:
+    """Make exactly the parameters of `stage` trainable and set its DropConnect; returns them.
+
+    stage 1: identity basis and coefficients; stage 2: the motion residual only; 0: nothing (inference)."""
+    if not 0.0 <= dropconnect < 1.0:
+        raise SetseqError(f"dropconnect must be in [0, 1), got {dropconnect}", "set stage1.dropconnect / stage2.dropconnect")
+    params: list[nn.Parameter] = []
+    for layer in get_layers(model).values():
+        layer.stage = stage
+        layer.dropconnect = dropconnect if stage in (1, 2) else 0.0
+        layer.down.requires_grad_(stage == 1)
+        layer.up.requires_grad_(stage == 1)
+        layer.motion.requires_grad_(stage == 2)
+        params += [p for p in (layer.down, layer.up, layer.motion) if p.requires_grad]
+    return params
+
+
+def set_mask_generator(model: nn.Module, generator: torch.Generator | None) -> None:
+    for layer in get_layers(model).values():
+        layer.mask_generator = generator
+
+
+def set_scales(model: nn.Module, identity: float = 1.0, motion: float = 1.0) -> None:
+    """Set the identity and motion scales of every layer (inference-time knobs)."""
+    for layer in get_layers(model).values():
+        layer.identity_scale = float(identity)
+        layer.motion_scale = float(motion)
+
+
+def merge(model: nn.Module) -> None:
+    for layer in get_layers(model).values():
+        layer.merge()
+
+
+def unmerge(model: nn.Module) -> None:
+    for layer in get_layers(model).values():
+        layer.unmerge()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# State: the identity and motion parts as flat tensor dicts, named by module
+
+
+def identity_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, layer in get_layers(model).items():
+        out[f"{name}.identity.down"] = layer.down.detach().cpu().contiguous()
+        out[f"{name}.identity.up"] = layer.up.detach().cpu().contiguous()
+    return out
+
+
+def motion_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{n}.motion.{'up' if l.basis == 'down' else 'down'}": l.motion.detach().cpu().contiguous() for n, l in get_layers(model).items()}
+
+
+def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], *, parts: tuple[str, ...] = ("identity", "motion")) -> None:
+    """Load identity and/or motion tensors saved by `identity_state` / `motion_state`; shapes are checked."""
+    layers = get_layers(model)
+    for name, layer in layers.items():
+        wanted: dict[str, nn.Parameter] = {}
+        if "identity" in parts:
+            wanted[f"{name}.identity.down"] = layer.down
+            wanted[f"{name}.identity.up"] = layer.up
+        if "motion" in parts:
+            wanted[f"{name}.motion.{'up' if layer.basis == 'down' else 'down'}"] = layer.motion
+        for key, param in wanted.items():
+            if key not in tensors:
+                raise SetseqError(f"the LoRA file has no tensor '{key}'", "it was trained with other lora.targets or basis; use the run's own config")
+            t = tensors[key]
+            if tuple(t.shape) != tuple(param.shape):
+                raise SetseqError(
+                    f"LoRA tensor '{key}' has shape {tuple(t.shape)} but this model needs {tuple(param.shape)}",
+                    "the file was made for another backbone size or rank; use a LoRA trained on this model",
+                )
+            with torch.no_grad():
+                param.copy_(t.to(param.dtype))

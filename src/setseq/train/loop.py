@@ -1,0 +1,147 @@
+"""Shared pieces of the two stage recipes: the per-step RNG, the flow-matching step, the optimizer loop with
+progress bar, TensorBoard scalars, NaN detection, checkpoints and sample videos.
+
+Randomness: every micro-step draws from a fresh `torch.Generator` seeded by (seed, stage, step, micro). A
+resumed run therefore replays exactly the same noise, timesteps, frame order and masks as an uninterrupted
+one, without depending on how many random numbers earlier steps consumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from setseq import lora as L
+from setseq.backbones.base import Backbone, PromptEmbeds
+from setseq.config import RunConfig, StageConfig
+from setseq.data.cache import EncodedConcept
+from setseq.errors import SetseqError
+from setseq.functional import flow_matching as fm
+from setseq.functional.regularizers import token_mask
+from setseq.train import checkpoint as C
+
+
+def step_generator(seed: int, stage: int, step: int, micro: int = 0) -> torch.Generator:
+    h = hashlib.sha256(f"{seed}:{stage}:{step}:{micro}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(h[:8], "little") & ((1 << 63) - 1))
+
+
+@dataclass
+class Batch:
+    latents: torch.Tensor  # (B, C, f, h, w) clean latents
+    prompt: PromptEmbeds  # (B, L, D)
+
+
+@dataclass
+class StageContext:
+    """What a recipe needs; built once by `setseq.train.run`."""
+
+    cfg: RunConfig
+    backbone: Backbone
+    data: EncodedConcept
+    run_dir: Path
+    writer: Any = None  # TensorBoard SummaryWriter or None
+    log_file: Path | None = None
+    progress: bool = True
+    extra_state: dict[str, Any] = field(default_factory=dict)  # recorded in every checkpoint (cache key, ...)
+    on_sample: Callable[[int, int], None] | None = None
+
+
+def flow_matching_step(backbone: Backbone, batch: Batch, gen: torch.Generator, token_mask_p: float) -> torch.Tensor:
+    """One flow-matching loss on a batch: noise, timesteps and token masks drawn from `gen`."""
+    x0 = batch.latents.to(backbone.device, torch.float32)
+    noise = torch.randn(x0.shape, generator=gen).to(backbone.device)
+    sigmas = backbone.sample_sigmas(x0.shape[0], generator=gen)
+    noisy = fm.interpolate(x0, noise, sigmas)
+    prompt = token_mask(batch.prompt, token_mask_p, gen).to(backbone.device)
+    pred = backbone.predict(noisy, sigmas, prompt)
+    return fm.flow_matching_loss(pred, x0, noise)
+
+
+def make_optimizer(params: list[torch.nn.Parameter], sc: StageConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(params, lr=sc.lr, betas=tuple(sc.betas), weight_decay=sc.weight_decay)
+
+
+def trainable_state(model: torch.nn.Module, stage: int) -> dict[str, torch.Tensor]:
+    state = L.identity_state(model)
+    if stage == 2:
+        state |= L.motion_state(model)
+    return state
+
+
+def run_stage(
+    ctx: StageContext,
+    stage: int,
+    sc: StageConfig,
+    params: list[torch.nn.Parameter],
+    make_batch: Callable[[int, int, torch.Generator], Batch],
+    resume: C.Checkpoint | None = None,
+) -> list[float]:
+    """The optimizer loop of one stage. `make_batch(step, micro, gen)` gives each micro-batch.
+
+    Returns the per-step losses of this invocation."""
+    model = ctx.backbone.transformer
+    opt = make_optimizer(params, sc)
+    start = 0
+    if resume is not None and resume.stage == stage:
+        C.restore_optimizer(opt, resume.optimizer(), resume.state["param_groups"])
+        start = resume.step
+    losses: list[float] = []
+    if start >= sc.steps:
+        return losses
+    tc = ctx.cfg.train
+    model.train()
+    bar = tqdm(total=sc.steps, initial=start, desc=f"stage {stage} ({'set' if stage == 1 else 'sequence'})",
+               disable=not ctx.progress, dynamic_ncols=True, unit="step")
+    t0 = time.perf_counter()
+    for step in range(start, sc.steps):
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for micro in range(sc.accumulation):
+            gen = step_generator(tc.seed, stage, step, micro)
+            L.set_mask_generator(model, gen)
+            loss = flow_matching_step(ctx.backbone, make_batch(step, micro, gen), gen, ctx.cfg.regularizers.token_mask)
+            if not torch.isfinite(loss):
+                last = C.latest_checkpoint(ctx.run_dir)
+                keep = f"the last good checkpoint is {last.path}" if last else "no checkpoint was written yet"
+                bar.close()
+                raise SetseqError(
+                    f"the loss became {loss.item()} at stage {stage} step {step + 1}; training stopped and {keep}",
+                    f"lower stage{stage}.lr or use model.dtype=float32, then continue with --resume",
+                )
+            (loss / sc.accumulation).backward()
+            total += loss.item() / sc.accumulation
+        gnorm = torch.nn.utils.clip_grad_norm_(params, sc.grad_clip)
+        opt.step()
+        losses.append(total)
+        done = step + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{total:.4f}")
+        if ctx.writer is not None and done % tc.log_every == 0:
+            ctx.writer.add_scalar(f"stage{stage}/loss", total, done)
+            ctx.writer.add_scalar(f"stage{stage}/grad_norm", float(gnorm), done)
+        if ctx.log_file is not None and done % tc.log_every == 0:
+            with open(ctx.log_file, "a") as f:
+                f.write(json.dumps({"stage": stage, "step": done, "loss": total, "grad_norm": float(gnorm),
+                                    "elapsed_s": round(time.perf_counter() - t0, 3)}) + "\n")
+        if done % tc.checkpoint_every == 0 or done == sc.steps:
+            C.save_checkpoint(ctx.run_dir, stage, done, trainable_state(model, stage), opt,
+                              {"config": ctx.cfg.to_dict(), **ctx.extra_state}, keep=tc.keep_checkpoints)
+        if ctx.on_sample is not None and tc.sample_every and done % tc.sample_every == 0:
+            model.eval()
+            ctx.on_sample(stage, done)
+            model.train()
+    bar.close()
+    model.eval()
+    if losses and not math.isfinite(losses[-1]):  # pragma: no cover - caught above
+        raise SetseqError("non-finite loss", "lower the learning rate")
+    return losses

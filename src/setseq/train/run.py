@@ -1,0 +1,251 @@
+"""`setseq train`: one video in, a personalized model out. Setup, stage 1, stage 2, save, top to bottom.
+
+Run folder:
+    config.yaml                 the resolved config (what --resume reads back)
+    cache/<key>.safetensors     frame latents, clip latents, prompt embeddings
+    checkpoints/stage{S}-{step}/  self-describing checkpoints
+    logs/                       TensorBoard events; loss.jsonl
+    samples/                    optional sample videos during training
+    setseq.safetensors          identity + motion, kept apart (setseq's own file)
+    lora_diffusers.safetensors  identity + motion merged at scale 1: loads with WanPipeline.load_lora_weights
+    lora_comfyui.safetensors    the same in ComfyUI's key layout
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from setseq import __version__
+from setseq import lora as L
+from setseq.backbones.base import Backbone, load_backbone
+from setseq.config import RunConfig, resolve_config
+from setseq.data.cache import EncodedConcept, cache_key, file_sha256, load_cache, save_cache, weights_stamp
+from setseq.errors import SetseqError
+from setseq.export import check_compatible, export_file, load_setseq, save_setseq
+from setseq.io import write_text
+from setseq.train import checkpoint as C
+from setseq.train.loop import StageContext, trainable_state
+from setseq.train.stage1_set import train_stage1
+from setseq.train.stage2_sequence import train_stage2
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SetseqError(f"model.device is {name} but no CUDA device is available", "use model.device=cpu")
+    return torch.device(name)
+
+
+def load_model(cfg: RunConfig) -> Backbone:
+    return load_backbone(cfg.model.backbone, cfg.model.path, resolve_device(cfg.model.device), DTYPES[cfg.model.dtype])
+
+
+def check_shapes(cfg: RunConfig, bb: Backbone) -> tuple[int, int, int]:
+    """(frames, height, width) for this run, checked against what the backbone accepts."""
+    info = bb.info
+    frames = cfg.data.frames or info.frames
+    h, w = cfg.data.size or (info.height, info.width)
+    m = info.frame_multiple
+    if (frames - 1) % m:
+        lo = (frames - 1) // m * m + 1
+        raise SetseqError(
+            f"data.frames={frames} is not of the form {m}k+1 that the {info.name} backbone needs",
+            f"use --frames {lo} or {lo + m}",
+        )
+    sm = info.spatial_multiple
+    if h % sm or w % sm:
+        raise SetseqError(
+            f"size {h}x{w} is not a multiple of {sm} (the {info.name} backbone's VAE stride x patch size)",
+            f"use --size {max(sm, h // sm * sm)}x{max(sm, w // sm * sm)}",
+        )
+    return frames, h, w
+
+
+def encode_concept(cfg: RunConfig, bb: Backbone, cache_dir: Path, log: Callable[[str], None]) -> tuple[EncodedConcept, str]:
+    """Decode the video, then encode frames, clip and prompts once; cached on disk by content key."""
+    from setseq.data.video import load_clip, to_tensor
+
+    if not cfg.data.video:
+        raise SetseqError("no training video was given", "pass --video clip.mp4")
+    video = Path(cfg.data.video)
+    if not video.is_file():
+        raise SetseqError(f"video {video} does not exist", "check the --video path")
+    frames, h, w = check_shapes(cfg, bb)
+    canon, short = cache_key(
+        {
+            "backbone": bb.info.name,
+            "model": bb.info.model_id,
+            "fingerprint": bb.info.fingerprint,
+            "weights": weights_stamp(bb.info.model_id),
+            "video_sha256": file_sha256(video),
+            "size": [h, w],
+            "frames": frames,
+            "fps": cfg.data.fps,
+            "start": cfg.data.start,
+            "end": cfg.data.end,
+            "t_static": cfg.concept.t_static,
+            "t_motion": cfg.concept.t_motion,
+        }
+    )
+    path = cache_dir / f"{short}.safetensors"
+    cached = load_cache(path, canon, short)
+    if cached is not None:
+        log(f"cache: reusing {path}")
+        return cached, short
+    clip = load_clip(video, frames=frames, fps=cfg.data.fps, start=cfg.data.start, end=cfg.data.end, size=(h, w))
+    log(clip.summary())
+    x = to_tensor(clip.frames)  # (F, 3, H, W) in [-1, 1]
+    set_lat = torch.cat([bb.encode_video(x[i : i + 1].unsqueeze(0)) for i in range(x.shape[0])])  # (F, C, 1, h, w)
+    clip_lat = bb.encode_video(x.unsqueeze(0))  # (1, C, f, h, w)
+    static, motion = bb.encode_prompt([cfg.concept.t_static]), bb.encode_prompt([cfg.concept.t_motion])
+    enc = EncodedConcept(set_lat.cpu(), clip_lat.cpu(), static.to("cpu"), motion.to("cpu"), short)
+    save_cache(path, enc, canon)
+    log(f"cache: wrote {path} (frames {tuple(set_lat.shape)}, clip {tuple(clip_lat.shape)})")
+    return enc, short
+
+
+def lora_spec(cfg: RunConfig, bb: Backbone) -> L.LoraSpec:
+    return L.LoraSpec(cfg.lora.rank, cfg.lora.scale_alpha, cfg.lora.basis, tuple(cfg.lora.targets or bb.info.lora_targets))  # type: ignore[arg-type]
+
+
+def lora_metadata(cfg: RunConfig, bb: Backbone, spec: L.LoraSpec, frames: int, h: int, w: int) -> dict[str, Any]:
+    return {
+        "backbone": bb.info.name,
+        "model_id": cfg.model.path,
+        "fingerprint": bb.info.fingerprint,
+        "rank": spec.rank,
+        "alpha": spec.alpha,
+        "basis": spec.basis,
+        "targets": list(spec.targets),
+        "token": cfg.concept.token,
+        "class_word": cfg.concept.class_word,
+        "motion_token": cfg.concept.motion_token,
+        "t_static": cfg.concept.t_static,
+        "t_motion": cfg.concept.t_motion,
+        "identity_scale": 1.0,
+        "motion_scale": 1.0,
+        "frames": frames,
+        "size": [h, w],
+        "guidance_scale": cfg.train.guidance_scale,
+        "stage1_steps": cfg.stage1.steps,
+        "stage2_steps": cfg.stage2.steps,
+        "setseq_version": __version__,
+    }
+
+
+def _writer(run_dir: Path, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional at run time
+        return None
+    return SummaryWriter(str(run_dir / "logs"))
+
+
+def train(
+    cfg: RunConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    init_lora: str | Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Personalize the model to the video: stage 1 then stage 2. Returns the run folder."""
+    run_dir = Path(out)
+    # 1. The run folder: new, or resumed from its own config.
+    ck = None
+    if resume:
+        if not (run_dir / "config.yaml").is_file():
+            raise SetseqError(f"{run_dir} is not a setseq run folder (no config.yaml)", "pass the --out folder of an earlier run to --resume")
+        cfg = resolve_config(run_dir / "config.yaml")
+        ck = C.require(C.latest_checkpoint(run_dir), run_dir)
+        log(f"resuming {run_dir} from {ck.path.name} (stage {ck.stage}, step {ck.step})")
+    else:
+        if (run_dir / "config.yaml").exists() or (run_dir / "checkpoints").exists():
+            raise SetseqError(f"{run_dir} already holds a run", f"continue it with `setseq train --resume {run_dir}`, or choose another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / "config.yaml", cfg.to_yaml())
+
+    # 2. Model, data, cache.
+    bb = load_model(cfg)
+    frames, h, w = check_shapes(cfg, bb)
+    data, key = encode_concept(cfg, bb, run_dir / "cache", log)
+    if ck is not None and ck.state.get("cache_key") not in (None, key):
+        raise SetseqError(
+            f"the video, model or prompts changed since {run_dir} started (cache key {key} vs {ck.state.get('cache_key')})",
+            "start a new run with --init-lora instead of --resume",
+        )
+
+    # 3. The Set-and-Sequence layers, from a checkpoint or from --init-lora weights.
+    spec = lora_spec(cfg, bb)
+    model = bb.transformer
+    L.inject(model, spec, seed=cfg.train.seed)
+    n_params = sum(p.numel() for layer in L.get_layers(model).values() for p in (layer.down, layer.up))
+    log(f"LoRA: {len(L.get_layers(model))} layers, rank {spec.rank}, basis {spec.basis}, {n_params / 1e6:.2f}M identity parameters")
+    if ck is not None:
+        L.load_state(model, ck.lora(), parts=("identity", "motion") if ck.stage == 2 else ("identity",))
+    elif init_lora is not None:
+        src = load_setseq(init_lora)
+        for w_ in check_compatible(src, bb.info.name, bb.info.fingerprint, init_lora):
+            log(f"warning: {w_}")
+        L.load_state(model, src.tensors, parts=("identity", "motion") if any(".motion." in k for k in src.tensors) else ("identity",))
+        log(f"initialised from {init_lora}")
+
+    writer = _writer(run_dir, cfg.train.tensorboard)
+    ctx = StageContext(cfg, bb, data, run_dir, writer, run_dir / "logs" / "loss.jsonl", progress, {"cache_key": key})
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    ctx.on_sample = _sampler(ctx, frames, h, w)
+    try:
+        # 4. Stage 1: identity on the unordered frames.
+        if ck is None or ck.stage == 1:
+            train_stage1(ctx, ck)
+            ck = None
+        # 5. Stage 2: motion residual on the ordered clip.
+        train_stage2(ctx, ck)
+    finally:
+        if writer is not None:
+            writer.close()
+
+    # 6. Outputs: setseq's own file, then the merged LoRA in diffusers' and ComfyUI's layouts.
+    meta = lora_metadata(cfg, bb, spec, frames, h, w)
+    save_setseq(run_dir / "setseq.safetensors", trainable_state(model, 2), meta)
+    lora = load_setseq(run_dir / "setseq.safetensors")
+    written = [export_file(lora, "diffusers", run_dir / "lora_diffusers.safetensors")]
+    if bb.info.name == "wan":  # ComfyUI knows the original Wan layout; the toy model has no ComfyUI loader
+        written.append(export_file(lora, "comfyui", run_dir / "lora_comfyui.safetensors"))
+    log(f"wrote {run_dir / 'setseq.safetensors'} and {', '.join(p.name for p in written)}")
+    return run_dir
+
+
+def _sampler(ctx: StageContext, frames: int, h: int, w: int) -> Callable[[int, int], None]:
+    def sample(stage: int, step: int) -> None:
+        from setseq.data.video import from_tensor, write_video
+
+        prompt = ctx.cfg.concept.t_static if stage == 1 else ctx.cfg.concept.t_motion
+        with torch.no_grad():
+            video = ctx.backbone.generate(
+                prompt, frames=frames, height=h, width=w, steps=ctx.cfg.train.sample_steps,
+                guidance_scale=ctx.cfg.train.guidance_scale, seed=ctx.cfg.train.seed,
+            )
+        write_video(ctx.run_dir / "samples" / f"stage{stage}-{step:06d}.mp4", from_tensor(video))
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # release sampling memory before training resumes
+
+    return sample
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    with contextlib.suppress(OSError, yaml.YAMLError):
+        return yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    return {}

@@ -1,0 +1,145 @@
+"""The Set-and-Sequence LoRA layer: math, masks, stages, merge."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from setseq import lora as L
+from setseq.errors import SetseqError
+
+
+class Block(nn.Module):
+    def __init__(self, d=16):
+        super().__init__()
+        self.to_q = nn.Linear(d, d)
+        self.ffn = nn.Linear(d, 2 * d)
+        self.other = nn.Linear(d, d)
+
+    def forward(self, x):
+        return self.ffn(self.to_q(x)).sum(-1, keepdim=True) + self.other(x)
+
+
+def make(basis="down", rank=4, seed=0):
+    torch.manual_seed(0)
+    m = nn.Sequential(Block(), Block())
+    layers = L.inject(m, L.LoraSpec(rank, 2.0 * rank, basis, (r"to_q$", r"ffn$")), seed=seed)
+    return m, layers
+
+
+@pytest.mark.parametrize("basis", ["down", "up"])
+def test_injection_targets_and_freezes(basis):
+    m, layers = make(basis)
+    assert sorted(layers) == ["0.ffn", "0.to_q", "1.ffn", "1.to_q"]
+    assert isinstance(m[0].other, nn.Linear) and not isinstance(m[0].other, L.SetSeqLinear)
+    assert all(not p.requires_grad for n, p in m.named_parameters() if "base" in n or "other" in n)
+
+
+@pytest.mark.parametrize("basis", ["down", "up"])
+def test_math_matches_docstring_and_merge(basis):
+    m, layers = make(basis)
+    torch.manual_seed(1)
+    for layer in layers.values():  # non-trivial values everywhere
+        for p in (layer.down, layer.up, layer.motion):
+            p.data.normal_()
+    lay = layers["0.to_q"]
+    x = torch.randn(5, 16)
+    s = lay.alpha / lay.rank
+    L.set_scales(m, identity=0.7, motion=1.3)
+    if basis == "down":
+        dw = s * (0.7 * lay.up + 1.3 * lay.motion) @ lay.down
+    else:
+        dw = s * lay.up @ (0.7 * lay.down + 1.3 * lay.motion)
+    expected = x @ (lay.base.weight + dw).T + lay.base.bias
+    m.eval()
+    torch.testing.assert_close(lay(x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lay.delta_weight(), dw)
+    y = m(x)
+    w0 = lay.base.weight.clone()
+    L.merge(m)
+    torch.testing.assert_close(m(x), y, rtol=1e-5, atol=1e-5)  # merged == unmerged forward
+    L.unmerge(m)
+    torch.testing.assert_close(lay.base.weight, w0, rtol=0, atol=1e-5)  # up to fp32 rounding
+    torch.testing.assert_close(m(x), y, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("basis", ["down", "up"])
+def test_zero_residual_leaves_stage1_output(basis):
+    m, layers = make(basis)
+    for layer in layers.values():
+        layer.up.data.normal_()
+    x = torch.randn(3, 16)
+    m.eval()
+    L.set_scales(m, motion=0.0)
+    y_id = m(x)
+    L.set_scales(m, motion=1.0)
+    assert all(float(layer.motion.detach().abs().max()) == 0.0 for layer in layers.values())
+    torch.testing.assert_close(m(x), y_id, rtol=0, atol=0)
+
+
+def test_stage_trainable_sets():
+    m, layers = make("down")
+    p1 = L.set_stage(m, 1, 0.8)
+    assert {id(p) for p in p1} == {id(p) for layer in layers.values() for p in (layer.down, layer.up)}
+    p2 = L.set_stage(m, 2, 0.5)
+    assert {id(p) for p in p2} == {id(layer.motion) for layer in layers.values()}
+    assert L.set_stage(m, 0) == []
+    assert not any(p.requires_grad for p in m.parameters())
+
+
+@pytest.mark.parametrize("basis,stage,p", [("down", 1, 0.8), ("down", 2, 0.5), ("up", 1, 0.8), ("up", 2, 0.5)])
+def test_dropconnect_statistics(basis, stage, p):
+    m, layers = make(basis, rank=64)
+    lay = layers["0.ffn"]
+    for t in (lay.down, lay.up, lay.motion):
+        t.data.fill_(1.0)
+    L.set_stage(m, stage, p)
+    m.train()
+    gen = torch.Generator().manual_seed(0)
+    L.set_mask_generator(m, gen)
+    u1, d1 = lay.factors()
+    u2, d2 = lay.factors()
+    s = lay.scaling
+    # Which factor holds the masked, trainable coefficients in each reading and stage.
+    masked = {("down", 1): lambda u, d: u / s - 1.0, ("down", 2): lambda u, d: u / s - 1.0,
+              ("up", 1): lambda u, d: d - 1.0, ("up", 2): lambda u, d: d - 1.0}[(basis, stage)]
+    # identity scale 1, motion scale 1: combined = coeff * M + motion (stage 1: motion unmasked) or coeff + motion * M
+    mask1 = masked(u1, d1)
+    kept = (mask1 != 0).float().mean().item()
+    assert abs(kept - (1 - p)) < 0.03, kept  # drop rate p
+    nonzero = mask1[mask1 != 0]
+    torch.testing.assert_close(nonzero, torch.full_like(nonzero, 1 / (1 - p)))  # inverted scaling
+    assert not torch.equal(masked(u2, d2), mask1)  # a fresh mask every forward
+    # The basis is never masked.
+    other = d1 if basis == "down" else u1 / s
+    assert torch.equal(other, torch.ones_like(other))
+    # No mask at inference.
+    m.eval()
+    u3, d3 = lay.factors()
+    assert torch.equal(masked(u3, d3), torch.ones_like(masked(u3, d3)))
+
+
+def test_state_roundtrip_and_shape_errors():
+    m, layers = make("up")
+    for layer in layers.values():
+        for t in (layer.down, layer.up, layer.motion):
+            t.data.normal_()
+    state = L.identity_state(m) | L.motion_state(m)
+    m2, _ = make("up", seed=5)
+    L.load_state(m2, state)
+    x = torch.randn(2, 16)
+    m.eval(), m2.eval()
+    torch.testing.assert_close(m(x), m2(x))
+    m3, _ = make("up", rank=8)
+    with pytest.raises(SetseqError, match="shape"):
+        L.load_state(m3, state)
+
+
+def test_inject_errors():
+    m = nn.Sequential(Block())
+    with pytest.raises(SetseqError, match="no linear layer matches"):
+        L.inject(m, L.LoraSpec(4, 4, "down", (r"nothing$",)))
+    L.inject(m, L.LoraSpec(4, 4, "down", (r"to_q$",)))
+    with pytest.raises(SetseqError, match="already carries"):
+        L.inject(m, L.LoraSpec(4, 4, "down", (r"to_q$",)))
