@@ -38,7 +38,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=24, help="9-frame clips per video step")
     p.add_argument("--image-batch", type=int, default=64, help="frames per image step (1-frame videos)")
     p.add_argument("--image-frac", type=float, default=0.25, help="fraction of steps that are image steps")
-    p.add_argument("--simple-frac", type=float, default=0.5, help="fraction of simple specs (solid, plain, no dynamics)")
+    p.add_argument(
+        "--simple-frac", type=float, default=0.5, help="fraction of simple specs (solid, plain, no dynamics)"
+    )
     p.add_argument("--empty-prompt", type=float, default=0.1, help="probability of an empty prompt (CFG)")
     p.add_argument("--self-cond", type=float, default=0.5, help="probability of a self-conditioning step")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -50,11 +52,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--head-dim", type=int, default=32)
     p.add_argument("--ffn", type=int, default=512)
-    p.add_argument("--freeze-text", action="store_true", help="keep the random UMT5 frozen (default: train it)")
+    p.add_argument(
+        "--freeze-text", action="store_true", help="keep the random UMT5 frozen (default: train it)"
+    )
     p.add_argument("--frames", type=int, default=9)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--threads", type=int, default=2, help="most torch threads; fewer are used while they are faster"
+    )
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--ckpt-minutes", type=float, default=8.0)
     return p.parse_args()
@@ -66,13 +72,21 @@ def parse_args() -> argparse.Namespace:
 
 
 def sample_batch(
-    rng: np.random.Generator, n: int, frames: int, size: int, simple_frac: float, empty_prompt: float, image: bool
+    rng: np.random.Generator,
+    n: int,
+    frames: int,
+    size: int,
+    simple_frac: float,
+    empty_prompt: float,
+    image: bool,
 ) -> tuple[torch.Tensor, list[str]]:
     """(n, F, 3, H, W) in [-1, 1] and captions. `image`: one random frame of each clip, as a 1-frame video."""
     clips, captions = [], []
     for _ in range(n):
         spec = S.sample_spec(rng, allow_held_out=False, simple=bool(rng.random() < simple_frac))
-        video = S.render(spec, frames=frames, size=size, seed=int(rng.integers(1 << 30)))  # (F, H, W, 3) uint8
+        video = S.render(
+            spec, frames=frames, size=size, seed=int(rng.integers(1 << 30))
+        )  # (F, H, W, 3) uint8
         if image:
             f = int(rng.integers(frames))
             video = video[f : f + 1]
@@ -82,12 +96,45 @@ def sample_batch(
     return x, captions
 
 
-def pixel_statistics(rng: np.random.Generator, args: argparse.Namespace, n: int = 2000) -> tuple[list[float], list[float]]:
+def pixel_statistics(
+    rng: np.random.Generator, args: argparse.Namespace, n: int = 2000
+) -> tuple[list[float], list[float]]:
     """Per-RGB mean/std of training pixels in [-1, 1]: the codec's normalisation, stored in toy_config.json."""
     x, _ = sample_batch(rng, n, args.frames, args.size, args.simple_frac, 0.0, image=False)
     mean = x.mean(dim=(0, 1, 3, 4))
     std = x.std(dim=(0, 1, 3, 4))
     return [round(float(v), 5) for v in mean], [round(float(v), 5) for v in std]
+
+
+class ThreadChooser:
+    """Pick 1..max torch threads by measured video-step time, re-probing the others now and then.
+
+    On a machine shared with other jobs (and under `nice`), a thread that shares its core with a busy
+    process stalls every parallel region, so fewer threads can be several times faster than all of them."""
+
+    def __init__(self, max_threads: int, interval: int = 25, stale: int = 8) -> None:
+        self.options = list(range(1, max_threads + 1))
+        self.interval, self.stale = interval, stale
+        self.est: dict[int, float] = {}
+        self.age: dict[int, int] = {}
+        self.current = max_threads
+        self.times: list[float] = []
+        torch.set_num_threads(self.current)
+
+    def record(self, seconds: float) -> None:
+        self.times.append(seconds)
+        if len(self.times) < self.interval:
+            return
+        t = float(np.median(self.times))
+        self.times = []
+        old = self.est.get(self.current)
+        self.est[self.current] = t if old is None or self.age.get(self.current, 0) > 0 else 0.5 * (old + t)
+        for k in self.options:
+            self.age[k] = self.age.get(k, self.stale) + 1
+        self.age[self.current] = 0
+        stale = [k for k in self.options if k not in self.est or self.age[k] > self.stale]
+        self.current = stale[0] if stale else min(self.est, key=self.est.__getitem__)
+        torch.set_num_threads(self.current)
 
 
 def lr_at(elapsed: float, budget: float, args: argparse.Namespace) -> float:
@@ -101,7 +148,7 @@ def lr_at(elapsed: float, budget: float, args: argparse.Namespace) -> float:
 def main() -> None:
     args = parse_args()
     # 1. setup
-    torch.set_num_threads(args.threads)
+    threads = ThreadChooser(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     out = Path(args.out)
@@ -170,7 +217,13 @@ def main() -> None:
         snap.text_encoder.eval()
         tmp = out.parent / f".{out.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        extra = {"step": step, "minutes": round(elapsed / 60.0, 2), "final": final, "ema": args.ema, "args": vars(args)}
+        extra = {
+            "step": step,
+            "minutes": round(elapsed / 60.0, 2),
+            "final": final,
+            "ema": args.ema,
+            "args": vars(args),
+        }
         save_toy_model(tmp, snap, extra=extra)
         for name in ("train_log.txt", "train_log.jsonl"):
             shutil.copy2(log_dir / name, tmp / name)
@@ -183,7 +236,10 @@ def main() -> None:
             out.rename(old)
         tmp.rename(out)
         shutil.rmtree(old, ignore_errors=True)
-        log(f"saved {'final' if final else 'checkpoint'} (EMA) to {out} at step {step}", {"event": "save", "step": step})
+        log(
+            f"saved {'final' if final else 'checkpoint'} (EMA) to {out} at step {step}",
+            {"event": "save", "step": step},
+        )
 
     # 2. train
     budget = args.minutes * 60.0
@@ -199,9 +255,12 @@ def main() -> None:
         lr = lr_at(elapsed, budget, args)
         for group in opt.param_groups:
             group["lr"] = lr
+        t_step = time.time()
         image = bool(rng.random() < args.image_frac)
         n = args.image_batch if image else args.batch
-        video, captions = sample_batch(rng, n, args.frames, args.size, args.simple_frac, args.empty_prompt, image)
+        video, captions = sample_batch(
+            rng, n, args.frames, args.size, args.simple_frac, args.empty_prompt, image
+        )
         x0 = model.encode_video(video)  # (B, 48, F, 8, 8)
         noise = torch.randn_like(x0)
         sigmas = model.sample_sigmas(n)
@@ -225,7 +284,9 @@ def main() -> None:
         decay_now = min(args.ema, (1.0 + step) / (10.0 + step))
         with torch.no_grad():
             torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - decay_now)
-        window["image" if image else "video"].append(float(loss))
+        window["image" if image else "video"].append(loss.item())
+        if not image:
+            threads.record(time.time() - t_step)
 
         if step % args.log_every == 0:
             elapsed = time.time() - start
@@ -238,10 +299,12 @@ def main() -> None:
                 "loss_image": float(np.mean(window["image"])) if window["image"] else None,
                 "grad_norm": float(gnorm),
                 "s_per_step": round((time.time() - t_window) / args.log_every, 3),
+                "threads": torch.get_num_threads(),
+                "s_per_video_step_by_threads": {k: round(v, 3) for k, v in threads.est.items()},
             }
             log(
                 f"step {step:6d}  {elapsed / 60:6.2f} min  lr {lr:.2e}  loss video {rec['loss_video'] or float('nan'):.4f}"
-                f"  image {rec['loss_image'] or float('nan'):.4f}  gnorm {float(gnorm):.3f}  {rec['s_per_step']:.3f} s/step",
+                f"  image {rec['loss_image'] or float('nan'):.4f}  gnorm {float(gnorm):.3f}  {rec['s_per_step']:.3f} s/step  threads {rec['threads']} {rec['s_per_video_step_by_threads']}",
                 rec,
             )
             window = {"video": [], "image": []}
@@ -252,7 +315,10 @@ def main() -> None:
 
     # 3. save
     elapsed = time.time() - start
-    log(f"done: {step} steps in {elapsed / 60:.1f} min", {"event": "done", "step": step, "elapsed_s": round(elapsed, 1)})
+    log(
+        f"done: {step} steps in {elapsed / 60:.1f} min",
+        {"event": "done", "step": step, "elapsed_s": round(elapsed, 1)},
+    )
     save(step, elapsed, final=True)
     # 4. cleanup
     log_txt.close()

@@ -88,7 +88,9 @@ def test_stage_trainable_sets():
     assert not any(p.requires_grad for p in m.parameters())
 
 
-@pytest.mark.parametrize("basis,stage,p", [("down", 1, 0.8), ("down", 2, 0.5), ("up", 1, 0.8), ("up", 2, 0.5)])
+@pytest.mark.parametrize(
+    "basis,stage,p", [("down", 1, 0.8), ("down", 2, 0.5), ("up", 1, 0.8), ("up", 2, 0.5)]
+)
 def test_dropconnect_statistics(basis, stage, p):
     m, layers = make(basis, rank=64)
     lay = layers["0.ffn"]
@@ -102,8 +104,12 @@ def test_dropconnect_statistics(basis, stage, p):
     u2, d2 = lay.factors()
     s = lay.scaling
     # Which factor holds the masked, trainable coefficients in each reading and stage.
-    masked = {("down", 1): lambda u, d: u / s - 1.0, ("down", 2): lambda u, d: u / s - 1.0,
-              ("up", 1): lambda u, d: d - 1.0, ("up", 2): lambda u, d: d - 1.0}[(basis, stage)]
+    masked = {
+        ("down", 1): lambda u, d: u / s - 1.0,
+        ("down", 2): lambda u, d: u / s - 1.0,
+        ("up", 1): lambda u, d: d - 1.0,
+        ("up", 2): lambda u, d: d - 1.0,
+    }[(basis, stage)]
     # identity scale 1, motion scale 1: combined = coeff * M + motion (stage 1: motion unmasked) or coeff + motion * M
     mask1 = masked(u1, d1)
     kept = (mask1 != 0).float().mean().item()

@@ -20,7 +20,9 @@ def _size(text: str) -> list[int]:
     try:
         parts = [int(p) for p in text.lower().replace("*", "x").split("x")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 480x832 (height x width), got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"size must look like 480x832 (height x width), got {text!r}"
+        ) from None
     if len(parts) == 1:
         parts = parts * 2
     if len(parts) != 2 or min(parts) < 1:
@@ -82,17 +84,32 @@ def cmd_train(
 
     _quiet()
     if resume:
-        if any(v is not None for v in (video, model, token, class_word, config, frames, fps, size, init_lora)) or overrides:
-            raise SetseqError("--resume continues a run exactly with its saved config; other flags are not allowed with it",
-                              "drop the other flags, or start a new run with --init-lora")
+        if (
+            any(
+                v is not None for v in (video, model, token, class_word, config, frames, fps, size, init_lora)
+            )
+            or overrides
+        ):
+            raise SetseqError(
+                "--resume continues a run exactly with its saved config; other flags are not allowed with it",
+                "drop the other flags, or start a new run with --init-lora",
+            )
         return train(None, out, resume=True, progress=progress)  # type: ignore[arg-type]
     flags: dict[str, Any] = {}
     if m := _model_flags(model, backbone):
         flags["model"] = m
-    data = {k: v for k, v in dict(video=video, frames=frames, fps=fps, start=start, end=end, size=size).items() if v is not None}
+    data = {
+        k: v
+        for k, v in dict(video=video, frames=frames, fps=fps, start=start, end=end, size=size).items()
+        if v is not None
+    }
     if data:
         flags["data"] = data
-    concept = {k: v for k, v in dict(token=token, class_word=class_word, action=action, camera=camera).items() if v is not None}
+    concept = {
+        k: v
+        for k, v in dict(token=token, class_word=class_word, action=action, camera=camera).items()
+        if v is not None
+    }
     if concept:
         flags["concept"] = concept
     cfg = resolve_config(config, flags, overrides)
@@ -121,23 +138,45 @@ def cmd_generate(
 
     _quiet()
     pm = Personalized.load(run, model, backbone, device=device, dtype=dtype)
-    opts = GenerateOptions(identity_scale, motion_scale, cfg, steps, seed, frames,
-                           size[0] if size else None, size[1] if size else None, negative_prompt)
+    opts = GenerateOptions(
+        identity_scale,
+        motion_scale,
+        cfg,
+        steps,
+        seed,
+        frames,
+        size[0] if size else None,
+        size[1] if size else None,
+        negative_prompt,
+    )
     results = generate_to_files(pm, prompts, opts, out)
     for r in results:
         print(f"wrote {r.mp4} and {r.png}  ({r.prompt!r})")
     return [r.mp4 for r in results if r.mp4]
 
 
-def cmd_export(run: str, fmt: str, out: str, identity_scale: float | None = None, motion_scale: float | None = None,
-               dtype: str = "float32") -> Path:
+def cmd_export(
+    run: str,
+    fmt: str,
+    out: str,
+    identity_scale: float | None = None,
+    motion_scale: float | None = None,
+    dtype: str = "float32",
+) -> Path:
     """Export a run's LoRA to diffusers, ComfyUI, identity-only or motion-only files."""
     import torch
 
     from setseq.export import export_file, load_setseq
 
     lora = load_setseq(run)
-    path = export_file(lora, fmt, out, identity_scale, motion_scale, dtype={"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype])
+    path = export_file(
+        lora,
+        fmt,
+        out,
+        identity_scale,
+        motion_scale,
+        dtype={"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype],
+    )
     print(f"wrote {path} ({fmt})")
     return path
 
@@ -152,7 +191,10 @@ def cmd_info(run: str) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="setseq", description="Set-and-Sequence: personalize a text-to-video DiT to a dynamic concept from one video.")
+    p = argparse.ArgumentParser(
+        prog="setseq",
+        description="Set-and-Sequence: personalize a text-to-video DiT to a dynamic concept from one video.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="personalize a model to one video (stage 1 + stage 2)")
@@ -170,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--start", type=float, help="start time in seconds")
     t.add_argument("--end", type=float, help="end time in seconds")
     t.add_argument("--size", type=_size, help="HxW, e.g. 480x832")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out exactly (optimizer, step, RNG)")
+    t.add_argument(
+        "--resume", action="store_true", help="continue the run in --out exactly (optimizer, step, RNG)"
+    )
     t.add_argument("--init-lora", help="start a NEW run from the weights of a setseq.safetensors")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("overrides", nargs="*", help="dotted key=value config overrides, e.g. stage1.steps=600")
@@ -203,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="print what a run holds")
     i.add_argument("run")
 
-    d = sub.add_parser("demo", help="personalize the shipped toy model to a shipped concept and show the results")
+    d = sub.add_parser(
+        "demo", help="personalize the shipped toy model to a shipped concept and show the results"
+    )
     d.add_argument("--out", default="demo_out")
     d.add_argument("--concept", default=None, help="which shipped concept (default: the first)")
     d.add_argument("--quick", action="store_true", help="a few steps only (CI)")
@@ -211,15 +257,54 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # key=value overrides may come anywhere after `train`, between flags too.
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if args.command != "train" or a.startswith("-") or "=" not in a]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if args.command == "train":
+        args.overrides = list(args.overrides) + extra
     try:
         if args.command == "train":
-            cmd_train(args.video, args.out, args.model, args.backbone, args.token, args.class_word, args.action, args.camera,
-                      args.config, args.frames, args.fps, args.start, args.end, args.size, args.resume, args.init_lora,
-                      args.overrides, progress=not args.no_progress)
+            cmd_train(
+                args.video,
+                args.out,
+                args.model,
+                args.backbone,
+                args.token,
+                args.class_word,
+                args.action,
+                args.camera,
+                args.config,
+                args.frames,
+                args.fps,
+                args.start,
+                args.end,
+                args.size,
+                args.resume,
+                args.init_lora,
+                args.overrides,
+                progress=not args.no_progress,
+            )
         elif args.command == "generate":
-            cmd_generate(args.run, args.prompt, args.out, args.model, args.backbone, args.identity_scale, args.motion_scale,
-                         args.cfg, args.steps, args.seed, args.size, args.frames, args.negative_prompt, args.device, args.dtype)
+            cmd_generate(
+                args.run,
+                args.prompt,
+                args.out,
+                args.model,
+                args.backbone,
+                args.identity_scale,
+                args.motion_scale,
+                args.cfg,
+                args.steps,
+                args.seed,
+                args.size,
+                args.frames,
+                args.negative_prompt,
+                args.device,
+                args.dtype,
+            )
         elif args.command == "export":
             cmd_export(args.run, args.format, args.out, args.identity_scale, args.motion_scale, args.dtype)
         elif args.command == "info":

@@ -83,7 +83,9 @@ class ConceptConfig:
     @property
     def t_motion(self) -> str:
         """T_motion = T_static + "in [u] motion" + the action and camera words."""
-        parts = [f"{self.t_static} in {self.motion_token} motion"] + [w for w in (self.action, self.camera) if w]
+        parts = [f"{self.t_static} in {self.motion_token} motion"] + [
+            w for w in (self.action, self.camera) if w
+        ]
         return ", ".join(parts)
 
 
@@ -186,16 +188,24 @@ class RunConfig:
 
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     if not isinstance(data, dict):
-        raise SetseqError(f"config section '{where or 'top level'}' must be a mapping, got {type(data).__name__}", "fix the YAML")
+        raise SetseqError(
+            f"config section '{where or 'top level'}' must be a mapping, got {type(data).__name__}",
+            "fix the YAML",
+        )
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
         raise SetseqError(f"unknown config key '{key}'", f"valid keys here are: {', '.join(fields)}")
     kwargs = {}
+    defaults = cls()
     for name, value in data.items():
+        key = f"{where}.{name}" if where else name
         sub = _SECTIONS.get((cls, name))
-        kwargs[name] = _build(sub, value, f"{where}.{name}" if where else name) if sub else value
+        if sub is None:
+            default = getattr(defaults, name)
+            value = _check_type(key, value, _NUMERIC_OPTIONAL.get(name) if default is None else default)
+        kwargs[name] = _build(sub, value, key) if sub else value
     if cls is RunConfig:
         defaults = RunConfig()
         for stage in ("stage1", "stage2"):
@@ -206,7 +216,9 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise SetseqError(f"invalid config in '{where or 'top level'}': {exc}", "fix the value in the YAML or the override") from None
+        raise SetseqError(
+            f"invalid config in '{where or 'top level'}': {exc}", "fix the value in the YAML or the override"
+        ) from None
 
 
 _SECTIONS: dict[tuple[type, str], type] = {
@@ -221,32 +233,47 @@ _SECTIONS: dict[tuple[type, str], type] = {
 }
 
 
-def _typecheck(cfg: RunConfig) -> None:
-    """Reject values of the wrong type (YAML '600' vs 600 etc.) with the key's name."""
-    for sect in dataclasses.fields(cfg):
-        obj = getattr(cfg, sect.name)
-        for f in dataclasses.fields(obj):
-            v = getattr(obj, f.name)
-            expected = dataclasses.asdict(RunConfig()).get(sect.name, {}).get(f.name)
-            if v is None or expected is None:
-                continue
-            if isinstance(expected, bool):
-                ok = isinstance(v, bool)
-            elif isinstance(expected, float):
-                ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-            elif isinstance(expected, int):
-                ok = isinstance(v, int) and not isinstance(v, bool)
-            elif isinstance(expected, str):
-                ok = isinstance(v, str)
-            elif isinstance(expected, list):
-                ok = isinstance(v, list)
-            else:
-                ok = True
-            if not ok:
-                raise SetseqError(
-                    f"config key '{sect.name}.{f.name}' must be {type(expected).__name__}, got {v!r}",
-                    "fix the value in the YAML or the override",
-                )
+def _check_type(where: str, value: Any, default: Any) -> Any:
+    """The value, with YAML 1.1's string '1e-4' read as a number; values of the wrong type are rejected."""
+    if value is None or default is None:
+        return value
+    if isinstance(default, float) and not isinstance(default, bool) and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, list):
+        ok = isinstance(value, list)
+    else:
+        ok = True
+    if not ok:
+        raise SetseqError(
+            f"config key '{where}' must be {type(default).__name__}, got {value!r}",
+            "fix the value in the YAML or the override",
+        )
+    return value
+
+
+# Fields whose default is None but which hold numbers.
+_NUMERIC_OPTIONAL = {
+    "frames": 0,
+    "fps": 0.0,
+    "end": 0.0,
+    "alpha": 0.0,
+    "micro_batch": 0,
+    "size": [],
+    "targets": [],
+    "video": "",
+    "static_prompt": "",
+}
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -255,11 +282,16 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key or any(not part for part in key.split(".")):
-            raise SetseqError(f"cannot read the override '{item}'", "write overrides as dotted key=value, e.g. stage1.steps=600")
+            raise SetseqError(
+                f"cannot read the override '{item}'",
+                "write overrides as dotted key=value, e.g. stage1.steps=600",
+            )
         try:
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError:
-            raise SetseqError(f"cannot parse the value of override '{item}'", "quote it or fix its syntax") from None
+            raise SetseqError(
+                f"cannot parse the value of override '{item}'", "quote it or fix its syntax"
+            ) from None
         node = out
         parts = key.split(".")
         for p in parts[:-1]:
@@ -286,7 +318,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise SetseqError(f"config file {p} is not valid YAML{where}", "fix its syntax (yaml.safe_load must read it)") from None
+        raise SetseqError(
+            f"config file {p} is not valid YAML{where}", "fix its syntax (yaml.safe_load must read it)"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -295,7 +329,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_config(
-    config_file: str | Path | None = None, flags: dict[str, Any] | None = None, overrides: list[str] | None = None
+    config_file: str | Path | None = None,
+    flags: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
 ) -> RunConfig:
     """Defaults < YAML file < flags (a nested dict of the flags the user gave) < key=value overrides."""
     data: dict[str, Any] = load_yaml(config_file) if config_file else {}
@@ -303,6 +339,4 @@ def resolve_config(
         data = deep_merge(data, flags)
     if overrides:
         data = deep_merge(data, parse_overrides(overrides))
-    cfg = _build(RunConfig, data, "")
-    _typecheck(cfg)
-    return cfg
+    return _build(RunConfig, data, "")

@@ -64,14 +64,17 @@ def save_setseq(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[s
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not path.is_file():
-        raise SetseqError(f"LoRA file {path} does not exist", "check the path (a run folder holds setseq.safetensors)")
+        raise SetseqError(
+            f"LoRA file {path} does not exist", "check the path (a run folder holds setseq.safetensors)"
+        )
     try:
         with safe_open(str(path), framework="pt") as f:
             md = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise SetseqError(
-            f"{path} is not a readable safetensors file ({type(exc).__name__})", "re-export or re-download it; only safetensors are read"
+            f"{path} is not a readable safetensors file ({type(exc).__name__})",
+            "re-export or re-download it; only safetensors are read",
         ) from None
     return tensors, md
 
@@ -106,7 +109,9 @@ def load_setseq(path: str | Path) -> SetseqLora:
             meta[k] = v
     for need in ("backbone", "rank", "alpha", "basis"):
         if need not in meta:
-            raise SetseqError(f"{path} lacks the '{need}' metadata", "re-export it from its run with `setseq export`")
+            raise SetseqError(
+                f"{path} lacks the '{need}' metadata", "re-export it from its run with `setseq export`"
+            )
     lora = SetseqLora(tensors, meta)
     for m in lora.modules:
         for part in ("identity.down", "identity.up"):
@@ -115,7 +120,9 @@ def load_setseq(path: str | Path) -> SetseqLora:
     return lora
 
 
-def check_compatible(lora: SetseqLora, backbone_name: str, fingerprint: str, path: str | Path = "the LoRA") -> list[str]:
+def check_compatible(
+    lora: SetseqLora, backbone_name: str, fingerprint: str, path: str | Path = "the LoRA"
+) -> list[str]:
     """Refuse a LoRA made for another backbone; returns warnings (same family, other config)."""
     if lora.meta.get("backbone") != backbone_name:
         raise SetseqError(
@@ -171,7 +178,9 @@ def comfyui_module_name(module: str) -> str:
     for pat, rep in _COMFY_WAN:
         if re.search(pat, module):
             return re.sub(pat, rep, module)
-    raise SetseqError(f"no ComfyUI name is known for module '{module}'", "export with --format diffusers instead")
+    raise SetseqError(
+        f"no ComfyUI name is known for module '{module}'", "export with --format diffusers instead"
+    )
 
 
 def export_tensors(
@@ -181,7 +190,10 @@ def export_tensors(
     if fmt not in EXPORT_FORMATS:
         raise SetseqError(f"unknown export format '{fmt}'", f"use one of: {', '.join(EXPORT_FORMATS)}")
     if fmt in ("comfyui",) and lora.meta.get("backbone") not in ("wan", "toy"):
-        raise SetseqError(f"ComfyUI export is only defined for Wan-architecture LoRAs, not '{lora.meta.get('backbone')}'", "use --format diffusers")
+        raise SetseqError(
+            f"ComfyUI export is only defined for Wan-architecture LoRAs, not '{lora.meta.get('backbone')}'",
+            "use --format diffusers",
+        )
     s_id = float(lora.meta.get("identity_scale", 1.0) if identity_scale is None else identity_scale)
     s_mot = float(lora.meta.get("motion_scale", 1.0) if motion_scale is None else motion_scale)
     if fmt == "identity":
@@ -211,7 +223,10 @@ def export_file(
     motion_scale: float | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Path:
-    tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in export_tensors(lora, fmt, identity_scale, motion_scale).items()}
+    tensors = {
+        k: v.to(dtype) if v.is_floating_point() else v
+        for k, v in export_tensors(lora, fmt, identity_scale, motion_scale).items()
+    }
     md = {
         "format": f"setseq-export-{fmt}",
         "setseq_backbone": str(lora.meta.get("backbone")),

@@ -20,15 +20,24 @@ def describe_run(path: Path) -> tuple[str, dict[str, Any]]:
     run_dir = path if path.is_dir() else path.parent
     cfg = read_run_config(run_dir) if path.is_dir() else {}
     if path.is_dir() and not cfg and not (path / "setseq.safetensors").exists():
-        raise SetseqError(f"{path} is not a setseq run folder (no config.yaml or setseq.safetensors)", "pass the --out folder of `setseq train`")
+        raise SetseqError(
+            f"{path} is not a setseq run folder (no config.yaml or setseq.safetensors)",
+            "pass the --out folder of `setseq train`",
+        )
     if cfg:
         data["config"] = cfg
         m, d, c = cfg.get("model", {}), cfg.get("data", {}), cfg.get("concept", {})
         lines.append(f"model: {m.get('backbone')} {m.get('path')} ({m.get('dtype')})")
-        lines.append(f"video: {d.get('video')}  frames={d.get('frames')} fps={d.get('fps')} size={d.get('size')}")
-        lines.append(f"concept: token={c.get('token')} class={c.get('class_word')} motion token={c.get('motion_token')}")
+        lines.append(
+            f"video: {d.get('video')}  frames={d.get('frames')} fps={d.get('fps')} size={d.get('size')}"
+        )
+        lines.append(
+            f"concept: token={c.get('token')} class={c.get('class_word')} motion token={c.get('motion_token')}"
+        )
         s1, s2, lo = cfg.get("stage1", {}), cfg.get("stage2", {}), cfg.get("lora", {})
-        lines.append(f"lora: rank={lo.get('rank')} basis={lo.get('basis')}; steps: stage1={s1.get('steps')} stage2={s2.get('steps')}")
+        lines.append(
+            f"lora: rank={lo.get('rank')} basis={lo.get('basis')}; steps: stage1={s1.get('steps')} stage2={s2.get('steps')}"
+        )
     if path.is_dir():
         ck = C.latest_checkpoint(path)
         if ck:
@@ -40,11 +49,15 @@ def describe_run(path: Path) -> tuple[str, dict[str, Any]]:
     if lora_path.is_file():
         lora = load_setseq(lora_path)
         data["lora"] = lora.meta
-        lines.append(f"setseq LoRA: {lora_path.name}, {len(lora.modules)} modules, backbone {lora.meta.get('backbone')}, "
-                     f"rank {lora.rank}, basis {lora.basis}")
+        lines.append(
+            f"setseq LoRA: {lora_path.name}, {len(lora.modules)} modules, backbone {lora.meta.get('backbone')}, "
+            f"rank {lora.rank}, basis {lora.basis}"
+        )
         lines.append(f"  T_static: {lora.meta.get('t_static')!r}")
         lines.append(f"  T_motion: {lora.meta.get('t_motion')!r}")
-        lines.append(f"  default scales: identity {lora.meta.get('identity_scale')}, motion {lora.meta.get('motion_scale')}")
+        lines.append(
+            f"  default scales: identity {lora.meta.get('identity_scale')}, motion {lora.meta.get('motion_scale')}"
+        )
     else:
         lines.append("setseq LoRA: not written yet (training unfinished)")
     if path.is_dir():

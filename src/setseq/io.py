@@ -20,9 +20,14 @@ from setseq.errors import SetseqError
 
 def _disk_error(path: Path, exc: OSError) -> SetseqError:
     if exc.errno == errno.ENOSPC:
-        return SetseqError(f"no space left on the device while writing {path}", "free some disk space or choose another --out folder")
+        return SetseqError(
+            f"no space left on the device while writing {path}",
+            "free some disk space or choose another --out folder",
+        )
     if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-        return SetseqError(f"cannot write {path}: the folder is read-only or not ours", "choose a writable --out folder")
+        return SetseqError(
+            f"cannot write {path}: the folder is read-only or not ours", "choose a writable --out folder"
+        )
     return SetseqError(f"cannot write {path}: {exc.strerror or exc}", "check the output folder")
 
 
@@ -34,7 +39,9 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.stem}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent
+        )
         os.close(fd)
     except OSError as exc:
         raise _disk_error(path, exc) from None

@@ -39,7 +39,9 @@ Stage = Literal[1, 2, 0]  # 0 = inference (nothing trainable, no mask)
 class SetSeqLinear(nn.Module):
     """A frozen `nn.Linear` plus the identity LoRA and the motion residual. See the module docstring."""
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, basis: Basis, generator: torch.Generator | None = None):
+    def __init__(
+        self, base: nn.Linear, rank: int, alpha: float, basis: Basis, generator: torch.Generator | None = None
+    ):
         super().__init__()
         if basis not in ("down", "up"):
             raise ValueError(f"basis must be 'down' or 'up', got {basis!r}")
@@ -87,7 +89,9 @@ class SetSeqLinear(nn.Module):
 
     def _masked(self, t: torch.Tensor, trainable_here: bool) -> torch.Tensor:
         if self.training and trainable_here and self.dropconnect > 0.0:
-            return t * dropconnect_mask(t.shape, self.dropconnect, self.mask_generator, device=t.device, dtype=t.dtype)
+            return t * dropconnect_mask(
+                t.shape, self.dropconnect, self.mask_generator, device=t.device, dtype=t.dtype
+            )
         return t
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,7 +158,9 @@ class LoraSpec:
 def find_targets(model: nn.Module, patterns: Iterable[str]) -> list[str]:
     """Names of the `nn.Linear` modules of `model` whose name matches any regex in `patterns` (re.search)."""
     regs = [re.compile(p) for p in patterns]
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and any(r.search(n) for r in regs)]
+    return [
+        n for n, m in model.named_modules() if isinstance(m, nn.Linear) and any(r.search(n) for r in regs)
+    ]
 
 
 def inject(model: nn.Module, spec: LoraSpec, seed: int = 0) -> dict[str, SetSeqLinear]:
@@ -162,7 +168,9 @@ def inject(model: nn.Module, spec: LoraSpec, seed: int = 0) -> dict[str, SetSeqL
 
     Every base parameter of `model` is frozen. Init is seeded, so the same seed gives the same LoRA."""
     if get_layers(model):
-        raise SetseqError("this model already carries setseq LoRA layers", "load a fresh model before injecting again")
+        raise SetseqError(
+            "this model already carries setseq LoRA layers", "load a fresh model before injecting again"
+        )
     names = find_targets(model, spec.targets)
     if not names:
         raise SetseqError(
@@ -193,7 +201,9 @@ def set_stage(model: nn.Module, stage: Stage, dropconnect: float = 0.0) -> list[
 
     stage 1: identity basis and coefficients; stage 2: the motion residual only; 0: nothing (inference)."""
     if not 0.0 <= dropconnect < 1.0:
-        raise SetseqError(f"dropconnect must be in [0, 1), got {dropconnect}", "set stage1.dropconnect / stage2.dropconnect")
+        raise SetseqError(
+            f"dropconnect must be in [0, 1), got {dropconnect}", "set stage1.dropconnect / stage2.dropconnect"
+        )
     params: list[nn.Parameter] = []
     for layer in get_layers(model).values():
         layer.stage = stage
@@ -240,10 +250,15 @@ def identity_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def motion_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {f"{n}.motion.{'up' if l.basis == 'down' else 'down'}": l.motion.detach().cpu().contiguous() for n, l in get_layers(model).items()}
+    return {
+        f"{n}.motion.{'up' if lay.basis == 'down' else 'down'}": lay.motion.detach().cpu().contiguous()
+        for n, lay in get_layers(model).items()
+    }
 
 
-def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], *, parts: tuple[str, ...] = ("identity", "motion")) -> None:
+def load_state(
+    model: nn.Module, tensors: dict[str, torch.Tensor], *, parts: tuple[str, ...] = ("identity", "motion")
+) -> None:
     """Load identity and/or motion tensors saved by `identity_state` / `motion_state`; shapes are checked."""
     layers = get_layers(model)
     for name, layer in layers.items():
@@ -255,7 +270,10 @@ def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], *, parts: tup
             wanted[f"{name}.motion.{'up' if layer.basis == 'down' else 'down'}"] = layer.motion
         for key, param in wanted.items():
             if key not in tensors:
-                raise SetseqError(f"the LoRA file has no tensor '{key}'", "it was trained with other lora.targets or basis; use the run's own config")
+                raise SetseqError(
+                    f"the LoRA file has no tensor '{key}'",
+                    "it was trained with other lora.targets or basis; use the run's own config",
+                )
             t = tensors[key]
             if tuple(t.shape) != tuple(param.shape):
                 raise SetseqError(

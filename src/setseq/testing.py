@@ -30,14 +30,22 @@ def build_word_tokenizer(words: list[str] | tuple[str, ...], max_length: int = 6
         vocab.setdefault(w.lower(), len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=max_length
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=max_length,
     )
 
 
-def build_tiny_wan(folder: str | Path, seed: int = 0, *, layers: int = 2, heads: int = 2, head_dim: int = 12) -> Path:
+def build_tiny_wan(
+    folder: str | Path, seed: int = 0, *, layers: int = 2, heads: int = 2, head_dim: int = 12
+) -> Path:
     """Write a tiny random Wan 2.1-style T2V pipeline to `folder` (diffusers layout, safetensors)."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
@@ -76,7 +84,11 @@ def build_tiny_wan(folder: str | Path, seed: int = 0, *, layers: int = 2, heads:
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=32,
     ).eval()
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
-    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler)
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
+    )
+    pipe = WanPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
+    )
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder

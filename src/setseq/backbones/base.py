@@ -29,7 +29,9 @@ class PromptEmbeds:
     mask: torch.Tensor
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> PromptEmbeds:
-        return PromptEmbeds(self.embeds.to(device=device, dtype=dtype or self.embeds.dtype), self.mask.to(device))
+        return PromptEmbeds(
+            self.embeds.to(device=device, dtype=dtype or self.embeds.dtype), self.mask.to(device)
+        )
 
 
 @dataclass

@@ -145,8 +145,12 @@ def build_tokenizer(vocab: list[str]):
 
     tok = Tokenizer(WordLevel({w: i for i, w in enumerate(vocab)}, unk_token=UNK))
     tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()  # \w+ | [^\w\s]+ : punctuation becomes its own (unknown) word
-    tok.post_processor = processors.TemplateProcessing(single=f"$A {EOS}", special_tokens=[(EOS, vocab.index(EOS))])
+    tok.pre_tokenizer = (
+        pre_tokenizers.Whitespace()
+    )  # \w+ | [^\w\s]+ : punctuation becomes its own (unknown) word
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"$A {EOS}", special_tokens=[(EOS, vocab.index(EOS))]
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK)
 
 
@@ -211,7 +215,9 @@ def build_toy_components(
         )
     finally:
         torch.random.set_rng_state(gen_state)
-    return ToyComponents(config=config, transformer=transformer.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer)
+    return ToyComponents(
+        config=config, transformer=transformer.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer
+    )
 
 
 def _sha_file(path: Path) -> str:
@@ -222,7 +228,9 @@ def _sha_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_toy_model(folder: str | Path, components: ToyComponents, extra: dict[str, Any] | None = None) -> Path:
+def save_toy_model(
+    folder: str | Path, components: ToyComponents, extra: dict[str, Any] | None = None
+) -> Path:
     """Write a toy model folder (safetensors + JSON only). `extra` is merged into toy_config.json (e.g. step)."""
     from setseq.io import write_json
 
@@ -252,7 +260,9 @@ def _check_folder(folder: Path) -> None:
         raise SetseqError(f"toy model folder {folder} does not exist", RESTORE_HINT)
     missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
     if missing:
-        raise SetseqError(f"toy model folder {folder} is incomplete: missing {', '.join(missing)}", RESTORE_HINT)
+        raise SetseqError(
+            f"toy model folder {folder} is incomplete: missing {', '.join(missing)}", RESTORE_HINT
+        )
 
 
 def load_toy_components(model_id: str = "toy") -> ToyComponents:
@@ -276,9 +286,13 @@ def load_toy_components(model_id: str = "toy") -> ToyComponents:
         text_encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder", use_safetensors=True)
         tokenizer = PreTrainedTokenizerFast.from_pretrained(folder / "tokenizer")
     except (OSError, ValueError, RuntimeError) as exc:
-        raise SetseqError(f"cannot load toy model from {folder}: {str(exc).splitlines()[0]}", RESTORE_HINT) from None
+        raise SetseqError(
+            f"cannot load toy model from {folder}: {str(exc).splitlines()[0]}", RESTORE_HINT
+        ) from None
     tokenizer.pad_token, tokenizer.eos_token, tokenizer.unk_token = PAD, EOS, UNK
-    return ToyComponents(config=config, transformer=transformer.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer)
+    return ToyComponents(
+        config=config, transformer=transformer.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer
+    )
 
 
 def _fingerprint(components: ToyComponents) -> str:
@@ -401,7 +415,9 @@ class ToyBackbone:
         c = self.cell
         if ch != 3 * c * c:
             raise SetseqError(f"expected {3 * c * c} latent channels, got {ch}")
-        x = latents.to(torch.float32).reshape(b, 3, c, c, f, h, w).permute(0, 1, 4, 5, 2, 6, 3)  # (B,3,F,h,c,w,c)
+        x = (
+            latents.to(torch.float32).reshape(b, 3, c, c, f, h, w).permute(0, 1, 4, 5, 2, 6, 3)
+        )  # (B,3,F,h,c,w,c)
         x = x.reshape(b, 3, f, h * c, w * c)
         x = x * self._pix_std.to(x.device) + self._pix_mean.to(x.device)
         return x.permute(0, 2, 1, 3, 4).contiguous()  # (B, F, 3, H, W)
@@ -427,10 +443,15 @@ class ToyBackbone:
         """Velocity (noise - x0) for noisy latents (B, C, F, h, w) at sigmas (B,). self_cond None -> zeros."""
         if self_cond is None:
             self_cond = torch.zeros_like(noisy)
-        x = torch.cat([noisy, self_cond.to(noisy.dtype)], dim=1).to(self.device, self.dtype)  # (B, 2C, F, h, w)
+        x = torch.cat([noisy, self_cond.to(noisy.dtype)], dim=1).to(
+            self.device, self.dtype
+        )  # (B, 2C, F, h, w)
         t = (sigmas.to(self.device, torch.float32) * 1000.0).expand(x.shape[0])
         out = self.transformer(
-            hidden_states=x, timestep=t, encoder_hidden_states=prompt.embeds.to(self.device, self.dtype), return_dict=False
+            hidden_states=x,
+            timestep=t,
+            encoder_hidden_states=prompt.embeds.to(self.device, self.dtype),
+            return_dict=False,
         )[0]
         return out
 
@@ -458,10 +479,10 @@ class ToyBackbone:
         previous x0 estimate.
         """
         cfg = self.config
-        frames = int(frames or cfg["frames"])
-        height = int(height or cfg["height"])
-        width = int(width or cfg["width"])
-        steps = int(steps or cfg["sample_steps"])
+        frames = int(cfg["frames"] if frames is None else frames)
+        height = int(cfg["height"] if height is None else height)
+        width = int(cfg["width"] if width is None else width)
+        steps = int(cfg["sample_steps"] if steps is None else steps)
         guidance_scale = float(cfg["guidance_scale"] if guidance_scale is None else guidance_scale)
         shift = float(cfg["sample_shift"] if shift is None else shift)
         self_conditioning = bool(cfg["sample_self_cond"] if self_conditioning is None else self_conditioning)
@@ -469,9 +490,15 @@ class ToyBackbone:
         # 1. check inputs
         m, sm = self.info.frame_multiple, self.info.spatial_multiple
         if frames < 1 or (frames - 1) % m:
-            raise SetseqError(f"frames={frames} is not {m}k+1", f"use e.g. {m * ((frames - 1) // m) + 1} or {self.info.frames}")
+            raise SetseqError(
+                f"frames={frames} is not {m}k+1",
+                f"use e.g. {m * ((frames - 1) // m) + 1} or {self.info.frames}",
+            )
         if height % sm or width % sm:
-            raise SetseqError(f"size {height}x{width} is not a multiple of {sm}", f"use e.g. {self.info.height}x{self.info.width}")
+            raise SetseqError(
+                f"size {height}x{width} is not a multiple of {sm}",
+                f"use e.g. {self.info.height}x{self.info.width}",
+            )
         if steps < 1:
             raise SetseqError(f"steps={steps} must be at least 1")
         if len(seeds) != len(prompts):
@@ -482,7 +509,9 @@ class ToyBackbone:
         embeds = self.encode_prompt(list(prompts) + ([negative_prompt] * b if use_cfg else []))
         # 3. initial noise, one generator per sample
         shape = (self.latent_channels, frames, height // self.cell, width // self.cell)
-        lat = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+        lat = torch.stack(
+            [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+        )
         lat = lat.to(self.device, torch.float32)  # (B, C, F, h, w); the ODE state is kept in fp32
         # 4. Euler steps
         sig = shift_sigmas(torch.linspace(1.0, 0.0, steps + 1), shift).tolist()
@@ -542,7 +571,9 @@ class ToyBackbone:
 
 
 @register_backbone("toy")
-def load_toy(model_id: str = "toy", device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> ToyBackbone:
+def load_toy(
+    model_id: str = "toy", device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> ToyBackbone:
     """Registry loader: "toy" is the model shipped with setseq; any other id is a local toy model folder."""
     components = load_toy_components(model_id)
     return ToyBackbone(components, model_id=model_id, device=device, dtype=dtype)

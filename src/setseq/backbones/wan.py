@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -59,13 +60,17 @@ class WanBackbone:
         st = int(getattr(vcfg, "scale_factor_temporal", 4))
         ss = int(getattr(vcfg, "scale_factor_spatial", 8))
         patch = tuple(tcfg.patch_size)
-        self.flow_shift = float(getattr(pipe.scheduler.config, "flow_shift", None) or getattr(pipe.scheduler.config, "shift", 3.0))
+        self.flow_shift = float(
+            getattr(pipe.scheduler.config, "flow_shift", None) or getattr(pipe.scheduler.config, "shift", 3.0)
+        )
         self.expand_timesteps = bool(getattr(pipe.config, "expand_timesteps", False))
         small = tcfg.num_layers * tcfg.num_attention_heads * tcfg.attention_head_dim < 4096 * 8
         self.info = BackboneInfo(
             name="wan",
             model_id=model_id,
-            fingerprint=_fingerprint([_plain_config(tcfg), _plain_config(vcfg), self.text_encoder.config.to_dict()]),
+            fingerprint=_fingerprint(
+                [_plain_config(tcfg), _plain_config(vcfg), self.text_encoder.config.to_dict()]
+            ),
             # Wan's native 480p size; tiny test models default to a tiny size.
             height=32 if small else 480,
             width=32 if small else 832,
@@ -115,7 +120,9 @@ class WanBackbone:
     # -- diffusion -------------------------------------------------------------------------------------------
     def sample_sigmas(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         # Wan's schedulers sample in shifted time (flow_shift); training draws u uniformly and applies it.
-        return fm.sample_sigmas(batch, shift=self.flow_shift, weighting="uniform", generator=generator, device=self.device)
+        return fm.sample_sigmas(
+            batch, shift=self.flow_shift, weighting="uniform", generator=generator, device=self.device
+        )
 
     def predict(
         self,
@@ -125,7 +132,9 @@ class WanBackbone:
         self_cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if self_cond is not None:
-            raise SetseqError("Wan has no self-conditioning input", "set regularizers.self_conditioning=0 for this backbone")
+            raise SetseqError(
+                "Wan has no self-conditioning input", "set regularizers.self_conditioning=0 for this backbone"
+            )
         t = sigmas.to(self.device).float() * 1000.0  # (B,)
         if self.expand_timesteps:
             # Wan 2.2 TI2V takes one timestep per latent patch (all equal for text-to-video).
@@ -182,8 +191,10 @@ def load_wan(model_id: str, device: torch.device, dtype: torch.dtype) -> WanBack
             "point --model at the folder that holds model_index.json, transformer/, vae/, text_encoder/ and tokenizer/",
         )
     try:
-        pipe = WanPipeline.from_pretrained(model_id, torch_dtype=dtype, use_safetensors=True)
-    except (OSError, ValueError, EnvironmentError) as exc:
+        with warnings.catch_warnings():  # diffusers >= 0.42 renames torch_dtype; older releases only know it
+            warnings.simplefilter("ignore", FutureWarning)
+            pipe = WanPipeline.from_pretrained(model_id, torch_dtype=dtype, use_safetensors=True)
+    except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         hint = (
             "download it first (huggingface-cli download <id> --local-dir DIR) and pass the folder"
@@ -192,7 +203,8 @@ def load_wan(model_id: str, device: torch.device, dtype: torch.dtype) -> WanBack
         )
         raise SetseqError(f"cannot load Wan model '{model_id}': {first}", hint) from None
     # Keep the VAE in fp32 on CPU-sized runs; upcasting it is the usual advice for Wan's VAE.
-    pipe.vae.to(torch.float32)
+    if dtype != torch.float32:
+        pipe.vae.to(torch.float32)
     pipe.to(device)
     for m in (pipe.transformer, pipe.vae, pipe.text_encoder):
         m.requires_grad_(False)

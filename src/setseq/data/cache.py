@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
-from safetensors import safe_open
 
 from setseq.backbones.base import PromptEmbeds
 from setseq.errors import SetseqError
@@ -90,7 +89,9 @@ def load_cache(path: Path, canon_key: str, short_key: str) -> EncodedConcept | N
             stored = (f.metadata() or {}).get("setseq_cache_key")
         t = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise SetseqError(f"the cache file {path} is corrupt ({type(exc).__name__})", f"delete {path} and run again") from None
+        raise SetseqError(
+            f"the cache file {path} is corrupt ({type(exc).__name__})", f"delete {path} and run again"
+        ) from None
     if stored != canon_key:
         raise SetseqError(
             f"the cache file {path} was made for another model, video, size or prompt (stale cache)",

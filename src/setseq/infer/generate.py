@@ -49,7 +49,12 @@ class Personalized:
         self.backbone = backbone
         self.lora = lora
         if lora is not None:
-            spec = L.LoraSpec(lora.rank, lora.alpha, lora.basis, tuple(lora.meta.get("targets") or backbone.info.lora_targets))  # type: ignore[arg-type]
+            spec = L.LoraSpec(
+                lora.rank,
+                lora.alpha,
+                lora.basis,
+                tuple(lora.meta.get("targets") or backbone.info.lora_targets),
+            )  # type: ignore[arg-type]
             L.inject(backbone.transformer, spec)
             L.load_state(backbone.transformer, lora.tensors)
             L.set_stage(backbone.transformer, 0)
@@ -67,7 +72,11 @@ class Personalized:
     ) -> Personalized:
         """From a run folder (or a setseq.safetensors file) on its own model, or `model` alone."""
         lora = load_setseq(run) if run is not None else None
-        name = backbone or (lora.meta["backbone"] if lora else None) or ("wan" if model and model != "toy" else "toy")
+        name = (
+            backbone
+            or (lora.meta["backbone"] if lora else None)
+            or ("wan" if model and model != "toy" else "toy")
+        )
         path = model or (lora.meta.get("model_id") if lora else None) or "toy"
         bb = load_backbone(name, path, resolve_device(device), DTYPES[dtype])
         if lora is not None:
@@ -79,11 +88,18 @@ class Personalized:
         if self.lora is not None:
             tok = str(self.lora.meta.get("token", ""))
             if tok and tok not in prompt.split():
-                print(f"warning: the prompt {prompt!r} does not contain the concept token '{tok}': the concept may not appear", file=sys.stderr)
+                print(
+                    f"warning: the prompt {prompt!r} does not contain the concept token '{tok}': the concept may not appear",
+                    file=sys.stderr,
+                )
             L.set_scales(
                 self.backbone.transformer,
-                identity=self.lora.meta.get("identity_scale", 1.0) if opts.identity_scale is None else opts.identity_scale,
-                motion=self.lora.meta.get("motion_scale", 1.0) if opts.motion_scale is None else opts.motion_scale,
+                identity=self.lora.meta.get("identity_scale", 1.0)
+                if opts.identity_scale is None
+                else opts.identity_scale,
+                motion=self.lora.meta.get("motion_scale", 1.0)
+                if opts.motion_scale is None
+                else opts.motion_scale,
             )
         default_cfg = float(self.lora.meta.get("guidance_scale", 5.0)) if self.lora else 5.0
         size = self.lora.meta.get("size") if self.lora else None
@@ -108,12 +124,14 @@ def output_paths(out: Path, n: int) -> list[Path]:
     return [out.with_name(f"{out.stem}_{i:02d}{out.suffix}") for i in range(n)]
 
 
-def generate_to_files(model: Personalized, prompts: list[str], opts: GenerateOptions, out: str | Path, progress: bool = True) -> list[GeneratedVideo]:
+def generate_to_files(
+    model: Personalized, prompts: list[str], opts: GenerateOptions, out: str | Path, progress: bool = True
+) -> list[GeneratedVideo]:
     """Generate each prompt; write `<out>` (mp4) and `<out>.png` (contact sheet), numbered if several."""
     from setseq.data.video import from_tensor, write_contact_sheet, write_video
 
     if not prompts:
-        raise SetseqError("no prompt was given", "pass --prompt \"a sks person ...\"")
+        raise SetseqError("no prompt was given", 'pass --prompt "a sks person ..."')
     results = []
     for prompt, path in zip(prompts, output_paths(Path(out), len(prompts))):
         video = model.generate(prompt, opts, progress=progress)

@@ -46,12 +46,16 @@ def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tenso
     tensors = {}
     for idx, st in sd["state"].items():
         for name, val in st.items():
-            tensors[f"{idx}.{name}"] = (val if torch.is_tensor(val) else torch.tensor(val)).detach().cpu().contiguous()
+            tensors[f"{idx}.{name}"] = (
+                (val if torch.is_tensor(val) else torch.tensor(val)).detach().cpu().contiguous()
+            )
     groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
     return tensors, groups
 
 
-def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict[str, Any]]) -> None:
+def restore_optimizer(
+    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict[str, Any]]
+) -> None:
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, val in tensors.items():
         idx, name = key.split(".", 1)
@@ -141,5 +145,7 @@ def final_stage1(run_dir: Path, steps: int) -> Checkpoint | None:
 
 def require(ck: Checkpoint | None, run_dir: Path) -> Checkpoint:
     if ck is None:
-        raise SetseqError(f"{run_dir} has no complete checkpoint to resume from", "start a new run without --resume")
+        raise SetseqError(
+            f"{run_dir} has no complete checkpoint to resume from", "start a new run without --resume"
+        )
     return ck

@@ -56,7 +56,9 @@ class StageContext:
     on_sample: Callable[[int, int], None] | None = None
 
 
-def flow_matching_step(backbone: Backbone, batch: Batch, gen: torch.Generator, token_mask_p: float) -> torch.Tensor:
+def flow_matching_step(
+    backbone: Backbone, batch: Batch, gen: torch.Generator, token_mask_p: float
+) -> torch.Tensor:
     """One flow-matching loss on a batch: noise, timesteps and token masks drawn from `gen`."""
     x0 = batch.latents.to(backbone.device, torch.float32)
     noise = torch.randn(x0.shape, generator=gen).to(backbone.device)
@@ -100,8 +102,14 @@ def run_stage(
         return losses
     tc = ctx.cfg.train
     model.train()
-    bar = tqdm(total=sc.steps, initial=start, desc=f"stage {stage} ({'set' if stage == 1 else 'sequence'})",
-               disable=not ctx.progress, dynamic_ncols=True, unit="step")
+    bar = tqdm(
+        total=sc.steps,
+        initial=start,
+        desc=f"stage {stage} ({'set' if stage == 1 else 'sequence'})",
+        disable=not ctx.progress,
+        dynamic_ncols=True,
+        unit="step",
+    )
     t0 = time.perf_counter()
     for step in range(start, sc.steps):
         opt.zero_grad(set_to_none=True)
@@ -109,7 +117,9 @@ def run_stage(
         for micro in range(sc.accumulation):
             gen = step_generator(tc.seed, stage, step, micro)
             L.set_mask_generator(model, gen)
-            loss = flow_matching_step(ctx.backbone, make_batch(step, micro, gen), gen, ctx.cfg.regularizers.token_mask)
+            loss = flow_matching_step(
+                ctx.backbone, make_batch(step, micro, gen), gen, ctx.cfg.regularizers.token_mask
+            )
             if not torch.isfinite(loss):
                 last = C.latest_checkpoint(ctx.run_dir)
                 keep = f"the last good checkpoint is {last.path}" if last else "no checkpoint was written yet"
@@ -131,11 +141,28 @@ def run_stage(
             ctx.writer.add_scalar(f"stage{stage}/grad_norm", float(gnorm), done)
         if ctx.log_file is not None and done % tc.log_every == 0:
             with open(ctx.log_file, "a") as f:
-                f.write(json.dumps({"stage": stage, "step": done, "loss": total, "grad_norm": float(gnorm),
-                                    "elapsed_s": round(time.perf_counter() - t0, 3)}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "stage": stage,
+                            "step": done,
+                            "loss": total,
+                            "grad_norm": float(gnorm),
+                            "elapsed_s": round(time.perf_counter() - t0, 3),
+                        }
+                    )
+                    + "\n"
+                )
         if done % tc.checkpoint_every == 0 or done == sc.steps:
-            C.save_checkpoint(ctx.run_dir, stage, done, trainable_state(model, stage), opt,
-                              {"config": ctx.cfg.to_dict(), **ctx.extra_state}, keep=tc.keep_checkpoints)
+            C.save_checkpoint(
+                ctx.run_dir,
+                stage,
+                done,
+                trainable_state(model, stage),
+                opt,
+                {"config": ctx.cfg.to_dict(), **ctx.extra_state},
+                keep=tc.keep_checkpoints,
+            )
         if ctx.on_sample is not None and tc.sample_every and done % tc.sample_every == 0:
             model.eval()
             ctx.on_sample(stage, done)

@@ -46,7 +46,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_model(cfg: RunConfig) -> Backbone:
-    return load_backbone(cfg.model.backbone, cfg.model.path, resolve_device(cfg.model.device), DTYPES[cfg.model.dtype])
+    return load_backbone(
+        cfg.model.backbone, cfg.model.path, resolve_device(cfg.model.device), DTYPES[cfg.model.dtype]
+    )
 
 
 def check_shapes(cfg: RunConfig, bb: Backbone) -> tuple[int, int, int]:
@@ -70,7 +72,9 @@ def check_shapes(cfg: RunConfig, bb: Backbone) -> tuple[int, int, int]:
     return frames, h, w
 
 
-def encode_concept(cfg: RunConfig, bb: Backbone, cache_dir: Path, log: Callable[[str], None]) -> tuple[EncodedConcept, str]:
+def encode_concept(
+    cfg: RunConfig, bb: Backbone, cache_dir: Path, log: Callable[[str], None]
+) -> tuple[EncodedConcept, str]:
     """Decode the video, then encode frames, clip and prompts once; cached on disk by content key."""
     from setseq.data.video import load_clip, to_tensor
 
@@ -101,10 +105,14 @@ def encode_concept(cfg: RunConfig, bb: Backbone, cache_dir: Path, log: Callable[
     if cached is not None:
         log(f"cache: reusing {path}")
         return cached, short
-    clip = load_clip(video, frames=frames, fps=cfg.data.fps, start=cfg.data.start, end=cfg.data.end, size=(h, w))
+    clip = load_clip(
+        video, frames=frames, fps=cfg.data.fps, start=cfg.data.start, end=cfg.data.end, size=(h, w)
+    )
     log(clip.summary())
     x = to_tensor(clip.frames)  # (F, 3, H, W) in [-1, 1]
-    set_lat = torch.cat([bb.encode_video(x[i : i + 1].unsqueeze(0)) for i in range(x.shape[0])])  # (F, C, 1, h, w)
+    set_lat = torch.cat(
+        [bb.encode_video(x[i : i + 1].unsqueeze(0)) for i in range(x.shape[0])]
+    )  # (F, C, 1, h, w)
     clip_lat = bb.encode_video(x.unsqueeze(0))  # (1, C, f, h, w)
     static, motion = bb.encode_prompt([cfg.concept.t_static]), bb.encode_prompt([cfg.concept.t_motion])
     enc = EncodedConcept(set_lat.cpu(), clip_lat.cpu(), static.to("cpu"), motion.to("cpu"), short)
@@ -114,10 +122,14 @@ def encode_concept(cfg: RunConfig, bb: Backbone, cache_dir: Path, log: Callable[
 
 
 def lora_spec(cfg: RunConfig, bb: Backbone) -> L.LoraSpec:
-    return L.LoraSpec(cfg.lora.rank, cfg.lora.scale_alpha, cfg.lora.basis, tuple(cfg.lora.targets or bb.info.lora_targets))  # type: ignore[arg-type]
+    return L.LoraSpec(
+        cfg.lora.rank, cfg.lora.scale_alpha, cfg.lora.basis, tuple(cfg.lora.targets or bb.info.lora_targets)
+    )  # type: ignore[arg-type]
 
 
-def lora_metadata(cfg: RunConfig, bb: Backbone, spec: L.LoraSpec, frames: int, h: int, w: int) -> dict[str, Any]:
+def lora_metadata(
+    cfg: RunConfig, bb: Backbone, spec: L.LoraSpec, frames: int, h: int, w: int
+) -> dict[str, Any]:
     return {
         "backbone": bb.info.name,
         "model_id": cfg.model.path,
@@ -167,13 +179,19 @@ def train(
     ck = None
     if resume:
         if not (run_dir / "config.yaml").is_file():
-            raise SetseqError(f"{run_dir} is not a setseq run folder (no config.yaml)", "pass the --out folder of an earlier run to --resume")
+            raise SetseqError(
+                f"{run_dir} is not a setseq run folder (no config.yaml)",
+                "pass the --out folder of an earlier run to --resume",
+            )
         cfg = resolve_config(run_dir / "config.yaml")
         ck = C.require(C.latest_checkpoint(run_dir), run_dir)
         log(f"resuming {run_dir} from {ck.path.name} (stage {ck.stage}, step {ck.step})")
     else:
         if (run_dir / "config.yaml").exists() or (run_dir / "checkpoints").exists():
-            raise SetseqError(f"{run_dir} already holds a run", f"continue it with `setseq train --resume {run_dir}`, or choose another --out")
+            raise SetseqError(
+                f"{run_dir} already holds a run",
+                f"continue it with `setseq train --resume {run_dir}`, or choose another --out",
+            )
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.yaml", cfg.to_yaml())
 
@@ -192,18 +210,26 @@ def train(
     model = bb.transformer
     L.inject(model, spec, seed=cfg.train.seed)
     n_params = sum(p.numel() for layer in L.get_layers(model).values() for p in (layer.down, layer.up))
-    log(f"LoRA: {len(L.get_layers(model))} layers, rank {spec.rank}, basis {spec.basis}, {n_params / 1e6:.2f}M identity parameters")
+    log(
+        f"LoRA: {len(L.get_layers(model))} layers, rank {spec.rank}, basis {spec.basis}, {n_params / 1e6:.2f}M identity parameters"
+    )
     if ck is not None:
         L.load_state(model, ck.lora(), parts=("identity", "motion") if ck.stage == 2 else ("identity",))
     elif init_lora is not None:
         src = load_setseq(init_lora)
         for w_ in check_compatible(src, bb.info.name, bb.info.fingerprint, init_lora):
             log(f"warning: {w_}")
-        L.load_state(model, src.tensors, parts=("identity", "motion") if any(".motion." in k for k in src.tensors) else ("identity",))
+        L.load_state(
+            model,
+            src.tensors,
+            parts=("identity", "motion") if any(".motion." in k for k in src.tensors) else ("identity",),
+        )
         log(f"initialised from {init_lora}")
 
     writer = _writer(run_dir, cfg.train.tensorboard)
-    ctx = StageContext(cfg, bb, data, run_dir, writer, run_dir / "logs" / "loss.jsonl", progress, {"cache_key": key})
+    ctx = StageContext(
+        cfg, bb, data, run_dir, writer, run_dir / "logs" / "loss.jsonl", progress, {"cache_key": key}
+    )
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     ctx.on_sample = _sampler(ctx, frames, h, w)
     try:
@@ -235,8 +261,13 @@ def _sampler(ctx: StageContext, frames: int, h: int, w: int) -> Callable[[int, i
         prompt = ctx.cfg.concept.t_static if stage == 1 else ctx.cfg.concept.t_motion
         with torch.no_grad():
             video = ctx.backbone.generate(
-                prompt, frames=frames, height=h, width=w, steps=ctx.cfg.train.sample_steps,
-                guidance_scale=ctx.cfg.train.guidance_scale, seed=ctx.cfg.train.seed,
+                prompt,
+                frames=frames,
+                height=h,
+                width=w,
+                steps=ctx.cfg.train.sample_steps,
+                guidance_scale=ctx.cfg.train.guidance_scale,
+                seed=ctx.cfg.train.seed,
             )
         write_video(ctx.run_dir / "samples" / f"stage{stage}-{step:06d}.mp4", from_tensor(video))
         if torch.cuda.is_available():

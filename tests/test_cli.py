@@ -1,0 +1,189 @@
+"""The command line on a tiny random Wan: the happy path, and each bad input's one-line message."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from setseq.cli import main
+from setseq.export import load_setseq, save_setseq
+
+FAST = [
+    "lora.rank=4",
+    "stage1.steps=2",
+    "stage2.steps=2",
+    "stage1.batch_size=2",
+    "stage2.batch_size=2",
+    "train.tensorboard=false",
+    "train.checkpoint_every=1",
+]
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code == 2, err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("setseq: error:"), err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+@pytest.fixture(scope="module")
+def cli_run(tiny_wan_dir, tmp_path_factory):
+    from setseq.data.video import write_video
+    from tests.conftest import moving_square_video
+
+    root = tmp_path_factory.mktemp("cli")
+    video = root / "clip.mp4"
+    write_video(video, moving_square_video(13, (40, 56)), fps=8)
+    out = root / "run"
+    code = main(
+        [
+            "train",
+            "--model",
+            str(tiny_wan_dir),
+            "--video",
+            str(video),
+            "--out",
+            str(out),
+            "--frames",
+            "9",
+            "--action",
+            "dancing",
+            "--no-progress",
+            *FAST,
+        ]
+    )
+    assert code == 0
+    return out, video
+
+
+def test_train_generate_export_info(cli_run, tiny_wan_dir, capsys, tmp_path):
+    run, _ = cli_run
+    code, out, err = run_cli(
+        capsys,
+        "generate",
+        run,
+        "--prompt",
+        "a sks person dancing on a beach",
+        "--out",
+        tmp_path / "beach.mp4",
+        "--steps",
+        "2",
+    )
+    assert code == 0, err
+    assert (tmp_path / "beach.mp4").stat().st_size > 0 and (tmp_path / "beach.png").stat().st_size > 0
+    code, out, err = run_cli(
+        capsys, "export", run, "--format", "motion", "--out", tmp_path / "motion.safetensors"
+    )
+    assert code == 0 and (tmp_path / "motion.safetensors").is_file()
+    code, out, err = run_cli(capsys, "info", run)
+    assert code == 0 and "T_motion: 'a sks person in zwx motion, dancing'" in out and "stage 2 step 2" in out
+
+
+def test_generate_without_token_warns(cli_run, capsys, tmp_path):
+    run, _ = cli_run
+    code, out, err = run_cli(
+        capsys, "generate", run, "--prompt", "a person", "--out", tmp_path / "x.mp4", "--steps", "1"
+    )
+    assert code == 0 and "warning" in err and "sks" in err
+
+
+def test_existing_run_needs_resume(cli_run, tiny_wan_dir, capsys):
+    run, video = cli_run
+    code, out, err = run_cli(
+        capsys, "train", "--model", tiny_wan_dir, "--video", video, "--out", run, "--frames", "9", *FAST
+    )
+    assert_one_line_error(code, err, "already holds a run", "--resume")
+
+
+@pytest.mark.parametrize(
+    "make,args,needles",
+    [
+        (None, ["--video", "{tmp}/missing.mp4"], ["does not exist"]),
+        ("garbage", ["--video", "{tmp}/bad.mp4"], ["bad.mp4"]),
+        (None, ["--video", "{video}", "--frames", "17"], ["13", "17"]),
+        (None, ["--video", "{video}", "--frames", "10"], ["4k+1", "--frames 9"]),
+        (None, ["--video", "{video}", "--frames", "9", "--size", "40x40"], ["multiple of 16"]),
+        (
+            None,
+            ["--video", "{video}", "--frames", "9", "concept.static_prompt=a person"],
+            ["concept token 'sks'"],
+        ),
+        (
+            None,
+            ["--video", "{video}", "--frames", "9", "stage1.lr=1e30", "stage1.grad_clip=1e30"],
+            ["loss became", "last good checkpoint"],
+        ),
+    ],
+    ids=["missing", "corrupt", "too-few-frames", "not-4k+1", "bad-size", "prompt-without-token", "nan-loss"],
+)
+def test_train_bad_input(cli_run, tiny_wan_dir, capsys, tmp_path, make, args, needles):
+    _, video = cli_run
+    if make == "garbage":
+        (tmp_path / "bad.mp4").write_bytes(b"\x00\x01garbage" * 100)
+    argv = [a.format(tmp=tmp_path, video=video) for a in args]
+    out = tmp_path / "run"
+    code, _, err = run_cli(
+        capsys, "train", "--model", tiny_wan_dir, "--out", out, "--no-progress", *FAST, *argv
+    )
+    assert_one_line_error(code, err, *needles)
+    assert not list(out.glob("*.safetensors")), "no outputs from a failed run"
+
+
+def test_lora_for_another_backbone(cli_run, tiny_wan_dir, capsys, tmp_path):
+    run, _ = cli_run
+    lora = load_setseq(run)
+    other = tmp_path / "other.safetensors"
+    save_setseq(other, lora.tensors, {**lora.meta, "backbone": "cogvideox", "model_id": "THUDM/CogVideoX-2b"})
+    code, _, err = run_cli(
+        capsys,
+        "generate",
+        other,
+        "--model",
+        tiny_wan_dir,
+        "--backbone",
+        "wan",
+        "--prompt",
+        "a sks person",
+        "--out",
+        tmp_path / "x.mp4",
+    )
+    assert_one_line_error(code, err, "'cogvideox' backbone", "--model THUDM/CogVideoX-2b")
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_wrong_rank_and_corrupt_lora(cli_run, tiny_wan_dir, capsys, tmp_path):
+    run, _ = cli_run
+    lora = load_setseq(run)
+    wrong = tmp_path / "wrong.safetensors"
+    save_setseq(
+        wrong,
+        {
+            k: torch.zeros(v.shape[0] * 2 if k.endswith("down") else v.shape[0], *v.shape[1:])
+            for k, v in lora.tensors.items()
+        },
+        lora.meta,
+    )
+    code, _, err = run_cli(capsys, "generate", wrong, "--prompt", "a sks person", "--out", tmp_path / "x.mp4")
+    assert_one_line_error(code, err, "shape")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes((run / "setseq.safetensors").read_bytes()[:200])
+    code, _, err = run_cli(capsys, "generate", bad, "--prompt", "a sks person", "--out", tmp_path / "x.mp4")
+    assert_one_line_error(code, err, "not a readable safetensors")
+    code, _, err = run_cli(
+        capsys,
+        "generate",
+        run / "lora_diffusers.safetensors",
+        "--prompt",
+        "a sks person",
+        "--out",
+        tmp_path / "x.mp4",
+    )
+    assert_one_line_error(code, err, "not a setseq LoRA file")

@@ -1,0 +1,212 @@
+"""The toy backbone: codec, text, DiT prediction, sampler, folder loading, and the shipped weights.
+
+A tiny random-weight toy model is built from config in a temp folder (no dependence on the shipped weights),
+saved and reloaded through the same code path as `scripts/train_toy.py` and `load("toy")`.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from setseq.backbones.base import Backbone, PromptEmbeds
+from setseq.backbones.toy import (
+    IDENTIFIER_TOKENS,
+    REQUIRED_FILES,
+    TOY_SHIPPED_FOLDER,
+    ToyBackbone,
+    build_toy_components,
+    load_toy,
+    save_toy_model,
+    toy_config,
+)
+from setseq.errors import SetseqError
+
+WORDS = ["a", "red", "blue", "green", "circle", "square", "moving", "left", "right", "on", "background"]
+TINY = toy_config(
+    transformer={
+        "num_layers": 2,
+        "num_attention_heads": 2,
+        "attention_head_dim": 16,
+        "ffn_dim": 64,
+        "freq_dim": 32,
+    },
+    text_encoder={"d_model": 32, "d_kv": 8, "num_heads": 2, "d_ff": 64, "num_layers": 1},
+    pixel_mean=[0.1, -0.2, 0.05],
+    pixel_std=[0.6, 0.5, 0.7],
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("toy") / "tiny"
+    save_toy_model(folder, build_toy_components(TINY, seed=0, words=WORDS), extra={"step": 0})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def toy(tiny_folder) -> ToyBackbone:
+    torch.set_num_threads(2)
+    return load_toy(str(tiny_folder))
+
+
+def test_is_a_backbone_with_info(toy):
+    assert isinstance(toy, Backbone)
+    info = toy.info
+    assert (info.name, info.height, info.width, info.frames) == ("toy", 32, 32, 9)
+    assert (info.frame_multiple, info.spatial_multiple, info.supports_self_conditioning) == (4, 8, True)
+    assert re.fullmatch(r"[0-9a-f]{12}", info.fingerprint)
+    assert all(not p.requires_grad for p in toy.transformer.parameters())
+
+
+def test_lora_targets_match_every_attention_and_ffn_linear(toy):
+    linears = [n for n, m in toy.transformer.named_modules() if isinstance(m, torch.nn.Linear)]
+    hit = [n for n in linears if any(re.search(p, n) for p in toy.info.lora_targets)]
+    assert len(hit) == 10 * TINY["transformer"]["num_layers"]  # q, k, v, out x 2 attentions + 2 FFN linears
+    assert "blocks.0.attn1.to_q" in hit and "blocks.1.attn2.to_out.0" in hit and "blocks.0.ffn.net.2" in hit
+    assert not any("condition_embedder" in n or "proj_out" in n for n in hit)
+
+
+def test_codec_is_lossless_and_keeps_frames(toy):
+    g = torch.Generator().manual_seed(0)
+    video = torch.randint(0, 256, (2, 9, 3, 32, 32), generator=g).float() / 127.5 - 1.0
+    lat = toy.encode_video(video)
+    assert lat.shape == (2, 48, 9, 8, 8)
+    back = toy.decode_latents(lat)
+    assert back.shape == video.shape
+    assert torch.allclose(back, video, atol=1e-5)
+    assert torch.equal(((back + 1) * 127.5).round(), ((video + 1) * 127.5).round())  # exact on uint8 pixels
+    one = toy.encode_video(video[:, :1])
+    assert one.shape == (2, 48, 1, 8, 8)
+    assert torch.equal(one, lat[:, :, :1])  # no temporal mixing: a frame encodes alone as in the clip
+
+
+def test_codec_normalises_with_config_statistics(toy):
+    video = torch.zeros(1, 1, 3, 32, 32)
+    video[:, :, 0] = 0.1  # the red channel at its mean -> zero latents on the red cells
+    lat = toy.encode_video(video)
+    assert torch.allclose(lat[:, :16], torch.zeros_like(lat[:, :16]), atol=1e-6)
+    assert torch.allclose(lat[:, 16:32], torch.full_like(lat[:, 16:32], 0.2 / 0.5), atol=1e-6)
+
+
+def test_encode_prompt_shapes_mask_and_zero_padding(toy):
+    emb = toy.encode_prompt(["a red circle moving left", "", "a sks zwx circle"])
+    assert isinstance(emb, PromptEmbeds)
+    assert emb.embeds.shape == (3, 32, 32) and emb.mask.shape == (3, 32) and emb.mask.dtype == torch.bool
+    assert emb.mask.sum(1).tolist() == [6, 1, 5]  # words + </s>; the empty prompt is just </s>
+    assert torch.all(emb.embeds[~emb.mask] == 0)
+    assert torch.all(emb.embeds[emb.mask].abs().sum(-1) > 0)
+
+
+def test_tokenizer_knows_identifiers_and_maps_unknown_words(toy):
+    vocab = toy.tokenizer.get_vocab()
+    assert all(t in vocab for t in IDENTIFIER_TOKENS) and all(w in vocab for w in ("in", "motion", "person"))
+    ids, _ = toy.tokenize(["A RED flibbertigibbet, sks"])
+    tokens = toy.tokenizer.convert_ids_to_tokens(ids[0, :6].tolist())
+    assert tokens == [
+        "a",
+        "red",
+        "<unk>",
+        "<unk>",
+        "sks",
+        "</s>",
+    ]  # lowercased; "," split off as its own word
+
+
+def test_predict_shape_and_self_conditioning_matters(toy):
+    g = torch.Generator().manual_seed(1)
+    noisy = torch.randn(2, 48, 9, 8, 8, generator=g)
+    sig = torch.tensor([0.3, 0.8])
+    emb = toy.encode_prompt(["a red circle", "a blue square"])
+    with torch.no_grad():
+        out = toy.predict(noisy, sig, emb)
+        out_zero = toy.predict(noisy, sig, emb, self_cond=torch.zeros_like(noisy))
+        out_sc = toy.predict(noisy, sig, emb, self_cond=torch.randn(noisy.shape, generator=g))
+        out_img = toy.predict(noisy[:, :, :1], sig, emb)
+    assert out.shape == noisy.shape and out_img.shape == (2, 48, 1, 8, 8)
+    assert torch.equal(out, out_zero)  # None means zeros
+    assert not torch.allclose(out, out_sc)
+
+
+def test_sample_sigmas_in_open_unit_interval(toy):
+    s = toy.sample_sigmas(512, generator=torch.Generator().manual_seed(0))
+    assert s.shape == (512,) and bool((s > 0).all()) and bool((s < 1).all())
+    assert torch.equal(s, toy.sample_sigmas(512, generator=torch.Generator().manual_seed(0)))
+
+
+def test_generate_shape_range_and_determinism(toy):
+    a = toy.generate("a red circle moving left", steps=3, guidance_scale=3.0, seed=7)
+    b = toy.generate("a red circle moving left", steps=3, guidance_scale=3.0, seed=7)
+    c = toy.generate("a red circle moving left", steps=3, guidance_scale=3.0, seed=8)
+    assert a.shape == (9, 3, 32, 32) and a.device.type == "cpu"
+    assert float(a.min()) >= -1.0 and float(a.max()) <= 1.0
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    batch = toy.generate_batch(
+        ["a blue square", "a red circle moving left"], seeds=[3, 7], steps=3, guidance_scale=3.0
+    )
+    assert torch.allclose(batch[1], a, atol=1e-5)  # a prompt gives the same video alone or in a batch
+    assert toy.generate("a blue square", frames=1, steps=2, seed=0).shape == (1, 3, 32, 32)
+    assert toy.generate("a blue square", frames=5, height=16, width=24, steps=2).shape == (5, 3, 16, 24)
+
+
+@pytest.mark.parametrize("kwargs", [{"frames": 8}, {"height": 20}, {"steps": 0}])
+def test_generate_rejects_bad_sizes(toy, kwargs):
+    with pytest.raises(SetseqError):
+        toy.generate("a red circle", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "missing",
+    ["transformer/diffusion_pytorch_model.safetensors", "tokenizer/tokenizer.json", "toy_config.json"],
+)
+def test_missing_file_raises_setseq_error_naming_it(tiny_folder, tmp_path, missing):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_folder, broken)
+    (broken / missing).unlink()
+    with pytest.raises(SetseqError, match=re.escape(missing)) as err:
+        load_toy(str(broken))
+    assert "train_toy.py" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_folder_raises_setseq_error(tmp_path):
+    with pytest.raises(SetseqError, match="does not exist"):
+        load_toy(str(tmp_path / "nowhere"))
+
+
+def test_saved_folder_is_safetensors_and_json_only(tiny_folder):
+    files = [p for p in tiny_folder.rglob("*") if p.is_file()]
+    assert {f for f in REQUIRED_FILES} <= {str(p.relative_to(tiny_folder)) for p in files}
+    assert all(p.suffix in (".json", ".safetensors", ".jsonl", ".txt") for p in files)
+
+
+def test_builder_is_seeded():
+    a = build_toy_components(TINY, seed=3, words=WORDS)
+    b = build_toy_components(TINY, seed=3, words=WORDS)
+    for (n, p), q in zip(a.transformer.state_dict().items(), b.transformer.state_dict().values()):
+        assert torch.equal(p, q), n
+
+
+def test_fingerprint_changes_with_weights(tiny_folder, tmp_path):
+    other = tmp_path / "other"
+    save_toy_model(other, build_toy_components(TINY, seed=1, words=WORDS))
+    assert load_toy(str(other)).info.fingerprint != load_toy(str(tiny_folder)).info.fingerprint
+
+
+def test_shipped_toy_model_loads_and_generates():
+    missing = [f for f in REQUIRED_FILES if not (TOY_SHIPPED_FOLDER / f).is_file()]
+    if missing:
+        pytest.skip(
+            f"shipped toy model not built yet ({TOY_SHIPPED_FOLDER} lacks {missing[0]}); run scripts/train_toy.py"
+        )
+    torch.set_num_threads(2)
+    model = load_toy("toy")
+    assert model.info.model_id == "toy"
+    video = model.generate("a red circle moving left on a black background", steps=4, seed=0)
+    assert video.shape == (model.info.frames, 3, model.info.height, model.info.width)
+    assert torch.isfinite(video).all()
+    total = sum(p.stat().st_size for p in TOY_SHIPPED_FOLDER.rglob("*") if p.is_file())
+    assert total <= 30 * 1024 * 1024

@@ -1,0 +1,178 @@
+"""End to end on a tiny random Wan built from config: train (both stages), resume, export, diffusers round trip."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from setseq import lora as L
+from setseq.config import resolve_config
+from setseq.export import load_setseq
+from setseq.train import checkpoint as C
+from setseq.train.run import train
+
+OVERRIDES = [
+    "lora.rank=4",
+    "stage1.steps=3",
+    "stage2.steps=3",
+    "stage1.batch_size=2",
+    "stage2.batch_size=2",
+    "stage2.micro_batch=1",
+    "train.checkpoint_every=1",
+    "train.keep_checkpoints=10",
+    "train.tensorboard=false",
+    "stage1.lr=1e-2",
+    "stage2.lr=1e-2",
+    "stage1.grad_clip=1.0",
+    "stage2.grad_clip=1.0",
+]
+
+
+def wan_cfg(model_dir, video, extra=()):
+    flags = {"model": {"backbone": "wan", "path": str(model_dir)}, "data": {"video": str(video), "frames": 9}}
+    return resolve_config(None, flags, OVERRIDES + list(extra))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_wan_dir, tmp_path_factory):
+    from setseq.data.video import write_video
+    from tests.conftest import moving_square_video
+
+    root = tmp_path_factory.mktemp("wanrun")
+    video = root / "clip.mp4"
+    write_video(video, moving_square_video(13, (40, 56)), fps=8)
+    out = root / "run"
+    train(wan_cfg(tiny_wan_dir, video), out, progress=False, log=lambda s: None)
+    return out
+
+
+def test_outputs_and_metadata(run_dir):
+    for name in (
+        "config.yaml",
+        "setseq.safetensors",
+        "lora_diffusers.safetensors",
+        "lora_comfyui.safetensors",
+        "logs/loss.jsonl",
+    ):
+        assert (run_dir / name).is_file(), name
+    lora = load_setseq(run_dir)
+    assert lora.meta["backbone"] == "wan" and lora.rank == 4 and lora.basis == "down"
+    assert lora.meta["token"] == "sks" and "zwx motion" in lora.meta["t_motion"]
+    # every linear of self-attn, cross-attn and FFN in each of the 2 blocks
+    assert len(lora.modules) == 2 * (4 + 4 + 2)
+    assert not list((run_dir).glob(".*.safetensors")), "temp files left behind"
+
+
+def test_exactly_the_intended_parameters_change(run_dir, tiny_wan_dir):
+    from setseq.backbones.wan import load_wan
+
+    bb = load_wan(str(tiny_wan_dir), torch.device("cpu"), torch.float32)
+    L.inject(bb.transformer, L.LoraSpec(4, 4.0, "down", bb.info.lora_targets), seed=0)
+    init = L.identity_state(bb.transformer)
+    s1 = C.read_checkpoint(run_dir / "checkpoints" / "stage1-000003").lora()
+    s2 = C.read_checkpoint(run_dir / "checkpoints" / "stage2-000003").lora()
+    assert set(s1) == set(init)  # stage 1 checkpoints hold the identity only
+    changed_up = sum(not torch.equal(init[k], s1[k]) for k in init if k.endswith(".up"))
+    changed_down = sum(not torch.equal(init[k], s1[k]) for k in init if k.endswith(".down"))
+    assert changed_up == len(init) // 2 and changed_down > 0  # stage 1 trains basis and coefficients
+    for k in s1:  # stage 2: the identity stays bit-identical
+        assert torch.equal(s1[k], s2[k]), k
+    motion = {k: v for k, v in s2.items() if ".motion." in k}
+    assert motion and all(float(v.abs().max()) > 0 for v in motion.values())
+    first = C.read_checkpoint(run_dir / "checkpoints" / "stage2-000001").lora()
+    assert any(not torch.equal(first[k], motion[k]) for k in motion)
+
+
+def test_resume_equals_uninterrupted(run_dir, tmp_path):
+    # Copy the finished run, throw away everything after stage 1 step 2 (as if killed there), resume.
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    for p in (copy / "checkpoints").iterdir():
+        if p.name > "stage1-000002":
+            shutil.rmtree(p)
+    for f in copy.glob("*.safetensors"):
+        f.unlink()
+    train(None, copy, resume=True, progress=False, log=lambda s: None)  # type: ignore[arg-type]
+    a, b = load_file(str(run_dir / "setseq.safetensors")), load_file(str(copy / "setseq.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_skips_corrupt_latest(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    latest = C.latest_checkpoint(copy)
+    assert latest is not None and latest.stage == 2 and latest.step == 3
+    (latest.path / "lora.safetensors").write_bytes(b"garbage")
+    ck = C.latest_checkpoint(copy)
+    assert ck is not None and (ck.stage, ck.step) == (2, 2)
+
+
+def test_diffusers_load_lora_weights_reproduces_our_forward(run_dir, tiny_wan_dir):
+    from diffusers import WanPipeline
+
+    from setseq.infer.generate import Personalized
+
+    ours = Personalized.load(run_dir, log=lambda s: None)
+    pipe = WanPipeline.from_pretrained(str(tiny_wan_dir))
+    pipe.load_lora_weights(str(run_dir / "lora_diffusers.safetensors"))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 16, 3, 4, 4, generator=g)
+    t = torch.tensor([500.0])
+    text = torch.randn(1, 12, 32, generator=g)
+    with torch.no_grad():
+        ref = pipe.transformer(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+        mine = ours.backbone.transformer(
+            hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False
+        )[0]
+        pipe.unload_lora_weights()
+        base = pipe.transformer(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+    assert (mine - base).abs().max() > 1e-4  # the LoRA does something
+    torch.testing.assert_close(ref, mine, rtol=1e-4, atol=1e-5)
+
+
+def test_comfyui_layout(run_dir):
+    t = load_file(str(run_dir / "lora_comfyui.safetensors"))
+    assert "diffusion_model.blocks.0.self_attn.q.lora_A.weight" in t
+    assert "diffusion_model.blocks.1.cross_attn.o.lora_B.weight" in t
+    assert "diffusion_model.blocks.0.ffn.0.lora_A.weight" in t and "diffusion_model.blocks.0.ffn.2.alpha" in t
+    assert not any(k.startswith("transformer.") or ".attn1." in k for k in t)
+    d = load_file(str(run_dir / "lora_diffusers.safetensors"))
+    torch.testing.assert_close(
+        t["diffusion_model.blocks.0.self_attn.q.lora_B.weight"],
+        d["transformer.blocks.0.attn1.to_q.lora_B.weight"],
+    )
+
+
+def test_identity_and_motion_exports_sum_to_merged(run_dir, tmp_path):
+    from setseq.export import export_tensors
+
+    lora = load_setseq(run_dir)
+    merged, ident, mot = (export_tensors(lora, f) for f in ("diffusers", "identity", "motion"))
+    k = "transformer.blocks.0.attn1.to_q"
+    dw = merged[f"{k}.lora_B.weight"] @ merged[f"{k}.lora_A.weight"]
+    parts = (
+        ident[f"{k}.lora_B.weight"] @ ident[f"{k}.lora_A.weight"]
+        + mot[f"{k}.lora_B.weight"] @ mot[f"{k}.lora_A.weight"]
+    )
+    torch.testing.assert_close(dw, parts, rtol=1e-5, atol=1e-6)
+    assert merged[f"{k}.lora_A.weight"].shape[0] == 4  # same rank as trained
+
+
+def test_generate_scales(run_dir, tiny_wan_dir):
+    from setseq.infer.generate import GenerateOptions, Personalized
+
+    pm = Personalized.load(run_dir, log=lambda s: None)
+    opts = dict(steps=2, seed=3)
+    full = pm.generate("a sks person", GenerateOptions(**opts))
+    off = pm.generate("a sks person", GenerateOptions(identity_scale=0.0, motion_scale=0.0, **opts))
+    assert full.shape == (9, 3, 32, 32)
+    assert not torch.allclose(full, off)
+    base = Personalized.load(None, model=str(tiny_wan_dir), backbone="wan").generate(
+        "a sks person", GenerateOptions(**opts)
+    )
+    torch.testing.assert_close(off, base)  # both scales at 0 is the base model
