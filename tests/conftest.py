@@ -36,3 +36,15 @@ def clip_mp4(tmp_path):
     path = tmp_path / "clip.mp4"
     write_video(path, moving_square_video(), fps=8.0)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_toy_dir(tmp_path_factory):
+    """A random-weight toy model folder (same layout and code path as the shipped one), 2 small layers."""
+    from setseq.backbones.toy import build_toy_components, save_toy_model, toy_config
+
+    cfg = toy_config(
+        transformer={"num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 16, "ffn_dim": 64},
+        text_encoder={"d_model": 32, "d_kv": 8, "num_heads": 4, "d_ff": 64, "num_layers": 1},
+    )
+    return save_toy_model(tmp_path_factory.mktemp("tiny_toy") / "model", build_toy_components(cfg, seed=0))

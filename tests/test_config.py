@@ -7,7 +7,8 @@ import pytest
 from setseq.config import RunConfig, parse_overrides, resolve_config
 from setseq.errors import SetseqError
 
-CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+ROOT = Path(__file__).parent.parent
+CONFIGS = sorted([*(ROOT / "configs").glob("*.yaml"), *(ROOT / "src/setseq/assets").glob("*.yaml")])
 
 
 def test_defaults_follow_the_paper():

@@ -125,7 +125,7 @@ def cmd_generate(
     identity_scale: float | None = None,
     motion_scale: float | None = None,
     cfg: float | None = None,
-    steps: int = 30,
+    steps: int | None = None,
     seed: int = 0,
     size: list[int] | None = None,
     frames: int | None = None,
@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--identity-scale", type=float)
     g.add_argument("--motion-scale", type=float)
     g.add_argument("--cfg", type=float, help="classifier-free guidance scale")
-    g.add_argument("--steps", type=int, default=30)
+    g.add_argument("--steps", type=int, help="sampling steps (default: the backbone's)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--size", type=_size)
     g.add_argument("--frames", type=int)

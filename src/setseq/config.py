@@ -159,8 +159,8 @@ class TrainConfig:
     keep_checkpoints: int = 2  # per stage
     log_every: int = 1
     sample_every: int = 0  # 0: no sample videos during training
-    sample_steps: int = 20
-    guidance_scale: float = 5.0  # for samples during training and the run's default at generation
+    sample_steps: int | None = None  # None: the backbone's default
+    guidance_scale: float | None = None  # samples during training and the run's default; None: the backbone's
     tensorboard: bool = True
 
 
@@ -264,6 +264,8 @@ def _check_type(where: str, value: Any, default: Any) -> Any:
 
 # Fields whose default is None but which hold numbers.
 _NUMERIC_OPTIONAL = {
+    "sample_steps": 0,
+    "guidance_scale": 0.0,
     "frames": 0,
     "fps": 0.0,
     "end": 0.0,

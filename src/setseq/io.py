@@ -46,7 +46,10 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
     except OSError as exc:
         raise _disk_error(path, exc) from None
     tmp_path = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())

@@ -96,12 +96,14 @@ class Backbone(Protocol):
         frames: int | None = None,
         height: int | None = None,
         width: int | None = None,
-        steps: int = 30,
-        guidance_scale: float = 5.0,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
         seed: int = 0,
         progress: bool = False,
     ) -> torch.Tensor:
-        """Text-to-video with classifier-free guidance. Returns (F, 3, H, W) in [-1, 1], on CPU."""
+        """Text-to-video with classifier-free guidance. Returns (F, 3, H, W) in [-1, 1], on CPU.
+
+        steps / guidance_scale None: the backbone's own defaults."""
         ...
 
 

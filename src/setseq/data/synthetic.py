@@ -8,6 +8,14 @@ attributes from pixels alone (used by :mod:`setseq.eval.toy_metrics` on generate
 Coordinates: ``(x, y)`` normalized to ``[0, 1]`` over the frame width / height, ``y`` pointing down.
 Sprite ``size`` is the sprite diameter as a fraction of ``min(H, W)``.
 
+Rules worth knowing: directions exist only for ``linear`` (8), ``bounce`` (left/right) and ``zigzag``
+(left/right/up/down), see :data:`FAMILY_DIRECTIONS`; periodic families (circles, figure eight) use the
+phase ``f / F`` (one revolution at speed 1, frame F would repeat frame 0), the others ``t = f / (F - 1)``;
+``rotate`` = one clockwise turn over the clip, ``pulse`` = two shrink cycles (scale 0.7..1), ``blink`` =
+hidden on frames 2, 5, 8, ...; sprite patterns are anchored to the sprite centre and never rotate.
+Sprites stay in frame for the sampled ranges (size 0.30..0.40, speed 0.8..1.2); explicit larger values
+may leave the frame.
+
 Held-out rule (what the base model never sees in pre-training): a spec is held out when its
 ``(colour, shape)`` is in :data:`HELD_OUT_APPEARANCE` **or** its ``(shape, family)`` is in
 :data:`HELD_OUT_MOTION`. Every entry of :data:`CONCEPTS` is held out on both counts, so the base model

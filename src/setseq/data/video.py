@@ -85,11 +85,15 @@ def _check_file(path: str | os.PathLike[str]) -> Path:
     if not p.exists():
         raise SetseqError(f"video {p} does not exist", "check the --video path")
     if p.is_dir():
-        raise SetseqError(f"video {p} is a folder, not a video file", "pass the path of a video file inside it")
+        raise SetseqError(
+            f"video {p} is a folder, not a video file", "pass the path of a video file inside it"
+        )
     if not p.is_file():
         raise SetseqError(f"video {p} is not a regular file", "pass the path of a video file")
     if p.stat().st_size == 0:
-        raise SetseqError(f"video {p} is empty (0 bytes)", "copy the video again; the file was not written completely")
+        raise SetseqError(
+            f"video {p} is empty (0 bytes)", "copy the video again; the file was not written completely"
+        )
     return p
 
 
@@ -97,14 +101,18 @@ def _open(p: Path) -> av.container.InputContainer:
     try:
         return av.open(str(p), "r", metadata_errors="replace")
     except PermissionError:
-        raise SetseqError(f"cannot read video {p}: permission denied", "make the file readable (chmod +r)") from None
+        raise SetseqError(
+            f"cannot read video {p}: permission denied", "make the file readable (chmod +r)"
+        ) from None
     except av.error.InvalidDataError:
         raise SetseqError(
             f"{p} is not a video PyAV can read (not a video file, or truncated before its header/index)",
             f"check the file plays; if it is a partial download fetch it again, else {_REENCODE}",
         ) from None
     except _AV_ERRORS as exc:
-        raise SetseqError(f"cannot open video {p}: {_describe(exc)}", f"check the file plays; {_REENCODE}") from None
+        raise SetseqError(
+            f"cannot open video {p}: {_describe(exc)}", f"check the file plays; {_REENCODE}"
+        ) from None
 
 
 def _describe(exc: BaseException) -> str:
@@ -139,7 +147,9 @@ def _rate(stream: av.video.stream.VideoStream) -> float:
 
 def _check_size(p: Path, width: int, height: int) -> None:
     if width <= 0 or height <= 0:
-        raise SetseqError(f"video {p} declares no frame size ({width}x{height}); the file may be damaged", _REENCODE)
+        raise SetseqError(
+            f"video {p} declares no frame size ({width}x{height}); the file may be damaged", _REENCODE
+        )
     if width < 2 or height < 2 or width * height > MAX_PIXELS:
         raise SetseqError(
             f"video {p} declares an implausible frame size {width}x{height} (WxH; allowed 2x2 up to 8192x8192 pixels)",
@@ -228,21 +238,32 @@ def _check_args(frames: int | None, fps: float | None, start: float, end: float 
     if frames is not None and (isinstance(frames, bool) or int(frames) != frames or frames <= 0):
         raise SetseqError(f"--frames must be a positive whole number, got {frames}", "pass e.g. --frames 17")
     if fps is not None and not (math.isfinite(fps) and fps > 0):
-        raise SetseqError(f"--fps must be a positive number, got {fps}", "pass e.g. --fps 8, or leave it out to keep every frame")
+        raise SetseqError(
+            f"--fps must be a positive number, got {fps}",
+            "pass e.g. --fps 8, or leave it out to keep every frame",
+        )
     if not math.isfinite(start) or start < 0:
         raise SetseqError(f"--start must be 0 or more seconds, got {start}", "pass e.g. --start 0")
     if end is not None:
         if not math.isfinite(end):
-            raise SetseqError(f"--end must be a finite number of seconds, got {end}", "leave --end out to read to the end")
+            raise SetseqError(
+                f"--end must be a finite number of seconds, got {end}", "leave --end out to read to the end"
+            )
         if end <= start:
-            raise SetseqError(f"--start {start} s is not before --end {end} s", "pass an --end later than --start")
+            raise SetseqError(
+                f"--start {start} s is not before --end {end} s", "pass an --end later than --start"
+            )
     if size is not None:
         ok = isinstance(size, (tuple, list)) and len(size) == 2
         ok = ok and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in size)
         if not ok:
-            raise SetseqError(f"--size must be two positive whole numbers HxW, got {size}", "pass e.g. --size 480x832")
+            raise SetseqError(
+                f"--size must be two positive whole numbers HxW, got {size}", "pass e.g. --size 480x832"
+            )
         if size[0] * size[1] > MAX_PIXELS:
-            raise SetseqError(f"--size {size[0]}x{size[1]} is larger than 8192x8192 pixels", "pass a smaller --size")
+            raise SetseqError(
+                f"--size {size[0]}x{size[1]} is larger than 8192x8192 pixels", "pass a smaller --size"
+            )
 
 
 class _Collector:
@@ -322,7 +343,9 @@ def _decode(
                 t = 0.0 if prev_t is None else prev_t + step
             if idx < 0:
                 if not exact and t > step / 2:
-                    idx = int(round(t * src_fps)) if src_fps > 0 else 0  # after a seek: from time x average rate
+                    idx = (
+                        int(round(t * src_fps)) if src_fps > 0 else 0
+                    )  # after a seek: from time x average rate
                 else:
                     idx = 0
             else:
@@ -493,11 +516,15 @@ def _too_few(p, info, n, frames, fps, start, end, last_end, err) -> SetseqError:
 
 def _check_frames(frames: object, what: str) -> np.ndarray:
     if not isinstance(frames, np.ndarray):
-        raise ValueError(f"{what}: frames must be a numpy array (F, H, W, 3) uint8, got {type(frames).__name__}")
+        raise ValueError(
+            f"{what}: frames must be a numpy array (F, H, W, 3) uint8, got {type(frames).__name__}"
+        )
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"{what}: frames must have shape (F, H, W, 3), got {frames.shape}")
     if frames.dtype != np.uint8:
-        raise ValueError(f"{what}: frames must be uint8, got {frames.dtype} (use from_tensor for float tensors)")
+        raise ValueError(
+            f"{what}: frames must be uint8, got {frames.dtype} (use from_tensor for float tensors)"
+        )
     if 0 in frames.shape:
         raise ValueError(f"{what}: frames must not be empty, got shape {frames.shape}")
     return frames
@@ -507,7 +534,9 @@ def resize_center_crop(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize `frame` (H, W, 3) uint8 keeping its aspect ratio so it covers `size` (H, W), then crop the
     centre to exactly `size`. Bicubic (antialiased when shrinking, as PIL does)."""
     if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-        raise ValueError(f"resize_center_crop: frame must be (H, W, 3) uint8, got {getattr(frame, 'shape', type(frame))}")
+        raise ValueError(
+            f"resize_center_crop: frame must be (H, W, 3) uint8, got {getattr(frame, 'shape', type(frame))}"
+        )
     th, tw = (int(v) for v in size)
     if th <= 0 or tw <= 0:
         raise ValueError(f"resize_center_crop: size must be positive (H, W), got {size}")
@@ -596,10 +625,15 @@ def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: float = 8
         except _AV_ERRORS as exc:
             if isinstance(exc, OSError):
                 raise  # disk full, read-only...: atomic_path removes the temp file and names the fix
-            raise SetseqError(f"could not encode video {path} with {codec}: {_describe(exc)}", "check the output folder and frames") from None
+            raise SetseqError(
+                f"could not encode video {path} with {codec}: {_describe(exc)}",
+                "check the output folder and frames",
+            ) from None
 
 
-def write_contact_sheet(path: str | os.PathLike[str], frames: np.ndarray, cols: int | None = None, scale: int = 1) -> None:
+def write_contact_sheet(
+    path: str | os.PathLike[str], frames: np.ndarray, cols: int | None = None, scale: int = 1
+) -> None:
     """Write frames as a PNG grid (row-major, `cols` wide, default about square), each frame enlarged
     `scale` times (nearest neighbour), with a 2-pixel dark gap; atomically."""
     frames = _check_frames(frames, "write_contact_sheet")

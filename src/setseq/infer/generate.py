@@ -25,7 +25,7 @@ class GenerateOptions:
     identity_scale: float | None = None
     motion_scale: float | None = None
     guidance_scale: float | None = None
-    steps: int = 30
+    steps: int | None = None
     seed: int = 0
     frames: int | None = None
     height: int | None = None
@@ -101,7 +101,7 @@ class Personalized:
                 if opts.motion_scale is None
                 else opts.motion_scale,
             )
-        default_cfg = float(self.lora.meta.get("guidance_scale", 5.0)) if self.lora else 5.0
+        default_cfg = self.lora.meta.get("guidance_scale") if self.lora else None
         size = self.lora.meta.get("size") if self.lora else None
         return self.backbone.generate(
             prompt,
