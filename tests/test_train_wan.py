@@ -28,6 +28,8 @@ OVERRIDES = [
     "stage2.lr=1e-2",
     "stage1.grad_clip=1.0",
     "stage2.grad_clip=1.0",
+    "train.sample_every=3",
+    "train.sample_steps=1",
 ]
 
 
@@ -64,6 +66,10 @@ def test_outputs_and_metadata(run_dir):
     # every linear of self-attn, cross-attn and FFN in each of the 2 blocks
     assert len(lora.modules) == 2 * (4 + 4 + 2)
     assert not list((run_dir).glob(".*.safetensors")), "temp files left behind"
+    assert sorted(p.name for p in (run_dir / "samples").glob("*.mp4")) == [
+        "stage1-000003.mp4",
+        "stage2-000003.mp4",
+    ]
 
 
 def test_exactly_the_intended_parameters_change(run_dir, tiny_wan_dir):
@@ -176,3 +182,18 @@ def test_generate_scales(run_dir, tiny_wan_dir):
         "a sks person", GenerateOptions(**opts)
     )
     torch.testing.assert_close(off, base)  # both scales at 0 is the base model
+
+
+def test_init_lora_starts_a_new_run_from_weights(run_dir, tiny_wan_dir, tmp_path):
+    video = run_dir.parent / "clip.mp4"
+    out = tmp_path / "init"
+    cfg = wan_cfg(tiny_wan_dir, video, ["stage1.steps=0", "stage2.steps=1", "train.sample_every=0"])
+    train(cfg, out, init_lora=run_dir / "setseq.safetensors", progress=False, log=lambda s: None)
+    src, new = load_file(str(run_dir / "setseq.safetensors")), load_file(str(out / "setseq.safetensors"))
+    for k in src:
+        if ".identity." in k:
+            assert torch.equal(src[k], new[k]), k  # identity taken over, frozen in stage 2
+    assert any(
+        not torch.equal(src[k], new[k]) for k in src if ".motion." in k
+    )  # motion trained on from there
+    assert C.latest_checkpoint(out).stage == 2

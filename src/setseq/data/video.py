@@ -28,6 +28,7 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
+from av.video.reformatter import VideoReformatter
 from PIL import Image
 
 from setseq.errors import SetseqError
@@ -159,6 +160,10 @@ def _check_size(p: Path, width: int, height: int) -> None:
 
 def _info(p: Path, container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> VideoInfo:
     cc = stream.codec_context
+    if cc is None:
+        raise SetseqError(
+            f"video {p} uses a codec this PyAV build cannot decode, or its header is damaged", _REENCODE
+        )
     width, height = int(cc.width or 0), int(cc.height or 0)
     _check_size(p, width, height)
     duration: float | None = None
@@ -277,12 +282,15 @@ class _Collector:
         self.source_size: tuple[int, int] | None = None
         self._last: tuple[int, np.ndarray] | None = None
         self._bytes = 0
+        # One reformatter for the whole clip: frame.to_ndarray() builds a new swscale context (and thread
+        # pool) per call, 30x slower on small frames.
+        self._reformatter = VideoReformatter()
 
     def add(self, idx: int, t: float, frame: av.VideoFrame) -> None:
         if self._last is not None and self._last[0] == idx:
             arr = self._last[1]
         else:
-            arr = frame.to_ndarray(format="rgb24")
+            arr = self._reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
             rot = _rotation(frame)
             if rot:
                 arr = np.ascontiguousarray(np.rot90(arr, k=rot // 90))
@@ -333,29 +341,59 @@ def _decode(
     idx = -1
     prev_t: float | None = None
     step = 1.0 / src_fps if src_fps > 0 else 1.0 / 25
-    try:
-        for frame in container.decode(stream):
-            if frame.pts is not None and frame.time_base:
-                t = float(frame.pts * frame.time_base) - t0
-            elif frame.time is not None:
-                t = float(frame.time) - t0
+    errors: list[BaseException] = []
+    for frame in _frames(container, stream, errors):
+        if frame.pts is not None and frame.time_base:
+            t = float(frame.pts * frame.time_base) - t0
+        elif frame.time is not None:
+            t = float(frame.time) - t0
+        else:
+            t = 0.0 if prev_t is None else prev_t + step
+        if idx < 0:
+            if not exact and t > step / 2:
+                idx = int(round(t * src_fps)) if src_fps > 0 else 0  # after a seek: from time x average rate
             else:
-                t = 0.0 if prev_t is None else prev_t + step
-            if idx < 0:
-                if not exact and t > step / 2:
-                    idx = (
-                        int(round(t * src_fps)) if src_fps > 0 else 0
-                    )  # after a seek: from time x average rate
-                else:
-                    idx = 0
-            else:
-                idx += 1
-            prev_t = t
-            yield idx, t, frame
-    except _AV_ERRORS as exc:
-        yield None, exc, None
+                idx = 0
+        else:
+            idx += 1
+        prev_t = t
+        yield idx, t, frame
+    yield None, (errors[0] if errors else None), None
+
+
+_MAX_BAD_PACKETS = 50  # consecutive undecodable packets before giving up on a damaged stream
+
+
+def _frames(container, stream, errors: list[BaseException]):
+    """Decoded frames of `stream`, packet by packet: a damaged packet is skipped (as ffmpeg does); a demuxer
+    error (truncated file) ends the stream after flushing the frames the decoder still holds. The first
+    error is appended to `errors`."""
+    demux = container.demux(stream)
+    bad = 0
+    while True:
+        try:
+            packet = next(demux)
+        except StopIteration:
+            return  # the demuxer's final empty packet has already flushed the decoder
+        except _AV_ERRORS as exc:
+            errors.append(exc)
+            break
+        try:
+            decoded = packet.decode()
+        except _AV_ERRORS as exc:
+            if not errors:
+                errors.append(exc)
+            bad += 1
+            if bad >= _MAX_BAD_PACKETS:
+                break
+            continue
+        bad = 0
+        yield from decoded
+    try:  # flush: frames still buffered in the decoder (B-frames, frame threads)
+        flushed = stream.decode(None)
+    except _AV_ERRORS:
         return
-    yield None, None, None
+    yield from flushed
 
 
 def _frame_duration(frame: av.VideoFrame | None, fallback: float) -> float:
@@ -495,8 +533,11 @@ def _too_few(p, info, n, frames, fps, start, end, last_end, err) -> SetseqError:
             )
         if damaged:
             return SetseqError(f"video {p} is damaged: no frame could be decoded {where}{damaged}", _REENCODE)
-        fix = "widen --start/--end" if can_widen else f"check the file plays; it may be damaged; {_REENCODE}"
-        return SetseqError(f"video {p} has no frames{rate} {where}", fix)
+        if not can_widen:
+            return SetseqError(
+                f"video {p} contains no video frames", f"check the file plays; it may be damaged; {_REENCODE}"
+            )
+        return SetseqError(f"video {p} has no frames{rate} {where}", "widen --start/--end")
     fixes = [f"ask for --frames {n} or fewer"]
     span = (window_end - start) if window_end is not None else None
     if fps and span and span > 0:
