@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import struct
 from fractions import Fraction
 
@@ -238,6 +239,13 @@ def _raw_avi(path, w, h, declare=None):
     return path
 
 
+def _png(path):
+    from PIL import Image
+
+    Image.fromarray(frame_for(3)).save(path)
+    return path
+
+
 def _put(path, data: bytes):
     path.write_bytes(data)
     return path
@@ -246,21 +254,22 @@ def _put(path, data: bytes):
 BAD_FILES = {
     "missing": (lambda d, v: d / "nope.mp4", "does not exist"),
     "directory": (lambda d, v: d, "is a folder"),
-    "empty": (lambda d, v: _put(d / "empty.mp4", b""), "empty (0 bytes)"),
+    "empty": (lambda d, v: _put(d / "empty.mp4", b""), r"empty \(0 bytes\)"),
     "random bytes": (
         lambda d, v: _put(d / "r.mp4", np.random.default_rng(0).bytes(5000)),
         "not a video",
     ),
     "text file": (
         lambda d, v: _put(d / "notes.txt", b"hello, these are my notes\n" * 50),
-        "not a video",
+        "is a text file, not a video",
     ),
     "truncated header": (
         lambda d, v: _put(d / "cut.mp4", v.read_bytes()[:300]),
-        "not a video PyAV can read",
+        "(not a video PyAV can read|no video stream .*truncated video)",
     ),
-    "audio only": (lambda d, v: _audio_only(d / "a.wav"), "has no video stream (it holds audio)"),
+    "audio only": (lambda d, v: _audio_only(d / "a.wav"), r"has no video stream \(it holds audio\)"),
     "zero frames": (lambda d, v: _zero_frames(d / "zero.mkv"), "contains no video frames"),
+    "still image": (lambda d, v: _png(d / "photo.png"), r"is a still image \(png\), not a video"),
     "1x1": (lambda d, v: _raw_avi(d / "one.avi", 1, 1), "implausible frame size 1x1"),
     "huge": (
         lambda d, v: _raw_avi(d / "big.avi", 6, 6, declare=(9000, 9000)),
@@ -278,8 +287,8 @@ def test_bad_files(tmp_path, vid, case):
     with pytest.raises(SetseqError) as e:
         load_clip(path, frames=4)
     msg = str(e.value)
-    assert needle in msg and "Fix:" in msg and "\n" not in msg, msg
-    if case not in ("zero frames",):  # probing describes an empty stream; loading refuses it
+    assert re.search(needle, msg) and "Fix:" in msg and "\n" not in msg, msg
+    if case not in ("zero frames", "still image"):  # probing describes these; loading refuses them
         with pytest.raises(SetseqError, match="Fix:"):
             probe_video(path)
 
@@ -295,7 +304,8 @@ def test_truncated_video_keeps_what_decodes(tmp_path):
     m = len(clip.indices)
     assert 0 < m < 30
     assert [index_of(f) for f in clip.frames] == list(range(m))
-    with pytest.raises(SetseqError, match=rf"only {m} readable frames .*decoding stopped early"):
+    # (with frame threads the decoder may drop the damaged tail silently: "readable" + the error are optional)
+    with pytest.raises(SetseqError, match=rf"only {m} (readable )?frames .*--frames {m} or fewer"):
         load_clip(cut, frames=30)
 
 
@@ -350,19 +360,21 @@ def test_memory_guard(vid, monkeypatch):
 
 
 def test_resize_center_crop_keeps_centre():
-    a = np.zeros((48, 64, 3), np.uint8)
-    a[:, :8] = (0, 255, 0)  # green strips on the left and right get cropped away
-    a[:, -8:] = (0, 255, 0)
-    a[20:28, 28:36] = (255, 0, 0)  # red centre is kept
-    out = resize_center_crop(a, (32, 32))
+    a = np.zeros((96, 192, 3), np.uint8)
+    a[:, :24] = (0, 255, 0)  # green strips left and right: cropped away
+    a[:, -24:] = (0, 255, 0)
+    a[40:56, 88:104] = (255, 0, 0)  # red centre: kept
+    out = resize_center_crop(a, (32, 32))  # 96x192 -> 32x64, then 16 px off each side
     assert out.shape == (32, 32, 3) and out.dtype == np.uint8
     assert tuple(out[16, 16]) == pytest.approx((255, 0, 0), abs=3)
-    assert out[:, :2, 1].max() < 30 and out[:, -2:, 1].max() < 30  # (48x64 -> 32x43, crop 5 px a side)
-    up = resize_center_crop(a, (96, 96))  # enlarging: 96x128, crop 16 px a side
-    assert up.shape == (96, 96, 3) and tuple(up[48, 48]) == pytest.approx((255, 0, 0), abs=3)
-    wide = resize_center_crop(a, (24, 64))  # 48x64 -> keeps full width, crops rows
-    assert wide.shape == (24, 64, 3) and wide[:, :4, 1].min() > 200
-    assert resize_center_crop(a, (48, 64)) is not a and np.array_equal(resize_center_crop(a, (48, 64)), a)
+    assert out[:, :, 1].max() < 30  # no green left
+    up = resize_center_crop(a, (192, 192))  # enlarging: 192x384, then 96 px off each side
+    assert up.shape == (192, 192, 3) and tuple(up[96, 96]) == pytest.approx((255, 0, 0), abs=3)
+    assert up[:, :, 1].max() < 30
+    rows = resize_center_crop(a, (48, 192))  # same width: rows are cropped, the strips stay
+    assert rows.shape == (48, 192, 3) and rows[:, :20, 1].min() > 200 and rows[:, -20:, 1].min() > 200
+    same = resize_center_crop(a, (96, 192))
+    assert same is not a and np.array_equal(same, a)
     with pytest.raises(ValueError):
         resize_center_crop(a.astype(np.float32), (32, 32))
 
@@ -374,7 +386,7 @@ def test_tensor_round_trip():
     assert t.min() >= -1 and t.max() <= 1
     assert np.array_equal(from_tensor(t), frames)
     wild = torch.tensor([-5.0, -1.0, 0.0, 1.0, 7.0, float("nan")]).view(1, 3, 1, 2)
-    assert from_tensor(wild).reshape(-1).tolist() == [0, 255, 0, 128, 255, 128]
+    assert from_tensor(wild).reshape(-1).tolist() == [0, 128, 255, 0, 255, 128]  # (R, G, B) of 2 pixels
     with pytest.raises(ValueError):
         from_tensor(torch.zeros(3, 4, 4))
 

@@ -52,7 +52,9 @@ def _model_flags(model: str | None, backbone: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if model is not None:
         out["path"] = model
-        out["backbone"] = backbone or ("toy" if model == "toy" else "wan")
+        from setseq.backbones.base import guess_backbone
+
+        out["backbone"] = backbone or guess_backbone(model)
     elif backbone is not None:
         out["backbone"] = backbone
     return out

@@ -131,6 +131,16 @@ def _import_builtin() -> None:
     from setseq.backbones import toy, wan  # noqa: F401
 
 
+def guess_backbone(model_id: str) -> str:
+    """The backbone family of a model id when the user names none: 'toy' for the shipped toy model or a toy
+    model folder (it holds toy_config.json), else 'wan' (the first real family)."""
+    from pathlib import Path
+
+    if model_id == "toy" or (Path(model_id) / "toy_config.json").is_file():
+        return "toy"
+    return "wan"
+
+
 def load_backbone(
     name: str, model_id: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> Backbone:

@@ -121,17 +121,28 @@ def _describe(exc: BaseException) -> str:
     return " ".join(str(text).split())[:200]
 
 
+# FFmpeg "video" that is really text: tty renders any .txt/.nfo/.asc file as ANSI art, bintext/xbin/adf/idf
+# do the same for BBS art. Refused as "not a video".
+_TEXT_FORMATS = {"tty", "bin", "xbin", "adf", "idf"}
+_TEXT_CODECS = {"ansi", "bintext", "xbin", "idf"}
+
+
 def _video_stream(container: av.container.InputContainer, p: Path) -> av.video.stream.VideoStream:
     streams = [
         s
         for s in container.streams.video
         if not (int(s.disposition) & int(av.stream.Disposition.attached_pic))  # cover art of an audio file
     ]
+    fmt = container.format.name
+    if fmt in _TEXT_FORMATS or any(
+        s.codec_context is not None and s.codec_context.name in _TEXT_CODECS for s in streams
+    ):
+        raise SetseqError(f"{p} is a text file, not a video", "pass a video file (mp4, mov, mkv, webm, ...)")
     if not streams:
         kinds = sorted({s.type for s in container.streams}) or ["no streams"]
         raise SetseqError(
-            f"{p} has no video stream (it holds {', '.join(kinds)})",
-            "pass a video file, not an audio file or subtitles",
+            f"{p} has no video stream (it holds {', '.join(kinds)}): an audio file, or a damaged or truncated video",
+            "pass a video file; if this one is a partial download or copy, fetch it again",
         )
     return streams[0]
 
@@ -240,9 +251,11 @@ class Clip:
 
 
 def _check_args(frames: int | None, fps: float | None, start: float, end: float | None, size) -> None:
-    if frames is not None and (isinstance(frames, bool) or int(frames) != frames or frames <= 0):
+    if frames is not None and (
+        not isinstance(frames, (int, np.integer)) or isinstance(frames, bool) or frames <= 0
+    ):
         raise SetseqError(f"--frames must be a positive whole number, got {frames}", "pass e.g. --frames 17")
-    if fps is not None and not (math.isfinite(fps) and fps > 0):
+    if fps is not None and not (isinstance(fps, (int, float, np.number)) and math.isfinite(fps) and fps > 0):
         raise SetseqError(
             f"--fps must be a positive number, got {fps}",
             "pass e.g. --fps 8, or leave it out to keep every frame",
@@ -303,7 +316,7 @@ class _Collector:
         self._bytes += arr.nbytes
         if self.budget is None and self._bytes > MAX_CLIP_BYTES:
             raise SetseqError(
-                f"decoding all of {self.p} would take more than {MAX_CLIP_BYTES >> 30} GiB of memory "
+                f"decoding all of {self.p} would take more than {MAX_CLIP_BYTES / 2**30:.3g} GiB of memory "
                 f"({len(self.frames)} frames so far)",
                 "limit the clip with --frames, --end or a lower --fps, or pass a smaller --size",
             )
@@ -518,11 +531,21 @@ def load_clip(
     )
 
 
+def _sec(x: float) -> str:
+    """Seconds for messages: 0.0, 1.5, 2.93."""
+    text = f"{x:.2f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
+
+
 def _too_few(p, info, n, frames, fps, start, end, last_end, err) -> SetseqError:
+    if info.container == "image2" or info.container.endswith("_pipe"):
+        return SetseqError(
+            f"{p} is a still image ({info.codec}), not a video, so it has 1 frame", "pass a video file"
+        )
     rate = f" at {fps:g} fps" if fps else ""
     window_end = end if end is not None else last_end
-    upto = f"{window_end:.1f} s" if window_end is not None else "the end"
-    where = f"between {start:.1f} s and {upto}"
+    upto = f"{_sec(window_end)} s" if window_end is not None else "the end"
+    where = f"between {_sec(start)} s and {upto}"
     damaged = f" (decoding stopped early: {_describe(err)})" if err is not None else ""
     can_widen = start > 0 or end is not None
     if n == 0:
@@ -545,7 +568,7 @@ def _too_few(p, info, n, frames, fps, start, end, last_end, err) -> SetseqError:
         if info.fps <= 0 or need <= info.fps + _EPS:
             fixes.append(f"raise --fps to {math.ceil(need * 100) / 100:g} or more")
     fixes.append("widen --start/--end" if can_widen else "use a longer video")
-    what = "readable frames" if damaged else "frames"
+    what = ("readable frame" if damaged else "frame") + ("" if n == 1 else "s")
     return SetseqError(
         f"video {p} has only {n} {what}{rate} {where}, but {frames} were asked{damaged}",
         ", ".join(fixes[:-1]) + ", or " + fixes[-1],

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from setseq import lora as L
-from setseq.backbones.base import Backbone, load_backbone
+from setseq.backbones.base import Backbone, guess_backbone, load_backbone
 from setseq.errors import SetseqError
 from setseq.export import SetseqLora, check_compatible, load_setseq
 from setseq.train.run import DTYPES, resolve_device
@@ -72,12 +72,8 @@ class Personalized:
     ) -> Personalized:
         """From a run folder (or a setseq.safetensors file) on its own model, or `model` alone."""
         lora = load_setseq(run) if run is not None else None
-        name = (
-            backbone
-            or (lora.meta["backbone"] if lora else None)
-            or ("wan" if model and model != "toy" else "toy")
-        )
         path = model or (lora.meta.get("model_id") if lora else None) or "toy"
+        name = backbone or (lora.meta["backbone"] if lora and not model else None) or guess_backbone(path)
         bb = load_backbone(name, path, resolve_device(device), DTYPES[dtype])
         if lora is not None:
             for w in check_compatible(lora, bb.info.name, bb.info.fingerprint, run or "the LoRA"):
