@@ -20,7 +20,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from setseq.data.cache import file_sha256
-from setseq.errors import SetseqError
 from setseq.io import _disk_error
 
 CHECKPOINT_VERSION = 1
@@ -141,11 +140,3 @@ def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
 def final_stage1(run_dir: Path, steps: int) -> Checkpoint | None:
     p = run_dir / "checkpoints" / f"stage1-{steps:06d}"
     return read_checkpoint(p) if p.is_dir() else None
-
-
-def require(ck: Checkpoint | None, run_dir: Path) -> Checkpoint:
-    if ck is None:
-        raise SetseqError(
-            f"{run_dir} has no complete checkpoint to resume from", "start a new run without --resume"
-        )
-    return ck

@@ -184,8 +184,11 @@ def train(
                 "pass the --out folder of an earlier run to --resume",
             )
         cfg = resolve_config(run_dir / "config.yaml")
-        ck = C.require(C.latest_checkpoint(run_dir), run_dir)
-        log(f"resuming {run_dir} from {ck.path.name} (stage {ck.stage}, step {ck.step})")
+        ck = C.latest_checkpoint(run_dir)
+        if ck is None:  # stopped before its first checkpoint: start over, exactly as configured
+            log(f"resuming {run_dir}: no checkpoint yet, starting from step 0 with its saved config")
+        else:
+            log(f"resuming {run_dir} from {ck.path.name} (stage {ck.stage}, step {ck.step})")
     else:
         if (run_dir / "config.yaml").exists() or (run_dir / "checkpoints").exists():
             raise SetseqError(
