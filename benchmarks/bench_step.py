@@ -124,9 +124,9 @@ def worker(variant: str, args_dict: dict, q) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--head-dim", type=int, default=32)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--rank", type=int, default=32)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--latent-frames", type=int, default=3, help="stage-2 latent frames (3 = 9 video frames)")

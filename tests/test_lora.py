@@ -105,12 +105,12 @@ def test_dropconnect_statistics(basis, stage, p):
     s = lay.scaling
     # Which factor holds the masked, trainable coefficients in each reading and stage.
     masked = {
-        ("down", 1): lambda u, d: u / s - 1.0,
+        ("down", 1): lambda u, d: u / s,
         ("down", 2): lambda u, d: u / s - 1.0,
-        ("up", 1): lambda u, d: d - 1.0,
+        ("up", 1): lambda u, d: d,
         ("up", 2): lambda u, d: d - 1.0,
     }[(basis, stage)]
-    # identity scale 1, motion scale 1: combined = coeff * M + motion (stage 1: motion unmasked) or coeff + motion * M
+    # scales 1, all tensors 1: stage 1 applies coeff * M (identity alone); stage 2 coeff + motion * M
     mask1 = masked(u1, d1)
     kept = (mask1 != 0).float().mean().item()
     assert abs(kept - (1 - p)) < 0.03, kept  # drop rate p

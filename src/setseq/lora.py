@@ -87,21 +87,29 @@ class SetSeqLinear(nn.Module):
         """The identity basis A1 (D1 for basis down, U1 for basis up)."""
         return self.down if self.basis == "down" else self.up
 
-    def _masked(self, t: torch.Tensor, trainable_here: bool) -> torch.Tensor:
+    def _scaled(self, t: torch.Tensor, scale: float, trainable_here: bool) -> torch.Tensor:
+        """scale * t, with this stage's DropConnect mask when `t` is its trainable coefficient matrix."""
         if self.training and trainable_here and self.dropconnect > 0.0:
-            return t * dropconnect_mask(
-                t.shape, self.dropconnect, self.mask_generator, device=t.device, dtype=t.dtype
+            keep = dropconnect_mask(
+                t.shape, self.dropconnect, self.mask_generator, device=t.device, dtype=t.dtype, scaled=False
             )
-        return t
+            return t * keep * (scale / (1.0 - self.dropconnect))  # inverted scaling folded into the scalar
+        return t * scale
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(U, D) of the effective low-rank update dW = U @ D, with masks, scales and alpha applied."""
+        """(U, D) of the effective low-rank update dW = U @ D, with masks, scales and alpha applied.
+
+        The scalars (alpha / r, identity and motion scales, 1 / (1 - p)) multiply the small (out, r) or (r, in)
+        coefficient matrices, never the (tokens, out) activations. Stage 1 trains and applies the identity
+        alone (the residual is zero there, unless --init-lora brought one for stage 2 to continue)."""
         s = self.scaling
-        coeff = self._masked(self.coefficients, self.stage == 1)
-        motion = self._masked(self.motion, self.stage == 2)
-        combined = self.identity_scale * coeff + self.motion_scale * motion
+        # alpha / r goes into U: into the coefficients for basis down, into the basis for basis up.
+        c = s if self.basis == "down" else 1.0
+        combined = self._scaled(self.coefficients, c * self.identity_scale, self.stage == 1)
+        if self.stage != 1 and self.motion_scale != 0.0:
+            combined = combined + self._scaled(self.motion, c * self.motion_scale, self.stage == 2)
         if self.basis == "down":
-            return s * combined, self.down
+            return combined, self.down
         return s * self.up, combined
 
     def delta_weight(self) -> torch.Tensor:

@@ -21,12 +21,16 @@ def dropconnect_mask(
     *,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    scaled: bool = True,
 ) -> torch.Tensor:
-    """A DropConnect mask with inverted scaling: entries are 0 with probability p, else 1 / (1 - p)."""
+    """A DropConnect mask: entries are 0 with probability p, else 1 / (1 - p) (inverted scaling), or 1 when
+    `scaled` is False (the caller folds 1 / (1 - p) into a scalar)."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"drop probability must be in [0, 1), got {p}")
-    keep = torch.rand(shape, generator=generator) >= p  # drawn on CPU: same mask on any device for a seed
-    return keep.to(device=device, dtype=dtype) / (1.0 - p)
+    # Drawn on CPU: the same mask on any device for a seed.
+    keep = torch.empty(shape, dtype=torch.float32).bernoulli_(1.0 - p, generator=generator)
+    keep = keep.to(device=device, dtype=dtype)
+    return keep / (1.0 - p) if scaled else keep
 
 
 def token_mask(prompt: PromptEmbeds, p: float, generator: torch.Generator | None = None) -> PromptEmbeds:
