@@ -14,6 +14,7 @@ Run folder:
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -195,13 +196,20 @@ def train(
                 f"{run_dir} already holds a run",
                 f"continue it with `setseq train --resume {run_dir}`, or choose another --out",
             )
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / "config.yaml", cfg.to_yaml())
+        fresh_dir = not run_dir.exists()
 
     # 2. Model, data, cache.
     bb = load_model(cfg)
     frames, h, w = check_shapes(cfg, bb)
-    data, key = encode_concept(cfg, bb, run_dir / "cache", log)
+    try:
+        data, key = encode_concept(cfg, bb, run_dir / "cache", log)
+    except BaseException:
+        if not resume and fresh_dir:  # nothing of this run is worth keeping: leave no folder behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    if not resume:
+        # Written once the inputs are known good, so a failed start can simply be run again.
+        write_text(run_dir / "config.yaml", cfg.to_yaml())
     if ck is not None and ck.state.get("cache_key") not in (None, key):
         raise SetseqError(
             f"the video, model or prompts changed since {run_dir} started (cache key {key} vs {ck.state.get('cache_key')})",
