@@ -25,7 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from setseq.backbones.toy import ToyBackbone, build_toy_components, save_toy_model, toy_config
+from setseq.backbones.toy import (
+    ToyBackbone,
+    add_coordinate_channels,
+    build_toy_components,
+    load_toy_components,
+    save_toy_model,
+    toy_config,
+)
 from setseq.data import synthetic as S
 from setseq.functional.flow_matching import flow_matching_loss, interpolate, x0_from_velocity
 
@@ -55,6 +62,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--freeze-text", action="store_true", help="keep the random UMT5 frozen (default: train it)"
     )
+    p.add_argument("--init-from", default=None, help="start from this toy model folder (weights + config)")
     p.add_argument("--frames", type=int, default=9)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
@@ -181,7 +189,15 @@ def main() -> None:
             "ffn_dim": args.ffn,
         },
     )
-    comps = build_toy_components(cfg, seed=args.seed)
+    if args.init_from:  # continue from a saved model (its EMA weights), fresh optimizer
+        comps = add_coordinate_channels(load_toy_components(args.init_from), int(cfg["coord_channels"]))
+        for key in ("coord_channels", "prediction", "x0_sigma_min", "sigma_shift", "sigma_weighting"):
+            comps.config[key] = cfg[key]
+        log(
+            f"initialised from {args.init_from} (trained: {comps.config.get('trained', {}).get('step')} steps)"
+        )
+    else:
+        comps = build_toy_components(cfg, seed=args.seed)
     model = ToyBackbone(comps, model_id=str(out), freeze=False)
     model.transformer.train()
     model.text_encoder.train()

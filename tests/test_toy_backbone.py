@@ -130,6 +130,42 @@ def test_predict_shape_and_self_conditioning_matters(toy):
     assert not torch.allclose(out, out_sc)
 
 
+def test_predict_is_velocity_of_the_dits_x0_estimate(toy):
+    # x-prediction, v-loss: the DiT outputs x0, `predict` returns v = (x_sigma - x0) / sigma, so that
+    # x0_from_velocity recovers the DiT's output exactly (sigma above the clamp)
+    from setseq.functional.flow_matching import x0_from_velocity
+
+    assert toy.config["prediction"] == "x0"
+    g = torch.Generator().manual_seed(2)
+    noisy = torch.randn(2, 48, 1, 8, 8, generator=g)
+    sig = torch.tensor([0.3, 0.9])
+    emb = toy.encode_prompt(["a red circle", ""])
+    with torch.no_grad():
+        v = toy.predict(noisy, sig, emb)
+        x = torch.cat([noisy, torch.zeros_like(noisy), toy._coordinates(noisy)], 1)
+        raw = toy.transformer(
+            hidden_states=x, timestep=sig * 1000, encoder_hidden_states=emb.embeds, return_dict=False
+        )[0]
+    assert torch.allclose(x0_from_velocity(noisy, v, sig), raw, atol=1e-5)
+
+
+def test_coordinate_planes_are_inputs_and_can_be_added_to_an_old_model():
+    from setseq.backbones.toy import add_coordinate_channels
+
+    old_cfg = {**TINY, "coord_channels": 0}
+    old = build_toy_components(old_cfg, seed=0, words=WORDS)
+    assert old.transformer.config.in_channels == 96
+    new = add_coordinate_channels(old, 2)
+    assert new.transformer.config.in_channels == 98 and new.config["coord_channels"] == 2
+    a, b = ToyBackbone(old), ToyBackbone(new)
+    noisy = torch.randn(1, 48, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    emb = a.encode_prompt(["a red circle"])
+    with torch.no_grad():  # zero-initialised coordinate weights: the same function until trained
+        assert torch.allclose(
+            a.predict(noisy, torch.tensor([0.5]), emb), b.predict(noisy, torch.tensor([0.5]), emb)
+        )
+
+
 def test_sample_sigmas_in_open_unit_interval(toy):
     s = toy.sample_sigmas(512, generator=torch.Generator().manual_seed(0))
     assert s.shape == (512,) and bool((s > 0).all()) and bool((s < 1).all())

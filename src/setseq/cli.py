@@ -192,6 +192,33 @@ def cmd_info(run: str) -> dict[str, Any]:
     return data
 
 
+def cmd_eval(
+    reference: str,
+    videos: list[str],
+    out: str,
+    prompts: list[str] | None = None,
+    clip: str | None = None,
+    dino: str | None = None,
+    arcface: str | None = None,
+    metrics: list[str] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Score generated videos against the reference: MSE, ID, C-T, TC (the paper's) and motion (ours)."""
+    from setseq.eval.run_eval import evaluate
+
+    _quiet()
+    return evaluate(reference, videos, out, prompts, clip, dino, arcface, metrics, progress=progress).path
+
+
+def cmd_report(run: str, out: str, videos: str | None = None, metrics: str | None = None) -> Path:
+    """Write a self-contained HTML page: the videos side by side in sync, metrics, loss curves, config."""
+    from setseq.report import build_report
+
+    path = build_report(run, out, videos=videos, metrics=metrics)
+    print(f"wrote {path}")
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="setseq",
@@ -202,8 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="personalize a model to one video (stage 1 + stage 2)")
     t.add_argument("--video", help="the input video (any container PyAV reads)")
     t.add_argument("--out", required=True, help="run folder")
-    t.add_argument("--model", help="'toy' (default), or a Wan checkpoint: local folder or hub id")
-    t.add_argument("--backbone", help="backbone family (default: wan for any --model other than toy)")
+    t.add_argument(
+        "--model",
+        help="'toy' (default), or a diffusers Wan, CogVideoX, LTX-Video or HunyuanVideo checkpoint: local folder or hub id",
+    )
+    t.add_argument(
+        "--backbone",
+        help="backbone family: toy, wan, cogvideox, ltx, hunyuan (default: read from the --model folder's "
+        "model_index.json; wan for a hub id)",
+    )
     t.add_argument("--token", help="concept token [v] (default sks)")
     t.add_argument("--class-word", help="class word, e.g. person")
     t.add_argument("--action", help="coarse action words for T_motion, e.g. 'dancing'")
@@ -255,6 +289,29 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="demo_out")
     d.add_argument("--concept", default=None, help="which shipped concept (default: the first)")
     d.add_argument("--quick", action="store_true", help="a few steps only (CI)")
+
+    v = sub.add_parser("eval", help="score generated videos against the reference (MSE, ID, C-T, TC, motion)")
+    v.add_argument("videos", nargs="+", help="generated videos")
+    v.add_argument("--reference", required=True, help="the original video")
+    v.add_argument("--out", required=True, help="folder for metrics.json")
+    v.add_argument(
+        "--prompt", action="append", help="edit prompt for C-T: one for all videos, or one per video"
+    )
+    v.add_argument("--clip", help="CLIP folder or cached hub id (default ~/.cache/setseq/clip)")
+    v.add_argument("--dino", help="DINOv2 folder or cached hub id, for ID without faces")
+    v.add_argument("--arcface", help="ArcFace .onnx file for ID on faces (needs onnxruntime)")
+    v.add_argument(
+        "--metrics", type=lambda s: [m for m in s.split(",") if m], help="e.g. mse,motion (default: all)"
+    )
+    v.add_argument("--no-progress", action="store_true")
+
+    r = sub.add_parser("report", help="write a self-contained HTML report of a run or a demo folder")
+    r.add_argument("run", help="a run folder, or a demo folder (with run/ and the videos)")
+    r.add_argument("--out", required=True, help="the .html file to write")
+    r.add_argument(
+        "--videos", help="folder with the videos (default: the demo folder, or the run's samples/)"
+    )
+    r.add_argument("--metrics", help="metrics.json to show (default: VIDEOS/metrics.json if present)")
     return p
 
 
@@ -262,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # key=value overrides may come anywhere after `train`, between flags too.
     args, extra = parser.parse_known_args(argv)
+    if args.command == "eval":  # videos may come before and after the options
+        args.videos = list(args.videos) + [a for a in extra if not a.startswith("-")]
+        extra = [a for a in extra if a.startswith("-")]
     stray = [a for a in extra if args.command != "train" or a.startswith("-") or "=" not in a]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
@@ -316,6 +376,20 @@ def main(argv: list[str] | None = None) -> int:
 
             _quiet()
             run_demo(Path(args.out), concept=args.concept, quick=args.quick)
+        elif args.command == "eval":
+            cmd_eval(
+                args.reference,
+                args.videos,
+                args.out,
+                args.prompt,
+                args.clip,
+                args.dino,
+                args.arcface,
+                args.metrics,
+                progress=not args.no_progress,
+            )
+        elif args.command == "report":
+            cmd_report(args.run, args.out, args.videos, args.metrics)
     except SetseqError as exc:
         print(f"setseq: error: {exc}", file=sys.stderr)
         return 2

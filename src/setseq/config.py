@@ -21,7 +21,7 @@ from setseq.errors import SetseqError
 class ModelConfig:
     """Which base model to personalize."""
 
-    backbone: str = "toy"  # registry name: toy, wan
+    backbone: str = "toy"  # registry name: toy, wan, cogvideox, ltx, hunyuan
     path: str = "toy"  # local folder or hub id ("toy" is the shipped toy model)
     dtype: str = "float32"  # float32 | bfloat16 | float16: compute dtype of the frozen weights
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -29,6 +29,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        for name in ("backbone", "path", "device"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                raise ValueError(f"model.{name} must be a non-empty string, got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -133,8 +136,14 @@ class StageConfig:
             raise ValueError(f"micro_batch ({self.micro_batch}) must divide batch_size ({self.batch_size})")
         if not 0.0 <= self.dropconnect < 1.0:
             raise ValueError(f"dropconnect must be in [0, 1), got {self.dropconnect}")
-        if len(self.betas) != 2:
-            raise ValueError(f"betas must be two numbers, got {self.betas}")
+        if len(self.betas) != 2 or not all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0.0 <= b < 1.0 for b in self.betas
+        ):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if not (self.grad_clip > 0 and math.isfinite(self.grad_clip)):
+            raise ValueError(f"grad_clip must be a positive number, got {self.grad_clip}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ValueError(f"weight_decay must be a number >= 0, got {self.weight_decay}")
 
     @property
     def accumulation(self) -> int:
@@ -162,6 +171,16 @@ class TrainConfig:
     sample_steps: int | None = None  # None: the backbone's default
     guidance_scale: float | None = None  # samples during training and the run's default; None: the backbone's
     tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("seed", "keep_checkpoints", "sample_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.guidance_scale is not None and not math.isfinite(self.guidance_scale):
+            raise ValueError(f"train.guidance_scale must be a finite number, got {self.guidance_scale}")
 
 
 @dataclass
@@ -290,7 +309,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             )
         try:
             value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):
             raise SetseqError(
                 f"cannot parse the value of override '{item}'", "quote it or fix its syntax"
             ) from None
@@ -317,7 +336,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise SetseqError(f"config file {p} does not exist", "check the --config path")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:  # (RecursionError: absurd nesting)
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise SetseqError(

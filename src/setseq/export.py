@@ -4,7 +4,8 @@
   (backbone, rank, alpha, basis, tokens, prompts, default scales, format version).
 - `diffusers`: one standard LoRA, identity and motion merged at chosen scales at the same rank, keys
   `transformer.<module>.lora_A.weight` / `.lora_B.weight`, alpha folded into lora_B (so no metadata is
-  needed): `WanPipeline.load_lora_weights(file)` loads it.
+  needed): `WanPipeline.load_lora_weights(file)` loads it, and likewise `CogVideoXPipeline`, `LTXPipeline` and
+  `HunyuanVideoPipeline` for LoRAs of those families (diffusers module names, no conversion needed).
 - `identity` / `motion`: the same layout with only one part.
 - `comfyui`: `diffusion_model.<wan module>.lora_A|lora_B.weight` + `.alpha`, with module names mapped to the
   original Wan layout that ComfyUI's loader matches (diffusers names are reported as "lora key not loaded").
@@ -13,7 +14,9 @@
 from __future__ import annotations
 
 import json
+import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,12 +115,105 @@ def load_setseq(path: str | Path) -> SetseqLora:
             raise SetseqError(
                 f"{path} lacks the '{need}' metadata", "re-export it from its run with `setseq export`"
             )
+    _check_metadata(path, meta)
     lora = SetseqLora(tensors, meta)
-    for m in lora.modules:
-        for part in ("identity.down", "identity.up"):
-            if f"{m}.{part}" not in tensors:
-                raise SetseqError(f"{path} is incomplete: no tensor {m}.{part}", "re-export it from its run")
+    _check_tensors(path, lora)
     return lora
+
+
+# Metadata that setseq reads, and what each must be. Everything in a file is data: checked here, never
+# executed or interpreted as a pattern or a path to write to.
+_STR_KEYS = (
+    "backbone", "model_id", "fingerprint", "token", "class_word", "motion_token", "t_static", "t_motion",
+    "setseq_version",
+)  # fmt: skip
+_NUM_KEYS = ("alpha", "identity_scale", "motion_scale", "guidance_scale")
+_INT_KEYS = ("rank", "frames", "stage1_steps", "stage2_steps")
+_MAX_TEXT = 4096
+_MAX_PIXELS = 8192 * 8192  # as for input videos
+_MAX_FRAMES = 4097
+
+
+def _bad_meta(path: Path, key: str, why: str) -> SetseqError:
+    return SetseqError(
+        f"{path} has malformed '{key}' metadata ({why})", "re-export it from its run with `setseq export`"
+    )
+
+
+def _check_text(path: Path, key: str, v: Any) -> None:
+    if not isinstance(v, str):
+        raise _bad_meta(path, key, f"a {type(v).__name__}, not text")
+    if len(v) > _MAX_TEXT or any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in v):
+        raise _bad_meta(path, key, "control characters or over 4096 characters")
+
+
+def _check_metadata(path: Path, meta: dict[str, Any]) -> None:
+    for k in _STR_KEYS:
+        if meta.get(k) is not None:
+            _check_text(path, k, meta[k])
+    for k in _NUM_KEYS:
+        v = meta.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            raise _bad_meta(path, k, f"{str(v)[:40]!r} is not a finite number")
+    for k in _INT_KEYS:
+        v = meta.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (1 if k == "rank" else 0)):
+            raise _bad_meta(path, k, f"{str(v)[:40]!r} is not a whole number")
+    if meta["basis"] not in ("down", "up"):
+        raise _bad_meta(path, "basis", "must be 'down' or 'up'")
+    size = meta.get("size")
+    if size is not None and not (
+        isinstance(size, list)
+        and len(size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+    ):
+        raise _bad_meta(path, "size", "must be [height, width]")
+    if size is not None and size[0] * size[1] > _MAX_PIXELS:
+        raise _bad_meta(path, "size", f"{size[0]}x{size[1]} is larger than 8192x8192 pixels")
+    if (meta.get("frames") or 0) > _MAX_FRAMES:
+        raise _bad_meta(path, "frames", f"{meta['frames']} is more than {_MAX_FRAMES}")
+    targets = meta.get("targets")
+    if targets is not None:
+        if not isinstance(targets, list):
+            raise _bad_meta(path, "targets", "must be a list of module patterns")
+        for t in targets:
+            _check_text(path, "targets", t)
+
+
+def _check_tensors(path: Path, lora: SetseqLora) -> None:
+    """Every module has 2-D float identity factors of the declared rank, a motion residual (if any) of the
+    shape the basis gives it, and finite values."""
+    if not lora.modules:
+        raise SetseqError(f"{path} holds no LoRA tensors", "re-export it from its run")
+    r = lora.rank
+    for m in lora.modules:
+        t = lora.tensors
+        for part in ("identity.down", "identity.up"):
+            if f"{m}.{part}" not in t:
+                raise SetseqError(f"{path} is incomplete: no tensor {m}.{part}", "re-export it from its run")
+        down, up = t[f"{m}.identity.down"], t[f"{m}.identity.up"]
+        shapes = {f"{m}.identity.down": (r, None), f"{m}.identity.up": (None, r)}
+        mot = f"{m}.motion.{'up' if lora.basis == 'down' else 'down'}"
+        if mot in t:
+            shapes[mot] = tuple(up.shape) if lora.basis == "down" else tuple(down.shape)
+        for key, want in shapes.items():
+            v = t[key]
+            ok = (
+                v.ndim == 2
+                and v.is_floating_point()
+                and all(w is None or w == n for w, n in zip(want, v.shape))
+            )
+            if not ok:
+                raise SetseqError(
+                    f"{path}: tensor '{key}' has shape {tuple(v.shape)} ({v.dtype}), which does not fit rank {r} "
+                    f"and basis {lora.basis}",
+                    "the file is damaged or was edited; re-export it from its run",
+                )
+            if not bool(torch.isfinite(v).all()):
+                raise SetseqError(
+                    f"{path}: tensor '{key}' holds NaN or infinite values",
+                    "use a checkpoint from before training diverged, or retrain with a lower learning rate",
+                )
 
 
 def check_compatible(

@@ -92,3 +92,187 @@ def build_tiny_wan(
     )
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def build_tiny_wan22_ti2v(folder: str | Path, seed: int = 0, *, layers: int = 2) -> Path:
+    """Write a tiny random Wan 2.2 TI2V-5B-style T2V pipeline: the 48-channel residual VAE with a 2x2 pixel
+    patch (spatial stride 16, temporal 4) and `expand_timesteps=True` (one timestep per latent patch).
+
+    Config after diffusers' `tests/pipelines/wan/test_wan_22.py` (Wan225BPipelineFastTests)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    tokenizer = build_word_tokenizer(TINY_WORDS)
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+            relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
+        )
+    ).eval()  # fmt: skip
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=48, in_channels=12, out_channels=12, is_residual=True, patch_size=2,
+        latents_mean=[0.0] * 48, latents_std=[1.0] * 48, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+        scale_factor_spatial=16, scale_factor_temporal=4, temperal_downsample=[False, True, True],
+    ).eval()  # fmt: skip
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=48, out_channels=48,
+        text_dim=32, freq_dim=32, ffn_dim=32, num_layers=layers, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+    ).eval()  # fmt: skip
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0
+    )
+    pipe = WanPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler,
+        transformer_2=None, boundary_ratio=None, expand_timesteps=True,
+    )  # fmt: skip
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def _tiny_t5(vocab_size: int, d_model: int = 32):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(
+        T5Config(
+            vocab_size=vocab_size, d_model=d_model, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+            relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        )
+    ).eval()  # fmt: skip
+
+
+def build_tiny_cogvideox(folder: str | Path, seed: int = 0, *, layers: int = 2) -> Path:
+    """Write a tiny random CogVideoX T2V pipeline (5B-style: rotary positions, no learned positional
+    embeddings) with CogVideoX-2B's real v-prediction DDIM scheduler config (zero-terminal-SNR, SNR shift 3).
+
+    Sizes after diffusers' `tests/pipelines/cogvideo/test_cogvideox.py`: VAE stride 8 spatial / 4 temporal,
+    4 latent channels, patch 2; head dim 16 so the 3D rotary split (t 4, h 6, w 6) is whole."""
+    from diffusers import (
+        AutoencoderKLCogVideoX,
+        CogVideoXDDIMScheduler,
+        CogVideoXPipeline,
+        CogVideoXTransformer3DModel,
+    )
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    max_text = 16
+    tokenizer = build_word_tokenizer(TINY_WORDS, max_length=max_text)
+    text_encoder = _tiny_t5(len(tokenizer))
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=8,
+        text_embed_dim=32, num_layers=layers, sample_width=4, sample_height=4, sample_frames=9, patch_size=2,
+        temporal_compression_ratio=4, max_text_seq_length=max_text, use_rotary_positional_embeddings=True,
+    ).eval()  # fmt: skip
+    blocks = ("CogVideoXDownBlock3D",) * 4
+    vae = AutoencoderKLCogVideoX(
+        in_channels=3, out_channels=3, down_block_types=blocks, up_block_types=("CogVideoXUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1, norm_num_groups=2,
+        temporal_compression_ratio=4,
+    ).eval()  # fmt: skip
+    scheduler = CogVideoXDDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        prediction_type="v_prediction", rescale_betas_zero_snr=True, set_alpha_to_one=True,
+        snr_shift_scale=3.0, timestep_spacing="trailing",
+    )  # fmt: skip
+    pipe = CogVideoXPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def build_tiny_ltx(folder: str | Path, seed: int = 0, *, layers: int = 2) -> Path:
+    """Write a tiny random LTX-Video T2V pipeline whose VAE has LTX's real strides (32 spatial, 8 temporal:
+    a 4x4 pixel patch and three spatio-temporal downsamplings), 8 latent channels, patch 1.
+
+    Transformer after diffusers' `tests/pipelines/ltx/test_ltx.py`."""
+    from diffusers import (
+        AutoencoderKLLTXVideo,
+        FlowMatchEulerDiscreteScheduler,
+        LTXPipeline,
+        LTXVideoTransformer3DModel,
+    )
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    tokenizer = build_word_tokenizer(TINY_WORDS, max_length=32)
+    text_encoder = _tiny_t5(len(tokenizer))
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=4,
+        attention_head_dim=8, cross_attention_dim=32, num_layers=layers, caption_channels=32,
+    ).eval()  # fmt: skip
+    scaling = (True, True, True, False)
+    vae = AutoencoderKLLTXVideo(
+        latent_channels=8, block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+        spatio_temporal_scaling=scaling, decoder_spatio_temporal_scaling=scaling,
+        layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1), patch_size=4,
+        patch_size_t=1, encoder_causal=True, decoder_causal=False,
+    ).eval()  # fmt: skip
+    # LTX-Video 0.9's scheduler: resolution-dependent shift (mu from the token count).
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05, base_image_seq_len=1024,
+        max_image_seq_len=4096, shift_terminal=0.1,
+    )  # fmt: skip
+    pipe = LTXPipeline(
+        scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def build_tiny_hunyuan(folder: str | Path, seed: int = 0, *, layers: int = 1) -> Path:
+    """Write a tiny random HunyuanVideo T2V pipeline: a tiny `LlamaModel` and `CLIPTextModel` with word-level
+    tokenizers built in code, a tiny `AutoencoderKLHunyuanVideo` (stride 8 spatial, 4 temporal), a
+    guidance-embedding `HunyuanVideoTransformer3DModel` with dual- and single-stream blocks.
+
+    Sizes after diffusers' `tests/pipelines/hunyuan_video/test_hunyuan_video.py`. The word-level Llama
+    tokenizer has none of Llama-3's chat tokens, so `setseq.backbones.hunyuan` uses the plain "{}" prompt
+    template for it (crop 0), as diffusers' own test does."""
+    from diffusers import (
+        AutoencoderKLHunyuanVideo,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideoPipeline,
+        HunyuanVideoTransformer3DModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    tokenizer = build_word_tokenizer(TINY_WORDS, max_length=256)
+    tokenizer_2 = build_word_tokenizer(TINY_WORDS, max_length=77)
+    text_encoder = LlamaModel(
+        LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=16, intermediate_size=37, num_attention_heads=4,
+            num_key_value_heads=4, num_hidden_layers=2, pad_token_id=0, eos_token_id=1, bos_token_id=1,
+            max_position_embeddings=512, hidden_act="silu",
+        )
+    ).eval()  # fmt: skip
+    text_encoder_2 = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer_2), hidden_size=8, intermediate_size=37, num_attention_heads=4,
+            num_hidden_layers=2, max_position_embeddings=77, pad_token_id=0, eos_token_id=1, bos_token_id=1,
+            projection_dim=8, hidden_act="gelu",
+        )
+    ).eval()  # fmt: skip
+    transformer = HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=layers,
+        num_single_layers=layers, num_refiner_layers=1, patch_size=1, patch_size_t=1, guidance_embeds=True,
+        text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4),
+    ).eval()  # fmt: skip
+    vae = AutoencoderKLHunyuanVideo(
+        in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("HunyuanVideoDownBlock3D",) * 4, up_block_types=("HunyuanVideoUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8), layers_per_block=1, act_fn="silu", norm_num_groups=4,
+        scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4,
+        mid_block_add_attention=True,
+    ).eval()  # fmt: skip
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=7.0)
+    pipe = HunyuanVideoPipeline(
+        text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae, scheduler=scheduler,
+        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+    )  # fmt: skip
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder

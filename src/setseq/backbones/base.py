@@ -15,23 +15,35 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from setseq.errors import SetseqError
+from setseq.functional import flow_matching as fm
 
 
 @dataclass
 class PromptEmbeds:
     """Text-encoder output for a batch of prompts.
 
-    embeds: (B, L, D) hidden states, zero beyond each prompt's length (the way Wan pads).
+    embeds: (B, L, D) hidden states, padded the way the backbone's pipeline pads them (Wan zeroes them beyond
+            each prompt's length; CogVideoX, LTX and HunyuanVideo keep the encoder's output at pad positions).
     mask:   (B, L) bool, True on real tokens (token masking only drops real tokens).
+    pooled: (B, P) a second, pooled text embedding where the family has one (HunyuanVideo's CLIP), else None.
     """
 
     embeds: torch.Tensor
     mask: torch.Tensor
+    pooled: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> PromptEmbeds:
+        pooled = self.pooled
+        if pooled is not None:
+            pooled = pooled.to(device=device, dtype=dtype or pooled.dtype)
         return PromptEmbeds(
-            self.embeds.to(device=device, dtype=dtype or self.embeds.dtype), self.mask.to(device)
+            self.embeds.to(device=device, dtype=dtype or self.embeds.dtype), self.mask.to(device), pooled
         )
+
+    def expand(self, n: int) -> PromptEmbeds:
+        """One prompt (batch 1) repeated as a batch of n (a view, no copy)."""
+        pooled = None if self.pooled is None else self.pooled.expand(n, -1)
+        return PromptEmbeds(self.embeds.expand(n, -1, -1), self.mask.expand(n, -1), pooled)
 
 
 @dataclass
@@ -75,7 +87,9 @@ class Backbone(Protocol):
         ...
 
     def sample_sigmas(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Noise levels sigma in (0, 1), (B,), drawn the way the backbone was trained."""
+        """Training noise levels (B,) in [0, 1), drawn the way the backbone was trained. For flow-matching
+        backbones this is sigma itself; a backbone with its own objective (see `noisy_latents`) defines what
+        it means (CogVideoX: the DDPM timestep t / num_train_timesteps)."""
         ...
 
     def predict(
@@ -85,7 +99,9 @@ class Backbone(Protocol):
         prompt: PromptEmbeds,
         self_cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The DiT's flow-matching prediction (velocity noise - x0) for noisy latents at sigmas (B,)."""
+        """The DiT's prediction for noisy latents at sigmas (B,), in the parameterisation of
+        `training_target(backbone, ...)`: the flow-matching velocity noise - x0 unless the backbone says
+        otherwise (CogVideoX: v = sqrt(abar_t) noise - sqrt(1 - abar_t) x0)."""
         ...
 
     def generate(
@@ -105,6 +121,29 @@ class Backbone(Protocol):
 
         steps / guidance_scale None: the backbone's own defaults."""
         ...
+
+
+# The training objective. Flow matching (Wan, LTX, HunyuanVideo, toy) is the default; a backbone trained with
+# another objective defines two optional methods with the same signature, and the recipes use these helpers:
+#     noisy(x0, noise, sigmas) -> x_t            the forward process at the backbone's `sample_sigmas`
+#     training_target(x0, noise, sigmas) -> y    what `predict` regresses onto (MSE)
+# They are optional (not Protocol members) so that flow-matching backbones need not spell out the default.
+
+
+def noisy_latents(
+    backbone: Backbone, x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor
+) -> torch.Tensor:
+    """x_t for training: the backbone's own forward process if it has one, else the flow-matching interpolant."""
+    own = getattr(backbone, "noisy", None)
+    return own(x0, noise, sigmas) if own is not None else fm.interpolate(x0, noise, sigmas)
+
+
+def training_target(
+    backbone: Backbone, x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor
+) -> torch.Tensor:
+    """The regression target of `predict`: the backbone's own if it has one, else the velocity noise - x0."""
+    own = getattr(backbone, "training_target", None)
+    return own(x0, noise, sigmas) if own is not None else fm.velocity_target(x0, noise)
 
 
 BackboneLoader = Callable[[str, torch.device, torch.dtype], Backbone]
@@ -128,16 +167,42 @@ def registered_backbones() -> list[str]:
 
 def _import_builtin() -> None:
     # Imported lazily so that `setseq --help` stays fast (diffusers takes seconds to import).
-    from setseq.backbones import toy, wan  # noqa: F401
+    from setseq.backbones import cogvideox, hunyuan, ltx, toy, wan  # noqa: F401
+
+
+# diffusers pipeline class (model_index.json `_class_name`) -> backbone family
+PIPELINE_FAMILIES = {
+    "WanPipeline": "wan",
+    "CogVideoXPipeline": "cogvideox",
+    "LTXPipeline": "ltx",
+    "HunyuanVideoPipeline": "hunyuan",
+}
 
 
 def guess_backbone(model_id: str) -> str:
     """The backbone family of a model id when the user names none: 'toy' for the shipped toy model or a toy
-    model folder (it holds toy_config.json), else 'wan' (the first real family)."""
+    model folder (it holds toy_config.json); for a diffusers folder, the family of the pipeline class named in
+    its model_index.json; else 'wan' (the first real family, e.g. for a hub id)."""
+    import json
     from pathlib import Path
 
     if model_id == "toy" or (Path(model_id) / "toy_config.json").is_file():
         return "toy"
+    index = Path(model_id) / "model_index.json"
+    if index.is_file():
+        try:
+            cls = json.loads(index.read_text()).get("_class_name")
+        except (OSError, ValueError, AttributeError):
+            cls = None
+        if not isinstance(cls, str):  # unreadable: let the loader report what is wrong with the folder
+            return "wan"
+        if cls in PIPELINE_FAMILIES:
+            return PIPELINE_FAMILIES[cls]
+        raise SetseqError(
+            f"{model_id} holds a {cls[:80]!r} pipeline, which setseq does not support",
+            f"use a text-to-video checkpoint of one of: {', '.join(sorted(PIPELINE_FAMILIES))}, "
+            "or name the family with --backbone",
+        )
     return "wan"
 
 

@@ -87,8 +87,20 @@ DEFAULT_TOY_CONFIG: dict[str, Any] = {
     "pixel_std": [1.0, 1.0, 1.0],
     "max_text_len": 32,
     # training noise levels: u ~ logit-normal, sigma = shift u / (1 + (shift - 1) u)
-    "sigma_shift": 1.0,
+    "sigma_shift": 2.0,
     "sigma_weighting": "logit_normal",
+    # The DiT's output is an x0 estimate, turned into the velocity (x_sigma - x0) / max(sigma, x0_sigma_min) that
+    # `predict` returns ("x-prediction, v-loss", Li and He 2025, "Back to Basics: Let Denoising Generative Models
+    # Denoise"). Why: a token carries 2x2 latent cells x 48 channels = 192 numbers but the DiT is 128 wide, so its
+    # output lives in a 128-dim subspace; predicting the velocity (which contains the noise) directly leaves the
+    # noise of the other 64 dims in every sample, predicting the low-dimensional clean video does not.
+    # ("velocity": plain v-prediction.)
+    "prediction": "x0",
+    # Two constant input planes with the token's normalised (y, x) position. Wan's only positional signal is
+    # RoPE, which is relative, and the pixel codec has no padding, so without them the DiT cannot tell where
+    # in the frame a token is (a VAE's zero padding leaks that; this codec does not).
+    "coord_channels": 2,
+    "x0_sigma_min": 0.05,
     # sampler defaults (measured by scripts/eval_toy.py)
     "sample_shift": 1.0,
     "sample_steps": 25,
@@ -168,6 +180,34 @@ def _latent_channels(config: dict[str, Any]) -> int:
     return 3 * config["cell"] * config["cell"]
 
 
+def _in_channels(config: dict[str, Any]) -> int:
+    return 2 * _latent_channels(config) + int(config.get("coord_channels", 0))
+
+
+def add_coordinate_channels(components: ToyComponents, coord_channels: int = 2) -> ToyComponents:
+    """Give a model trained without coordinate planes its input channels, zero-initialised (same function)."""
+    from diffusers import WanTransformer3DModel
+
+    old = components.transformer
+    have = int(components.config.get("coord_channels", 0))
+    if have == coord_channels:
+        return components
+    cfg = copy.deepcopy(components.config)
+    cfg["coord_channels"] = coord_channels
+    new = WanTransformer3DModel.from_config({**dict(old.config), "in_channels": _in_channels(cfg)})
+    state = old.state_dict()
+    w = state["patch_embedding.weight"]  # (D, in, 1, 2, 2)
+    pad = torch.zeros(w.shape[0], _in_channels(cfg) - w.shape[1], *w.shape[2:], dtype=w.dtype)
+    state["patch_embedding.weight"] = torch.cat([w, pad], dim=1)
+    new.load_state_dict(state)
+    return ToyComponents(
+        config=cfg,
+        transformer=new.eval(),
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+    )
+
+
 def build_toy_components(
     config: dict[str, Any] | None = None, seed: int = 0, words: list[str] | None = None
 ) -> ToyComponents:
@@ -203,7 +243,7 @@ def build_toy_components(
             patch_size=(1, 2, 2),
             num_attention_heads=tr["num_attention_heads"],
             attention_head_dim=tr["attention_head_dim"],
-            in_channels=2 * c,  # noisy latent + self-conditioning x0 estimate
+            in_channels=_in_channels(config),  # noisy latent + self-conditioning x0 estimate + coordinates
             out_channels=c,
             text_dim=te["d_model"],
             freq_dim=tr["freq_dim"],
@@ -423,6 +463,14 @@ class ToyBackbone:
         return x.permute(0, 2, 1, 3, 4).contiguous()  # (B, F, 3, H, W)
 
     # -- diffusion ----------------------------------------------------------------------------------------
+    def _coordinates(self, like: torch.Tensor) -> torch.Tensor:
+        """(B, 2, F, h, w) planes of each latent cell's (y, x) centre in [-1, 1]."""
+        b, _, f, h, w = like.shape
+        ys = (torch.arange(h, dtype=like.dtype, device=like.device) + 0.5) / h * 2 - 1
+        xs = (torch.arange(w, dtype=like.dtype, device=like.device) + 0.5) / w * 2 - 1
+        grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"))  # (2, h, w)
+        return grid[None, :, None].expand(b, 2, f, h, w)
+
     def sample_sigmas(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Training noise levels, drawn exactly as the toy model was pretrained."""
         return _draw_sigmas(
@@ -443,9 +491,10 @@ class ToyBackbone:
         """Velocity (noise - x0) for noisy latents (B, C, F, h, w) at sigmas (B,). self_cond None -> zeros."""
         if self_cond is None:
             self_cond = torch.zeros_like(noisy)
-        x = torch.cat([noisy, self_cond.to(noisy.dtype)], dim=1).to(
-            self.device, self.dtype
-        )  # (B, 2C, F, h, w)
+        parts = [noisy, self_cond.to(noisy.dtype)]
+        if int(self.config.get("coord_channels", 0)):
+            parts.append(self._coordinates(noisy))
+        x = torch.cat(parts, dim=1).to(self.device, self.dtype)  # (B, 2C, F, h, w)
         t = (sigmas.to(self.device, torch.float32) * 1000.0).expand(x.shape[0])
         out = self.transformer(
             hidden_states=x,
@@ -453,6 +502,10 @@ class ToyBackbone:
             encoder_hidden_states=prompt.embeds.to(self.device, self.dtype),
             return_dict=False,
         )[0]
+        if self.config.get("prediction", "velocity") == "x0":
+            # out is x0; v = (x_sigma - x0) / sigma, the denominator clamped so that low noise levels stay stable
+            s = t.to(out.dtype).div(1000.0).clamp_min(float(self.config["x0_sigma_min"]))
+            out = (noisy.to(out.dtype) - out) / s.reshape(-1, *([1] * (out.ndim - 1)))
         return out
 
     @torch.no_grad()

@@ -2,6 +2,13 @@
 
 Loads any diffusers-format Wan T2V checkpoint from a local folder or a hub id. Latents are normalised with
 the VAE's `latents_mean` / `latents_std`, exactly as `WanPipeline` un-normalises them before decoding.
+
+- Wan 2.2 TI2V-5B (`expand_timesteps=True` in model_index.json): a 48-channel VAE that first folds 2x2 pixels
+  into channels (stride 16 in space, 4 in time, so sizes are multiples of 32) and a DiT that takes one timestep
+  per latent patch: `predict` expands each sample's timestep over its patches, as `WanPipeline` does.
+- Single frames (stage 1): the VAE is causal, one frame encodes to one latent frame (Wan trains on images as
+  1-frame videos), so stage 1 uses it as is.
+- The two-expert Wan 2.2 A14B (transformer + transformer_2) is refused.
 """
 
 from __future__ import annotations
@@ -71,9 +78,9 @@ class WanBackbone:
             fingerprint=_fingerprint(
                 [_plain_config(tcfg), _plain_config(vcfg), self.text_encoder.config.to_dict()]
             ),
-            # Wan's native 480p size; tiny test models default to a tiny size.
-            height=32 if small else 480,
-            width=32 if small else 832,
+            # Wan's native 480p size (Wan 2.2 TI2V-5B: 720p, 704x1280); tiny test models default to a tiny size.
+            height=32 if small else (704 if self.expand_timesteps else 480),
+            width=32 if small else (1280 if self.expand_timesteps else 832),
             frames=9 if small else 33,
             frame_multiple=st,
             spatial_multiple=ss * patch[1],

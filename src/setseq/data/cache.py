@@ -76,6 +76,9 @@ def save_cache(path: Path, enc: EncodedConcept, canon_key: str) -> None:
         "motion.embeds": enc.motion.embeds.contiguous().cpu(),
         "motion.mask": enc.motion.mask.to(torch.uint8).contiguous().cpu(),
     }
+    for name, prompt in (("static", enc.static), ("motion", enc.motion)):
+        if prompt.pooled is not None:  # a second, pooled text embedding (HunyuanVideo's CLIP)
+            tensors[f"{name}.pooled"] = prompt.pooled.contiguous().cpu()
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"setseq_cache_key": canon_key})
 
@@ -100,7 +103,7 @@ def load_cache(path: Path, canon_key: str, short_key: str) -> EncodedConcept | N
     return EncodedConcept(
         set_latents=t["set_latents"],
         clip_latents=t["clip_latents"],
-        static=PromptEmbeds(t["static.embeds"], t["static.mask"].bool()),
-        motion=PromptEmbeds(t["motion.embeds"], t["motion.mask"].bool()),
+        static=PromptEmbeds(t["static.embeds"], t["static.mask"].bool(), t.get("static.pooled")),
+        motion=PromptEmbeds(t["motion.embeds"], t["motion.mask"].bool(), t.get("motion.pooled")),
         key=short_key,
     )

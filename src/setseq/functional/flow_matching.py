@@ -54,12 +54,20 @@ def sample_sigmas(
     return shift_sigmas(u, shift).clamp(eps, 1.0 - eps).to(device)
 
 
-def flow_matching_loss(
-    prediction: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, weight: torch.Tensor | None = None
+def regression_loss(
+    prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Mean squared error between the prediction and the velocity target; optional per-sample weight (B,)."""
-    err = (prediction.float() - velocity_target(x0, noise).float()) ** 2
+    """Mean squared error between a prediction and its target, per sample then over the batch; optional
+    per-sample weight (B,). `flow_matching_loss` is this with the velocity target."""
+    err = (prediction.float() - target.float()) ** 2
     per_sample = err.flatten(1).mean(1)
     if weight is not None:
         per_sample = per_sample * weight
     return per_sample.mean()
+
+
+def flow_matching_loss(
+    prediction: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean squared error between the prediction and the velocity target; optional per-sample weight (B,)."""
+    return regression_loss(prediction, velocity_target(x0, noise), weight)

@@ -39,4 +39,7 @@ def token_mask(prompt: PromptEmbeds, p: float, generator: torch.Generator | None
         return prompt
     drop = (torch.rand(prompt.mask.shape, generator=generator) < p).to(prompt.mask.device) & prompt.mask
     keep = ~drop
-    return PromptEmbeds(prompt.embeds * keep.unsqueeze(-1).to(prompt.embeds.dtype), prompt.mask & keep)
+    # A pooled embedding (HunyuanVideo's CLIP) summarises the whole prompt and is kept as it is.
+    return PromptEmbeds(
+        prompt.embeds * keep.unsqueeze(-1).to(prompt.embeds.dtype), prompt.mask & keep, prompt.pooled
+    )

@@ -4,6 +4,7 @@ and motion scales. Writes an mp4 and a PNG contact sheet per prompt.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,12 +50,17 @@ class Personalized:
         self.backbone = backbone
         self.lora = lora
         if lora is not None:
-            spec = L.LoraSpec(
-                lora.rank,
-                lora.alpha,
-                lora.basis,
-                tuple(lora.meta.get("targets") or backbone.info.lora_targets),
-            )  # type: ignore[arg-type]
+            # The file's own tensor names say where its LoRA goes: exact names, so no pattern from a file
+            # is ever compiled (its `targets` metadata is kept as information only).
+            linears = {n for n, m in backbone.transformer.named_modules() if isinstance(m, torch.nn.Linear)}
+            missing = [m for m in lora.modules if m not in linears]
+            if missing:
+                raise SetseqError(
+                    f"the LoRA has {len(missing)} modules this model does not have (e.g. {missing[0]!r})",
+                    "use a LoRA trained on this model, or generate with its own --model",
+                )
+            exact = tuple(f"^{re.escape(m)}$" for m in lora.modules)
+            spec = L.LoraSpec(lora.rank, lora.alpha, lora.basis, exact)  # type: ignore[arg-type]
             L.inject(backbone.transformer, spec)
             L.load_state(backbone.transformer, lora.tensors)
             L.set_stage(backbone.transformer, 0)
@@ -73,6 +79,8 @@ class Personalized:
         """From a run folder (or a setseq.safetensors file) on its own model, or `model` alone."""
         lora = load_setseq(run) if run is not None else None
         path = model or (lora.meta.get("model_id") if lora else None) or "toy"
+        if lora is not None and not model and path != "toy":
+            log(f"base model: {path} (named by the LoRA file; --model chooses another)")
         name = backbone or (lora.meta["backbone"] if lora and not model else None) or guess_backbone(path)
         bb = load_backbone(name, path, resolve_device(device), DTYPES[dtype])
         if lora is not None:

@@ -2,12 +2,15 @@
 
 Layout: `RUN/checkpoints/stage{S}-{step:06d}/{lora.safetensors, optimizer.safetensors, state.json}`. A
 checkpoint is written into a temporary folder and renamed into place, and `state.json` records the sha256
-of both tensor files: a folder that fails that check is never taken as "latest".
+of both tensor files: a folder that fails that check is never taken as "latest". Old checkpoints are renamed
+to a hidden name before they are deleted, so a kill never leaves a half-deleted folder under a checkpoint's
+name. Weights that are not all finite are never saved.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -17,12 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from setseq.data.cache import file_sha256
-from setseq.io import _disk_error
+from setseq.errors import SetseqError
+from setseq.io import _disk_error, fsync_dir, os_error_of, remove_stale_temps
 
 CHECKPOINT_VERSION = 1
+FILES = ("lora.safetensors", "optimizer.safetensors")
 
 
 @dataclass
@@ -62,6 +68,17 @@ def restore_optimizer(
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
+def all_finite(tensors: dict[str, torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point())
+
+
+def _discard(path: Path) -> None:
+    """Delete a checkpoint folder: first renamed to a hidden name (atomic), then removed."""
+    trash = Path(tempfile.mkdtemp(prefix=f".trash-{path.name}.", dir=path.parent))
+    os.replace(path, trash / path.name)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def save_checkpoint(
     run_dir: Path,
     stage: int,
@@ -72,56 +89,80 @@ def save_checkpoint(
     keep: int = 2,
 ) -> Path:
     root = run_dir / "checkpoints"
-    final = root / f"stage{stage}-{step:06d}"
+    final = root / f"stage{int(stage)}-{int(step):06d}"
+    if not all_finite(lora):
+        raise SetseqError(
+            f"the weights at stage {stage} step {step} are not all finite, so no checkpoint was written",
+            "lower the learning rate, then continue with --resume",
+        )
     opt_t, groups = optimizer_tensors(opt)
+    tmp: Path | None = None
     try:
         root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".stage{stage}-{step:06d}.", dir=root))
-        save_file(lora, str(tmp / "lora.safetensors"))
-        save_file(opt_t, str(tmp / "optimizer.safetensors"))
+        remove_stale_temps(root)  # left by a killed run; one process writes a run folder
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+        save_file(lora, str(tmp / FILES[0]))
+        save_file(opt_t, str(tmp / FILES[1]))
         full = {
             "checkpoint_version": CHECKPOINT_VERSION,
             "stage": stage,
             "step": step,
             "param_groups": groups,
             "torch_rng": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
-            "sha256": {n: file_sha256(tmp / n) for n in ("lora.safetensors", "optimizer.safetensors")},
+            "sha256": {n: file_sha256(tmp / n) for n in FILES},
             **state,
         }
         (tmp / "state.json").write_text(json.dumps(full, indent=2, default=str))
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+        os.chmod(tmp, 0o755 & ~_umask())
         if final.exists():
-            shutil.rmtree(final)
+            _discard(final)
         os.replace(tmp, final)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True) if "tmp" in locals() else None
-        raise _disk_error(final, exc) from None
+        tmp = None
+        fsync_dir(root)
+    except Exception as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        os_exc = os_error_of(exc)
+        if os_exc is None:
+            raise
+        raise _disk_error(final, os_exc) from None
     # Keep the newest `keep` checkpoints of this stage (stage 2's are self-contained: identity + motion).
     mine = sorted(p for p in root.glob(f"stage{stage}-*") if p.is_dir())
     for old in mine[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            _discard(old)
     return final
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_checkpoint(path: Path) -> Checkpoint | None:
     """The checkpoint at `path` if it is complete and its files match their recorded hashes, else None."""
     try:
         state = json.loads((path / "state.json").read_text())
-        for name, digest in state["sha256"].items():
-            if file_sha256(path / name) != digest:
+        # The hashes name exactly our two files (data from the file never picks what is read).
+        if not isinstance(state, dict) or sorted(state["sha256"]) != sorted(FILES):
+            return None
+        for name in FILES:
+            if file_sha256(path / name) != state["sha256"][name]:
                 return None
-        return Checkpoint(path, int(state["stage"]), int(state["step"]), state)
-    except (OSError, ValueError, KeyError, TypeError):
+        stage, step = int(state["stage"]), int(state["step"])
+        if path.name != f"stage{stage}-{step:06d}":
+            return None
+        return Checkpoint(path, stage, step, state)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
-def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
-    """The newest valid checkpoint (by stage, then step); corrupt or partial folders are skipped."""
-    root = run_dir / "checkpoints"
-    if not root.is_dir():
-        return None
+def _candidates(root: Path) -> list[tuple[int, int, Path]]:
+    """(stage, step, folder) of every `stage{S}-{step}` folder; hidden (temporary) folders are not candidates."""
     cands = []
     for p in root.iterdir():
         if p.is_dir() and not p.name.startswith(".") and p.name.startswith("stage"):
@@ -130,7 +171,15 @@ def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
                 cands.append((int(s), int(st), p))
             except ValueError:
                 continue
-    for _, _, p in sorted(cands, reverse=True):
+    return cands
+
+
+def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """The newest valid checkpoint (by stage, then step); corrupt or partial folders are skipped."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return None
+    for _, _, p in sorted(_candidates(root), reverse=True):
         ck = read_checkpoint(p)
         if ck is not None:
             return ck
@@ -140,3 +189,19 @@ def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
 def final_stage1(run_dir: Path, steps: int) -> Checkpoint | None:
     p = run_dir / "checkpoints" / f"stage1-{steps:06d}"
     return read_checkpoint(p) if p.is_dir() else None
+
+
+def last_finite_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """The newest valid checkpoint whose LoRA weights are all finite (what to resume from after a blow-up)."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return None
+    for _, _, p in sorted(_candidates(root), reverse=True):
+        ck = read_checkpoint(p)
+        if ck is not None:
+            try:
+                if all_finite(ck.lora()):
+                    return ck
+            except (OSError, ValueError, RuntimeError, SafetensorError):
+                continue
+    return None

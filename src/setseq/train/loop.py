@@ -21,12 +21,13 @@ import torch
 from tqdm.auto import tqdm
 
 from setseq import lora as L
-from setseq.backbones.base import Backbone, PromptEmbeds
+from setseq.backbones.base import Backbone, PromptEmbeds, noisy_latents, training_target
 from setseq.config import RunConfig, StageConfig
 from setseq.data.cache import EncodedConcept
 from setseq.errors import SetseqError
 from setseq.functional import flow_matching as fm
 from setseq.functional.regularizers import token_mask
+from setseq.io import _disk_error, write_text
 from setseq.train import checkpoint as C
 
 
@@ -59,14 +60,17 @@ class StageContext:
 def flow_matching_step(
     backbone: Backbone, batch: Batch, gen: torch.Generator, token_mask_p: float
 ) -> torch.Tensor:
-    """One flow-matching loss on a batch: noise, timesteps and token masks drawn from `gen`."""
+    """One denoising loss on a batch: noise, timesteps and token masks drawn from `gen`.
+
+    Flow matching (velocity target) unless the backbone defines its own forward process and target
+    (`noisy` / `training_target`, e.g. CogVideoX's v-prediction DDPM): see `setseq.backbones.base`."""
     x0 = batch.latents.to(backbone.device, torch.float32)
     noise = torch.randn(x0.shape, generator=gen).to(backbone.device)
     sigmas = backbone.sample_sigmas(x0.shape[0], generator=gen)
-    noisy = fm.interpolate(x0, noise, sigmas)
+    noisy = noisy_latents(backbone, x0, noise, sigmas)
     prompt = token_mask(batch.prompt, token_mask_p, gen).to(backbone.device)
     pred = backbone.predict(noisy, sigmas, prompt)
-    return fm.flow_matching_loss(pred, x0, noise)
+    return fm.regression_loss(pred, training_target(backbone, x0, noise, sigmas))
 
 
 def make_optimizer(params: list[torch.nn.Parameter], sc: StageConfig) -> torch.optim.AdamW:
@@ -78,6 +82,46 @@ def trainable_state(model: torch.nn.Module, stage: int) -> dict[str, torch.Tenso
     if stage == 2:
         state |= L.motion_state(model)
     return state
+
+
+def _finite(params: list[torch.nn.Parameter]) -> bool:
+    return bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
+
+
+def _blow_up(ctx: StageContext, stage: int, step: int, what: str) -> SetseqError:
+    """The message for a non-finite loss, gradient or weight: it names the newest checkpoint whose weights
+    are all finite (checkpoints of non-finite weights are never written, see `checkpoint.save_checkpoint`)."""
+    last = C.last_finite_checkpoint(ctx.run_dir)
+    keep = f"the last good checkpoint is {last.path}" if last else "no checkpoint was written yet"
+    return SetseqError(
+        f"{what} at stage {stage} step {step + 1}; training stopped and {keep}",
+        f"lower stage{stage}.lr or use model.dtype=float32, then continue with --resume",
+    )
+
+
+def trim_log(path: Path, stage: int, step: int) -> None:
+    """Drop from loss.jsonl what a killed run logged past the checkpoint it resumes from (stage `stage`, step
+    `step`), and a torn last line, so a resumed run's log reads like an uninterrupted one."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise _disk_error(path, exc) from None
+    keep = []
+    for line in text.splitlines(keepends=True):
+        try:
+            rec = json.loads(line)
+            s, st = int(rec["stage"]), int(rec["step"])
+        except (ValueError, KeyError, TypeError):
+            continue  # torn by a kill
+        if not line.endswith("\n"):
+            continue
+        if s < stage or (s == stage and st <= step):
+            keep.append(line)
+    new = "".join(keep)
+    if new != text:
+        write_text(path, new)
 
 
 def run_stage(
@@ -98,6 +142,8 @@ def run_stage(
         C.restore_optimizer(opt, resume.optimizer(), resume.state["param_groups"])
         start = resume.step
     losses: list[float] = []
+    if ctx.log_file is not None:
+        trim_log(ctx.log_file, stage, start)
     if start >= sc.steps:
         return losses
     tc = ctx.cfg.train
@@ -121,17 +167,18 @@ def run_stage(
                 ctx.backbone, make_batch(step, micro, gen), gen, ctx.cfg.regularizers.token_mask
             )
             if not torch.isfinite(loss):
-                last = C.latest_checkpoint(ctx.run_dir)
-                keep = f"the last good checkpoint is {last.path}" if last else "no checkpoint was written yet"
                 bar.close()
-                raise SetseqError(
-                    f"the loss became {loss.item()} at stage {stage} step {step + 1}; training stopped and {keep}",
-                    f"lower stage{stage}.lr or use model.dtype=float32, then continue with --resume",
-                )
+                raise _blow_up(ctx, stage, step, f"the loss became {loss.item()}")
             (loss / sc.accumulation).backward()
             total += loss.item() / sc.accumulation
         gnorm = torch.nn.utils.clip_grad_norm_(params, sc.grad_clip)
+        if not torch.isfinite(gnorm):  # before the update: the weights are still those of the last step
+            bar.close()
+            raise _blow_up(ctx, stage, step, f"the gradient norm became {float(gnorm)}")
         opt.step()
+        if not _finite(params):  # a huge step can overflow the weights while loss and gradients were finite
+            bar.close()
+            raise _blow_up(ctx, stage, step, "the weights became non-finite")
         losses.append(total)
         done = step + 1
         bar.update(1)
@@ -140,19 +187,19 @@ def run_stage(
             ctx.writer.add_scalar(f"stage{stage}/loss", total, done)
             ctx.writer.add_scalar(f"stage{stage}/grad_norm", float(gnorm), done)
         if ctx.log_file is not None and done % tc.log_every == 0:
-            with open(ctx.log_file, "a") as f:
-                f.write(
-                    json.dumps(
-                        {
-                            "stage": stage,
-                            "step": done,
-                            "loss": total,
-                            "grad_norm": float(gnorm),
-                            "elapsed_s": round(time.perf_counter() - t0, 3),
-                        }
-                    )
-                    + "\n"
-                )
+            record = {
+                "stage": stage,
+                "step": done,
+                "loss": total,
+                "grad_norm": float(gnorm),
+                "elapsed_s": round(time.perf_counter() - t0, 3),
+            }
+            try:
+                with open(ctx.log_file, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as exc:
+                bar.close()
+                raise _disk_error(ctx.log_file, exc) from None
         if done % tc.checkpoint_every == 0 or done == sc.steps:
             C.save_checkpoint(
                 ctx.run_dir,

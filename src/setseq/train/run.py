@@ -29,7 +29,7 @@ from setseq.config import RunConfig, resolve_config
 from setseq.data.cache import EncodedConcept, cache_key, file_sha256, load_cache, save_cache, weights_stamp
 from setseq.errors import SetseqError
 from setseq.export import check_compatible, export_file, load_setseq, save_setseq
-from setseq.io import write_text
+from setseq.io import remove_stale_temps, write_text
 from setseq.train import checkpoint as C
 from setseq.train.loop import StageContext, trainable_state
 from setseq.train.stage1_set import train_stage1
@@ -185,6 +185,8 @@ def train(
                 "pass the --out folder of an earlier run to --resume",
             )
         cfg = resolve_config(run_dir / "config.yaml")
+        for folder in (run_dir, *(run_dir / f for f in ("cache", "checkpoints", "logs", "samples"))):
+            remove_stale_temps(folder)  # temporary files of a killed run (never taken for outputs)
         ck = C.latest_checkpoint(run_dir)
         if ck is None:  # stopped before its first checkpoint: start over, exactly as configured
             log(f"resuming {run_dir}: no checkpoint yet, starting from step 0 with its saved config")
@@ -197,6 +199,8 @@ def train(
                 f"continue it with `setseq train --resume {run_dir}`, or choose another --out",
             )
         fresh_dir = not run_dir.exists()
+        remove_stale_temps(run_dir / "cache")  # a killed first start's leftovers
+        remove_stale_temps(run_dir, stems=("config",))
 
     # 2. Model, data, cache.
     bb = load_model(cfg)

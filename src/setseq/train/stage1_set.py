@@ -30,10 +30,7 @@ def train_stage1(ctx: StageContext, resume: C.Checkpoint | None = None) -> list[
         # Global sample positions of this micro-batch, mapped through each epoch's permutation.
         pos = [step * sc.batch_size + k * micro + i for i in range(micro)]
         idx = [int(frame_order(seed, p // n, n)[p % n]) for p in pos]
-        prompt = ctx.data.static
-        return Batch(
-            frames[idx], type(prompt)(prompt.embeds.expand(micro, -1, -1), prompt.mask.expand(micro, -1))
-        )
+        return Batch(frames[idx], ctx.data.static.expand(micro))
 
     params = L.set_stage(ctx.backbone.transformer, 1, sc.dropconnect)
     return run_stage(ctx, 1, sc, params, make_batch, resume)

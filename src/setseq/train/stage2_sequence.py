@@ -21,11 +21,7 @@ def train_stage2(ctx: StageContext, resume: C.Checkpoint | None = None) -> list[
 
     def make_batch(step: int, k: int, gen: torch.Generator) -> Batch:
         # One video: the batch is the same clip under independent noise, timesteps and token masks.
-        prompt = ctx.data.motion
-        return Batch(
-            clip.expand(micro, -1, -1, -1, -1),
-            type(prompt)(prompt.embeds.expand(micro, -1, -1), prompt.mask.expand(micro, -1)),
-        )
+        return Batch(clip.expand(micro, -1, -1, -1, -1), ctx.data.motion.expand(micro))
 
     params = L.set_stage(ctx.backbone.transformer, 2, sc.dropconnect)
     return run_stage(ctx, 2, sc, params, make_batch, resume)

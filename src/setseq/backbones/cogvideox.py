@@ -1,0 +1,270 @@
+"""CogVideoX text-to-video through diffusers (`CogVideoXPipeline`, `CogVideoXTransformer3DModel`,
+`AutoencoderKLCogVideoX`): CogVideoX-2B, -5B and CogVideoX 1.5-5B in diffusers layout.
+
+- Objective: CogVideoX is *not* flow matching. It is a DDPM with v-prediction (`CogVideoXDDIMScheduler` /
+  `CogVideoXDPMScheduler`, `prediction_type="v_prediction"`, zero-terminal-SNR betas with an SNR shift). So this
+  backbone defines its own forward process and target (see `setseq.backbones.base.noisy_latents`):
+  `sample_sigmas` draws an integer timestep t uniformly from [0, num_train_timesteps) and returns t / T;
+  `noisy` is sqrt(abar_t) x0 + sqrt(1 - abar_t) noise; `training_target` is v = sqrt(abar_t) noise - sqrt(1 -
+  abar_t) x0 (noise for an epsilon-prediction scheduler), with abar = the scheduler's own `alphas_cumprod`;
+  `predict` feeds the DiT the integer t and returns its raw output. The MSE on v is the loss of diffusers'
+  CogVideoX LoRA example (x0-MSE weighted by 1 / (1 - abar_t)).
+- Latents: the VAE's posterior mean times `scaling_factor` (no shift), exactly what `CogVideoXPipeline`
+  divides by before decoding. The DiT takes them frames-first, (B, f, C, h, w); `predict` permutes.
+- Positions: CogVideoX-5B / 1.5 use 3D rotary embeddings, which depend on the latent height, width and
+  frame count: `predict` builds them for each input with the pipeline's own
+  `_prepare_rotary_positional_embeddings`, as generation does (2B uses sin-cos embeddings inside the DiT).
+- CogVideoX 1.5 (`patch_size_t=2`) needs an even number of latent frames. Like the pipeline, which pads the
+  latent video at the front and drops the padding after denoising, `predict` pads the front with copies of
+  the first latent frame and drops their output, so a 1-frame latent (stage 1) and odd clips both work.
+- Single frames (stage 1): the VAE is causal, so one frame encodes to one latent frame (the way CogVideoX's
+  image-to-video models encode their first frame); the DiT accepts any number of latent frames.
+- Text: T5, padded to the DiT's `max_text_seq_length` (226) with T5's own output at pad positions, exactly as
+  the pipeline does (the DiT takes no attention mask; `mask` only marks real tokens for token masking).
+  With no mask to clear, token masking acts only by zeroing a dropped token's embedding.
+- LoRA targets: CogVideoX has no cross-attention. Its blocks run one joint self-attention over the
+  concatenated text and video tokens with *shared* projections (`attn1.to_q/k/v/to_out.0`), so LoRA on those
+  covers both the text and the video side; plus the FFN (`ff.net.0.proj`, `ff.net.2`). The adaptive-norm
+  linears (`norm1/norm2.linear`) are modulation, not attention, and are left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from setseq.backbones.base import BackboneInfo, PromptEmbeds, register_backbone
+from setseq.errors import SetseqError
+from setseq.functional import v_prediction as vp
+
+COGVIDEOX_LORA_TARGETS = (
+    r"^transformer_blocks\.\d+\.attn1\.(to_q|to_k|to_v|to_out\.0)$",
+    r"^transformer_blocks\.\d+\.ff\.net\.(0\.proj|2)$",
+)
+
+
+# Copied from setseq.backbones.wan._fingerprint
+def _fingerprint(configs: list[dict]) -> str:
+    """Architecture identity: a hash of the component configs (LoRA compatibility, part of cache keys)."""
+    return hashlib.sha256(json.dumps(configs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# Copied from setseq.backbones.wan._plain_config
+def _plain_config(cfg) -> dict:
+    return {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
+
+
+class CogVideoXBackbone:
+    """CogVideoX T2V behind the `Backbone` protocol, with its v-prediction DDPM objective."""
+
+    def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype) -> None:
+        self.pipe = pipe
+        self.transformer = pipe.transformer
+        self.vae = pipe.vae
+        self.text_encoder = pipe.text_encoder
+        self.tokenizer = pipe.tokenizer
+        self.device = device
+        self.dtype = dtype
+        vcfg, tcfg, scfg = self.vae.config, self.transformer.config, pipe.scheduler.config
+        if tcfg.in_channels != vcfg.latent_channels:
+            raise SetseqError(
+                f"{model_id} is an image-to-video CogVideoX (the DiT takes {tcfg.in_channels} channels, the VAE "
+                f"makes {vcfg.latent_channels})",
+                "use a text-to-video CogVideoX checkpoint (CogVideoX-2b, CogVideoX-5b, CogVideoX1.5-5B)",
+            )
+        self.prediction_type = scfg.prediction_type
+        if self.prediction_type not in ("v_prediction", "epsilon"):
+            raise SetseqError(
+                f"{model_id}'s scheduler predicts '{self.prediction_type}', which setseq does not train",
+                "use a CogVideoX checkpoint with its v_prediction scheduler",
+            )
+        self.num_train_timesteps = int(scfg.num_train_timesteps)
+        self.alphas_cumprod = pipe.scheduler.alphas_cumprod.to(torch.float32)  # (T,) abar_t, on CPU
+        self.scaling_factor = float(vcfg.scaling_factor)
+        self.max_text_len = int(tcfg.max_text_seq_length)
+        ss = 2 ** (len(vcfg.block_out_channels) - 1)
+        st = int(vcfg.temporal_compression_ratio)
+        self.info = BackboneInfo(
+            name="cogvideox",
+            model_id=model_id,
+            fingerprint=_fingerprint(
+                [
+                    _plain_config(tcfg),
+                    _plain_config(vcfg),
+                    _plain_config(scfg),
+                    self.text_encoder.config.to_dict(),
+                ]
+            ),
+            # The native size the DiT was configured for (2B/5B: 480x720, 49 frames; 1.5: 768x1360, 81).
+            height=tcfg.sample_height * ss,
+            width=tcfg.sample_width * ss,
+            frames=tcfg.sample_frames,
+            frame_multiple=st,
+            spatial_multiple=ss * tcfg.patch_size,
+            supports_self_conditioning=False,
+            lora_targets=COGVIDEOX_LORA_TARGETS,
+            extra={
+                "objective": f"ddpm-{self.prediction_type}",
+                "num_train_timesteps": self.num_train_timesteps,
+                "vae_scale_factor_spatial": ss,
+                "patch_size": tcfg.patch_size,
+                "patch_size_t": tcfg.patch_size_t,
+            },
+        )
+
+    # -- text ------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str]) -> PromptEmbeds:
+        # Same steps as CogVideoXPipeline._get_t5_prompt_embeds, keeping the attention mask for token masking.
+        tok = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.max_text_len,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        hidden = self.text_encoder(tok.input_ids.to(self.device))[
+            0
+        ].float()  # (B, L, D); no mask, as the pipeline
+        return PromptEmbeds(hidden, tok.attention_mask.to(self.device).bool())
+
+    # -- video <-> latents -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        x = video.to(self.device, self.vae.dtype).permute(0, 2, 1, 3, 4)  # (B, F, 3, H, W) -> (B, 3, F, H, W)
+        z = self.vae.encode(x).latent_dist.mode().float()  # (B, C, f, h, w); the mean: deterministic caches
+        return z * self.scaling_factor
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        z = latents.float() / self.scaling_factor
+        x = self.vae.decode(z.to(self.vae.dtype)).sample  # (B, 3, F, H, W)
+        return x.float().clamp(-1, 1).permute(0, 2, 1, 3, 4)
+
+    # -- diffusion: v-prediction DDPM ------------------------------------------------------------------------
+    def _timesteps(self, sigmas: torch.Tensor) -> torch.Tensor:
+        t = (sigmas.detach().float().cpu() * self.num_train_timesteps).round().long()
+        return t.clamp(0, self.num_train_timesteps - 1)  # (B,) integer DDPM timesteps
+
+    def _abar(self, sigmas: torch.Tensor) -> torch.Tensor:
+        return self.alphas_cumprod[self._timesteps(sigmas)]  # (B,)
+
+    def sample_sigmas(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """t / T for integer DDPM timesteps t drawn uniformly from [0, T) (T = num_train_timesteps)."""
+        t = vp.sample_timesteps(batch, self.num_train_timesteps, generator)
+        return (t.float() / self.num_train_timesteps).to(self.device)
+
+    def noisy(self, x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+        """The scheduler's `add_noise` at t = sigmas * T."""
+        return vp.add_noise(x0, noise, self._abar(sigmas))
+
+    def training_target(self, x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+        """v (the scheduler's `get_velocity`) for v-prediction, the noise for an epsilon-prediction scheduler."""
+        if self.prediction_type == "epsilon":
+            return noise
+        return vp.velocity_target(x0, noise, self._abar(sigmas))
+
+    def predict(
+        self,
+        noisy: torch.Tensor,
+        sigmas: torch.Tensor,
+        prompt: PromptEmbeds,
+        self_cond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The DiT's raw output (v for v-prediction) for noisy latents (B, C, f, h, w) at t = sigmas * T."""
+        if self_cond is not None:
+            raise SetseqError(
+                "CogVideoX has no self-conditioning input",
+                "set regularizers.self_conditioning=0 for this backbone",
+            )
+        tcfg = self.transformer.config
+        x = noisy.to(self.device, self.dtype).permute(
+            0, 2, 1, 3, 4
+        )  # (B, f, C, h, w): CogVideoX is frames-first
+        pad = 0
+        if tcfg.patch_size_t is not None and x.shape[1] % tcfg.patch_size_t:
+            # CogVideoX 1.5 patches 2 latent frames together: pad the front, as the pipeline does.
+            pad = tcfg.patch_size_t - x.shape[1] % tcfg.patch_size_t
+            x = torch.cat([x[:, :1].expand(-1, pad, -1, -1, -1), x], dim=1)
+        rotary = None
+        if tcfg.use_rotary_positional_embeddings:
+            ss = self.info.extra["vae_scale_factor_spatial"]
+            rotary = self.pipe._prepare_rotary_positional_embeddings(
+                x.shape[3] * ss, x.shape[4] * ss, x.shape[1], self.device
+            )
+        out = self.transformer(
+            hidden_states=x,
+            encoder_hidden_states=prompt.embeds.to(self.device, self.dtype),
+            timestep=self._timesteps(sigmas).to(self.device),
+            image_rotary_emb=rotary,
+            return_dict=False,
+        )[0]  # (B, f + pad, C, h, w)
+        return out[:, pad:].permute(0, 2, 1, 3, 4).float()
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: str,
+        negative_prompt: str = "",
+        *,
+        frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        self.pipe.set_progress_bar_config(disable=not progress)
+        out = self.pipe(
+            prompt=prompt,
+            negative_prompt=negative_prompt or None,
+            height=height or self.info.height,
+            width=width or self.info.width,
+            num_frames=frames or self.info.frames,
+            num_inference_steps=steps or 50,
+            guidance_scale=6.0 if guidance_scale is None else guidance_scale,
+            generator=torch.Generator(device="cpu").manual_seed(seed),
+            output_type="pt",
+            max_sequence_length=self.max_text_len,
+        ).frames  # (B, F, 3, H, W) in [0, 1]
+        return (out[0].float().cpu() * 2.0 - 1.0).clamp(-1, 1)
+
+
+@register_backbone("cogvideox")
+def load_cogvideox(model_id: str, device: torch.device, dtype: torch.dtype) -> CogVideoXBackbone:
+    """Load a diffusers-format CogVideoX T2V checkpoint (local folder or hub id). Only safetensors are read."""
+    from diffusers import CogVideoXPipeline
+
+    local = Path(model_id)
+    if local.exists() and not (local / "model_index.json").is_file():
+        raise SetseqError(
+            f"{model_id} is not a diffusers CogVideoX checkpoint (no model_index.json)",
+            "point --model at the folder that holds model_index.json, transformer/, vae/, text_encoder/ and tokenizer/",
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            pipe = CogVideoXPipeline.from_pretrained(model_id, torch_dtype=dtype, use_safetensors=True)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = (
+            "download it first (huggingface-cli download <id> --local-dir DIR) and pass the folder"
+            if not local.exists()
+            else "check that the folder is a complete diffusers CogVideoX checkpoint with safetensors weights"
+        )
+        raise SetseqError(f"cannot load CogVideoX model '{model_id}': {first}", hint) from None
+    # The VAE stays in `dtype`: CogVideoXPipeline hands it latents in the DiT's dtype without casting.
+    pipe.to(device)
+    for m in (pipe.transformer, pipe.vae, pipe.text_encoder):
+        m.requires_grad_(False)
+        m.eval()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return CogVideoXBackbone(pipe, str(model_id), device, dtype)

@@ -1,0 +1,208 @@
+"""`setseq eval`: score generated videos against the reference video with the paper's metrics + motion.
+
+1. check the inputs (reference and videos exist, one prompt or one per video, known metric names);
+2. load the reference and the metric models that the chosen metrics need (CLIP; ArcFace or DINO for ID
+   when given, else CLIP image similarity, said in the notes);
+3. per generated video: MSE on the video resampled to the reference's frames and size (a note says so),
+   ID / C-T / TC on its own frames (resampling would repeat frames and inflate TC), motion on both videos'
+   own frames (the tracks are compared over normalised time);
+4. print a table and write ``OUT/metrics.json`` (atomically).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from setseq.errors import SetseqError
+from setseq.eval import metrics as M
+from setseq.eval.motion import describe_motion, motion_similarity
+from setseq.io import write_json
+
+__all__ = ["ALL_METRICS", "EvalResult", "evaluate", "format_table"]
+
+#: Metric names for --metrics, in table order.
+ALL_METRICS: tuple[str, ...] = ("mse", "id", "clip_t", "tc", "motion")
+_ALIASES = {"ct": "clip_t", "c-t": "clip_t", "clip-t": "clip_t", "identity": "id"}
+_HEADERS = {"mse": "MSE", "id": "ID", "clip_t": "C-T", "tc": "TC", "motion": "motion"}
+
+
+@dataclass
+class EvalResult:
+    """What `setseq eval` wrote to metrics.json."""
+
+    path: Path
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_inputs(
+    reference: str | Path, generated: Sequence[str | Path], prompts: Sequence[str] | None, metrics
+) -> tuple[Path, list[Path], list[str | None], list[str]]:
+    ref = Path(reference)
+    if not ref.is_file():
+        what = "is a folder" if ref.is_dir() else "does not exist"
+        raise SetseqError(f"reference video {ref} {what}", "pass the original video with --reference REF.mp4")
+    if not generated:
+        raise SetseqError(
+            "no generated videos to evaluate", "list them after the options: GEN1.mp4 GEN2.mp4 ..."
+        )
+    gens = [Path(g) for g in generated]
+    for g in gens:
+        if not g.is_file():
+            raise SetseqError(
+                f"generated video {g} does not exist", "check the paths of the videos to evaluate"
+            )
+    prompts = list(prompts or [])
+    if len(prompts) not in (0, 1, len(gens)):
+        raise SetseqError(
+            f"{len(prompts)} --prompt for {len(gens)} videos",
+            "give one --prompt for all videos, or one per video in the same order",
+        )
+    per_video: list[str | None] = (
+        prompts * len(gens) if len(prompts) == 1 else (prompts or [None] * len(gens))
+    )
+    chosen = []
+    for m in metrics or ALL_METRICS:
+        name = _ALIASES.get(m.strip().lower(), m.strip().lower())
+        if name not in ALL_METRICS:
+            raise SetseqError(f"unknown metric {m!r}", f"use some of {','.join(ALL_METRICS)}")
+        if name not in chosen:
+            chosen.append(name)
+    return ref, gens, per_video, [m for m in ALL_METRICS if m in chosen]
+
+
+def _names(paths: list[Path]) -> list[str]:
+    """Short unique names: the file stem, or the path where stems repeat."""
+    stems = [p.stem for p in paths]
+    return [p.stem if stems.count(p.stem) == 1 else str(p) for p in paths]
+
+
+def _fmt(v: Any, digits: int) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def format_table(data: dict[str, Any]) -> str:
+    """The printed table of a metrics.json dict (eval format)."""
+    cols = [m for m in ALL_METRICS if m in data.get("metrics", ALL_METRICS)]
+    digits = {"mse": 4, "id": 3, "clip_t": 3, "tc": 4, "motion": 3}
+    width = max([len("(reference)"), *(len(n) for n in data["videos"])])
+    lines = [f"{'video':{width}s}" + "".join(f"{_HEADERS[c]:>9s}" for c in cols)]
+    ref_row = {"tc": data.get("reference_tc")}
+    lines.append(
+        f"{'(reference)':{width}s}" + "".join(f"{_fmt(ref_row.get(c), digits[c]):>9s}" for c in cols)
+    )
+    for name in data.get("order") or list(data["videos"]):
+        row = data["videos"][name]
+        lines.append(f"{name:{width}s}" + "".join(f"{_fmt(row.get(c), digits[c]):>9s}" for c in cols))
+    lines.append("better: MSE lower; ID, C-T, TC, motion higher")
+    return "\n".join(lines)
+
+
+def evaluate(
+    reference: str | Path,
+    generated: Sequence[str | Path],
+    out: str | Path,
+    prompts: Sequence[str] | None = None,
+    clip: str | None = None,
+    dino: str | None = None,
+    arcface: str | None = None,
+    metrics: Sequence[str] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> EvalResult:
+    """Score `generated` videos against `reference`; write ``out/metrics.json``; print a table."""
+    from setseq.data.video import load_clip
+    from setseq.eval import models
+
+    # 1. Inputs.
+    ref_path, gens, per_video, chosen = _check_inputs(reference, generated, prompts, metrics)
+    notes: list[str] = []
+
+    # 2. Reference and models (only those the chosen metrics need; a missing one names its download).
+    ref = load_clip(ref_path).frames  # (F, H, W, 3)
+    need_clip = "clip_t" in chosen or "tc" in chosen or ("id" in chosen and not (arcface or dino))
+    clip_m = models.load_clip(clip) if need_clip else None
+    id_m: Any = None
+    id_method = None
+    if "id" in chosen:
+        if arcface:
+            id_m, id_method = models.load_arcface(arcface), "arcface"
+            notes.append(
+                f"ID: ArcFace ({Path(id_m.name).name}) on each frame's centre square, no face detection"
+            )
+        elif dino or (models.default_dir("dino") / "config.json").is_file():
+            id_m, id_method = models.load_dino(dino), "dino"
+            notes.append(f"ID: DINOv2 image similarity ({id_m.name}); no --arcface given")
+        else:
+            id_m, id_method = clip_m, "clip"
+            notes.append(f"ID: CLIP image similarity ({clip_m.name}); no --arcface or --dino given")
+    if "clip_t" in chosen and not any(per_video):
+        notes.append("C-T: no --prompt given, so no text similarity")
+
+    # 3. Score each video.
+    ref_clip = clip_m.images(ref) if clip_m is not None else None
+    ref_id = (ref_clip if id_method == "clip" else id_m.images(ref)) if id_m is not None else None
+    data: dict[str, Any] = {
+        "reference": str(ref_path),
+        "frames": int(ref.shape[0]),
+        "size": [int(ref.shape[1]), int(ref.shape[2])],
+        "metrics": chosen,
+        "models": {
+            "clip": clip_m.name if clip_m else None,
+            "id": id_m.name if id_m else None,
+            "motion": "Lucas-Kanade point tracks (setseq.eval.motion; no model)"
+            if "motion" in chosen
+            else None,
+        },
+        "id_method": id_method,
+        "reference_tc": M.temporal_consistency(ref_clip) if ref_clip is not None and "tc" in chosen else None,
+        "notes": notes,
+        "order": [],  # the videos in the order given (json sorts the keys of "videos")
+        "videos": {},
+    }
+    ref_motion = describe_motion(ref) if "motion" in chosen else None
+    names = _names(gens)
+    bar = tqdm(list(zip(names, gens, per_video)), desc="eval", unit="video", disable=not progress)
+    for name, path, prompt in bar:
+        bar.set_postfix_str(name)
+        gen = load_clip(path).frames
+        row: dict[str, Any] = {"path": str(path), "prompt": prompt, "frames": int(gen.shape[0])}
+        if gen.shape[:3] != ref.shape[:3] and ("mse" in chosen):
+            note = (
+                f"{name}: {gen.shape[0]} frames {gen.shape[1]}x{gen.shape[2]} vs the reference's "
+                f"{ref.shape[0]} frames {ref.shape[1]}x{ref.shape[2]}; resampled to the reference for MSE "
+                "(nearest frame in time, bilinear)"
+            )
+            notes.append(note)
+            log(f"note: {note}")
+        if "mse" in chosen:
+            row["mse"] = M.mse(gen, ref)
+        emb = clip_m.images(gen) if clip_m is not None else None
+        if "id" in chosen:
+            g_id = emb if id_method == "clip" else id_m.images(gen)
+            row["id"] = M.identity_similarity(g_id, ref_id)
+        if "clip_t" in chosen:
+            row["clip_t"] = M.text_similarity(emb, clip_m.texts([prompt])) if prompt else None
+        if "tc" in chosen:
+            row["tc"] = M.temporal_consistency(emb)
+        if "motion" in chosen:
+            mo = motion_similarity(gen, ref_motion)
+            row["motion"] = mo["similarity"]
+            row["motion_distance"] = mo["distance"]
+            row["motion_static"] = mo["static"]
+        data["videos"][name] = row
+        data["order"].append(name)
+
+    # 4. Table and metrics.json.
+    out_path = Path(out) / "metrics.json"
+    write_json(out_path, data)
+    log(format_table(data))
+    for n in notes:
+        if not n.startswith(tuple(f"{k}:" for k in names)):
+            log(f"note: {n}")
+    log(f"wrote {out_path}")
+    return EvalResult(out_path, data)

@@ -1,0 +1,248 @@
+"""One table of end-to-end checks run on every backbone family, each a tiny random model built from config.
+
+For each family: train stage 1 and stage 2 (rank 4, batch 2, 2 + 2 steps) on a small synthetic mp4, then
+- exactly the intended parameters changed (stage 1: the identity; stage 2: identity bit-identical, motion not 0),
+- the personalized model generates (F, 3, H, W),
+- the exported diffusers LoRA, loaded with `<Pipeline>.load_lora_weights` into a freshly loaded pipeline,
+  reproduces our transformer's forward and differs from the base model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from setseq import lora as L
+from setseq.backbones.base import guess_backbone, load_backbone, noisy_latents, training_target
+from setseq.config import resolve_config
+from setseq.export import load_setseq
+from setseq.train import checkpoint as C
+from setseq.train.run import train
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # table id
+    backbone: str  # registry name
+    builder: str  # setseq.testing builder ("" for the shared tiny Wan fixture)
+    pipeline: str  # the diffusers pipeline class that must load our LoRA
+    frames: int
+    size: tuple[int, int]
+    modules_per_run: int  # LoRA-carrying linears in the tiny model
+
+
+FAMILIES = [
+    Family("wan", "wan", "", "WanPipeline", 9, (32, 32), 2 * (4 + 4 + 2)),
+    Family("wan22_ti2v", "wan", "build_tiny_wan22_ti2v", "WanPipeline", 9, (32, 32), 2 * (4 + 4 + 2)),
+    Family("cogvideox", "cogvideox", "build_tiny_cogvideox", "CogVideoXPipeline", 9, (32, 32), 2 * (4 + 2)),
+    Family("ltx", "ltx", "build_tiny_ltx", "LTXPipeline", 9, (64, 64), 2 * (4 + 4 + 2)),
+    Family("hunyuan", "hunyuan", "build_tiny_hunyuan", "HunyuanVideoPipeline", 9, (32, 32), 12 + 5),
+]
+
+OVERRIDES = [
+    "lora.rank=4",
+    "stage1.steps=2",
+    "stage2.steps=2",
+    "stage1.batch_size=2",
+    "stage2.batch_size=2",
+    "train.checkpoint_every=1",
+    "train.keep_checkpoints=10",
+    "train.tensorboard=false",
+    "train.sample_every=0",
+    "stage1.lr=1e-2",
+    "stage2.lr=1e-2",
+    "stage1.grad_clip=1.0",
+    "stage2.grad_clip=1.0",
+]
+
+
+@dataclass
+class Trained:
+    family: Family
+    model_dir: str
+    run_dir: object
+
+
+@pytest.fixture(scope="module", params=FAMILIES, ids=[f.name for f in FAMILIES])
+def trained(request, tmp_path_factory) -> Trained:
+    from setseq import testing
+    from setseq.data.video import write_video
+    from tests.conftest import moving_square_video
+
+    fam: Family = request.param
+    root = tmp_path_factory.mktemp(fam.name)
+    if fam.builder:
+        model_dir = getattr(testing, fam.builder)(root / "model")
+    else:
+        model_dir = request.getfixturevalue("tiny_wan_dir")
+    video = root / "clip.mp4"
+    write_video(video, moving_square_video(13, (fam.size[0] + 8, fam.size[1] + 16)), fps=8)
+    # No backbone named: the family comes from the folder's model_index.json, as with `--model FOLDER`.
+    assert guess_backbone(str(model_dir)) == fam.backbone
+    flags = {
+        "model": {"backbone": fam.backbone, "path": str(model_dir)},
+        "data": {"video": str(video), "frames": fam.frames, "size": list(fam.size)},
+    }
+    run = root / "run"
+    train(resolve_config(None, flags, OVERRIDES), run, progress=False, log=lambda s: None)
+    return Trained(fam, str(model_dir), run)
+
+
+def test_exactly_the_intended_parameters_change(trained):
+    bb = load_backbone(trained.family.backbone, trained.model_dir)
+    L.inject(bb.transformer, L.LoraSpec(4, 4.0, "down", bb.info.lora_targets), seed=0)
+    assert len(L.get_layers(bb.transformer)) == trained.family.modules_per_run
+    init = L.identity_state(bb.transformer)
+    ck = trained.run_dir / "checkpoints"
+    s1 = C.read_checkpoint(ck / "stage1-000002").lora()
+    s2 = C.read_checkpoint(ck / "stage2-000002").lora()
+    assert set(s1) == set(init)  # stage 1 holds the identity only
+    ups = [k for k in init if k.endswith(".up")]
+    assert all(not torch.equal(init[k], s1[k]) for k in ups)  # every coefficient matrix trained
+    assert any(not torch.equal(init[k], s1[k]) for k in init if k.endswith(".down"))
+    for k in s1:  # stage 2: the identity stays bit-identical
+        assert torch.equal(s1[k], s2[k]), k
+    motion = {k: v for k, v in s2.items() if ".motion." in k}
+    assert len(motion) == len(ups) and all(float(v.abs().max()) > 0 for v in motion.values())
+    assert set(s2) == set(s1) | set(motion)  # nothing else is trained
+    lora = load_setseq(trained.run_dir)
+    assert lora.meta["backbone"] == trained.family.backbone and len(lora.modules) == len(ups)
+
+
+def test_generate_shape(trained):
+    from setseq.infer.generate import GenerateOptions, Personalized
+
+    pm = Personalized.load(trained.run_dir, log=lambda s: None)
+    video = pm.generate("a sks person", GenerateOptions(steps=2, seed=1))
+    h, w = trained.family.size
+    assert video.shape == (trained.family.frames, 3, h, w)
+    assert torch.isfinite(video).all()
+
+
+def test_diffusers_load_lora_weights_reproduces_our_forward(trained):
+    from setseq.infer.generate import Personalized
+
+    ours = Personalized.load(trained.run_dir, log=lambda s: None).backbone
+    fresh = load_backbone(trained.family.backbone, trained.model_dir)  # a freshly loaded pipeline
+    assert type(fresh.pipe).__name__ == trained.family.pipeline
+    fresh.pipe.load_lora_weights(str(trained.run_dir / "lora_diffusers.safetensors"))
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, *_clip_latent_shape(trained), generator=g)  # the shape stage 2 trained on
+    noise = torch.randn(x0.shape, generator=g)
+    sig = ours.sample_sigmas(2, generator=g)
+    prompt = ours.encode_prompt(["a sks person in zwx motion", "a sks person"])
+    with torch.no_grad():
+        x = noisy_latents(ours, x0, noise, sig)
+        mine = ours.predict(x, sig, prompt)
+        ref = fresh.predict(x, sig, prompt)
+        fresh.pipe.unload_lora_weights()
+        base = fresh.predict(x, sig, prompt)
+    assert mine.shape == training_target(ours, x0, noise, sig).shape
+    assert (
+        mine - base
+    ).abs().max() > 1e-4  # the LoRA does something (and was loaded: no silent "No LoRA keys")
+    torch.testing.assert_close(ref, mine, rtol=1e-4, atol=1e-5)
+
+
+def _clip_latent_shape(trained) -> tuple[int, ...]:
+    from safetensors import safe_open
+
+    cache = next((trained.run_dir / "cache").glob("*.safetensors"))
+    with safe_open(str(cache), framework="pt") as f:
+        return tuple(f.get_slice("clip_latents").get_shape()[1:])  # (C, f, h, w)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Family-specific facts, cheap
+
+
+def test_guess_backbone_reads_model_index(tmp_path):
+    from setseq.errors import SetseqError
+
+    for cls, fam in [("WanPipeline", "wan"), ("CogVideoXPipeline", "cogvideox"), ("LTXPipeline", "ltx"),
+                     ("HunyuanVideoPipeline", "hunyuan")]:  # fmt: skip
+        d = tmp_path / cls
+        d.mkdir()
+        (d / "model_index.json").write_text(json.dumps({"_class_name": cls}))
+        assert guess_backbone(str(d)) == fam
+    assert guess_backbone("Wan-AI/Wan2.1-T2V-1.3B-Diffusers") == "wan"  # a hub id: the first real family
+    d = tmp_path / "i2v"
+    d.mkdir()
+    (d / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    with pytest.raises(SetseqError, match="StableDiffusionPipeline"):
+        guess_backbone(str(d))
+
+
+@pytest.fixture(scope="module")
+def tiny_cogvideox(tmp_path_factory):
+    from setseq.testing import build_tiny_cogvideox
+
+    return load_backbone("cogvideox", str(build_tiny_cogvideox(tmp_path_factory.mktemp("cog") / "model")))
+
+
+def test_cogvideox_objective_is_the_schedulers_v_prediction(tiny_cogvideox):
+    bb = tiny_cogvideox
+    sched = bb.pipe.scheduler
+    assert (
+        sched.config.prediction_type == "v_prediction" and bb.info.extra["objective"] == "ddpm-v_prediction"
+    )
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(3, 4, 3, 4, 4, generator=g), torch.randn(3, 4, 3, 4, 4, generator=g)
+    sig = bb.sample_sigmas(3, generator=g)
+    t = (sig * sched.config.num_train_timesteps).round().long()
+    assert torch.equal(t.float() / sched.config.num_train_timesteps, sig)  # sigmas are integer timesteps / T
+    torch.testing.assert_close(bb.noisy(x0, noise, sig), sched.add_noise(x0, noise, t))
+    torch.testing.assert_close(bb.training_target(x0, noise, sig), sched.get_velocity(x0, noise, t))
+    # the last timestep is pure noise (zero terminal SNR): x_T = noise, v = -x0
+    last = torch.full((3,), (sched.config.num_train_timesteps - 1) / sched.config.num_train_timesteps)
+    torch.testing.assert_close(bb.noisy(x0, noise, last), noise, atol=1e-6, rtol=0)
+
+
+def test_cogvideox_15_temporal_patch_pads_single_frames(tiny_cogvideox):
+    """CogVideoX 1.5 patches 2 latent frames: 1-frame (stage 1) and odd clips are padded in front, output cut."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    from setseq.backbones.cogvideox import CogVideoXBackbone
+
+    torch.manual_seed(0)
+    pipe = tiny_cogvideox.pipe
+    t15 = CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=8,
+        text_embed_dim=32, num_layers=1, sample_width=4, sample_height=4, sample_frames=9, patch_size=2,
+        patch_size_t=2, max_text_seq_length=16, use_rotary_positional_embeddings=True, patch_bias=False,
+    ).eval()  # fmt: skip
+    old = pipe.transformer
+    try:
+        pipe.transformer = t15
+        bb = CogVideoXBackbone(pipe, "tiny-1.5", torch.device("cpu"), torch.float32)
+        prompt = bb.encode_prompt(["a sks person"])
+        sig = torch.tensor([0.5])
+        with torch.no_grad():
+            for f in (1, 3):
+                assert bb.predict(torch.randn(1, 4, f, 4, 4), sig, prompt).shape == (1, 4, f, 4, 4)
+    finally:
+        pipe.transformer = old
+
+
+def test_hunyuan_token_masking_removes_dropped_tokens(tmp_path):
+    """The DiT reads the mask as a length: a token dropped mid-prompt must act as if it were not there."""
+    from setseq.backbones.base import PromptEmbeds
+    from setseq.testing import build_tiny_hunyuan
+
+    bb = load_backbone("hunyuan", str(build_tiny_hunyuan(tmp_path / "model")))
+    p = bb.encode_prompt(["a sks person dancing"])
+    n = int(p.mask.sum())
+    keep = torch.ones_like(p.mask)
+    keep[0, 1] = False  # drop "sks"
+    dropped = PromptEmbeds(p.embeds * keep[..., None], p.mask & keep, p.pooled)
+    idx = torch.tensor([0] + list(range(2, p.mask.shape[1])))
+    removed = PromptEmbeds(p.embeds[:, idx], p.mask[:, idx], p.pooled)
+    assert int(removed.mask.sum()) == n - 1
+    g = torch.Generator().manual_seed(0)
+    x, sig = torch.randn(1, 4, 1, 4, 4, generator=g), torch.tensor([0.7])
+    with torch.no_grad():
+        torch.testing.assert_close(bb.predict(x, sig, dropped), bb.predict(x, sig, removed))
+        assert (bb.predict(x, sig, dropped) - bb.predict(x, sig, p)).abs().max() > 1e-6
