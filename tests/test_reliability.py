@@ -41,7 +41,7 @@ from setseq.train import checkpoint as C
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src" / "setseq"
 STEPS = 6  # per stage, in the kill tests
-TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")  # setseq.io's temporary names
+TEMP_NAME = re.compile(r"^\.(tmp[A-Za-z0-9]{6}|.+\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)?)$")  # as in setseq.io
 CHILD_ENV = {
     **os.environ,
     "OMP_NUM_THREADS": "1",
@@ -334,9 +334,9 @@ def make_trigger(rng: random.Random, run_dir: Path, timeline: dict[str, float], 
     fresh = not (run_dir / "config.yaml").exists()
     ahead = ["setup"] if fresh and not real else []
     if g0 <= STEPS - 2:
-        ahead += ["stage1"] * 2
+        ahead += ["stage1"] * 3
     if g0 <= 2 * STEPS - 2:
-        ahead += ["stage2"] * 2
+        ahead += ["stage2"] * 3
     ahead.append("outputs")
     target = rng.choice(ahead)
     jitter = rng.uniform(0.0, timeline["step"])
@@ -603,18 +603,22 @@ def test_kill_and_resume(reference, tiny_wan_dir, video, fork_server, tmp_path):
 
 @pytest.mark.slow
 def test_kill_real_processes_extended(reference, tiny_wan_dir, video, tmp_path):
-    """The same with every kill on a real `python -m setseq.cli` process (about 25 kills, a few minutes)."""
+    """The same with every kill on a real `python -m setseq.cli` process: 7 runs, up to 3 kills each
+    (about 20 kills, 2-3 minutes), then `export` and `generate` killed 4 times each."""
     ref, timeline = reference
-    rng = random.Random(99)
+    rng = random.Random(2025)
     counts: collections.Counter = collections.Counter()
     runner = RealProcess(tmp_path / "real.log")
-    for chain in range(4):
+    for chain in range(7):
         run = tmp_path / f"chain{chain}"
-        kill_train_chain(runner, rng, train_argv(tiny_wan_dir, video, run), run, timeline, counts, 5)
+        kill_train_chain(runner, rng, train_argv(tiny_wan_dir, video, run), run, timeline, counts, 3)
         check_chain_result(run, ref)
+    kill_export_and_generate(runner, rng, ref, tmp_path, counts, trials=4)
     report("real-process kill trials", counts)
     kills = {k: v for k, v in counts.items() if k.startswith("kill: ")}
-    assert sum(kills.values()) >= 16, kills
+    assert sum(kills.values()) >= 20, kills
+    for phase in ("train stage1", "train stage2", "train outputs"):
+        assert kills.get(f"kill: {phase}", 0) >= 1, (phase, kills)
 
 
 # ==============================================================================================================

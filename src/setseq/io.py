@@ -21,8 +21,9 @@ from typing import Any
 
 from setseq.errors import SetseqError
 
-# mkstemp / mkdtemp names made here and in setseq.train.checkpoint: ".<stem>.<8 random chars><suffix>".
-_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}(?:\.[A-Za-z0-9]+)?$")
+# mkstemp / mkdtemp names made here and in setseq.train.checkpoint: ".<stem>.<8 random chars><suffix>";
+# safetensors (>= 0.7) itself writes to ".tmp<6 random chars>" beside the target and renames it.
+_TEMP_NAME = re.compile(r"^\.(?:tmp[A-Za-z0-9]{6}|.+\.[a-z0-9_]{8}(?:\.[A-Za-z0-9]+)?)$")
 
 
 def _disk_error(path: Path, exc: OSError) -> SetseqError:

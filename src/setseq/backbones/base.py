@@ -213,4 +213,14 @@ def load_backbone(
     _import_builtin()
     if name not in _REGISTRY:
         raise SetseqError(f"unknown backbone '{name}'", f"use one of: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](model_id, torch.device(device), dtype)
+    try:
+        return _REGISTRY[name](model_id, torch.device(device), dtype)
+    except SetseqError:
+        raise
+    except (AttributeError, KeyError, TypeError, ValueError, OSError, RuntimeError) as exc:
+        # e.g. a Wan folder loaded with --backbone cogvideox: the configs do not fit the family's classes.
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise SetseqError(
+            f"cannot load '{model_id}' as a {name} model ({type(exc).__name__}: {first})",
+            "check that --model is a checkpoint of that family, or pass the right --backbone",
+        ) from None
