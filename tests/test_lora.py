@@ -99,8 +99,10 @@ def test_dropconnect_statistics(basis, stage, p):
     L.set_stage(m, stage, p)
     m.train()
     gen = torch.Generator().manual_seed(0)
-    L.set_mask_generator(m, gen)
+    L.draw_masks(m, gen)
     u1, d1 = lay.factors()
+    u_same, d_same = lay.factors()  # a recomputed forward (gradient checkpointing) sees the same mask
+    L.draw_masks(m, gen)
     u2, d2 = lay.factors()
     s = lay.scaling
     # Which factor holds the masked, trainable coefficients in each reading and stage.
@@ -116,7 +118,8 @@ def test_dropconnect_statistics(basis, stage, p):
     assert abs(kept - (1 - p)) < 0.03, kept  # drop rate p
     nonzero = mask1[mask1 != 0]
     torch.testing.assert_close(nonzero, torch.full_like(nonzero, 1 / (1 - p)))  # inverted scaling
-    assert not torch.equal(masked(u2, d2), mask1)  # a fresh mask every forward
+    assert torch.equal(masked(u_same, d_same), mask1)
+    assert not torch.equal(masked(u2, d2), mask1)  # a fresh mask every step
     # The basis is never masked.
     other = d1 if basis == "down" else u1 / s
     assert torch.equal(other, torch.ones_like(other))

@@ -171,6 +171,9 @@ class TrainConfig:
     sample_steps: int | None = None  # None: the backbone's default
     guidance_scale: float | None = None  # samples during training and the run's default; None: the backbone's
     tensorboard: bool = True
+    gradient_checkpointing: bool = (
+        False  # recompute DiT blocks in backward: less activation memory, more time
+    )
 
     def __post_init__(self) -> None:
         for name in ("checkpoint_every", "log_every"):

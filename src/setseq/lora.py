@@ -64,7 +64,9 @@ class SetSeqLinear(nn.Module):
         self.motion_scale = 1.0
         self.stage: Stage = 0
         self.dropconnect = 0.0  # drop probability on the trainable coefficients of the current stage
-        self.mask_generator: torch.Generator | None = None  # set per step by the trainer for reproducibility
+        # This step's DropConnect mask, drawn by `draw_masks` and kept until the next draw, so that a forward
+        # recomputed under gradient checkpointing sees the same mask. None: a fresh mask every forward.
+        self._keep: torch.Tensor | None = None
         self.merged = False
         self._merged_delta: torch.Tensor | None = None
         base.weight.requires_grad_(False)
@@ -90,11 +92,23 @@ class SetSeqLinear(nn.Module):
     def _scaled(self, t: torch.Tensor, scale: float, trainable_here: bool) -> torch.Tensor:
         """scale * t, with this stage's DropConnect mask when `t` is its trainable coefficient matrix."""
         if self.training and trainable_here and self.dropconnect > 0.0:
-            keep = dropconnect_mask(
-                t.shape, self.dropconnect, self.mask_generator, device=t.device, dtype=t.dtype, scaled=False
-            )
+            keep = self._keep
+            if keep is None:
+                keep = dropconnect_mask(
+                    t.shape, self.dropconnect, None, device=t.device, dtype=t.dtype, scaled=False
+                )
             return t * keep * (scale / (1.0 - self.dropconnect))  # inverted scaling folded into the scalar
         return t * scale
+
+    def draw_mask(self, generator: torch.Generator | None) -> None:
+        """Draw this step's DropConnect mask for the current stage's trainable coefficients."""
+        if self.stage in (1, 2) and self.dropconnect > 0.0:
+            t = self.coefficients if self.stage == 1 else self.motion
+            self._keep = dropconnect_mask(
+                t.shape, self.dropconnect, generator, device=t.device, dtype=t.dtype, scaled=False
+            )
+        else:
+            self._keep = None
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(U, D) of the effective low-rank update dW = U @ D, with masks, scales and alpha applied.
@@ -216,6 +230,7 @@ def set_stage(model: nn.Module, stage: Stage, dropconnect: float = 0.0) -> list[
     for layer in get_layers(model).values():
         layer.stage = stage
         layer.dropconnect = dropconnect if stage in (1, 2) else 0.0
+        layer._keep = None
         layer.down.requires_grad_(stage == 1)
         layer.up.requires_grad_(stage == 1)
         layer.motion.requires_grad_(stage == 2)
@@ -223,9 +238,10 @@ def set_stage(model: nn.Module, stage: Stage, dropconnect: float = 0.0) -> list[
     return params
 
 
-def set_mask_generator(model: nn.Module, generator: torch.Generator | None) -> None:
+def draw_masks(model: nn.Module, generator: torch.Generator | None) -> None:
+    """Draw every layer's DropConnect mask for this (micro-)step from `generator` (a fresh mask each step)."""
     for layer in get_layers(model).values():
-        layer.mask_generator = generator
+        layer.draw_mask(generator)
 
 
 def set_scales(model: nn.Module, identity: float = 1.0, motion: float = 1.0) -> None:

@@ -161,7 +161,7 @@ def run_stage(
         total = 0.0
         for micro in range(sc.accumulation):
             gen = step_generator(tc.seed, stage, step, micro)
-            L.set_mask_generator(model, gen)
+            L.draw_masks(model, gen)
             loss = flow_matching_step(
                 ctx.backbone, make_batch(step, micro, gen), gen, ctx.cfg.regularizers.token_mask
             )

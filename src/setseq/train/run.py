@@ -223,6 +223,13 @@ def train(
     # 3. The Set-and-Sequence layers, from a checkpoint or from --init-lora weights.
     spec = lora_spec(cfg, bb)
     model = bb.transformer
+    if cfg.train.gradient_checkpointing:
+        if not getattr(model, "_supports_gradient_checkpointing", False):
+            raise SetseqError(
+                f"the {bb.info.name} DiT does not support gradient checkpointing",
+                "set train.gradient_checkpointing=false",
+            )
+        model.enable_gradient_checkpointing()
     L.inject(model, spec, seed=cfg.train.seed)
     n_params = sum(p.numel() for layer in L.get_layers(model).values() for p in (layer.down, layer.up))
     log(
