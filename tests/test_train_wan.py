@@ -221,3 +221,16 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_wan_dir):
         grads.append([p.grad.clone() for p in params])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)  # same masks in the recomputed forward
+
+
+def test_tokens_per_sample_matches_the_dit(tiny_wan_dir):
+    from setseq.backbones.wan import load_wan
+    from setseq.train.run import tokens_per_sample
+
+    bb = load_wan(str(tiny_wan_dir), torch.device("cpu"), torch.float32)
+    seen = {}
+    handle = bb.transformer.blocks[0].register_forward_hook(lambda m, a, o: seen.update(n=a[0].shape[1]))
+    x = torch.randn(1, 16, 3, 4, 6)
+    bb.predict(x, torch.tensor([0.5]), bb.encode_prompt(["a sks person"]))
+    handle.remove()
+    assert tokens_per_sample(bb.transformer, tuple(x.shape[1:])) == seen["n"] == 3 * 2 * 3

@@ -155,6 +155,30 @@ def lora_metadata(
     }
 
 
+def tokens_per_sample(transformer: torch.nn.Module, latent_shape: tuple[int, ...]) -> int:
+    """DiT tokens of one latent (C, f, h, w), from the transformer's patch sizes (all diffusers video DiTs
+    name them patch_size and, where separate, patch_size_t)."""
+    cfg = transformer.config
+    p = cfg.get("patch_size", 1)
+    if isinstance(p, (list, tuple)):
+        pt, ph, pw = p
+    else:
+        pt, ph, pw = cfg.get("patch_size_t") or 1, p, p
+    _, f, h, w = latent_shape
+    return -(-f // pt) * (h // ph) * (w // pw)
+
+
+def _token_summary(cfg: RunConfig, model: torch.nn.Module, data: EncodedConcept) -> str:
+    t1 = tokens_per_sample(model, tuple(data.set_latents.shape[1:]))
+    t2 = tokens_per_sample(model, tuple(data.clip_latents.shape[1:]))
+    m1, m2 = cfg.stage1.micro_batch or cfg.stage1.batch_size, cfg.stage2.micro_batch or cfg.stage2.batch_size
+    return (
+        f"tokens per sample: stage 1 {t1} (one frame), stage 2 {t2} (the clip); per forward: "
+        f"stage 1 {t1 * m1} ({m1} x {cfg.stage1.accumulation} accumulation), stage 2 {t2 * m2} "
+        f"({m2} x {cfg.stage2.accumulation}); lower stage2.micro_batch or --frames/--size if memory runs out"
+    )
+
+
 def _writer(run_dir: Path, enabled: bool):
     if not enabled:
         return None
@@ -235,6 +259,7 @@ def train(
     log(
         f"LoRA: {len(L.get_layers(model))} layers, rank {spec.rank}, basis {spec.basis}, {n_params / 1e6:.2f}M identity parameters"
     )
+    log(_token_summary(cfg, model, data))
     if ck is not None:
         L.load_state(model, ck.lora(), parts=("identity", "motion") if ck.stage == 2 else ("identity",))
     elif init_lora is not None:
