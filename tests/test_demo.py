@@ -1,4 +1,4 @@
-"""The demo pipeline end to end at a reduced step count, on a random-weight toy model folder."""
+"""The demo pipeline end to end at a reduced step count, on the shipped toy model (as `setseq demo` runs it)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from PIL import Image
 from setseq.demo import run_demo
 
 
-def test_demo_quick(tiny_toy_dir, tmp_path):
+def test_demo_quick(tmp_path):
     out = tmp_path / "demo"
-    res = run_demo(out, quick=True, model=str(tiny_toy_dir), log=lambda s: None)
+    res = run_demo(out, quick=True, log=lambda s: None)
     names = [
         "reference",
         "base_from_caption",
@@ -32,4 +32,4 @@ def test_demo_quick(tiny_toy_dir, tmp_path):
     assert {"edit_adherence", "requested"} <= set(metrics["edit_background"])
     assert (out / "run" / "setseq.safetensors").is_file()
     # A second run replaces its own folder.
-    run_demo(out, quick=True, model=str(tiny_toy_dir), log=lambda s: None)
+    run_demo(out, quick=True, log=lambda s: None)
