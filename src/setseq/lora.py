@@ -10,7 +10,8 @@ For a frozen linear `y = W x + b` (W: (out, in)), with `s = alpha / r`:
 `s_id`, `s_mot` are the identity and motion scales (1.0 by default, set at inference). `M`, `M'` are
 DropConnect masks on the *trainable* coefficient matrix of the current stage only (stage 1: the identity
 coefficients, p = 0.8; stage 2: the motion residual, p = 0.5), with inverted scaling `M = Bernoulli(1-p)/(1-p)`,
-a fresh mask every forward in training mode, and no mask at inference. The motion residual starts at zero,
+a fresh mask every training step (drawn once per step by `draw_masks`, so a forward recomputed under
+gradient checkpointing sees the same one), and no mask at inference. The motion residual starts at zero,
 so stage 2 starts exactly at the stage-1 model.
 
 A merged export keeps the same rank: basis down gives `U = s (s_id U1 + s_mot U2)`, `D = D1`; basis up gives
