@@ -988,7 +988,7 @@ def test_last_finite_checkpoint_skips_non_finite(trained, tmp_path):
     state["sha256"]["lora.safetensors"] = C.file_sha256(latest.path / "lora.safetensors")
     (latest.path / "state.json").write_text(json.dumps(state))
     assert C.latest_checkpoint(run).path == latest.path
-    good = C.last_finite_checkpoint(run)
+    good = C.latest_checkpoint(run, finite=True)
     assert good is not None and good.path != latest.path and C.all_finite(good.lora())
 
 

@@ -146,6 +146,51 @@ def training_target(
     return own(x0, noise, sigmas) if own is not None else fm.velocity_target(x0, noise)
 
 
+def load_diffusers_pipeline(
+    pipeline_cls: type,
+    model_id: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    family: str,
+    *,
+    vae_fp32: bool,
+):
+    """`pipeline_cls.from_pretrained` on a local folder or hub id, safetensors only, every component frozen
+    and in eval mode on `device`. `vae_fp32` keeps the VAE in fp32 for families whose pipeline casts latents to
+    the VAE's dtype before decoding. Failures become one-line errors that name the fix."""
+    import os
+    import warnings
+    from pathlib import Path
+
+    local = Path(model_id)
+    if local.exists() and not (local / "model_index.json").is_file():
+        raise SetseqError(
+            f"{model_id} is not a diffusers {family} checkpoint (no model_index.json)",
+            "point --model at the folder that holds model_index.json and the pipeline's component folders",
+        )
+    try:
+        with warnings.catch_warnings():  # diffusers >= 0.42 renames torch_dtype; older releases only know it
+            warnings.simplefilter("ignore", FutureWarning)
+            pipe = pipeline_cls.from_pretrained(model_id, torch_dtype=dtype, use_safetensors=True)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = (
+            "download it first (hf download <id> --local-dir DIR) and pass the folder"
+            if not local.exists()
+            else f"check that the folder is a complete diffusers {family} checkpoint with safetensors weights"
+        )
+        raise SetseqError(f"cannot load {family} model '{model_id}': {first}", hint) from None
+    if vae_fp32 and dtype != torch.float32:
+        pipe.vae.to(torch.float32)
+    pipe.to(device)
+    for m in pipe.components.values():
+        if isinstance(m, torch.nn.Module):
+            m.requires_grad_(False)
+            m.eval()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return pipe
+
+
 BackboneLoader = Callable[[str, torch.device, torch.dtype], Backbone]
 _REGISTRY: dict[str, BackboneLoader] = {}
 

@@ -32,13 +32,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import warnings
-from pathlib import Path
 
 import torch
 
-from setseq.backbones.base import BackboneInfo, PromptEmbeds, register_backbone
+from setseq.backbones.base import BackboneInfo, PromptEmbeds, load_diffusers_pipeline, register_backbone
 from setseq.errors import SetseqError
 from setseq.functional import v_prediction as vp
 
@@ -243,28 +240,6 @@ def load_cogvideox(model_id: str, device: torch.device, dtype: torch.dtype) -> C
     """Load a diffusers-format CogVideoX T2V checkpoint (local folder or hub id). Only safetensors are read."""
     from diffusers import CogVideoXPipeline
 
-    local = Path(model_id)
-    if local.exists() and not (local / "model_index.json").is_file():
-        raise SetseqError(
-            f"{model_id} is not a diffusers CogVideoX checkpoint (no model_index.json)",
-            "point --model at the folder that holds model_index.json, transformer/, vae/, text_encoder/ and tokenizer/",
-        )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            pipe = CogVideoXPipeline.from_pretrained(model_id, torch_dtype=dtype, use_safetensors=True)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = (
-            "download it first (huggingface-cli download <id> --local-dir DIR) and pass the folder"
-            if not local.exists()
-            else "check that the folder is a complete diffusers CogVideoX checkpoint with safetensors weights"
-        )
-        raise SetseqError(f"cannot load CogVideoX model '{model_id}': {first}", hint) from None
     # The VAE stays in `dtype`: CogVideoXPipeline hands it latents in the DiT's dtype without casting.
-    pipe.to(device)
-    for m in (pipe.transformer, pipe.vae, pipe.text_encoder):
-        m.requires_grad_(False)
-        m.eval()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    pipe = load_diffusers_pipeline(CogVideoXPipeline, model_id, device, dtype, "CogVideoX", vae_fp32=False)
     return CogVideoXBackbone(pipe, str(model_id), device, dtype)

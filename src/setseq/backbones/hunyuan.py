@@ -33,13 +33,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import warnings
-from pathlib import Path
 
 import torch
 
-from setseq.backbones.base import BackboneInfo, PromptEmbeds, register_backbone
+from setseq.backbones.base import BackboneInfo, PromptEmbeds, load_diffusers_pipeline, register_backbone
 from setseq.errors import SetseqError
 from setseq.functional import flow_matching as fm
 
@@ -226,29 +223,8 @@ def load_hunyuan(model_id: str, device: torch.device, dtype: torch.dtype) -> Hun
     """Load a diffusers-format HunyuanVideo T2V checkpoint (local folder or hub id). Only safetensors are read."""
     from diffusers import HunyuanVideoPipeline
 
-    local = Path(model_id)
-    if local.exists() and not (local / "model_index.json").is_file():
-        raise SetseqError(
-            f"{model_id} is not a diffusers HunyuanVideo checkpoint (no model_index.json)",
-            "point --model at the folder that holds model_index.json, transformer/, vae/, text_encoder(_2)/ and tokenizer(_2)/",
-        )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            pipe = HunyuanVideoPipeline.from_pretrained(model_id, torch_dtype=dtype, use_safetensors=True)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = (
-            "download it first (huggingface-cli download <id> --local-dir DIR) and pass the folder"
-            if not local.exists()
-            else "check that the folder is a complete diffusers HunyuanVideo checkpoint with safetensors weights"
-        )
-        raise SetseqError(f"cannot load HunyuanVideo model '{model_id}': {first}", hint) from None
-    if dtype != torch.float32:
-        pipe.vae.to(torch.float32)  # the pipeline casts latents to the VAE's dtype before decoding
-    pipe.to(device)
-    for m in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
-        m.requires_grad_(False)
-        m.eval()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # The VAE stays fp32 in bf16 runs: the pipeline casts latents to the VAE's dtype before decoding.
+    pipe = load_diffusers_pipeline(
+        HunyuanVideoPipeline, model_id, device, dtype, "HunyuanVideo", vae_fp32=True
+    )
     return HunyuanVideoBackbone(pipe, str(model_id), device, dtype)

@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import warnings
-from pathlib import Path
 
 import torch
 
-from setseq.backbones.base import BackboneInfo, PromptEmbeds, register_backbone
+from setseq.backbones.base import BackboneInfo, PromptEmbeds, load_diffusers_pipeline, register_backbone
 from setseq.errors import SetseqError
 from setseq.functional import flow_matching as fm
 
@@ -191,30 +188,6 @@ def load_wan(model_id: str, device: torch.device, dtype: torch.dtype) -> WanBack
     """Load a diffusers-format Wan T2V checkpoint (local folder or hub id). Only safetensors are read."""
     from diffusers import WanPipeline
 
-    local = Path(model_id)
-    if local.exists() and not (local / "model_index.json").is_file():
-        raise SetseqError(
-            f"{model_id} is not a diffusers Wan checkpoint (no model_index.json)",
-            "point --model at the folder that holds model_index.json, transformer/, vae/, text_encoder/ and tokenizer/",
-        )
-    try:
-        with warnings.catch_warnings():  # diffusers >= 0.42 renames torch_dtype; older releases only know it
-            warnings.simplefilter("ignore", FutureWarning)
-            pipe = WanPipeline.from_pretrained(model_id, torch_dtype=dtype, use_safetensors=True)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = (
-            "download it first (huggingface-cli download <id> --local-dir DIR) and pass the folder"
-            if not local.exists()
-            else "check that the folder is a complete diffusers Wan checkpoint with safetensors weights"
-        )
-        raise SetseqError(f"cannot load Wan model '{model_id}': {first}", hint) from None
-    # Keep the VAE in fp32 on CPU-sized runs; upcasting it is the usual advice for Wan's VAE.
-    if dtype != torch.float32:
-        pipe.vae.to(torch.float32)
-    pipe.to(device)
-    for m in (pipe.transformer, pipe.vae, pipe.text_encoder):
-        m.requires_grad_(False)
-        m.eval()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # The VAE stays fp32 in bf16 runs: upcasting it is the usual advice for Wan's VAE.
+    pipe = load_diffusers_pipeline(WanPipeline, model_id, device, dtype, "Wan", vae_fp32=True)
     return WanBackbone(pipe, str(model_id), device, dtype)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from setseq.eval.motion import motion_similarity
+from setseq.eval.toy_metrics import resize_bilinear  # shared: MSE here must equal the toy world's
 
 __all__ = [
     "identity_similarity",
@@ -36,22 +37,6 @@ def _check_video(video: np.ndarray, what: str) -> np.ndarray:
     return v
 
 
-def _resize_bilinear(frames: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Bilinear resize of (F, H, W, C) float frames, pixel centres aligned (no antialiasing)."""
-    # Copied from setseq.eval.toy_metrics._resize_bilinear: MSE here must equal the toy world's.
-    f, h0, w0, _ = frames.shape
-    if (h0, w0) == (h, w):
-        return frames
-    y = np.clip((np.arange(h) + 0.5) * h0 / h - 0.5, 0, h0 - 1)
-    x = np.clip((np.arange(w) + 0.5) * w0 / w - 0.5, 0, w0 - 1)
-    y0, x0 = np.floor(y).astype(int), np.floor(x).astype(int)
-    y1, x1 = np.minimum(y0 + 1, h0 - 1), np.minimum(x0 + 1, w0 - 1)
-    fy, fx = (y - y0)[None, :, None, None], (x - x0)[None, None, :, None]
-    top = frames[:, y0][:, :, x0] * (1 - fx) + frames[:, y0][:, :, x1] * fx
-    bot = frames[:, y1][:, :, x0] * (1 - fx) + frames[:, y1][:, :, x1] * fx
-    return top * (1 - fy) + bot * fy
-
-
 def _frame_index(n_src: int, n_dst: int) -> np.ndarray:
     """The nearest source frame in time for each of n_dst frames over the same span."""
     if n_dst == 1:
@@ -66,7 +51,7 @@ def resample_video(video: np.ndarray, frames: int, size: tuple[int, int]) -> np.
         v = v[_frame_index(len(v), frames)]
     if v.shape[1:3] == tuple(size):
         return v
-    out = _resize_bilinear(v.astype(np.float64), int(size[0]), int(size[1]))
+    out = resize_bilinear(v.astype(np.float64), int(size[0]), int(size[1]))
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
@@ -80,7 +65,7 @@ def mse(generated: np.ndarray, reference: np.ndarray) -> float:
     idx = _frame_index(len(g), len(r)) if len(g) != len(r) else np.arange(len(r))
     total = 0.0
     for i, j in enumerate(idx):
-        gf = _resize_bilinear(g[j : j + 1].astype(np.float64) / 255.0, r.shape[1], r.shape[2])
+        gf = resize_bilinear(g[j : j + 1].astype(np.float64) / 255.0, r.shape[1], r.shape[2])
         total += float(((gf - r[i : i + 1].astype(np.float64) / 255.0) ** 2).mean())
     return total / len(r)
 

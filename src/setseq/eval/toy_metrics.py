@@ -161,7 +161,7 @@ def temporal_consistency(video: np.ndarray) -> float:
     return float(np.mean(sims))
 
 
-def _resize_bilinear(frames: np.ndarray, h: int, w: int) -> np.ndarray:
+def resize_bilinear(frames: np.ndarray, h: int, w: int) -> np.ndarray:
     """Bilinear resize of (F, H, W, C) float frames (pixel-centre aligned)."""
     f, h0, w0, _ = frames.shape
     if (h0, w0) == (h, w):
@@ -184,5 +184,5 @@ def mse(generated: np.ndarray, reference: np.ndarray) -> float:
     if len(g) != len(r):
         idx = np.rint(np.linspace(0, len(g) - 1, len(r))).astype(int) if len(r) > 1 else np.zeros(1, int)
         g = g[idx]
-    g = _resize_bilinear(g, r.shape[1], r.shape[2])
+    g = resize_bilinear(g, r.shape[1], r.shape[2])
     return float(((g - r) ** 2).mean())

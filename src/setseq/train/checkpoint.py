@@ -174,28 +174,24 @@ def _candidates(root: Path) -> list[tuple[int, int, Path]]:
     return cands
 
 
-def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
-    """The newest valid checkpoint (by stage, then step); corrupt or partial folders are skipped."""
+def latest_checkpoint(run_dir: Path, *, finite: bool = False) -> Checkpoint | None:
+    """The newest valid checkpoint (by stage, then step); corrupt or partial folders are skipped. With
+    `finite`, also skip those whose LoRA weights are not all finite (what to resume from after a blow-up)."""
     root = run_dir / "checkpoints"
     if not root.is_dir():
         return None
     for _, _, p in sorted(_candidates(root), reverse=True):
         ck = read_checkpoint(p)
-        if ck is not None:
+        if ck is None:
+            continue
+        if not finite:
             return ck
+        try:
+            if all_finite(ck.lora()):
+                return ck
+        except (OSError, ValueError, RuntimeError, SafetensorError):
+            continue
     return None
-
-
-def final_stage1(run_dir: Path, steps: int) -> Checkpoint | None:
-    p = run_dir / "checkpoints" / f"stage1-{steps:06d}"
-    return read_checkpoint(p) if p.is_dir() else None
-
-
-def last_finite_checkpoint(run_dir: Path) -> Checkpoint | None:
-    """The newest valid checkpoint whose LoRA weights are all finite (what to resume from after a blow-up)."""
-    root = run_dir / "checkpoints"
-    if not root.is_dir():
-        return None
     for _, _, p in sorted(_candidates(root), reverse=True):
         ck = read_checkpoint(p)
         if ck is not None:

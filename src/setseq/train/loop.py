@@ -90,7 +90,7 @@ def _finite(params: list[torch.nn.Parameter]) -> bool:
 def _blow_up(ctx: StageContext, stage: int, step: int, what: str) -> SetseqError:
     """The message for a non-finite loss, gradient or weight: it names the newest checkpoint whose weights
     are all finite (checkpoints of non-finite weights are never written, see `checkpoint.save_checkpoint`)."""
-    last = C.last_finite_checkpoint(ctx.run_dir)
+    last = C.latest_checkpoint(ctx.run_dir, finite=True)
     keep = f"the last good checkpoint is {last.path}" if last else "no checkpoint was written yet"
     return SetseqError(
         f"{what} at stage {stage} step {step + 1}; training stopped and {keep}",
