@@ -7,7 +7,8 @@ Prompts: a seeded set of non-held-out specs of `setseq.data.synthetic` (`sample_
 sprite, plain background, no dynamics, speed 1), captioned with the one caption grammar. These are the gate.
 A second, smaller seeded set of full specs (patterns, patterned backgrounds, dynamics, speeds) is scored and
 reported but not gated. Every prompt goes through the backbone's `generate` path (`generate_batch`, which
-`generate` calls). The same detectors are run on the true renders of the specs: the detector ceiling.
+`generate` calls). The same detectors are run on the true renders of the specs (the detector ceiling) and on
+those renders passed through the model's codec, encoded and decoded (the codec ceiling).
 
 Gate (issue): sprite colour >= 90%, background colour >= 90%, motion >= 80%, where motion is correct when
 the detected direction equals the true one for directional families (linear, bounce, zigzag) and the
@@ -115,7 +116,7 @@ def main() -> None:
     results: dict[str, dict] = {}
     per_prompt: dict[str, list] = {}
     for name, specs in sets.items():
-        rows, real_rows = [], []
+        rows, real_rows, codec_rows = [], [], []
         for i in range(0, len(specs), args.batch):
             chunk = specs[i : i + args.batch]
             videos = model.generate_batch(
@@ -126,13 +127,22 @@ def main() -> None:
                 shift=shift,
                 self_conditioning=self_cond,
             )
-            for j, (spec, video) in enumerate(zip(chunk, videos)):
+            reals = [
+                S.render(spec, frames=model.info.frames, size=model.info.height, seed=args.seed + i + j)
+                for j, spec in enumerate(chunk)
+            ]
+            real_t = torch.from_numpy(np.stack(reals)).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
+            through = model.decode_latents(model.encode_video(real_t)).clamp(-1.0, 1.0)
+            for spec, video, real, coded in zip(chunk, videos, reals, through):
                 rows.append(score(spec, to_uint8(video)) | {"prompt": S.caption(spec)})
-                real = S.render(
-                    spec, frames=model.info.frames, size=model.info.height, seed=args.seed + i + j
-                )
                 real_rows.append(score(spec, real))
-        results[name] = {"n": len(specs), "generated": summarize(rows), "real_renders": summarize(real_rows)}
+                codec_rows.append(score(spec, to_uint8(coded)))
+        results[name] = {
+            "n": len(specs),
+            "generated": summarize(rows),
+            "real_renders": summarize(real_rows),
+            "real_through_codec": summarize(codec_rows),
+        }
         per_prompt[name] = rows
 
     gate = results["gate_simple"]["generated"]
@@ -144,12 +154,15 @@ def main() -> None:
         f"toy model {model.info.model_id} ({model.info.fingerprint}): steps {steps}, guidance {guidance}, "
         f"shift {shift}, self-cond {self_cond}; {elapsed:.0f} s"
     )
-    header = f"{'metric':<15}" + "".join(f"{n + ' gen':>18}{n + ' real':>18}" for n in sets)
+    header = f"{'metric':<15}" + "".join(f"{n + ' gen':>18}{n + ' real':>18}{n + ' codec':>18}" for n in sets)
     print(header)
     for k in METRICS:
         line = f"{k:<15}"
         for n in sets:
-            line += f"{results[n]['generated'][k]:>18.1%}{results[n]['real_renders'][k]:>18.1%}"
+            r = results[n]
+            line += (
+                f"{r['generated'][k]:>18.1%}{r['real_renders'][k]:>18.1%}{r['real_through_codec'][k]:>18.1%}"
+            )
         print(line)
     print(
         "gate (gate_simple, generated): "

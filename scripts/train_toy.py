@@ -1,6 +1,12 @@
 """Train the toy text-to-video model from scratch on the synthetic world (CPU, wall-clock budgeted).
 
-    python scripts/train_toy.py --out src/setseq/assets/toy --minutes 55
+    python scripts/train_toy_vae.py --out /tmp/toy_vae --minutes 22          # first: the codec
+    python scripts/train_toy.py --out src/setseq/assets/toy --vae /tmp/toy_vae --minutes 75
+
+With `--vae` (the shipped model) the DiT learns on VAE latents: a pool of clips and of single frames is rendered
+and encoded once (posterior mean and std; each draw samples the posterior), and a slice of it is re-rendered
+every `--refresh-every` steps, so the DiT sees new clips all along without paying the encoder every step.
+Without `--vae`, the lossless pixel codec of the first design is used.
 
 Read top to bottom: setup (model, codec statistics, optimizer), train (flow matching on 9-frame clips and on
 single frames as 1-frame videos, self-conditioning on half of the steps, 10% empty prompts for CFG, EMA),
@@ -59,10 +65,17 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--head-dim", type=int, default=32)
     p.add_argument("--ffn", type=int, default=512)
+    p.add_argument("--text-layers", type=int, default=2, help="UMT5 encoder layers")
     p.add_argument(
         "--freeze-text", action="store_true", help="keep the random UMT5 frozen (default: train it)"
     )
     p.add_argument("--init-from", default=None, help="start from this toy model folder (weights + config)")
+    p.add_argument(
+        "--vae", default=None, help="trained toy VAE folder (scripts/train_toy_vae.py): codec 'vae'"
+    )
+    p.add_argument("--pool", type=int, default=8192, help="encoded clips (and frames) in the latent pool")
+    p.add_argument("--refresh-every", type=int, default=100, help="steps between pool refreshes")
+    p.add_argument("--refresh", type=int, default=256, help="clips (and frames) re-rendered per refresh")
     p.add_argument("--frames", type=int, default=9)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
@@ -145,6 +158,64 @@ class ThreadChooser:
         torch.set_num_threads(self.current)
 
 
+class LatentPool:
+    """Encoded training data for the VAE codec: clips and single frames, re-rendered a slice at a time."""
+
+    def __init__(self, model: ToyBackbone, rng: np.random.Generator, args: argparse.Namespace) -> None:
+        self.model, self.rng, self.args = model, rng, args
+        self.clips = self._encode(args.pool, image=False)
+        self.images = self._encode(args.pool, image=True)
+        self.cursor = 0
+
+    def _encode(self, n: int, image: bool) -> dict:
+        mus, sds, caps = [], [], []
+        vae = self.model.vae
+        mean = self.model._lat_mean
+        std = self.model._lat_std
+        with torch.no_grad():
+            for i in range(0, n, 64):
+                video, captions = sample_batch(
+                    self.rng,
+                    min(64, n - i),
+                    self.args.frames,
+                    self.args.size,
+                    self.args.simple_frac,
+                    0.0,
+                    image,
+                )
+                b, f = video.shape[:2]
+                frame_wise = self.model.temporal == 1
+                x = video.reshape(b * f, 1, *video.shape[2:]) if frame_wise else video
+                dist = vae.encode(x.permute(0, 2, 1, 3, 4)).latent_dist
+                mu, sd = dist.mean, dist.std
+                if frame_wise:  # (B*F, C, 1, h, w) -> (B, C, F, h, w)
+                    mu = mu.reshape(b, f, *mu.shape[1:]).squeeze(3).permute(0, 2, 1, 3, 4)
+                    sd = sd.reshape(b, f, *sd.shape[1:]).squeeze(3).permute(0, 2, 1, 3, 4)
+                mus.append(((mu - mean) / std).half())
+                sds.append((sd / std).half())
+                caps.extend(captions)
+        return {"mu": torch.cat(mus), "sd": torch.cat(sds), "cap": caps}
+
+    def refresh(self) -> None:
+        k = self.args.refresh
+        for store, image in ((self.clips, False), (self.images, True)):
+            new = self._encode(k, image)
+            idx = [(self.cursor + j) % self.args.pool for j in range(k)]
+            store["mu"][idx] = new["mu"]
+            store["sd"][idx] = new["sd"]
+            for j, c in zip(idx, new["cap"]):
+                store["cap"][j] = c
+        self.cursor = (self.cursor + k) % self.args.pool
+
+    def batch(self, n: int, image: bool) -> tuple[torch.Tensor, list[str]]:
+        store = self.images if image else self.clips
+        idx = self.rng.choice(self.args.pool, size=n, replace=False)
+        mu, sd = store["mu"][idx].float(), store["sd"][idx].float()
+        x0 = mu + sd * torch.randn_like(mu)
+        caps = ["" if self.rng.random() < self.args.empty_prompt else store["cap"][i] for i in idx]
+        return x0, caps
+
+
 def lr_at(elapsed: float, budget: float, args: argparse.Namespace) -> float:
     warm = args.warmup_minutes * 60.0
     if elapsed < warm:
@@ -188,7 +259,16 @@ def main() -> None:
             "attention_head_dim": args.head_dim,
             "ffn_dim": args.ffn,
         },
+        text_encoder={"num_layers": args.text_layers},
     )
+    if args.vae:
+        from diffusers import AutoencoderKLWan
+
+        vae = AutoencoderKLWan.from_pretrained(args.vae, use_safetensors=True).eval()
+        cfg["codec"] = "vae"
+        cfg["vae"] = {k: dict(vae.config)[k] for k in cfg["vae"]}
+    else:
+        cfg["codec"], cfg["prediction"] = "pixel", "x0"
     if args.init_from:  # continue from a saved model (its EMA weights), fresh optimizer
         comps = add_coordinate_channels(load_toy_components(args.init_from), int(cfg["coord_channels"]))
         for key in ("coord_channels", "prediction", "x0_sigma_min", "sigma_shift", "sigma_weighting"):
@@ -198,7 +278,10 @@ def main() -> None:
         )
     else:
         comps = build_toy_components(cfg, seed=args.seed)
+    if args.vae:
+        comps.vae = vae
     model = ToyBackbone(comps, model_id=str(out), freeze=False)
+    model.vae.requires_grad_(False) if model.vae is not None else None
     model.transformer.train()
     model.text_encoder.train()
     if args.freeze_text:
@@ -219,6 +302,13 @@ def main() -> None:
         f"({'frozen' if args.freeze_text else 'trained'}), pixel mean {mean} std {std}",
         {"event": "start", "args": vars(args), "transformer_params": n_tr, "text_encoder_params": n_te},
     )
+    pool = None
+    if args.vae:
+        t_pool = time.time()
+        pool = LatentPool(model, rng, args)
+        log(
+            f"latent pool: {args.pool} clips {tuple(pool.clips['mu'].shape)} + {args.pool} frames, {time.time() - t_pool:.0f} s"
+        )
 
     def save(step: int, elapsed: float, final: bool) -> None:
         # EMA weights into a copy of the model, written to a temporary folder, then swapped in.
@@ -274,10 +364,15 @@ def main() -> None:
         t_step = time.time()
         image = bool(rng.random() < args.image_frac)
         n = args.image_batch if image else args.batch
-        video, captions = sample_batch(
-            rng, n, args.frames, args.size, args.simple_frac, args.empty_prompt, image
-        )
-        x0 = model.encode_video(video)  # (B, 48, F, 8, 8)
+        if pool is not None:
+            if step and step % args.refresh_every == 0:
+                pool.refresh()
+            x0, captions = pool.batch(n, image)  # (B, 8, 5, 8, 8) or (B, 8, 1, 8, 8)
+        else:
+            video, captions = sample_batch(
+                rng, n, args.frames, args.size, args.simple_frac, args.empty_prompt, image
+            )
+            x0 = model.encode_video(video)  # (B, 48, F, 8, 8)
         noise = torch.randn_like(x0)
         sigmas = model.sample_sigmas(n)
         noisy = interpolate(x0, noise, sigmas)

@@ -46,5 +46,6 @@ def tiny_toy_dir(tmp_path_factory):
     cfg = toy_config(
         transformer={"num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 16, "ffn_dim": 64},
         text_encoder={"d_model": 32, "d_kv": 8, "num_heads": 4, "d_ff": 64, "num_layers": 1},
+        vae={"base_dim": 8},
     )
     return save_toy_model(tmp_path_factory.mktemp("tiny_toy") / "model", build_toy_components(cfg, seed=0))

@@ -876,9 +876,9 @@ class _Counter:
 
         self.real, self.at, self.fault, self.calls = loop.flow_matching_step, at, fault, 0
 
-    def __call__(self, backbone, batch, gen, p):
+    def __call__(self, backbone, batch, gen, *args):
         self.calls += 1
-        loss = self.real(backbone, batch, gen, p)
+        loss = self.real(backbone, batch, gen, *args)
         if self.calls == self.at:
             params = [q for q in backbone.transformer.parameters() if q.requires_grad]
             return self.fault(loss, params)
@@ -959,7 +959,7 @@ def test_weights_overflow_is_not_checkpointed(tiny_wan_dir, video, tmp_path, mon
             calls.append(1)
             if len(calls) == 3:
                 with torch.no_grad():
-                    params[0].view(-1)[0] = float("inf")
+                    opt.param_groups[0]["params"][0].view(-1)[0] = float("inf")
 
         opt.step = overflowing_step
         return opt

@@ -36,7 +36,10 @@ TINY = toy_config(
     text_encoder={"d_model": 32, "d_kv": 8, "num_heads": 2, "d_ff": 64, "num_layers": 1},
     pixel_mean=[0.1, -0.2, 0.05],
     pixel_std=[0.6, 0.5, 0.7],
+    codec="pixel",
+    prediction="x0",
 )
+TINY_VAE = {**TINY, "codec": "vae", "prediction": "velocity", "vae": {**TINY["vae"], "base_dim": 8}}
 
 
 @pytest.fixture(scope="module")
@@ -246,3 +249,70 @@ def test_shipped_toy_model_loads_and_generates():
     assert torch.isfinite(video).all()
     total = sum(p.stat().st_size for p in TOY_SHIPPED_FOLDER.rglob("*") if p.is_file())
     assert total <= 30 * 1024 * 1024
+
+
+# -- the VAE codec (the shipped model's) ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vae_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("toy_vae") / "tiny"
+    save_toy_model(folder, build_toy_components(TINY_VAE, seed=0, words=WORDS), extra={"step": 0})
+    return folder
+
+
+TEMPORAL_VAE = {"temperal_downsample": [False, True], "scale_factor_temporal": 2}
+
+
+@pytest.mark.parametrize("temporal", [False, True], ids=["frame-wise", "temporal"])
+def test_vae_codec_shapes_and_a_frame_encodes_as_in_the_clip(vae_folder, tmp_path, temporal):
+    from setseq.backbones.toy import VAE_FILES
+
+    folder = vae_folder
+    if temporal:  # the 2x temporal variant (the first design) keeps working
+        cfg = {**TINY_VAE, "vae": {**TINY_VAE["vae"], **TEMPORAL_VAE}}
+        folder = save_toy_model(tmp_path / "t", build_toy_components(cfg, seed=0, words=WORDS))
+    assert all((folder / f).is_file() for f in VAE_FILES)
+    toy = load_toy(str(folder))
+    assert toy.codec == "vae" and toy.latent_channels == 8 and toy.info.spatial_multiple == 8
+    g = torch.Generator().manual_seed(0)
+    video = torch.rand((2, 9, 3, 32, 32), generator=g) * 2 - 1
+    lat = toy.encode_video(video)
+    assert lat.shape == ((2, 8, 5, 8, 8) if temporal else (2, 8, 9, 8, 8))  # 4x space (2x time)
+    one = toy.encode_video(video[:, :1])
+    assert one.shape == (2, 8, 1, 8, 8)
+    assert torch.allclose(one, lat[:, :, :1], atol=1e-5)  # causal: frame 0 alone == frame 0 in the clip
+    if not temporal:  # frame-wise: every frame alone == in the clip
+        assert torch.allclose(toy.encode_video(video[:, 4:5]), lat[:, :, 4:5], atol=1e-5)
+    back = toy.decode_latents(lat)
+    assert back.shape == video.shape and float(back.abs().max()) <= 1.0
+    assert toy.generate("a red circle", steps=2, seed=0).shape == (9, 3, 32, 32)
+    assert toy.generate("a red circle", frames=1, steps=2, seed=0).shape == (1, 3, 32, 32)
+    if temporal:
+        with pytest.raises(SetseqError, match="4k\\+1"):
+            toy.encode_video(video[:, :3])
+
+
+def test_vae_codec_normalises_with_the_vaes_latent_statistics(vae_folder, tmp_path):
+    import shutil
+
+    from diffusers import AutoencoderKLWan
+
+    moved = tmp_path / "moved"
+    shutil.copytree(vae_folder, moved)
+    vae = AutoencoderKLWan.from_pretrained(moved / "vae")
+    vae.register_to_config(latents_mean=[0.5] * 8, latents_std=[2.0] * 8)
+    vae.save_pretrained(moved / "vae")
+    video = torch.zeros(1, 1, 3, 32, 32)
+    a, b = load_toy(str(vae_folder)).encode_video(video), load_toy(str(moved)).encode_video(video)
+    assert torch.allclose(b, (a - 0.5) / 2.0, atol=1e-5)  # the base folder has mean 0, std 1
+
+
+def test_vae_codec_folder_without_its_vae_names_the_file(vae_folder, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(vae_folder, broken)
+    (broken / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(SetseqError, match="vae/diffusion_pytorch_model.safetensors"):
+        load_toy(str(broken))

@@ -157,6 +157,37 @@ def cmd_generate(
     return [r.mp4 for r in results if r.mp4]
 
 
+def cmd_compose(
+    runs: list[str],
+    prompts: list[str],
+    out: str,
+    weights: list[float] | None = None,
+    model: str | None = None,
+    cfg: float | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    dtype: str = "float32",
+) -> list[Path]:
+    """Generate with several concepts: one jointly trained run, or a weighted sum of separate runs."""
+    from setseq.infer.compose import load_composition
+    from setseq.infer.generate import GenerateOptions, generate_to_files
+
+    _quiet()
+    pm, tokens = load_composition(runs, weights, model, device=device, dtype=dtype)
+    for prompt in prompts:
+        named = [t for t in tokens if t in prompt.split()]
+        if len(named) < 2:
+            print(
+                f"warning: {prompt!r} names {len(named)} of the concept tokens {tokens}; composing needs two or more",
+                file=sys.stderr,
+            )
+    results = generate_to_files(pm, prompts, GenerateOptions(guidance_scale=cfg, steps=steps, seed=seed), out)
+    for r in results:
+        print(f"wrote {r.mp4} and {r.png}  ({r.prompt!r})")
+    return [r.mp4 for r in results if r.mp4]
+
+
 def cmd_export(
     run: str,
     fmt: str,
@@ -219,6 +250,10 @@ def cmd_report(run: str, out: str, videos: str | None = None, metrics: str | Non
     return path
 
 
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="setseq",
@@ -252,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue the run in --out exactly (optimizer, step, RNG)"
     )
     t.add_argument("--init-lora", help="start a NEW run from the weights of a setseq.safetensors")
+    t.add_argument(
+        "--method",
+        help="setseq (default) or a baseline: dreambooth, lora1, two_stage, dreammix (same as method=...)",
+    )
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("overrides", nargs="*", help="dotted key=value config overrides, e.g. stage1.steps=600")
 
@@ -271,6 +310,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--negative-prompt", default="")
     g.add_argument("--device", default="auto")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+
+    c = sub.add_parser(
+        "compose", help="generate several concepts together: a jointly trained run, or a weighted sum of runs"
+    )
+    c.add_argument("runs", nargs="+", help="one multi-concept run, or several runs (their LoRAs are summed)")
+    c.add_argument(
+        "--prompt", action="append", required=True, help="a prompt naming two or more concept tokens"
+    )
+    c.add_argument("--out", required=True, help="output .mp4")
+    c.add_argument("--weights", type=lambda t: [float(v) for v in _csv(t)], help="one per run, e.g. 1,0.8")
+    c.add_argument("--model", help="base model (default: the first run's)")
+    c.add_argument("--cfg", type=float, help="classifier-free guidance scale")
+    c.add_argument("--steps", type=int)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="auto")
+    c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
 
     e = sub.add_parser("export", help="export a run's LoRA for diffusers / ComfyUI, or one part of it")
     e.add_argument("run")
@@ -305,6 +360,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--no-progress", action="store_true")
 
+    b = sub.add_parser(
+        "bench", help="the method and the paper's baselines x toy concepts x seeds: the ablation table"
+    )
+    b.add_argument("--out", default="bench_out", help="folder for bench.json, bench.md and the videos")
+    b.add_argument("--quick", action="store_true", help="2 concepts, 1 seed, 4 + 4 steps (CI)")
+    b.add_argument("--methods", type=_csv, help="comma-separated (default: all): setseq,dreambooth,...")
+    b.add_argument("--concepts", type=_csv, help="comma-separated concept names (default: the whole suite)")
+    b.add_argument("--seeds", type=int, default=2)
+    b.add_argument("--suite", help="concept suite JSON (default: the shipped concepts)")
+    b.add_argument("--model", default="toy", help="toy model folder (default: the shipped one)")
+    b.add_argument("--keep-runs", action="store_true", help="keep each run's checkpoints and cache")
+    b.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. stage1.steps=200")
+
     r = sub.add_parser("report", help="write a self-contained HTML report of a run or a demo folder")
     r.add_argument("run", help="a run folder, or a demo folder (with run/ and the videos)")
     r.add_argument("--out", required=True, help="the .html file to write")
@@ -322,10 +390,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "eval":  # videos may come before and after the options
         args.videos = list(args.videos) + [a for a in extra if not a.startswith("-")]
         extra = [a for a in extra if a.startswith("-")]
-    stray = [a for a in extra if args.command != "train" or a.startswith("-") or "=" not in a]
+    takes_overrides = args.command in ("train", "bench")
+    stray = [a for a in extra if not takes_overrides or a.startswith("-") or "=" not in a]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
-    if args.command == "train":
+    if takes_overrides:
         args.overrides = list(args.overrides) + extra
     try:
         if args.command == "train":
@@ -346,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.size,
                 args.resume,
                 args.init_lora,
-                args.overrides,
+                args.overrides + ([f"method={args.method}"] if args.method else []),
                 progress=not args.no_progress,
             )
         elif args.command == "generate":
@@ -364,6 +433,19 @@ def main(argv: list[str] | None = None) -> int:
                 args.size,
                 args.frames,
                 args.negative_prompt,
+                args.device,
+                args.dtype,
+            )
+        elif args.command == "compose":
+            cmd_compose(
+                args.runs,
+                args.prompt,
+                args.out,
+                args.weights,
+                args.model,
+                args.cfg,
+                args.steps,
+                args.seed,
                 args.device,
                 args.dtype,
             )
@@ -390,6 +472,21 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif args.command == "report":
             cmd_report(args.run, args.out, args.videos, args.metrics)
+        elif args.command == "bench":
+            from setseq.bench import run_bench
+
+            _quiet()
+            run_bench(
+                args.out,
+                methods=args.methods,
+                concepts=args.concepts,
+                seeds=args.seeds,
+                quick=args.quick,
+                suite=args.suite,
+                model=args.model,
+                overrides=args.overrides,
+                keep_runs=args.keep_runs,
+            )
     except SetseqError as exc:
         print(f"setseq: error: {exc}", file=sys.stderr)
         return 2

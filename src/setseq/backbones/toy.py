@@ -2,14 +2,19 @@
 
 It is a real Wan-family model, only tiny, so that every recipe runs end to end on a laptop CPU:
 
-- codec: a lossless fixed pixel codec instead of a learned VAE. Each frame is cut into 4x4 pixel cells
-  (space-to-depth), so a video (B, F, 3, 32, 32) in [-1, 1] becomes latents (B, 48, F, 8, 8), normalised per
-  colour channel with a mean/std measured on the training data. No temporal compression: a 1-frame video
-  is a 1-frame latent, which is what stage 1 (frames as images) needs. `decode_latents` is the exact inverse.
-- DiT: diffusers `WanTransformer3DModel`, patch (1, 2, 2), i.e. 16 tokens a frame (144 for 9 frames). Its
-  input is the noisy latent concatenated with a self-conditioning estimate of x0 (zeros when absent),
-  so `in_channels = 2 * 48` (Chen and Li's FIT / RIN self-conditioning: the base model was trained with it
-  on half of its steps, which is what the paper's context-aware self-conditioning regularizer needs).
+- codec (`"codec"` in toy_config.json), one of:
+  - `"vae"` (the shipped model): a tiny diffusers `AutoencoderKLWan` trained by `scripts/train_toy_vae.py`,
+    4x spatial and 2x temporal compression, 8 channels: a clip (B, 9, 3, 32, 32) in [-1, 1] becomes latents
+    (B, 8, 5, 8, 8), normalised with the VAE config's `latents_mean` / `latents_std`. It is causal in time, so
+    a 1-frame video is a 1-frame latent, which is what stage 1 (frames as images) needs.
+  - `"pixel"`: a lossless fixed codec. Each frame is cut into 4x4 pixel cells (space-to-depth): latents
+    (B, 48, F, 8, 8), normalised per colour channel; `decode_latents` is the exact inverse. It was the first
+    design; its 192 numbers per DiT token made the 128-wide DiT render sprites as 8x8 blocks (BENCHMARKS.md).
+- DiT: diffusers `WanTransformer3DModel`, patch (1, 2, 2), i.e. 16 tokens a latent frame (80 for a 9-frame
+  clip with the VAE). Its input is the noisy latent concatenated with a self-conditioning estimate of x0
+  (zeros when absent) and two coordinate planes, so `in_channels = 2 * C + 2` (Chen and Li's FIT / RIN
+  self-conditioning: the base model was trained with it on half of its steps, which is what the paper's
+  context-aware self-conditioning regularizer needs).
 - text: a word-level tokenizer built in code from the synthetic caption vocabulary plus rare identifier
   tokens ("sks", "zwx", ...) that never appear in pre-training captions, and a tiny `UMT5EncoderModel`.
   Embeddings beyond each prompt's length are zeroed, the way Wan pads.
@@ -23,6 +28,8 @@ folder of the same layout)::
     text_encoder/config.json        UMT5EncoderModel.save_pretrained (safetensors)
     text_encoder/model.safetensors
     tokenizer/tokenizer.json        PreTrainedTokenizerFast.save_pretrained
+    vae/config.json                 AutoencoderKLWan.save_pretrained (codec "vae" only)
+    vae/diffusion_pytorch_model.safetensors
 
 Only safetensors and JSON are ever read: no pickle.
 """
@@ -64,7 +71,7 @@ GENERIC_WORDS = (
     "spin", "spinning", "bounce", "bouncing", "two", "one", "together", "beside", "next", "to",
 )  # fmt: skip
 
-# Files that must exist in a toy model folder, relative to it.
+# Files that must exist in a toy model folder, relative to it (plus VAE_FILES when the codec is "vae").
 REQUIRED_FILES = (
     "toy_config.json",
     "transformer/config.json",
@@ -73,15 +80,32 @@ REQUIRED_FILES = (
     "text_encoder/model.safetensors",
     "tokenizer/tokenizer.json",
 )
+VAE_FILES = ("vae/config.json", "vae/diffusion_pytorch_model.safetensors")
+
+# The toy VAE's architecture (AutoencoderKLWan arguments), also used by scripts/train_toy_vae.py.
+# Frame-wise: no temporal compression (scale_factor_temporal 1), so every frame is encoded on its own, exactly
+# as stage 1 sees it (a first clip VAE with 2x temporal compression blurred sprites' colours: BENCHMARKS.md).
+TOY_VAE_CONFIG: dict[str, Any] = {
+    "base_dim": 24,
+    "z_dim": 8,
+    "dim_mult": [1, 2, 2],
+    "num_res_blocks": 1,
+    "temperal_downsample": [False, False],
+    "scale_factor_spatial": 4,
+    "scale_factor_temporal": 1,
+}
 
 # Default architecture and sampler settings. `train_toy.py` fills in the codec statistics from data.
+# (Pixel-codec models were trained with "prediction": "x0", see below.)
 DEFAULT_TOY_CONFIG: dict[str, Any] = {
     "format_version": TOY_FORMAT_VERSION,
     "height": 32,
     "width": 32,
     "frames": 9,
     "frame_multiple": 4,
-    "cell": 4,  # space-to-depth cell of the pixel codec: 3 * cell * cell latent channels
+    "codec": "vae",  # "vae" (AutoencoderKLWan in vae/) or "pixel" (lossless space-to-depth)
+    "vae": copy.deepcopy(TOY_VAE_CONFIG),  # architecture of a VAE built from config (codec "vae")
+    "cell": 4,  # spatial compression: space-to-depth cell of the pixel codec, the VAE's spatial factor
     # per-RGB-channel statistics of pixels in [-1, 1]; latents = (pixel - mean) / std
     "pixel_mean": [0.0, 0.0, 0.0],
     "pixel_std": [1.0, 1.0, 1.0],
@@ -94,8 +118,8 @@ DEFAULT_TOY_CONFIG: dict[str, Any] = {
     # Denoise"). Why: a token carries 2x2 latent cells x 48 channels = 192 numbers but the DiT is 128 wide, so its
     # output lives in a 128-dim subspace; predicting the velocity (which contains the noise) directly leaves the
     # noise of the other 64 dims in every sample, predicting the low-dimensional clean video does not.
-    # ("velocity": plain v-prediction.)
-    "prediction": "x0",
+    # ("velocity": plain v-prediction, right for the VAE codec's 32 numbers a token.)
+    "prediction": "velocity",
     # Two constant input planes with the token's normalised (y, x) position. Wan's only positional signal is
     # RoPE, which is relative, and the pixel codec has no padding, so without them the DiT cannot tell where
     # in the frame a token is (a VAE's zero padding leaks that; this codec does not).
@@ -174,10 +198,25 @@ class ToyComponents:
     transformer: torch.nn.Module  # WanTransformer3DModel
     text_encoder: torch.nn.Module  # UMT5EncoderModel
     tokenizer: Any  # PreTrainedTokenizerFast
+    vae: torch.nn.Module | None = None  # AutoencoderKLWan when config["codec"] == "vae"
+
+
+def _codec(config: dict[str, Any]) -> str:
+    return str(config.get("codec", "pixel"))  # folders written before the VAE codec have no key
 
 
 def _latent_channels(config: dict[str, Any]) -> int:
+    if _codec(config) == "vae":
+        return int(config["vae"]["z_dim"])
     return 3 * config["cell"] * config["cell"]
+
+
+def build_toy_vae(config: dict[str, Any]):
+    """A random-weight `AutoencoderKLWan` of the toy config's VAE architecture (unit latent statistics)."""
+    from diffusers import AutoencoderKLWan
+
+    z = int(config["vae"]["z_dim"])
+    return AutoencoderKLWan(**config["vae"], latents_mean=[0.0] * z, latents_std=[1.0] * z)
 
 
 def _in_channels(config: dict[str, Any]) -> int:
@@ -205,6 +244,7 @@ def add_coordinate_channels(components: ToyComponents, coord_channels: int = 2) 
         transformer=new.eval(),
         text_encoder=components.text_encoder,
         tokenizer=components.tokenizer,
+        vae=components.vae,
     )
 
 
@@ -253,10 +293,15 @@ def build_toy_components(
             qk_norm="rms_norm_across_heads",
             rope_max_seq_len=64,
         )
+        vae = build_toy_vae(config).eval() if _codec(config) == "vae" else None
     finally:
         torch.random.set_rng_state(gen_state)
     return ToyComponents(
-        config=config, transformer=transformer.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer
+        config=config,
+        transformer=transformer.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        vae=vae,
     )
 
 
@@ -279,6 +324,12 @@ def save_toy_model(
     components.transformer.save_pretrained(folder / "transformer", safe_serialization=True)
     components.text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
     components.tokenizer.save_pretrained(folder / "tokenizer")
+    if _codec(components.config) == "vae":
+        if components.vae is None:
+            raise ValueError('codec "vae" needs components.vae')
+        components.vae.save_pretrained(folder / "vae", safe_serialization=True)
+        cfg_vae = dict(components.vae.config)
+        components.config["vae"] = {k: cfg_vae[k] for k in TOY_VAE_CONFIG}
     cfg = copy.deepcopy(components.config)
     cfg["weights_sha"] = _sha_file(folder / "transformer" / "diffusion_pytorch_model.safetensors")[:16]
     cfg["format_version"] = TOY_FORMAT_VERSION
@@ -295,10 +346,11 @@ def _resolve_folder(model_id: str) -> Path:
     return Path(model_id).expanduser()
 
 
-def _check_folder(folder: Path) -> None:
+def _check_folder(folder: Path, config: dict[str, Any] | None = None) -> None:
     if not folder.is_dir():
         raise SetseqError(f"toy model folder {folder} does not exist", RESTORE_HINT)
-    missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
+    needed = REQUIRED_FILES + (VAE_FILES if config is not None and _codec(config) == "vae" else ())
+    missing = [f for f in needed if not (folder / f).is_file()]
     if missing:
         raise SetseqError(
             f"toy model folder {folder} is incomplete: missing {', '.join(missing)}", RESTORE_HINT
@@ -307,7 +359,7 @@ def _check_folder(folder: Path) -> None:
 
 def load_toy_components(model_id: str = "toy") -> ToyComponents:
     """Read a toy model folder ("toy" = the shipped one). Raises `SetseqError` naming any missing file."""
-    from diffusers import WanTransformer3DModel
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import PreTrainedTokenizerFast, UMT5EncoderModel
 
     folder = _resolve_folder(model_id)
@@ -321,17 +373,27 @@ def load_toy_components(model_id: str = "toy") -> ToyComponents:
             f"toy model {folder} has format version {config.get('format_version')}, this setseq reads {TOY_FORMAT_VERSION}",
             RESTORE_HINT,
         )
+    if _codec(config) not in ("vae", "pixel"):
+        raise SetseqError(f"toy model {folder} has an unknown codec {config.get('codec')!r}", RESTORE_HINT)
+    _check_folder(folder, config)
     try:
         transformer = WanTransformer3DModel.from_pretrained(folder / "transformer", use_safetensors=True)
         text_encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder", use_safetensors=True)
         tokenizer = PreTrainedTokenizerFast.from_pretrained(folder / "tokenizer")
+        vae = None
+        if _codec(config) == "vae":
+            vae = AutoencoderKLWan.from_pretrained(folder / "vae", use_safetensors=True).eval()
     except (OSError, ValueError, RuntimeError) as exc:
         raise SetseqError(
             f"cannot load toy model from {folder}: {str(exc).splitlines()[0]}", RESTORE_HINT
         ) from None
     tokenizer.pad_token, tokenizer.eos_token, tokenizer.unk_token = PAD, EOS, UNK
     return ToyComponents(
-        config=config, transformer=transformer.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer
+        config=config,
+        transformer=transformer.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        vae=vae,
     )
 
 
@@ -341,6 +403,7 @@ def _fingerprint(components: ToyComponents) -> str:
             "toy": components.config,
             "transformer": dict(components.transformer.config),
             "text_encoder": components.text_encoder.config.to_dict(),
+            "vae": dict(components.vae.config) if components.vae is not None else None,
             "vocab": sorted(components.tokenizer.get_vocab().items()),
         },
         sort_keys=True,
@@ -381,8 +444,19 @@ class ToyBackbone:
             self.transformer.requires_grad_(False)
             self.text_encoder.requires_grad_(False)
         cfg = self.config
+        self.codec = _codec(cfg)
         self.latent_channels = _latent_channels(cfg)
-        self.cell = int(cfg["cell"])
+        self.cell = int(cfg["vae"]["scale_factor_spatial"] if self.codec == "vae" else cfg["cell"])
+        # latent frames per pixel frame group: the VAE halves time after the first frame
+        self.temporal = int(cfg["vae"]["scale_factor_temporal"]) if self.codec == "vae" else 1
+        self.vae = None
+        if self.codec == "vae":
+            if components.vae is None:
+                raise SetseqError('toy model config says codec "vae" but no VAE was given', RESTORE_HINT)
+            self.vae = _move(components.vae, self.device, dtype).eval().requires_grad_(False)
+            vcfg = self.vae.config
+            self._lat_mean = torch.tensor(vcfg.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
+            self._lat_std = torch.tensor(vcfg.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
         # (1, 3, 1, 1, 1): broadcast over (B, 3, F, H, W)
         self._pix_mean = torch.tensor(cfg["pixel_mean"], dtype=torch.float32).view(1, 3, 1, 1, 1)
         self._pix_std = torch.tensor(cfg["pixel_std"], dtype=torch.float32).view(1, 3, 1, 1, 1)
@@ -402,6 +476,7 @@ class ToyBackbone:
             ),
             extra={
                 "latent_channels": self.latent_channels,
+                "codec": self.codec,
                 "sigma_shift": float(cfg["sigma_shift"]),
                 "sample_shift": float(cfg["sample_shift"]),
                 "guidance_scale": float(cfg["guidance_scale"]),
@@ -439,9 +514,31 @@ class ToyBackbone:
         if h % self.cell or w % self.cell:
             raise SetseqError(f"video size {h}x{w} is not a multiple of {self.cell}", "resize the video")
 
+    def latent_frames(self, frames: int) -> int:
+        """Latent frames of a `frames`-frame video (the VAE keeps the first frame and halves the rest)."""
+        return 1 + (frames - 1) // self.temporal
+
+    @torch.no_grad()
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, F, 3, H, W) in [-1, 1] -> (B, 3*c*c, F, H/c, W/c): normalise per colour, then space-to-depth."""
+        """(B, F, 3, H, W) in [-1, 1] -> normalised latents (B, C, F', H/c, W/c).
+
+        VAE codec: the posterior mean, normalised by the VAE's latent statistics. Pixel codec: normalise per
+        colour, then space-to-depth (C = 3*c*c, F' = F)."""
         self._check_video(video)
+        if self.codec == "vae":
+            b, f = video.shape[:2]
+            if self.temporal == 1:  # frame-wise VAE: every frame alone, as a 1-frame video
+                x = video.reshape(b * f, 1, *video.shape[2:])
+            elif (f - 1) % 4:
+                raise SetseqError(f"the toy VAE encodes 4k+1 frames, got {f}")
+            else:
+                x = video
+            x = x.to(self.device, self.dtype).permute(0, 2, 1, 3, 4)  # (B', 3, F', H, W)
+            mu = self.vae.encode(x).latent_dist.mode().float()
+            lat = (mu - self._lat_mean.to(mu.device)) / self._lat_std.to(mu.device)
+            if self.temporal == 1:
+                lat = lat.reshape(b, f, *lat.shape[1:]).squeeze(3).permute(0, 2, 1, 3, 4)
+            return lat.contiguous().to(self.dtype)
         b, f, _, h, w = video.shape
         c = self.cell
         x = video.to(torch.float32).permute(0, 2, 1, 3, 4)  # (B, 3, F, H, W)
@@ -449,10 +546,23 @@ class ToyBackbone:
         x = x.reshape(b, 3, f, h // c, c, w // c, c).permute(0, 1, 4, 6, 2, 3, 5)  # (B, 3, c, c, F, h, w)
         return x.reshape(b, 3 * c * c, f, h // c, w // c).to(self.device, self.dtype)
 
+    @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Exact inverse of `encode_video`: (B, 3*c*c, F, h, w) -> (B, F, 3, h*c, w*c). Not clamped."""
+        """Latents (B, C, F', h, w) -> video (B, F, 3, h*c, w*c). Pixel codec: the exact inverse of
+        `encode_video`, not clamped; VAE codec: the VAE's decoder, in [-1, 1]."""
         b, ch, f, h, w = latents.shape
         c = self.cell
+        if self.codec == "vae":
+            if ch != self.latent_channels:
+                raise SetseqError(f"expected {self.latent_channels} latent channels, got {ch}")
+            z = latents.float() * self._lat_std.to(latents.device) + self._lat_mean.to(latents.device)
+            if self.temporal == 1:  # frame-wise: (B*F, C, 1, h, w)
+                z = z.permute(0, 2, 1, 3, 4).reshape(b * f, ch, 1, h, w)
+            out = self.vae.decode(z.to(self.device, self.dtype)).sample.float()  # (B', 3, F', H, W)
+            if self.temporal == 1:
+                out = out.reshape(b, f, 3, h * c, w * c)
+                return out.contiguous()
+            return out.permute(0, 2, 1, 3, 4).contiguous()
         if ch != 3 * c * c:
             raise SetseqError(f"expected {3 * c * c} latent channels, got {ch}")
         x = (
@@ -561,7 +671,7 @@ class ToyBackbone:
         use_cfg = guidance_scale != 1.0
         embeds = self.encode_prompt(list(prompts) + ([negative_prompt] * b if use_cfg else []))
         # 3. initial noise, one generator per sample
-        shape = (self.latent_channels, frames, height // self.cell, width // self.cell)
+        shape = (self.latent_channels, self.latent_frames(frames), height // self.cell, width // self.cell)
         lat = torch.stack(
             [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
         )

@@ -83,8 +83,9 @@ def save_cache(path: Path, enc: EncodedConcept, canon_key: str) -> None:
         save_file(tensors, str(tmp), metadata={"setseq_cache_key": canon_key})
 
 
-def load_cache(path: Path, canon_key: str, short_key: str) -> EncodedConcept | None:
-    """The cached encodings for this key, None if absent; a stale or corrupt file is refused."""
+def read_keyed(path: Path, canon_key: str, what: str = "the cache file") -> dict[str, torch.Tensor] | None:
+    """The tensors of a cache file written for exactly this key, None if absent; a corrupt file, or one
+    written for another key (stale), is refused with a message naming it."""
     if not path.exists():
         return None
     try:
@@ -93,13 +94,21 @@ def load_cache(path: Path, canon_key: str, short_key: str) -> EncodedConcept | N
         t = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise SetseqError(
-            f"the cache file {path} is corrupt ({type(exc).__name__})", f"delete {path} and run again"
+            f"{what} {path} is corrupt ({type(exc).__name__})", f"delete {path} and run again"
         ) from None
     if stored != canon_key:
         raise SetseqError(
-            f"the cache file {path} was made for another model, video, size or prompt (stale cache)",
+            f"{what} {path} was made for another model, video, size or prompt (stale cache)",
             f"delete {path} and run again to re-encode",
         )
+    return t
+
+
+def load_cache(path: Path, canon_key: str, short_key: str) -> EncodedConcept | None:
+    """The cached encodings for this key, None if absent; a stale or corrupt file is refused."""
+    t = read_keyed(path, canon_key)
+    if t is None:
+        return None
     return EncodedConcept(
         set_latents=t["set_latents"],
         clip_latents=t["clip_latents"],

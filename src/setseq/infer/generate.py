@@ -86,6 +86,13 @@ class Personalized:
         if lora is not None:
             for w in check_compatible(lora, bb.info.name, bb.info.fingerprint, run or "the LoRA"):
                 log(f"warning: {w}")
+            # learned token embeddings (concept.train_embedding / method=textual_inversion) beside the LoRA
+            folder = Path(run) if Path(run).is_dir() else Path(run).parent  # type: ignore[arg-type]
+            from setseq.train.embeddings import load_embeddings
+
+            tokens = load_embeddings(bb, folder)
+            if tokens:
+                log(f"token embeddings: {', '.join(tokens)} from {folder}")
         return cls(bb, lora)
 
     def generate(self, prompt: str, opts: GenerateOptions, progress: bool = False) -> torch.Tensor:

@@ -28,6 +28,7 @@ from setseq.functional import flow_matching as fm
 from setseq.functional.regularizers import token_mask
 from setseq.io import _disk_error, write_text
 from setseq.train import checkpoint as C
+from setseq.train.embeddings import DELTA_KEY
 
 
 def step_generator(seed: int, stage: int, step: int, micro: int = 0) -> torch.Generator:
@@ -39,6 +40,45 @@ def step_generator(seed: int, stage: int, step: int, micro: int = 0) -> torch.Ge
 class Batch:
     latents: torch.Tensor  # (B, C, f, h, w) clean latents
     prompt: PromptEmbeds  # (B, L, D)
+    weights: torch.Tensor | None = None  # (B,) per-sample loss weights (prior samples); None: all 1
+    # The prompts of the first len(texts) samples as text: re-encoded in the step when token embeddings train.
+    texts: list[str] | None = None
+
+
+def cat_prompts(a: PromptEmbeds, b: PromptEmbeds) -> PromptEmbeds:
+    """Two prompt batches as one (same padded length)."""
+    pooled = None if a.pooled is None or b.pooled is None else torch.cat([a.pooled, b.pooled])
+    return PromptEmbeds(
+        torch.cat([a.embeds, b.embeds.to(a.embeds.dtype)]), torch.cat([a.mask, b.mask]), pooled
+    )
+
+
+def stack_prompts(prompts: list[PromptEmbeds]) -> PromptEmbeds:
+    """Several prompt batches as one (same padded length)."""
+    out = prompts[0]
+    for p in prompts[1:]:
+        out = cat_prompts(out, p)
+    return out
+
+
+def stitched_batch(pairs: list[EncodedConcept], n: int, gen: torch.Generator, clip: bool) -> Batch:
+    """A micro-batch of stitched concept pairs (multi-concept training): one pair drawn from `gen`, its clip
+    (`clip`) or n of its frames drawn from `gen`, with the pair's "A and B" prompt. No prior samples: their
+    width differs."""
+    pair = pairs[int(torch.randint(len(pairs), (1,), generator=gen))]
+    if clip:
+        return Batch(pair.clip_latents.expand(n, -1, -1, -1, -1), pair.motion.expand(n))
+    idx = torch.randint(pair.set_latents.shape[0], (n,), generator=gen).tolist()
+    return Batch(pair.set_latents[idx], pair.static.expand(n))
+
+
+def with_prior(batch: Batch, latents: torch.Tensor, prompt: PromptEmbeds, weight: float) -> Batch:
+    """The batch followed by prior samples, weighted so that the loss is
+    mean(concept losses) + weight * mean(prior losses)."""
+    n, k = batch.latents.shape[0], latents.shape[0]
+    w = torch.cat([torch.full((n,), (n + k) / n), torch.full((k,), weight * (n + k) / k)])
+    lat = torch.cat([batch.latents, latents.to(batch.latents.dtype)])
+    return Batch(lat, cat_prompts(batch.prompt, prompt), w, batch.texts)
 
 
 @dataclass
@@ -54,25 +94,56 @@ class StageContext:
     progress: bool = True
     extra_state: dict[str, Any] = field(default_factory=dict)  # recorded in every checkpoint (cache key, ...)
     on_sample: Callable[[int, int], None] | None = None
+    prior: Any = None  # setseq.train.prior.PriorData when prior preservation is on
+    concepts: list[EncodedConcept] = field(default_factory=list)  # every concept (multi-concept runs)
+    stitched: list[EncodedConcept] = field(default_factory=list)  # stitched concept pairs
+    self_conditioning: float = 0.0  # resolved probability (see `setseq.train.run.self_conditioning_p`)
+    embeddings: Any = None  # setseq.train.embeddings.TokenEmbeddings when token embeddings train
+    texts: list[tuple[str, str]] = field(default_factory=list)  # (T_static, T_motion) of each concept
 
 
 def flow_matching_step(
-    backbone: Backbone, batch: Batch, gen: torch.Generator, token_mask_p: float
+    backbone: Backbone,
+    batch: Batch,
+    gen: torch.Generator,
+    token_mask_p: float,
+    self_conditioning_p: float = 0.0,
+    encode_prompt: Callable[[list[str]], PromptEmbeds] | None = None,
 ) -> torch.Tensor:
-    """One denoising loss on a batch: noise, timesteps and token masks drawn from `gen`.
+    """One denoising loss on a batch: noise, timesteps, token masks and self-conditioning drawn from `gen`.
 
     Flow matching (velocity target) unless the backbone defines its own forward process and target
-    (`noisy` / `training_target`, e.g. CogVideoX's v-prediction DDPM): see `setseq.backbones.base`."""
+    (`noisy` / `training_target`, e.g. CogVideoX's v-prediction DDPM): see `setseq.backbones.base`.
+    Self-conditioning (FIT): each sample, with probability `self_conditioning_p`, gets the model's own x0
+    estimate from a first, gradient-free pass as its self-conditioning input; the others get zeros.
+    With `encode_prompt` (token embeddings training), the batch's `texts` are encoded here, with gradients."""
     x0 = batch.latents.to(backbone.device, torch.float32)
     noise = torch.randn(x0.shape, generator=gen).to(backbone.device)
     sigmas = backbone.sample_sigmas(x0.shape[0], generator=gen)
     noisy = noisy_latents(backbone, x0, noise, sigmas)
-    prompt = token_mask(batch.prompt, token_mask_p, gen).to(backbone.device)
-    pred = backbone.predict(noisy, sigmas, prompt)
-    return fm.regression_loss(pred, training_target(backbone, x0, noise, sigmas))
+    prompt = batch.prompt
+    if encode_prompt is not None and batch.texts:
+        n = len(batch.texts)
+        rest = PromptEmbeds(
+            prompt.embeds[n:], prompt.mask[n:], None if prompt.pooled is None else prompt.pooled[n:]
+        )
+        fresh = encode_prompt(list(batch.texts)).to(prompt.embeds.device)
+        prompt = cat_prompts(fresh, rest) if n < prompt.embeds.shape[0] else fresh
+    prompt = token_mask(prompt, token_mask_p, gen).to(backbone.device)
+    if self_conditioning_p > 0.0:
+        use = (torch.rand(x0.shape[0], generator=gen) < self_conditioning_p).to(backbone.device)
+        with torch.no_grad():
+            estimate = fm.x0_from_velocity(noisy, backbone.predict(noisy, sigmas, prompt).float(), sigmas)
+        self_cond = estimate * use.reshape(-1, *([1] * (x0.ndim - 1))).to(estimate.dtype)
+        pred = backbone.predict(noisy, sigmas, prompt, self_cond=self_cond)
+    else:
+        pred = backbone.predict(noisy, sigmas, prompt)
+    weights = None if batch.weights is None else batch.weights.to(backbone.device)
+    return fm.regression_loss(pred, training_target(backbone, x0, noise, sigmas), weights)
 
 
-def make_optimizer(params: list[torch.nn.Parameter], sc: StageConfig) -> torch.optim.AdamW:
+def make_optimizer(params: list, sc: StageConfig) -> torch.optim.AdamW:
+    """AdamW with the stage's settings over parameters, or parameter groups (dicts) with their own."""
     return torch.optim.AdamW(params, lr=sc.lr, betas=tuple(sc.betas), weight_decay=sc.weight_decay)
 
 
@@ -135,7 +206,13 @@ def run_stage(
 
     Returns the per-step losses of this invocation."""
     model = ctx.backbone.transformer
-    opt = make_optimizer(params, sc)
+    emb = ctx.embeddings
+    groups: list[dict[str, Any]] = [{"params": params}] if params else []
+    if emb is not None:  # the concept tokens' embedding offsets, at their own lr and without weight decay
+        groups.append({"params": [emb.delta], "lr": emb.lr, "weight_decay": 0.0})
+        emb.train_rows(emb.stage_rows[stage])
+        params = [*params, emb.delta]
+    opt = make_optimizer(groups, sc)
     start = 0
     if resume is not None and resume.stage == stage:
         C.restore_optimizer(opt, resume.optimizer(), resume.state["param_groups"])
@@ -163,7 +240,12 @@ def run_stage(
             gen = step_generator(tc.seed, stage, step, micro)
             L.draw_masks(model, gen)
             loss = flow_matching_step(
-                ctx.backbone, make_batch(step, micro, gen), gen, ctx.cfg.regularizers.token_mask
+                ctx.backbone,
+                make_batch(step, micro, gen),
+                gen,
+                ctx.cfg.regularizers.token_mask,
+                ctx.self_conditioning,
+                ctx.backbone.encode_prompt if emb is not None else None,
             )
             if not torch.isfinite(loss):
                 bar.close()
@@ -204,7 +286,7 @@ def run_stage(
                 ctx.run_dir,
                 stage,
                 done,
-                trainable_state(model, stage),
+                trainable_state(model, stage) | ({DELTA_KEY: emb.delta.detach()} if emb is not None else {}),
                 opt,
                 {"config": ctx.cfg.to_dict(), **ctx.extra_state},
                 keep=tc.keep_checkpoints,

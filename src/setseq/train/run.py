@@ -25,13 +25,16 @@ import yaml
 from setseq import __version__
 from setseq import lora as L
 from setseq.backbones.base import Backbone, load_backbone
-from setseq.config import RunConfig, resolve_config
+from setseq.config import MultiConfig, RunConfig, resolve_config
 from setseq.data.cache import EncodedConcept, cache_key, file_sha256, load_cache, save_cache, weights_stamp
 from setseq.errors import SetseqError
 from setseq.export import check_compatible, export_file, load_setseq, save_setseq
 from setseq.io import remove_stale_temps, write_text
 from setseq.train import checkpoint as C
+from setseq.train.embeddings import DELTA_KEY, TokenEmbeddings, save_embeddings, token_id
 from setseq.train.loop import StageContext, trainable_state
+from setseq.train.methods import METHODS, ONE_STAGE, effective_config
+from setseq.train.prior import prepare_prior
 from setseq.train.stage1_set import train_stage1
 from setseq.train.stage2_sequence import train_stage2
 
@@ -110,16 +113,90 @@ def encode_concept(
         video, frames=frames, fps=cfg.data.fps, start=cfg.data.start, end=cfg.data.end, size=(h, w)
     )
     log(clip.summary())
-    x = to_tensor(clip.frames)  # (F, 3, H, W) in [-1, 1]
-    set_lat = torch.cat(
-        [bb.encode_video(x[i : i + 1].unsqueeze(0)) for i in range(x.shape[0])]
-    )  # (F, C, 1, h, w)
-    clip_lat = bb.encode_video(x.unsqueeze(0))  # (1, C, f, h, w)
-    static, motion = bb.encode_prompt([cfg.concept.t_static]), bb.encode_prompt([cfg.concept.t_motion])
-    enc = EncodedConcept(set_lat.cpu(), clip_lat.cpu(), static.to("cpu"), motion.to("cpu"), short)
+    enc = _encode_pixels(bb, to_tensor(clip.frames), cfg.concept.t_static, cfg.concept.t_motion, short)
     save_cache(path, enc, canon)
-    log(f"cache: wrote {path} (frames {tuple(set_lat.shape)}, clip {tuple(clip_lat.shape)})")
+    log(f"cache: wrote {path} (frames {tuple(enc.set_latents.shape)}, clip {tuple(enc.clip_latents.shape)})")
     return enc, short
+
+
+def _encode_pixels(bb: Backbone, x: torch.Tensor, t_static: str, t_motion: str, key: str) -> EncodedConcept:
+    """Frames (F, 3, H, W) in [-1, 1] -> every frame as a 1-frame latent, the clip, and both prompts."""
+    with torch.no_grad():
+        set_lat = torch.cat(
+            [bb.encode_video(x[i : i + 1].unsqueeze(0)) for i in range(x.shape[0])]
+        )  # (F, C, 1, h, w)
+        clip_lat = bb.encode_video(x.unsqueeze(0))  # (1, C, f, h, w)
+        static, motion = bb.encode_prompt([t_static]), bb.encode_prompt([t_motion])
+    return EncodedConcept(set_lat.cpu(), clip_lat.cpu(), static.to("cpu"), motion.to("cpu"), key)
+
+
+def concept_config(cfg: RunConfig, index: int) -> RunConfig:
+    """The single-concept config of concept `index` of a (multi-concept) run."""
+    import dataclasses
+
+    video, concept = cfg.concepts()[index]
+    return dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, video=video), concept=concept, multi=MultiConfig()
+    )
+
+
+def encode_stitched(
+    cfg: RunConfig, bb: Backbone, pair: tuple[int, int], cache_dir: Path, log: Callable[[str], None]
+) -> EncodedConcept:
+    """Two concepts' clips side by side (the first on the left) with the prompts "A and B", encoded and
+    cached like a concept: the multi-concept training's stitched videos."""
+    from setseq.data.video import load_clip, to_tensor
+
+    frames, h, w = check_shapes(cfg, bb)
+    a, b = (concept_config(cfg, i) for i in pair)
+    t_static = f"{a.concept.t_static} and {b.concept.t_static}"
+    t_motion = f"{a.concept.t_motion} and {b.concept.t_motion}"
+    canon, short = cache_key(
+        {
+            "kind": "stitched",
+            "fingerprint": bb.info.fingerprint,
+            "weights": weights_stamp(bb.info.model_id),
+            "videos": [file_sha256(a.data.video), file_sha256(b.data.video)],
+            "size": [h, w],
+            "frames": frames,
+            "fps": cfg.data.fps,
+            "start": cfg.data.start,
+            "end": cfg.data.end,
+            "t_static": t_static,
+            "t_motion": t_motion,
+        }
+    )
+    path = cache_dir / f"stitched-{short}.safetensors"
+    cached = load_cache(path, canon, short)
+    if cached is not None:
+        return cached
+    clips = [
+        load_clip(
+            c.data.video, frames=frames, fps=cfg.data.fps, start=cfg.data.start, end=cfg.data.end, size=(h, w)
+        )
+        for c in (a, b)
+    ]
+    both = torch.cat([to_tensor(clips[0].frames), to_tensor(clips[1].frames)], dim=-1)  # side by side
+    enc = _encode_pixels(bb, both, t_static, t_motion, short)
+    save_cache(path, enc, canon)
+    log(f"cache: wrote {path} (stitched concepts {pair[0] + 1} | {pair[1] + 1}, {h}x{2 * w})")
+    return enc
+
+
+def self_conditioning_p(cfg: RunConfig, bb: Backbone) -> float:
+    """The self-conditioning probability for this run: the configured one, or by default 0.9 on a backbone
+    pretrained with a self-conditioning input and 0 on one without. Asking for it on a backbone without
+    one is an error."""
+    p = cfg.regularizers.self_conditioning
+    supported = bool(bb.info.supports_self_conditioning)
+    if p is None:
+        return 0.9 if supported else 0.0
+    if p > 0 and not supported:
+        raise SetseqError(
+            f"regularizers.self_conditioning={p} but the {bb.info.name} backbone has no self-conditioning input",
+            "set regularizers.self_conditioning=0 (only a model pretrained with one, like the toy model, has it)",
+        )
+    return float(p)
 
 
 def lora_spec(cfg: RunConfig, bb: Backbone) -> L.LoraSpec:
@@ -151,6 +228,8 @@ def lora_metadata(
         "guidance_scale": cfg.train.guidance_scale,
         "stage1_steps": cfg.stage1.steps,
         "stage2_steps": cfg.stage2.steps,
+        "method": cfg.method,
+        "tokens": [t for _, c in cfg.concepts() for t in (c.token, c.motion_token)],
         "setseq_version": __version__,
     }
 
@@ -229,20 +308,42 @@ def train(
     # 2. Model, data, cache.
     bb = load_model(cfg)
     frames, h, w = check_shapes(cfg, bb)
+    user_cfg, cfg = cfg, effective_config(cfg)  # a baseline method changes stages and regularizers
+    sc_p = self_conditioning_p(cfg, bb)
+    if cfg.concept.train_embedding:  # refuse tokens the text encoder cannot learn before anything is written
+        for _, c in cfg.concepts():
+            token_id(bb, c.token), token_id(bb, c.motion_token)
     try:
-        data, key = encode_concept(cfg, bb, run_dir / "cache", log)
+        data, key = encode_concept(
+            concept_config(cfg, 0) if cfg.multi.concepts else cfg, bb, run_dir / "cache", log
+        )
+        concepts, stitched = [data], []
+        n_concepts = len(cfg.concepts())
+        if n_concepts > 1:  # multi-concept: every concept, and the stitched neighbours (i, i+1)
+            keys = [key]
+            for i in range(1, n_concepts):
+                enc, k = encode_concept(concept_config(cfg, i), bb, run_dir / "cache", log)
+                concepts.append(enc)
+                keys.append(k)
+            if cfg.multi.stitch_rate > 0:
+                pairs = [(i, (i + 1) % n_concepts) for i in range(n_concepts if n_concepts > 2 else 1)]
+                stitched = [encode_stitched(cfg, bb, pair, run_dir / "cache", log) for pair in pairs]
+            key = cache_key({"concepts": keys})[1]
     except BaseException:
         if not resume and fresh_dir:  # nothing of this run is worth keeping: leave no folder behind
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     if not resume:
         # Written once the inputs are known good, so a failed start can simply be run again.
-        write_text(run_dir / "config.yaml", cfg.to_yaml())
+        write_text(run_dir / "config.yaml", user_cfg.to_yaml())
     if ck is not None and ck.state.get("cache_key") not in (None, key):
         raise SetseqError(
             f"the video, model or prompts changed since {run_dir} started (cache key {key} vs {ck.state.get('cache_key')})",
             "start a new run with --init-lora instead of --resume",
         )
+
+    # Prior preservation: the base model's own class videos, generated before any LoRA exists.
+    prior = prepare_prior(cfg, bb, frames, h, w, run_dir / "cache", log, progress)
 
     # 3. The Set-and-Sequence layers, from a checkpoint or from --init-lora weights.
     spec = lora_spec(cfg, bb)
@@ -277,6 +378,34 @@ def train(
     ctx = StageContext(
         cfg, bb, data, run_dir, writer, run_dir / "logs" / "loss.jsonl", progress, {"cache_key": key}
     )
+    ctx.prior, ctx.self_conditioning = prior, sc_p
+    ctx.concepts, ctx.stitched = concepts, stitched
+    ctx.texts = [(c.t_static, c.t_motion) for _, c in cfg.concepts()]
+    emb = None
+    if cfg.concept.train_embedding:  # optional textual inversion of the concept tokens
+        pairs = [(c.token, c.motion_token) for _, c in cfg.concepts()]
+        emb = TokenEmbeddings(bb, [t for pair in pairs for t in pair], cfg.concept.embedding_lr)
+        appearance, motion = list(range(0, 2 * len(pairs), 2)), list(range(1, 2 * len(pairs), 2))
+        emb.stage_rows = {1: appearance + (motion if cfg.method in ONE_STAGE else []), 2: motion}
+        if ck is not None and DELTA_KEY in ck.lora():
+            with torch.no_grad():
+                emb.delta.copy_(ck.lora()[DELTA_KEY])
+        log(f"token embeddings: learning {', '.join(emb.tokens)} at lr {emb.lr}")
+    ctx.embeddings = emb
+    if len(concepts) > 1:
+        log(
+            f"multi-concept: {len(concepts)} concepts ({', '.join(c.token for _, c in cfg.concepts())}), "
+            f"{len(stitched)} stitched pair(s) at rate {cfg.multi.stitch_rate if stitched else 0}"
+        )
+    log(f"method: {cfg.method} ({METHODS[cfg.method]})")
+    log(
+        f"regularizers: token mask {cfg.regularizers.token_mask}, self-conditioning {sc_p}, "
+        + (
+            f"prior preservation {len(prior)} videos x weight {cfg.regularizers.prior_weight}"
+            if prior is not None
+            else "no prior preservation"
+        )
+    )
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     ctx.on_sample = _sampler(ctx, frames, h, w)
     try:
@@ -297,6 +426,9 @@ def train(
     written = [export_file(lora, "diffusers", run_dir / "lora_diffusers.safetensors")]
     if bb.info.name == "wan":  # ComfyUI knows the original Wan layout; the toy model has no ComfyUI loader
         written.append(export_file(lora, "comfyui", run_dir / "lora_comfyui.safetensors"))
+    if emb is not None:
+        written += save_embeddings(run_dir, emb)
+        emb.remove()
     log(f"wrote {run_dir / 'setseq.safetensors'} and {', '.join(p.name for p in written)}")
     return run_dir
 

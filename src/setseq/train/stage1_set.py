@@ -2,7 +2,11 @@
 
 Each sample is one frame encoded as a 1-frame video, drawn shuffled (without replacement within an epoch)
 from every frame of the clip, with the T_static prompt. DropConnect p = stage1.dropconnect (0.8) masks the
-identity coefficients; token masking drops prompt tokens.
+identity coefficients; token masking drops prompt tokens. With prior preservation on, each micro-batch is
+followed by as many frames of the base model's class videos (`setseq.train.prior`).
+
+The one-stage baselines of `setseq.train.methods` run here too: DreamBooth-LoRA and LoRA-1 on the clip with
+T_motion, DreamMix alternating frames (even steps) and the clip (odd steps).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import torch
 
 from setseq import lora as L
 from setseq.train import checkpoint as C
-from setseq.train.loop import Batch, StageContext, run_stage
+from setseq.train.loop import Batch, StageContext, run_stage, stack_prompts, stitched_batch, with_prior
 
 
 def frame_order(seed: int, epoch: int, n: int) -> torch.Tensor:
@@ -21,16 +25,42 @@ def frame_order(seed: int, epoch: int, n: int) -> torch.Tensor:
 
 def train_stage1(ctx: StageContext, resume: C.Checkpoint | None = None) -> list[float]:
     sc = ctx.cfg.stage1
-    frames = ctx.data.set_latents  # (N, C, 1, h, w)
-    n = frames.shape[0]
+    concepts = ctx.concepts or [ctx.data]  # several in a multi-concept run, sampled in turn
+    n_c = len(concepts)
+    n = concepts[0].set_latents.shape[0]  # frames per concept, (N, C, 1, h, w) each
     micro = sc.micro_batch or sc.batch_size
     seed = ctx.cfg.train.seed
+    method = ctx.cfg.method
+    on_clip_always = method in ("dreambooth", "lora1", "textual_inversion")
 
     def make_batch(step: int, k: int, gen: torch.Generator) -> Batch:
-        # Global sample positions of this micro-batch, mapped through each epoch's permutation.
+        on_clip = on_clip_always or (method == "dreammix" and step % 2 == 1)
+        if ctx.stitched and float(torch.rand((), generator=gen)) < ctx.cfg.multi.stitch_rate:
+            return stitched_batch(ctx.stitched, micro, gen, clip=on_clip)
+        # Global sample positions of this micro-batch: concept = position mod the number of concepts, and
+        # each concept's own positions are mapped through each epoch's permutation of its frames.
         pos = [step * sc.batch_size + k * micro + i for i in range(micro)]
-        idx = [int(frame_order(seed, p // n, n)[p % n]) for p in pos]
-        return Batch(frames[idx], ctx.data.static.expand(micro))
+        which = [p % n_c for p in pos]
+        own = [p // n_c for p in pos]
+        texts = [ctx.texts[c][1 if on_clip else 0] for c in which] if ctx.texts else None
+        if on_clip:  # one-stage baselines train on the video itself
+            batch = Batch(
+                torch.cat([concepts[c].clip_latents for c in which]),
+                stack_prompts([concepts[c].motion for c in which]),
+                texts=texts,
+            )
+        else:
+            idx = [int(frame_order(seed, q // n, n)[q % n]) for q in own]
+            batch = Batch(
+                torch.cat([concepts[c].set_latents[i : i + 1] for c, i in zip(which, idx)]),
+                stack_prompts([concepts[c].static for c in which]),
+                texts=texts,
+            )
+        if ctx.prior is not None:  # prior preservation: as many base-model samples, with their class prompts
+            lat, prompt = ctx.prior.clips(micro, gen) if on_clip else ctx.prior.frames(micro, gen)
+            batch = with_prior(batch, lat, prompt, ctx.cfg.regularizers.prior_weight)
+        return batch
 
-    params = L.set_stage(ctx.backbone.transformer, 1, sc.dropconnect)
+    # textual inversion trains no LoRA at all, only the token embeddings (ctx.embeddings)
+    params = L.set_stage(ctx.backbone.transformer, 0 if method == "textual_inversion" else 1, sc.dropconnect)
     return run_stage(ctx, 1, sc, params, make_batch, resume)

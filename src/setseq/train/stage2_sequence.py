@@ -2,7 +2,9 @@
 ordered clip, with the T_motion prompt (T_static + "in [u] motion" + action and camera words).
 
 Only the residual (zero-initialised, so training starts exactly at the stage-1 model) is trainable;
-DropConnect p = stage2.dropconnect (0.5) masks it. The identity tensors stay bit-identical.
+DropConnect p = stage2.dropconnect (0.5) masks it. The identity tensors stay bit-identical. In a
+multi-concept run every concept's clip is used in turn (one motion residual for all), and with probability
+`multi.stitch_rate` a step trains on two concepts' clips stitched side by side instead.
 """
 
 from __future__ import annotations
@@ -11,17 +13,37 @@ import torch
 
 from setseq import lora as L
 from setseq.train import checkpoint as C
-from setseq.train.loop import Batch, StageContext, run_stage
+from setseq.train.loop import Batch, StageContext, run_stage, stack_prompts, stitched_batch, with_prior
 
 
 def train_stage2(ctx: StageContext, resume: C.Checkpoint | None = None) -> list[float]:
     sc = ctx.cfg.stage2
-    clip = ctx.data.clip_latents  # (1, C, f, h, w)
+    concepts = ctx.concepts or [ctx.data]  # several in a multi-concept run, sampled in turn
     micro = sc.micro_batch or sc.batch_size
 
     def make_batch(step: int, k: int, gen: torch.Generator) -> Batch:
-        # One video: the batch is the same clip under independent noise, timesteps and token masks.
-        return Batch(clip.expand(micro, -1, -1, -1, -1), ctx.data.motion.expand(micro))
+        if ctx.stitched and float(torch.rand((), generator=gen)) < ctx.cfg.multi.stitch_rate:
+            return stitched_batch(ctx.stitched, micro, gen, clip=True)
+        # One video per concept: the batch is the clip(s) under independent noise, timesteps and token masks.
+        idx = [(step * sc.batch_size + k * micro + i) % len(concepts) for i in range(micro)]
+        which = [concepts[c] for c in idx]
+        texts = [ctx.texts[c][1] for c in idx] if ctx.texts else None
+        if len(concepts) == 1:
+            batch = Batch(
+                which[0].clip_latents.expand(micro, -1, -1, -1, -1),
+                which[0].motion.expand(micro),
+                texts=texts,
+            )
+        else:
+            batch = Batch(
+                torch.cat([c.clip_latents for c in which]),
+                stack_prompts([c.motion for c in which]),
+                texts=texts,
+            )
+        if ctx.prior is not None:  # prior preservation: as many base-model class videos
+            lat, prompt = ctx.prior.clips(micro, gen)
+            batch = with_prior(batch, lat, prompt, ctx.cfg.regularizers.prior_weight)
+        return batch
 
     params = L.set_stage(ctx.backbone.transformer, 2, sc.dropconnect)
     return run_stage(ctx, 2, sc, params, make_batch, resume)

@@ -1,0 +1,274 @@
+"""`setseq bench`: the method and its baselines x a suite of dynamic concepts x seeds, on the toy world.
+
+For every (method, concept, seed): personalize the toy model with the demo recipe (`assets/toy-demo.yaml`)
+in that method's mode (`setseq.train.methods`), generate the concept reproduced and three edits (new
+background, new motion, new context: the demo's shots), and score them with the toy world's detectors. The
+columns stand in for the paper's table: MSE to the reference frames, appearance fidelity (for ID), edit
+adherence (for C-T), temporal consistency (TC), plus motion fidelity (trajectory similarity). Every figure is
+a mean +- standard deviation over concepts x seeds. Outputs in `--out`: `bench.json` (every run and the
+summary), `bench.md` (the table and the checks) and each run's videos.
+
+A suite is a JSON file `{name: {"file": mp4 relative to the file, "shape": class word, "caption": ...}}`;
+the default is the 10 concepts shipped in `assets/concepts/`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from setseq.errors import SetseqError
+from setseq.io import atomic_path, write_json
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEFAULT_SUITE = ASSETS / "concepts" / "concepts.json"
+COLUMNS = ("mse", "appearance", "edit", "tc", "motion")
+HIGHER_IS_BETTER = {"mse": False, "appearance": True, "edit": True, "tc": True, "motion": True}
+
+
+@dataclass
+class Concept:
+    name: str
+    video: Path
+    shape: str
+    caption: str
+
+
+def load_suite(path: str | Path | None = None, names: list[str] | None = None) -> list[Concept]:
+    """The concepts of a suite file, checked: every video exists; `names` picks and orders a subset."""
+    path = Path(path) if path else DEFAULT_SUITE
+    if not path.is_file():
+        raise SetseqError(f"concept suite {path} does not exist", "pass --suite FILE.json")
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SetseqError(f"concept suite {path} is not valid JSON ({exc})", "fix the file") from None
+    if not isinstance(index, dict) or not index:
+        raise SetseqError(
+            f"concept suite {path} holds no concepts", 'write {"name": {"file": ..., "shape": ...}}'
+        )
+    concepts = []
+    for name in names or list(index):
+        if name not in index:
+            raise SetseqError(
+                f"concept {name!r} is not in the suite {path}", f"use one of: {', '.join(index)}"
+            )
+        entry = index[name]
+        if not isinstance(entry, dict) or "file" not in entry or "shape" not in entry:
+            raise SetseqError(f"concept {name!r} in {path} needs 'file' and 'shape'", "fix the suite file")
+        from setseq.data.synthetic import CONCEPTS
+
+        if name not in CONCEPTS:  # the edit shots and their scores need the concept's true attributes
+            raise SetseqError(
+                f"concept {name!r} of the suite {path} is not a toy-world concept with known ground truth",
+                f"name concepts after setseq.data.synthetic.CONCEPTS: {', '.join(sorted(CONCEPTS))}",
+            )
+        video = path.parent / entry["file"]
+        if not video.is_file():
+            raise SetseqError(
+                f"concept {name!r} of the suite {path}: its video {video} is missing",
+                "restore the file or remove the concept from the suite",
+            )
+        concepts.append(Concept(name, video, str(entry["shape"]), str(entry.get("caption", ""))))
+    return concepts
+
+
+def _score(run_dir: Path, concept: Concept, model: str, gen_steps: int | None, out: Path, log) -> dict:
+    from setseq.data.synthetic import CONCEPTS
+    from setseq.data.video import from_tensor, load_clip, write_video
+    from setseq.demo import shots
+    from setseq.eval import toy_metrics as M
+    from setseq.infer.generate import GenerateOptions, Personalized
+
+    pm = Personalized.load(run_dir, log=lambda s: None)
+    meta = pm.lora.meta if pm.lora is not None else {}
+    token, motion_token = str(meta.get("token", "sks")), str(meta.get("motion_token", "zwx"))
+    reference = load_clip(concept.video, frames=9).frames
+    spec = CONCEPTS[concept.name]  # (load_suite checked it is a toy-world concept)
+    plan = {s.name: s for s in shots(token, motion_token, concept.shape, concept.caption, spec)}
+    videos = {}
+    for name in ("reproduced", "edit_background", "edit_motion", "edit_context"):
+        s = plan[name]
+        opts = GenerateOptions(
+            identity_scale=s.identity_scale, motion_scale=s.motion_scale, steps=gen_steps, seed=0
+        )
+        videos[name] = from_tensor(pm.generate(s.prompt, opts))
+        write_video(out / f"{name}.mp4", videos[name], fps=8.0)
+    rep = videos["reproduced"]
+    edits = [
+        M.edit_adherence(videos[n], plan[n].requested)
+        for n in ("edit_background", "edit_motion", "edit_context")
+    ]
+    return {
+        "mse": M.mse(rep, reference),
+        "appearance": M.appearance_fidelity(rep, reference),
+        "edit": float(np.mean(edits)),
+        "tc": M.temporal_consistency(rep),
+        "motion": float(M.motion_fidelity(rep, reference)["similarity"]),
+    }
+
+
+def summarize(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
+    """{method: {column: {"mean", "std", "n"}}} over every (concept, seed) row of each method."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        out[method] = {}
+        for c in COLUMNS:
+            vals = np.array([r[c] for r in mine], dtype=float)
+            vals = vals[np.isfinite(vals)]
+            out[method][c] = {
+                "mean": float(vals.mean()) if vals.size else float("nan"),
+                "std": float(vals.std()) if vals.size else float("nan"),
+                "n": int(vals.size),
+            }
+    return out
+
+
+def checks(summary: dict) -> list[tuple[str, bool | None]]:
+    """The issue's claims, checked (not forced): None where a method needed for a check was not run."""
+    res: list[tuple[str, bool | None]] = []
+    s, db = summary.get("setseq"), summary.get("dreambooth")
+    if s and db:
+        res.append(("setseq edit adherence > dreambooth's", s["edit"]["mean"] > db["edit"]["mean"]))
+        ok = s["appearance"]["mean"] >= 0.95 * db["appearance"]["mean"]
+        res.append(("setseq appearance fidelity within 5% of dreambooth's", ok))
+    one_stage = [m for m in ("dreambooth", "lora1", "dreammix") if m in summary]
+    if s and one_stage:
+        best = max(summary[m]["motion"]["mean"] for m in one_stage)
+        res.append(
+            (
+                f"setseq motion fidelity > every one-stage baseline's ({', '.join(one_stage)})",
+                s["motion"]["mean"] > best,
+            )
+        )
+    return res
+
+
+def table(summary: dict) -> str:
+    head = (
+        "| method | "
+        + " | ".join(f"{c} {'↓' if not HIGHER_IS_BETTER[c] else '↑'}" for c in COLUMNS)
+        + " | n |"
+    )
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
+    for method, cols in summary.items():
+        cells = [
+            f"{cols[c]['mean']:.4f} ± {cols[c]['std']:.4f}"
+            if c == "mse"
+            else f"{cols[c]['mean']:.3f} ± {cols[c]['std']:.3f}"
+            for c in COLUMNS
+        ]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {cols[COLUMNS[0]]['n']} |")
+    return "\n".join(lines)
+
+
+def run_bench(
+    out: str | Path,
+    *,
+    methods: list[str] | None = None,
+    concepts: list[str] | None = None,
+    seeds: int = 2,
+    quick: bool = False,
+    suite: str | Path | None = None,
+    model: str = "toy",
+    overrides: list[str] | None = None,
+    keep_runs: bool = False,
+    log=print,
+) -> dict[str, Any]:
+    """Run the bench into `out`; returns what `bench.json` holds."""
+    from setseq.config import resolve_config
+    from setseq.demo import DEMO_CONFIG
+    from setseq.train.methods import METHODS
+    from setseq.train.run import train
+
+    methods = methods or list(METHODS)
+    for m in methods:
+        if m not in METHODS:
+            raise SetseqError(f"unknown method {m!r}", f"use some of: {', '.join(METHODS)}")
+    if seeds < 1:
+        raise SetseqError(f"--seeds must be at least 1, got {seeds}")
+    suite_concepts = load_suite(suite, concepts)
+    if quick:
+        suite_concepts, seeds = suite_concepts[:2], 1
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    extra = list(overrides or [])
+    if quick:
+        extra = ["stage1.steps=4", "stage2.steps=4", *extra]
+    extra += ["train.tensorboard=false", "train.checkpoint_every=100000", "train.keep_checkpoints=1"]
+    gen_steps = 4 if quick else None
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    total = len(methods) * len(suite_concepts) * seeds
+    k = 0
+    for concept in suite_concepts:
+        for seed in range(seeds):
+            for method in methods:
+                k += 1
+                here = out / "runs" / method / f"{concept.name}-seed{seed}"
+                if here.exists():
+                    shutil.rmtree(here)
+                cfg = resolve_config(
+                    DEMO_CONFIG,
+                    {"data": {"video": str(concept.video)}},
+                    [
+                        f"method={method}",
+                        f"train.seed={seed}",
+                        f"concept.class_word={concept.shape}",
+                        f"model.path={model}",
+                        *extra,
+                    ],
+                )
+                t = time.perf_counter()
+                run_dir = train(cfg, here / "run", progress=False, log=lambda s: None)
+                scores = _score(run_dir, concept, model, gen_steps, here, log)
+                if not keep_runs:
+                    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+                    shutil.rmtree(run_dir / "cache", ignore_errors=True)
+                row = {
+                    "method": method,
+                    "concept": concept.name,
+                    "seed": seed,
+                    **scores,
+                    "seconds": round(time.perf_counter() - t, 1),
+                }
+                rows.append(row)
+                log(
+                    f"[{k}/{total}] {method:10s} {concept.name:24s} seed {seed}: "
+                    + " ".join(f"{c} {row[c]:.3f}" for c in COLUMNS)
+                    + f"  ({row['seconds']:.0f} s)"
+                )
+    summary = summarize(rows)
+    verdicts = checks(summary)
+    result = {
+        "quick": quick,
+        "model": model,
+        "methods": methods,
+        "concepts": [c.name for c in suite_concepts],
+        "seeds": seeds,
+        "overrides": extra,
+        "rows": rows,
+        "summary": summary,
+        "checks": [{"claim": c, "holds": v} for c, v in verdicts],
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    write_json(out / "bench.json", result)
+    text = [
+        f"setseq bench: {len(methods)} methods x {len(suite_concepts)} concepts x {seeds} seeds"
+        f"{' (quick)' if quick else ''}, {result['seconds']:.0f} s",
+        "",
+        table(summary),
+        "",
+        *(f"- {c}: {'yes' if v else 'no'}" for c, v in verdicts),
+    ]
+    with atomic_path(out / "bench.md") as tmp:
+        tmp.write_text("\n".join(text) + "\n")
+    log("\n".join(text))
+    return result

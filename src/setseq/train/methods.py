@@ -1,0 +1,60 @@
+"""The method and the paper's baselines, as training modes of the same tool (`method=` in the config).
+
+Every mode trains the same LoRA layer (`setseq.lora`) with the same loop, data cache, checkpoints and
+outputs; a mode only changes which stages run, on what data, and which regularizers are on. What a mode
+changes is applied to the run's config when training starts (`effective_config`); `config.yaml` keeps what
+the user asked for, so a resumed run resolves to the same thing.
+
+| method | stages | data | trainable | regularizers |
+|---|---|---|---|---|
+| setseq | 1 then 2 | frames, then the clip | identity (basis + coefficients), then the motion residual | all configured |
+| dreambooth | one | the clip, T_motion | identity (a plain LoRA) for stage1 + stage2 steps | prior only |
+| lora1 | one | as dreambooth | as dreambooth, rank 1 | prior only |
+| two_stage | 1 then 2 | as setseq | as setseq | none (no DropConnect, token masking, self-conditioning, prior) |
+| dreammix | one | alternating steps: frames (T_static) and the clip (T_motion) | identity | prior only |
+| textual_inversion | one | the clip, T_motion | the two tokens' embeddings only (lr = stage1.lr), no LoRA | prior only |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from setseq.errors import SetseqError
+
+METHODS: dict[str, str] = {
+    "setseq": "Set-and-Sequence: identity on the frames, then a motion residual on the clip",
+    "dreambooth": "DreamBooth-LoRA: one LoRA trained on the video in one stage",
+    "lora1": "DreamBooth-LoRA with rank 1 (the paper's LoRA-1)",
+    "two_stage": "the two stages without regularization",
+    "dreammix": "DreamMix-style: one stage, alternating single frames and the clip",
+    "textual_inversion": "textual inversion: only the concept tokens' embeddings, on the video",
+}
+ONE_STAGE = ("dreambooth", "lora1", "dreammix", "textual_inversion")
+
+
+def effective_config(cfg):
+    """The config the recipes run with for `cfg.method` (a new object; `cfg` is not changed)."""
+    if cfg.method not in METHODS:
+        raise SetseqError(f"unknown method {cfg.method!r}", f"use one of: {', '.join(METHODS)}")
+    if cfg.method == "setseq":
+        return cfg
+    rep = dataclasses.replace
+    if cfg.method == "two_stage":
+        return rep(
+            cfg,
+            stage1=rep(cfg.stage1, dropconnect=0.0),
+            stage2=rep(cfg.stage2, dropconnect=0.0),
+            regularizers=rep(cfg.regularizers, token_mask=0.0, self_conditioning=0.0, prior_videos=0),
+        )
+    # one-stage baselines: the whole step budget in stage 1, no stage 2
+    out = rep(
+        cfg,
+        stage1=rep(cfg.stage1, steps=cfg.stage1.steps + cfg.stage2.steps, dropconnect=0.0),
+        stage2=rep(cfg.stage2, steps=0),
+        regularizers=rep(cfg.regularizers, token_mask=0.0, self_conditioning=0.0),
+    )
+    if cfg.method == "lora1":
+        out = rep(out, lora=rep(cfg.lora, rank=1, alpha=1.0))
+    if cfg.method == "textual_inversion":
+        out = rep(out, concept=rep(cfg.concept, train_embedding=True, embedding_lr=cfg.stage1.lr))
+    return out

@@ -1,0 +1,149 @@
+"""Prior preservation: videos the base model itself generates for the class, reconstructed in both stages.
+
+The paper's first regularizer: besides the concept, each stage also denoises videos that the *frozen base
+model* generated from two-part class prompts ("A man in a blue t-shirt. He is walking in a park."), so the
+LoRA keeps what the model already knew about the class. They are generated once, before any LoRA is
+injected, encoded like the concept (every frame as a 1-frame latent for stage 1, the clip for stage 2) and
+cached in the run folder under a key of (model, prompts, count, size, frames, sampler settings).
+"""
+
+from __future__ import annotations
+
+import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from setseq.backbones.base import Backbone, PromptEmbeds
+from setseq.config import RunConfig
+from setseq.data.cache import cache_key, read_keyed
+from setseq.io import atomic_path
+
+
+def prior_prompts(cfg: RunConfig) -> list[str]:
+    """The class prompts: configured, or "a {class}." plus "the {class} is {action}." when there is one."""
+    rc, cc = cfg.regularizers, cfg.concept
+    if rc.prior_prompts:
+        return list(rc.prior_prompts)
+    text = f"a {cc.class_word}."
+    if cc.action:
+        text += f" the {cc.class_word} is {cc.action}."
+    return [text]
+
+
+class PriorData:
+    """The cached prior videos as latents. Video i was generated from prompts[i % len(prompts)].
+
+    set_latents:  (N * F, C, 1, h, w), every frame of every video as a 1-frame latent (stage 1).
+    clip_latents: (N, C, f, h, w), the videos (stage 2).
+    prompt:       (N, L, D) the embedding of each video's prompt.
+    """
+
+    def __init__(self, set_latents: torch.Tensor, clip_latents: torch.Tensor, prompt: PromptEmbeds) -> None:
+        self.set_latents, self.clip_latents, self.prompt = set_latents, clip_latents, prompt
+        self.frames_per_video = set_latents.shape[0] // clip_latents.shape[0]
+
+    def __len__(self) -> int:
+        return self.clip_latents.shape[0]
+
+    def _prompts(self, video_idx: list[int]) -> PromptEmbeds:
+        p = self.prompt
+        return PromptEmbeds(
+            p.embeds[video_idx], p.mask[video_idx], None if p.pooled is None else p.pooled[video_idx]
+        )
+
+    def frames(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, PromptEmbeds]:
+        """n random prior frames (n, C, 1, h, w) with their prompts, drawn from `gen`."""
+        idx = torch.randint(0, self.set_latents.shape[0], (n,), generator=gen).tolist()
+        return self.set_latents[idx], self._prompts([i // self.frames_per_video for i in idx])
+
+    def clips(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, PromptEmbeds]:
+        """n random prior videos (n, C, f, h, w) with their prompts, drawn from `gen`."""
+        idx = torch.randint(0, len(self), (n,), generator=gen).tolist()
+        return self.clip_latents[idx], self._prompts(idx)
+
+
+def _save(path, data: PriorData, canon: str) -> None:
+    t = {
+        "set_latents": data.set_latents.contiguous().cpu(),
+        "clip_latents": data.clip_latents.contiguous().cpu(),
+        "prompt.embeds": data.prompt.embeds.contiguous().cpu(),
+        "prompt.mask": data.prompt.mask.to(torch.uint8).contiguous().cpu(),
+    }
+    if data.prompt.pooled is not None:
+        t["prompt.pooled"] = data.prompt.pooled.contiguous().cpu()
+    with atomic_path(path) as tmp:
+        save_file(t, str(tmp), metadata={"setseq_cache_key": canon})
+
+
+def _load(path, canon: str) -> PriorData | None:
+    t = read_keyed(path, canon, "the prior cache")
+    if t is None:
+        return None
+    prompt = PromptEmbeds(t["prompt.embeds"], t["prompt.mask"].bool(), t.get("prompt.pooled"))
+    return PriorData(t["set_latents"], t["clip_latents"], prompt)
+
+
+def prepare_prior(
+    cfg: RunConfig,
+    bb: Backbone,
+    frames: int,
+    height: int,
+    width: int,
+    cache_dir,
+    log=print,
+    progress: bool = True,
+) -> PriorData | None:
+    """Generate (or read from the cache) the prior videos; None when prior preservation is off.
+
+    Must run before the LoRA is injected: the prior is the *base* model's."""
+    rc = cfg.regularizers
+    if rc.prior_videos == 0 or rc.prior_weight == 0:
+        return None
+    prompts = prior_prompts(cfg)
+    canon, short = cache_key(
+        {
+            "kind": "prior",
+            "backbone": bb.info.name,
+            "fingerprint": bb.info.fingerprint,
+            "model_id": bb.info.model_id,
+            "prompts": prompts,
+            "count": rc.prior_videos,
+            "frames": frames,
+            "size": [height, width],
+            "steps": rc.prior_steps,
+            "guidance_scale": cfg.train.guidance_scale,
+            "seed": cfg.train.seed,
+        }
+    )
+    path = cache_dir / f"prior-{short}.safetensors"
+    cached = _load(path, canon)
+    if cached is not None:
+        log(f"prior: reusing {rc.prior_videos} cached videos from {path}")
+        return cached
+    clips, sets, embeds = [], [], []
+    prompt_embeds = [bb.encode_prompt([p]) for p in prompts]
+    for i in tqdm(range(rc.prior_videos), desc="prior videos", disable=not progress, leave=False):
+        with torch.no_grad():
+            video = bb.generate(
+                prompts[i % len(prompts)],
+                frames=frames,
+                height=height,
+                width=width,
+                steps=rc.prior_steps,
+                guidance_scale=cfg.train.guidance_scale,
+                seed=cfg.train.seed * 100_003 + i,
+            )  # (F, 3, H, W) in [-1, 1]
+            clips.append(bb.encode_video(video.unsqueeze(0)).cpu())
+            sets.append(
+                torch.cat([bb.encode_video(video[j : j + 1].unsqueeze(0)).cpu() for j in range(frames)])
+            )
+        embeds.append(prompt_embeds[i % len(prompts)].to("cpu"))
+    prompt = PromptEmbeds(
+        torch.cat([e.embeds for e in embeds]),
+        torch.cat([e.mask for e in embeds]),
+        None if embeds[0].pooled is None else torch.cat([e.pooled for e in embeds]),
+    )
+    data = PriorData(torch.cat(sets), torch.cat(clips), prompt)
+    _save(path, data, canon)
+    log(f"prior: generated {rc.prior_videos} videos from {prompts} and cached them in {path}")
+    return data

@@ -1,0 +1,72 @@
+"""`setseq bench`: the quick mode end to end on the shipped toy model, the table maths, and bad suites."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from setseq.bench import checks, load_suite, summarize, table
+from setseq.cli import main
+from setseq.errors import SetseqError
+from setseq.train.methods import METHODS
+
+
+def test_bench_quick_runs_every_method_on_the_shipped_model(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", "--quick", "--out", str(out)]) == 0
+    result = json.loads((out / "bench.json").read_text())
+    assert result["quick"] and result["seeds"] == 1 and len(result["concepts"]) == 2
+    assert {r["method"] for r in result["rows"]} == set(METHODS)
+    assert len(result["rows"]) == len(METHODS) * 2
+    for r in result["rows"]:
+        assert 0.0 <= r["appearance"] <= 1.0 and 0.0 <= r["edit"] <= 1.0 and 0.0 <= r["tc"] <= 1.0
+        assert math.isfinite(r["mse"]) and r["mse"] >= 0.0
+        assert (out / "runs" / r["method"] / f"{r['concept']}-seed0" / "reproduced.mp4").is_file()
+    md = (out / "bench.md").read_text()
+    assert all(f"| {m} |" in md for m in METHODS) and "±" in md
+    assert [c["claim"] for c in result["checks"]][0].startswith("setseq edit adherence")
+
+
+def test_summary_is_mean_and_spread_per_method():
+    rows = [
+        {"method": "a", "mse": 0.1, "appearance": 1.0, "edit": 0.5, "tc": 0.9, "motion": 0.2},
+        {"method": "a", "mse": 0.3, "appearance": 0.0, "edit": 0.5, "tc": 0.7, "motion": float("nan")},
+        {"method": "b", "mse": 0.2, "appearance": 0.5, "edit": 1.0, "tc": 0.8, "motion": 0.4},
+    ]
+    s = summarize(rows)
+    assert s["a"]["mse"]["mean"] == pytest.approx(0.2) and s["a"]["mse"]["std"] == pytest.approx(0.1)
+    assert s["a"]["motion"] == {"mean": 0.2, "std": 0.0, "n": 1}  # a failed detection is left out, counted
+    assert "| a | 0.2000 ± 0.1000" in table(s)
+
+
+def test_checks_compare_setseq_with_the_baselines():
+    def cols(edit, app, motion):
+        return {
+            "edit": {"mean": edit},
+            "appearance": {"mean": app},
+            "motion": {"mean": motion},
+        }
+
+    v = dict(checks({"setseq": cols(0.8, 0.96, 0.9), "dreambooth": cols(0.5, 1.0, 0.95)}))
+    assert v == {
+        "setseq edit adherence > dreambooth's": True,
+        "setseq appearance fidelity within 5% of dreambooth's": True,
+        "setseq motion fidelity > every one-stage baseline's (dreambooth)": False,
+    }
+
+
+def test_suite_with_a_missing_video_is_refused(tmp_path):
+    suite = tmp_path / "suite.json"
+    suite.write_text(json.dumps({"red_star_bounce": {"file": "gone.mp4", "shape": "star"}}))
+    with pytest.raises(SetseqError, match="gone.mp4 is missing") as err:
+        load_suite(suite)
+    assert "\n" not in str(err.value)
+    assert main(["bench", "--quick", "--suite", str(suite), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_unknown_method_and_unknown_concept_are_refused(tmp_path):
+    with pytest.raises(SetseqError, match="not in the suite"):
+        load_suite(None, ["no_such_concept"])
+    assert main(["bench", "--methods", "setseq,magic", "--out", str(tmp_path / "o")]) == 2
