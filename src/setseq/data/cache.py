@@ -67,20 +67,44 @@ class EncodedConcept:
     key: str
 
 
+def encode_latents(bb, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames (F, 3, H, W) in [-1, 1] -> (every frame as a 1-frame latent (F, C, 1, h, w), the clip
+    (1, C, f, h, w)), on CPU: what stage 1 and stage 2 train on."""
+    with torch.no_grad():
+        set_lat = torch.cat([bb.encode_video(x[i : i + 1].unsqueeze(0)) for i in range(x.shape[0])])
+        clip_lat = bb.encode_video(x.unsqueeze(0))
+    return set_lat.cpu(), clip_lat.cpu()
+
+
+def prompt_tensors(name: str, prompt: PromptEmbeds) -> dict[str, torch.Tensor]:
+    """A prompt's tensors under `name.*` for a cache file (`prompt_from` reads them back)."""
+    t = {
+        f"{name}.embeds": prompt.embeds.contiguous().cpu(),
+        f"{name}.mask": prompt.mask.to(torch.uint8).contiguous().cpu(),
+    }
+    if prompt.pooled is not None:  # a second, pooled text embedding (HunyuanVideo's CLIP)
+        t[f"{name}.pooled"] = prompt.pooled.contiguous().cpu()
+    return t
+
+
+def prompt_from(t: dict[str, torch.Tensor], name: str) -> PromptEmbeds:
+    return PromptEmbeds(t[f"{name}.embeds"], t[f"{name}.mask"].bool(), t.get(f"{name}.pooled"))
+
+
+def write_keyed(path: Path, tensors: dict[str, torch.Tensor], canon_key: str) -> None:
+    """A cache file (temp file + rename) carrying its key, which `read_keyed` checks."""
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"setseq_cache_key": canon_key})
+
+
 def save_cache(path: Path, enc: EncodedConcept, canon_key: str) -> None:
     tensors = {
         "set_latents": enc.set_latents.contiguous().cpu(),
         "clip_latents": enc.clip_latents.contiguous().cpu(),
-        "static.embeds": enc.static.embeds.contiguous().cpu(),
-        "static.mask": enc.static.mask.to(torch.uint8).contiguous().cpu(),
-        "motion.embeds": enc.motion.embeds.contiguous().cpu(),
-        "motion.mask": enc.motion.mask.to(torch.uint8).contiguous().cpu(),
+        **prompt_tensors("static", enc.static),
+        **prompt_tensors("motion", enc.motion),
     }
-    for name, prompt in (("static", enc.static), ("motion", enc.motion)):
-        if prompt.pooled is not None:  # a second, pooled text embedding (HunyuanVideo's CLIP)
-            tensors[f"{name}.pooled"] = prompt.pooled.contiguous().cpu()
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"setseq_cache_key": canon_key})
+    write_keyed(path, tensors, canon_key)
 
 
 def read_keyed(path: Path, canon_key: str, what: str = "the cache file") -> dict[str, torch.Tensor] | None:
@@ -112,7 +136,7 @@ def load_cache(path: Path, canon_key: str, short_key: str) -> EncodedConcept | N
     return EncodedConcept(
         set_latents=t["set_latents"],
         clip_latents=t["clip_latents"],
-        static=PromptEmbeds(t["static.embeds"], t["static.mask"].bool(), t.get("static.pooled")),
-        motion=PromptEmbeds(t["motion.embeds"], t["motion.mask"].bool(), t.get("motion.pooled")),
+        static=prompt_from(t, "static"),
+        motion=prompt_from(t, "motion"),
         key=short_key,
     )

@@ -6,8 +6,8 @@ Two ways:
   its concept tokens;
 - a training-free weighted sum of separately trained runs: each run's update `dW_i = U_i D_i` (identity and
   motion at their scales) is added to the frozen weights as `W + sum_i w_i dW_i`. Fast (no training), at a
-  cost in quality: `scripts/compose_cost.py` measures each concept's fidelity under the sum against its own
-  run alone and against a joint run (BENCHMARKS.md).
+  cost in quality, which `scripts/compose_cost.py` measures: each concept's fidelity under the sum against its
+  own run alone and against a joint run.
 """
 
 from __future__ import annotations

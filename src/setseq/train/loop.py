@@ -54,11 +54,21 @@ def cat_prompts(a: PromptEmbeds, b: PromptEmbeds) -> PromptEmbeds:
 
 
 def stack_prompts(prompts: list[PromptEmbeds]) -> PromptEmbeds:
-    """Several prompt batches as one (same padded length)."""
+    """Several prompt batches as one (same padded length); one batch-1 prompt repeated is an expanded
+    view, not a copy (the single-concept hot path)."""
+    if all(p is prompts[0] for p in prompts) and prompts[0].embeds.shape[0] == 1:
+        return prompts[0].expand(len(prompts))
     out = prompts[0]
     for p in prompts[1:]:
         out = cat_prompts(out, p)
     return out
+
+
+def stack_latents(latents: list[torch.Tensor]) -> torch.Tensor:
+    """Several latent batches as one; one batch-1 tensor repeated is an expanded view, not a copy."""
+    if all(t is latents[0] for t in latents) and latents[0].shape[0] == 1:
+        return latents[0].expand(len(latents), *latents[0].shape[1:])
+    return torch.cat(latents)
 
 
 def stitched_batch(pairs: list[EncodedConcept], n: int, gen: torch.Generator, clip: bool) -> Batch:

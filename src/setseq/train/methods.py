@@ -30,6 +30,7 @@ METHODS: dict[str, str] = {
     "textual_inversion": "textual inversion: only the concept tokens' embeddings, on the video",
 }
 ONE_STAGE = ("dreambooth", "lora1", "dreammix", "textual_inversion")
+ON_CLIP = ("dreambooth", "lora1", "textual_inversion")  # one-stage modes that train on the clip every step
 
 
 def effective_config(cfg):

@@ -10,13 +10,12 @@ cached in the run folder under a key of (model, prompts, count, size, frames, sa
 from __future__ import annotations
 
 import torch
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from setseq.backbones.base import Backbone, PromptEmbeds
 from setseq.config import RunConfig
-from setseq.data.cache import cache_key, read_keyed
-from setseq.io import atomic_path
+from setseq.data.cache import cache_key, encode_latents, prompt_from, prompt_tensors, read_keyed, write_keyed
+from setseq.train.loop import stack_prompts
 
 
 def prior_prompts(cfg: RunConfig) -> list[str]:
@@ -63,24 +62,13 @@ class PriorData:
 
 
 def _save(path, data: PriorData, canon: str) -> None:
-    t = {
-        "set_latents": data.set_latents.contiguous().cpu(),
-        "clip_latents": data.clip_latents.contiguous().cpu(),
-        "prompt.embeds": data.prompt.embeds.contiguous().cpu(),
-        "prompt.mask": data.prompt.mask.to(torch.uint8).contiguous().cpu(),
-    }
-    if data.prompt.pooled is not None:
-        t["prompt.pooled"] = data.prompt.pooled.contiguous().cpu()
-    with atomic_path(path) as tmp:
-        save_file(t, str(tmp), metadata={"setseq_cache_key": canon})
+    tensors = {"set_latents": data.set_latents.contiguous(), "clip_latents": data.clip_latents.contiguous()}
+    write_keyed(path, tensors | prompt_tensors("prompt", data.prompt), canon)
 
 
 def _load(path, canon: str) -> PriorData | None:
     t = read_keyed(path, canon, "the prior cache")
-    if t is None:
-        return None
-    prompt = PromptEmbeds(t["prompt.embeds"], t["prompt.mask"].bool(), t.get("prompt.pooled"))
-    return PriorData(t["set_latents"], t["clip_latents"], prompt)
+    return None if t is None else PriorData(t["set_latents"], t["clip_latents"], prompt_from(t, "prompt"))
 
 
 def prepare_prior(
@@ -133,16 +121,11 @@ def prepare_prior(
                 guidance_scale=cfg.train.guidance_scale,
                 seed=cfg.train.seed * 100_003 + i,
             )  # (F, 3, H, W) in [-1, 1]
-            clips.append(bb.encode_video(video.unsqueeze(0)).cpu())
-            sets.append(
-                torch.cat([bb.encode_video(video[j : j + 1].unsqueeze(0)).cpu() for j in range(frames)])
-            )
+        frame_lat, clip_lat = encode_latents(bb, video)
+        sets.append(frame_lat)
+        clips.append(clip_lat)
         embeds.append(prompt_embeds[i % len(prompts)].to("cpu"))
-    prompt = PromptEmbeds(
-        torch.cat([e.embeds for e in embeds]),
-        torch.cat([e.mask for e in embeds]),
-        None if embeds[0].pooled is None else torch.cat([e.pooled for e in embeds]),
-    )
+    prompt = stack_prompts(embeds)
     data = PriorData(torch.cat(sets), torch.cat(clips), prompt)
     _save(path, data, canon)
     log(f"prior: generated {rc.prior_videos} videos from {prompts} and cached them in {path}")

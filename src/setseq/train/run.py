@@ -26,7 +26,15 @@ from setseq import __version__
 from setseq import lora as L
 from setseq.backbones.base import Backbone, load_backbone
 from setseq.config import MultiConfig, RunConfig, resolve_config
-from setseq.data.cache import EncodedConcept, cache_key, file_sha256, load_cache, save_cache, weights_stamp
+from setseq.data.cache import (
+    EncodedConcept,
+    cache_key,
+    encode_latents,
+    file_sha256,
+    load_cache,
+    save_cache,
+    weights_stamp,
+)
 from setseq.errors import SetseqError
 from setseq.export import check_compatible, export_file, load_setseq, save_setseq
 from setseq.io import remove_stale_temps, write_text
@@ -121,13 +129,10 @@ def encode_concept(
 
 def _encode_pixels(bb: Backbone, x: torch.Tensor, t_static: str, t_motion: str, key: str) -> EncodedConcept:
     """Frames (F, 3, H, W) in [-1, 1] -> every frame as a 1-frame latent, the clip, and both prompts."""
+    set_lat, clip_lat = encode_latents(bb, x)
     with torch.no_grad():
-        set_lat = torch.cat(
-            [bb.encode_video(x[i : i + 1].unsqueeze(0)) for i in range(x.shape[0])]
-        )  # (F, C, 1, h, w)
-        clip_lat = bb.encode_video(x.unsqueeze(0))  # (1, C, f, h, w)
         static, motion = bb.encode_prompt([t_static]), bb.encode_prompt([t_motion])
-    return EncodedConcept(set_lat.cpu(), clip_lat.cpu(), static.to("cpu"), motion.to("cpu"), key)
+    return EncodedConcept(set_lat, clip_lat, static.to("cpu"), motion.to("cpu"), key)
 
 
 def concept_config(cfg: RunConfig, index: int) -> RunConfig:
@@ -387,9 +392,10 @@ def train(
         emb = TokenEmbeddings(bb, [t for pair in pairs for t in pair], cfg.concept.embedding_lr)
         appearance, motion = list(range(0, 2 * len(pairs), 2)), list(range(1, 2 * len(pairs), 2))
         emb.stage_rows = {1: appearance + (motion if cfg.method in ONE_STAGE else []), 2: motion}
-        if ck is not None and DELTA_KEY in ck.lora():
+        saved = ck.lora().get(DELTA_KEY) if ck is not None else None
+        if saved is not None:  # resumed: the offsets as checkpointed
             with torch.no_grad():
-                emb.delta.copy_(ck.lora()[DELTA_KEY])
+                emb.delta.copy_(saved)
         log(f"token embeddings: learning {', '.join(emb.tokens)} at lr {emb.lr}")
     ctx.embeddings = emb
     if len(concepts) > 1:

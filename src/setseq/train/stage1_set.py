@@ -15,7 +15,16 @@ import torch
 
 from setseq import lora as L
 from setseq.train import checkpoint as C
-from setseq.train.loop import Batch, StageContext, run_stage, stack_prompts, stitched_batch, with_prior
+from setseq.train.loop import (
+    Batch,
+    StageContext,
+    run_stage,
+    stack_latents,
+    stack_prompts,
+    stitched_batch,
+    with_prior,
+)
+from setseq.train.methods import ON_CLIP
 
 
 def frame_order(seed: int, epoch: int, n: int) -> torch.Tensor:
@@ -31,7 +40,7 @@ def train_stage1(ctx: StageContext, resume: C.Checkpoint | None = None) -> list[
     micro = sc.micro_batch or sc.batch_size
     seed = ctx.cfg.train.seed
     method = ctx.cfg.method
-    on_clip_always = method in ("dreambooth", "lora1", "textual_inversion")
+    on_clip_always = method in ON_CLIP
 
     def make_batch(step: int, k: int, gen: torch.Generator) -> Batch:
         on_clip = on_clip_always or (method == "dreammix" and step % 2 == 1)
@@ -45,7 +54,7 @@ def train_stage1(ctx: StageContext, resume: C.Checkpoint | None = None) -> list[
         texts = [ctx.texts[c][1 if on_clip else 0] for c in which] if ctx.texts else None
         if on_clip:  # one-stage baselines train on the video itself
             batch = Batch(
-                torch.cat([concepts[c].clip_latents for c in which]),
+                stack_latents([concepts[c].clip_latents for c in which]),
                 stack_prompts([concepts[c].motion for c in which]),
                 texts=texts,
             )

@@ -13,7 +13,15 @@ import torch
 
 from setseq import lora as L
 from setseq.train import checkpoint as C
-from setseq.train.loop import Batch, StageContext, run_stage, stack_prompts, stitched_batch, with_prior
+from setseq.train.loop import (
+    Batch,
+    StageContext,
+    run_stage,
+    stack_latents,
+    stack_prompts,
+    stitched_batch,
+    with_prior,
+)
 
 
 def train_stage2(ctx: StageContext, resume: C.Checkpoint | None = None) -> list[float]:
@@ -28,18 +36,11 @@ def train_stage2(ctx: StageContext, resume: C.Checkpoint | None = None) -> list[
         idx = [(step * sc.batch_size + k * micro + i) % len(concepts) for i in range(micro)]
         which = [concepts[c] for c in idx]
         texts = [ctx.texts[c][1] for c in idx] if ctx.texts else None
-        if len(concepts) == 1:
-            batch = Batch(
-                which[0].clip_latents.expand(micro, -1, -1, -1, -1),
-                which[0].motion.expand(micro),
-                texts=texts,
-            )
-        else:
-            batch = Batch(
-                torch.cat([c.clip_latents for c in which]),
-                stack_prompts([c.motion for c in which]),
-                texts=texts,
-            )
+        batch = Batch(
+            stack_latents([c.clip_latents for c in which]),
+            stack_prompts([c.motion for c in which]),
+            texts=texts,
+        )
         if ctx.prior is not None:  # prior preservation: as many base-model class videos
             lat, prompt = ctx.prior.clips(micro, gen)
             batch = with_prior(batch, lat, prompt, ctx.cfg.regularizers.prior_weight)
