@@ -1,7 +1,13 @@
 """Train the toy text-to-video model from scratch on the synthetic world (CPU, wall-clock budgeted).
 
     python scripts/train_toy_vae.py --out /tmp/toy_vae --minutes 22          # first: the codec
-    python scripts/train_toy.py --out src/setseq/assets/toy --vae /tmp/toy_vae --minutes 75
+    python scripts/train_toy.py --out /tmp/toy_p1 --vae /tmp/toy_vae --minutes 62 --layers 8 --text-layers 3 \
+        --pool 3072                                                          # then: DiT phase 1
+    python scripts/train_toy.py --out src/setseq/assets/toy --vae /tmp/toy_vae --init-from /tmp/toy_p1 \
+        --text-pretrain-minutes 2 --minutes 55 --layers 8 --text-layers 3 --lr 7e-4 --warmup-minutes 1 --pool 3072
+
+(the shipped model's exact commands and logs: BENCHMARKS.md). `--text-pretrain-minutes` first trains a fresh
+text encoder on caption parsing and freezes it (see `pretrain_text_encoder`).
 
 With `--vae` (the shipped model) the DiT learns on VAE latents: a pool of clips and of single frames is rendered
 and encoded once (posterior mean and std; each draw samples the posterior), and a slice of it is re-rendered
@@ -32,6 +38,7 @@ import numpy as np
 import torch
 
 from setseq.backbones.toy import (
+    IDENTIFIER_TOKENS,
     ToyBackbone,
     add_coordinate_channels,
     build_toy_components,
@@ -70,6 +77,12 @@ def parse_args() -> argparse.Namespace:
         "--freeze-text", action="store_true", help="keep the random UMT5 frozen (default: train it)"
     )
     p.add_argument("--init-from", default=None, help="start from this toy model folder (weights + config)")
+    p.add_argument(
+        "--text-pretrain-minutes",
+        type=float,
+        default=0.0,
+        help="first train a fresh text encoder on caption parsing for this long, then freeze it (0: off)",
+    )
     p.add_argument(
         "--vae", default=None, help="trained toy VAE folder (scripts/train_toy_vae.py): codec 'vae'"
     )
@@ -216,6 +229,102 @@ class LatentPool:
         return x0, caps
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Text encoder pre-training: caption parsing (which colour is the sprite's and which the background's)
+# ---------------------------------------------------------------------------------------------------------
+
+IGNORE = -100
+PARSE_FIELDS = {
+    "colour": tuple(S.COLOURS),
+    "pattern": tuple(S.PATTERNS),
+    "shape": tuple(S.SHAPES),
+    "family": tuple(S.MOTION_FAMILIES),
+    "direction": ("none", *S.DIRECTIONS),
+    "dynamics": tuple(S.DYNAMICS),
+    "bg_colour": tuple(S.BG_COLOURS),
+    "bg_pattern": tuple(S.BG_PATTERNS),
+}
+
+
+def parse_example(rng: np.random.Generator) -> tuple[str, dict[str, int]]:
+    """A caption and its parse, in the forms the recipes use: the full grammar, and with identifier tokens
+    standing in for the colour ("a sks star") or the motion ("in zwx motion"), or with no background clause.
+    A field the caption does not state is IGNORE."""
+    spec = S.sample_spec(rng, allow_held_out=False, simple=bool(rng.random() < 0.5))
+    a, m = spec.appearance, spec.motion
+    labels = {
+        "colour": PARSE_FIELDS["colour"].index(a.colour),
+        "pattern": PARSE_FIELDS["pattern"].index(a.pattern),
+        "shape": PARSE_FIELDS["shape"].index(a.shape),
+        "family": PARSE_FIELDS["family"].index(m.family),
+        "direction": PARSE_FIELDS["direction"].index(m.direction or "none"),
+        "dynamics": PARSE_FIELDS["dynamics"].index(m.dynamics),
+        "bg_colour": PARSE_FIELDS["bg_colour"].index(a.bg_colour),
+        "bg_pattern": PARSE_FIELDS["bg_pattern"].index(a.bg_pattern),
+    }
+    ids = list(IDENTIFIER_TOKENS)
+    colour = a.colour
+    if rng.random() < 0.25:  # "a sks star": the identifier replaces colour and pattern
+        colour = ids[int(rng.integers(len(ids)))]
+        labels["colour"] = labels["pattern"] = IGNORE
+    pattern = S._PATTERN_WORD[a.pattern] if labels["pattern"] != IGNORE else None
+    motion = S.motion_phrase(m)
+    if rng.random() < 0.25:  # "in zwx motion"
+        motion = f"in {ids[int(rng.integers(len(ids)))]} motion"
+        labels["family"] = labels["direction"] = labels["dynamics"] = IGNORE
+    words = ["a", colour, *([pattern] if pattern else []), a.shape, motion]
+    if rng.random() < 0.15:  # no background clause
+        labels["bg_colour"] = labels["bg_pattern"] = IGNORE
+    else:
+        bgp = S._BG_PATTERN_WORD[a.bg_pattern]
+        words += ["on", "a", a.bg_colour, *([bgp] if bgp else []), "background"]
+    return " ".join(words), labels
+
+
+def pretrain_text_encoder(model: ToyBackbone, rng: np.random.Generator, minutes: float, log) -> None:
+    """Train `model.text_encoder` so that every token's output states the whole parse (one linear head per
+    field) and still names its own word (a vocabulary head), then freeze it. A from-scratch encoder trained only
+    through the DiT's loss learns which colours a caption holds but not which is the sprite's: the samples
+    swap sprite and background colours. Parsing is what a pretrained language encoder brings to a real model."""
+    enc = model.text_encoder
+    d = int(enc.config.d_model)
+    vocab = int(enc.config.vocab_size)
+    heads = torch.nn.ModuleDict({k: torch.nn.Linear(d, len(v)) for k, v in PARSE_FIELDS.items()})
+    heads["word"] = torch.nn.Linear(d, vocab)
+    enc.train()
+    params = list(enc.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.01)
+    start, step = time.time(), 0
+    while time.time() - start < minutes * 60.0:
+        examples = [parse_example(rng) for _ in range(128)]
+        ids, mask = model.tokenize([c for c, _ in examples])
+        hidden = enc(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, L, D)
+        real = mask.bool()
+        h = hidden[real]  # (N, D): every real token
+        per_row = real.sum(1)
+        loss = torch.nn.functional.cross_entropy(heads["word"](h), ids[real])
+        acc = {}
+        for k in PARSE_FIELDS:
+            target = torch.tensor([lab[k] for _, lab in examples]).repeat_interleave(per_row)
+            logits = heads[k](h)
+            loss = loss + torch.nn.functional.cross_entropy(logits, target, ignore_index=IGNORE)
+            keep = target != IGNORE
+            acc[k] = float((logits.argmax(-1)[keep] == target[keep]).float().mean())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % 50 == 0:
+            log(
+                f"text pretrain step {step}  loss {loss.item():.4f}  token accuracy "
+                + " ".join(f"{k} {v:.3f}" for k, v in acc.items()),
+                {"event": "text_pretrain", "step": step, "loss": loss.item(), "accuracy": acc},
+            )
+    enc.eval()
+    enc.requires_grad_(False)
+    log(f"text encoder pre-trained: {step} steps in {(time.time() - start) / 60:.1f} min, frozen")
+
+
 def lr_at(elapsed: float, budget: float, args: argparse.Namespace) -> float:
     warm = args.warmup_minutes * 60.0
     if elapsed < warm:
@@ -280,10 +389,16 @@ def main() -> None:
         comps = build_toy_components(cfg, seed=args.seed)
     if args.vae:
         comps.vae = vae
+    if args.text_pretrain_minutes > 0:  # a fresh encoder, even when the DiT starts from --init-from
+        fresh = build_toy_components(comps.config, seed=args.seed + 1)
+        comps.text_encoder, comps.tokenizer = fresh.text_encoder, fresh.tokenizer
     model = ToyBackbone(comps, model_id=str(out), freeze=False)
     model.vae.requires_grad_(False) if model.vae is not None else None
     model.transformer.train()
     model.text_encoder.train()
+    if args.text_pretrain_minutes > 0:
+        pretrain_text_encoder(model, rng, args.text_pretrain_minutes, log)
+        args.freeze_text = True
     if args.freeze_text:
         model.text_encoder.requires_grad_(False)
     params = [p for m in (model.transformer, model.text_encoder) for p in m.parameters() if p.requires_grad]

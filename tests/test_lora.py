@@ -152,3 +152,44 @@ def test_inject_errors():
     L.inject(m, L.LoraSpec(4, 4, "down", (r"to_q$",)))
     with pytest.raises(SetseqError, match="already carries"):
         L.inject(m, L.LoraSpec(4, 4, "down", (r"to_q$",)))
+
+
+@pytest.mark.parametrize("basis", ["down", "up"])
+@pytest.mark.parametrize("stage", [1, 2])
+def test_fused_path_matches_per_token_values_and_gradients(basis, stage):
+    """The one-matmul path (W + U D) x gives the per-token path's output and gradients (x, U, D, residual),
+    with this step's DropConnect mask; `auto` switches on the token count."""
+    results = {}
+    for path in ("per_token", "fused"):
+        m, layers = make(basis)
+        torch.manual_seed(1)
+        for layer in layers.values():
+            for p in (layer.down, layer.up, layer.motion):
+                p.data.normal_(std=0.3)
+        params = L.set_stage(m, stage, dropconnect=0.5)
+        L.set_path(m, path)
+        m.train()
+        L.draw_masks(m, torch.Generator().manual_seed(3))
+        x = torch.randn(3, 7, 16, generator=torch.Generator().manual_seed(4), requires_grad=True)
+        out = m(x)
+        (out**2).sum().backward()
+        results[path] = (out.detach(), x.grad.clone(), [p.grad.clone() for p in params])
+    (o1, gx1, gp1), (o2, gx2, gp2) = results["per_token"], results["fused"]
+    assert len(gp1) == len(gp2) == (8 if stage == 1 else 4)
+    for a, b in [(o1, o2), (gx1, gx2), *zip(gp1, gp2)]:
+        scale = float(a.abs().max())
+        assert scale > 0
+        assert float((b - a).abs().max()) <= 1e-5 * scale  # float32 rounding of a different summation order
+
+
+def test_auto_path_switches_on_token_count(monkeypatch):
+    m, layers = make("down")
+    calls = []
+    monkeypatch.setattr(L._FusedLinear, "apply", lambda *a: calls.append(1) or a[1].new_zeros(()))
+    lay = layers["0.to_q"]
+    lay(torch.randn(L.FUSED_MIN_TOKENS - 1, 16))
+    assert not calls
+    lay(torch.randn(2, L.FUSED_MIN_TOKENS // 2, 16))
+    assert len(calls) == 1
+    with pytest.raises(SetseqError, match="lora.path"):
+        L.set_path(m, "fast")  # type: ignore[arg-type]

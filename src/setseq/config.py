@@ -106,10 +106,15 @@ class LoraConfig:
     alpha: float | None = None  # None: alpha = rank (scale 1)
     basis: str = "down"  # down: basis = down-projection, coefficients = up; up: the reverse
     targets: list[str] | None = None  # regexes on DiT module names; None: the backbone's default
+    # How the layer is applied: fused (one matmul with W + U D), per_token (W x + U D x, as peft), or auto
+    # (fused from lora.FUSED_MIN_TOKENS tokens per forward). Same values and gradients; speed differs.
+    path: str = "auto"
 
     def __post_init__(self) -> None:
         if self.rank < 1:
             raise ValueError(f"lora.rank must be >= 1, got {self.rank}")
+        if self.path not in ("auto", "fused", "per_token"):
+            raise ValueError(f"lora.path must be auto, fused or per_token, got {self.path!r}")
         if self.basis not in ("down", "up"):
             raise ValueError(f"lora.basis must be 'down' or 'up', got {self.basis!r}")
 

@@ -14,6 +14,18 @@ a fresh mask every training step (drawn once per step by `draw_masks`, so a forw
 gradient checkpointing sees the same one), and no mask at inference. The motion residual starts at zero,
 so stage 2 starts exactly at the stage-1 model.
 
+Two ways to apply the layer, same values and gradients (`lora.path`):
+
+    per-token  y = W x + U (D x)                       three matmuls over the tokens (peft's way)
+    fused      y = (W + U D) x                         one matmul over the tokens; U D formed once per step
+               backward (custom autograd): dx = g (W + U D), dU = g^T (x D^T), dD = (g U)^T x, each only
+               when needed; W + U D is re-formed in backward, never kept.
+
+The fused path skips the forward low-rank products and the (tokens, out) add; it pays (out, in, r) to form
+U D, so it pays off when the tokens far outnumber the features, which is every video DiT layer in training.
+`auto` picks fused when tokens >= FUSED_MIN_TOKENS (see BENCHMARKS.md for the measurement). In bf16 the sum
+W + U D is rounded to bf16, as diffusers' `fuse_lora` does; the gradients of U and D are computed in float32.
+
 A merged export keeps the same rank: basis down gives `U = s (s_id U1 + s_mot U2)`, `D = D1`; basis up gives
 `U = s U1`, `D = s_id D1 + s_mot D2` (alpha is folded into U so loaders need no alpha).
 """
@@ -34,6 +46,9 @@ from setseq.errors import SetseqError
 from setseq.functional.regularizers import dropconnect_mask
 
 Basis = Literal["down", "up"]
+Path = Literal["auto", "fused", "per_token"]
+#: `path: auto` uses the fused matmul from this many tokens per forward (batch x sequence) up.
+FUSED_MIN_TOKENS = 1024
 Stage = Literal[1, 2, 0]  # 0 = inference (nothing trainable, no mask)
 
 
@@ -70,6 +85,7 @@ class SetSeqLinear(nn.Module):
         self._keep: torch.Tensor | None = None
         self.merged = False
         self._merged_delta: torch.Tensor | None = None
+        self.path: Path = "auto"
         base.weight.requires_grad_(False)
         if base.bias is not None:
             base.bias.requires_grad_(False)
@@ -133,11 +149,13 @@ class SetSeqLinear(nn.Module):
         return u @ d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
         if self.merged or (self.identity_scale == 0.0 and self.motion_scale == 0.0):
-            return y
+            return self.base(x)
         u, d = self.factors()
-        # Per-token path: x (..., in) -> (..., r) -> (..., out); cheaper than forming dW when r << in.
+        if self.path == "fused" or (self.path == "auto" and x.numel() // x.shape[-1] >= FUSED_MIN_TOKENS):
+            return _FusedLinear.apply(x, self.base.weight, self.base.bias, u, d)
+        # Per-token path: x (..., in) -> (..., r) -> (..., out).
+        y = self.base(x)
         return y + F.linear(F.linear(x.to(d.dtype), d), u).to(y.dtype)
 
     @torch.no_grad()
@@ -166,6 +184,39 @@ class SetSeqLinear(nn.Module):
         return f"rank={self.rank}, alpha={self.alpha}, basis={self.basis}, stage={self.stage}"
 
 
+class _FusedLinear(torch.autograd.Function):
+    """y = x (W + U D)^T + b with W, b frozen; gradients for x, U, D as needed. See the module docstring."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, u, d):  # type: ignore[override]
+        ctx.save_for_backward(x, weight, u, d)
+        return F.linear(x, weight + (u @ d).to(weight.dtype), bias)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        x, weight, u, d = ctx.saved_tensors
+        need_x, _, _, need_u, need_d = ctx.needs_input_grad
+        gx = gu = gd = None
+        if need_x:
+            gx = g @ (weight + (u @ d).to(weight.dtype))
+        if need_u or need_d:
+            g2 = g.reshape(-1, g.shape[-1]).to(u.dtype)  # (N, out)
+            x2 = x.reshape(-1, x.shape[-1]).to(u.dtype)  # (N, in)
+            if need_u:
+                gu = g2.t() @ (x2 @ d.t())  # (out, r)
+            if need_d:
+                gd = (g2 @ u).t() @ x2  # (r, in)
+        return gx, None, None, gu, gd
+
+
+def set_path(model: nn.Module, path: Path) -> None:
+    """How every layer is applied: "fused", "per_token", or "auto" (fused from FUSED_MIN_TOKENS tokens)."""
+    if path not in ("auto", "fused", "per_token"):
+        raise SetseqError(f"lora.path must be auto, fused or per_token, got {path!r}", "set lora.path=auto")
+    for layer in get_layers(model).values():
+        layer.path = path
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Injection and stage control
 
@@ -176,6 +227,7 @@ class LoraSpec:
     alpha: float
     basis: Basis
     targets: tuple[str, ...]
+    path: Path = "auto"
 
 
 def find_targets(model: nn.Module, patterns: Iterable[str]) -> list[str]:
@@ -204,11 +256,16 @@ def inject(model: nn.Module, spec: LoraSpec, seed: int = 0) -> dict[str, SetSeqL
         p.requires_grad_(False)
     gen = torch.Generator().manual_seed(seed)
     layers: dict[str, SetSeqLinear] = {}
+    if spec.path not in ("auto", "fused", "per_token"):
+        raise SetseqError(
+            f"lora.path must be auto, fused or per_token, got {spec.path!r}", "set lora.path=auto"
+        )
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         base = getattr(parent, child)
         layer = SetSeqLinear(base, spec.rank, spec.alpha, spec.basis, generator=gen)
+        layer.path = spec.path
         setattr(parent, child, layer)
         layers[name] = layer
     return layers

@@ -206,8 +206,12 @@ def self_conditioning_p(cfg: RunConfig, bb: Backbone) -> float:
 
 def lora_spec(cfg: RunConfig, bb: Backbone) -> L.LoraSpec:
     return L.LoraSpec(
-        cfg.lora.rank, cfg.lora.scale_alpha, cfg.lora.basis, tuple(cfg.lora.targets or bb.info.lora_targets)
-    )  # type: ignore[arg-type]
+        cfg.lora.rank,
+        cfg.lora.scale_alpha,
+        cfg.lora.basis,  # type: ignore[arg-type]
+        tuple(cfg.lora.targets or bb.info.lora_targets),
+        cfg.lora.path,  # type: ignore[arg-type]
+    )
 
 
 def lora_metadata(
