@@ -239,6 +239,8 @@ class TrainConfig:
     gradient_checkpointing: bool = (
         False  # recompute DiT blocks in backward: less activation memory, more time
     )
+    # Before training: estimate each stage's peak memory and refuse a run that cannot fit the device.
+    memory_check: bool = True
 
     def __post_init__(self) -> None:
         for name in ("checkpoint_every", "log_every"):

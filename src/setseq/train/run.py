@@ -41,7 +41,7 @@ from setseq.io import remove_stale_temps, write_text
 from setseq.train import checkpoint as C
 from setseq.train.embeddings import DELTA_KEY, TokenEmbeddings, save_embeddings, token_id
 from setseq.train.loop import StageContext, trainable_state
-from setseq.train.methods import METHODS, ONE_STAGE, effective_config
+from setseq.train.methods import METHODS, ON_CLIP, ONE_STAGE, effective_config
 from setseq.train.prior import prepare_prior
 from setseq.train.stage1_set import train_stage1
 from setseq.train.stage2_sequence import train_stage2
@@ -267,6 +267,57 @@ def _token_summary(cfg: RunConfig, model: torch.nn.Module, data: EncodedConcept)
     )
 
 
+def check_memory(
+    cfg: RunConfig,
+    bb: Backbone,
+    spec: L.LoraSpec,
+    data: EncodedConcept,
+    self_conditioning: bool,
+    log: Callable[[str], None],
+) -> None:
+    """Log each stage's estimated peak memory; refuse (naming the flag that fits) when it exceeds the device."""
+    from setseq.memory import GiB, device_memory, estimate_training_memory
+
+    def estimate(stage: int, micro: int, ckpt: bool):
+        sc = cfg.stage1 if stage == 1 else cfg.stage2
+        on_clip = stage == 2 or cfg.method in ON_CLIP  # the one-stage baselines train on the clip
+        lat = data.clip_latents if on_clip else data.set_latents
+        prompt = data.motion if on_clip else data.static
+        return estimate_training_memory(
+            bb,
+            spec,
+            tuple(lat.shape[1:]),
+            prompt,
+            micro_batch=micro,
+            stage=stage,
+            dropconnect=sc.dropconnect,
+            gradient_checkpointing=ckpt,
+            self_conditioning=self_conditioning,
+        )
+
+    capacity = device_memory(torch.device(bb.device))
+    ckpt = cfg.train.gradient_checkpointing
+    for stage, sc in ((1, cfg.stage1), (2, cfg.stage2)):
+        micro = sc.micro_batch or sc.batch_size
+        est = estimate(stage, micro, ckpt)
+        log(f"stage {stage}: estimated peak memory {est.describe()}; the device has {capacity / GiB:.1f} GiB")
+        if est.total <= 0.95 * capacity:
+            continue
+        name = f"stage{stage}"
+        if not ckpt and estimate(stage, micro, True).total <= 0.95 * capacity:
+            fix = "set train.gradient_checkpointing=true"
+        elif micro > 1 and estimate(stage, 1, ckpt).total <= 0.95 * capacity:
+            fix = f"set {name}.micro_batch=1 (gradient accumulation keeps batch_size)"
+        elif micro > 1 and not ckpt and estimate(stage, 1, True).total <= 0.95 * capacity:
+            fix = f"set train.gradient_checkpointing=true and {name}.micro_batch=1"
+        else:
+            fix = "lower --frames or --size (or train on a larger device); train.memory_check=false skips this check"
+        raise SetseqError(
+            f"stage {stage} needs about {est.total / GiB:.1f} GiB but the device has {capacity / GiB:.1f} GiB",
+            fix,
+        )
+
+
 def _writer(run_dir: Path, enabled: bool):
     if not enabled:
         return None
@@ -370,6 +421,8 @@ def train(
         f"LoRA: {len(L.get_layers(model))} layers, rank {spec.rank}, basis {spec.basis}, {n_params / 1e6:.2f}M identity parameters"
     )
     log(_token_summary(cfg, model, data))
+    if cfg.train.memory_check:
+        check_memory(cfg, bb, spec, data, sc_p > 0, log)
     if ck is not None:
         L.load_state(model, ck.lora(), parts=("identity", "motion") if ck.stage == 2 else ("identity",))
     elif init_lora is not None:

@@ -1,0 +1,261 @@
+"""Peak-memory estimate of a training step, before training, and the refusal of a step that cannot fit.
+
+The estimate runs the step's forward on a *meta-device* copy of the DiT (same config, the same LoRA layers,
+no memory, no FLOPs) and counts, through `torch.autograd.graph.saved_tensors_hooks`, every tensor autograd keeps
+for backward, deduplicated by storage. Attention is counted as the fused kernels keep it (q, k, v, output and
+the log-sum-exp, never the (tokens x tokens) scores), which is what CUDA and PyTorch's CPU flash kernel do.
+Per DiT block it also records the block's saved bytes and its input, so gradient checkpointing is modelled
+exactly: blocks keep only their input, and one block's activations are rebuilt at a time during backward.
+
+    total = weights on the device (DiT, text encoder, VAE)
+          + LoRA parameters + this stage's gradients and two AdamW moments (float32)
+          + activations saved for backward (per micro-batch)
+          + the backward's transient: the gradients flowing through one block (and, under checkpointing, that
+            block's recomputed activations) and the largest single saved tensor
+
+`tests/test_memory.py` checks the estimate against the peak measured by `PeakMemory` on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from setseq import lora as L
+from setseq.backbones.base import PromptEmbeds
+from setseq.errors import SetseqError
+
+GiB = float(1 << 30)
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes of one training step's peak, by part."""
+
+    tokens: int  # DiT tokens per forward (micro-batch x tokens per sample)
+    weights: int
+    lora: int  # LoRA parameters, gradients and AdamW moments
+    activations: int
+    transient: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.lora + self.activations + self.transient
+
+    def describe(self) -> str:
+        return (
+            f"{self.total / GiB:.2f} GiB (weights {self.weights / GiB:.2f}, LoRA + optimizer {self.lora / GiB:.2f}, "
+            f"activations {self.activations / GiB:.2f}, backward transient {self.transient / GiB:.2f})"
+        )
+
+
+def _blocks(model: nn.Module) -> list[nn.Module]:
+    """The DiT's transformer blocks: the members of its top-level ModuleLists (`blocks`, `transformer_blocks`,
+    and HunyuanVideo's `single_transformer_blocks`), which is what gradient checkpointing wraps."""
+    return [b for m in model.children() if isinstance(m, nn.ModuleList) for b in m]
+
+
+class _FlashLikeAttention(torch.autograd.Function):
+    """Meta-device stand-in for a fused attention kernel: keeps q, k, v, out and the log-sum-exp."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):  # type: ignore[override]
+        out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=q.dtype, device=q.device)
+        lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]  # pragma: no cover - never run (meta estimate only)
+        q, k, v, _, _ = ctx.saved_tensors
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+@contextlib.contextmanager
+def _flash_attention_on_meta() -> Iterator[None]:
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def sdpa(*args, **kwargs):
+        names = ("query", "key", "value")
+        q, k, v = (args[i] if i < len(args) else kwargs[n] for i, n in enumerate(names))
+        if q.device.type != "meta":
+            return real(*args, **kwargs)
+        return _FlashLikeAttention.apply(q, k, v)
+
+    torch.nn.functional.scaled_dot_product_attention = sdpa
+    try:
+        yield
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = real
+
+
+def _bytes_on(module: nn.Module | None, device: torch.device) -> int:
+    if module is None:
+        return 0
+    seen, total = set(), 0
+    for t in [*module.parameters(), *module.buffers()]:
+        if t.device.type == device.type and id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
+
+
+def _meta_copy(transformer: nn.Module, spec: L.LoraSpec) -> nn.Module:
+    """The same DiT class and config on the meta device, with the same LoRA layers."""
+    from_config = getattr(type(transformer), "from_config", None)
+    if from_config is None:
+        raise SetseqError(
+            f"cannot estimate memory for {type(transformer).__name__}: it is not a diffusers model",
+            "set train.memory_check=false",
+        )
+    dtype = next(transformer.parameters()).dtype
+    with torch.device("meta"):
+        meta = from_config(transformer.config).to(dtype)
+    L.inject(meta, spec)
+    return meta
+
+
+def estimate_training_memory(
+    backbone,
+    spec: L.LoraSpec,
+    latent_shape: tuple[int, ...],
+    prompt: PromptEmbeds,
+    *,
+    micro_batch: int,
+    stage: int,
+    dropconnect: float,
+    gradient_checkpointing: bool,
+    self_conditioning: bool = False,
+) -> MemoryEstimate:
+    """Estimate the peak bytes of one training step of `stage` at `micro_batch` samples of `latent_shape`
+    (C, f, h, w), with the prompt embeddings of one sample. Nothing of this touches the real weights."""
+    from setseq.train.run import tokens_per_sample
+
+    device = backbone.device
+    real = backbone.transformer
+    meta = _meta_copy(real, spec)
+    L.set_stage(meta, stage, dropconnect=dropconnect)  # type: ignore[arg-type]
+    meta.train()
+    lora_params = [p for layer in L.get_layers(meta).values() for p in (layer.down, layer.up, layer.motion)]
+    trainable = sum(p.numel() for p in lora_params if p.requires_grad)
+    lora_bytes = 4 * sum(p.numel() for p in lora_params) + 4 * 3 * trainable  # params + grad + 2 moments
+
+    saved: dict[int, torch.Tensor] = {}
+    counter = {"bytes": 0}
+    largest = {"bytes": 0}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        key = t.untyped_storage()._cdata
+        if key not in saved:
+            saved[key] = t
+            nbytes = t.untyped_storage().nbytes()
+            counter["bytes"] += nbytes
+            largest["bytes"] = max(largest["bytes"], nbytes)
+        return t
+
+    per_block: list[tuple[int, int]] = []  # (saved bytes, input bytes) of each DiT block
+    open_blocks: dict[int, tuple[int, int]] = {}
+
+    def pre(block: nn.Module, args: tuple, kwargs: dict) -> None:
+        x = args[0] if args else next(iter(kwargs.values()))
+        open_blocks[id(block)] = (counter["bytes"], x.numel() * x.element_size())
+
+    def post(block: nn.Module, _args: tuple, _kwargs: dict, _out: object) -> None:
+        start, n_in = open_blocks.pop(id(block))
+        per_block.append((counter["bytes"] - start, n_in))
+
+    blocks = _blocks(meta)
+    hooks = []
+    for block in blocks:
+        hooks.append(block.register_forward_pre_hook(pre, with_kwargs=True))
+        hooks.append(block.register_forward_hook(post, with_kwargs=True))
+
+    meta_dev = torch.device("meta")
+    noisy = torch.empty((micro_batch, *latent_shape), device=meta_dev, dtype=backbone.dtype)
+    sigmas = torch.full((micro_batch,), 0.5)  # real and tiny: some backbones index schedules with it
+    embeds = torch.empty((micro_batch, *prompt.embeds.shape[1:]), device=meta_dev, dtype=prompt.embeds.dtype)
+    mask = torch.ones((micro_batch, *prompt.mask.shape[1:]), device=meta_dev, dtype=torch.bool)
+    pooled = prompt.pooled
+    if pooled is not None:
+        pooled = torch.empty((micro_batch, *pooled.shape[1:]), device=meta_dev, dtype=pooled.dtype)
+    extras = {"self_cond": torch.empty_like(noisy)} if self_conditioning else {}
+    try:
+        backbone.transformer, backbone.device = meta, meta_dev
+        with _flash_attention_on_meta(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            L.draw_masks(meta, None)
+            backbone.predict(noisy, sigmas, PromptEmbeds(embeds, mask, pooled), **extras)
+    except SetseqError:
+        raise
+    except Exception as e:  # a backbone whose forward needs real data: say so, do not guess
+        raise SetseqError(
+            f"could not estimate memory for the {backbone.info.name} backbone ({type(e).__name__}: {e})",
+            "set train.memory_check=false to train without the estimate",
+        ) from e
+    finally:
+        backbone.transformer, backbone.device = real, device
+        for h in hooks:
+            h.remove()
+
+    activations = counter["bytes"]
+    block_max = max((b for b, _ in per_block), default=0)
+    if gradient_checkpointing and per_block:
+        activations = activations - sum(b for b, _ in per_block) + sum(n for _, n in per_block)
+    # Backward works through one block at a time: its activations' gradients (and, under checkpointing, the
+    # block's activations rebuilt by the recompute) live beside the kept ones.
+    transient = (2 if gradient_checkpointing else 1) * block_max + largest["bytes"]
+    weights = sum(
+        _bytes_on(getattr(backbone, name, None), device) for name in ("text_encoder", "vae")
+    ) + _bytes_on(real, device)
+    # Without LoRA layers of its own on the real model yet, the real DiT's bytes include no LoRA: counted above.
+    weights -= 4 * sum(
+        p.numel() for lay in L.get_layers(real).values() for p in (lay.down, lay.up, lay.motion)
+    )
+    tokens = micro_batch * tokens_per_sample(real, latent_shape)
+    return MemoryEstimate(tokens, weights, lora_bytes, activations, transient)
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes the training device has: the GPU's total memory, or the machine's physical memory on CPU.
+    `SETSEQ_DEVICE_MEMORY_GB` overrides it (to plan for a smaller card)."""
+    override = os.environ.get("SETSEQ_DEVICE_MEMORY_GB")
+    if override:
+        return int(float(override) * GiB)
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+class PeakMemory(TorchDispatchMode):
+    """Measured peak of the tensor storages created inside the `with` block (any device but meta), in
+    bytes: each new storage counts from the op that made it until it is freed. Tensors that existed before
+    (weights) are not counted; add them. Used by the tests and benchmarks to check `estimate_training_memory`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, int] = {}
+        self.current = 0
+        self.peak = 0
+
+    def _free(self, key: int) -> None:
+        self.current -= self.live.pop(key, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                storage = t.untyped_storage()
+                key = storage._cdata
+                if key not in self.live:
+                    self.live[key] = storage.nbytes()
+                    self.current += storage.nbytes()
+                    self.peak = max(self.peak, self.current)
+                    weakref.finalize(storage, self._free, key)
+        return out

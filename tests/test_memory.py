@@ -1,0 +1,121 @@
+"""The peak-memory estimate (meta-device forward, saved-tensor accounting) against the peak measured on CPU,
+and the refusal of a run that cannot fit, naming the flag that would make it fit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from setseq import lora as L
+from setseq.backbones.base import load_backbone
+from setseq.errors import SetseqError
+from setseq.functional.flow_matching import interpolate
+from setseq.memory import PeakMemory, estimate_training_memory
+
+
+def test_peak_memory_tracker_counts_live_storages():
+    keep = torch.zeros(1)
+    with PeakMemory() as p:
+        a = torch.ones(1024, 256)  # 1 MiB
+        b = a * 2  # 2 MiB live
+        del b
+        c = a + 1
+        d = c * 3  # a, c, d: 3 MiB live
+        del c, d
+    assert p.peak == 3 * (1 << 20)
+    assert p.current == 1 << 20  # only `a` still alive
+    del keep
+
+
+def _measured_and_estimated(bb, shape, stage, micro, ckpt):
+    torch.manual_seed(0)
+    with torch.no_grad():
+        prompt = bb.encode_prompt(["a red circle moving left on a blue background"])
+    spec = L.LoraSpec(16, 16.0, "down", tuple(bb.info.lora_targets))
+    model = bb.transformer
+    if ckpt:
+        model.enable_gradient_checkpointing()
+    L.inject(model, spec)
+    params = L.set_stage(model, stage, dropconnect=0.5)
+    model.train()
+    est = estimate_training_memory(
+        bb, spec, shape, prompt, micro_batch=micro, stage=stage, dropconnect=0.5, gradient_checkpointing=ckpt
+    )
+    weights = sum(
+        t.numel() * t.element_size()
+        for m in (model, bb.text_encoder, getattr(bb, "vae", None))
+        if m is not None
+        for t in [*m.parameters(), *m.buffers()]
+    )
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    x0 = torch.randn(micro, *shape)
+    batch_prompt = type(prompt)(
+        prompt.embeds.expand(micro, -1, -1),
+        prompt.mask.expand(micro, -1),
+        None if prompt.pooled is None else prompt.pooled.expand(micro, -1),
+    )
+    with PeakMemory() as tracker:
+        for _ in range(2):  # the second step has the optimizer's moments
+            noise, sig = torch.randn_like(x0), torch.rand(micro)
+            L.draw_masks(model, None)
+            pred = bb.predict(interpolate(x0, noise, sig), sig, batch_prompt)
+            (pred.float() - (noise - x0)).square().mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    return est, weights + tracker.peak
+
+
+@pytest.mark.parametrize(
+    ("stage", "micro", "ckpt"), [(2, 4, False), (2, 4, True), (1, 8, False), (1, 8, True)]
+)
+def test_estimate_within_25_percent_on_the_toy_model(stage, micro, ckpt):
+    bb = load_backbone("toy", "toy")
+    shape = (8, 9, 8, 8) if stage == 2 else (8, 1, 8, 8)
+    est, measured = _measured_and_estimated(bb, shape, stage, micro, ckpt)
+    assert est.activations > 0 and est.weights > 0 and est.lora > 0
+    assert est.tokens == micro * (144 if stage == 2 else 16)
+    assert 0.75 <= est.total / measured <= 1.25, (est, measured)
+
+
+@pytest.mark.parametrize("ckpt", [False, True])
+def test_estimate_within_25_percent_on_tiny_wan(tiny_wan_dir, ckpt):
+    bb = load_backbone("wan", str(tiny_wan_dir))
+    with torch.no_grad():
+        shape = tuple(bb.encode_video(torch.zeros(1, 17, 3, 64, 64)).shape[1:])
+    est, measured = _measured_and_estimated(bb, shape, 2, 2, ckpt)
+    assert 0.75 <= est.total / measured <= 1.25, (est, measured)
+
+
+def test_checkpointing_lowers_the_estimate():
+    bb = load_backbone("toy", "toy")
+    spec = L.LoraSpec(16, 16.0, "down", tuple(bb.info.lora_targets))
+    L.inject(bb.transformer, spec)
+    with torch.no_grad():
+        prompt = bb.encode_prompt(["a red circle"])
+    kw = dict(micro_batch=8, stage=2, dropconnect=0.5)
+    plain = estimate_training_memory(bb, spec, (8, 9, 8, 8), prompt, gradient_checkpointing=False, **kw)
+    ckpt = estimate_training_memory(bb, spec, (8, 9, 8, 8), prompt, gradient_checkpointing=True, **kw)
+    assert ckpt.activations < 0.5 * plain.activations
+
+
+@pytest.mark.parametrize(
+    ("gib", "flag"),
+    [("0.045", "train.gradient_checkpointing=true"), ("0.001", "lower --frames or --size")],
+)
+def test_a_run_that_cannot_fit_is_refused_naming_the_flag(tmp_path, monkeypatch, gib, flag):
+    from setseq.config import resolve_config
+    from setseq.data import synthetic as S
+    from setseq.data.video import write_video
+    from setseq.train.run import train
+
+    toy_video = tmp_path / "concept.mp4"
+    write_video(toy_video, S.render(next(iter(S.CONCEPTS.values())), frames=9, size=32, seed=0), fps=8.0)
+
+    monkeypatch.setenv("SETSEQ_DEVICE_MEMORY_GB", gib)
+    flags = {"data": {"video": str(toy_video)}}  # the shipped toy model
+    overrides = ["lora.rank=16", "stage1.steps=1", "stage2.steps=1", "stage2.batch_size=16"]
+    lines: list[str] = []
+    with pytest.raises(SetseqError, match="needs about") as err:
+        train(resolve_config(None, flags, overrides), tmp_path / "run", progress=False, log=lines.append)
+    assert flag in str(err.value)
+    assert not (tmp_path / "run" / "setseq.safetensors").exists()
