@@ -14,7 +14,6 @@ from setseq.memory import PeakMemory, estimate_training_memory
 
 
 def test_peak_memory_tracker_counts_live_storages():
-    keep = torch.zeros(1)
     with PeakMemory() as p:
         a = torch.ones(1024, 256)  # 1 MiB
         b = a * 2  # 2 MiB live
@@ -24,7 +23,6 @@ def test_peak_memory_tracker_counts_live_storages():
         del c, d
     assert p.peak == 3 * (1 << 20)
     assert p.current == 1 << 20  # only `a` still alive
-    del keep
 
 
 def _measured_and_estimated(bb, shape, stage, micro, ckpt):

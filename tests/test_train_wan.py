@@ -225,7 +225,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_wan_dir):
 
 def test_tokens_per_sample_matches_the_dit(tiny_wan_dir):
     from setseq.backbones.wan import load_wan
-    from setseq.train.run import tokens_per_sample
+    from setseq.memory import tokens_per_sample
 
     bb = load_wan(str(tiny_wan_dir), torch.device("cpu"), torch.float32)
     seen = {}

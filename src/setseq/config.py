@@ -16,6 +16,9 @@ import yaml
 
 from setseq.errors import SetseqError
 
+#: How a LoRA layer is applied (see setseq.lora): the one list the config and the layer check against.
+LORA_PATHS: tuple[str, ...] = ("auto", "fused", "per_token")
+
 
 @dataclass
 class ModelConfig:
@@ -113,8 +116,8 @@ class LoraConfig:
     def __post_init__(self) -> None:
         if self.rank < 1:
             raise ValueError(f"lora.rank must be >= 1, got {self.rank}")
-        if self.path not in ("auto", "fused", "per_token"):
-            raise ValueError(f"lora.path must be auto, fused or per_token, got {self.path!r}")
+        if self.path not in LORA_PATHS:
+            raise ValueError(f"lora.path must be one of {', '.join(LORA_PATHS)}, got {self.path!r}")
         if self.basis not in ("down", "up"):
             raise ValueError(f"lora.basis must be 'down' or 'up', got {self.basis!r}")
 

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from setseq.config import LORA_PATHS
 from setseq.errors import SetseqError
 from setseq.functional.regularizers import dropconnect_mask
 
@@ -209,10 +210,16 @@ class _FusedLinear(torch.autograd.Function):
         return gx, None, None, gu, gd
 
 
+def _check_path(path: str) -> None:
+    if path not in LORA_PATHS:
+        raise SetseqError(
+            f"lora.path must be one of {', '.join(LORA_PATHS)}, got {path!r}", "set lora.path=auto"
+        )
+
+
 def set_path(model: nn.Module, path: Path) -> None:
     """How every layer is applied: "fused", "per_token", or "auto" (fused from FUSED_MIN_TOKENS tokens)."""
-    if path not in ("auto", "fused", "per_token"):
-        raise SetseqError(f"lora.path must be auto, fused or per_token, got {path!r}", "set lora.path=auto")
+    _check_path(path)
     for layer in get_layers(model).values():
         layer.path = path
 
@@ -256,10 +263,7 @@ def inject(model: nn.Module, spec: LoraSpec, seed: int = 0) -> dict[str, SetSeqL
         p.requires_grad_(False)
     gen = torch.Generator().manual_seed(seed)
     layers: dict[str, SetSeqLinear] = {}
-    if spec.path not in ("auto", "fused", "per_token"):
-        raise SetseqError(
-            f"lora.path must be auto, fused or per_token, got {spec.path!r}", "set lora.path=auto"
-        )
+    _check_path(spec.path)
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

@@ -100,12 +100,21 @@ def _flash_attention_on_meta() -> Iterator[None]:
 def _bytes_on(module: nn.Module | None, device: torch.device) -> int:
     if module is None:
         return 0
-    seen, total = set(), 0
-    for t in [*module.parameters(), *module.buffers()]:
-        if t.device.type == device.type and id(t) not in seen:
-            seen.add(id(t))
-            total += t.numel() * t.element_size()
-    return total
+    tensors = [*module.parameters(), *module.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors if t.device.type == device.type)
+
+
+def tokens_per_sample(transformer: torch.nn.Module, latent_shape: tuple[int, ...]) -> int:
+    """DiT tokens of one latent (C, f, h, w), from the transformer's patch sizes (all diffusers video DiTs
+    name them patch_size and, where separate, patch_size_t)."""
+    cfg = transformer.config
+    p = cfg.get("patch_size", 1)
+    if isinstance(p, (list, tuple)):
+        pt, ph, pw = p
+    else:
+        pt, ph, pw = cfg.get("patch_size_t") or 1, p, p
+    _, f, h, w = latent_shape
+    return -(-f // pt) * (h // ph) * (w // pw)
 
 
 def _meta_copy(transformer: nn.Module, spec: L.LoraSpec) -> nn.Module:
@@ -137,8 +146,6 @@ def estimate_training_memory(
 ) -> MemoryEstimate:
     """Estimate the peak bytes of one training step of `stage` at `micro_batch` samples of `latent_shape`
     (C, f, h, w), with the prompt embeddings of one sample. Nothing of this touches the real weights."""
-    from setseq.train.run import tokens_per_sample
-
     device = backbone.device
     real = backbone.transformer
     meta = _meta_copy(real, spec)
@@ -214,7 +221,8 @@ def estimate_training_memory(
     weights = sum(
         _bytes_on(getattr(backbone, name, None), device) for name in ("text_encoder", "vae")
     ) + _bytes_on(real, device)
-    # Without LoRA layers of its own on the real model yet, the real DiT's bytes include no LoRA: counted above.
+    # The real DiT's bytes include its fp32 LoRA parameters when it already carries them; those are counted in
+    # lora_bytes, so take them out here.
     weights -= 4 * sum(
         p.numel() for lay in L.get_layers(real).values() for p in (lay.down, lay.up, lay.motion)
     )

@@ -38,6 +38,7 @@ from setseq.data.cache import (
 from setseq.errors import SetseqError
 from setseq.export import check_compatible, export_file, load_setseq, save_setseq
 from setseq.io import remove_stale_temps, write_text
+from setseq.memory import GiB, device_memory, estimate_training_memory, tokens_per_sample
 from setseq.train import checkpoint as C
 from setseq.train.embeddings import DELTA_KEY, TokenEmbeddings, save_embeddings, token_id
 from setseq.train.loop import StageContext, trainable_state
@@ -243,19 +244,6 @@ def lora_metadata(
     }
 
 
-def tokens_per_sample(transformer: torch.nn.Module, latent_shape: tuple[int, ...]) -> int:
-    """DiT tokens of one latent (C, f, h, w), from the transformer's patch sizes (all diffusers video DiTs
-    name them patch_size and, where separate, patch_size_t)."""
-    cfg = transformer.config
-    p = cfg.get("patch_size", 1)
-    if isinstance(p, (list, tuple)):
-        pt, ph, pw = p
-    else:
-        pt, ph, pw = cfg.get("patch_size_t") or 1, p, p
-    _, f, h, w = latent_shape
-    return -(-f // pt) * (h // ph) * (w // pw)
-
-
 def _token_summary(cfg: RunConfig, model: torch.nn.Module, data: EncodedConcept) -> str:
     t1 = tokens_per_sample(model, tuple(data.set_latents.shape[1:]))
     t2 = tokens_per_sample(model, tuple(data.clip_latents.shape[1:]))
@@ -276,7 +264,6 @@ def check_memory(
     log: Callable[[str], None],
 ) -> None:
     """Log each stage's estimated peak memory; refuse (naming the flag that fits) when it exceeds the device."""
-    from setseq.memory import GiB, device_memory, estimate_training_memory
 
     def estimate(stage: int, micro: int, ckpt: bool):
         sc = cfg.stage1 if stage == 1 else cfg.stage2
