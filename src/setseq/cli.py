@@ -372,6 +372,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", default="toy", help="toy model folder (default: the shipped one)")
     b.add_argument("--keep-runs", action="store_true", help="keep each run's checkpoints and cache")
     b.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. stage1.steps=200")
+    b.add_argument(
+        "--shape",
+        help="instead: time training steps of a real-size DiT with random weights (wan-1.3b, wan-14b, "
+        "cogvideox-5b, ltx, hunyuan)",
+    )
+    b.add_argument(
+        "--device", default="auto", help="--shape: cuda (480x832, 33 and 81 frames) or cpu (small)"
+    )
+    b.add_argument("--frames", type=lambda s: [int(x) for x in s.split(",")], help="--shape: e.g. 33,81")
+    b.add_argument("--size", type=_size, help="--shape: HxW, e.g. 480x832")
+    b.add_argument("--layers", type=int, help="--shape: build with this many blocks (default: all; cpu: 2)")
+    b.add_argument("--rank", type=int, default=128, help="--shape: LoRA rank")
+    b.add_argument("--steps", type=int, default=5, help="--shape: timed steps per row (after 2 warm-up)")
+    b.add_argument("--gradient-checkpointing", action="store_true", help="--shape: checkpoint every block")
 
     r = sub.add_parser("report", help="write a self-contained HTML report of a run or a demo folder")
     r.add_argument("run", help="a run folder, or a demo folder (with run/ and the videos)")
@@ -472,6 +486,20 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif args.command == "report":
             cmd_report(args.run, args.out, args.videos, args.metrics)
+        elif args.command == "bench" and args.shape:
+            from setseq.speed import run_shape_bench
+
+            _quiet()
+            run_shape_bench(
+                args.shape,
+                device=args.device,
+                frames=args.frames,
+                size=args.size,
+                layers=args.layers,
+                rank=args.rank,
+                steps=args.steps,
+                gradient_checkpointing=args.gradient_checkpointing,
+            )
         elif args.command == "bench":
             from setseq.bench import run_bench
 

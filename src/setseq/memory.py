@@ -117,8 +117,8 @@ def tokens_per_sample(transformer: torch.nn.Module, latent_shape: tuple[int, ...
     return -(-f // pt) * (h // ph) * (w // pw)
 
 
-def _meta_copy(transformer: nn.Module, spec: L.LoraSpec) -> nn.Module:
-    """The same DiT class and config on the meta device, with the same LoRA layers."""
+def meta_copy(transformer: nn.Module, spec: L.LoraSpec | None) -> nn.Module:
+    """The same DiT class and config on the meta device, with the same LoRA layers (none without `spec`)."""
     from_config = getattr(type(transformer), "from_config", None)
     if from_config is None:
         raise SetseqError(
@@ -128,8 +128,48 @@ def _meta_copy(transformer: nn.Module, spec: L.LoraSpec) -> nn.Module:
     dtype = next(transformer.parameters()).dtype
     with torch.device("meta"):
         meta = from_config(transformer.config).to(dtype)
-    L.inject(meta, spec)
+    if spec is not None:
+        L.inject(meta, spec)
     return meta
+
+
+def meta_inputs(
+    backbone, micro_batch: int, latent_shape: tuple[int, ...], prompt: PromptEmbeds
+) -> tuple[torch.Tensor, torch.Tensor, PromptEmbeds]:
+    """(noisy latents, sigmas, prompt) of a micro-batch on the meta device, for `predict` on a meta copy."""
+    meta_dev = torch.device("meta")
+    noisy = torch.empty((micro_batch, *latent_shape), device=meta_dev, dtype=backbone.dtype)
+    sigmas = torch.full((micro_batch,), 0.5)  # real and tiny: some backbones index schedules with it
+    embeds = torch.empty((micro_batch, *prompt.embeds.shape[1:]), device=meta_dev, dtype=prompt.embeds.dtype)
+    mask = torch.ones((micro_batch, *prompt.mask.shape[1:]), device=meta_dev, dtype=torch.bool)
+    pooled = prompt.pooled
+    if pooled is not None:
+        pooled = torch.empty((micro_batch, *pooled.shape[1:]), device=meta_dev, dtype=pooled.dtype)
+    return noisy, sigmas, PromptEmbeds(embeds, mask, pooled)
+
+
+@contextlib.contextmanager
+def running_on_meta(
+    backbone,
+    meta: nn.Module,
+    what: str,
+    fix: str = "set train.memory_check=false to train without the estimate",
+) -> Iterator[None]:
+    """`backbone.predict` runs `meta` (a `meta_copy`) on the meta device inside the block; a backbone whose
+    forward needs real data fails with a message naming what could not be done."""
+    real, device = backbone.transformer, backbone.device
+    try:
+        backbone.transformer, backbone.device = meta, torch.device("meta")
+        with _flash_attention_on_meta():
+            yield
+    except SetseqError:
+        raise
+    except Exception as e:  # a backbone whose forward needs real data: say so, do not guess
+        raise SetseqError(
+            f"could not {what} for the {backbone.info.name} backbone ({type(e).__name__}: {e})", fix
+        ) from e
+    finally:
+        backbone.transformer, backbone.device = real, device
 
 
 def estimate_training_memory(
@@ -148,7 +188,7 @@ def estimate_training_memory(
     (C, f, h, w), with the prompt embeddings of one sample. Nothing of this touches the real weights."""
     device = backbone.device
     real = backbone.transformer
-    meta = _meta_copy(real, spec)
+    meta = meta_copy(real, spec)
     L.set_stage(meta, stage, dropconnect=dropconnect)  # type: ignore[arg-type]
     meta.train()
     lora_params = [p for layer in L.get_layers(meta).values() for p in (layer.down, layer.up, layer.motion)]
@@ -185,29 +225,14 @@ def estimate_training_memory(
         hooks.append(block.register_forward_pre_hook(pre, with_kwargs=True))
         hooks.append(block.register_forward_hook(post, with_kwargs=True))
 
-    meta_dev = torch.device("meta")
-    noisy = torch.empty((micro_batch, *latent_shape), device=meta_dev, dtype=backbone.dtype)
-    sigmas = torch.full((micro_batch,), 0.5)  # real and tiny: some backbones index schedules with it
-    embeds = torch.empty((micro_batch, *prompt.embeds.shape[1:]), device=meta_dev, dtype=prompt.embeds.dtype)
-    mask = torch.ones((micro_batch, *prompt.mask.shape[1:]), device=meta_dev, dtype=torch.bool)
-    pooled = prompt.pooled
-    if pooled is not None:
-        pooled = torch.empty((micro_batch, *pooled.shape[1:]), device=meta_dev, dtype=pooled.dtype)
+    noisy, sigmas, meta_prompt = meta_inputs(backbone, micro_batch, latent_shape, prompt)
     extras = {"self_cond": torch.empty_like(noisy)} if self_conditioning else {}
     try:
-        backbone.transformer, backbone.device = meta, meta_dev
-        with _flash_attention_on_meta(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            L.draw_masks(meta, None)
-            backbone.predict(noisy, sigmas, PromptEmbeds(embeds, mask, pooled), **extras)
-    except SetseqError:
-        raise
-    except Exception as e:  # a backbone whose forward needs real data: say so, do not guess
-        raise SetseqError(
-            f"could not estimate memory for the {backbone.info.name} backbone ({type(e).__name__}: {e})",
-            "set train.memory_check=false to train without the estimate",
-        ) from e
+        with running_on_meta(backbone, meta, "estimate memory"):
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                L.draw_masks(meta, None)
+                backbone.predict(noisy, sigmas, meta_prompt, **extras)
     finally:
-        backbone.transformer, backbone.device = real, device
         for h in hooks:
             h.remove()
 

@@ -143,7 +143,9 @@ def _tiny_t5(vocab_size: int, d_model: int = 32):
     ).eval()  # fmt: skip
 
 
-def build_tiny_cogvideox(folder: str | Path, seed: int = 0, *, layers: int = 2) -> Path:
+def build_tiny_cogvideox(
+    folder: str | Path, seed: int = 0, *, layers: int = 2, latent_channels: int = 4
+) -> Path:
     """Write a tiny random CogVideoX T2V pipeline (5B-style: rotary positions, no learned positional
     embeddings) with CogVideoX-2B's real v-prediction DDIM scheduler config (zero-terminal-SNR, SNR shift 3).
 
@@ -162,14 +164,15 @@ def build_tiny_cogvideox(folder: str | Path, seed: int = 0, *, layers: int = 2) 
     tokenizer = build_word_tokenizer(TINY_WORDS, max_length=max_text)
     text_encoder = _tiny_t5(len(tokenizer))
     transformer = CogVideoXTransformer3DModel(
-        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=8,
+        num_attention_heads=2, attention_head_dim=16, in_channels=latent_channels, out_channels=latent_channels,
+        time_embed_dim=8,
         text_embed_dim=32, num_layers=layers, sample_width=4, sample_height=4, sample_frames=9, patch_size=2,
         temporal_compression_ratio=4, max_text_seq_length=max_text, use_rotary_positional_embeddings=True,
     ).eval()  # fmt: skip
     blocks = ("CogVideoXDownBlock3D",) * 4
     vae = AutoencoderKLCogVideoX(
         in_channels=3, out_channels=3, down_block_types=blocks, up_block_types=("CogVideoXUpBlock3D",) * 4,
-        block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1, norm_num_groups=2,
+        block_out_channels=(8, 8, 8, 8), latent_channels=latent_channels, layers_per_block=1, norm_num_groups=2,
         temporal_compression_ratio=4,
     ).eval()  # fmt: skip
     scheduler = CogVideoXDDIMScheduler(
@@ -184,7 +187,7 @@ def build_tiny_cogvideox(folder: str | Path, seed: int = 0, *, layers: int = 2) 
     return folder
 
 
-def build_tiny_ltx(folder: str | Path, seed: int = 0, *, layers: int = 2) -> Path:
+def build_tiny_ltx(folder: str | Path, seed: int = 0, *, layers: int = 2, latent_channels: int = 8) -> Path:
     """Write a tiny random LTX-Video T2V pipeline whose VAE has LTX's real strides (32 spatial, 8 temporal:
     a 4x4 pixel patch and three spatio-temporal downsamplings), 8 latent channels, patch 1.
 
@@ -201,12 +204,12 @@ def build_tiny_ltx(folder: str | Path, seed: int = 0, *, layers: int = 2) -> Pat
     tokenizer = build_word_tokenizer(TINY_WORDS, max_length=32)
     text_encoder = _tiny_t5(len(tokenizer))
     transformer = LTXVideoTransformer3DModel(
-        in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=4,
+        in_channels=latent_channels, out_channels=latent_channels, patch_size=1, patch_size_t=1, num_attention_heads=4,
         attention_head_dim=8, cross_attention_dim=32, num_layers=layers, caption_channels=32,
     ).eval()  # fmt: skip
     scaling = (True, True, True, False)
     vae = AutoencoderKLLTXVideo(
-        latent_channels=8, block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+        latent_channels=latent_channels, block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
         spatio_temporal_scaling=scaling, decoder_spatio_temporal_scaling=scaling,
         layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1), patch_size=4,
         patch_size_t=1, encoder_causal=True, decoder_causal=False,
@@ -223,7 +226,9 @@ def build_tiny_ltx(folder: str | Path, seed: int = 0, *, layers: int = 2) -> Pat
     return folder
 
 
-def build_tiny_hunyuan(folder: str | Path, seed: int = 0, *, layers: int = 1) -> Path:
+def build_tiny_hunyuan(
+    folder: str | Path, seed: int = 0, *, layers: int = 1, latent_channels: int = 4
+) -> Path:
     """Write a tiny random HunyuanVideo T2V pipeline: a tiny `LlamaModel` and `CLIPTextModel` with word-level
     tokenizers built in code, a tiny `AutoencoderKLHunyuanVideo` (stride 8 spatial, 4 temporal), a
     guidance-embedding `HunyuanVideoTransformer3DModel` with dual- and single-stream blocks.
@@ -258,12 +263,13 @@ def build_tiny_hunyuan(folder: str | Path, seed: int = 0, *, layers: int = 1) ->
         )
     ).eval()  # fmt: skip
     transformer = HunyuanVideoTransformer3DModel(
-        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=layers,
+        in_channels=latent_channels, out_channels=latent_channels, num_attention_heads=2, attention_head_dim=10,
+        num_layers=layers,
         num_single_layers=layers, num_refiner_layers=1, patch_size=1, patch_size_t=1, guidance_embeds=True,
         text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4),
     ).eval()  # fmt: skip
     vae = AutoencoderKLHunyuanVideo(
-        in_channels=3, out_channels=3, latent_channels=4,
+        in_channels=3, out_channels=3, latent_channels=latent_channels,
         down_block_types=("HunyuanVideoDownBlock3D",) * 4, up_block_types=("HunyuanVideoUpBlock3D",) * 4,
         block_out_channels=(8, 8, 8, 8), layers_per_block=1, act_fn="silu", norm_num_groups=4,
         scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from setseq.functional import flow_matching as fm
 from setseq.functional.regularizers import token_mask
 from setseq.io import _disk_error, write_text
 from setseq.train import checkpoint as C
+from setseq.train.distributed import SINGLE, Processes
 from setseq.train.embeddings import DELTA_KEY
 
 
@@ -110,6 +112,7 @@ class StageContext:
     self_conditioning: float = 0.0  # resolved probability (see `setseq.train.run.self_conditioning_p`)
     embeddings: Any = None  # setseq.train.embeddings.TokenEmbeddings when token embeddings train
     texts: list[tuple[str, str]] = field(default_factory=list)  # (T_static, T_motion) of each concept
+    procs: Processes = SINGLE  # data-parallel processes (`setseq.train.distributed`)
 
 
 def flow_matching_step(
@@ -243,10 +246,13 @@ def run_stage(
         unit="step",
     )
     t0 = time.perf_counter()
+    procs = ctx.procs
     for step in range(start, sc.steps):
         opt.zero_grad(set_to_none=True)
-        total = 0.0
+        total, bad = 0.0, None
         for micro in range(sc.accumulation):
+            if not procs.mine(micro):  # another process's share of the step
+                continue
             gen = step_generator(tc.seed, stage, step, micro)
             L.draw_masks(model, gen)
             loss = flow_matching_step(
@@ -258,10 +264,16 @@ def run_stage(
                 ctx.backbone.encode_prompt if emb is not None else None,
             )
             if not torch.isfinite(loss):
-                bar.close()
-                raise _blow_up(ctx, stage, step, f"the loss became {loss.item()}")
+                bad = loss.item()
+                break
             (loss / sc.accumulation).backward()
             total += loss.item() / sc.accumulation
+        # One all-reduce of the gradients and the loss (a no-op in one process); a non-finite loss on any
+        # process makes the sum non-finite, so every process stops at the same step.
+        total = procs.sum_gradients(params, float("nan") if bad is not None else total)
+        if bad is not None or not math.isfinite(total):
+            bar.close()
+            raise _blow_up(ctx, stage, step, f"the loss became {bad if bad is not None else total}")
         gnorm = torch.nn.utils.clip_grad_norm_(params, sc.grad_clip)
         if not torch.isfinite(gnorm):  # before the update: the weights are still those of the last step
             bar.close()
@@ -291,7 +303,7 @@ def run_stage(
             except OSError as exc:
                 bar.close()
                 raise _disk_error(ctx.log_file, exc) from None
-        if done % tc.checkpoint_every == 0 or done == sc.steps:
+        if procs.is_main and (done % tc.checkpoint_every == 0 or done == sc.steps):
             C.save_checkpoint(
                 ctx.run_dir,
                 stage,

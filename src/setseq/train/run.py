@@ -14,6 +14,7 @@ Run folder:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +41,7 @@ from setseq.export import check_compatible, export_file, load_setseq, save_setse
 from setseq.io import remove_stale_temps, write_text
 from setseq.memory import GiB, device_memory, estimate_training_memory, tokens_per_sample
 from setseq.train import checkpoint as C
+from setseq.train.distributed import check_split, init_processes
 from setseq.train.embeddings import DELTA_KEY, TokenEmbeddings, save_embeddings, token_id
 from setseq.train.loop import StageContext, trainable_state
 from setseq.train.methods import METHODS, ON_CLIP, ONE_STAGE, effective_config
@@ -58,9 +60,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_model(cfg: RunConfig) -> Backbone:
+def load_model(cfg: RunConfig, device: torch.device | None = None) -> Backbone:
+    """The backbone of `cfg.model`, on `device` (default: `model.device`)."""
     return load_backbone(
-        cfg.model.backbone, cfg.model.path, resolve_device(cfg.model.device), DTYPES[cfg.model.dtype]
+        cfg.model.backbone,
+        cfg.model.path,
+        device or resolve_device(cfg.model.device),
+        DTYPES[cfg.model.dtype],
     )
 
 
@@ -326,7 +332,8 @@ def train(
 ) -> Path:
     """Personalize the model to the video: stage 1 then stage 2. Returns the run folder."""
     run_dir = Path(out)
-    # 1. The run folder: new, or resumed from its own config.
+    # 1. The run folder: new, or resumed from its own config. Under a launcher (several processes), process 0
+    # alone writes and logs; the others wait for it where they read what it wrote.
     ck = None
     if resume:
         if not (run_dir / "config.yaml").is_file():
@@ -335,8 +342,13 @@ def train(
                 "pass the --out folder of an earlier run to --resume",
             )
         cfg = resolve_config(run_dir / "config.yaml")
-        for folder in (run_dir, *(run_dir / f for f in ("cache", "checkpoints", "logs", "samples"))):
-            remove_stale_temps(folder)  # temporary files of a killed run (never taken for outputs)
+    procs = init_processes(cfg.model.device)
+    if not procs.is_main:
+        log = _silent
+    if resume:
+        if procs.is_main:
+            for folder in (run_dir, *(run_dir / f for f in ("cache", "checkpoints", "logs", "samples"))):
+                remove_stale_temps(folder)  # temporary files of a killed run (never taken for outputs)
         ck = C.latest_checkpoint(run_dir)
         if ck is None:  # stopped before its first checkpoint: start over, exactly as configured
             log(f"resuming {run_dir}: no checkpoint yet, starting from step 0 with its saved config")
@@ -349,38 +361,28 @@ def train(
                 f"continue it with `setseq train --resume {run_dir}`, or choose another --out",
             )
         fresh_dir = not run_dir.exists()
-        remove_stale_temps(run_dir / "cache")  # a killed first start's leftovers
-        remove_stale_temps(run_dir, stems=("config",))
+        if procs.is_main:
+            remove_stale_temps(run_dir / "cache")  # a killed first start's leftovers
+            remove_stale_temps(run_dir, stems=("config",))
+    procs.barrier()
 
     # 2. Model, data, cache.
-    bb = load_model(cfg)
+    bb = load_model(cfg, procs.device)
     frames, h, w = check_shapes(cfg, bb)
     user_cfg, cfg = cfg, effective_config(cfg)  # a baseline method changes stages and regularizers
+    cfg = split_across(cfg, procs.world, log)
     sc_p = self_conditioning_p(cfg, bb)
     if cfg.concept.train_embedding:  # refuse tokens the text encoder cannot learn before anything is written
         for _, c in cfg.concepts():
             token_id(bb, c.token), token_id(bb, c.motion_token)
     try:
-        data, key = encode_concept(
-            concept_config(cfg, 0) if cfg.multi.concepts else cfg, bb, run_dir / "cache", log
-        )
-        concepts, stitched = [data], []
-        n_concepts = len(cfg.concepts())
-        if n_concepts > 1:  # multi-concept: every concept, and the stitched neighbours (i, i+1)
-            keys = [key]
-            for i in range(1, n_concepts):
-                enc, k = encode_concept(concept_config(cfg, i), bb, run_dir / "cache", log)
-                concepts.append(enc)
-                keys.append(k)
-            if cfg.multi.stitch_rate > 0:
-                pairs = [(i, (i + 1) % n_concepts) for i in range(n_concepts if n_concepts > 2 else 1)]
-                stitched = [encode_stitched(cfg, bb, pair, run_dir / "cache", log) for pair in pairs]
-            key = cache_key({"concepts": keys})[1]
+        with procs.main_first():  # process 0 encodes and caches; the others then read its cache
+            data, concepts, stitched, key = encode_all(cfg, bb, run_dir / "cache", log)
     except BaseException:
-        if not resume and fresh_dir:  # nothing of this run is worth keeping: leave no folder behind
+        if not resume and fresh_dir and procs.is_main:  # nothing of this run is worth keeping: no folder
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    if not resume:
+    if not resume and procs.is_main:
         # Written once the inputs are known good, so a failed start can simply be run again.
         write_text(run_dir / "config.yaml", user_cfg.to_yaml())
     if ck is not None and ck.state.get("cache_key") not in (None, key):
@@ -390,7 +392,8 @@ def train(
         )
 
     # Prior preservation: the base model's own class videos, generated before any LoRA exists.
-    prior = prepare_prior(cfg, bb, frames, h, w, run_dir / "cache", log, progress)
+    with procs.main_first():
+        prior = prepare_prior(cfg, bb, frames, h, w, run_dir / "cache", log, progress and procs.is_main)
 
     # 3. The Set-and-Sequence layers, from a checkpoint or from --init-lora weights.
     spec = lora_spec(cfg, bb)
@@ -423,10 +426,12 @@ def train(
         )
         log(f"initialised from {init_lora}")
 
-    writer = _writer(run_dir, cfg.train.tensorboard)
+    writer = _writer(run_dir, cfg.train.tensorboard and procs.is_main)
+    log_file = run_dir / "logs" / "loss.jsonl" if procs.is_main else None
     ctx = StageContext(
-        cfg, bb, data, run_dir, writer, run_dir / "logs" / "loss.jsonl", progress, {"cache_key": key}
+        cfg, bb, data, run_dir, writer, log_file, progress and procs.is_main, {"cache_key": key}
     )
+    ctx.procs = procs
     ctx.prior, ctx.self_conditioning = prior, sc_p
     ctx.concepts, ctx.stitched = concepts, stitched
     ctx.texts = [(c.t_static, c.t_motion) for _, c in cfg.concepts()]
@@ -457,7 +462,7 @@ def train(
         )
     )
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    ctx.on_sample = _sampler(ctx, frames, h, w)
+    ctx.on_sample = _sampler(ctx, frames, h, w) if procs.is_main else None
     try:
         # 4. Stage 1: identity on the unordered frames.
         if ck is None or ck.stage == 1:
@@ -470,6 +475,9 @@ def train(
             writer.close()
 
     # 6. Outputs: setseq's own file, then the merged LoRA in diffusers' and ComfyUI's layouts.
+    if not procs.is_main:
+        procs.barrier()  # returns once process 0 has written them
+        return run_dir
     meta = lora_metadata(cfg, bb, spec, frames, h, w)
     save_setseq(run_dir / "setseq.safetensors", trainable_state(model, 2), meta)
     lora = load_setseq(run_dir / "setseq.safetensors")
@@ -480,7 +488,47 @@ def train(
         written += save_embeddings(run_dir, emb)
         emb.remove()
     log(f"wrote {run_dir / 'setseq.safetensors'} and {', '.join(p.name for p in written)}")
+    procs.barrier()
     return run_dir
+
+
+def encode_all(
+    cfg: RunConfig, bb: Backbone, cache: Path, log: Callable[[str], None]
+) -> tuple[EncodedConcept, list[EncodedConcept], list[EncodedConcept], str]:
+    """The encoded concept(s) of `cfg` (through the cache): (first, all, stitched pairs, cache key)."""
+    data, key = encode_concept(concept_config(cfg, 0) if cfg.multi.concepts else cfg, bb, cache, log)
+    concepts, stitched = [data], []
+    n_concepts = len(cfg.concepts())
+    if n_concepts > 1:  # multi-concept: every concept, and the stitched neighbours (i, i+1)
+        keys = [key]
+        for i in range(1, n_concepts):
+            enc, k = encode_concept(concept_config(cfg, i), bb, cache, log)
+            concepts.append(enc)
+            keys.append(k)
+        if cfg.multi.stitch_rate > 0:
+            pairs = [(i, (i + 1) % n_concepts) for i in range(n_concepts if n_concepts > 2 else 1)]
+            stitched = [encode_stitched(cfg, bb, pair, cache, log) for pair in pairs]
+        key = cache_key({"concepts": keys})[1]
+    return data, concepts, stitched, key
+
+
+def _silent(_message: str) -> None:
+    """The log of processes other than process 0."""
+
+
+def split_across(cfg: RunConfig, world: int, log: Callable[[str], None]) -> RunConfig:
+    """`cfg` with each stage's micro_batch set so that `world` processes share its micro-batches equally."""
+    if world == 1:
+        return cfg
+    stages = {}
+    for i, sc in ((1, cfg.stage1), (2, cfg.stage2)):
+        micro = check_split(i, sc.batch_size, sc.micro_batch, world)
+        stages[f"stage{i}"] = dataclasses.replace(sc, micro_batch=micro)
+        log(
+            f"data parallel: {world} processes; stage {i}: {sc.batch_size // micro} micro-batch(es) of {micro} "
+            f"per step, {sc.batch_size // micro // world} per process"
+        )
+    return dataclasses.replace(cfg, **stages)
 
 
 def _sampler(ctx: StageContext, frames: int, h: int, w: int) -> Callable[[int, int], None]:

@@ -1,0 +1,89 @@
+"""Data-parallel training: two CPU processes (gloo, started by `accelerate launch`) give the same LoRA and the
+same losses as one process with the same global batch; a batch the processes cannot share is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from setseq.errors import SetseqError
+from setseq.train.distributed import SINGLE, check_split
+
+ARGS = [
+    "--frames",
+    "9",
+    "--no-progress",
+    "lora.rank=4",
+    "stage1.steps=3",
+    "stage2.steps=2",
+    "stage1.batch_size=4",
+    "stage1.micro_batch=2",
+    "stage2.batch_size=2",
+    "stage2.micro_batch=1",
+    "train.tensorboard=false",
+    "train.memory_check=false",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train(cmd: list[str], out, model, video) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    argv = [*cmd, "train", "--model", str(model), "--video", str(video), "--out", str(out), *ARGS]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _losses(run) -> list[tuple[int, int, float]]:
+    lines = (run / "logs" / "loss.jsonl").read_text().splitlines()
+    return [(r["stage"], r["step"], r["loss"]) for r in map(json.loads, lines)]
+
+
+def test_two_processes_match_one(tiny_wan_dir, clip_mp4, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    _train([sys.executable, "-m", "setseq.cli"], one, tiny_wan_dir, clip_mp4)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    _train(
+        [*launch, "--main_process_port", str(_free_port()), "-m", "setseq.cli"], two, tiny_wan_dir, clip_mp4
+    )
+
+    a, b = load_file(one / "setseq.safetensors"), load_file(two / "setseq.safetensors")
+    assert a.keys() == b.keys() and a
+    moved = 0
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6, msg=k)
+        moved += int(".motion" in k and a[k].abs().max() > 0)
+    assert moved, "stage 2 trained no motion residual: the comparison would prove nothing"
+    la, lb = _losses(one), _losses(two)
+    assert [x[:2] for x in la] == [x[:2] for x in lb] == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2)]
+    for (_, _, x), (_, _, y) in zip(la, lb):  # each step's loss summed over both processes' micro-batches
+        assert y == pytest.approx(x, rel=1e-4)
+    # process 1 wrote nothing of its own: one checkpoint folder per saved step, one log
+    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == sorted(
+        p.name for p in (one / "checkpoints").iterdir()
+    )
+
+
+def test_split_of_micro_batches():
+    assert check_split(1, 8, None, 1) == 8
+    assert check_split(1, 8, None, 2) == 4  # unset: the batch divides among the processes
+    assert check_split(2, 8, 2, 2) == 2  # 4 micro-batches, 2 each
+    with pytest.raises(SetseqError) as e:
+        check_split(1, 8, 8, 2)  # one micro-batch for two processes
+    assert "stage1.micro_batch=4" in str(e.value)
+    with pytest.raises(SetseqError) as e:
+        check_split(2, 3, None, 2)
+    assert "stage2.batch_size to a multiple of 2" in str(e.value)
+    assert SINGLE.mine(0) and SINGLE.mine(5) and SINGLE.is_main

@@ -1,0 +1,69 @@
+"""`setseq bench --shape`: the real-size architectures, the model-FLOP count, and the CPU mode end to end."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from setseq import lora as L
+from setseq.backbones.base import load_backbone
+from setseq.errors import SetseqError
+from setseq.speed import SHAPES, count_parameters, latent_shape, run_shape_bench, step_flops
+
+# Parameters of the published checkpoints' DiTs, in billions (model cards / config.json of each).
+PUBLISHED = {"wan-1.3b": 1.42, "wan-14b": 14.29, "cogvideox-5b": 5.57, "ltx": 1.92, "hunyuan": 12.82}
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_shapes_are_the_published_architectures(name):
+    assert count_parameters(name) / 1e9 == pytest.approx(PUBLISHED[name], rel=0.01)
+
+
+def test_flop_count_matches_torch_counter(tiny_wan_dir):
+    """Forward and backward FLOPs counted on the meta copy equal torch's FlopCounterMode on a real step
+    (math attention, rank-1 LoRA so that the LoRA's own products are small)."""
+    bb = load_backbone("wan", tiny_wan_dir, torch.device("cpu"), torch.float32)
+    spec = L.LoraSpec(rank=1, alpha=1.0, basis="down", targets=tuple(bb.info.lora_targets))
+    L.inject(bb.transformer, spec)
+    L.set_stage(bb.transformer, 2)
+    lat = latent_shape(bb, 9, 32, 48, 16)
+    prompt = bb.encode_prompt(["a sks dog"])
+    ours = step_flops(bb, spec, 2, 2, lat, prompt)
+    noisy = torch.randn(2, *lat)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fwd:
+        out = bb.predict(noisy, torch.full((2,), 0.5), prompt.expand(2))
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as bwd:
+        out.square().mean().backward()
+    assert ours["forward"] == pytest.approx(fwd.get_total_flops(), rel=0.02)
+    # torch's backward also holds the LoRA's own gradient products (ours leaves them out): a little above ours
+    assert 0.9 * bwd.get_total_flops() <= ours["backward"] <= bwd.get_total_flops()
+    assert ours["backward"] > 0.5 * ours["forward"]
+
+
+# The widest (width 3072-5120) take 15-50 s each on 2 cores even with one block: in the slow run.
+HEAVY = {"wan-14b", "cogvideox-5b", "hunyuan"}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in sorted(SHAPES)]
+)
+def test_shape_bench_runs_on_cpu(name):
+    rows = run_shape_bench(
+        name, device="cpu", layers=1, size=(64, 64), frames=[9], rank=4, stage1_batch=1, steps=1, warmup=0,
+        log=lambda _m: None,
+    )  # fmt: skip
+    assert [(r.stage, r.frames) for r in rows] == [(1, 1), (2, 9)]
+    for r in rows:
+        assert r.step_s > 0 and r.flops > 0 and 0 < r.mfu < 1
+        assert r.tokens > 0 and r.peak_bytes > 4 * count_parameters(name, layers=1)  # fp32 weights + more
+    assert rows[1].tokens > rows[0].tokens  # a clip has more tokens than a frame
+
+
+def test_unknown_shape_and_missing_cuda():
+    with pytest.raises(SetseqError, match="unknown shape"):
+        count_parameters("wan-99b")
+    if not torch.cuda.is_available():
+        with pytest.raises(SetseqError, match="no CUDA device"):
+            run_shape_bench("wan-1.3b", device="cuda")
