@@ -193,3 +193,51 @@ def test_auto_path_switches_on_token_count(monkeypatch):
     assert len(calls) == 1
     with pytest.raises(SetseqError, match="lora.path"):
         L.set_path(m, "fast")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fp8_base_weights_match_and_keep_no_upcast_copy(dtype):
+    """fp8 storage (per-row scale) gives the full-precision layer's output and LoRA gradients within fp8's
+    rounding, stores 1 byte per weight, and autograd saves the fp8 weight, never an upcast (out, in) copy."""
+    torch.manual_seed(0)
+    base = nn.Linear(64, 96).to(dtype)
+    runs = {}
+    for fp8 in (False, True):
+        lin = nn.Linear(64, 96).to(dtype)
+        lin.load_state_dict(base.state_dict())
+        layer = L.SetSeqLinear(lin, 8, 8.0, "down", generator=torch.Generator().manual_seed(1))
+        g = torch.Generator().manual_seed(3)
+        with torch.no_grad():
+            layer.up.normal_(std=0.05, generator=g)
+        if fp8:
+            layer.store_base_fp8()
+            assert lin.weight.dtype == torch.float8_e4m3fn and lin.weight.element_size() == 1
+        params = L.set_stage(nn.Sequential(layer), 2, dropconnect=0.0)
+        with torch.no_grad():
+            layer.motion.normal_(std=0.05, generator=g)
+        saved = []
+        x = torch.randn(5, 40, 64, generator=torch.Generator().manual_seed(2)).to(dtype).requires_grad_(True)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, keep=saved: keep.append(t) or t, lambda t: t):
+            out = layer(x)
+        out.float().square().mean().backward()
+        runs[fp8] = (out.detach().float(), x.grad.float(), [p.grad.float() for p in params], saved)
+    (o0, gx0, gp0, _), (o1, gx1, gp1, saved) = runs[False], runs[True]
+    for a, b in [(o0, o1), (gx0, gx1), *zip(gp0, gp1)]:
+        rel = float((b - a).norm() / a.norm())
+        assert 0 < rel < 0.05, rel  # e4m3 keeps 3 mantissa bits: a few percent, not zero
+    weights = [t for t in saved if t.shape == (96, 64)]
+    assert weights and all(t.dtype == torch.float8_e4m3fn for t in weights)
+
+
+def test_fp8_spec_applies_on_injection_and_refuses_merge():
+    outs = []
+    for fp8 in (False, True):
+        torch.manual_seed(0)
+        m = nn.Sequential(Block(), Block())
+        layers = L.inject(m, L.LoraSpec(4, 4.0, "down", (r"to_q$",), fp8=fp8))
+        outs.append(m(torch.randn(2, 16, generator=torch.Generator().manual_seed(5))).detach())
+    assert all(lay.base.weight.dtype == torch.float8_e4m3fn for lay in layers.values())
+    assert m[0].other.weight.dtype == torch.float32  # not a target: untouched
+    assert 0 < float((outs[1] - outs[0]).norm() / outs[0].norm()) < 0.05
+    with pytest.raises(SetseqError, match="fp8"):
+        L.merge(m)

@@ -25,11 +25,11 @@ def test_peak_memory_tracker_counts_live_storages():
     assert p.current == 1 << 20  # only `a` still alive
 
 
-def _measured_and_estimated(bb, shape, stage, micro, ckpt):
+def _measured_and_estimated(bb, shape, stage, micro, ckpt, fp8=False):
     torch.manual_seed(0)
     with torch.no_grad():
         prompt = bb.encode_prompt(["a red circle moving left on a blue background"])
-    spec = L.LoraSpec(16, 16.0, "down", tuple(bb.info.lora_targets))
+    spec = L.LoraSpec(16, 16.0, "down", tuple(bb.info.lora_targets), fp8=fp8)
     model = bb.transformer
     if ckpt:
         model.enable_gradient_checkpointing()
@@ -82,6 +82,17 @@ def test_estimate_within_25_percent_on_tiny_wan(tiny_wan_dir, ckpt):
         shape = tuple(bb.encode_video(torch.zeros(1, 17, 3, 64, 64)).shape[1:])
     est, measured = _measured_and_estimated(bb, shape, 2, 2, ckpt)
     assert 0.75 <= est.total / measured <= 1.25, (est, measured)
+
+
+def test_estimate_with_fp8_base_weights(tiny_wan_dir):
+    bb = load_backbone("wan", str(tiny_wan_dir))
+    with torch.no_grad():
+        shape = tuple(bb.encode_video(torch.zeros(1, 17, 3, 64, 64)).shape[1:])
+    est, measured = _measured_and_estimated(bb, shape, 2, 2, False, fp8=True)
+    assert 0.75 <= est.total / measured <= 1.25, (est, measured)
+    plain = load_backbone("wan", str(tiny_wan_dir))
+    est_plain, _ = _measured_and_estimated(plain, shape, 2, 2, False)
+    assert est.weights < est_plain.weights
 
 
 def test_checkpointing_lowers_the_estimate():

@@ -28,6 +28,9 @@ class ModelConfig:
     path: str = "toy"  # local folder or hub id ("toy" is the shipped toy model)
     dtype: str = "float32"  # float32 | bfloat16 | float16: compute dtype of the frozen weights
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # Store the frozen weights of the LoRA-targeted linears in float8_e4m3fn with a per-row scale (half of
+    # bf16's bytes; the layer upcasts inside its op). For large models on small cards.
+    fp8: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16", "float16"):

@@ -26,6 +26,13 @@ U D, so it pays off when the tokens far outnumber the features, which is every v
 `auto` picks fused when tokens >= FUSED_MIN_TOKENS (see BENCHMARKS.md for the measurement). In bf16 the sum
 W + U D is rounded to bf16, as diffusers' `fuse_lora` does; the gradients of U and D are computed in float32.
 
+fp8 base weights (`model.fp8=true`): the frozen weight of every LoRA-targeted linear is stored in
+float8_e4m3fn with one float scale per output row (amax / 448), half of bf16's bytes. The layer then always
+takes the fused path with the weight rebuilt as `W8 * scale` in the compute dtype inside the op, and again in
+backward: only the fp8 weight is kept, never its upcast copy (a plain cast before `F.linear` would leave a
+bf16 copy per layer saved for backward, which is why diffusers' layerwise casting does not save memory in
+training).
+
 A merged export keeps the same rank: basis down gives `U = s (s_id U1 + s_mot U2)`, `D = D1`; basis up gives
 `U = s U1`, `D = s_id D1 + s_mot D2` (alpha is folded into U so loaders need no alpha).
 """
@@ -50,6 +57,7 @@ Basis = Literal["down", "up"]
 Path = Literal["auto", "fused", "per_token"]
 #: `path: auto` uses the fused matmul from this many tokens per forward (batch x sequence) up.
 FUSED_MIN_TOKENS = 1024
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
 Stage = Literal[1, 2, 0]  # 0 = inference (nothing trainable, no mask)
 
 
@@ -87,6 +95,9 @@ class SetSeqLinear(nn.Module):
         self.merged = False
         self._merged_delta: torch.Tensor | None = None
         self.path: Path = "auto"
+        # Per-row scale (out, 1) when the base weight is stored in fp8 (`store_base_fp8`); None otherwise.
+        self.weight_scale: torch.Tensor | None
+        self.register_buffer("weight_scale", None, persistent=False)
         base.weight.requires_grad_(False)
         if base.bias is not None:
             base.bias.requires_grad_(False)
@@ -149,12 +160,26 @@ class SetSeqLinear(nn.Module):
         u, d = self.factors()
         return u @ d
 
+    @torch.no_grad()
+    def store_base_fp8(self) -> None:
+        """Store the frozen base weight in float8_e4m3fn with a per-row scale (see the module docstring)."""
+        if self.weight_scale is not None:
+            return
+        w = self.base.weight.data
+        scale = w.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / FP8_MAX  # (out, 1)
+        self.base.weight.data = (w.float() / scale).to(torch.float8_e4m3fn)
+        self.weight_scale = scale.to(w.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.merged or (self.identity_scale == 0.0 and self.motion_scale == 0.0):
+        off = self.merged or (self.identity_scale == 0.0 and self.motion_scale == 0.0)
+        if self.weight_scale is not None:  # fp8 base weight: always the fused op, which upcasts inside
+            u, d = (None, None) if off else self.factors()
+            return _FusedLinear.apply(x, self.base.weight, self.base.bias, u, d, self.weight_scale)
+        if off:
             return self.base(x)
         u, d = self.factors()
         if self.path == "fused" or (self.path == "auto" and x.numel() // x.shape[-1] >= FUSED_MIN_TOKENS):
-            return _FusedLinear.apply(x, self.base.weight, self.base.bias, u, d)
+            return _FusedLinear.apply(x, self.base.weight, self.base.bias, u, d, None)
         # Per-token path: x (..., in) -> (..., r) -> (..., out).
         y = self.base(x)
         return y + F.linear(F.linear(x.to(d.dtype), d), u).to(y.dtype)
@@ -164,6 +189,8 @@ class SetSeqLinear(nn.Module):
         """Fold dW into the base weight (inference only); `unmerge` restores it exactly up to rounding."""
         if self.merged:
             return
+        if self.weight_scale is not None:
+            raise SetseqError("cannot merge a LoRA into fp8 base weights", "load the model without model.fp8")
         was_training = self.training
         self.eval()
         delta = self.delta_weight().to(self.base.weight.dtype)
@@ -185,29 +212,36 @@ class SetSeqLinear(nn.Module):
         return f"rank={self.rank}, alpha={self.alpha}, basis={self.basis}, stage={self.stage}"
 
 
+def _effective_weight(weight, u, d, scale, dtype) -> torch.Tensor:
+    """W (upcast from fp8 by its row scale when `scale` is given) + U D, in `dtype`."""
+    w = weight if scale is None else weight.to(dtype) * scale
+    return w if u is None else w + (u @ d).to(w.dtype)
+
+
 class _FusedLinear(torch.autograd.Function):
-    """y = x (W + U D)^T + b with W, b frozen; gradients for x, U, D as needed. See the module docstring."""
+    """y = x (W + U D)^T + b with W, b frozen; gradients for x, U, D as needed. See the module docstring.
+    `u`, `d` may be None (no LoRA applied); `scale` is the row scale of an fp8 `weight`, else None."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, u, d):  # type: ignore[override]
-        ctx.save_for_backward(x, weight, u, d)
-        return F.linear(x, weight + (u @ d).to(weight.dtype), bias)
+    def forward(ctx, x, weight, bias, u, d, scale):  # type: ignore[override]
+        ctx.save_for_backward(x, weight, u, d, scale)
+        return F.linear(x, _effective_weight(weight, u, d, scale, x.dtype), bias)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
-        x, weight, u, d = ctx.saved_tensors
-        need_x, _, _, need_u, need_d = ctx.needs_input_grad
+        x, weight, u, d, scale = ctx.saved_tensors
+        need_x, _, _, need_u, need_d, _ = ctx.needs_input_grad
         gx = gu = gd = None
         if need_x:
-            gx = g @ (weight + (u @ d).to(weight.dtype))
-        if need_u or need_d:
+            gx = g @ _effective_weight(weight, u, d, scale, g.dtype)
+        if (need_u or need_d) and u is not None:
             g2 = g.reshape(-1, g.shape[-1]).to(u.dtype)  # (N, out)
             x2 = x.reshape(-1, x.shape[-1]).to(u.dtype)  # (N, in)
             if need_u:
                 gu = g2.t() @ (x2 @ d.t())  # (out, r)
             if need_d:
                 gd = (g2 @ u).t() @ x2  # (r, in)
-        return gx, None, None, gu, gd
+        return gx, None, None, gu, gd, None
 
 
 def _check_path(path: str) -> None:
@@ -235,6 +269,7 @@ class LoraSpec:
     basis: Basis
     targets: tuple[str, ...]
     path: Path = "auto"
+    fp8: bool = False  # store the targeted linears' frozen weights in fp8 (SetSeqLinear.store_base_fp8)
 
 
 def find_targets(model: nn.Module, patterns: Iterable[str]) -> list[str]:
@@ -270,6 +305,8 @@ def inject(model: nn.Module, spec: LoraSpec, seed: int = 0) -> dict[str, SetSeqL
         base = getattr(parent, child)
         layer = SetSeqLinear(base, spec.rank, spec.alpha, spec.basis, generator=gen)
         layer.path = spec.path
+        if spec.fp8:
+            layer.store_base_fp8()
         setattr(parent, child, layer)
         layers[name] = layer
     return layers

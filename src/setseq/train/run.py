@@ -218,6 +218,7 @@ def lora_spec(cfg: RunConfig, bb: Backbone) -> L.LoraSpec:
         cfg.lora.basis,  # type: ignore[arg-type]
         tuple(cfg.lora.targets or bb.info.lora_targets),
         cfg.lora.path,  # type: ignore[arg-type]
+        fp8=cfg.model.fp8,
     )
 
 
