@@ -108,10 +108,14 @@ def test_checkpointing_lowers_the_estimate():
 
 
 @pytest.mark.parametrize(
-    ("gib", "flag"),
-    [("0.045", "train.gradient_checkpointing=true"), ("0.001", "lower --frames or --size")],
+    ("gib", "batch", "flag"),
+    [
+        ("0.045", 16, "train.gradient_checkpointing=true"),
+        ("0.024", 1, "model.fp8=true"),  # batch 1 with checkpointing is still over; fp8 weights fit
+        ("0.001", 16, "lower --frames or --size"),
+    ],
 )
-def test_a_run_that_cannot_fit_is_refused_naming_the_flag(tmp_path, monkeypatch, gib, flag):
+def test_a_run_that_cannot_fit_is_refused_naming_the_flag(tmp_path, monkeypatch, gib, batch, flag):
     from setseq.config import resolve_config
     from setseq.data import synthetic as S
     from setseq.data.video import write_video
@@ -122,7 +126,8 @@ def test_a_run_that_cannot_fit_is_refused_naming_the_flag(tmp_path, monkeypatch,
 
     monkeypatch.setenv("SETSEQ_DEVICE_MEMORY_GB", gib)
     flags = {"data": {"video": str(toy_video)}}  # the shipped toy model
-    overrides = ["lora.rank=16", "stage1.steps=1", "stage2.steps=1", "stage2.batch_size=16"]
+    overrides = ["lora.rank=16", "stage1.steps=1", "stage2.steps=1", f"stage2.batch_size={batch}"]
+    overrides += ["stage1.batch_size=1"] if batch == 1 else []
     lines: list[str] = []
     with pytest.raises(SetseqError, match="needs about") as err:
         train(resolve_config(None, flags, overrides), tmp_path / "run", progress=False, log=lines.append)

@@ -298,14 +298,37 @@ def check_memory(
         if est.total <= 0.95 * capacity:
             continue
         name = f"stage{stage}"
-        if not ckpt and estimate(stage, micro, True).total <= 0.95 * capacity:
-            fix = "set train.gradient_checkpointing=true"
-        elif micro > 1 and estimate(stage, 1, ckpt).total <= 0.95 * capacity:
-            fix = f"set {name}.micro_batch=1 (gradient accumulation keeps batch_size)"
-        elif micro > 1 and not ckpt and estimate(stage, 1, True).total <= 0.95 * capacity:
-            fix = f"set train.gradient_checkpointing=true and {name}.micro_batch=1"
-        else:
-            fix = "lower --frames or --size (or train on a larger device); train.memory_check=false skips this check"
+        # What fp8 base weights would save: the targeted weights at 1 byte instead of their own width.
+        fp8_saving = sum(
+            lay.base.weight.numel() * (lay.base.weight.element_size() - 1)
+            for lay in L.get_layers(bb.transformer).values()
+        )
+        options = [  # (flags, applicable, micro-batch, checkpointing, bytes saved by fp8), cheapest first
+            ("set train.gradient_checkpointing=true", not ckpt, micro, True, 0),
+            (f"set {name}.micro_batch=1 (gradient accumulation keeps batch_size)", micro > 1, 1, ckpt, 0),
+            (
+                f"set train.gradient_checkpointing=true and {name}.micro_batch=1",
+                micro > 1 and not ckpt,
+                1,
+                True,
+                0,
+            ),
+            (
+                f"set model.fp8=true, train.gradient_checkpointing=true and {name}.micro_batch=1",
+                fp8_saving > 0,
+                1,
+                True,
+                fp8_saving,
+            ),
+        ]
+        fix = next(
+            (
+                flags
+                for flags, applicable, m, c, saved in options
+                if applicable and estimate(stage, m, c).total - saved <= 0.95 * capacity
+            ),
+            "lower --frames or --size (or train on a larger device); train.memory_check=false skips this check",
+        )
         raise SetseqError(
             f"stage {stage} needs about {est.total / GiB:.1f} GiB but the device has {capacity / GiB:.1f} GiB",
             fix,
