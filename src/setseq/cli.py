@@ -195,8 +195,10 @@ def cmd_export(
     identity_scale: float | None = None,
     motion_scale: float | None = None,
     dtype: str = "float32",
+    expert: str | None = None,
 ) -> Path:
-    """Export a run's LoRA to diffusers, ComfyUI, identity-only or motion-only files."""
+    """Export a run's LoRA to diffusers, ComfyUI, identity-only or motion-only files (Wan 2.2 A14B: one
+    `expert` per file)."""
     import torch
 
     from setseq.export import export_file, load_setseq
@@ -209,6 +211,7 @@ def cmd_export(
         identity_scale,
         motion_scale,
         dtype={"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype],
+        expert=expert,
     )
     print(f"wrote {path} ({fmt})")
     return path
@@ -330,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="export a run's LoRA for diffusers / ComfyUI, or one part of it")
     e.add_argument("run")
     e.add_argument("--format", required=True, choices=["diffusers", "comfyui", "identity", "motion"])
+    e.add_argument(
+        "--expert", choices=["high", "low"], help="Wan 2.2 A14B: which expert's LoRA (one file each)"
+    )
     e.add_argument("--out", required=True)
     e.add_argument("--identity-scale", type=float)
     e.add_argument("--motion-scale", type=float)
@@ -464,7 +470,15 @@ def main(argv: list[str] | None = None) -> int:
                 args.dtype,
             )
         elif args.command == "export":
-            cmd_export(args.run, args.format, args.out, args.identity_scale, args.motion_scale, args.dtype)
+            cmd_export(
+                args.run,
+                args.format,
+                args.out,
+                args.identity_scale,
+                args.motion_scale,
+                args.dtype,
+                args.expert,
+            )
         elif args.command == "info":
             cmd_info(args.run)
         elif args.command == "demo":

@@ -279,12 +279,35 @@ def comfyui_module_name(module: str) -> str:
     )
 
 
+#: Module-name prefixes of a LoRA trained on two experts (Wan 2.2 A14B: high-noise and low-noise DiT).
+EXPERTS = ("high", "low")
+
+
+def lora_experts(lora: SetseqLora) -> list[str]:
+    """The experts a LoRA carries layers for (`EXPERTS` prefixes), or [] for a one-DiT LoRA."""
+    heads = {m.split(".", 1)[0] for m in lora.modules}
+    return [e for e in EXPERTS if e in heads] if heads <= set(EXPERTS) else []
+
+
 def export_tensors(
-    lora: SetseqLora, fmt: str, identity_scale: float | None = None, motion_scale: float | None = None
+    lora: SetseqLora,
+    fmt: str,
+    identity_scale: float | None = None,
+    motion_scale: float | None = None,
+    expert: str | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The tensors of an export in `fmt` (see module docstring)."""
+    """The tensors of an export in `fmt` (see module docstring). A two-expert LoRA exports one `expert` at a
+    time, named as that expert's own DiT (diffusers: load the low-noise one with load_into_transformer_2)."""
     if fmt not in EXPORT_FORMATS:
         raise SetseqError(f"unknown export format '{fmt}'", f"use one of: {', '.join(EXPORT_FORMATS)}")
+    experts = lora_experts(lora)
+    if experts and expert not in experts:
+        raise SetseqError(
+            f"this LoRA has one part per expert ({', '.join(experts)}; Wan 2.2 A14B) and exports one at a time",
+            f"pass --expert {experts[0]} or --expert {experts[-1]}",
+        )
+    if expert is not None and not experts:
+        raise SetseqError(f"this LoRA has no experts, so --expert {expert} does not apply", "drop --expert")
     if fmt in ("comfyui",) and lora.meta.get("backbone") not in ("wan", "toy"):
         raise SetseqError(
             f"ComfyUI export is only defined for Wan-architecture LoRAs, not '{lora.meta.get('backbone')}'",
@@ -298,16 +321,21 @@ def export_tensors(
         s_id = 0.0
     out: dict[str, torch.Tensor] = {}
     for m in lora.modules:
+        name = m
+        if expert is not None:
+            if not m.startswith(expert + "."):
+                continue
+            name = m[len(expert) + 1 :]  # the expert's own module name
         a, b = merged_factors(lora, m, s_id, s_mot)
         if fmt == "comfyui":
-            key = "diffusion_model." + comfyui_module_name(m)
+            key = "diffusion_model." + comfyui_module_name(name)
             out[f"{key}.lora_A.weight"] = a.contiguous()
             out[f"{key}.lora_B.weight"] = b.contiguous()
             # ComfyUI scales by alpha / rank; alpha = rank keeps the folded scale exact.
             out[f"{key}.alpha"] = torch.tensor(float(a.shape[0]))
         else:
-            out[f"transformer.{m}.lora_A.weight"] = a.contiguous()
-            out[f"transformer.{m}.lora_B.weight"] = b.contiguous()
+            out[f"transformer.{name}.lora_A.weight"] = a.contiguous()
+            out[f"transformer.{name}.lora_B.weight"] = b.contiguous()
     return out
 
 
@@ -318,17 +346,18 @@ def export_file(
     identity_scale: float | None = None,
     motion_scale: float | None = None,
     dtype: torch.dtype = torch.float32,
+    expert: str | None = None,
 ) -> Path:
     tensors = {
         k: v.to(dtype) if v.is_floating_point() else v
-        for k, v in export_tensors(lora, fmt, identity_scale, motion_scale).items()
+        for k, v in export_tensors(lora, fmt, identity_scale, motion_scale, expert).items()
     }
     md = {
         "format": f"setseq-export-{fmt}",
         "setseq_backbone": str(lora.meta.get("backbone")),
         "setseq_token": str(lora.meta.get("token", "")),
         "setseq_prompt": str(lora.meta.get("t_motion", "")),
-    }
+    } | ({"setseq_expert": expert} if expert else {})
     out = Path(out)
     with atomic_path(out) as tmp:
         save_file(tensors, str(tmp), metadata=md)

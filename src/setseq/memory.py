@@ -59,8 +59,12 @@ class MemoryEstimate:
 
 def _blocks(model: nn.Module) -> list[nn.Module]:
     """The DiT's transformer blocks: the members of its top-level ModuleLists (`blocks`, `transformer_blocks`,
-    and HunyuanVideo's `single_transformer_blocks`), which is what gradient checkpointing wraps."""
-    return [b for m in model.children() if isinstance(m, nn.ModuleList) for b in m]
+    and HunyuanVideo's `single_transformer_blocks`), which is what gradient checkpointing wraps; for a module
+    holding several DiTs (Wan 2.2 A14B's experts), those of each."""
+    from diffusers import ModelMixin
+
+    dits = [m for m in model.modules() if isinstance(m, ModelMixin)] or [model]
+    return [b for dit in dits for m in dit.children() if isinstance(m, nn.ModuleList) for b in m]
 
 
 class _FlashLikeAttention(torch.autograd.Function):
@@ -119,15 +123,19 @@ def tokens_per_sample(transformer: torch.nn.Module, latent_shape: tuple[int, ...
 
 def meta_copy(transformer: nn.Module, spec: L.LoraSpec | None) -> nn.Module:
     """The same DiT class and config on the meta device, with the same LoRA layers (none without `spec`)."""
+    like = getattr(transformer, "meta_like", None)  # a module of several DiTs builds its own copy
     from_config = getattr(type(transformer), "from_config", None)
-    if from_config is None:
+    if like is not None:
+        meta = like()
+    elif from_config is None:
         raise SetseqError(
             f"cannot estimate memory for {type(transformer).__name__}: it is not a diffusers model",
             "set train.memory_check=false",
         )
-    dtype = next(transformer.parameters()).dtype
-    with torch.device("meta"):
-        meta = from_config(transformer.config).to(dtype)
+    else:
+        dtype = next(transformer.parameters()).dtype
+        with torch.device("meta"):
+            meta = from_config(transformer.config).to(dtype)
     if spec is not None:
         L.inject(meta, spec)
     return meta

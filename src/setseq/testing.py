@@ -44,9 +44,17 @@ def build_word_tokenizer(words: list[str] | tuple[str, ...], max_length: int = 6
 
 
 def build_tiny_wan(
-    folder: str | Path, seed: int = 0, *, layers: int = 2, heads: int = 2, head_dim: int = 12
+    folder: str | Path,
+    seed: int = 0,
+    *,
+    layers: int = 2,
+    heads: int = 2,
+    head_dim: int = 12,
+    two_experts: bool = False,
 ) -> Path:
-    """Write a tiny random Wan 2.1-style T2V pipeline to `folder` (diffusers layout, safetensors)."""
+    """Write a tiny random Wan 2.1-style T2V pipeline to `folder` (diffusers layout, safetensors).
+    `two_experts`: Wan 2.2 A14B's layout instead, a high-noise `transformer` and a low-noise `transformer_2`
+    switched at `boundary_ratio` 0.875 of the timesteps."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -70,25 +78,35 @@ def build_tiny_wan(
     vae = AutoencoderKLWan(
         base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
     ).eval()
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=heads,
-        attention_head_dim=head_dim,
-        in_channels=16,
-        out_channels=16,
-        text_dim=32,
-        freq_dim=32,
-        ffn_dim=32,
-        num_layers=layers,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-    ).eval()
+
+    def dit() -> WanTransformer3DModel:
+        return WanTransformer3DModel(
+            patch_size=(1, 2, 2),
+            num_attention_heads=heads,
+            attention_head_dim=head_dim,
+            in_channels=16,
+            out_channels=16,
+            text_dim=32,
+            freq_dim=32,
+            ffn_dim=32,
+            num_layers=layers,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            rope_max_seq_len=32,
+        ).eval()
+
+    transformer = dit()
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
     )
+    experts = {"transformer_2": dit(), "boundary_ratio": 0.875} if two_experts else {}
     pipe = WanPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=scheduler,
+        **experts,
     )
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder

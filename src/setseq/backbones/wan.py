@@ -8,7 +8,12 @@ the VAE's `latents_mean` / `latents_std`, exactly as `WanPipeline` un-normalises
   per latent patch: `predict` expands each sample's timestep over its patches, as `WanPipeline` does.
 - Single frames (stage 1): the VAE is causal, one frame encodes to one latent frame (Wan trains on images as
   1-frame videos), so stage 1 uses it as is.
-- The two-expert Wan 2.2 A14B (transformer + transformer_2) is refused.
+- Wan 2.2 A14B (T2V): two experts, `transformer` for the high-noise timesteps (t >= boundary_ratio x 1000)
+  and `transformer_2` for the rest, as `WanPipeline` switches them. `WanExperts` holds both as one module
+  (`high`, `low`), routes each training sample to the expert its timestep belongs to, and carries one set of
+  LoRA layers per expert (module names `high.blocks...`, `low.blocks...`), trained in the same run. The
+  exports are one file per expert (`*_high_noise`, `*_low_noise`), the way A14B LoRAs are shared; diffusers
+  loads the low-noise one with `load_lora_weights(..., load_into_transformer_2=True)`.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import hashlib
 import json
 
 import torch
+from torch import nn
 
 from setseq.backbones.base import BackboneInfo, PromptEmbeds, load_diffusers_pipeline, register_backbone
 from setseq.errors import SetseqError
@@ -30,6 +36,57 @@ WAN_LORA_TARGETS = (
     r"^blocks\.\d+\.ffn\.net\.(0\.proj|2)$",
 )
 MAX_SEQUENCE_LENGTH = 512  # WanPipeline's default text length
+EXPERTS = ("high", "low")  # Wan 2.2 A14B: transformer (high noise), transformer_2 (low noise)
+
+
+class WanExperts(nn.Module):
+    """Wan 2.2 A14B's two DiTs as one module: each sample goes to `high` when its timestep is at or above
+    `boundary` (in timesteps, 0-1000), else to `low`, as `WanPipeline` picks them while sampling."""
+
+    _supports_gradient_checkpointing = True
+
+    def __init__(self, high: nn.Module, low: nn.Module, boundary: float) -> None:
+        super().__init__()
+        self.high, self.low = high, low
+        self.boundary = float(boundary)
+
+    @property
+    def config(self):
+        return self.high.config  # both experts share one architecture
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.high.dtype
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.high.enable_gradient_checkpointing()
+        self.low.enable_gradient_checkpointing()
+
+    def meta_like(self) -> WanExperts:
+        """The same two architectures on the meta device (for memory and FLOP estimates)."""
+        with torch.device("meta"):
+            high = type(self.high).from_config(self.high.config).to(self.high.dtype)
+            low = type(self.low).from_config(self.low.config).to(self.low.dtype)
+        return WanExperts(high, low, self.boundary)
+
+    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, **kwargs) -> tuple[torch.Tensor]:
+        kwargs["return_dict"] = False
+        t = timestep.reshape(timestep.shape[0], -1)[:, 0]  # (B,) one timestep per sample
+        # On the meta device (memory and FLOP estimates) there are no values: one expert stands for both.
+        high = [False] * t.shape[0] if t.is_meta else (t >= self.boundary).tolist()
+        if all(high) or not any(high):
+            expert = self.high if high[0] else self.low
+            return (expert(hidden_states=hidden_states, timestep=timestep, **kwargs)[0],)
+        parts, order = [], []
+        for expert, want in ((self.high, True), (self.low, False)):
+            idx = [i for i, h in enumerate(high) if h == want]
+            sub = {
+                k: v[idx] if torch.is_tensor(v) and v.shape[:1] == t.shape else v for k, v in kwargs.items()
+            }
+            parts.append(expert(hidden_states=hidden_states[idx], timestep=timestep[idx], **sub)[0])
+            order += idx
+        out = torch.cat(parts)
+        return (out[torch.argsort(torch.tensor(order, device=out.device))],)
 
 
 def _fingerprint(configs: list[dict]) -> str:
@@ -45,13 +102,20 @@ class WanBackbone:
     """Wan T2V behind the `Backbone` protocol."""
 
     def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype) -> None:
-        if getattr(pipe, "transformer_2", None) is not None:
-            raise SetseqError(
-                "this Wan 2.2 checkpoint has two experts (transformer and transformer_2), which setseq does not train yet",
-                "use a single-transformer Wan 2.1 or Wan 2.2 TI2V-5B checkpoint",
-            )
         self.pipe = pipe
         self.transformer = pipe.transformer
+        targets, experts = WAN_LORA_TARGETS, None
+        if getattr(pipe, "transformer_2", None) is not None:  # Wan 2.2 A14B
+            ratio = pipe.config.get("boundary_ratio")
+            if ratio is None:
+                raise SetseqError(
+                    f"{model_id} has two experts but no boundary_ratio in model_index.json",
+                    "use the official Wan 2.2 A14B diffusers checkpoint (its model_index.json sets boundary_ratio)",
+                )
+            steps = int(getattr(pipe.scheduler.config, "num_train_timesteps", 1000))
+            self.transformer = WanExperts(pipe.transformer, pipe.transformer_2, float(ratio) * steps)
+            targets = tuple(p.replace("^", r"^(high|low)\.", 1) for p in WAN_LORA_TARGETS)
+            experts = {"experts": list(EXPERTS), "boundary_ratio": float(ratio)}
         self.vae = pipe.vae
         self.text_encoder = pipe.text_encoder
         self.tokenizer = pipe.tokenizer
@@ -74,6 +138,7 @@ class WanBackbone:
             model_id=model_id,
             fingerprint=_fingerprint(
                 [_plain_config(tcfg), _plain_config(vcfg), self.text_encoder.config.to_dict()]
+                + ([experts] if experts else [])
             ),
             # Wan's native 480p size (Wan 2.2 TI2V-5B: 720p, 704x1280); tiny test models default to a tiny size.
             height=32 if small else (704 if self.expand_timesteps else 480),
@@ -82,8 +147,9 @@ class WanBackbone:
             frame_multiple=st,
             spatial_multiple=ss * patch[1],
             supports_self_conditioning=False,
-            lora_targets=WAN_LORA_TARGETS,
-            extra={"flow_shift": self.flow_shift, "vae_scale_factor_spatial": ss, "patch_size": patch},
+            lora_targets=targets,
+            extra={"flow_shift": self.flow_shift, "vae_scale_factor_spatial": ss, "patch_size": patch}
+            | (experts or {}),
         )
 
     # -- text ------------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from setseq.data.cache import (
     weights_stamp,
 )
 from setseq.errors import SetseqError
-from setseq.export import check_compatible, export_file, load_setseq, save_setseq
+from setseq.export import check_compatible, export_file, load_setseq, lora_experts, save_setseq
 from setseq.io import remove_stale_temps, write_text
 from setseq.memory import GiB, device_memory, estimate_training_memory, tokens_per_sample
 from setseq.train import checkpoint as C
@@ -505,9 +505,12 @@ def train(
     meta = lora_metadata(cfg, bb, spec, frames, h, w)
     save_setseq(run_dir / "setseq.safetensors", trainable_state(model, 2), meta)
     lora = load_setseq(run_dir / "setseq.safetensors")
-    written = [export_file(lora, "diffusers", run_dir / "lora_diffusers.safetensors")]
-    if bb.info.name == "wan":  # ComfyUI knows the original Wan layout; the toy model has no ComfyUI loader
-        written.append(export_file(lora, "comfyui", run_dir / "lora_comfyui.safetensors"))
+    formats = ["diffusers"] + (["comfyui"] if bb.info.name == "wan" else [])  # the toy model: no ComfyUI
+    written = [
+        export_file(lora, fmt, run_dir / f"lora_{fmt}{f'_{e}_noise' if e else ''}.safetensors", expert=e)
+        for fmt in formats
+        for e in (lora_experts(lora) or [None])  # Wan 2.2 A14B: one file per expert
+    ]
     if emb is not None:
         written += save_embeddings(run_dir, emb)
         emb.remove()

@@ -1,0 +1,124 @@
+"""Wan 2.2 A14B's two experts: routing by timestep, one LoRA per expert trained in one run, one export per
+expert that diffusers loads into `transformer` and `transformer_2`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from setseq import lora as L
+from setseq.backbones.base import load_backbone
+from setseq.backbones.wan import WanExperts
+from setseq.cli import main
+from setseq.config import resolve_config
+from setseq.export import load_setseq
+from setseq.train.run import train
+
+OVERRIDES = [
+    "lora.rank=4",
+    "stage1.steps=3",
+    "stage2.steps=3",
+    "stage1.batch_size=4",
+    "stage2.batch_size=4",
+    "stage2.micro_batch=2",
+    "train.tensorboard=false",
+    "stage1.lr=1e-2",
+    "stage2.lr=1e-2",
+]
+
+
+@pytest.fixture(scope="module")
+def a14b_dir(tmp_path_factory):
+    from setseq.testing import build_tiny_wan
+
+    return build_tiny_wan(tmp_path_factory.mktemp("a14b") / "model", two_experts=True)
+
+
+@pytest.fixture(scope="module")
+def a14b_run(a14b_dir, tmp_path_factory):
+    from setseq.data.video import write_video
+    from tests.conftest import moving_square_video
+
+    root = tmp_path_factory.mktemp("a14brun")
+    video = root / "clip.mp4"
+    write_video(video, moving_square_video(13, (40, 56)), fps=8)
+    flags = {"model": {"backbone": "wan", "path": str(a14b_dir)}, "data": {"video": str(video), "frames": 9}}
+    train(resolve_config(None, flags, OVERRIDES), root / "run", progress=False, log=lambda s: None)
+    return root / "run"
+
+
+def test_samples_go_to_the_expert_of_their_timestep(a14b_dir):
+    bb = load_backbone("wan", str(a14b_dir))
+    experts = bb.transformer
+    assert isinstance(experts, WanExperts) and experts.boundary == pytest.approx(875.0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 16, 3, 4, 4, generator=g)
+    text = torch.randn(3, 12, 32, generator=g)
+    t = torch.tensor([950.0, 100.0, 875.0])  # high, low, high (the boundary belongs to the high expert)
+    with torch.no_grad():
+        mixed = experts(hidden_states=x, timestep=t, encoder_hidden_states=text)[0]
+        for i, expert in enumerate((experts.high, experts.low, experts.high)):
+            alone = expert(
+                hidden_states=x[i : i + 1], timestep=t[i : i + 1], encoder_hidden_states=text[i : i + 1]
+            )
+            torch.testing.assert_close(mixed[i : i + 1], alone[0])
+        other = experts.low(hidden_states=x[:1], timestep=t[:1], encoder_hidden_states=text[:1])[0]
+    assert (mixed[:1] - other).abs().max() > 1e-4  # the two experts differ: the routing matters
+
+
+def test_one_lora_per_expert_trained_and_exported(a14b_run):
+    lora = load_setseq(a14b_run / "setseq.safetensors")
+    assert {m.split(".", 1)[0] for m in lora.modules} == {"high", "low"}
+    n = len(lora.modules) // 2
+    assert n == len([m for m in lora.modules if m.startswith("high.")])
+    for e in ("high", "low"):  # both experts received samples and learned (identity and motion)
+        for part in ("identity.up", "motion.up"):
+            assert any(lora.tensors[k].abs().max() > 0 for k in lora.tensors if k.startswith(e) and part in k)
+        for fmt in ("diffusers", "comfyui"):
+            t = load_file(str(a14b_run / f"lora_{fmt}_{e}_noise.safetensors"))
+            assert len([k for k in t if k.endswith("lora_A.weight")]) == n
+            assert not any(".high." in k or ".low." in k for k in t)
+    assert not (a14b_run / "lora_diffusers.safetensors").exists()
+
+
+def test_diffusers_loads_each_expert_file_into_its_transformer(a14b_run, a14b_dir):
+    from diffusers import WanPipeline
+
+    from setseq.infer.generate import Personalized
+
+    ours = Personalized.load(a14b_run, log=lambda s: None).backbone.transformer
+    pipe = WanPipeline.from_pretrained(str(a14b_dir))
+    pipe.load_lora_weights(str(a14b_run / "lora_diffusers_high_noise.safetensors"))
+    pipe.load_lora_weights(
+        str(a14b_run / "lora_diffusers_low_noise.safetensors"), load_into_transformer_2=True
+    )
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 16, 3, 4, 4, generator=g)
+    text = torch.randn(1, 12, 32, generator=g)
+    for t, theirs, mine in ((900.0, pipe.transformer, ours.high), (300.0, pipe.transformer_2, ours.low)):
+        kw = dict(hidden_states=x, timestep=torch.tensor([t]), encoder_hidden_states=text, return_dict=False)
+        with torch.no_grad():
+            torch.testing.assert_close(theirs(**kw)[0], mine(**kw)[0], rtol=1e-4, atol=1e-5)
+    assert len(L.get_layers(ours)) == 2 * len(L.get_layers(ours.high))
+
+
+def test_export_asks_which_expert(a14b_run, tmp_path, capsys):
+    code = main(["export", str(a14b_run), "--format", "diffusers", "--out", str(tmp_path / "x.safetensors")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--expert high" in err and len(err.strip().splitlines()) == 1
+    argv = [
+        "export",
+        str(a14b_run),
+        "--format",
+        "diffusers",
+        "--expert",
+        "low",
+        "--out",
+        str(tmp_path / "l.st"),
+    ]
+    assert main(argv) == 0
+    assert (
+        load_file(str(tmp_path / "l.st")).keys()
+        == load_file(str(a14b_run / "lora_diffusers_low_noise.safetensors")).keys()
+    )
