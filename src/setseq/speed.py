@@ -393,6 +393,7 @@ def time_steps(
         with PeakMemory() as pm:
             one(warmup + steps)
         peak = resident + pm.peak
+    opt.zero_grad(set_to_none=True)  # the next row starts without this one's gradients
     model.eval()
     return statistics.median(times), peak
 
