@@ -436,7 +436,14 @@ def train(
     )
     log(_token_summary(cfg, model, data))
     if cfg.train.memory_check:
-        check_memory(cfg, bb, spec, data, sc_p > 0, log)
+        try:
+            check_memory(cfg, bb, spec, data, sc_p > 0, log)
+        except SetseqError:
+            if (
+                not resume and fresh_dir and procs.is_main
+            ):  # refused: the same command, with the flag, runs again
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
     if ck is not None:
         L.load_state(model, ck.lora(), parts=("identity", "motion") if ck.stage == 2 else ("identity",))
     elif init_lora is not None:
