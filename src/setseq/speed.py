@@ -29,7 +29,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -53,7 +53,6 @@ class Shape:
     pooled_dim: int | None = None
     layer_keys: tuple[str, ...] = ("num_layers",)
     note: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _wan(heads: int, ffn: int, layers: int, note: str) -> Shape:

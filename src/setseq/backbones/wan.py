@@ -26,6 +26,7 @@ from torch import nn
 
 from setseq.backbones.base import BackboneInfo, PromptEmbeds, load_diffusers_pipeline, register_backbone
 from setseq.errors import SetseqError
+from setseq.export import EXPERTS  # the module-name prefixes WanExperts gives its two DiTs: high, low
 from setseq.functional import flow_matching as fm
 
 # Every linear of self-attention (attn1), cross-attention (attn2, incl. Wan 2.1 I2V's image projections)
@@ -36,7 +37,6 @@ WAN_LORA_TARGETS = (
     r"^blocks\.\d+\.ffn\.net\.(0\.proj|2)$",
 )
 MAX_SEQUENCE_LENGTH = 512  # WanPipeline's default text length
-EXPERTS = ("high", "low")  # Wan 2.2 A14B: transformer (high noise), transformer_2 (low noise)
 
 
 class WanExperts(nn.Module):
@@ -114,7 +114,7 @@ class WanBackbone:
                 )
             steps = int(getattr(pipe.scheduler.config, "num_train_timesteps", 1000))
             self.transformer = WanExperts(pipe.transformer, pipe.transformer_2, float(ratio) * steps)
-            targets = tuple(p.replace("^", r"^(high|low)\.", 1) for p in WAN_LORA_TARGETS)
+            targets = tuple(p.replace("^", rf"^({'|'.join(EXPERTS)})\.", 1) for p in WAN_LORA_TARGETS)
             experts = {"experts": list(EXPERTS), "boundary_ratio": float(ratio)}
         self.vae = pipe.vae
         self.text_encoder = pipe.text_encoder
