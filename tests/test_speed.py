@@ -69,3 +69,15 @@ def test_unknown_shape_and_missing_cuda():
     if not torch.cuda.is_available():
         with pytest.raises(SetseqError, match="no CUDA device"):
             run_shape_bench("wan-1.3b", device="cuda")
+
+
+def test_shape_bench_with_fp8_and_block_swap_on_cpu():
+    """The 14B-on-a-small-card settings (`--fp8 --block-swap N`) run through the same timed step."""
+    lines: list[str] = []
+    rows = run_shape_bench(
+        "wan-1.3b", device="cpu", layers=2, size=(64, 64), frames=[9], rank=4, stage1_batch=1, steps=1,
+        warmup=0, fp8=True, block_swap=1, log=lines.append,
+    )  # fmt: skip
+    assert [(r.stage, r.frames) for r in rows] == [(1, 1), (2, 9)]
+    assert all(r.step_s > 0 and r.flops > 0 for r in rows)
+    assert any("fp8 on; block swap 1" in line for line in lines)

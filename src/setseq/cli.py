@@ -134,12 +134,13 @@ def cmd_generate(
     negative_prompt: str = "",
     device: str = "auto",
     dtype: str = "float32",
+    block_swap: int = 0,
 ) -> list[Path]:
     """Generate videos with a run's LoRA on its model, or with the base model alone."""
     from setseq.infer.generate import GenerateOptions, Personalized, generate_to_files
 
     _quiet()
-    pm = Personalized.load(run, model, backbone, device=device, dtype=dtype)
+    pm = Personalized.load(run, model, backbone, device=device, dtype=dtype, block_swap=block_swap)
     opts = GenerateOptions(
         identity_scale,
         motion_scale,
@@ -313,6 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--negative-prompt", default="")
     g.add_argument("--device", default="auto")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    g.add_argument(
+        "--block-swap",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep the linear weights of the DiT's last N blocks in host memory (a model larger than the GPU)",
+    )
 
     c = sub.add_parser(
         "compose", help="generate several concepts together: a jointly trained run, or a weighted sum of runs"
@@ -392,6 +400,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rank", type=int, default=128, help="--shape: LoRA rank")
     b.add_argument("--steps", type=int, default=5, help="--shape: timed steps per row (after 2 warm-up)")
     b.add_argument("--gradient-checkpointing", action="store_true", help="--shape: checkpoint every block")
+    b.add_argument("--fp8", action="store_true", help="--shape: fp8 base weights (model.fp8)")
+    b.add_argument(
+        "--block-swap",
+        type=int,
+        default=0,
+        metavar="N",
+        help="--shape: model.block_swap=N (host-resident blocks)",
+    )
 
     r = sub.add_parser("report", help="write a self-contained HTML report of a run or a demo folder")
     r.add_argument("run", help="a run folder, or a demo folder (with run/ and the videos)")
@@ -455,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.negative_prompt,
                 args.device,
                 args.dtype,
+                args.block_swap,
             )
         elif args.command == "compose":
             cmd_compose(
@@ -513,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
                 rank=args.rank,
                 steps=args.steps,
                 gradient_checkpointing=args.gradient_checkpointing,
+                fp8=args.fp8,
+                block_swap=args.block_swap,
             )
         elif args.command == "bench":
             from setseq.bench import run_bench

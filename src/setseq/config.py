@@ -31,8 +31,13 @@ class ModelConfig:
     # Store the frozen weights of the LoRA-targeted linears in float8_e4m3fn with a per-row scale (half of
     # bf16's bytes; the layer upcasts inside its op). For large models on small cards.
     fp8: bool = False
+    # Block swap: the linear weights of the DiT's last N blocks stay in host memory and are streamed to the
+    # device layer by layer, in forward and backward (setseq.offload). For a 14B DiT on a card smaller than it.
+    block_swap: int = 0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.block_swap, int) or self.block_swap < 0:
+            raise ValueError(f"model.block_swap must be an integer >= 0, got {self.block_swap!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         for name in ("backbone", "path", "device"):

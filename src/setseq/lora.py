@@ -75,7 +75,8 @@ class SetSeqLinear(nn.Module):
         self.alpha = float(alpha)
         self.basis = basis
         out_f, in_f = base.weight.shape
-        dev, dt = base.weight.device, base.weight.dtype
+        # A block-swapped linear (setseq.offload) keeps its weight on the host; its LoRA lives on the device.
+        dev, dt = getattr(base, "compute_device", base.weight.device), base.weight.dtype
         # peft's default init: down-projection Kaiming-uniform, up-projection zero, so dW starts at 0.
         self.down = nn.Parameter(torch.empty(rank, in_f, device=dev, dtype=torch.float32))  # D1 (r, in)
         bound = 1.0 / math.sqrt(in_f)
@@ -168,11 +169,12 @@ class SetSeqLinear(nn.Module):
         w = self.base.weight.data
         scale = w.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / FP8_MAX  # (out, 1)
         self.base.weight.data = (w.float() / scale).to(torch.float8_e4m3fn)
-        self.weight_scale = scale.to(w.dtype)
+        self.weight_scale = scale.to(self.down.device, w.dtype)  # on the device even when W is on the host
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         off = self.merged or (self.identity_scale == 0.0 and self.motion_scale == 0.0)
-        if self.weight_scale is not None:  # fp8 base weight: always the fused op, which upcasts inside
+        # fp8 or host-memory (block swap) base weight: always the fused op, which upcasts / copies inside.
+        if self.weight_scale is not None or self.base.weight.device != x.device:
             u, d = (None, None) if off else self.factors()
             return _FusedLinear.apply(x, self.base.weight, self.base.bias, u, d, self.weight_scale)
         if off:
@@ -193,7 +195,7 @@ class SetSeqLinear(nn.Module):
             raise SetseqError("cannot merge a LoRA into fp8 base weights", "load the model without model.fp8")
         was_training = self.training
         self.eval()
-        delta = self.delta_weight().to(self.base.weight.dtype)
+        delta = self.delta_weight().to(self.base.weight.device, self.base.weight.dtype)
         self.train(was_training)
         self.base.weight.add_(delta)
         self._merged_delta = delta
@@ -212,8 +214,10 @@ class SetSeqLinear(nn.Module):
         return f"rank={self.rank}, alpha={self.alpha}, basis={self.basis}, stage={self.stage}"
 
 
-def _effective_weight(weight, u, d, scale, dtype) -> torch.Tensor:
-    """W (upcast from fp8 by its row scale when `scale` is given) + U D, in `dtype`."""
+def _effective_weight(weight, u, d, scale, dtype, device) -> torch.Tensor:
+    """W (copied to `device` when it lives in host memory, upcast from fp8 by its row scale when `scale` is
+    given) + U D, in `dtype`."""
+    weight = weight.to(device, non_blocking=True)
     w = weight if scale is None else weight.to(dtype) * scale
     return w if u is None else w + (u @ d).to(w.dtype)
 
@@ -225,7 +229,7 @@ class _FusedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, u, d, scale):  # type: ignore[override]
         ctx.save_for_backward(x, weight, u, d, scale)
-        return F.linear(x, _effective_weight(weight, u, d, scale, x.dtype), bias)
+        return F.linear(x, _effective_weight(weight, u, d, scale, x.dtype, x.device), bias)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
@@ -233,7 +237,7 @@ class _FusedLinear(torch.autograd.Function):
         need_x, _, _, need_u, need_d, _ = ctx.needs_input_grad
         gx = gu = gd = None
         if need_x:
-            gx = g @ _effective_weight(weight, u, d, scale, g.dtype)
+            gx = g @ _effective_weight(weight, u, d, scale, g.dtype, g.device)
         if (need_u or need_d) and u is not None:
             g2 = g.reshape(-1, g.shape[-1]).to(u.dtype)  # (N, out)
             x2 = x.reshape(-1, x.shape[-1]).to(u.dtype)  # (N, in)

@@ -251,6 +251,14 @@ def estimate_training_memory(
     # Backward works through one block at a time: its activations' gradients (and, under checkpointing, the
     # block's activations rebuilt by the recompute) live beside the kept ones.
     transient = (2 if gradient_checkpointing else 1) * block_max + largest["bytes"]
+    # Block swap (setseq.offload): a host-resident linear weight is copied to the device (and upcast from fp8)
+    # inside its op, one layer at a time.
+    host = [
+        m.weight
+        for m in real.modules()
+        if isinstance(m, nn.Linear) and device.type != "cpu" and m.weight.device.type == "cpu"
+    ]
+    transient += max((w.numel() * (w.element_size() + backbone.dtype.itemsize) for w in host), default=0)
     weights = sum(
         _bytes_on(getattr(backbone, name, None), device) for name in ("text_encoder", "vae")
     ) + _bytes_on(real, device)

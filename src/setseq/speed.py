@@ -179,9 +179,13 @@ def count_parameters(name: str, layers: int | None = None) -> int:
 
 
 def build_backbone(
-    name: str, device: torch.device, dtype: torch.dtype, layers: int | None = None
+    name: str, device: torch.device, dtype: torch.dtype, layers: int | None = None, block_swap: int = 0
 ) -> Backbone:
-    """The named real-size DiT, random weights on `device` in `dtype`, inside its family's backbone."""
+    """The named real-size DiT, random weights on `device` in `dtype`, inside its family's backbone;
+    `block_swap`: built on the host and the last N blocks' linear weights left there (setseq.offload)."""
+    from setseq import offload
+
+    target, device = device, (offload.HOST if block_swap else device)
     import importlib
 
     import diffusers
@@ -205,7 +209,10 @@ def build_backbone(
     for m in pipe.components.values():
         if isinstance(m, nn.Module):
             m.requires_grad_(False)
-    return getattr(importlib.import_module(mod), cls)(pipe, f"shape:{name}", device, dtype)
+    bb = getattr(importlib.import_module(mod), cls)(pipe, f"shape:{name}", device, dtype)
+    if block_swap:
+        offload.place(bb, target, offload.stream_blocks(bb.transformer, block_swap, target))
+    return bb
 
 
 def random_prompt(shape: Shape, device: torch.device, dtype: torch.dtype) -> PromptEmbeds:
@@ -414,6 +421,8 @@ def run_shape_bench(
     steps: int = 5,
     warmup: int = 2,
     gradient_checkpointing: bool = False,
+    fp8: bool = False,
+    block_swap: int = 0,
     log: Callable[[str], None] = print,
 ) -> list[StepResult]:
     """Build the named architecture and time stage-1 and stage-2 steps at each frame count; prints a table."""
@@ -438,16 +447,19 @@ def run_shape_bench(
         f"{name}: {shape.note}, {full / 1e9:.2f}B parameters"
         + (f"; built with {layers} layers" if layers else "")
     )
-    bb = build_backbone(name, dev, dt, layers)
+    bb = build_backbone(name, dev, dt, layers, block_swap)
     if gradient_checkpointing:
         bb.transformer.enable_gradient_checkpointing()
-    spec = L.LoraSpec(rank=rank, alpha=float(rank), basis="down", targets=tuple(bb.info.lora_targets))
+    spec = L.LoraSpec(
+        rank=rank, alpha=float(rank), basis="down", targets=tuple(bb.info.lora_targets), fp8=fp8
+    )
     L.inject(bb.transformer, spec)
     peak = matmul_peak(dev, dt)
     log(
         f"device {dev}{' (' + torch.cuda.get_device_name(dev) + ')' if dev.type == 'cuda' else ''}, {dt}, "
         f"measured matmul peak {peak / 1e12:.2f} TFLOP/s; LoRA rank {rank}, {len(L.get_layers(bb.transformer))} "
-        f"layers; {height}x{width}; gradient checkpointing {'on' if gradient_checkpointing else 'off'}"
+        f"layers; {height}x{width}; gradient checkpointing {'on' if gradient_checkpointing else 'off'}; "
+        f"fp8 {'on' if fp8 else 'off'}; block swap {block_swap}"
     )
     prompt = random_prompt(shape, dev, dt)
     results: list[StepResult] = []

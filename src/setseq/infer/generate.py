@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 
 from setseq import lora as L
-from setseq.backbones.base import Backbone, guess_backbone, load_backbone
+from setseq.backbones.base import Backbone, guess_backbone
 from setseq.errors import SetseqError
 from setseq.export import SetseqLora, check_compatible, load_setseq
+from setseq.offload import load_backbone_swapped
 from setseq.train.run import DTYPES, resolve_device
 
 
@@ -75,14 +76,16 @@ class Personalized:
         device: str = "auto",
         dtype: str = "float32",
         log: Callable[[str], None] = print,
+        block_swap: int = 0,
     ) -> Personalized:
-        """From a run folder (or a setseq.safetensors file) on its own model, or `model` alone."""
+        """From a run folder (or a setseq.safetensors file) on its own model, or `model` alone. `block_swap`:
+        the DiT's last N blocks keep their linear weights in host memory (setseq.offload)."""
         lora = load_setseq(run) if run is not None else None
         path = model or (lora.meta.get("model_id") if lora else None) or "toy"
         if lora is not None and not model and path != "toy":
             log(f"base model: {path} (named by the LoRA file; --model chooses another)")
         name = backbone or (lora.meta["backbone"] if lora and not model else None) or guess_backbone(path)
-        bb = load_backbone(name, path, resolve_device(device), DTYPES[dtype])
+        bb = load_backbone_swapped(name, path, resolve_device(device), DTYPES[dtype], block_swap)
         if lora is not None:
             for w in check_compatible(lora, bb.info.name, bb.info.fingerprint, run or "the LoRA"):
                 log(f"warning: {w}")

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 import yaml
 
-from setseq import __version__
+from setseq import __version__, offload
 from setseq import lora as L
-from setseq.backbones.base import Backbone, load_backbone
+from setseq.backbones.base import Backbone
 from setseq.config import MultiConfig, RunConfig, resolve_config
 from setseq.data.cache import (
     EncodedConcept,
@@ -61,12 +61,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_model(cfg: RunConfig, device: torch.device | None = None) -> Backbone:
-    """The backbone of `cfg.model`, on `device` (default: `model.device`)."""
-    return load_backbone(
+    """The backbone of `cfg.model`, on `device` (default: `model.device`); with `model.block_swap=N` the last N
+    blocks' linear weights stay in host memory (setseq.offload)."""
+    return offload.load_backbone_swapped(
         cfg.model.backbone,
         cfg.model.path,
         device or resolve_device(cfg.model.device),
         DTYPES[cfg.model.dtype],
+        cfg.model.block_swap,
     )
 
 
@@ -303,7 +305,7 @@ def check_memory(
             lay.base.weight.numel() * (lay.base.weight.element_size() - 1)
             for lay in L.get_layers(bb.transformer).values()
         )
-        options = [  # (flags, applicable, micro-batch, checkpointing, bytes saved by fp8), cheapest first
+        options = [  # (flags, applicable, micro-batch, checkpointing, bytes saved by fp8 / block swap), cheapest first
             ("set train.gradient_checkpointing=true", not ckpt, micro, True, 0),
             (f"set {name}.micro_batch=1 (gradient accumulation keeps batch_size)", micro > 1, 1, ckpt, 0),
             (
@@ -321,6 +323,28 @@ def check_memory(
                 fp8_saving,
             ),
         ]
+        # Block swap: the fewest blocks (of each DiT) whose device-resident linear weights close the gap.
+        device = torch.device(bb.device)
+        n_blocks = offload.max_blocks(bb.transformer)
+        floor = estimate(stage, 1, True).total
+        for fp8 in (False, True) if device.type != "cpu" else ():  # on CPU the host is the device
+            for n in range(cfg.model.block_swap + 1, n_blocks + 1):
+                swapped = offload.device_linear_bytes(bb.transformer, n, device)
+                # fp8 then saves on the blocks that stay on the device only (about; targeted weights only)
+                extra = fp8_saving * (n_blocks - n) // n_blocks if fp8 else 0
+                if floor - extra - swapped <= 0.95 * capacity:
+                    flags = "model.fp8=true, " if fp8 else ""
+                    options.append(
+                        (
+                            f"set {flags}model.block_swap={n}, train.gradient_checkpointing=true and "
+                            f"{name}.micro_batch=1",
+                            fp8_saving > 0 or not fp8,
+                            1,
+                            True,
+                            extra + swapped,
+                        )
+                    )
+                    break
         fix = next(
             (
                 flags
@@ -392,6 +416,13 @@ def train(
 
     # 2. Model, data, cache.
     bb = load_model(cfg, procs.device)
+    if cfg.model.block_swap:
+        host = [m.weight for m in bb.transformer.modules() if isinstance(m, offload.StreamedLinear)]
+        log(
+            f"block swap: {len(host)} linear weights of the last {cfg.model.block_swap} blocks "
+            f"({sum(w.numel() * w.element_size() for w in host) / GiB:.2f} GiB) stay in host memory, "
+            f"copied to {bb.device} layer by layer"
+        )
     frames, h, w = check_shapes(cfg, bb)
     user_cfg, cfg = cfg, effective_config(cfg)  # a baseline method changes stages and regularizers
     cfg = split_across(cfg, procs.world, log)
