@@ -53,6 +53,19 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--init-from", default=None, help="start from this trained VAE folder instead of scratch")
+    p.add_argument(
+        "--decoder-only",
+        action="store_true",
+        help="freeze the encoder (so latents, their mean/std and a DiT trained on them stay valid) and train "
+        "the decoder only; needs --init-from",
+    )
+    p.add_argument(
+        "--colour-weight",
+        type=float,
+        default=0.0,
+        help="weight of an extra loss on each frame's mean sprite colour (non-background pixels)",
+    )
     p.add_argument("--log-every", type=int, default=25)
     return p.parse_args()
 
@@ -80,6 +93,17 @@ def weights(x: torch.Tensor, fg_weight: float) -> torch.Tensor:
     return 1.0 + (fg_weight - 1.0) * far.float()
 
 
+def colour_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """L1 between the mean colours of each frame's sprite pixels (far from the median) in ``rec`` and ``x``."""
+    med = x.flatten(3).median(dim=3).values[..., None, None]
+    far = ((x - med).abs().amax(dim=1, keepdim=True) > 0.15).float()
+    n = far.sum(dim=(3, 4)).clamp_min(1.0)
+    mean_rec = (rec * far).sum(dim=(3, 4)) / n
+    mean_x = (x * far).sum(dim=(3, 4)) / n
+    has = (far.sum(dim=(3, 4)) > 0).float()
+    return ((mean_rec - mean_x).abs() * has).sum() / (has.sum() * 3).clamp_min(1.0)
+
+
 def main() -> None:
     args = parse_args()
     from diffusers import AutoencoderKLWan
@@ -87,9 +111,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    vae = AutoencoderKLWan(**VAE_CONFIG)
+    if args.decoder_only and not args.init_from:
+        raise SystemExit("--decoder-only needs --init-from DIR (the VAE whose encoder stays frozen)")
+    if args.init_from:
+        vae = AutoencoderKLWan.from_pretrained(args.init_from, use_safetensors=True)
+    else:
+        vae = AutoencoderKLWan(**VAE_CONFIG)
     vae.train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    if args.decoder_only:
+        for mod in (vae.encoder, vae.quant_conv):
+            mod.requires_grad_(False)
+            mod.eval()
+    trained = [p for p in vae.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     log_lines: list[str] = []
@@ -118,17 +152,24 @@ def main() -> None:
             n = args.image_batch if image else args.batch
             video, _ = sample_batch(rng, n, args.frames, args.size, args.simple_frac, 0.0, image)
             x = video.permute(0, 2, 1, 3, 4)  # (B, 3, F, H, W)
-            dist = vae.encode(x).latent_dist
+            if args.decoder_only:
+                with torch.no_grad():
+                    dist = vae.encode(x).latent_dist
+            else:
+                dist = vae.encode(x).latent_dist
             z = dist.sample()
             rec = decode_unclamped(vae, z)
             w = weights(x, args.fg_weight)
             err = rec - x
             recon = (w * (err.pow(2) + 0.5 * err.abs())).mean() / w.mean()
-            kl = dist.kl().mean() / x[0].numel()
-            loss_total = loss_total + recon + args.kl * kl
+            loss_total = loss_total + recon
+            if not args.decoder_only:
+                loss_total = loss_total + args.kl * dist.kl().mean() / x[0].numel()
+            if args.colour_weight:
+                loss_total = loss_total + args.colour_weight * colour_loss(rec, x)
         opt.zero_grad(set_to_none=True)
         loss_total.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        gnorm = torch.nn.utils.clip_grad_norm_(trained, 1.0)
         if not torch.isfinite(loss_total):
             raise RuntimeError(f"non-finite loss at step {step}")
         opt.step()
@@ -156,7 +197,10 @@ def main() -> None:
         mse = float((rec - video.permute(0, 2, 1, 3, 4)).pow(2).mean())
     mean = mu.mean(dim=(0, 2, 3, 4)).tolist()
     std = mu.std(dim=(0, 2, 3, 4)).tolist()
-    vae.register_to_config(latents_mean=[round(v, 5) for v in mean], latents_std=[round(v, 5) for v in std])
+    if not args.decoder_only:  # a frozen encoder keeps the stored statistics (the DiT was trained with them)
+        vae.register_to_config(
+            latents_mean=[round(v, 5) for v in mean], latents_std=[round(v, 5) for v in std]
+        )
     log(f"done: {step} steps in {(time.time() - start) / 60:.1f} min; eval MSE {mse:.5f}; latents std {std}")
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
