@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="personalize the shipped toy model to a shipped concept and show the results"
     )
     d.add_argument("--out", default="demo_out")
-    d.add_argument("--concept", default=None, help="which shipped concept (default: the first)")
+    d.add_argument("--concept", default=None, help="which shipped concept (default: pink_cross_zigzag)")
     d.add_argument("--quick", action="store_true", help="a few steps only (CI)")
 
     v = sub.add_parser("eval", help="score generated videos against the reference (MSE, ID, C-T, TC, motion)")
