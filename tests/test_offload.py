@@ -129,8 +129,19 @@ def test_refusal_names_the_block_swap_that_fits(tiny_wan_dir, monkeypatch):
 
     bb0, spec0, data0 = setup(0)
     full = total(bb0, spec0, data0)
-    linear = offload.device_linear_bytes(bb0.transformer, 2, META)  # every block's linear weights
-    assert 0 < offload.device_linear_bytes(bb0.transformer, 1, META) < linear
+    linear = sum(  # every block's linear weights
+        m.weight.numel() * m.weight.element_size()
+        for b in offload.swappable_blocks(bb0.transformer, 2)
+        for m in b.modules()
+        if isinstance(m, nn.Linear)
+    )
+    # what the refusal counts as saved: the weights less one streamed copy on the device
+    assert 0 < offload.device_linear_bytes(bb0.transformer, 1, META)
+    assert (
+        offload.device_linear_bytes(bb0.transformer, 1, META)
+        < offload.device_linear_bytes(bb0.transformer, 2, META)
+        < linear
+    )
     # Room for all but 80% of the linear weights: fp8 (3/4 of the targeted ones) and one block (half) are not
     # enough, both blocks are.
     monkeypatch.setenv("SETSEQ_DEVICE_MEMORY_GB", str((full - 0.8 * linear) / 0.95 / GiB))

@@ -56,7 +56,6 @@ class SwapPlan:
     blocks: int
     weights: list[nn.Parameter]
     host_bytes: int
-    largest: int  # bytes of the largest swapped weight (what one copy on the device costs)
 
 
 def dits(transformer: nn.Module) -> list[nn.Module]:
@@ -76,13 +75,16 @@ def max_blocks(transformer: nn.Module) -> int:
 
 
 def device_linear_bytes(transformer: nn.Module, n: int, device: torch.device) -> int:
-    """Bytes of the linear weights on `device` in the last `n` blocks of each DiT: what swapping them saves."""
-    return sum(
-        m.weight.numel() * m.weight.element_size()
+    """What swapping the last `n` blocks of each DiT saves on `device`: the bytes of their linear weights there,
+    less the device copy of the largest one (and its upcast) that the streaming op makes."""
+    weights = [
+        m.weight
         for b in swappable_blocks(transformer, n)
         for m in b.modules()
         if isinstance(m, nn.Linear) and m.weight.device.type == device.type
-    )
+    ]
+    copy = max((2 * w.numel() * max(w.element_size(), 2) for w in weights), default=0)
+    return max(sum(w.numel() * w.element_size() for w in weights) - copy, 0)
 
 
 def swappable_blocks(transformer: nn.Module, n: int) -> list[nn.Module]:
@@ -114,8 +116,7 @@ def stream_blocks(transformer: nn.Module, n: int, device: torch.device) -> SwapP
     for w in weights:
         w.requires_grad_(False)
         w.data = w.data.to(HOST)
-    sizes = [w.numel() * w.element_size() for w in weights]
-    return SwapPlan(n, weights, sum(sizes), max(sizes, default=0))
+    return SwapPlan(n, weights, sum(w.numel() * w.element_size() for w in weights))
 
 
 def place(backbone, device: torch.device, plan: SwapPlan | None) -> None:
