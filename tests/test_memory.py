@@ -133,3 +133,31 @@ def test_a_run_that_cannot_fit_is_refused_naming_the_flag(tmp_path, monkeypatch,
         train(resolve_config(None, flags, overrides), tmp_path / "run", progress=False, log=lines.append)
     assert flag in str(err.value)
     assert not (tmp_path / "run").exists()  # nothing left: the same command with the flag can run
+
+
+def test_the_estimate_counts_prior_samples(monkeypatch):
+    """With prior preservation every forward also carries as many class samples: the estimate sees 2x."""
+    from setseq.config import resolve_config
+    from setseq.data.cache import EncodedConcept
+    from setseq.train import run as R
+
+    bb = load_backbone("toy", "toy")
+    with torch.no_grad():
+        prompt = bb.encode_prompt(["a sks circle"])
+    data = EncodedConcept(torch.zeros(4, 8, 1, 8, 8), torch.zeros(1, 8, 9, 8, 8), prompt, prompt, "k")
+    seen: list[int] = []
+    real = R.estimate_training_memory
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["micro_batch"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(R, "estimate_training_memory", spy)
+    for prior in (0, 2):
+        over = ["stage1.batch_size=4", "stage2.batch_size=2", f"regularizers.prior_videos={prior}"]
+        cfg = resolve_config(None, {"data": {"video": "x.mp4"}}, over)
+        spec = R.lora_spec(cfg, bb)
+        if not L.get_layers(bb.transformer):
+            L.inject(bb.transformer, spec)
+        R.check_memory(cfg, bb, spec, data, False, lambda s: None)
+    assert seen == [4, 2, 8, 4]

@@ -284,12 +284,15 @@ def check_memory(
             spec,
             tuple(lat.shape[1:]),
             prompt,
-            micro_batch=micro,
+            micro_batch=micro * per_sample,
             stage=stage,
             dropconnect=sc.dropconnect,
             gradient_checkpointing=ckpt,
             self_conditioning=self_conditioning,
         )
+
+    # Prior preservation adds as many class samples as the micro-batch has (train/stage*.py, with_prior).
+    per_sample = 2 if cfg.regularizers.prior_videos else 1
 
     capacity = device_memory(torch.device(bb.device))
     ckpt = cfg.train.gradient_checkpointing
