@@ -274,7 +274,7 @@ CONCEPTS: dict[str, ConceptSpec] = {
         "star", "orange", "solid", "black", "plain", "figure_eight", None, size=0.38
     ),
     "purple_triangle_spiral": _spec(
-        "triangle", "purple", "stripes", "white", "plain", "spiral", None, size=0.38
+        "triangle", "purple", "solid", "blue", "plain", "spiral", None, "pulse", size=0.38
     ),
     "pink_cross_zigzag": _spec("cross", "pink", "checker", "blue", "plain", "zigzag", "right"),
     "cyan_diamond_bounce": _spec("diamond", "cyan", "solid", "black", "stripes", "bounce", "left"),
@@ -286,7 +286,7 @@ CONCEPTS: dict[str, ConceptSpec] = {
     ),
     "red_star_bounce": _spec("star", "red", "solid", "gray", "plain", "bounce", "right", "rotate", size=0.38),
     "white_cross_circling": _spec("cross", "white", "stripes", "purple", "plain", "circle_cw", None),
-    "blue_diamond_spinning": _spec("diamond", "blue", "solid", "yellow", "plain", "static", None, "rotate"),
+    "blue_diamond_spinning": _spec("diamond", "blue", "dots", "gray", "checker", "static", None, "rotate"),
     "black_triangle_figure8": _spec(
         "triangle", "black", "solid", "yellow", "stripes", "figure_eight", None, size=0.38
     ),
