@@ -156,6 +156,10 @@ def load_backbone_swapped(
 
     if not block_swap:
         return load_backbone(name, model_id, device, dtype)
-    bb = load_backbone(name, model_id, HOST, dtype)
-    place(bb, device, stream_blocks(bb.transformer, block_swap, device))
-    return bb
+    return swap_and_place(load_backbone(name, model_id, HOST, dtype), block_swap, device)
+
+
+def swap_and_place(backbone, block_swap: int, device: torch.device):
+    """`stream_blocks` on a backbone built on the host, then `place` the rest on `device`; returns it."""
+    place(backbone, device, stream_blocks(backbone.transformer, block_swap, device))
+    return backbone

@@ -183,14 +183,13 @@ def build_backbone(
 ) -> Backbone:
     """The named real-size DiT, random weights on `device` in `dtype`, inside its family's backbone;
     `block_swap`: built on the host and the last N blocks' linear weights left there (setseq.offload)."""
-    from setseq import offload
-
-    target, device = device, (offload.HOST if block_swap else device)
     import importlib
 
     import diffusers
 
-    from setseq import testing
+    from setseq import offload, testing
+
+    target, device = device, (offload.HOST if block_swap else device)
 
     shape, cfg = shape_config(name, layers)
     builder, pipe_cls, bb_path = _FAMILIES[shape.family]
@@ -210,9 +209,7 @@ def build_backbone(
         if isinstance(m, nn.Module):
             m.requires_grad_(False)
     bb = getattr(importlib.import_module(mod), cls)(pipe, f"shape:{name}", device, dtype)
-    if block_swap:
-        offload.place(bb, target, offload.stream_blocks(bb.transformer, block_swap, target))
-    return bb
+    return offload.swap_and_place(bb, block_swap, target) if block_swap else bb
 
 
 def random_prompt(shape: Shape, device: torch.device, dtype: torch.dtype) -> PromptEmbeds:

@@ -329,7 +329,7 @@ def check_memory(
         # Block swap: the fewest blocks (of each DiT) whose device-resident linear weights close the gap.
         device = torch.device(bb.device)
         n_blocks = offload.max_blocks(bb.transformer)
-        floor = estimate(stage, 1, True).total
+        floor = estimate(stage, 1, True).total if device.type != "cpu" else 0
         for fp8 in (False, True) if device.type != "cpu" else ():  # on CPU the host is the device
             for n in range(cfg.model.block_swap + 1, n_blocks + 1):
                 swapped = offload.device_linear_bytes(bb.transformer, n, device)
