@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from setseq.bench import checks, load_suite, summarize, table
+from setseq.bench import COLUMNS, checks, load_suite, summarize, table
 from setseq.cli import main
 from setseq.errors import SetseqError
 from setseq.train.methods import METHODS
@@ -27,6 +27,34 @@ def test_bench_quick_runs_every_method_on_the_shipped_model(tmp_path, capsys):
     md = (out / "bench.md").read_text()
     assert all(f"| {m} |" in md for m in METHODS) and "±" in md
     assert [c["claim"] for c in result["checks"]][0].startswith("setseq edit adherence")
+
+
+def test_bench_reuses_finished_runs_and_retrains_changed_ones(tmp_path, capsys):
+    out = tmp_path / "bench"
+    args = ["bench", "--quick", "--methods", "setseq", "--concepts", "red_star_bounce", "--out", str(out)]
+    lora = out / "runs" / "setseq" / "red_star_bounce-seed0" / "run" / "setseq.safetensors"
+    assert main(args) == 0
+    first = json.loads((out / "bench.json").read_text())
+    stamp = lora.stat().st_mtime_ns
+    capsys.readouterr()
+
+    assert main(args) == 0  # the same bench again: nothing is trained
+    again = json.loads((out / "bench.json").read_text())
+    assert "reused from an earlier bench" in capsys.readouterr().out
+    assert lora.stat().st_mtime_ns == stamp and again["reused"] == 1 and again["rows"] == first["rows"]
+
+    (lora.parent.parent / "row.json").unlink()  # trained, but stopped before its scores were written
+    assert main(args) == 0
+    assert "trained by an earlier bench, scored now" in capsys.readouterr().out
+    rescored = json.loads((out / "bench.json").read_text())["rows"][0]
+    assert lora.stat().st_mtime_ns == stamp
+    assert all(rescored[c] == pytest.approx(first["rows"][0][c]) for c in COLUMNS)  # scoring is deterministic
+
+    assert main([*args, "stage1.steps=3"]) == 0  # other settings: trained again
+    assert "reused" not in capsys.readouterr().out and lora.stat().st_mtime_ns != stamp
+    stamp = lora.stat().st_mtime_ns
+    assert main([*args, "stage1.steps=3", "--fresh"]) == 0
+    assert json.loads((out / "bench.json").read_text())["reused"] == 0 and lora.stat().st_mtime_ns != stamp
 
 
 def test_summary_is_mean_and_spread_per_method():

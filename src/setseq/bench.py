@@ -79,6 +79,36 @@ def load_suite(path: str | Path | None = None, names: list[str] | None = None) -
     return concepts
 
 
+ROW_FILE = "row.json"
+
+
+def _reusable(here: Path, key: dict) -> dict | None:
+    """The scores of a finished run in `here` made with exactly these settings, or None."""
+    try:
+        saved = json.loads((here / ROW_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or any(saved.get(k) != v for k, v in key.items()):
+        return None
+    if not (here / "run" / "lora_diffusers.safetensors").is_file():
+        return None
+    row = saved.get("row")
+    return row if isinstance(row, dict) and all(c in row for c in COLUMNS) else None
+
+
+def _trained(run_dir: Path, config_yaml: str, method: str) -> bool:
+    """Whether `run_dir` holds a finished training run of exactly this config (not scored yet): its outputs
+    are written last, once training is done."""
+    try:
+        same = (run_dir / "config.yaml").read_text() == config_yaml
+    except OSError:
+        return False
+    done = (run_dir / "lora_diffusers.safetensors").is_file()
+    if method == "textual_inversion":
+        done = done and any(run_dir.glob("embedding_*.safetensors"))
+    return same and done
+
+
 def _score(run_dir: Path, concept: Concept, model: str, gen_steps: int | None, out: Path, log) -> dict:
     from setseq.data.synthetic import CONCEPTS
     from setseq.data.video import from_tensor, load_clip, write_video
@@ -180,9 +210,15 @@ def run_bench(
     model: str = "toy",
     overrides: list[str] | None = None,
     keep_runs: bool = False,
+    fresh: bool = False,
     log=print,
 ) -> dict[str, Any]:
-    """Run the bench into `out`; returns what `bench.json` holds."""
+    """Run the bench into `out`; returns what `bench.json` holds.
+
+    A run already finished in `out` with the same settings (its resolved config and generation steps) is
+    reused, not trained again, unless `fresh`: an interrupted bench continues where it stopped, and a larger
+    bench (more methods, concepts or seeds) extends a smaller one in the same folder.
+    """
     from setseq.config import resolve_config
     from setseq.demo import DEMO_CONFIG
     from setseq.train.methods import METHODS
@@ -208,13 +244,14 @@ def run_bench(
     t0 = time.perf_counter()
     total = len(methods) * len(suite_concepts) * seeds
     k = 0
-    for concept in suite_concepts:
-        for seed in range(seeds):
+    reused = 0
+    for seed in range(
+        seeds
+    ):  # seed-major: a stopped bench holds every concept's comparison at the first seeds
+        for concept in suite_concepts:
             for method in methods:
                 k += 1
                 here = out / "runs" / method / f"{concept.name}-seed{seed}"
-                if here.exists():
-                    shutil.rmtree(here)
                 cfg = resolve_config(
                     DEMO_CONFIG,
                     {"data": {"video": str(concept.video)}},
@@ -226,24 +263,40 @@ def run_bench(
                         *extra,
                     ],
                 )
+                key = {"config": cfg.to_yaml(), "gen_steps": gen_steps}
                 t = time.perf_counter()
-                run_dir = train(cfg, here / "run", progress=False, log=lambda s: None)
-                scores = _score(run_dir, concept, model, gen_steps, here, log)
-                if not keep_runs:
-                    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-                    shutil.rmtree(run_dir / "cache", ignore_errors=True)
-                row = {
-                    "method": method,
-                    "concept": concept.name,
-                    "seed": seed,
-                    **scores,
-                    "seconds": round(time.perf_counter() - t, 1),
-                }
+                row = None if fresh else _reusable(here, key)
+                note = ", reused from an earlier bench" if row is not None else ""
+                if row is None:
+                    run_dir = here / "run"
+                    if not fresh and _trained(
+                        run_dir, key["config"], method
+                    ):  # stopped between training and scoring
+                        note = ", trained by an earlier bench, scored now"
+                    else:
+                        if here.exists():
+                            shutil.rmtree(here)
+                        train(cfg, run_dir, progress=False, log=lambda s: None)
+                    scores = _score(run_dir, concept, model, gen_steps, here, log)
+                    if not keep_runs:
+                        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+                        shutil.rmtree(run_dir / "cache", ignore_errors=True)
+                    row = {
+                        "method": method,
+                        "concept": concept.name,
+                        "seed": seed,
+                        **scores,
+                        "seconds": None if note else round(time.perf_counter() - t, 1),
+                    }
+                    write_json(here / ROW_FILE, {**key, "row": row})
+                else:
+                    reused += 1
                 rows.append(row)
+                took = "" if row["seconds"] is None else f"{row['seconds']:.0f} s"
                 log(
                     f"[{k}/{total}] {method:10s} {concept.name:24s} seed {seed}: "
                     + " ".join(f"{c} {row[c]:.3f}" for c in COLUMNS)
-                    + f"  ({row['seconds']:.0f} s)"
+                    + f"  ({took}{note})".replace("(, ", "(")
                 )
     summary = summarize(rows)
     verdicts = checks(summary)
@@ -255,6 +308,7 @@ def run_bench(
         "seeds": seeds,
         "overrides": extra,
         "rows": rows,
+        "reused": reused,
         "summary": summary,
         "checks": [{"claim": c, "holds": v} for c, v in verdicts],
         "seconds": round(time.perf_counter() - t0, 1),

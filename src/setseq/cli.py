@@ -385,6 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--suite", help="concept suite JSON (default: the shipped concepts)")
     b.add_argument("--model", default="toy", help="toy model folder (default: the shipped one)")
     b.add_argument("--keep-runs", action="store_true", help="keep each run's checkpoints and cache")
+    b.add_argument(
+        "--fresh",
+        action="store_true",
+        help="train every run again (default: reuse the runs --out already holds with the same settings)",
+    )
     b.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. stage1.steps=200")
     b.add_argument(
         "--shape",
@@ -547,6 +552,7 @@ def main(argv: list[str] | None = None) -> int:
                 model=args.model,
                 overrides=args.overrides,
                 keep_runs=args.keep_runs,
+                fresh=args.fresh,
             )
     except SetseqError as exc:
         print(f"setseq: error: {exc}", file=sys.stderr)
