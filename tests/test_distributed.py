@@ -38,11 +38,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train(cmd: list[str], out, model, video) -> None:
+def _train(cmd: list[str], out, model, video, extra: tuple[str, ...] = ()) -> str:
+    """Run `setseq train` with ARGS (+ `extra`); returns its stdout and stderr."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    argv = [*cmd, "train", "--model", str(model), "--video", str(video), "--out", str(out), *ARGS]
+    argv = [*cmd, "train", "--model", str(model), "--video", str(video), "--out", str(out), *ARGS, *extra]
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
 
 
 def _losses(run) -> list[tuple[int, int, float]]:

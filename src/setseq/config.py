@@ -34,6 +34,9 @@ class ModelConfig:
     # Block swap: the linear weights of the DiT's last N blocks stay in host memory and are streamed to the
     # device layer by layer, in forward and backward (setseq.offload). For a 14B DiT on a card smaller than it.
     block_swap: int = 0
+    # Under a launcher with several processes: each keeps only 1/P of the rows of the DiT blocks' linear weights
+    # and gathers a layer's full weight inside its op (setseq.shard; FSDP full sharding of the frozen model).
+    fsdp: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.block_swap, int) or self.block_swap < 0:

@@ -259,6 +259,15 @@ def estimate_training_memory(
         if isinstance(m, nn.Linear) and device.type != "cpu" and m.weight.device.type == "cpu"
     ]
     transient += max((w.numel() * (w.element_size() + backbone.dtype.itemsize) for w in host), default=0)
+    # Sharding (setseq.shard): a sharded linear's full weight is gathered (all shards, then the rows kept).
+    sharded = [m for m in real.modules() if getattr(m, "full_weight", None) is not None]
+    transient += max(
+        (
+            2 * m.weight.shape[0] * getattr(m, "world", 1) * m.in_features * m.weight.element_size()
+            for m in sharded
+        ),
+        default=0,
+    )
     weights = sum(
         _bytes_on(getattr(backbone, name, None), device) for name in ("text_encoder", "vae")
     ) + _bytes_on(real, device)

@@ -80,8 +80,10 @@ def prepare_prior(
     cache_dir,
     log=print,
     progress: bool = True,
+    save: bool = True,
 ) -> PriorData | None:
-    """Generate (or read from the cache) the prior videos; None when prior preservation is off.
+    """Generate (or read from the cache) the prior videos; None when prior preservation is off. `save`: write
+    generated videos to the cache (off on the processes other than 0 of a sharded model).
 
     Must run before the LoRA is injected: the prior is the *base* model's."""
     rc = cfg.regularizers
@@ -127,6 +129,7 @@ def prepare_prior(
         embeds.append(prompt_embeds[i % len(prompts)].to("cpu"))
     prompt = stack_prompts(embeds)
     data = PriorData(torch.cat(sets), torch.cat(clips), prompt)
-    _save(path, data, canon)
+    if save:
+        _save(path, data, canon)
     log(f"prior: generated {rc.prior_videos} videos from {prompts} and cached them in {path}")
     return data

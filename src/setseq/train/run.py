@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import yaml
 
-from setseq import __version__, offload
+from setseq import __version__, offload, shard
 from setseq import lora as L
 from setseq.backbones.base import Backbone
 from setseq.config import MultiConfig, RunConfig, resolve_config
@@ -41,7 +41,7 @@ from setseq.export import check_compatible, export_file, load_setseq, lora_exper
 from setseq.io import remove_stale_temps, write_text
 from setseq.memory import GiB, device_memory, estimate_training_memory, tokens_per_sample
 from setseq.train import checkpoint as C
-from setseq.train.distributed import check_split, init_processes
+from setseq.train.distributed import SINGLE, Processes, check_split, init_processes
 from setseq.train.embeddings import DELTA_KEY, TokenEmbeddings, save_embeddings, token_id
 from setseq.train.loop import StageContext, trainable_state
 from setseq.train.methods import METHODS, ON_CLIP, ONE_STAGE, effective_config
@@ -60,9 +60,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_model(cfg: RunConfig, device: torch.device | None = None) -> Backbone:
+def load_model(cfg: RunConfig, device: torch.device | None = None, procs: Processes = SINGLE) -> Backbone:
     """The backbone of `cfg.model`, on `device` (default: `model.device`); with `model.block_swap=N` the last N
-    blocks' linear weights stay in host memory (setseq.offload)."""
+    blocks' linear weights stay in host memory (setseq.offload); with `model.fsdp` and several processes, each
+    keeps a shard of the blocks' linear weights (setseq.shard)."""
+    m = cfg.model
+    if m.fsdp and procs.world > 1:
+        if m.block_swap or m.fp8:
+            raise SetseqError(
+                f"model.fsdp=true cannot be combined with {'model.block_swap' if m.block_swap else 'model.fp8'}",
+                "use model.fsdp=true alone (it shards the weights across the processes), or drop it",
+            )
+        return shard.load_backbone_sharded(
+            m.backbone, m.path, device or resolve_device(m.device), DTYPES[m.dtype], procs
+        )
     return offload.load_backbone_swapped(
         cfg.model.backbone,
         cfg.model.path,
@@ -418,7 +429,15 @@ def train(
     procs.barrier()
 
     # 2. Model, data, cache.
-    bb = load_model(cfg, procs.device)
+    bb = load_model(cfg, procs.device, procs)
+    sharded = getattr(bb, "shard_plan", None)
+    if sharded is not None:
+        log(
+            f"fsdp: {len(sharded.layers)} block linear weights sharded across {procs.world} processes; "
+            f"this one keeps {sharded.kept_bytes / 2**20:.1f} of their {sharded.full_bytes / 2**20:.1f} MiB"
+        )
+    elif cfg.model.fsdp:
+        log("fsdp: one process, nothing to shard (launch several to shard the base model)")
     if cfg.model.block_swap:
         host = [m.weight for m in bb.transformer.modules() if isinstance(m, offload.StreamedLinear)]
         log(
@@ -449,9 +468,18 @@ def train(
             "start a new run with --init-lora instead of --resume",
         )
 
-    # Prior preservation: the base model's own class videos, generated before any LoRA exists.
-    with procs.main_first():
-        prior = prepare_prior(cfg, bb, frames, h, w, run_dir / "cache", log, progress and procs.is_main)
+    # Prior preservation: the base model's own class videos, generated before any LoRA exists. With a sharded
+    # model every process runs the DiT together (its layers gather their weights), process 0 alone saving.
+    if sharded is None:
+        with procs.main_first():
+            prior = prepare_prior(cfg, bb, frames, h, w, run_dir / "cache", log, progress and procs.is_main)
+    else:
+        prior = prepare_prior(
+            cfg, bb, frames, h, w, run_dir / "cache", log, progress and procs.is_main, save=procs.is_main
+        )
+        procs.barrier()
+        if not procs.is_main and prior is not None:  # the same videos as process 0's, from its cache
+            prior = prepare_prior(cfg, bb, frames, h, w, run_dir / "cache", log, False)
 
     # 3. The Set-and-Sequence layers, from a checkpoint or from --init-lora weights.
     spec = lora_spec(cfg, bb)
@@ -527,7 +555,9 @@ def train(
         )
     )
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    ctx.on_sample = _sampler(ctx, frames, h, w) if procs.is_main else None
+    # Samples: process 0 generates and writes them; with a sharded model every process generates with it.
+    if procs.is_main or sharded is not None:
+        ctx.on_sample = _sampler(ctx, frames, h, w, write=procs.is_main)
     try:
         # 4. Stage 1: identity on the unordered frames.
         if ck is None or ck.stage == 1:
@@ -599,7 +629,9 @@ def split_across(cfg: RunConfig, world: int, log: Callable[[str], None]) -> RunC
     return dataclasses.replace(cfg, **stages)
 
 
-def _sampler(ctx: StageContext, frames: int, h: int, w: int) -> Callable[[int, int], None]:
+def _sampler(
+    ctx: StageContext, frames: int, h: int, w: int, write: bool = True
+) -> Callable[[int, int], None]:
     def sample(stage: int, step: int) -> None:
         from setseq.data.video import from_tensor, write_video
 
@@ -614,7 +646,8 @@ def _sampler(ctx: StageContext, frames: int, h: int, w: int) -> Callable[[int, i
                 guidance_scale=ctx.cfg.train.guidance_scale,
                 seed=ctx.cfg.train.seed,
             )
-        write_video(ctx.run_dir / "samples" / f"stage{stage}-{step:06d}.mp4", from_tensor(video))
+        if write:
+            write_video(ctx.run_dir / "samples" / f"stage{stage}-{step:06d}.mp4", from_tensor(video))
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # release sampling memory before training resumes
 
