@@ -84,6 +84,17 @@ def test_estimate_within_25_percent_on_tiny_wan(tiny_wan_dir, ckpt):
     assert 0.75 <= est.total / measured <= 1.25, (est, measured)
 
 
+def test_estimate_on_a_bf16_wan_that_keeps_some_modules_in_fp32(tiny_wan_dir):
+    """diffusers keeps Wan's norms, time embedder and modulation table in fp32 in a bf16 model: the estimate's
+    meta copy must carry each parameter's own dtype (a copy cast to one dtype does not even run)."""
+    bb = load_backbone("wan", str(tiny_wan_dir), torch.device("cpu"), torch.bfloat16)
+    assert {p.dtype for p in bb.transformer.parameters()} == {torch.bfloat16, torch.float32}
+    with torch.no_grad():
+        shape = tuple(bb.encode_video(torch.zeros(1, 17, 3, 64, 64, dtype=torch.bfloat16)).shape[1:])
+    est, measured = _measured_and_estimated(bb, shape, 2, 2, False)
+    assert 0.75 <= est.total / measured <= 1.25, (est, measured)
+
+
 def test_estimate_with_fp8_base_weights(tiny_wan_dir):
     bb = load_backbone("wan", str(tiny_wan_dir))
     with torch.no_grad():

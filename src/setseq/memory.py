@@ -136,6 +136,13 @@ def meta_copy(transformer: nn.Module, spec: L.LoraSpec | None) -> nn.Module:
         dtype = next(transformer.parameters()).dtype
         with torch.device("meta"):
             meta = from_config(transformer.config).to(dtype)
+    # Each parameter in the real one's dtype: a bf16 diffusers DiT keeps some modules in fp32
+    # (`_keep_in_fp32_modules`), so a copy cast to one dtype would not run like it (or at all).
+    real = {n.replace(".base.", "."): p.dtype for n, p in transformer.named_parameters()}
+    for name, param in meta.named_parameters():
+        dtype = real.get(name)
+        if dtype in (torch.float32, torch.bfloat16, torch.float16) and param.dtype != dtype:
+            param.data = param.data.to(dtype)
     if spec is not None:
         L.inject(meta, spec)
     return meta
