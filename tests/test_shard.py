@@ -124,3 +124,57 @@ def test_every_block_linear_of_both_experts_is_sharded(tmp_path):
         assert m.weight.shape == (chunk, plain[n].shape[1])
         assert torch.equal(m.weight[: rows - chunk], plain[n][chunk:])  # rank 1: the second half of the rows
     assert plan.kept_bytes <= plan.full_bytes // 2 + sum(m.in_features * 4 for m in sharded.values())
+
+
+def test_refusal_names_sharding_across_the_gpus_there_are(tmp_path, monkeypatch):
+    """On a GPU-like device (meta) short of 60% of the blocks' linear weights (more than fp8 saves in bf16),
+    with 8 GPUs visible the refusal names model.fsdp=true over 4 processes (2 do not save enough); with
+    none, it names block swap instead. An 8-block bf16 tiny Wan, so one gathered layer is a small part."""
+    from setseq.backbones.base import load_backbone
+    from setseq.config import resolve_config
+    from setseq.data.cache import EncodedConcept
+    from setseq.errors import SetseqError
+    from setseq.memory import GiB, estimate_training_memory
+    from setseq.offload import device_linear_bytes, max_blocks, place
+    from setseq.testing import build_tiny_wan
+    from setseq.train import run
+
+    folder = build_tiny_wan(tmp_path / "wan8", layers=8)
+    flags = {"model": {"backbone": "wan", "path": str(folder)}, "data": {"video": "x.mp4", "frames": 9}}
+    over = ["stage1.batch_size=1", "stage2.batch_size=1", "train.gradient_checkpointing=true", "lora.rank=4"]
+    cfg = resolve_config(None, flags, [*over, "model.dtype=bfloat16"])
+    bb = load_backbone("wan", str(folder), torch.device("cpu"), torch.bfloat16)
+    with torch.no_grad():
+        prompt = bb.encode_prompt(["a red circle moving left"])
+        shape = tuple(bb.encode_video(torch.zeros(1, 9, 3, 32, 32, dtype=torch.bfloat16)).shape[1:])
+    meta = torch.device("meta")
+    place(bb, meta, None)
+    spec = run.lora_spec(cfg, bb)
+    bb.transformer.enable_gradient_checkpointing()
+    L.inject(bb.transformer, spec)
+    data = EncodedConcept(
+        torch.zeros(4, shape[0], 1, *shape[2:]), torch.zeros(1, *shape), prompt, prompt, "k"
+    )
+    full = max(
+        estimate_training_memory(
+            bb,
+            spec,
+            tuple(lat.shape[1:]),
+            p,
+            micro_batch=1,
+            stage=s,
+            dropconnect=0.5,
+            gradient_checkpointing=True,
+        ).total
+        for s, lat, p in ((1, data.set_latents, data.static), (2, data.clip_latents, data.motion))
+    )
+    linears = device_linear_bytes(bb.transformer, max_blocks(bb.transformer), meta)
+    monkeypatch.setenv("SETSEQ_DEVICE_MEMORY_GB", str((full - 0.6 * linears) / 0.95 / GiB))
+    monkeypatch.setattr(run, "visible_gpus", lambda: 8)
+    with pytest.raises(SetseqError, match="needs about") as err:
+        run.check_memory(cfg, bb, spec, data, False, lambda s: None)
+    assert "launch 4 processes with model.fsdp=true" in str(err.value)
+    monkeypatch.setattr(run, "visible_gpus", lambda: 0)
+    with pytest.raises(SetseqError, match="needs about") as err:
+        run.check_memory(cfg, bb, spec, data, False, lambda s: None)
+    assert "fsdp" not in str(err.value) and "model.block_swap=" in str(err.value)

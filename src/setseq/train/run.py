@@ -337,10 +337,26 @@ def check_memory(
                 fp8_saving,
             ),
         ]
-        # Block swap: the fewest blocks (of each DiT) whose device-resident linear weights close the gap.
         device = torch.device(bb.device)
         n_blocks = offload.max_blocks(bb.transformer)
         floor = estimate(stage, 1, True).total if device.type != "cpu" else 0
+        # Sharding (setseq.shard) across the GPUs this machine has: each process keeps 1/P of the blocks'
+        # linear weights (less the full copy of one layer that a gather makes).
+        if device.type != "cpu" and not cfg.model.fsdp and not cfg.model.block_swap:
+            block_linears = offload.device_linear_bytes(bb.transformer, n_blocks, device)
+            for p in (2, 4, 8):
+                if p <= visible_gpus():
+                    options.append(
+                        (
+                            f"launch {p} processes with model.fsdp=true (accelerate launch --multi_gpu "
+                            f"--num_processes {p}), train.gradient_checkpointing=true and {name}.micro_batch=1",
+                            True,
+                            1,
+                            True,
+                            block_linears * (p - 1) // p,
+                        )
+                    )
+        # Block swap: the fewest blocks (of each DiT) whose device-resident linear weights close the gap.
         for fp8 in (False, True) if device.type != "cpu" else ():  # on CPU the host is the device
             for n in range(cfg.model.block_swap + 1, n_blocks + 1):
                 swapped = offload.device_linear_bytes(bb.transformer, n, device)
@@ -371,6 +387,11 @@ def check_memory(
             f"stage {stage} needs about {est.total / GiB:.1f} GiB but the device has {capacity / GiB:.1f} GiB",
             fix,
         )
+
+
+def visible_gpus() -> int:
+    """The GPUs this machine shows (what `model.fsdp` can shard across)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _writer(run_dir: Path, enabled: bool):
