@@ -101,29 +101,31 @@ def test_two_sharded_processes_match_one(tiny_wan_dir, clip_mp4, tmp_path):
     assert len(list((two / "cache").glob("prior-*.safetensors"))) == 1
 
 
-def test_every_block_linear_of_both_experts_is_sharded(tmp_path):
-    """Wan 2.2 A14B: the blocks of both experts are sharded; each shard holds its half of the rows."""
+def test_every_block_linear_is_sharded_and_two_experts_are_refused(tiny_wan_dir, tmp_path):
+    """Each block linear keeps its half of the rows (rank 1: the second half); embedders and heads stay
+    whole. Wan 2.2 A14B is refused: its samples run only their timestep's expert."""
     from setseq.backbones.base import load_backbone
-    from setseq.offload import dits
+    from setseq.errors import SetseqError
     from setseq.shard import shard_blocks
     from setseq.testing import build_tiny_wan
 
-    folder = build_tiny_wan(tmp_path / "a14b", two_experts=True)
-    bb = load_backbone("wan", str(folder), torch.device("cpu"), torch.float32)
-    experts = dits(bb.transformer)
-    assert len(experts) == 2
+    bb = load_backbone("wan", str(tiny_wan_dir), torch.device("cpu"), torch.float32)
     plain = {n: m.weight.detach().clone() for n, m in bb.transformer.named_modules() if type(m) is nn.Linear}
     plan = shard_blocks(bb.transformer, 1, 2, torch.device("cpu"))
     sharded = {n: m for n, m in bb.transformer.named_modules() if isinstance(m, ShardedLinear)}
     assert sharded and len(sharded) == len(plan.layers)
-    assert {n.split(".")[0] for n in sharded} == {n.split(".")[0] for n in plain if ".blocks." in n}
-    assert all(".blocks." in n for n in sharded)  # embedders and heads stay whole
+    assert set(sharded) == {n for n in plain if n.startswith("blocks.")}
     for n, m in sharded.items():
         rows = plain[n].shape[0]
         chunk = -(-rows // 2)
         assert m.weight.shape == (chunk, plain[n].shape[1])
-        assert torch.equal(m.weight[: rows - chunk], plain[n][chunk:])  # rank 1: the second half of the rows
+        assert torch.equal(m.weight[: rows - chunk], plain[n][chunk:])
     assert plan.kept_bytes <= plan.full_bytes // 2 + sum(m.in_features * 4 for m in sharded.values())
+
+    a14b = load_backbone("wan", str(build_tiny_wan(tmp_path / "a14b", two_experts=True)))
+    with pytest.raises(SetseqError, match="several experts") as err:
+        shard_blocks(a14b.transformer, 0, 2, torch.device("cpu"))
+    assert "model.block_swap" in str(err.value)
 
 
 def test_refusal_names_sharding_across_the_gpus_there_are(tmp_path, monkeypatch):

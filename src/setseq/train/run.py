@@ -342,7 +342,11 @@ def check_memory(
         floor = estimate(stage, 1, True).total if device.type != "cpu" else 0
         # Sharding (setseq.shard) across the GPUs this machine has: each process keeps 1/P of the blocks'
         # linear weights (less the full copy of one layer that a gather makes).
-        if device.type != "cpu" and not cfg.model.fsdp and not cfg.model.block_swap:
+        if (
+            device.type != "cpu"
+            and not (cfg.model.fsdp or cfg.model.block_swap)
+            and shard.shardable(bb.transformer)
+        ):
             block_linears = offload.device_linear_bytes(bb.transformer, n_blocks, device)
             for p in (2, 4, 8):
                 if p <= visible_gpus():
