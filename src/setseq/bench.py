@@ -96,6 +96,20 @@ def _reusable(here: Path, key: dict) -> dict | None:
     return row if isinstance(row, dict) and all(c in row for c in COLUMNS) else None
 
 
+def _weights_hash(model: str) -> str:
+    """A hash of the toy model folder's weight files' contents (a retrained model is not reused)."""
+    import hashlib
+
+    from setseq.backbones.toy import TOY_SHIPPED_FOLDER
+    from setseq.data.cache import file_sha256
+
+    folder = TOY_SHIPPED_FOLDER if model in ("toy", "") else Path(model)
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*.safetensors")) if folder.is_dir() else []:
+        h.update(f"{f.relative_to(folder)}:{file_sha256(f)}".encode())
+    return h.hexdigest()[:16]
+
+
 def _trained(run_dir: Path, config_yaml: str, method: str) -> bool:
     """Whether `run_dir` holds a finished training run of exactly this config (not scored yet): its outputs
     are written last, once training is done."""
@@ -217,7 +231,8 @@ def run_bench(
 
     A run already finished in `out` with the same settings (its resolved config and generation steps) is
     reused, not trained again, unless `fresh`: an interrupted bench continues where it stopped, and a larger
-    bench (more methods, concepts or seeds) extends a smaller one in the same folder.
+    bench (more methods, concepts or seeds) extends a smaller one in the same folder. The toy model's weights
+    are part of the settings; setseq's own code is not, so pass `fresh` after changing it.
     """
     from setseq.config import resolve_config
     from setseq.demo import DEMO_CONFIG
@@ -245,9 +260,9 @@ def run_bench(
     total = len(methods) * len(suite_concepts) * seeds
     k = 0
     reused = 0
-    for seed in range(
-        seeds
-    ):  # seed-major: a stopped bench holds every concept's comparison at the first seeds
+    weights = _weights_hash(model)
+    # Seed-major: a bench stopped early holds every concept's comparison at the first seeds.
+    for seed in range(seeds):
         for concept in suite_concepts:
             for method in methods:
                 k += 1
@@ -263,16 +278,15 @@ def run_bench(
                         *extra,
                     ],
                 )
-                key = {"config": cfg.to_yaml(), "gen_steps": gen_steps}
+                key = {"config": cfg.to_yaml(), "gen_steps": gen_steps, "weights": weights}
                 t = time.perf_counter()
                 row = None if fresh else _reusable(here, key)
-                note = ", reused from an earlier bench" if row is not None else ""
+                note = "reused from an earlier bench" if row is not None else ""
                 if row is None:
                     run_dir = here / "run"
-                    if not fresh and _trained(
-                        run_dir, key["config"], method
-                    ):  # stopped between training and scoring
-                        note = ", trained by an earlier bench, scored now"
+                    # A run stopped between its training and its scores: score it now.
+                    if not fresh and _trained(run_dir, key["config"], method):
+                        note = "trained by an earlier bench, scored now"
                     else:
                         if here.exists():
                             shutil.rmtree(here)
@@ -292,11 +306,11 @@ def run_bench(
                 else:
                     reused += 1
                 rows.append(row)
-                took = "" if row["seconds"] is None else f"{row['seconds']:.0f} s"
+                took = note or f"{row['seconds']:.0f} s"
                 log(
                     f"[{k}/{total}] {method:10s} {concept.name:24s} seed {seed}: "
                     + " ".join(f"{c} {row[c]:.3f}" for c in COLUMNS)
-                    + f"  ({took}{note})".replace("(, ", "(")
+                    + f"  ({took})"
                 )
     summary = summarize(rows)
     verdicts = checks(summary)
