@@ -331,7 +331,7 @@ def check_memory(
             ),
             (
                 f"set model.fp8=true, train.gradient_checkpointing=true and {name}.micro_batch=1",
-                fp8_saving > 0,
+                fp8_saving > 0 and not cfg.model.fsdp,  # (fsdp is not combined with fp8 or block swap)
                 1,
                 True,
                 fp8_saving,
@@ -361,7 +361,8 @@ def check_memory(
                         )
                     )
         # Block swap: the fewest blocks (of each DiT) whose device-resident linear weights close the gap.
-        for fp8 in (False, True) if device.type != "cpu" else ():  # on CPU the host is the device
+        swap_applies = device.type != "cpu" and not cfg.model.fsdp  # on CPU the host is the device
+        for fp8 in (False, True) if swap_applies else ():
             for n in range(cfg.model.block_swap + 1, n_blocks + 1):
                 swapped = offload.device_linear_bytes(bb.transformer, n, device)
                 # fp8 then saves on the blocks that stay on the device only (about; targeted weights only)
