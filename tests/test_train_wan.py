@@ -290,3 +290,29 @@ def test_bf16_as_the_shipped_wan_configs_trains_with_the_memory_check(run_dir, t
     rel = float(diff / torch.cat([a[k].flatten() for k in moved]).norm())
     assert rel < 0.5, rel  # measured 0.21 (bf16 rounding through 6 steps); unrelated LoRAs: ~1.4
     assert (out / "lora_diffusers.safetensors").is_file() and (out / "samples").is_dir()
+
+
+@pytest.mark.parametrize("config", ["wan2.1-t2v-1.3b.yaml", "wan2.1-t2v-14b.yaml"])
+def test_the_shipped_wan_configs_train_on_a_tiny_wan(config, run_dir, tiny_wan_dir, tmp_path):
+    """`setseq train --config configs/...` as the README shows it (bf16, the paper's batch and accumulation,
+    the memory check on), with only the model, the shape and the step counts made small."""
+    from pathlib import Path
+
+    from setseq.cli import main
+
+    cfg = Path(__file__).resolve().parent.parent / "configs" / config
+    out = tmp_path / "run"
+    argv = [
+        "train",
+        "--config",
+        str(cfg),
+        "--model",
+        str(tiny_wan_dir),
+        "--video",
+        str(run_dir.parent / "clip.mp4"),
+    ]
+    argv += ["--out", str(out), "--no-progress", "--frames", "9", "--size", "32x32", "lora.rank=4"]
+    argv += ["stage1.steps=2", "stage2.steps=2", "train.sample_every=0", "train.tensorboard=false"]
+    assert main(argv) == 0
+    assert load_setseq(out / "setseq.safetensors").meta["backbone"] == "wan"
+    assert (out / "lora_diffusers.safetensors").is_file() and (out / "lora_comfyui.safetensors").is_file()
