@@ -291,6 +291,17 @@ def test_bf16_as_the_shipped_wan_configs_trains_with_the_memory_check(run_dir, t
     assert rel < 0.5, rel  # measured 0.21 (bf16 rounding through 6 steps); unrelated LoRAs: ~1.4
     assert (out / "lora_diffusers.safetensors").is_file() and (out / "samples").is_dir()
 
+    # Generation loads the model in the dtype the run trained in unless told otherwise.
+    from setseq.infer.generate import Personalized, pick_dtype
+
+    quiet = lambda s: None  # noqa: E731
+    assert Personalized.load(out, log=quiet).backbone.dtype == torch.bfloat16
+    assert Personalized.load(run_dir, log=quiet).backbone.dtype == torch.float32
+    assert Personalized.load(out, dtype="float32", log=quiet).backbone.dtype == torch.float32
+    assert pick_dtype("auto", {}, "wan", torch.device("cuda")) == "bfloat16"  # older files, no dtype
+    assert pick_dtype("auto", {}, "toy", torch.device("cuda")) == "float32"
+    assert pick_dtype("auto", {}, "wan", torch.device("cpu")) == "float32"
+
 
 @pytest.mark.parametrize("config", ["wan2.1-t2v-1.3b.yaml", "wan2.1-t2v-14b.yaml"])
 def test_the_shipped_wan_configs_train_on_a_tiny_wan(config, run_dir, tiny_wan_dir, tmp_path):

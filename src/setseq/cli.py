@@ -133,7 +133,7 @@ def cmd_generate(
     frames: int | None = None,
     negative_prompt: str = "",
     device: str = "auto",
-    dtype: str = "float32",
+    dtype: str = "auto",
     block_swap: int = 0,
 ) -> list[Path]:
     """Generate videos with a run's LoRA on its model, or with the base model alone."""
@@ -168,7 +168,7 @@ def cmd_compose(
     steps: int | None = None,
     seed: int = 0,
     device: str = "auto",
-    dtype: str = "float32",
+    dtype: str = "auto",
 ) -> list[Path]:
     """Generate with several concepts: one jointly trained run, or a weighted sum of separate runs."""
     from setseq.infer.compose import load_composition
@@ -313,7 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--frames", type=int)
     g.add_argument("--negative-prompt", default="")
     g.add_argument("--device", default="auto")
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    g.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="auto: the run's training dtype, else bfloat16 on a GPU (float32 for the toy model and on CPU)",
+    )
     g.add_argument(
         "--block-swap",
         type=int,
@@ -336,7 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--steps", type=int)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="auto")
-    c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    c.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="auto: the run's training dtype, else bfloat16 on a GPU (float32 for the toy model and on CPU)",
+    )
 
     e = sub.add_parser("export", help="export a run's LoRA for diffusers / ComfyUI, or one part of it")
     e.add_argument("run")

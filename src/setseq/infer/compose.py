@@ -62,7 +62,7 @@ def load_composition(
     weights: list[float] | None = None,
     model: str | None = None,
     device: str = "auto",
-    dtype: str = "float32",
+    dtype: str = "auto",
     log=print,
 ) -> tuple[Personalized, list[str]]:
     """A model ready to generate several concepts, and the concept tokens it knows.
@@ -87,6 +87,8 @@ def load_composition(
                     "compose concepts trained with different tokens (concept.token / concept.motion_token)",
                 )
             tokens.append(t)
+    if dtype == "auto" and "dtype" in loras[0].meta:  # the first run's, as for its model
+        dtype = str(loras[0].meta["dtype"])
     base = Personalized.load(
         None,
         model=model or str(loras[0].meta.get("model_id") or "toy"),

@@ -20,6 +20,17 @@ from setseq.offload import load_backbone_swapped
 from setseq.train.run import DTYPES, resolve_device
 
 
+def pick_dtype(dtype: str, meta: dict, backbone: str, device: torch.device) -> str:
+    """`dtype`, or for "auto" the one the LoRA was trained in (its metadata), else bfloat16 for a real
+    backbone on a GPU and float32 otherwise (the toy model, CPU)."""
+    if dtype != "auto":
+        return dtype
+    trained = meta.get("dtype")
+    if trained in DTYPES:
+        return str(trained)
+    return "bfloat16" if device.type == "cuda" and backbone != "toy" else "float32"
+
+
 @dataclass
 class GenerateOptions:
     """Sampling options; None means the run's (or the backbone's) default."""
@@ -74,18 +85,21 @@ class Personalized:
         model: str | None = None,
         backbone: str | None = None,
         device: str = "auto",
-        dtype: str = "float32",
+        dtype: str = "auto",
         log: Callable[[str], None] = print,
         block_swap: int = 0,
     ) -> Personalized:
         """From a run folder (or a setseq.safetensors file) on its own model, or `model` alone. `block_swap`:
-        the DiT's last N blocks keep their linear weights in host memory (setseq.offload)."""
+        the DiT's last N blocks keep their linear weights in host memory (setseq.offload). `dtype` "auto": the
+        dtype the run trained in, else bfloat16 for a real model on a GPU, float32 otherwise."""
         lora = load_setseq(run) if run is not None else None
         path = model or (lora.meta.get("model_id") if lora else None) or "toy"
         if lora is not None and not model and path != "toy":
             log(f"base model: {path} (named by the LoRA file; --model chooses another)")
         name = backbone or (lora.meta["backbone"] if lora and not model else None) or guess_backbone(path)
-        bb = load_backbone_swapped(name, path, resolve_device(device), DTYPES[dtype], block_swap)
+        dev = resolve_device(device)
+        dtype = pick_dtype(dtype, lora.meta if lora is not None else {}, name, dev)
+        bb = load_backbone_swapped(name, path, dev, DTYPES[dtype], block_swap)
         if lora is not None:
             for w in check_compatible(lora, bb.info.name, bb.info.fingerprint, run or "the LoRA"):
                 log(f"warning: {w}")

@@ -241,6 +241,7 @@ def lora_metadata(
     return {
         "backbone": bb.info.name,
         "model_id": cfg.model.path,
+        "dtype": cfg.model.dtype,
         "fingerprint": bb.info.fingerprint,
         "rank": spec.rank,
         "alpha": spec.alpha,
