@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from setseq.bench import COLUMNS, checks, load_suite, summarize, table
+from setseq.bench import COLUMNS, checks, load_suite, paired, summarize, table
 from setseq.cli import main
 from setseq.errors import SetseqError
 from setseq.train.methods import METHODS
@@ -26,6 +26,8 @@ def test_bench_quick_runs_every_method_on_the_shipped_model(tmp_path, capsys):
         assert (out / "runs" / r["method"] / f"{r['concept']}-seed0" / "reproduced.mp4").is_file()
     md = (out / "bench.md").read_text()
     assert all(f"| {m} |" in md for m in METHODS) and "±" in md
+    assert all(f"- vs {m}: mse " in md for m in METHODS if m != "setseq")
+    assert set(result["paired"]) == set(METHODS) - {"setseq"}
     assert [c["claim"] for c in result["checks"]][0].startswith("setseq edit adherence")
 
 
@@ -67,6 +69,20 @@ def test_summary_is_mean_and_spread_per_method():
     assert s["a"]["mse"]["mean"] == pytest.approx(0.2) and s["a"]["mse"]["std"] == pytest.approx(0.1)
     assert s["a"]["motion"] == {"mean": 0.2, "std": 0.0, "n": 1}  # a failed detection is left out, counted
     assert "| a | 0.2000 ± 0.1000" in table(s)
+
+
+def test_paired_counts_wins_in_each_columns_direction():
+    def row(method, concept, mse, edit):
+        return {"method": method, "concept": concept, "seed": 0, "mse": mse, "appearance": 0.5, "edit": edit,
+                "tc": 0.9, "motion": float("nan") if concept == "c" else 0.5}  # fmt: skip
+
+    rows = [row("setseq", "a", 0.1, 1.0), row("db", "a", 0.2, 0.5), row("setseq", "b", 0.3, 0.0)]
+    rows += [row("db", "b", 0.2, 1.0), row("setseq", "c", 0.1, 1.0), row("db", "c", 0.1, 1.0)]
+    rows += [row("setseq", "d", 0.0, 1.0)]  # no baseline run to pair with
+    p = paired(rows, "setseq", "db")
+    assert p["mse"] == (1, 1, 1)  # lower is better: a wins, b loses, c ties
+    assert p["edit"] == (1, 1, 1)
+    assert p["appearance"] == (0, 3, 0) and p["motion"] == (0, 2, 0)  # a NaN pair is left out
 
 
 def test_checks_compare_setseq_with_the_baselines():

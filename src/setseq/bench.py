@@ -195,6 +195,29 @@ def checks(summary: dict) -> list[tuple[str, bool | None]]:
     return res
 
 
+def paired(rows: list[dict], method: str, baseline: str) -> dict[str, tuple[int, int, int]]:
+    """{column: (wins, ties, losses)} of `method` against `baseline` over the (concept, seed) runs both have,
+    "win" meaning better in the column's direction: the spread behind two means."""
+    mine = {(r["concept"], r["seed"]): r for r in rows if r["method"] == method}
+    theirs = {(r["concept"], r["seed"]): r for r in rows if r["method"] == baseline}
+    out: dict[str, tuple[int, int, int]] = {}
+    for c in COLUMNS:
+        w = t = lo = 0
+        for key in mine.keys() & theirs.keys():
+            a, b = float(mine[key][c]), float(theirs[key][c])
+            if not (np.isfinite(a) and np.isfinite(b)):
+                continue
+            d = (a - b) if HIGHER_IS_BETTER[c] else (b - a)
+            if abs(d) < 1e-9:
+                t += 1
+            elif d > 0:
+                w += 1
+            else:
+                lo += 1
+        out[c] = (w, t, lo)
+    return out
+
+
 def table(summary: dict) -> str:
     head = (
         "| method | "
@@ -325,6 +348,7 @@ def run_bench(
         "reused": reused,
         "summary": summary,
         "checks": [{"claim": c, "holds": v} for c, v in verdicts],
+        "paired": {m: paired(rows, "setseq", m) for m in methods if m != "setseq" and "setseq" in methods},
         "seconds": round(time.perf_counter() - t0, 1),
     }
     write_json(out / "bench.json", result)
@@ -336,6 +360,14 @@ def run_bench(
         "",
         *(f"- {c}: {'yes' if v else 'no'}" for c, v in verdicts),
     ]
+    if "setseq" in methods:
+        text += [
+            "",
+            "setseq against each method, run by run (wins / ties / losses over the same concept and seed):",
+        ]
+        for other in (m for m in methods if m != "setseq"):
+            pairs = paired(rows, "setseq", other)
+            text.append(f"- vs {other}: " + ", ".join(f"{c} {w}/{t}/{lo}" for c, (w, t, lo) in pairs.items()))
     with atomic_path(out / "bench.md") as tmp:
         tmp.write_text("\n".join(text) + "\n")
     log("\n".join(text))
