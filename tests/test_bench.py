@@ -52,6 +52,19 @@ def test_bench_reuses_finished_runs_and_retrains_changed_ones(tmp_path, capsys):
     assert lora.stat().st_mtime_ns == stamp
     assert all(rescored[c] == pytest.approx(first["rows"][0][c]) for c in COLUMNS)  # scoring is deterministic
 
+    # A config field added by a newer setseq (absent from the saved YAML) takes its default: still reused.
+    def drop_field(text: str) -> str:
+        return "\n".join(line for line in text.splitlines() if "block_swap" not in line)
+
+    saved = lora.parent / "config.yaml"
+    saved.write_text(drop_field(saved.read_text()))
+    row_file = lora.parent.parent / "row.json"
+    row = json.loads(row_file.read_text())
+    assert "block_swap" in row["config"]
+    row_file.write_text(json.dumps({**row, "config": drop_field(row["config"])}))
+    assert main(args) == 0
+    assert "reused from an earlier bench" in capsys.readouterr().out and lora.stat().st_mtime_ns == stamp
+
     assert main([*args, "stage1.steps=3"]) == 0  # other settings: trained again
     assert "reused" not in capsys.readouterr().out and lora.stat().st_mtime_ns != stamp
     stamp = lora.stat().st_mtime_ns

@@ -88,12 +88,30 @@ def _reusable(here: Path, key: dict) -> dict | None:
         saved = json.loads((here / ROW_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(saved, dict) or any(saved.get(k) != v for k, v in key.items()):
+    if not isinstance(saved, dict) or not _same_config(saved.get("config"), key["config"]):
+        return None
+    if any(saved.get(k) != v for k, v in key.items() if k != "config"):
         return None
     if not (here / "run" / "lora_diffusers.safetensors").is_file():
         return None
     row = saved.get("row")
     return row if isinstance(row, dict) and all(c in row for c in COLUMNS) else None
+
+
+def _same_config(saved: object, current: str) -> bool:
+    """Whether a run's saved config YAML is the config `current` (YAML) resolves to, both read by this
+    version of setseq: a config field added since the run was made takes its default on both sides."""
+    import yaml
+
+    from setseq.config import resolve_config
+
+    if not isinstance(saved, str):
+        return False
+    try:
+        old = resolve_config(None, yaml.safe_load(saved) or {})
+    except Exception:  # a field this version no longer has, or a broken file: not the same run
+        return False
+    return old.to_yaml() == resolve_config(None, yaml.safe_load(current) or {}).to_yaml()
 
 
 def _weights_hash(model: str) -> str:
@@ -114,7 +132,7 @@ def _trained(run_dir: Path, config_yaml: str, method: str) -> bool:
     """Whether `run_dir` holds a finished training run of exactly this config (not scored yet): its outputs
     are written last, once training is done."""
     try:
-        same = (run_dir / "config.yaml").read_text() == config_yaml
+        same = _same_config((run_dir / "config.yaml").read_text(), config_yaml)
     except OSError:
         return False
     done = (run_dir / "lora_diffusers.safetensors").is_file()
