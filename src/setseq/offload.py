@@ -101,18 +101,26 @@ def swappable_blocks(transformer: nn.Module, n: int) -> list[nn.Module]:
     return out
 
 
-def stream_blocks(transformer: nn.Module, n: int, device: torch.device) -> SwapPlan:
-    """Swap the last `n` blocks (of each DiT): every plain linear in them becomes a `StreamedLinear` whose
-    weight stays in host memory. Call on a model loaded on the host, before `place` and before LoRA injection."""
-    weights: list[nn.Parameter] = []
-    for block in swappable_blocks(transformer, n):
+def replace_linears(blocks: list[nn.Module], make) -> list[nn.Module]:
+    """Replace every plain `nn.Linear` inside `blocks` by `make(linear)` (same module name); returns the new
+    modules. Block swap and sharding (setseq.shard) use it."""
+    new_layers: list[nn.Module] = []
+    for block in blocks:
         for name, mod in list(block.named_modules()):
             if type(mod) is nn.Linear:
                 parent_name, _, child = name.rpartition(".")
                 parent = block.get_submodule(parent_name) if parent_name else block
-                new = StreamedLinear.take_over(mod, device)
+                new = make(mod)
                 setattr(parent, child, new)
-                weights.append(new.weight)
+                new_layers.append(new)
+    return new_layers
+
+
+def stream_blocks(transformer: nn.Module, n: int, device: torch.device) -> SwapPlan:
+    """Swap the last `n` blocks (of each DiT): every plain linear in them becomes a `StreamedLinear` whose
+    weight stays in host memory. Call on a model loaded on the host, before `place` and before LoRA injection."""
+    layers = replace_linears(swappable_blocks(transformer, n), lambda m: StreamedLinear.take_over(m, device))
+    weights = [m.weight for m in layers]
     for w in weights:
         w.requires_grad_(False)
         w.data = w.data.to(HOST)

@@ -31,8 +31,7 @@ from torch import nn
 
 from setseq import lora as L
 from setseq.errors import SetseqError
-
-HOST = torch.device("cpu")
+from setseq.offload import HOST, dits, max_blocks, place, replace_linears, swappable_blocks
 
 
 def gather_rows(shard: torch.Tensor, rows: int, world: int) -> torch.Tensor:
@@ -102,39 +101,21 @@ def shard_blocks(transformer: nn.Module, rank: int, world: int, device: torch.de
             "the expert of its timestep, so the processes would not run the same layers",
             "use model.block_swap=N for A14B, or drop model.fsdp",
         )
-    layers: list[ShardedLinear] = []
-    full = 0
-    for block in _all_blocks(transformer):
-        for name, mod in list(block.named_modules()):
-            if type(mod) is nn.Linear:
-                parent_name, _, child = name.rpartition(".")
-                parent = block.get_submodule(parent_name) if parent_name else block
-                full += mod.weight.numel() * mod.weight.element_size()
-                new = ShardedLinear.take_over(mod, rank, world, device)
-                setattr(parent, child, new)
-                layers.append(new)
+    blocks = swappable_blocks(transformer, max_blocks(transformer))  # all of them (one DiT)
+    layers = replace_linears(blocks, lambda m: ShardedLinear.take_over(m, rank, world, device))
     kept = sum(m.weight.numel() * m.weight.element_size() for m in layers)
-    return ShardPlan(layers, kept, full)
+    full = sum(m.out_features * m.in_features * m.weight.element_size() for m in layers)
+    return ShardPlan(layers, kept, full)  # type: ignore[arg-type]  (all ShardedLinear)
 
 
 def shardable(transformer: nn.Module) -> bool:
     """Whether `model.fsdp` applies: one DiT (every process then runs the same layers in the same order)."""
-    from setseq.offload import dits
-
     return len(dits(transformer)) == 1
-
-
-def _all_blocks(transformer: nn.Module) -> list[nn.Module]:
-    from setseq.memory import _blocks
-    from setseq.offload import dits
-
-    return [b for dit in dits(transformer) for b in _blocks(dit)]
 
 
 def load_backbone_sharded(name: str, model_id: str, device: torch.device, dtype: torch.dtype, procs):
     """`load_backbone` with the DiT's block linears sharded across the processes of `procs`."""
     from setseq.backbones.base import load_backbone
-    from setseq.offload import place
 
     bb = load_backbone(name, model_id, HOST, dtype)
     plan = shard_blocks(bb.transformer, procs.rank, procs.world, device)
