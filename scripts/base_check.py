@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from setseq.cli import _quiet
+from setseq.cli import quiet_libraries
 from setseq.data.video import from_tensor, load_clip
 from setseq.demo import CONCEPT_DIR
 from setseq.eval import toy_metrics as M
@@ -24,7 +24,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--model", default="toy")
     args = p.parse_args()
-    _quiet()
+    quiet_libraries()
     index = json.loads((CONCEPT_DIR / "concepts.json").read_text())
     base = Personalized.load(None, model=args.model, backbone="toy", log=lambda s: None)
     print(f"{'concept':26s} {'appearance':>10s} {'motion sim':>10s} {'family':>8s}  families drawn")

@@ -13,7 +13,7 @@ import argparse
 
 import numpy as np
 
-from setseq.cli import _quiet
+from setseq.cli import quiet_libraries
 from setseq.data import synthetic as S
 from setseq.data.video import from_tensor
 from setseq.eval import toy_metrics as M
@@ -44,7 +44,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--model", default="toy")
     args = p.parse_args()
-    _quiet()
+    quiet_libraries()
     base = Personalized.load(None, model=args.model, backbone="toy", log=lambda s: None)
     rng = np.random.default_rng(0)
     for name in args.concepts.split(","):

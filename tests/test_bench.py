@@ -72,6 +72,23 @@ def test_bench_reuses_finished_runs_and_retrains_changed_ones(tmp_path, capsys):
     assert json.loads((out / "bench.json").read_text())["reused"] == 0 and lora.stat().st_mtime_ns != stamp
 
 
+def test_bench_jobs_run_in_worker_processes_with_the_same_figures(tmp_path, capsys):
+    args = ["bench", "--quick", "--methods", "setseq,dreambooth", "--concepts", "red_star_bounce"]
+    assert main([*args, "--out", str(tmp_path / "two"), "--jobs", "2"]) == 0
+    assert "running 2 runs at a time, 1 thread(s) each" in capsys.readouterr().out
+    two = json.loads((tmp_path / "two" / "bench.json").read_text())
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    one = json.loads((tmp_path / "one" / "bench.json").read_text())
+    assert two["jobs"] == 2 and [r["method"] for r in two["rows"]] == ["setseq", "dreambooth"]
+    for a, b in zip(two["rows"], one["rows"], strict=True):
+        assert (a["method"], a["concept"]) == (b["method"], b["concept"])
+        assert all(a[c] == pytest.approx(b[c], rel=1e-3, abs=1e-4) for c in COLUMNS)
+    assert main([*args, "--out", str(tmp_path / "two"), "--jobs", "2"]) == 0  # reused: no workers
+    out = capsys.readouterr().out
+    assert out.count("reused from an earlier bench") == 2 and "at a time" not in out
+    assert main([*args, "--out", str(tmp_path / "two"), "--jobs", "0"]) == 2
+
+
 def test_summary_is_mean_and_spread_per_method():
     rows = [
         {"method": "a", "mse": 0.1, "appearance": 1.0, "edit": 0.5, "tc": 0.9, "motion": 0.2},
