@@ -89,6 +89,17 @@ def test_bench_jobs_run_in_worker_processes_with_the_same_figures(tmp_path, caps
     assert main([*args, "--out", str(tmp_path / "two"), "--jobs", "0"]) == 2
 
 
+def test_a_run_failing_in_a_worker_stops_the_bench_with_its_one_line_error(tmp_path, capsys):
+    (tmp_path / "broken.mp4").write_bytes(b"not a video at all")
+    suite = tmp_path / "suite.json"
+    suite.write_text(json.dumps({"red_star_bounce": {"file": "broken.mp4", "shape": "star"}}))
+    args = ["bench", "--quick", "--suite", str(suite), "--methods", "setseq,dreambooth", "--jobs", "2"]
+    assert main([*args, "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "broken.mp4" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "b" / "bench.json").exists()
+
+
 def test_summary_is_mean_and_spread_per_method():
     rows = [
         {"method": "a", "mse": 0.1, "appearance": 1.0, "edit": 0.5, "tc": 0.9, "motion": 0.2},

@@ -363,7 +363,7 @@ def run_bench(
         (seed, concept, method) for seed in range(seeds) for concept in suite_concepts for method in methods
     ]
     total = len(plan)
-    rows: list[dict | None] = [None] * total
+    slots: list[dict | None] = [None] * total
     todo: list[tuple[int, _Job]] = []
     reused = 0
 
@@ -392,15 +392,16 @@ def run_bench(
         row = None if fresh else _reusable(here, key)
         if row is not None:
             reused += 1
-            rows[k] = row
+            slots[k] = row
             report(k, row, "reused from an earlier bench")
         else:
             todo.append((k, _Job(method, concept, seed, here, cfg, key, model, gen_steps, fresh, keep_runs)))
 
     if jobs <= 1 or len(todo) <= 1:
         for k, job in todo:
-            rows[k], note = _run_one(job)
-            report(k, rows[k], note)  # type: ignore[arg-type]
+            row, note = _run_one(job)
+            slots[k] = row
+            report(k, row, note)
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -412,12 +413,18 @@ def run_bench(
             max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)
         ) as pool:
             futures = {pool.submit(_run_one, job): k for k, job in todo}
-            for fut in as_completed(futures):
-                k = futures[fut]
-                rows[k], note = fut.result()
-                report(k, rows[k], note)  # type: ignore[arg-type]
-    done_rows = [r for r in rows if r is not None]
-    rows = done_rows
+            try:
+                for fut in as_completed(futures):
+                    k = futures[fut]
+                    row, note = fut.result()
+                    slots[k] = row
+                    report(k, row, note)
+            except BaseException:
+                # A failed run stops the bench as it does without workers: runs not started are dropped
+                # (the finished ones are on disk and reused next time), not trained before the error shows.
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+    rows = [r for r in slots if r is not None]
     summary = summarize(rows)
     verdicts = checks(summary)
     result = {
