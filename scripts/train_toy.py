@@ -6,7 +6,8 @@
     python scripts/train_toy.py --out src/setseq/assets/toy --vae /tmp/toy_vae --init-from /tmp/toy_p1 \
         --text-pretrain-minutes 2 --minutes 55 --layers 8 --text-layers 3 --lr 7e-4 --warmup-minutes 1 --pool 3072
 
-(the shipped model's exact commands and logs: BENCHMARKS.md). `--text-pretrain-minutes` first trains a fresh
+(the shipped model's exact commands and logs: BENCHMARKS.md; all its phases in one command:
+`bash scripts/train_toy_all.sh OUT`). `--text-pretrain-minutes` first trains a fresh
 text encoder on caption parsing and freezes it (see `pretrain_text_encoder`).
 
 With `--vae` (the shipped model) the DiT learns on VAE latents: a pool of clips and of single frames is rendered

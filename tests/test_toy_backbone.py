@@ -251,6 +251,33 @@ def test_shipped_toy_model_loads_and_generates():
     assert total <= 30 * 1024 * 1024
 
 
+@pytest.mark.slow
+def test_the_from_scratch_script_makes_a_toy_model_folder_like_the_shipped_one(tmp_path):
+    """scripts/train_toy_all.sh at tiny budgets: every phase runs and the folder loads and generates."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "MINUTES_SCALE": "0.002", "POOL": "64", "EVAL_ARGS": "--n 4 --n-full 0 --batch 4"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    done = subprocess.run(
+        ["bash", str(root / "scripts" / "train_toy_all.sh"), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    folder = tmp_path / "model"
+    shipped = {p.relative_to(TOY_SHIPPED_FOLDER) for p in TOY_SHIPPED_FOLDER.rglob("*") if p.is_file()}
+    made = {p.relative_to(folder) for p in folder.rglob("*") if p.is_file()}
+    assert shipped <= made, sorted(map(str, shipped - made))
+    model = load_toy(str(folder))
+    assert model.generate("a red circle moving left on a black background", steps=2, seed=0).isfinite().all()
+
+
 # -- the VAE codec (the shipped model's) ------------------------------------------------------------------
 
 
