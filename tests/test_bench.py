@@ -140,6 +140,13 @@ def test_checks_compare_setseq_with_the_baselines():
         "setseq appearance fidelity within 5% of dreambooth's": True,
         "setseq motion fidelity > every one-stage baseline's (dreambooth)": False,
     }
+    v = dict(
+        checks(
+            {"setseq": cols(0.8, 0.9, 0.9), "lora1": cols(0, 0, 0.5), "textual_inversion": cols(0, 0, 0.95)}
+        )
+    )
+    assert v == {"setseq motion fidelity > every one-stage baseline's (lora1, textual_inversion)": False}
+    assert dict(checks({"setseq": cols(0.8, 0.9, 0.9), "two_stage": cols(0, 0, 0.99)})) == {}  # not one-stage
 
 
 def test_suite_with_a_missing_video_is_refused(tmp_path):

@@ -202,7 +202,8 @@ def checks(summary: dict) -> list[tuple[str, bool | None]]:
         res.append(("setseq edit adherence > dreambooth's", s["edit"]["mean"] > db["edit"]["mean"]))
         ok = s["appearance"]["mean"] >= 0.95 * db["appearance"]["mean"]
         res.append(("setseq appearance fidelity within 5% of dreambooth's", ok))
-    one_stage = [m for m in ("dreambooth", "lora1", "dreammix") if m in summary]
+    # Every baseline trained in one stage (textual inversion too: one stage, the clip, no LoRA).
+    one_stage = [m for m in ("dreambooth", "lora1", "dreammix", "textual_inversion") if m in summary]
     if s and one_stage:
         best = max(summary[m]["motion"]["mean"] for m in one_stage)
         res.append(
