@@ -114,7 +114,7 @@ def test_concepts_alternate_and_stitched_videos_come_at_the_configured_rate(monk
     assert 0.17 < stitched / n < 0.23
 
 
-def test_joint_training_writes_one_lora_knowing_every_token(tiny_toy_dir, two_videos, tmp_path):
+def test_joint_training_writes_one_lora_knowing_every_token(tiny_toy_dir, two_videos, tmp_path, capsys):
     from setseq.train.run import train
 
     lines: list[str] = []
@@ -128,6 +128,26 @@ def test_joint_training_writes_one_lora_knowing_every_token(tiny_toy_dir, two_vi
     prompt = "a sks star in zwx motion and a qrv square in vkt motion"
     assert main(["compose", str(run), "--prompt", prompt, "--out", str(out), "--steps", "2"]) == 0
     assert out.is_file() and out.with_suffix(".png").is_file()
+    capsys.readouterr()
+    # One concept of the pair, by its own token: no warning; neither token: a warning naming both.
+    assert (
+        main(
+            [
+                "generate",
+                str(run),
+                "--prompt",
+                "a qrv square in vkt motion",
+                "--out",
+                str(out),
+                "--steps",
+                "2",
+            ]
+        )
+        == 0
+    )
+    assert "does not contain the concept token" not in capsys.readouterr().err
+    assert main(["generate", str(run), "--prompt", "a square", "--out", str(out), "--steps", "2"]) == 0
+    assert "does not contain the concept token 'sks' or 'qrv'" in capsys.readouterr().err
 
 
 def test_weighted_sum_adds_each_runs_update_to_the_weights(tiny_toy_dir, two_videos, tmp_path):

@@ -114,10 +114,15 @@ class Personalized:
 
     def generate(self, prompt: str, opts: GenerateOptions, progress: bool = False) -> torch.Tensor:
         if self.lora is not None:
-            tok = str(self.lora.meta.get("token", ""))
-            if tok and tok not in prompt.split():
+            # A multi-concept run's file lists (token, motion token) of each concept: any concept's will do.
+            listed = self.lora.meta.get("tokens")
+            ids = [str(t) for t in listed[0::2]] if isinstance(listed, list) and listed else []
+            ids = ids or [str(self.lora.meta.get("token", ""))]
+            ids = [t for t in ids if t]
+            if ids and not set(ids) & set(prompt.split()):
+                named = " or ".join(f"'{t}'" for t in ids)
                 print(
-                    f"warning: the prompt {prompt!r} does not contain the concept token '{tok}': the concept may not appear",
+                    f"warning: the prompt {prompt!r} does not contain the concept token {named}: the concept may not appear",
                     file=sys.stderr,
                 )
             L.set_scales(
