@@ -56,6 +56,22 @@ class SetseqLora:
     def basis(self) -> str:
         return str(self.meta["basis"])
 
+    @property
+    def tokens(self) -> list[str]:
+        """Every concept token the file was trained with: (token, motion token) of each concept, in order."""
+        listed = self.meta.get("tokens")
+        if isinstance(listed, list) and listed:
+            return [str(t) for t in listed]
+        return [str(self.meta[k]) for k in ("token", "motion_token") if self.meta.get(k)]
+
+    @property
+    def identity_tokens(self) -> list[str]:
+        """Each concept's appearance token (the first of its pair)."""
+        listed = self.meta.get("tokens")
+        if isinstance(listed, list) and listed:
+            return [str(t) for t in listed[0::2]]
+        return [str(self.meta["token"])] if self.meta.get("token") else []
+
 
 def save_setseq(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write the setseq file atomically. Metadata values are stored as JSON strings."""

@@ -21,14 +21,6 @@ from setseq.export import SetseqLora, check_compatible, load_setseq, merged_fact
 from setseq.infer.generate import Personalized
 
 
-def concept_tokens(lora: SetseqLora) -> list[str]:
-    """The concept tokens a LoRA file was trained with (all of a multi-concept run's)."""
-    tokens = lora.meta.get("tokens")
-    if isinstance(tokens, list) and tokens:
-        return [str(t) for t in tokens]
-    return [str(lora.meta[k]) for k in ("token", "motion_token") if lora.meta.get(k)]
-
-
 @torch.no_grad()
 def add_weighted_sum(
     transformer: torch.nn.Module,
@@ -75,12 +67,12 @@ def load_composition(
         if weights not in (None, [1.0]):
             raise SetseqError("weights apply to several runs", "drop --weights, or pass several runs")
         pm = Personalized.load(runs[0], model=model, device=device, dtype=dtype, log=log)
-        return pm, concept_tokens(pm.lora)  # type: ignore[arg-type]
+        return pm, pm.lora.tokens  # type: ignore[union-attr]
     loras = [load_setseq(r) for r in runs]
     weights = weights or [1.0] * len(loras)
     tokens: list[str] = []
     for r, lora in zip(runs, loras):
-        for t in concept_tokens(lora):
+        for t in lora.tokens:
             if t in tokens:
                 raise SetseqError(
                     f"two runs share the concept token '{t}' ({r} and an earlier one)",

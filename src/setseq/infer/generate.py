@@ -114,11 +114,7 @@ class Personalized:
 
     def generate(self, prompt: str, opts: GenerateOptions, progress: bool = False) -> torch.Tensor:
         if self.lora is not None:
-            # A multi-concept run's file lists (token, motion token) of each concept: any concept's will do.
-            listed = self.lora.meta.get("tokens")
-            ids = [str(t) for t in listed[0::2]] if isinstance(listed, list) and listed else []
-            ids = ids or [str(self.lora.meta.get("token", ""))]
-            ids = [t for t in ids if t]
+            ids = self.lora.identity_tokens  # a multi-concept run's: any one concept's will do
             if ids and not set(ids) & set(prompt.split()):
                 named = " or ".join(f"'{t}'" for t in ids)
                 print(
