@@ -7,7 +7,8 @@ all-reduce sums the LoRA gradients (each already divided by the accumulation cou
 Every process then clips and steps the same gradients from the same weights, so the weights stay identical
 on every process and equal to those of a one-process run with the same micro_batch, up to float summation
 order. The gradients are small (the LoRA's, not the model's), so one flat all-reduce per step is all the
-communication; the frozen base model is replicated, as in DDP. (Sharding the base model, FSDP, is not built.)
+communication; the frozen base model is replicated, as in DDP, unless `model.fsdp=true` shards it
+(`setseq.shard`).
 
 Process 0 alone writes: the cache (the others wait and then read it), checkpoints, logs, samples and the
 outputs. With one process (no launcher), everything here is a no-op.
