@@ -67,10 +67,7 @@ class SetseqLora:
     @property
     def identity_tokens(self) -> list[str]:
         """Each concept's appearance token (the first of its pair)."""
-        listed = self.meta.get("tokens")
-        if isinstance(listed, list) and listed:
-            return [str(t) for t in listed[0::2]]
-        return [str(self.meta["token"])] if self.meta.get("token") else []
+        return self.tokens[0::2]
 
 
 def save_setseq(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
