@@ -34,7 +34,7 @@ GATE = {"sprite_colour": 0.90, "bg_colour": 0.90, "motion": 0.80}
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="toy", help='"toy" (shipped) or a toy model folder')
+    p.add_argument("--model", default="toy", help='"toy", "toy-large" (shipped) or a toy model folder')
     p.add_argument("--n", type=int, default=120, help="gate prompts (simple specs)")
     p.add_argument(
         "--n-full", type=int, default=40, help="extra prompts with full specs (reported, not gated)"
@@ -192,17 +192,15 @@ def main() -> None:
         "seconds": round(elapsed, 1),
         "per_prompt": per_prompt,
     }
-    folder = Path(model.info.model_id) if args.model != "toy" else None
-    if not args.no_json:
-        from setseq.backbones.toy import TOY_SHIPPED_FOLDER
+    from setseq.backbones.toy import toy_folder
 
-        path = Path(args.json) if args.json else (folder or TOY_SHIPPED_FOLDER) / "eval_toy.json"
+    folder = toy_folder(args.model)
+    if not args.no_json:
+        path = Path(args.json) if args.json else folder / "eval_toy.json"
         write_json(path, report)
         print(f"wrote {path}")
     if args.write_defaults:
-        from setseq.backbones.toy import TOY_SHIPPED_FOLDER
-
-        target = (folder or TOY_SHIPPED_FOLDER) / "toy_config.json"
+        target = folder / "toy_config.json"
         comps_cfg = load_toy_components(args.model).config
         comps_cfg.update(
             sample_steps=steps, guidance_scale=guidance, sample_shift=shift, sample_self_cond=self_cond

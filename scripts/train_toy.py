@@ -1,14 +1,13 @@
 """Train the toy text-to-video model from scratch on the synthetic world (CPU, wall-clock budgeted).
 
-    python scripts/train_toy_vae.py --out /tmp/toy_vae --minutes 22          # first: the codec
-    python scripts/train_toy.py --out /tmp/toy_p1 --vae /tmp/toy_vae --minutes 62 --layers 8 --text-layers 3 \
-        --pool 3072                                                          # then: DiT phase 1
-    python scripts/train_toy.py --out src/setseq/assets/toy --vae /tmp/toy_vae --init-from /tmp/toy_p1 \
-        --text-pretrain-minutes 2 --minutes 55 --layers 8 --text-layers 3 --lr 7e-4 --warmup-minutes 1 --pool 3072
+    python scripts/train_toy_vae.py --out /tmp/toy_vae --minutes 9 --colour-weight 1 --fg-weight 16  # the codec
+    python scripts/train_toy.py --out /tmp/toy --vae /tmp/toy_vae --text-pretrain-minutes 2 --minutes 47 \
+        --layers 4 --text-layers 3 --batch 16 --self-cond 0.25 --lr 1.5e-3 --image-frac 0.1   # then: the DiT
 
-(the shipped model's exact commands and logs: BENCHMARKS.md; all its phases in one command:
-`bash scripts/train_toy_all.sh OUT`). `--text-pretrain-minutes` first trains a fresh
-text encoder on caption parsing and freezes it (see `pretrain_text_encoder`).
+(the shipped models' exact commands and logs: BENCHMARKS.md; all phases in one command:
+`bash scripts/train_toy_model.sh OUT` for the default "toy" model, ~60 min, and
+`bash scripts/train_toy_large.sh OUT` for "toy-large", ~4 h 40 min). `--text-pretrain-minutes` first trains a
+fresh text encoder on caption parsing and freezes it (see `pretrain_text_encoder`).
 
 With `--vae` (the shipped model) the DiT learns on VAE latents: a pool of clips and of single frames is rendered
 and encoded once (posterior mean and std; each draw samples the posterior), and a slice of it is re-rendered

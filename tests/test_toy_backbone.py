@@ -6,16 +6,16 @@ saved and reloaded through the same code path as `scripts/train_toy.py` and `loa
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 import torch
 
-from setseq.backbones.base import Backbone, PromptEmbeds
+from setseq.backbones.base import Backbone, PromptEmbeds, guess_backbone
 from setseq.backbones.toy import (
     IDENTIFIER_TOKENS,
     REQUIRED_FILES,
-    TOY_SHIPPED_FOLDER,
     ToyBackbone,
     build_toy_components,
     load_toy,
@@ -208,7 +208,7 @@ def test_missing_file_raises_setseq_error_naming_it(tiny_folder, tmp_path, missi
     (broken / missing).unlink()
     with pytest.raises(SetseqError, match=re.escape(missing)) as err:
         load_toy(str(broken))
-    assert "train_toy.py" in str(err.value) and "\n" not in str(err.value)
+    assert "scripts/train_toy_model.sh" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_missing_folder_raises_setseq_error(tmp_path):
@@ -235,35 +235,59 @@ def test_fingerprint_changes_with_weights(tiny_folder, tmp_path):
     assert load_toy(str(other)).info.fingerprint != load_toy(str(tiny_folder)).info.fingerprint
 
 
-def test_shipped_toy_model_loads_and_generates():
-    missing = [f for f in REQUIRED_FILES if not (TOY_SHIPPED_FOLDER / f).is_file()]
+@pytest.mark.parametrize("name", ["toy", "toy-large"])
+def test_shipped_toy_model_loads_and_generates(name):
+    from setseq.backbones.toy import toy_folder
+
+    folder = toy_folder(name)
+    missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
     if missing:
         pytest.skip(
-            f"shipped toy model not built yet ({TOY_SHIPPED_FOLDER} lacks {missing[0]}); run scripts/train_toy.py"
+            f"shipped toy model not built yet ({folder} lacks {missing[0]}); run scripts/train_toy_model.sh"
         )
     torch.set_num_threads(2)
-    model = load_toy("toy")
-    assert model.info.model_id == "toy"
+    model = load_toy(name)
+    assert model.info.model_id == name
+    assert guess_backbone(name) == "toy"
     video = model.generate("a red circle moving left on a black background", steps=4, seed=0)
     assert video.shape == (model.info.frames, 3, model.info.height, model.info.width)
     assert torch.isfinite(video).all()
-    total = sum(p.stat().st_size for p in TOY_SHIPPED_FOLDER.rglob("*") if p.is_file())
+    total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     assert total <= 30 * 1024 * 1024
+    # each comes with its training log and its quality-gate evaluation, and passed the gate
+    assert (folder / "train_log.txt").is_file() and (folder / "vae_train_log.txt").is_file()
+    evaluation = json.loads((folder / "eval_toy.json").read_text())
+    assert evaluation["gate"]["all_passed"] is True
+
+
+def test_the_two_shipped_toy_models_differ():
+    from setseq.backbones.toy import toy_folder
+
+    assert toy_folder("toy") != toy_folder("toy-large")
+    assert toy_folder("") == toy_folder("toy")
+    assert load_toy("toy").info.fingerprint != load_toy("toy-large").info.fingerprint
 
 
 @pytest.mark.slow
-def test_the_from_scratch_script_makes_a_toy_model_folder_like_the_shipped_one(tmp_path):
-    """scripts/train_toy_all.sh at tiny budgets: every phase runs and the folder loads and generates."""
+@pytest.mark.parametrize(
+    "script, name", [("train_toy_model.sh", "toy"), ("train_toy_large.sh", "toy-large")], ids=["toy", "large"]
+)
+def test_the_from_scratch_script_makes_a_toy_model_folder_like_the_shipped_one(tmp_path, script, name):
+    """scripts/train_toy_model.sh (the default "toy" model's recipe, ~60 min) and scripts/train_toy_large.sh
+    ("toy-large") at tiny budgets: every phase runs and the folder holds every file of the shipped one, loads
+    and generates."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
+    from setseq.backbones.toy import toy_folder
+
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "MINUTES_SCALE": "0.002", "POOL": "64", "EVAL_ARGS": "--n 4 --n-full 0 --batch 4"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     done = subprocess.run(
-        ["bash", str(root / "scripts" / "train_toy_all.sh"), str(tmp_path)],
+        ["bash", str(root / "scripts" / script), str(tmp_path)],
         env=env,
         capture_output=True,
         text=True,
@@ -271,7 +295,8 @@ def test_the_from_scratch_script_makes_a_toy_model_folder_like_the_shipped_one(t
     )
     assert done.returncode == 0, done.stderr[-2000:]
     folder = tmp_path / "model"
-    shipped = {p.relative_to(TOY_SHIPPED_FOLDER) for p in TOY_SHIPPED_FOLDER.rglob("*") if p.is_file()}
+    shipped_folder = toy_folder(name)
+    shipped = {p.relative_to(shipped_folder) for p in shipped_folder.rglob("*") if p.is_file()}
     made = {p.relative_to(folder) for p in folder.rglob("*") if p.is_file()}
     assert shipped <= made, sorted(map(str, shipped - made))
     model = load_toy(str(folder))

@@ -119,10 +119,10 @@ def _weights_hash(model: str) -> str:
     """A hash of the toy model folder's weight files' contents (a retrained model is not reused)."""
     import hashlib
 
-    from setseq.backbones.toy import TOY_SHIPPED_FOLDER
+    from setseq.backbones.toy import toy_folder
     from setseq.data.cache import file_sha256
 
-    folder = TOY_SHIPPED_FOLDER if model in ("toy", "") else Path(model)
+    folder = toy_folder(model)
     h = hashlib.sha256()
     for f in sorted(folder.rglob("*.safetensors")) if folder.is_dir() else []:
         h.update(f"{f.relative_to(folder)}:{file_sha256(f)}".encode())

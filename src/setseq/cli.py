@@ -367,8 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="personalize the shipped toy model to a shipped concept and show the results"
     )
     d.add_argument("--out", default="demo_out")
-    d.add_argument("--concept", default=None, help="which shipped concept (default: pink_cross_zigzag)")
+    d.add_argument("--concept", default=None, help="which shipped concept (default: cyan_diamond_bounce)")
     d.add_argument("--quick", action="store_true", help="a few steps only (CI)")
+    d.add_argument(
+        "--model", default="toy", help="toy model: toy (default), toy-large, or a toy model folder"
+    )
 
     v = sub.add_parser("eval", help="score generated videos against the reference (MSE, ID, C-T, TC, motion)")
     v.add_argument("videos", nargs="+", help="generated videos")
@@ -394,7 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--concepts", type=_csv, help="comma-separated concept names (default: the whole suite)")
     b.add_argument("--seeds", type=int, default=2)
     b.add_argument("--suite", help="concept suite JSON (default: the shipped concepts)")
-    b.add_argument("--model", default="toy", help="toy model folder (default: the shipped one)")
+    b.add_argument(
+        "--model", default="toy", help="toy model: toy (default), toy-large, or a toy model folder"
+    )
     b.add_argument("--keep-runs", action="store_true", help="keep each run's checkpoints and cache")
     b.add_argument(
         "--jobs",
@@ -524,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
             from setseq.demo import run_demo
 
             quiet_libraries()
-            run_demo(Path(args.out), concept=args.concept, quick=args.quick)
+            run_demo(Path(args.out), concept=args.concept, quick=args.quick, model=args.model)
         elif args.command == "eval":
             cmd_eval(
                 args.reference,

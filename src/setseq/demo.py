@@ -26,9 +26,9 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 CONCEPT_DIR = ASSETS / "concepts"
 DEMO_CONFIG = ASSETS / "toy-demo.yaml"
 MARKER = ".setseq-demo"
-#: The demo's concept: of the shipped ones, one whose look and motion the base model gets wrong from its
-#: caption on most seeds (BENCHMARKS.md, "Demo"), so the run shows what personalization adds.
-DEFAULT_CONCEPT = "pink_cross_zigzag"
+#: The demo's concept: of the shipped ones, one whose look and motion the default toy model gets wrong from
+#: its caption on every seed measured (BENCHMARKS.md, "Demo"), so the run shows what personalization adds.
+DEFAULT_CONCEPT = "cyan_diamond_bounce"
 
 
 @dataclass

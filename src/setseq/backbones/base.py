@@ -225,13 +225,15 @@ PIPELINE_FAMILIES = {
 
 
 def guess_backbone(model_id: str) -> str:
-    """The backbone family of a model id when the user names none: 'toy' for the shipped toy model or a toy
+    """The backbone family of a model id when the user names none: 'toy' for a shipped toy model or a toy
     model folder (it holds toy_config.json); for a diffusers folder, the family of the pipeline class named in
     its model_index.json; else 'wan' (the first real family, e.g. for a hub id)."""
     import json
     from pathlib import Path
 
-    if model_id == "toy" or (Path(model_id) / "toy_config.json").is_file():
+    from setseq.backbones.toy import SHIPPED_TOY_MODELS
+
+    if model_id in SHIPPED_TOY_MODELS or (Path(model_id) / "toy_config.json").is_file():
         return "toy"
     index = Path(model_id) / "model_index.json"
     if index.is_file():

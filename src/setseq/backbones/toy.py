@@ -19,8 +19,8 @@ It is a real Wan-family model, only tiny, so that every recipe runs end to end o
   tokens ("sks", "zwx", ...) that never appear in pre-training captions, and a tiny `UMT5EncoderModel`.
   Embeddings beyond each prompt's length are zeroed, the way Wan pads.
 
-Folder layout (`load("toy")` reads the shipped one in `setseq/assets/toy/`; any other model id is a local
-folder of the same layout)::
+Folder layout (`load("toy")` reads the shipped default in `setseq/assets/toy/`, `load("toy-large")` the one in
+`setseq/assets/toy_large/`; any other model id is a local folder of the same layout)::
 
     toy_config.json                 codec statistics, sigma shift, size, frames, sampler defaults, version
     transformer/config.json         WanTransformer3DModel.save_pretrained (safetensors)
@@ -53,9 +53,17 @@ from setseq.functional.flow_matching import shift_sigmas, x0_from_velocity
 
 TOY_FORMAT_VERSION = 1
 TOY_SHIPPED_FOLDER = Path(__file__).resolve().parent.parent / "assets" / "toy"
+# The toy models shipped with setseq, by name: "toy" (the default: 4-layer DiT, trained from scratch in ~60 min
+# of 2 CPU cores by scripts/train_toy_model.sh) and "toy-large" (8-layer DiT, ~4 h 40 min by
+# scripts/train_toy_large.sh; the ablation bench in BENCHMARKS.md was measured on it). Any other model id is a
+# local toy model folder.
+SHIPPED_TOY_MODELS = {
+    "toy": TOY_SHIPPED_FOLDER,
+    "toy-large": TOY_SHIPPED_FOLDER.parent / "toy_large",
+}
 RESTORE_HINT = (
-    "re-install setseq, or run `git checkout src/setseq/assets/toy`, "
-    "or retrain it with `python scripts/train_toy.py --out DIR` and pass that folder as the model id"
+    "re-install setseq, or run `git checkout src/setseq/assets`, "
+    "or retrain one with `bash scripts/train_toy_model.sh DIR` (~60 min) and pass DIR/model as the model id"
 )
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
@@ -340,9 +348,12 @@ def save_toy_model(
     return folder
 
 
-def _resolve_folder(model_id: str) -> Path:
-    if model_id in ("toy", "", None):
+def toy_folder(model_id: str | None) -> Path:
+    """The folder of a toy model id: a shipped model's name ("toy", "toy-large"; "" is "toy"), else the path."""
+    if model_id in ("", None):
         return TOY_SHIPPED_FOLDER
+    if model_id in SHIPPED_TOY_MODELS:
+        return SHIPPED_TOY_MODELS[model_id]
     return Path(model_id).expanduser()
 
 
@@ -362,7 +373,7 @@ def load_toy_components(model_id: str = "toy") -> ToyComponents:
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import PreTrainedTokenizerFast, UMT5EncoderModel
 
-    folder = _resolve_folder(model_id)
+    folder = toy_folder(model_id)
     _check_folder(folder)
     try:
         config = json.loads((folder / "toy_config.json").read_text())
@@ -737,7 +748,8 @@ class ToyBackbone:
 def load_toy(
     model_id: str = "toy", device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> ToyBackbone:
-    """Registry loader: "toy" is the model shipped with setseq; any other id is a local toy model folder."""
+    """Registry loader: "toy" (the default) and "toy-large" are the models shipped with setseq
+    (`SHIPPED_TOY_MODELS`); any other id is a local toy model folder."""
     components = load_toy_components(model_id)
     return ToyBackbone(components, model_id=model_id, device=device, dtype=dtype)
 

@@ -281,9 +281,7 @@ CONCEPTS: dict[str, ConceptSpec] = {
     "yellow_square_circling": _spec(
         "square", "yellow", "dots", "purple", "plain", "circle_ccw", None, "pulse"
     ),
-    "green_circle_blinking": _spec(
-        "circle", "green", "solid", "white", "checker", "circle_cw", None, "blink"
-    ),
+    "green_circle_blinking": _spec("circle", "green", "dots", "white", "stripes", "circle_cw", None, "blink"),
     "red_star_bounce": _spec("star", "red", "solid", "gray", "plain", "bounce", "right", "rotate", size=0.38),
     "white_cross_circling": _spec("cross", "white", "stripes", "purple", "plain", "circle_cw", None),
     "blue_diamond_spinning": _spec("diamond", "blue", "dots", "gray", "checker", "static", None, "rotate"),

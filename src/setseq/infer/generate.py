@@ -14,6 +14,7 @@ import torch
 
 from setseq import lora as L
 from setseq.backbones.base import Backbone, guess_backbone
+from setseq.backbones.toy import SHIPPED_TOY_MODELS
 from setseq.errors import SetseqError
 from setseq.export import SetseqLora, check_compatible, load_setseq
 from setseq.offload import load_backbone_swapped
@@ -94,7 +95,7 @@ class Personalized:
         dtype the run trained in, else bfloat16 for a real model on a GPU, float32 otherwise."""
         lora = load_setseq(run) if run is not None else None
         path = model or (lora.meta.get("model_id") if lora else None) or "toy"
-        if lora is not None and not model and path != "toy":
+        if lora is not None and not model and path not in SHIPPED_TOY_MODELS:
             log(f"base model: {path} (named by the LoRA file; --model chooses another)")
         name = backbone or (lora.meta["backbone"] if lora and not model else None) or guess_backbone(path)
         dev = resolve_device(device)
