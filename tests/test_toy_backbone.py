@@ -368,3 +368,31 @@ def test_vae_codec_folder_without_its_vae_names_the_file(vae_folder, tmp_path):
     (broken / "vae" / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(SetseqError, match="vae/diffusion_pytorch_model.safetensors"):
         load_toy(str(broken))
+
+
+def test_a_run_from_the_old_default_toy_model_finds_toy_large(tmp_path):
+    """Until 2026-11-29 "toy" named the 8-layer model now shipped as "toy-large": a LoRA file of that time says
+    model_id "toy" with toy-large's fingerprint. Unasked, generate loads toy-large; asked for "toy", it names
+    toy-large in its warning before refusing the modules the 4-layer model lacks."""
+    from setseq.export import save_setseq
+    from setseq.infer.generate import Personalized
+
+    large = load_toy("toy-large")
+    name, lin = next(
+        (n, m) for n, m in large.transformer.named_modules() if isinstance(m, torch.nn.Linear) and ".7." in n
+    )
+    tensors = {
+        f"{name}.identity.down": torch.zeros(2, lin.in_features),
+        f"{name}.identity.up": torch.zeros(lin.out_features, 2),
+        f"{name}.motion.up": torch.zeros(lin.out_features, 2),
+    }
+    meta = {"backbone": "toy", "model_id": "toy", "fingerprint": large.info.fingerprint}
+    save_setseq(tmp_path / "setseq.safetensors", tensors, {**meta, "rank": 2, "alpha": 2.0, "basis": "down"})
+    logs: list[str] = []
+    run = Personalized.load(tmp_path, device="cpu", log=logs.append)
+    assert run.backbone.info.fingerprint == large.info.fingerprint
+    assert any(line.startswith("base model: toy-large") for line in logs)
+    logs.clear()
+    with pytest.raises(SetseqError, match="modules this model does not have"):
+        Personalized.load(tmp_path, model="toy", device="cpu", log=logs.append)
+    assert any("generate with --model toy-large" in line for line in logs)

@@ -428,6 +428,22 @@ def _fingerprint(components: ToyComponents) -> str:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def shipped_toy_with_fingerprint(fingerprint: str | None, skip: str | None = None) -> str | None:
+    """The name of the shipped toy model (other than `skip`) whose fingerprint this is, else None: names the
+    model an old run was trained on (before 2026-11-29 "toy" was the 8-layer model now shipped as "toy-large")."""
+    if not fingerprint:
+        return None
+    for name in SHIPPED_TOY_MODELS:
+        if name == skip:
+            continue
+        try:
+            if _fingerprint(load_toy_components(name)) == fingerprint:
+                return name
+        except SetseqError:  # a shipped model missing from this install: nothing to name
+            continue
+    return None
+
+
 def _move(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     current = next(module.parameters()).dtype
     return module.to(device) if current == dtype else module.to(device, dtype)

@@ -14,7 +14,7 @@ import torch
 
 from setseq import lora as L
 from setseq.backbones.base import Backbone, guess_backbone
-from setseq.backbones.toy import SHIPPED_TOY_MODELS
+from setseq.backbones.toy import SHIPPED_TOY_MODELS, shipped_toy_with_fingerprint
 from setseq.errors import SetseqError
 from setseq.export import SetseqLora, check_compatible, load_setseq
 from setseq.offload import load_backbone_swapped
@@ -101,6 +101,20 @@ class Personalized:
         dev = resolve_device(device)
         dtype = pick_dtype(dtype, lora.meta if lora is not None else {}, name, dev)
         bb = load_backbone_swapped(name, path, dev, DTYPES[dtype], block_swap)
+        fingerprint = lora.meta.get("fingerprint") if lora is not None else None
+        if bb.info.name == "toy" and fingerprint not in (None, bb.info.fingerprint):
+            # a run from before the default toy model changed: name (or, unasked, load) the one it was trained on
+            other = shipped_toy_with_fingerprint(str(fingerprint), skip=path)
+            if other and not model:
+                log(
+                    f"base model: {other} (the LoRA was trained on it; until 2026-11-29 'toy' named that model)"
+                )
+                path = other
+                bb = load_backbone_swapped(name, path, dev, DTYPES[dtype], block_swap)
+            elif other:
+                log(
+                    f"warning: {run} was trained on the shipped '{other}' model: generate with --model {other}"
+                )
         if lora is not None:
             for w in check_compatible(lora, bb.info.name, bb.info.fingerprint, run or "the LoRA"):
                 log(f"warning: {w}")
