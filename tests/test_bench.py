@@ -28,7 +28,13 @@ def test_bench_quick_runs_every_method_on_the_shipped_model(tmp_path, capsys):
     assert all(f"| {m} |" in md for m in METHODS) and "±" in md
     assert all(f"- vs {m}: mse " in md for m in METHODS if m != "setseq")
     assert set(result["paired"]) == set(METHODS) - {"setseq"}
-    assert [c["claim"] for c in result["checks"]][0].startswith("setseq edit adherence")
+    claims = [c["claim"] for c in result["checks"]]
+    assert claims[0].startswith("setseq identity on edits") and "setseq edit success > dreambooth's" in claims
+    for r in result["rows"]:  # every run scored on its whole edit suite, each kind of edit reported
+        assert len(r["edits"]) == 8 and set(r["kinds"]) == {"background", "pattern", "motion", "context"}
+        assert r["success"] <= min(r["kept"], r["edit"] + 1e-9)
+        assert (out / "runs" / r["method"] / f"{r['concept']}-seed0" / "edit_background_white.mp4").is_file()
+    assert "Per kind of edit" in md and "| setseq | " in md
 
 
 def test_bench_reuses_finished_runs_and_retrains_changed_ones(tmp_path, capsys):

@@ -58,8 +58,24 @@ class DataConfig:
     start: float = 0.0  # seconds
     end: float | None = None  # seconds; None: to the end
     size: list[int] | None = None  # [height, width]; None: the backbone's default
+    # Subject mask (optional): a mask video or a folder of per-frame mask images (white = the subject), with
+    # the video's frame count and size; sampled, resized and cached with the video. Used by
+    # `stageN.background_weight` and `stageN.background_swap` (`setseq.data.masks`).
+    mask: str | None = None
+    # The plain backgrounds `stageN.background_swap` composites the subject onto (colour names; a colour too
+    # close to the subject's own is skipped).
+    swap_backgrounds: list[str] = field(
+        default_factory=lambda: ["white", "gray", "green", "yellow", "blue", "purple", "black"]
+    )
 
     def __post_init__(self) -> None:
+        from setseq.data.masks import SWAP_COLOURS
+
+        unknown = [c for c in self.swap_backgrounds if c not in SWAP_COLOURS]
+        if unknown or not self.swap_backgrounds:
+            raise ValueError(
+                f"data.swap_backgrounds must name some of {', '.join(SWAP_COLOURS)}, got {self.swap_backgrounds}"
+            )
         if self.frames is not None and self.frames < 1:
             raise ValueError(f"data.frames must be >= 1, got {self.frames}")
         if self.fps is not None and not self.fps > 0:
@@ -149,8 +165,17 @@ class StageConfig:
     batch_size: int = 8  # samples per optimizer step
     micro_batch: int | None = None  # samples per forward; batch_size / micro_batch accumulation steps
     dropconnect: float = 0.8  # drop probability on this stage's trainable coefficients
+    # Subject masks (`data.mask`): the loss weight of latent positions outside the subject (1.0: a plain loss;
+    # the subject's weight is 1), and the probability that a sample shows the subject composited onto a plain
+    # background of `data.swap_backgrounds`, its prompt ending "on a {colour} background". Both need data.mask.
+    background_weight: float = 1.0
+    background_swap: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.background_weight <= 1.0:
+            raise ValueError(f"background_weight must be in [0, 1], got {self.background_weight}")
+        if not 0.0 <= self.background_swap <= 1.0:
+            raise ValueError(f"background_swap must be in [0, 1], got {self.background_swap}")
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if not (self.lr > 0 and math.isfinite(self.lr)):

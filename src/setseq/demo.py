@@ -3,8 +3,10 @@
 1. the concept's mp4 (`DEFAULT_CONCEPT`: a held-out appearance x motion the base model mostly misses from text);
 2. stage 1 + stage 2 with `assets/toy-demo.yaml`;
 3. videos: the base model from the concept's own caption, the concept reproduced, identity-only next to
-   identity + motion, and three edits (new background, new motion, new context);
-4. a labelled contact sheet, and `metrics.json` scored by the toy world's detectors.
+   identity + motion, and the concept's edit suite (`setseq.eval.edits`: 8 edits, new plain and patterned
+   backgrounds, other motions, a new context);
+4. a labelled contact sheet (each edit marked kept or LOST), and `metrics.json` scored by the toy world's
+   detectors: every edit for adherence and for the concept kept, and their summary under "edits".
 """
 
 from __future__ import annotations
@@ -12,14 +14,16 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from setseq.data.synthetic import ConceptSpec
 from setseq.errors import SetseqError
+from setseq.eval.edits import Edit, edit_suite, score_edit, summarize_edits
 from setseq.io import atomic_path, write_json
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -40,39 +44,57 @@ class Shot:
     identity_scale: float = 1.0
     motion_scale: float = 1.0
     base: bool = False  # the base model alone, no LoRA
-    requested: dict[str, Any] = field(default_factory=dict)  # attributes an edit asks for (edit adherence)
+    edit: Edit | None = None  # an edit of the concept's suite (scored for adherence and for the concept kept)
 
 
-def shots(token: str, motion_token: str, shape: str, caption: str, spec) -> list[Shot]:
-    a = spec.appearance
-    new_bg = "white" if a.bg_colour != "white" else "blue"
-    new_dir = "left" if spec.motion.direction != "left" else "right"
-    t_static = f"a {token} {shape}"
-    t_motion = f"{t_static} in {motion_token} motion"
+def shots(token: str, motion_token: str, shape: str, caption: str, spec: ConceptSpec) -> list[Shot]:
+    """The base model from the caption, the reproduction, identity alone, then the concept's edit suite."""
+    t_motion = f"a {token} {shape} in {motion_token} motion"
     return [
         Shot("base_from_caption", caption, base=True),
         Shot("reproduced", t_motion),
         Shot("identity_only", t_motion, motion_scale=0.0),
-        Shot("edit_background", f"{t_motion} on a {new_bg} background", requested={"bg_colour": new_bg}),
-        Shot(
-            "edit_motion",
-            f"{t_static} moving {new_dir}",
-            motion_scale=0.0,
-            requested={"family": "linear", "direction": new_dir},
-        ),
-        Shot(
-            "edit_context",
-            f"{t_motion} on a {new_bg} checkered background",
-            requested={"bg_colour": new_bg, "bg_pattern": "checker"},
+        *(
+            Shot(f"edit_{e.name}", e.prompt, motion_scale=e.motion_scale, edit=e)
+            for e in edit_suite(token, motion_token, shape, spec)
         ),
     ]
+
+
+def concept_mask(name: str, folder: Path) -> Path:
+    """Write the exact subject mask of the shipped concept `name` (the toy world knows it) as one PNG per
+    frame into `folder` (`data.mask`); returns the folder."""
+    from PIL import Image
+
+    from setseq.data.synthetic import CONCEPTS, render_mask
+
+    index = json.loads((CONCEPT_DIR / "concepts.json").read_text())
+    entry = index[name]
+    masks = render_mask(CONCEPTS[name], int(entry.get("frames", 9)), int(entry.get("size", 32)))
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, m in enumerate(masks):
+        path = folder / f"{i:04d}.png"
+        with atomic_path(path) as tmp:
+            Image.fromarray((m * 255).astype(np.uint8), "L").save(tmp, format="PNG")
+    return folder
+
+
+def with_concept_mask(cfg, name: str, folder: Path):
+    """`cfg` with the concept's mask (`concept_mask`) when its method's stages use one, else `cfg` itself."""
+    import dataclasses
+
+    from setseq.train.methods import effective_config, uses_mask
+
+    if not uses_mask(effective_config(cfg)):
+        return cfg
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, mask=str(concept_mask(name, folder))))
 
 
 def _label_sheet(path: Path, rows: list[tuple[str, np.ndarray]], scale: int = 3) -> None:
     """A PNG grid: one labelled row of frames per video."""
     from PIL import Image, ImageDraw
 
-    label_w, gap = 170, 2
+    label_w, gap = 240, 2
     f, h, w, _ = rows[0][1].shape
     H, W = h * scale, w * scale
     sheet = Image.new("RGB", (label_w + f * (W + gap), len(rows) * (H + gap)), (24, 24, 24))
@@ -105,7 +127,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the whole demo into `out`; returns the metrics written to `out/metrics.json`."""
     from setseq.config import resolve_config
-    from setseq.data.synthetic import CONCEPTS
+    from setseq.data.synthetic import CONCEPTS, detect_sprite
     from setseq.data.video import from_tensor, load_clip, write_video
     from setseq.eval import toy_metrics as M
     from setseq.infer.generate import GenerateOptions, Personalized
@@ -138,6 +160,7 @@ def run_demo(
             "train.tensorboard=false",
         ]
     cfg = resolve_config(DEMO_CONFIG, {"data": {"video": str(video)}}, overrides)
+    cfg = with_concept_mask(cfg, name, out / "mask")  # the recipe's subject mask: exact in the toy world
     run_dir = train(cfg, out / "run", log=log)
     t_train = time.perf_counter() - t0
 
@@ -150,6 +173,8 @@ def run_demo(
     results: dict[str, Any] = {"concept": name, "caption": index[name]["caption"], "quick": quick}
     rows: list[tuple[str, np.ndarray]] = [("reference", reference)]
     plan = shots(cfg.concept.token, cfg.concept.motion_token, shape, index[name]["caption"], spec)
+    shape_reproduced = False
+    edit_scores: dict[str, dict[str, Any]] = {}
     for shot in tqdm(plan, desc="generate", unit="video"):
         pm = base if shot.base else personalized
         opts = GenerateOptions(
@@ -157,7 +182,6 @@ def run_demo(
         )
         frames = from_tensor(pm.generate(shot.prompt, opts))
         write_video(out / f"{shot.name}.mp4", frames, fps=8.0)
-        rows.append((shot.name, frames))
         motion = M.motion_fidelity(frames, reference)
         entry = {
             "prompt": shot.prompt,
@@ -170,10 +194,26 @@ def run_demo(
             "mse": M.mse(frames, reference),
             "temporal_consistency": M.temporal_consistency(frames),
         }
-        if shot.requested:
-            entry["requested"] = shot.requested
-            entry["edit_adherence"] = M.edit_adherence(frames, shot.requested)
+        label = shot.name
+        if shot.name == "reproduced":  # `kept` counts the shape only where the run draws it unedited
+            shape_reproduced = detect_sprite(frames)["shape"] == spec.appearance.shape
+        if shot.edit is not None:
+            sc = score_edit(frames, shot.edit, reference, spec, shape_reproduced=shape_reproduced)
+            edit_scores[shot.edit.name] = sc
+            entry |= {
+                "kind": sc["kind"],
+                "requested": shot.edit.requested,
+                "edit_adherence": sc["adherence"],
+                "followed": sc["followed"],
+                "kept": sc["kept"],
+                "success": sc["success"],
+                "detected": sc["detected"],
+            }
+            label = f"{shot.name[5:]} {'kept' if sc['kept'] else 'LOST'}{'' if sc['followed'] else ', not followed'}"
+        rows.append((label, frames))
         results[shot.name] = entry
+    results["edits"] = summarize_edits(edit_scores)
+    results["edits_order"] = list(edit_scores)
 
     # 4. Contact sheet and metrics.
     _label_sheet(out / "contact_sheet.png", rows)
@@ -186,12 +226,19 @@ def run_demo(
 
 def _summary(r: dict[str, Any]) -> str:
     lines = [
-        f"{'video':20s} {'appearance':>10s} {'motion sim':>10s} {'family':>14s} {'edit':>6s} {'MSE':>7s}"
+        f"{'video':34s} {'appearance':>10s} {'motion sim':>10s} {'family':>14s} {'edit':>6s} {'kept':>5s} {'MSE':>7s}"
     ]
     for k, v in r.items():
         if isinstance(v, dict) and "appearance_fidelity" in v:
             edit = f"{v['edit_adherence']:.2f}" if "edit_adherence" in v else "-"
+            kept = ("yes" if v["kept"] else "LOST") if "kept" in v else "-"
             lines.append(
-                f"{k:20s} {v['appearance_fidelity']:10.2f} {v['motion_similarity']:10.2f} {v['motion_family']:>14s} {edit:>6s} {v['mse']:7.4f}"
+                f"{k:34s} {v['appearance_fidelity']:10.2f} {v['motion_similarity']:10.2f} {v['motion_family']:>14s} {edit:>6s} {kept:>5s} {v['mse']:7.4f}"
             )
+    e = r.get("edits")
+    if e:
+        lines.append(
+            f"edits: {100 * e['success']:.0f}% succeeded (followed and kept); kept {100 * e['kept']:.0f}%, "
+            f"followed {100 * e['followed']:.0f}%, identity {e['edit_id']:.2f}"
+        )
     return "\n".join(lines)

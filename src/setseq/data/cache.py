@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,17 @@ class EncodedConcept:
     static: PromptEmbeds
     motion: PromptEmbeds
     key: str
+    # With a subject mask (`data.mask`, `setseq.data.masks`): the subject's share of each latent position,
+    # (N, 1, 1, h, w) and (1, 1, f, h, w) ...
+    subject_set: torch.Tensor | None = None
+    subject_clip: torch.Tensor | None = None
+    # ... and, for `stageN.background_swap`, the subject over each plain background of `swap_names`:
+    # frames (K, N, C, 1, h, w) and clips (K, 1, C, f, h, w), with "T ... on a {colour} background" prompts.
+    swap_names: list[str] = field(default_factory=list)
+    swap_set: torch.Tensor | None = None
+    swap_clip: torch.Tensor | None = None
+    swap_static: list[PromptEmbeds] = field(default_factory=list)
+    swap_motion: list[PromptEmbeds] = field(default_factory=list)
 
 
 def encode_latents(bb, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,13 +108,26 @@ def write_keyed(path: Path, tensors: dict[str, torch.Tensor], canon_key: str) ->
         save_file(tensors, str(tmp), metadata={"setseq_cache_key": canon_key})
 
 
-def save_cache(path: Path, enc: EncodedConcept, canon_key: str) -> None:
+_OPTIONAL = ("subject_set", "subject_clip", "swap_set", "swap_clip")
+
+
+def save_cache(path: Path, enc: EncodedConcept, canon_key: str, swap_pool: list[str] | None = None) -> None:
+    """One file per key. The swap colours are stored as indices into `swap_pool` (`data.swap_backgrounds`,
+    part of the key)."""
     tensors = {
         "set_latents": enc.set_latents.contiguous().cpu(),
         "clip_latents": enc.clip_latents.contiguous().cpu(),
         **prompt_tensors("static", enc.static),
         **prompt_tensors("motion", enc.motion),
     }
+    for name in _OPTIONAL:
+        t = getattr(enc, name)
+        if t is not None:
+            tensors[name] = t.contiguous().cpu()
+    if enc.swap_names:
+        tensors["swap_index"] = torch.tensor([list(swap_pool or []).index(c) for c in enc.swap_names])
+    for k, (s, m) in enumerate(zip(enc.swap_static, enc.swap_motion)):
+        tensors |= prompt_tensors(f"swap_static.{k}", s) | prompt_tensors(f"swap_motion.{k}", m)
     write_keyed(path, tensors, canon_key)
 
 
@@ -128,15 +152,23 @@ def read_keyed(path: Path, canon_key: str, what: str = "the cache file") -> dict
     return t
 
 
-def load_cache(path: Path, canon_key: str, short_key: str) -> EncodedConcept | None:
+def load_cache(
+    path: Path, canon_key: str, short_key: str, swap_pool: list[str] | None = None
+) -> EncodedConcept | None:
     """The cached encodings for this key, None if absent; a stale or corrupt file is refused."""
     t = read_keyed(path, canon_key)
     if t is None:
         return None
+    swap_names = [list(swap_pool or [])[int(i)] for i in t["swap_index"]] if "swap_index" in t else []
+    k = len(swap_names)
     return EncodedConcept(
         set_latents=t["set_latents"],
         clip_latents=t["clip_latents"],
         static=prompt_from(t, "static"),
         motion=prompt_from(t, "motion"),
         key=short_key,
+        **{name: t.get(name) for name in _OPTIONAL},
+        swap_names=swap_names,
+        swap_static=[prompt_from(t, f"swap_static.{i}") for i in range(k)],
+        swap_motion=[prompt_from(t, f"swap_motion.{i}") for i in range(k)],
     )

@@ -59,6 +59,7 @@ __all__ = [
     "motion_phrase",
     "normalize_trajectory",
     "render",
+    "render_mask",
     "sample_spec",
     "shape_mask",
     "trajectory",
@@ -481,6 +482,17 @@ def render(
     ``seed`` shifts the background pattern phase and seeds the optional Gaussian pixel ``noise``
     (std in 0..255 units); the same inputs always give the same output.
     """
+    return _render(spec, frames, size, seed, noise)[0]
+
+
+def render_mask(spec: ConceptSpec, frames: int = 9, size: int | tuple[int, int] = 32) -> np.ndarray:
+    """The sprite's exact mask in :func:`render`'s video of ``spec``: (F, H, W) bool (False where hidden)."""
+    return _render(spec, frames, size, 0, 0.0)[1]
+
+
+def _render(
+    spec: ConceptSpec, frames: int, size: int | tuple[int, int], seed: int, noise: float
+) -> tuple[np.ndarray, np.ndarray]:
     h, w = _hw(size)
     if h < 4 or w < 4:
         raise ValueError(f"frame size too small: {(h, w)}")
@@ -510,6 +522,7 @@ def render(
     pw = max(1, int(round(m / 16)))  # sprite pattern cell size in pixels
 
     video = np.empty((frames, h, w, 3), np.float32)
+    masks = np.zeros((frames, h, w), bool)
     for f in range(frames):
         frame = background.copy()
         if visible[f]:
@@ -532,10 +545,11 @@ def render(
                 sel = np.zeros((h, w), dtype=bool)
             colour = np.where(sel[..., None], alt, base)
             frame = np.where(inside[..., None], colour, frame)
+            masks[f] = inside
         video[f] = frame
     if noise > 0:
         video = video + rng.normal(0.0, noise, size=video.shape).astype(np.float32)
-    return np.clip(np.round(video), 0, 255).astype(np.uint8)
+    return np.clip(np.round(video), 0, 255).astype(np.uint8), masks
 
 
 # --------------------------------------------------------------------------------------------------

@@ -55,12 +55,21 @@ def sample_sigmas(
 
 
 def regression_loss(
-    prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    element_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean squared error between a prediction and its target, per sample then over the batch; optional
-    per-sample weight (B,). `flow_matching_loss` is this with the velocity target."""
+    per-sample weight (B,). `element_weight` (broadcastable to the prediction, e.g. (B, 1, f, h, w)) makes
+    each sample's error a weighted mean, sum(m * err) / sum(m) (the subject-weighted loss).
+    `flow_matching_loss` is this with the velocity target."""
     err = (prediction.float() - target.float()) ** 2
-    per_sample = err.flatten(1).mean(1)
+    if element_weight is None:
+        per_sample = err.flatten(1).mean(1)
+    else:
+        m = element_weight.to(err.device, err.dtype).expand_as(err)
+        per_sample = (err * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1e-12)
     if weight is not None:
         per_sample = per_sample * weight
     return per_sample.mean()

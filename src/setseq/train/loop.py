@@ -43,6 +43,8 @@ class Batch:
     latents: torch.Tensor  # (B, C, f, h, w) clean latents
     prompt: PromptEmbeds  # (B, L, D)
     weights: torch.Tensor | None = None  # (B,) per-sample loss weights (prior samples); None: all 1
+    # (B, 1, f, h, w) loss weights of latent positions (the subject-weighted loss, `stageN.background_weight`)
+    element_weights: torch.Tensor | None = None
     # The prompts of the first len(texts) samples as text: re-encoded in the step when token embeddings train.
     texts: list[str] | None = None
 
@@ -90,7 +92,24 @@ def with_prior(batch: Batch, latents: torch.Tensor, prompt: PromptEmbeds, weight
     n, k = batch.latents.shape[0], latents.shape[0]
     w = torch.cat([torch.full((n,), (n + k) / n), torch.full((k,), weight * (n + k) / k)])
     lat = torch.cat([batch.latents, latents.to(batch.latents.dtype)])
-    return Batch(lat, cat_prompts(batch.prompt, prompt), w, batch.texts)
+    ew = batch.element_weights
+    if ew is not None:  # the prior's videos have no mask: every position counts
+        ew = torch.cat([ew, torch.ones((k, *ew.shape[1:]), dtype=ew.dtype)])
+    return Batch(lat, cat_prompts(batch.prompt, prompt), w, batch.texts, ew)
+
+
+def swap_draw(concept: EncodedConcept, p: float, gen: torch.Generator) -> int | None:
+    """With probability `p`, which of the concept's swapped backgrounds a sample shows (drawn from `gen`);
+    None: its own background."""
+    if float(torch.rand((), generator=gen)) >= p:
+        return None
+    return int(torch.randint(len(concept.swap_names), (1,), generator=gen))
+
+
+def background_weighted(subject: torch.Tensor, background_weight: float) -> torch.Tensor:
+    """Loss weights of latent positions from the subject's share of each (`setseq.data.masks`): 1 on the
+    subject, `background_weight` elsewhere, linear in between."""
+    return background_weight + (1.0 - background_weight) * subject
 
 
 @dataclass
@@ -152,7 +171,8 @@ def flow_matching_step(
     else:
         pred = backbone.predict(noisy, sigmas, prompt)
     weights = None if batch.weights is None else batch.weights.to(backbone.device)
-    return fm.regression_loss(pred, training_target(backbone, x0, noise, sigmas), weights)
+    target = training_target(backbone, x0, noise, sigmas)
+    return fm.regression_loss(pred, target, weights, batch.element_weights)
 
 
 def make_optimizer(params: list, sc: StageConfig) -> torch.optim.AdamW:

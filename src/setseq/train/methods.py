@@ -40,18 +40,20 @@ def effective_config(cfg):
     if cfg.method == "setseq":
         return cfg
     rep = dataclasses.replace
+    # The subject-mask options (background weight and swap) are setseq's regularization: off for baselines.
+    plain = {"background_weight": 1.0, "background_swap": 0.0}
     if cfg.method == "two_stage":
         return rep(
             cfg,
-            stage1=rep(cfg.stage1, dropconnect=0.0),
-            stage2=rep(cfg.stage2, dropconnect=0.0),
+            stage1=rep(cfg.stage1, dropconnect=0.0, **plain),
+            stage2=rep(cfg.stage2, dropconnect=0.0, **plain),
             regularizers=rep(cfg.regularizers, token_mask=0.0, self_conditioning=0.0, prior_videos=0),
         )
     # one-stage baselines: the whole step budget in stage 1, no stage 2
     out = rep(
         cfg,
-        stage1=rep(cfg.stage1, steps=cfg.stage1.steps + cfg.stage2.steps, dropconnect=0.0),
-        stage2=rep(cfg.stage2, steps=0),
+        stage1=rep(cfg.stage1, steps=cfg.stage1.steps + cfg.stage2.steps, dropconnect=0.0, **plain),
+        stage2=rep(cfg.stage2, steps=0, **plain),
         regularizers=rep(cfg.regularizers, token_mask=0.0, self_conditioning=0.0),
     )
     if cfg.method == "lora1":
@@ -59,3 +61,42 @@ def effective_config(cfg):
     if cfg.method == "textual_inversion":
         out = rep(out, concept=rep(cfg.concept, train_embedding=True, embedding_lr=cfg.stage1.lr))
     return out
+
+
+def uses_mask(cfg) -> bool:
+    """Whether a (effective) config's stages use the subject mask: a background weight below 1 or swaps."""
+    return any(sc.background_weight < 1.0 or sc.background_swap > 0.0 for sc in (cfg.stage1, cfg.stage2))
+
+
+def check_mask(cfg) -> None:
+    """One-line refusals of a subject mask that is missing where a stage needs it, or given where nothing
+    can use it (a baseline method, a multi-concept run, no stage asking for it)."""
+    eff = effective_config(cfg)
+    if not cfg.data.mask:
+        for n, sc in (("stage1", eff.stage1), ("stage2", eff.stage2)):
+            for opt, v, off in (
+                ("background_weight", sc.background_weight, 1.0),
+                ("background_swap", sc.background_swap, 0.0),
+            ):
+                if v != off:
+                    raise SetseqError(
+                        f"{n}.{opt}={v:g} needs a subject mask of the video",
+                        f"pass --mask MASK (a mask video or a folder of per-frame masks), or set {n}.{opt}={off:g}",
+                    )
+        return
+    if cfg.multi.concepts:
+        raise SetseqError(
+            "a subject mask (data.mask) with a multi-concept run: there is one mask per video",
+            "train the concepts jointly without --mask",
+        )
+    if not uses_mask(eff):
+        if uses_mask(cfg):
+            raise SetseqError(
+                f"method {cfg.method} cannot use a subject mask (the background weight and swap are "
+                "Set-and-Sequence's regularization)",
+                "drop --mask for this baseline, or use --method setseq",
+            )
+        raise SetseqError(
+            "a subject mask (data.mask) is given but no stage uses it",
+            "set stage1.background_weight (e.g. 0.1) or stage1.background_swap (e.g. 0.5), or drop --mask",
+        )

@@ -36,6 +36,14 @@ from setseq.data.cache import (
     save_cache,
     weights_stamp,
 )
+from setseq.data.masks import (
+    composite,
+    latent_weights,
+    load_mask,
+    mask_sha256,
+    swap_colours_for,
+    swap_prompt,
+)
 from setseq.errors import SetseqError
 from setseq.export import check_compatible, export_file, load_setseq, lora_experts, save_setseq
 from setseq.io import remove_stale_temps, write_text
@@ -44,7 +52,7 @@ from setseq.train import checkpoint as C
 from setseq.train.distributed import SINGLE, Processes, check_split, init_processes
 from setseq.train.embeddings import DELTA_KEY, TokenEmbeddings, save_embeddings, token_id
 from setseq.train.loop import StageContext, trainable_state
-from setseq.train.methods import METHODS, ON_CLIP, ONE_STAGE, effective_config
+from setseq.train.methods import METHODS, ON_CLIP, ONE_STAGE, check_mask, effective_config
 from setseq.train.prior import prepare_prior
 from setseq.train.stage1_set import train_stage1
 from setseq.train.stage2_sequence import train_stage2
@@ -130,10 +138,12 @@ def encode_concept(
             "end": cfg.data.end,
             "t_static": cfg.concept.t_static,
             "t_motion": cfg.concept.t_motion,
+            **_mask_key(cfg),  # nothing without a mask: caches made before masks existed keep their key
         }
     )
     path = cache_dir / f"{short}.safetensors"
-    cached = load_cache(path, canon, short)
+    pool = list(cfg.data.swap_backgrounds)
+    cached = load_cache(path, canon, short, pool)
     if cached is not None:
         log(f"cache: reusing {path}")
         return cached, short
@@ -141,10 +151,59 @@ def encode_concept(
         video, frames=frames, fps=cfg.data.fps, start=cfg.data.start, end=cfg.data.end, size=(h, w)
     )
     log(clip.summary())
+    mask = None
+    if cfg.data.mask:
+        mask = load_mask(cfg.data.mask, video, clip, fps=cfg.data.fps, start=cfg.data.start, end=cfg.data.end)
     enc = _encode_pixels(bb, to_tensor(clip.frames), cfg.concept.t_static, cfg.concept.t_motion, short)
-    save_cache(path, enc, canon)
+    if mask is not None:
+        _encode_subject(cfg, bb, enc, clip.frames, mask, log)
+    save_cache(path, enc, canon, pool)
     log(f"cache: wrote {path} (frames {tuple(enc.set_latents.shape)}, clip {tuple(enc.clip_latents.shape)})")
     return enc, short
+
+
+def _mask_key(cfg: RunConfig) -> dict[str, Any]:
+    """The cache-key fields of the subject mask and of the background swaps the run needs."""
+    if not cfg.data.mask:
+        return {}
+    return {
+        "mask_sha256": mask_sha256(cfg.data.mask),
+        "swap_frames": cfg.stage1.background_swap > 0,
+        "swap_clip": cfg.stage2.background_swap > 0,
+        "swap_backgrounds": list(cfg.data.swap_backgrounds),
+    }
+
+
+def _encode_subject(
+    cfg: RunConfig, bb: Backbone, enc: EncodedConcept, frames, mask, log: Callable[[str], None]
+) -> None:
+    """Add the subject's latent weights to `enc`, and the subject over each swap background where a stage
+    swaps backgrounds (frames for stage 1, the clip for stage 2)."""
+    from setseq.data.video import to_tensor
+
+    enc.subject_set, enc.subject_clip = latent_weights(mask, enc.set_latents.shape, enc.clip_latents.shape)
+    if not (cfg.stage1.background_swap > 0 or cfg.stage2.background_swap > 0):
+        return
+    names = swap_colours_for(frames, mask, list(cfg.data.swap_backgrounds))
+    if not names:
+        raise SetseqError(
+            "every colour of data.swap_backgrounds is too close to the subject's own to keep it visible",
+            "add other colours to data.swap_backgrounds",
+        )
+    sets, clips = [], []
+    for colour in names:
+        s, c = encode_latents(bb, to_tensor(composite(frames, mask, colour)))
+        sets.append(s)
+        clips.append(c)
+    enc.swap_names = names
+    if cfg.stage1.background_swap > 0:
+        enc.swap_set = torch.stack(sets)
+    if cfg.stage2.background_swap > 0:
+        enc.swap_clip = torch.stack(clips)
+    with torch.no_grad():
+        enc.swap_static = [bb.encode_prompt([swap_prompt(cfg.concept.t_static, c)]).to("cpu") for c in names]
+        enc.swap_motion = [bb.encode_prompt([swap_prompt(cfg.concept.t_motion, c)]).to("cpu") for c in names]
+    log(f"subject mask: backgrounds swapped to {', '.join(names)}")
 
 
 def _encode_pixels(bb: Backbone, x: torch.Tensor, t_static: str, t_motion: str, key: str) -> EncodedConcept:
@@ -431,6 +490,7 @@ def train(
                 "pass the --out folder of an earlier run to --resume",
             )
         cfg = resolve_config(run_dir / "config.yaml")
+    check_mask(cfg)  # a subject mask missing, or unusable, is refused before anything is loaded or written
     procs = init_processes(cfg.model.device)
     if not procs.is_main:
         log = _silent

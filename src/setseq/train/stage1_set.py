@@ -14,14 +14,17 @@ from __future__ import annotations
 import torch
 
 from setseq import lora as L
+from setseq.data.masks import swap_prompt
 from setseq.train import checkpoint as C
 from setseq.train.loop import (
     Batch,
     StageContext,
+    background_weighted,
     run_stage,
     stack_latents,
     stack_prompts,
     stitched_batch,
+    swap_draw,
     with_prior,
 )
 from setseq.train.methods import ON_CLIP
@@ -60,11 +63,20 @@ def train_stage1(ctx: StageContext, resume: C.Checkpoint | None = None) -> list[
             )
         else:
             idx = [int(frame_order(seed, q // n, n)[q % n]) for q in own]
-            batch = Batch(
-                torch.cat([concepts[c].set_latents[i : i + 1] for c, i in zip(which, idx)]),
-                stack_prompts([concepts[c].static for c in which]),
-                texts=texts,
-            )
+            lat = [concepts[c].set_latents[i : i + 1] for c, i in zip(which, idx)]
+            prompts = [concepts[c].static for c in which]
+            if sc.background_swap > 0:  # some frames show the subject on another plain background
+                for j, (c, i) in enumerate(zip(which, idx)):
+                    k = swap_draw(concepts[c], sc.background_swap, gen)
+                    if k is not None:
+                        lat[j], prompts[j] = concepts[c].swap_set[k, i : i + 1], concepts[c].swap_static[k]
+                        if texts is not None:
+                            texts[j] = swap_prompt(texts[j], concepts[c].swap_names[k])
+            ew = None
+            if sc.background_weight < 1.0:
+                subj = torch.cat([concepts[c].subject_set[i : i + 1] for c, i in zip(which, idx)])
+                ew = background_weighted(subj, sc.background_weight)
+            batch = Batch(torch.cat(lat), stack_prompts(prompts), texts=texts, element_weights=ew)
         if ctx.prior is not None:  # prior preservation: as many base-model samples, with their class prompts
             lat, prompt = ctx.prior.clips(micro, gen) if on_clip else ctx.prior.frames(micro, gen)
             batch = with_prior(batch, lat, prompt, ctx.cfg.regularizers.prior_weight)

@@ -12,14 +12,17 @@ from __future__ import annotations
 import torch
 
 from setseq import lora as L
+from setseq.data.masks import swap_prompt
 from setseq.train import checkpoint as C
 from setseq.train.loop import (
     Batch,
     StageContext,
+    background_weighted,
     run_stage,
     stack_latents,
     stack_prompts,
     stitched_batch,
+    swap_draw,
     with_prior,
 )
 
@@ -36,11 +39,19 @@ def train_stage2(ctx: StageContext, resume: C.Checkpoint | None = None) -> list[
         idx = [(step * sc.batch_size + k * micro + i) % len(concepts) for i in range(micro)]
         which = [concepts[c] for c in idx]
         texts = [ctx.texts[c][1] for c in idx] if ctx.texts else None
-        batch = Batch(
-            stack_latents([c.clip_latents for c in which]),
-            stack_prompts([c.motion for c in which]),
-            texts=texts,
-        )
+        lat = [c.clip_latents for c in which]
+        prompts = [c.motion for c in which]
+        if sc.background_swap > 0:  # some samples show the subject's clip on another plain background
+            for j, c in enumerate(which):
+                k = swap_draw(c, sc.background_swap, gen)
+                if k is not None:
+                    lat[j], prompts[j] = c.swap_clip[k], c.swap_motion[k]
+                    if texts is not None:
+                        texts[j] = swap_prompt(texts[j], c.swap_names[k])
+        ew = None
+        if sc.background_weight < 1.0:
+            ew = background_weighted(torch.cat([c.subject_clip for c in which]), sc.background_weight)
+        batch = Batch(stack_latents(lat), stack_prompts(prompts), texts=texts, element_weights=ew)
         if ctx.prior is not None:  # prior preservation: as many base-model class videos
             lat, prompt = ctx.prior.clips(micro, gen)
             batch = with_prior(batch, lat, prompt, ctx.cfg.regularizers.prior_weight)
