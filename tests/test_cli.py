@@ -189,3 +189,10 @@ def test_wrong_rank_and_corrupt_lora(cli_run, tiny_wan_dir, capsys, tmp_path):
         tmp_path / "x.mp4",
     )
     assert_one_line_error(code, err, "not a setseq LoRA file")
+
+
+@pytest.mark.parametrize("flag", [["--end", "3"], ["--start", "1"], ["--action", "running"], ["--mask", "m"]])
+def test_resume_refuses_every_other_flag(tmp_path, capsys, flag):
+    code = main(["train", "--resume", "--out", str(tmp_path / "run"), *flag])
+    err = capsys.readouterr().err
+    assert code == 2 and "other flags are not allowed" in err and flag[0] in err and err.count("\n") == 1

@@ -308,3 +308,26 @@ def test_report_in_headless_chromium(demo_dir, tmp_path, browser):
     for left, top, w, h in tiles:
         tile = img[int(top) + 2 : int(top + h) - 2, int(left) + 2 : int(left + w) - 2]
         assert w > 150 and tile.size and tile.std() > 10, (left, top, tile.std())
+
+
+def test_report_of_a_run_shows_its_own_reference_clip(demo_dir, tmp_path):
+    """`setseq report RUN --videos DIR`: the run's training clip is shown first, sampled as it trained."""
+    run = demo_dir / "run"
+    video = tmp_path / "clip.mp4"
+    truth = render(CONCEPTS["red_star_bounce"], 12, 32)
+    write_video(video, truth, fps=8.0)
+    (run / "config.yaml").write_text(CONFIG.replace("data:\n", f"data:\n  video: {video}\n"))
+    vids = tmp_path / "vids"
+    vids.mkdir()
+    for name in ("reproduced", "edit_background_white"):
+        (vids / f"{name}.mp4").write_bytes((demo_dir / "reproduced.mp4").read_bytes())
+    out = tmp_path / "r.html"
+    build_report(run, out, videos=vids, progress=False)
+    page = out.read_text()
+    labels = re.findall(r"<figcaption><b>([^<]+)</b>", page)
+    assert labels == ["reference", "identity + motion", "edit: background white"]
+    assert page.count("<video class='sync'") == 3
+    video.unlink()  # the training video gone: a note, no reference
+    build_report(run, out, videos=vids, progress=False)
+    page = out.read_text()
+    assert "is gone: no reference clip shown" in page and page.count("<video class='sync'") == 2

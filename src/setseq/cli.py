@@ -80,6 +80,7 @@ def cmd_train(
     init_lora: str | None = None,
     overrides: list[str] | None = None,
     progress: bool = True,
+    mask: str | None = None,
 ) -> Path:
     """Personalize a model to one video (stage 1 + stage 2)."""
     from setseq.config import resolve_config
@@ -87,15 +88,31 @@ def cmd_train(
 
     quiet_libraries()
     if resume:
-        if (
-            any(
-                v is not None for v in (video, model, token, class_word, config, frames, fps, size, init_lora)
-            )
-            or overrides
-        ):
+        given = dict(
+            video=video,
+            model=model,
+            backbone=backbone,
+            token=token,
+            class_word=class_word,
+            action=action,
+            camera=camera,
+            config=config,
+            frames=frames,
+            fps=fps,
+            start=start,
+            end=end,
+            size=size,
+            init_lora=init_lora,
+            mask=mask,
+        )
+        named = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None] + list(
+            overrides or []
+        )
+        if named:
             raise SetseqError(
-                "--resume continues a run exactly with its saved config; other flags are not allowed with it",
-                "drop the other flags, or start a new run with --init-lora",
+                f"--resume continues a run exactly with its saved config; other flags are not allowed with it "
+                f"(got {', '.join(named)})",
+                "drop them, or start a new run with --init-lora",
             )
         return train(None, out, resume=True, progress=progress)  # type: ignore[arg-type]
     flags: dict[str, Any] = {}
@@ -103,7 +120,9 @@ def cmd_train(
         flags["model"] = m
     data = {
         k: v
-        for k, v in dict(video=video, frames=frames, fps=fps, start=start, end=end, size=size).items()
+        for k, v in dict(
+            video=video, frames=frames, fps=fps, start=start, end=end, size=size, mask=mask
+        ).items()
         if v is not None
     }
     if data:
@@ -289,12 +308,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--end", type=float, help="end time in seconds")
     t.add_argument("--size", type=_size, help="HxW, e.g. 480x832")
     t.add_argument(
+        "--mask",
+        help="subject mask: a mask video or a folder of per-frame masks (white = subject), same frames and size "
+        "as the video; used by stageN.background_weight / stageN.background_swap (data.mask)",
+    )
+    t.add_argument(
         "--resume", action="store_true", help="continue the run in --out exactly (optimizer, step, RNG)"
     )
     t.add_argument("--init-lora", help="start a NEW run from the weights of a setseq.safetensors")
     t.add_argument(
         "--method",
-        help="setseq (default) or a baseline: dreambooth, lora1, two_stage, dreammix (same as method=...)",
+        help="setseq (default) or a baseline: dreambooth, lora1, two_stage, dreammix, textual_inversion "
+        "(same as method=...)",
     )
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("overrides", nargs="*", help="dotted key=value config overrides, e.g. stage1.steps=600")
@@ -480,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.init_lora,
                 args.overrides + ([f"method={args.method}"] if args.method else []),
                 progress=not args.no_progress,
+                mask=args.mask,
             )
         elif args.command == "generate":
             cmd_generate(

@@ -62,11 +62,15 @@ _COLUMN_TITLES = {
     "motion_family": "motion family",
     "motion_family_match": "family match",
     "edit_adherence": "edit",
+    "kind": "edit kind",
+    "followed": "followed",
+    "kept": "concept kept",
+    "success": "edit success",
     "temporal_consistency": "TC (pixels)",
     "identity_scale": "id scale",
     "motion_scale": "motion scale",
 }
-_HIDDEN_COLUMNS = {"path", "prompt", "requested", "frames", "motion_static"}
+_HIDDEN_COLUMNS = {"path", "prompt", "requested", "frames", "motion_static", "detected"}
 
 
 @dataclass
@@ -404,6 +408,54 @@ def _short_metrics(row: dict[str, Any] | None) -> str:
     return " · ".join(f"{_COLUMN_TITLES.get(k, k)} {row[k]:.3g}" for k in keys[:5])
 
 
+def _reference_clip(run: Path, tmp: Path, notes: list[str]) -> Path | None:
+    """The run's own training clip, sampled as the run sampled it (its config's fps, start and end; the frame
+    count and size it trained at), written to `tmp`; None with a note when its video is gone."""
+    import yaml
+
+    from setseq.data.video import load_clip, write_video
+    from setseq.errors import SetseqError as _E
+
+    try:
+        cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
+        data = cfg.get("data") or {}
+        video = data.get("video")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    if not video:
+        return None
+    if not Path(video).is_file():
+        notes.append(f"The run's training video {video} is gone: no reference clip shown.")
+        return None
+    frames, size = data.get("frames"), data.get("size")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(run / "setseq.safetensors"), "pt") as f:
+            md = f.metadata() or {}
+        frames, size = (
+            json.loads(md.get("frames", "null")) or frames,
+            json.loads(md.get("size", "null")) or size,
+        )
+    except Exception:  # no LoRA file yet (a run still training): the config's sampling
+        pass
+    try:
+        clip = load_clip(
+            video,
+            frames=int(frames) if frames else None,
+            fps=data.get("fps"),
+            start=float(data.get("start") or 0.0),
+            end=data.get("end"),
+            size=tuple(size) if size else None,
+        )
+    except _E as exc:
+        notes.append(f"No reference clip shown: {exc}")
+        return None
+    out = tmp / "reference.mp4"
+    write_video(out, clip.frames, fps=clip.fps or clip.source_fps or 8.0)
+    return out
+
+
 def build_report(
     path: str | Path,
     out: str | Path,
@@ -439,7 +491,12 @@ def build_report(
         tqdm(total=steps, desc="report", unit="part", disable=not progress) as bar,
     ):
         shown = []
-        for label, p in inputs.videos:
+        videos_shown = list(inputs.videos)
+        if not any(p.stem == "reference" for _, p in videos_shown):
+            ref = _reference_clip(inputs.run, Path(tmp), notes)
+            if ref is not None:
+                videos_shown.insert(0, ("reference", ref))
+        for label, p in videos_shown:
             info = probe_video(p)
             data, mime = _playable(p, Path(tmp))
             row = rows.get(p.stem) or rows.get(str(p))
