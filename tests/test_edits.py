@@ -130,3 +130,31 @@ def test_bench_scores_tell_a_kept_concept_from_a_lost_one(tmp_path, monkeypatch)
     assert lost["kept"] == 0.0 and lost["success"] == 0.0 and lost["edit_id"] < kept["edit_id"] - 0.3
     assert np.isfinite(kept["edit_motion"]) and kept["edit_motion"] > 0.9
     assert set(kept["kinds"]) == set(EDIT_KINDS)
+
+
+def test_demo_metrics_and_sheet_tell_a_kept_concept_from_a_lost_one(tmp_path, monkeypatch):
+    """The demo's scoring, with training and generation replaced by renders of the truth (kept) or of the
+    truth in another colour (lost, as the shipped model's edits were): its metrics and sheet must differ."""
+    import json
+
+    import setseq.infer.generate as G
+    import setseq.train.run as R
+    from setseq.demo import DEFAULT_CONCEPT, run_demo
+
+    spec = CONCEPTS[DEFAULT_CONCEPT]
+    monkeypatch.setattr(R, "train", lambda cfg, out, **k: Path(out))
+    results = {}
+    for label, colour in (("kept", spec.appearance.colour), ("lost", "blue")):
+        monkeypatch.setattr(
+            G.Personalized, "load", classmethod(lambda cls, *a, c=colour, **k: _Renderer(spec, c))
+        )
+        results[label] = run_demo(tmp_path / label, log=lambda s: None)
+        on_disk = json.loads((tmp_path / label / "metrics.json").read_text())
+        assert on_disk["edits"] == results[label]["edits"]
+    kept, lost = results["kept"]["edits"], results["lost"]["edits"]
+    assert kept["followed"] == lost["followed"] == 1.0
+    assert kept["kept"] == kept["success"] == 1.0 and lost["kept"] == lost["success"] == 0.0
+    names = [f"edit_{e}" for e in results["kept"]["edits_order"]]
+    assert all(results["kept"][n]["kept"] for n in names) and not any(
+        results["lost"][n]["kept"] for n in names
+    )
