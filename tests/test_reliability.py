@@ -512,7 +512,7 @@ def kill_export_and_generate(runner, rng, ref, tmp, counts, trials):
     for fmt in ("diffusers", "comfyui"):
         want[fmt] = tmp / f"want_{fmt}.safetensors"
         status, t_export = run_with_trigger(
-            runner, ["export", ref, "--format", fmt, "--out", want[fmt]], None, None
+            runner, ["export", ref, "--format", fmt, "--part", "merged", "--out", want[fmt]], None, None
         )
         assert status == 0, runner.tail()
     status, t_gen = run_with_trigger(
@@ -527,7 +527,10 @@ def kill_export_and_generate(runner, rng, ref, tmp, counts, trials):
         out = tmp / f"export_{i}" / "lora.safetensors"
         at = rng.uniform(0.0, 0.8 * t_export)
         status, _ = run_with_trigger(
-            runner, ["export", ref, "--format", fmt, "--out", out], None, lambda d, t, at=at: t >= at
+            runner,
+            ["export", ref, "--format", fmt, "--part", "merged", "--out", out],
+            None,
+            lambda d, t, at=at: t >= at,
         )
         assert status in (0, -9), runner.tail()
         counts["kill: export" if status == -9 else "finished before the kill"] += 1

@@ -327,3 +327,53 @@ def test_the_shipped_wan_configs_train_on_a_tiny_wan(config, run_dir, tiny_wan_d
     assert main(argv) == 0
     assert load_setseq(out / "setseq.safetensors").meta["backbone"] == "wan"
     assert (out / "lora_diffusers.safetensors").is_file() and (out / "lora_comfyui.safetensors").is_file()
+
+
+def test_comfyui_parts_at_strengths_equal_the_merged_export(run_dir, tiny_wan_dir, tmp_path):
+    """`export --format comfyui` writes identity and motion as two files in ComfyUI's Wan names. Read by
+    diffusers' own reader of that layout as two adapters at weights (1, s), they give the forward of the
+    single merged export at --motion-scale s."""
+    from diffusers import WanPipeline
+
+    from setseq.cli import main
+
+    s = 0.5
+    assert (
+        main(["export", str(run_dir), "--format", "comfyui", "--out", str(tmp_path / "c.safetensors")]) == 0
+    )
+    merged = tmp_path / "m.safetensors"
+    assert (
+        main(
+            ["export", str(run_dir), "--format", "diffusers", "--motion-scale", str(s), "--out", str(merged)]
+        )
+        == 0
+    )
+    ident = load_file(str(tmp_path / "c_identity.safetensors"))
+    assert (
+        "diffusion_model.blocks.0.self_attn.q.lora_A.weight" in ident
+        and "diffusion_model.blocks.1.ffn.2.alpha" in ident
+    )
+    assert not any(k.startswith("transformer.") for k in ident)
+
+    pipe = WanPipeline.from_pretrained(str(tiny_wan_dir))
+    g = torch.Generator().manual_seed(0)
+    kw = dict(
+        hidden_states=torch.randn(1, 16, 3, 4, 4, generator=g),
+        timestep=torch.tensor([500.0]),
+        encoder_hidden_states=torch.randn(1, 12, 32, generator=g),
+        return_dict=False,
+    )
+    with torch.no_grad():
+        base = pipe.transformer(**kw)[0]
+        pipe.load_lora_weights(str(merged), adapter_name="merged")
+        want = pipe.transformer(**kw)[0]
+        pipe.delete_adapters("merged")
+        pipe.load_lora_weights(str(tmp_path / "c_identity.safetensors"), adapter_name="identity")
+        pipe.load_lora_weights(str(tmp_path / "c_motion.safetensors"), adapter_name="motion")
+        pipe.set_adapters(["identity", "motion"], [1.0, s])
+        got = pipe.transformer(**kw)[0]
+        pipe.set_adapters(["identity", "motion"], [1.0, 0.0])
+        identity_only = pipe.transformer(**kw)[0]
+    scale = float((want - base).abs().max())
+    assert scale > 1e-4 and float((want - identity_only).abs().max()) > 1e-3 * scale  # both parts matter
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * scale)

@@ -217,25 +217,30 @@ def cmd_export(
     motion_scale: float | None = None,
     dtype: str = "float32",
     expert: str | None = None,
-) -> Path:
-    """Export a run's LoRA to diffusers, ComfyUI, identity-only or motion-only files (Wan 2.2 A14B: one
-    `expert` per file)."""
+    part: str | None = None,
+) -> list[Path]:
+    """Export a run's LoRA for diffusers or ComfyUI: identity and motion merged, one part, or both parts as
+    two files (ComfyUI's default; Wan 2.2 A14B: one `expert` per file)."""
     import torch
 
-    from setseq.export import export_file, load_setseq
+    from setseq.export import export_files, load_setseq, resolve_format
 
+    layout, part = resolve_format(fmt, part)  # bad flags are refused before the file is read
     lora = load_setseq(run)
-    path = export_file(
+    paths = export_files(
         lora,
-        fmt,
+        layout,
         out,
+        part,
         identity_scale,
         motion_scale,
         dtype={"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype],
         expert=expert,
     )
-    print(f"wrote {path} ({fmt})")
-    return path
+    names = ["identity", "motion"] if part == "both" else [part]
+    for path, name in zip(paths, names):
+        print(f"wrote {path} ({layout}, {name})")
+    return paths
 
 
 def cmd_info(run: str) -> dict[str, Any]:
@@ -376,7 +381,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="export a run's LoRA for diffusers / ComfyUI, or one part of it")
     e.add_argument("run")
-    e.add_argument("--format", required=True, choices=["diffusers", "comfyui", "identity", "motion"])
+    e.add_argument(
+        "--format",
+        required=True,
+        choices=["diffusers", "comfyui", "identity", "motion"],
+        help="key layout; identity / motion are aliases of diffusers --part identity / motion",
+    )
+    e.add_argument(
+        "--part",
+        choices=["merged", "identity", "motion", "both"],
+        help="merged: identity + motion in one LoRA (diffusers' default); identity or motion alone; both: "
+        "two files OUT_identity and OUT_motion, to load as two LoRAs with their own strengths (comfyui's default)",
+    )
     e.add_argument(
         "--expert", choices=["high", "low"], help="Wan 2.2 A14B: which expert's LoRA (one file each)"
     )
@@ -548,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.motion_scale,
                 args.dtype,
                 args.expert,
+                args.part,
             )
         elif args.command == "info":
             cmd_info(args.run)

@@ -6,9 +6,16 @@
   `transformer.<module>.lora_A.weight` / `.lora_B.weight`, alpha folded into lora_B (so no metadata is
   needed): `WanPipeline.load_lora_weights(file)` loads it, and likewise `CogVideoXPipeline`, `LTXPipeline` and
   `HunyuanVideoPipeline` for LoRAs of those families (diffusers module names, no conversion needed).
-- `identity` / `motion`: the same layout with only one part.
-- `comfyui`: `diffusion_model.<wan module>.lora_A|lora_B.weight` + `.alpha`, with module names mapped to the
-  original Wan layout that ComfyUI's loader matches (diffusers names are reported as "lora key not loaded").
+- Parts (`part`): `merged` (identity + motion at their scales, one LoRA), `identity` or `motion` alone, or
+  `both` (two files, `OUT_identity` and `OUT_motion`). The parts add up to the merged LoRA: with basis `down`
+  both share lora_A, with basis `up` both share lora_B. The formats `identity` / `motion` are aliases of
+  `diffusers` with that part.
+- `comfyui`: `diffusion_model.<ComfyUI module>.lora_A|lora_B.weight` + `.alpha` (= rank, so ComfyUI's
+  alpha / rank is 1), with the module names of ComfyUI's own model (diffusers names are reported as "lora key
+  not loaded"). Wan: the original Wan layout (`blocks.N.self_attn.q`, ...). LTX-Video: ComfyUI names its DiT
+  as diffusers does. HunyuanVideo: ComfyUI fuses q, k, v (and a single block's MLP input) into one linear,
+  so those parts become one LoRA on the fused weight (stacked lora_A, block-diagonal lora_B; exact, at the
+  sum of the parts' ranks). CogVideoX is diffusers-only.
 """
 
 from __future__ import annotations
@@ -284,12 +291,99 @@ _COMFY_WAN = [
 
 
 def comfyui_module_name(module: str) -> str:
+    """ComfyUI's name (the original Wan layout) of a diffusers Wan module."""
     for pat, rep in _COMFY_WAN:
         if re.search(pat, module):
             return re.sub(pat, rep, module)
     raise SetseqError(
         f"no ComfyUI name is known for module '{module}'", "export with --format diffusers instead"
     )
+
+
+# ComfyUI's LTX-Video DiT (comfy/ldm/lightricks/model.py) names its blocks as diffusers does
+# (transformer_blocks.N.attn1.to_q, .ff.net.0.proj, ...): its generic loader maps diffusion_model.<module>.
+_COMFY_LTX = re.compile(r"^transformer_blocks\.\d+\.(attn1|attn2)\.(to_q|to_k|to_v|to_out\.0)$|"
+                        r"^transformer_blocks\.\d+\.ff\.net\.(0\.proj|2)$")  # fmt: skip
+
+# ComfyUI's HunyuanVideo (comfy/ldm/hunyuan_video/model.py, blocks from comfy/ldm/flux/layers.py) fuses
+# q, k, v into one `qkv` linear (rows [q; k; v]), and a single block's q, k, v and MLP input into `linear1`
+# (rows [q; k; v; mlp]). diffusers module (inside the block) -> (ComfyUI module, its slot in the fused rows).
+_COMFY_HUNYUAN_DOUBLE = {
+    "attn.to_q": ("img_attn.qkv", 0),
+    "attn.to_k": ("img_attn.qkv", 1),
+    "attn.to_v": ("img_attn.qkv", 2),
+    "attn.to_out.0": ("img_attn.proj", 0),
+    "attn.add_q_proj": ("txt_attn.qkv", 0),
+    "attn.add_k_proj": ("txt_attn.qkv", 1),
+    "attn.add_v_proj": ("txt_attn.qkv", 2),
+    "attn.to_add_out": ("txt_attn.proj", 0),
+    "ff.net.0.proj": ("img_mlp.0", 0),
+    "ff.net.2": ("img_mlp.2", 0),
+    "ff_context.net.0.proj": ("txt_mlp.0", 0),
+    "ff_context.net.2": ("txt_mlp.2", 0),
+}
+_COMFY_HUNYUAN_SINGLE = {
+    "attn.to_q": ("linear1", 0),
+    "attn.to_k": ("linear1", 1),
+    "attn.to_v": ("linear1", 2),
+    "proj_mlp": ("linear1", 3),
+    "proj_out": ("linear2", 0),
+}
+_FUSED_SLOTS = {"img_attn.qkv": 3, "txt_attn.qkv": 3, "linear1": 4}
+
+#: Families whose LoRA setseq writes in ComfyUI's layout (the toy model is a Wan DiT).
+COMFYUI_FAMILIES = ("wan", "toy", "ltx", "hunyuan")
+
+
+def _comfyui_slot(backbone: str, module: str) -> tuple[str, int]:
+    """(ComfyUI module name, slot in its fused weight) of one diffusers module of `backbone`."""
+    if backbone in ("wan", "toy"):
+        return comfyui_module_name(module), 0
+    if backbone == "ltx" and _COMFY_LTX.match(module):
+        return module, 0
+    if backbone == "hunyuan":
+        m = re.match(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)$", module)
+        if m:
+            double = m.group(1) == "transformer_blocks"
+            table = _COMFY_HUNYUAN_DOUBLE if double else _COMFY_HUNYUAN_SINGLE
+            if m.group(3) in table:
+                name, slot = table[m.group(3)]
+                return f"{'double_blocks' if double else 'single_blocks'}.{m.group(2)}.{name}", slot
+    raise SetseqError(
+        f"no ComfyUI name is known for module '{module}' of the '{backbone}' backbone",
+        "export with --format diffusers instead",
+    )
+
+
+def comfyui_layout(
+    backbone: str, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
+    """ComfyUI keys for per-module factors {diffusers module: (lora_A (r, in), lora_B (out, r))}.
+
+    Modules that ComfyUI fuses into one linear (HunyuanVideo's qkv and linear1) become one LoRA on the fused
+    weight: lora_A stacks the parts' A (k*r, in) and lora_B is block-diagonal (sum out, k*r), so that
+    B @ A stacks the parts' B_i @ A_i row-wise, exactly. Every module gets `.alpha` = its rank, so ComfyUI's
+    alpha / rank scale is 1 (alpha/r of training is already folded into lora_B)."""
+    groups: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
+    for module, ab in factors.items():
+        name, slot = _comfyui_slot(backbone, module)
+        groups.setdefault(name, {})[slot] = ab
+    out: dict[str, torch.Tensor] = {}
+    for name, parts in groups.items():
+        n = _FUSED_SLOTS.get(name.split(".", 2)[-1], 1) if backbone == "hunyuan" else 1
+        if sorted(parts) != list(range(n)):
+            raise SetseqError(
+                f"ComfyUI fuses {n} linears into '{name}', but the LoRA covers only {len(parts)} of them "
+                "(custom lora.targets)",
+                "export with --format diffusers, or train with lora.targets covering all of them",
+            )
+        a = torch.cat([parts[i][0] for i in range(n)], dim=0)  # (k*r, in)
+        b = torch.block_diag(*[parts[i][1] for i in range(n)])  # (sum out, k*r)
+        key = f"diffusion_model.{name}"
+        out[f"{key}.lora_A.weight"] = a.contiguous()
+        out[f"{key}.lora_B.weight"] = b.contiguous()
+        out[f"{key}.alpha"] = torch.tensor(float(a.shape[0]))
+    return out
 
 
 #: Module-name prefixes of a LoRA trained on two experts (Wan 2.2 A14B: high-noise and low-noise DiT).
@@ -302,17 +396,83 @@ def lora_experts(lora: SetseqLora) -> list[str]:
     return [e for e in EXPERTS if e in heads] if heads <= set(EXPERTS) else []
 
 
+#: What an export holds: both parts merged into one LoRA, one part, or each part in its own file.
+EXPORT_PARTS = ("merged", "identity", "motion", "both")
+
+
+def default_part(fmt: str) -> str:
+    """The part `setseq export` writes when --part is not given: ComfyUI gets two files (identity and motion,
+    one LoRA loader each, each its own strength); diffusers keeps its single merged file."""
+    return "both" if fmt == "comfyui" else fmt if fmt in ("identity", "motion") else "merged"
+
+
+def resolve_format(fmt: str, part: str | None) -> tuple[str, str]:
+    """(layout, part) of a --format / --part pair. `identity` and `motion` formats are aliases of
+    `diffusers` with that part."""
+    if fmt not in EXPORT_FORMATS:
+        raise SetseqError(f"unknown export format '{fmt}'", f"use one of: {', '.join(EXPORT_FORMATS)}")
+    if part is not None and part not in EXPORT_PARTS:
+        raise SetseqError(f"unknown export part '{part}'", f"use one of: {', '.join(EXPORT_PARTS)}")
+    if fmt in ("identity", "motion"):
+        if part not in (None, fmt):
+            raise SetseqError(
+                f"--format {fmt} already means --part {fmt}, so --part {part} contradicts it",
+                f"use --format diffusers --part {part}",
+            )
+        return "diffusers", fmt
+    return fmt, part or default_part(fmt)
+
+
+def _layout_and_part(fmt: str, part: str) -> tuple[str, str]:
+    """As `resolve_format`, for the API's default part `merged`, which an alias format overrides."""
+    return resolve_format(fmt, None if fmt in ("identity", "motion") and part == "merged" else part)
+
+
+def check_motion_trained(lora: SetseqLora) -> None:
+    """Refuse a motion part from a run whose stage 2 never ran: it would be an empty LoRA."""
+    motion = [v for k, v in lora.tensors.items() if ".motion." in k]
+    steps = lora.meta.get("stage2_steps")
+    why = (
+        "it holds no motion tensors"
+        if not motion
+        else "its stage2_steps is 0 (a one-stage method, or stage2.steps=0)"
+        if steps == 0
+        else "its motion tensors are all zero"
+        if not any(bool(v.any()) for v in motion)
+        else None
+    )
+    if why:
+        raise SetseqError(
+            f"this run has no motion part to export: stage 2 never ran ({why})",
+            "export --part identity (or merged), or train stage 2 on it: "
+            "setseq train --init-lora RUN/setseq.safetensors stage1.steps=0 ...",
+        )
+
+
+def part_paths(out: str | Path, part: str) -> list[Path]:
+    """The files an export writes: OUT itself, or for `both` OUT's stem + `_identity` / `_motion`."""
+    out = Path(out)
+    if part != "both":
+        return [out]
+    return [out.with_name(f"{out.stem}_{p}{out.suffix or '.safetensors'}") for p in ("identity", "motion")]
+
+
 def export_tensors(
     lora: SetseqLora,
     fmt: str,
     identity_scale: float | None = None,
     motion_scale: float | None = None,
     expert: str | None = None,
+    part: str = "merged",
 ) -> dict[str, torch.Tensor]:
-    """The tensors of an export in `fmt` (see module docstring). A two-expert LoRA exports one `expert` at a
-    time, named as that expert's own DiT (diffusers: load the low-noise one with load_into_transformer_2)."""
-    if fmt not in EXPORT_FORMATS:
-        raise SetseqError(f"unknown export format '{fmt}'", f"use one of: {', '.join(EXPORT_FORMATS)}")
+    """The tensors of one export file in `fmt` (see module docstring). `part` is `merged` (identity +
+    motion at their scales), `identity` or `motion` (that part alone, at its scale). The parts of one module
+    add up to the merged LoRA: with basis `down` both share lora_A (the basis), with basis `up` both share
+    lora_B. A two-expert LoRA exports one `expert` at a time, named as that expert's own DiT (diffusers:
+    load the low-noise one with load_into_transformer_2)."""
+    fmt, part = _layout_and_part(fmt, part)
+    if part == "both":
+        raise SetseqError("one export file holds one part; `both` writes two", "use export_files")
     experts = lora_experts(lora)
     if experts and expert not in experts:
         raise SetseqError(
@@ -321,34 +481,34 @@ def export_tensors(
         )
     if expert is not None and not experts:
         raise SetseqError(f"this LoRA has no experts, so --expert {expert} does not apply", "drop --expert")
-    if fmt in ("comfyui",) and lora.meta.get("backbone") not in ("wan", "toy"):
+    backbone = str(lora.meta.get("backbone"))
+    if fmt == "comfyui" and backbone not in COMFYUI_FAMILIES:
         raise SetseqError(
-            f"ComfyUI export is only defined for Wan-architecture LoRAs, not '{lora.meta.get('backbone')}'",
-            "use --format diffusers",
+            f"the '{backbone}' family is diffusers-only: ComfyUI's loader has no key map for its LoRAs",
+            "use --format diffusers (pipe.load_lora_weights)",
         )
+    if part == "motion":
+        check_motion_trained(lora)
     s_id = float(lora.meta.get("identity_scale", 1.0) if identity_scale is None else identity_scale)
     s_mot = float(lora.meta.get("motion_scale", 1.0) if motion_scale is None else motion_scale)
-    if fmt == "identity":
+    if part == "identity":
         s_mot = 0.0
-    elif fmt == "motion":
+    elif part == "motion":
         s_id = 0.0
-    out: dict[str, torch.Tensor] = {}
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for m in lora.modules:
         name = m
         if expert is not None:
             if not m.startswith(expert + "."):
                 continue
             name = m[len(expert) + 1 :]  # the expert's own module name
-        a, b = merged_factors(lora, m, s_id, s_mot)
-        if fmt == "comfyui":
-            key = "diffusion_model." + comfyui_module_name(name)
-            out[f"{key}.lora_A.weight"] = a.contiguous()
-            out[f"{key}.lora_B.weight"] = b.contiguous()
-            # ComfyUI scales by alpha / rank; alpha = rank keeps the folded scale exact.
-            out[f"{key}.alpha"] = torch.tensor(float(a.shape[0]))
-        else:
-            out[f"transformer.{name}.lora_A.weight"] = a.contiguous()
-            out[f"transformer.{name}.lora_B.weight"] = b.contiguous()
+        factors[name] = merged_factors(lora, m, s_id, s_mot)
+    if fmt == "comfyui":
+        return comfyui_layout(backbone, factors)
+    out: dict[str, torch.Tensor] = {}
+    for name, (a, b) in factors.items():
+        out[f"transformer.{name}.lora_A.weight"] = a.contiguous()
+        out[f"transformer.{name}.lora_B.weight"] = b.contiguous()
     return out
 
 
@@ -360,13 +520,17 @@ def export_file(
     motion_scale: float | None = None,
     dtype: torch.dtype = torch.float32,
     expert: str | None = None,
+    part: str = "merged",
 ) -> Path:
+    """Write one export file (one part, or both merged) atomically."""
     tensors = {
         k: v.to(dtype) if v.is_floating_point() else v
-        for k, v in export_tensors(lora, fmt, identity_scale, motion_scale, expert).items()
+        for k, v in export_tensors(lora, fmt, identity_scale, motion_scale, expert, part).items()
     }
+    layout, part = _layout_and_part(fmt, part)
     md = {
-        "format": f"setseq-export-{fmt}",
+        "format": f"setseq-export-{layout}" + (f"-{part}" if part != "merged" else ""),
+        "setseq_part": part,
         "setseq_backbone": str(lora.meta.get("backbone")),
         "setseq_token": str(lora.meta.get("token", "")),
         "setseq_prompt": str(lora.meta.get("t_motion", "")),
@@ -375,3 +539,26 @@ def export_file(
     with atomic_path(out) as tmp:
         save_file(tensors, str(tmp), metadata=md)
     return out
+
+
+def export_files(
+    lora: SetseqLora,
+    fmt: str,
+    out: str | Path,
+    part: str | None = None,
+    identity_scale: float | None = None,
+    motion_scale: float | None = None,
+    dtype: torch.dtype = torch.float32,
+    expert: str | None = None,
+) -> list[Path]:
+    """`setseq export`: one file, or for part `both` (ComfyUI's default) two, OUT's stem + `_identity` and
+    `_motion`. Loaded as two LoRAs at strengths (1, s) they add up to the merged export at motion scale s
+    (for the default scales of 1). Everything is checked before the first file is written."""
+    layout, part = resolve_format(fmt, part)
+    parts = ["identity", "motion"] if part == "both" else [part]
+    if "motion" in parts:
+        check_motion_trained(lora)  # before the identity file is written
+    return [
+        export_file(lora, layout, path, identity_scale, motion_scale, dtype, expert, p)
+        for p, path in zip(parts, part_paths(out, part))
+    ]
