@@ -15,6 +15,7 @@ from torch import nn
 
 from setseq import lora as L
 from setseq.shard import ShardedLinear
+from setseq.testing import assert_close_to_scale
 
 
 def _layer_check(rank: int, world: int, port: int, errors) -> None:
@@ -46,10 +47,10 @@ def _layer_check(rank: int, world: int, port: int, errors) -> None:
         x2 = want[0].clone().requires_grad_(True)
         y2 = layer2(x2)
         y2.square().sum().backward()
-        torch.testing.assert_close(y2, want[1])
-        torch.testing.assert_close(x2.grad, want[2])
-        torch.testing.assert_close(layer2.down.grad, want[3])
-        torch.testing.assert_close(sharded(want[0]), plain(want[0]))  # the bare sharded layer as well
+        assert_close_to_scale(y2, want[1], 1e-5, name="y")
+        assert_close_to_scale(x2.grad, want[2], 1e-5, name="dx")
+        assert_close_to_scale(layer2.down.grad, want[3], 1e-5, name="ddown")
+        assert_close_to_scale(sharded(want[0]), plain(want[0]), 1e-5)  # the bare sharded layer as well
     except BaseException as e:  # reported to the parent
         errors.put(f"rank {rank}: {type(e).__name__}: {e}")
     finally:
@@ -90,8 +91,7 @@ def test_two_sharded_processes_match_one(tiny_wan_dir, clip_mp4, tmp_path):
 
     a, b = load_file(one / "setseq.safetensors"), load_file(two / "setseq.safetensors")
     assert a.keys() == b.keys() and a
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6, msg=k)
+    assert_close_to_scale(b, a)  # per tensor, relative to its scale (reduction order differs)
     assert any(".motion" in k and a[k].abs().max() > 0 for k in a)
     for (_, _, x), (_, _, y) in zip(_losses(one), _losses(two)):
         assert y == pytest.approx(x, rel=1e-4)
