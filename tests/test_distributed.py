@@ -102,3 +102,16 @@ def test_tolerance_is_relative_to_each_tensors_scale():
         assert_close_to_scale({"big": big, "small": small * 2}, {"big": big, "small": small})
     with pytest.raises(AssertionError):
         assert_close_to_scale({"big": big}, {"big": big, "small": small})  # a missing tensor
+
+
+def test_a_rendezvous_that_times_out_is_one_line(tmp_path):
+    """Process 0 of 2 started alone (its partner never comes) gives up after SETSEQ_RENDEZVOUS_TIMEOUT_S with
+    the one-line error naming the launcher flags, exit status 2, no traceback."""
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}
+    env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "SETSEQ_RENDEZVOUS_TIMEOUT_S": "3"}
+    env |= {"PYTHONWARNINGS": "ignore"}
+    argv = [sys.executable, "-m", "setseq.cli", "train", "--video", "x.mp4", "--out", str(tmp_path / "r")]
+    proc = subprocess.run([*argv, "model.device=cpu"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "could not join the others at 127.0.0.1" in proc.stderr
+    assert "--main_process_port" in proc.stderr and "Traceback" not in proc.stderr

@@ -171,3 +171,71 @@ def test_refusal_names_sharding_across_the_gpus_there_are(tmp_path, monkeypatch)
     with pytest.raises(SetseqError, match="needs about") as err:
         run.check_memory(cfg, bb, spec, data, False, lambda s: None)
     assert "fsdp" not in str(err.value) and "model.block_swap=" in str(err.value)
+
+
+def test_two_sharded_processes_killed_and_resumed_match_the_uninterrupted_run(
+    tiny_wan_dir, clip_mp4, tmp_path
+):
+    """`kill -9` of a 2-process `model.fsdp=true` run (launcher and both workers) once it has checkpointed
+    stage 1 step 2, then `--resume` under the launcher: the LoRA equals the uninterrupted 2-process run's
+    exactly (the checkpoint holds whole tensors of the sharded LoRA and AdamW moments, which each process
+    shards again on resume)."""
+    import signal
+    import subprocess
+    import time
+
+    from test_distributed import ARGS
+
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    extra = ["model.fsdp=true", "train.checkpoint_every=1"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    _train(
+        [*launch, "--main_process_port", str(_free_port()), "-m", "setseq.cli"],
+        whole,
+        tiny_wan_dir,
+        clip_mp4,
+        extra,
+    )
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    argv = [*launch, "--main_process_port", str(_free_port()), "-m", "setseq.cli", "train"]
+    argv += ["--model", str(tiny_wan_dir), "--video", str(clip_mp4), "--out", str(killed), *ARGS, *extra]
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (killed / "checkpoints" / "stage1-000002").is_dir():
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its checkpoint"
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers at once
+    finally:
+        proc.wait(60)
+    assert not (killed / "setseq.safetensors").exists(), "the kill landed after the run finished"
+
+    out = subprocess.run(
+        [
+            *launch,
+            "--main_process_port",
+            str(_free_port()),
+            "-m",
+            "setseq.cli",
+            "train",
+            "--resume",
+            "--out",
+            str(killed),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resuming" in out.stdout + out.stderr and "from stage" in out.stdout + out.stderr
+    a, b = load_file(whole / "setseq.safetensors"), load_file(killed / "setseq.safetensors")
+    assert a.keys() == b.keys() and a
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert _losses(whole) == [(s, st, pytest.approx(x, rel=1e-6)) for s, st, x in _losses(killed)]

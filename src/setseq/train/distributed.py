@@ -17,6 +17,7 @@ outputs. With one process (no launcher), everything here is a no-op.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -206,7 +207,23 @@ def init_processes(device: str) -> Processes:
             f"model.device={device} pins every process to one GPU",
             "use model.device=auto (each process takes the GPU of its local rank)",
         )
-    state = PartialState(cpu=cpu)
+    # How long this process waits for all the others to join (every node's processes); torch's default
+    # unless SETSEQ_RENDEZVOUS_TIMEOUT_S says otherwise.
+    kwargs = {}
+    wait = os.environ.get("SETSEQ_RENDEZVOUS_TIMEOUT_S")
+    if wait:
+        kwargs["timeout"] = datetime.timedelta(seconds=float(wait))
+    try:
+        state = PartialState(cpu=cpu, **kwargs)
+    except (RuntimeError, ValueError, OSError) as exc:  # torch's DistStoreError, DistNetworkError among them
+        where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        raise SetseqError(
+            f"process {os.environ.get('RANK', '?')} of {launched_world()} could not join the others at {where} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'})",
+            "start every node with the same --num_machines, --main_process_ip/--main_process_port (torchrun: "
+            "--nnodes, --rdzv-endpoint), a distinct --machine_rank, and an open port; "
+            "SETSEQ_RENDEZVOUS_TIMEOUT_S sets how long to wait",
+        ) from None
     if state.num_processes != launched_world():
         raise SetseqError(
             f"the launcher started {launched_world()} processes but only {state.num_processes} joined",

@@ -451,6 +451,12 @@ def train(
             log(f"resuming {run_dir}: no checkpoint yet, starting from step 0 with its saved config")
         else:
             log(f"resuming {run_dir} from {ck.path.name} (stage {ck.stage}, step {ck.step})")
+            was = int(ck.state.get("processes", 1))
+            if was != procs.world:  # whole tensors on file: any count that splits the batch resumes it
+                log(
+                    f"note: the checkpoint was written by {was} process(es), resumed by {procs.world}: the same "
+                    "global batch, so the same training up to float summation order"
+                )
     else:
         if (run_dir / "config.yaml").exists() or (run_dir / "checkpoints").exists():
             raise SetseqError(
