@@ -115,3 +115,33 @@ def test_a_rendezvous_that_times_out_is_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "could not join the others at 127.0.0.1" in proc.stderr
     assert "--main_process_port" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_shipped_accelerate_configs_are_fsdp2_and_turn_model_fsdp_on(monkeypatch):
+    """configs/accelerate/fsdp2-{2,4,8}gpu.yaml load through accelerate's own loader with the process count
+    their name says and FSDP version 2; the environment `accelerate launch` makes from them turns model.fsdp
+    on, and an FSDP1 config is a one-line error."""
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from setseq.train.distributed import launcher_asks_fsdp
+
+    folder = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+    files = sorted(folder.glob("*.yaml"))
+    assert [f.name for f in files] == ["fsdp2-2gpu.yaml", "fsdp2-4gpu.yaml", "fsdp2-8gpu.yaml"]
+    for f in files:
+        cfg = load_config_from_file(str(f))
+        assert cfg.num_processes == int(f.stem.split("-")[1].removesuffix("gpu")), f
+        assert str(cfg.distributed_type).endswith("FSDP") and cfg.fsdp_config["fsdp_version"] == 2, f
+        assert cfg.num_machines == 1 and cfg.mixed_precision == "no" and not cfg.use_cpu, f
+
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    assert not launcher_asks_fsdp()
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    assert launcher_asks_fsdp()
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(SetseqError, match="FSDP version 1") as e:
+        launcher_asks_fsdp()
+    assert "fsdp_version: 2" in str(e.value)

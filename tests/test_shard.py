@@ -121,8 +121,9 @@ def test_two_sharded_processes_match_one(tiny_wan_dir, clip_mp4, tmp_path):
 
 def test_refusal_names_sharding_across_the_gpus_there_are(tmp_path, monkeypatch):
     """On a GPU-like device (meta) short of 60% of the blocks' linear weights (more than fp8 saves in bf16),
-    with 8 GPUs visible the refusal names model.fsdp=true over 4 processes (2 do not save enough); with
-    none, it names block swap instead. An 8-block bf16 tiny Wan."""
+    with 8 GPUs visible the refusal names model.fsdp=true over 8 processes: FSDP2 keeps 1/P of the blocks
+    plus 2 of the 8 blocks whole (the one running and the one prefetched), so 4 processes save 75% - 25%;
+    with model.fsdp_prefetch=0, 4 processes do (75% - 12.5%). With no GPU it names block swap instead."""
     from setseq.backbones.base import load_backbone
     from setseq.config import resolve_config
     from setseq.data.cache import EncodedConcept
@@ -166,6 +167,10 @@ def test_refusal_names_sharding_across_the_gpus_there_are(tmp_path, monkeypatch)
     monkeypatch.setattr(run, "visible_gpus", lambda: 8)
     with pytest.raises(SetseqError, match="needs about") as err:
         run.check_memory(cfg, bb, spec, data, False, lambda s: None)
+    assert "launch 8 processes with model.fsdp=true" in str(err.value)
+    lean = resolve_config(None, flags, [*over, "model.dtype=bfloat16", "model.fsdp_prefetch=0"])
+    with pytest.raises(SetseqError, match="needs about") as err:
+        run.check_memory(lean, bb, spec, data, False, lambda s: None)
     assert "launch 4 processes with model.fsdp=true" in str(err.value)
     monkeypatch.setattr(run, "visible_gpus", lambda: 0)
     with pytest.raises(SetseqError, match="needs about") as err:

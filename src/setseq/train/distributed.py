@@ -232,6 +232,22 @@ def init_processes(device: str) -> Processes:
     return Processes(state.process_index, state.num_processes, torch.device("cpu") if cpu else state.device)
 
 
+def launcher_asks_fsdp() -> bool:
+    """Whether `accelerate launch` was given an FSDP config (`distributed_type: FSDP`, e.g. the shipped
+    `configs/accelerate/fsdp2-*.yaml`): that turns `model.fsdp` on. Only FSDP2 is setseq's engine; the FSDP
+    settings themselves are setseq's `model.fsdp_*` fields, not the launcher's."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() != "true":
+        return False
+    if os.environ.get("FSDP_VERSION", "1") != "2":
+        raise SetseqError(
+            f"the accelerate config asks for FSDP version {os.environ.get('FSDP_VERSION', '1')}, but setseq "
+            "shards with FSDP2",
+            "set fsdp_config: {fsdp_version: 2} (as configs/accelerate/fsdp2-*.yaml do), or launch with "
+            "--multi_gpu and model.fsdp=true",
+        )
+    return True
+
+
 def check_split(stage: int, batch_size: int, micro_batch: int | None, world: int) -> int:
     """The micro_batch a stage uses with `world` processes: as configured when its micro-batches per step
     divide among the processes, else (micro_batch unset) batch_size / world; refused otherwise."""

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 import yaml
+from torch import nn
 from torch.distributed.fsdp import FSDPModule
 
 from setseq import __version__, offload
@@ -42,7 +43,14 @@ from setseq.export import check_compatible, export_file, load_setseq, lora_exper
 from setseq.io import remove_stale_temps, write_text
 from setseq.memory import GiB, device_memory, estimate_training_memory, tokens_per_sample
 from setseq.train import checkpoint as C
-from setseq.train.distributed import SINGLE, Processes, check_split, init_processes, parallelize
+from setseq.train.distributed import (
+    SINGLE,
+    Processes,
+    check_split,
+    init_processes,
+    launcher_asks_fsdp,
+    parallelize,
+)
 from setseq.train.embeddings import DELTA_KEY, TokenEmbeddings, save_embeddings, token_id
 from setseq.train.loop import StageContext, trainable_state
 from setseq.train.methods import METHODS, ON_CLIP, ONE_STAGE, effective_config
@@ -350,13 +358,21 @@ def check_memory(
         n_blocks = offload.max_blocks(bb.transformer)
         floor = estimate(stage, 1, True).total if device.type != "cpu" else 0
         # FSDP2 (model.fsdp) across the GPUs this machine has: each process keeps 1/P of the blocks'
-        # linear weights (less one gathered block and the one prefetched: counted in the estimate as 0 here).
+        # linear weights, plus the whole weights of the block that runs and of those prefetched beside it.
         if (
             device.type != "cpu"
             and not (cfg.model.fsdp or cfg.model.block_swap)
             and len(offload.dits(bb.transformer)) == 1
         ):
             block_linears = offload.device_linear_bytes(bb.transformer, n_blocks, device)
+            gathered = (1 + cfg.model.fsdp_prefetch) * max(
+                sum(
+                    m.weight.numel() * m.weight.element_size()
+                    for m in b.modules()
+                    if isinstance(m, nn.Linear)
+                )
+                for b in offload.swappable_blocks(bb.transformer, n_blocks)
+            )
             for p in (2, 4, 8):
                 if p <= visible_gpus():
                     options.append(
@@ -366,7 +382,7 @@ def check_memory(
                             True,
                             1,
                             True,
-                            block_linears * (p - 1) // p,
+                            block_linears * (p - 1) // p - gathered,
                         )
                     )
         # Block swap: the fewest blocks (of each DiT) whose device-resident linear weights close the gap.
@@ -442,6 +458,9 @@ def train(
     procs = init_processes(cfg.model.device)
     if not procs.is_main:
         log = _silent
+    if procs.world > 1 and not cfg.model.fsdp and launcher_asks_fsdp():
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, fsdp=True))
+        log("fsdp: on (the accelerate config has distributed_type FSDP, fsdp_version 2)")
     if resume:
         if procs.is_main:
             for folder in (run_dir, *(run_dir / f for f in ("cache", "checkpoints", "logs", "samples"))):
