@@ -244,3 +244,12 @@ def test_two_sharded_processes_killed_and_resumed_match_the_uninterrupted_run(
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert _losses(whole) == [(s, st, pytest.approx(x, rel=1e-6)) for s, st, x in _losses(killed)]
+
+
+def test_fsdp_in_one_process_is_a_note(tiny_wan_dir, clip_mp4, tmp_path):
+    """`model.fsdp=true` without a launcher trains as usual and says, once, that it shards nothing."""
+    out = _train(
+        [sys.executable, "-m", "setseq.cli"], tmp_path / "r", tiny_wan_dir, clip_mp4, ["model.fsdp=true"]
+    )
+    assert out.count("note: model.fsdp=true with one process shards nothing") == 1, out[-2000:]
+    assert (tmp_path / "r" / "setseq.safetensors").is_file()
