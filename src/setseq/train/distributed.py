@@ -121,8 +121,17 @@ def parallelize(model: torch.nn.Module, procs: Processes, mc: ModelConfig | None
     Parameters a process did not use in a step (a Wan 2.2 A14B expert none of its samples ran) count as zero."""
     if procs.world == 1:
         return
-    from torch.distributed._composable.replicate_with_fsdp import replicate
-    from torch.distributed.device_mesh import init_device_mesh
+    try:  # FSDP2's replicate and the reduction settings used here are recent (tested with torch 2.13)
+        from torch.distributed._composable.replicate_with_fsdp import replicate
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import FSDPModule
+
+        FSDPModule.set_reduce_scatter_unused_params  # noqa: B018  (present in the torch setseq needs)
+    except (ImportError, AttributeError):
+        raise SetseqError(
+            f"training in several processes needs FSDP2's replicate, which torch {torch.__version__} lacks",
+            "install the torch setseq is tested with (2.13), or train in one process",
+        ) from None
 
     from setseq import lora as L
 

@@ -266,8 +266,11 @@ def run_stage(
                 ctx.backbone.encode_prompt if emb is not None else None,
             )
             if not torch.isfinite(loss):
-                bad = loss.item()
-                break
+                bad = loss.item() if bad is None else bad
+                if procs.world == 1:
+                    break
+                # Several processes: go on, so that every one runs the same forwards and backwards (the
+                # engine's collectives); the summed loss below is then non-finite and all stop together.
             sync_gradients(model, micro == last_mine)  # the engine reduces in the last backward only
             (loss / sc.accumulation).backward()
             total += loss.item() / sc.accumulation
