@@ -34,15 +34,36 @@ class ModelConfig:
     # Block swap: the linear weights of the DiT's last N blocks stay in host memory and are streamed to the
     # device layer by layer, in forward and backward (setseq.offload). For a 14B DiT on a card smaller than it.
     block_swap: int = 0
-    # Under a launcher with several processes: each keeps only 1/P of the rows of the DiT blocks' linear weights
-    # and gathers a layer's full weight inside its op (setseq.shard; FSDP full sharding of the frozen model).
+    # Under a launcher with several processes: shard the DiT with FSDP2 (`torch.distributed.fsdp.fully_shard`),
+    # one unit per transformer block plus the rest; each process keeps 1/P of every weight (base and LoRA) and
+    # a unit's whole weights exist only while it runs (setseq.train.distributed.parallelize). One process: no-op.
     fsdp: bool = False
+    # FSDP2: free a block's gathered weights after its forward (True: least memory, gathered again in backward;
+    # False: kept until backward, one gather less per block and step).
+    fsdp_reshard_after_forward: bool = True
+    # FSDP2: how many blocks ahead to gather in forward (and behind in backward) while one computes; 0 leaves
+    # FSDP2's own default (the next block). Each one more costs one block's whole weights in memory.
+    fsdp_prefetch: int = 1
+    # FSDP2 MixedPrecisionPolicy: the dtype the gathered weights compute in ("auto": as stored, i.e. model.dtype
+    # for the base and float32 for the LoRA, the one-process numbers) and the dtype gradients are reduced in.
+    fsdp_param_dtype: str = "auto"  # auto | bfloat16 | float32
+    fsdp_reduce_dtype: str = "float32"  # float32 | bfloat16
 
     def __post_init__(self) -> None:
         if not isinstance(self.block_swap, int) or self.block_swap < 0:
             raise ValueError(f"model.block_swap must be an integer >= 0, got {self.block_swap!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if not isinstance(self.fsdp_prefetch, int) or self.fsdp_prefetch < 0:
+            raise ValueError(f"model.fsdp_prefetch must be an integer >= 0, got {self.fsdp_prefetch!r}")
+        if self.fsdp_param_dtype not in ("auto", "bfloat16", "float32"):
+            raise ValueError(
+                f"model.fsdp_param_dtype must be auto, bfloat16 or float32, got {self.fsdp_param_dtype!r}"
+            )
+        if self.fsdp_reduce_dtype not in ("float32", "bfloat16"):
+            raise ValueError(
+                f"model.fsdp_reduce_dtype must be float32 or bfloat16, got {self.fsdp_reduce_dtype!r}"
+            )
         for name in ("backbone", "path", "device"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
                 raise ValueError(f"model.{name} must be a non-empty string, got {getattr(self, name)!r}")

@@ -74,7 +74,7 @@ class SetSeqLinear(nn.Module):
         self.rank = rank
         self.alpha = float(alpha)
         self.basis = basis
-        out_f, in_f = base.out_features, base.in_features  # (a sharded base holds only some rows)
+        out_f, in_f = base.out_features, base.in_features
         # A block-swapped linear (setseq.offload) keeps its weight on the host; its LoRA lives on the device.
         dev, dt = getattr(base, "compute_device", base.weight.device), base.weight.dtype
         # peft's default init: down-projection Kaiming-uniform, up-projection zero, so dW starts at 0.
@@ -173,12 +173,11 @@ class SetSeqLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         off = self.merged or (self.identity_scale == 0.0 and self.motion_scale == 0.0)
-        # fp8, host-memory (block swap) or sharded (model.fsdp) base weight: always the fused op, which upcasts,
-        # copies or gathers it inside.
-        full = getattr(self.base, "full_weight", None)
-        if self.weight_scale is not None or self.base.weight.device != x.device or full is not None:
+        # fp8 or host-memory (block swap) base weight: always the fused op, which upcasts or copies it inside.
+        # Under FSDP2 (model.fsdp) the block's weights are already gathered here: plain tensors, as without it.
+        if self.weight_scale is not None or self.base.weight.device != x.device:
             u, d = (None, None) if off else self.factors()
-            return _FusedLinear.apply(x, self.base.weight, self.base.bias, u, d, self.weight_scale, full)
+            return _FusedLinear.apply(x, self.base.weight, self.base.bias, u, d, self.weight_scale)
         if off:
             return self.base(x)
         u, d = self.factors()
@@ -195,10 +194,6 @@ class SetSeqLinear(nn.Module):
             return
         if self.weight_scale is not None:
             raise SetseqError("cannot merge a LoRA into fp8 base weights", "load the model without model.fp8")
-        if getattr(self.base, "full_weight", None) is not None:
-            raise SetseqError(
-                "cannot merge a LoRA into sharded base weights", "load the model without model.fsdp"
-            )
         was_training = self.training
         self.eval()
         delta = self.delta_weight().to(self.base.weight.device, self.base.weight.dtype)
@@ -220,32 +215,30 @@ class SetSeqLinear(nn.Module):
         return f"rank={self.rank}, alpha={self.alpha}, basis={self.basis}, stage={self.stage}"
 
 
-def _effective_weight(weight, u, d, scale, dtype, device, full=None) -> torch.Tensor:
-    """W (gathered by `full` from its row shards when given, copied to `device` when it lives in host memory,
-    upcast from fp8 by its row scale when `scale` is given) + U D, in `dtype`."""
-    weight = full(weight) if full is not None else weight.to(device, non_blocking=True)
+def _effective_weight(weight, u, d, scale, dtype, device) -> torch.Tensor:
+    """W (copied to `device` when it lives in host memory, upcast from fp8 by its row scale when `scale` is
+    given) + U D, in `dtype`."""
+    weight = weight.to(device, non_blocking=True)
     w = weight if scale is None else weight.to(dtype) * scale
     return w if u is None else w + (u @ d).to(w.dtype)
 
 
 class _FusedLinear(torch.autograd.Function):
     """y = x (W + U D)^T + b with W, b frozen; gradients for x, U, D as needed. See the module docstring.
-    `u`, `d` may be None (no LoRA applied); `scale` is the row scale of an fp8 `weight`, else None; `full`, when
-    given, turns `weight` (a row shard, setseq.shard) into the full weight."""
+    `u`, `d` may be None (no LoRA applied); `scale` is the row scale of an fp8 `weight`, else None."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, u, d, scale, full=None):  # type: ignore[override]
+    def forward(ctx, x, weight, bias, u, d, scale):  # type: ignore[override]
         ctx.save_for_backward(x, weight, u, d, scale)
-        ctx.full = full
-        return F.linear(x, _effective_weight(weight, u, d, scale, x.dtype, x.device, full), bias)
+        return F.linear(x, _effective_weight(weight, u, d, scale, x.dtype, x.device), bias)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
         x, weight, u, d, scale = ctx.saved_tensors
-        need_x, _, _, need_u, need_d = ctx.needs_input_grad[:5]  # (6 or 7 inputs: `full` is optional)
+        need_x, _, _, need_u, need_d = ctx.needs_input_grad[:5]
         gx = gu = gd = None
         if need_x:
-            gx = g @ _effective_weight(weight, u, d, scale, g.dtype, g.device, ctx.full)
+            gx = g @ _effective_weight(weight, u, d, scale, g.dtype, g.device)
         if (need_u or need_d) and u is not None:
             g2 = g.reshape(-1, g.shape[-1]).to(u.dtype)  # (N, out)
             x2 = x.reshape(-1, x.shape[-1]).to(u.dtype)  # (N, in)
@@ -253,7 +246,7 @@ class _FusedLinear(torch.autograd.Function):
                 gu = g2.t() @ (x2 @ d.t())  # (out, r)
             if need_d:
                 gd = (g2 @ u).t() @ x2  # (r, in)
-        return gx, None, None, gu, gd, None, None
+        return gx, None, None, gu, gd, None
 
 
 def _check_path(path: str) -> None:
@@ -377,16 +370,20 @@ def unmerge(model: nn.Module) -> None:
 
 
 def identity_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    from setseq.train.distributed import whole  # sharded (DTensor) parameters: gathered, on every process
+
     out = {}
     for name, layer in get_layers(model).items():
-        out[f"{name}.identity.down"] = layer.down.detach().cpu().contiguous()
-        out[f"{name}.identity.up"] = layer.up.detach().cpu().contiguous()
+        out[f"{name}.identity.down"] = whole(layer.down.detach()).cpu().contiguous()
+        out[f"{name}.identity.up"] = whole(layer.up.detach()).cpu().contiguous()
     return out
 
 
 def motion_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    from setseq.train.distributed import whole
+
     return {
-        f"{n}.motion.{'up' if lay.basis == 'down' else 'down'}": lay.motion.detach().cpu().contiguous()
+        f"{n}.motion.{'up' if lay.basis == 'down' else 'down'}": whole(lay.motion.detach()).cpu().contiguous()
         for n, lay in get_layers(model).items()
     }
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -104,7 +105,9 @@ def _flash_attention_on_meta() -> Iterator[None]:
 def _bytes_on(module: nn.Module | None, device: torch.device) -> int:
     if module is None:
         return 0
-    tensors = [*module.parameters(), *module.buffers()]
+    from setseq.train.distributed import local  # a sharded (FSDP2) parameter: this process's shard
+
+    tensors = [local(t) for t in (*module.parameters(), *module.buffers())]
     return sum(t.numel() * t.element_size() for t in tensors if t.device.type == device.type)
 
 
@@ -266,14 +269,11 @@ def estimate_training_memory(
         if isinstance(m, nn.Linear) and device.type != "cpu" and m.weight.device.type == "cpu"
     ]
     transient += max((w.numel() * (w.element_size() + backbone.dtype.itemsize) for w in host), default=0)
-    # Sharding (setseq.shard): a sharded linear's full weight is gathered (all shards, then the rows kept).
-    sharded = [m for m in real.modules() if getattr(m, "full_weight", None) is not None]
-    transient += max(
-        (
-            2 * m.weight.shape[0] * getattr(m, "world", 1) * m.in_features * m.weight.element_size()
-            for m in sharded
-        ),
-        default=0,
+    # FSDP2 (model.fsdp): each process holds 1/P of every weight (`_bytes_on` counts its shards); a block's
+    # whole weights exist while it runs, and the blocks prefetched beside it (`fsdp_gathered` units at once).
+    units = [m for m in real.modules() if isinstance(m, FSDPModule) and m is not real]
+    transient += getattr(real, "fsdp_gathered", 1) * max(
+        (sum(p.numel() * p.element_size() for p in u.parameters()) for u in units), default=0
     )
     weights = sum(
         _bytes_on(getattr(backbone, name, None), device) for name in ("text_encoder", "vae")

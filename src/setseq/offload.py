@@ -103,7 +103,7 @@ def swappable_blocks(transformer: nn.Module, n: int) -> list[nn.Module]:
 
 def replace_linears(blocks: list[nn.Module], make) -> list[nn.Module]:
     """Replace every plain `nn.Linear` inside `blocks` by `make(linear)` (same module name); returns the new
-    modules. Block swap and sharding (setseq.shard) use it."""
+    modules. Block swap uses it."""
     new_layers: list[nn.Module] = []
     for block in blocks:
         for name, mod in list(block.named_modules()):

@@ -47,13 +47,15 @@ class Checkpoint:
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
     """Flatten an optimizer's state to tensors + JSON-able param groups (no pickle)."""
+    from setseq.train.distributed import whole
+
     sd = opt.state_dict()
     tensors = {}
-    for idx, st in sd["state"].items():
-        for name, val in st.items():
-            tensors[f"{idx}.{name}"] = (
-                (val if torch.is_tensor(val) else torch.tensor(val)).detach().cpu().contiguous()
-            )
+    for idx in sorted(sd["state"]):  # the same order on every process: `whole` gathers sharded state
+        for name in sorted(sd["state"][idx]):
+            val = sd["state"][idx][name]
+            val = whole(val) if torch.is_tensor(val) else torch.tensor(val)
+            tensors[f"{idx}.{name}"] = val.detach().cpu().contiguous()
     groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
     return tensors, groups
 
@@ -61,10 +63,15 @@ def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tenso
 def restore_optimizer(
     opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict[str, Any]]
 ) -> None:
+    from setseq.train.distributed import as_param_like
+
+    params = [p for g in opt.param_groups for p in g["params"]]
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, val in tensors.items():
         idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = val
+        i = int(idx)
+        # Whole tensors on file; a sharded (DTensor) parameter takes its shard of its moments.
+        state.setdefault(i, {})[name] = as_param_like(val, params[i]) if i < len(params) else val
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
@@ -84,7 +91,7 @@ def save_checkpoint(
     stage: int,
     step: int,
     lora: dict[str, torch.Tensor],
-    opt: torch.optim.Optimizer,
+    opt: torch.optim.Optimizer | tuple[dict[str, torch.Tensor], list[dict[str, Any]]],
     state: dict[str, Any],
     keep: int = 2,
 ) -> Path:
@@ -95,7 +102,8 @@ def save_checkpoint(
             f"the weights at stage {stage} step {step} are not all finite, so no checkpoint was written",
             "lower the learning rate, then continue with --resume",
         )
-    opt_t, groups = optimizer_tensors(opt)
+    # (an optimizer, or its `optimizer_tensors`, gathered beforehand by every process when sharded)
+    opt_t, groups = optimizer_tensors(opt) if isinstance(opt, torch.optim.Optimizer) else opt
     tmp: Path | None = None
     try:
         root.mkdir(parents=True, exist_ok=True)

@@ -2,13 +2,13 @@
 
 Every micro-batch of a step is already a pure function of (seed, stage, step, micro): its samples, noise,
 timesteps, token masks and DropConnect masks (`setseq.train.loop.step_generator`). So data parallelism needs
-no sampler: with P processes, process r runs the micro-batches k of each step with k % P == r, then one
-all-reduce sums the LoRA gradients (each already divided by the accumulation count) and the step's loss.
-Every process then clips and steps the same gradients from the same weights, so the weights stay identical
-on every process and equal to those of a one-process run with the same micro_batch, up to float summation
-order. The gradients are small (the LoRA's, not the model's), so one flat all-reduce per step is all the
-communication; the frozen base model is replicated, as in DDP, unless `model.fsdp=true` shards it
-(`setseq.shard`).
+no sampler: with P processes, process r runs the micro-batches k of each step with k % P == r. torch's engine
+(FSDP2's `replicate`, set up by `parallelize`) sums the LoRA gradients (each already divided by the
+accumulation count) in the backward of a process's last micro-batch. Every process then clips and steps the
+same gradients from the same weights, so the weights stay identical on every process and equal to those of
+a one-process run with the same micro_batch, up to float summation order. The frozen base model is
+replicated, as in DDP, unless `model.fsdp=true` shards it with FSDP2 (`parallelize`). Besides the engine's own
+communication, one float per step (the loss) is summed for logging and for stopping every process together.
 
 Process 0 alone writes: the cache (the others wait and then read it), checkpoints, logs, samples and the
 outputs. With one process (no launcher), everything here is a no-op.
@@ -17,12 +17,14 @@ outputs. With one process (no launcher), everything here is a no-op.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
+from setseq.config import ModelConfig
 from setseq.errors import SetseqError
 
 
@@ -55,24 +57,145 @@ class Processes:
         if self.is_main:
             self.barrier()
 
-    def sum_gradients(self, params: list[torch.nn.Parameter], loss: float) -> float:
-        """Sum every parameter's gradient and `loss` over the processes, in one flat all-reduce; returns the
-        summed loss. Parameters without a gradient count as zero."""
+    def sum_scalar(self, value: float) -> float:
+        """`value` summed over the processes (itself in one process). For the step's loss, which is logged and
+        whose NaN on any process must stop every process at the same step: control flow, not training math.
+        One float per step, as torchtitan's loss logging does; the gradients are reduced by FSDP2 (`parallelize`)."""
         if self.world == 1:
-            return loss
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        dev = grads[0].device if grads else torch.device("cpu")
-        flat = torch.cat([*(g.reshape(-1).float() for g in grads), torch.tensor([loss], device=dev)])
-        torch.distributed.all_reduce(flat)
-        offset = 0
-        for p, g in zip(params, grads):
-            n = g.numel()
-            p.grad = flat[offset : offset + n].view_as(g).to(g.dtype)
-            offset += n
-        return float(flat[-1])
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t)
+        return float(t[0])
+
+    def all_true(self, flag: bool) -> bool:
+        """Whether `flag` holds on every process (so that all of them stop, or go on, together)."""
+        return self.sum_scalar(0.0 if flag else 1.0) == 0.0
 
 
 SINGLE = Processes()
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This process's part of a parameter or gradient (a DTensor's local shard; a plain tensor as is)."""
+    from torch.distributed.tensor import DTensor
+
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def whole(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a DTensor (gathered: every process must call this, in the same order); a plain
+    tensor as is."""
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def as_param_like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """A whole tensor (e.g. read from a checkpoint) laid out like `param`: this process's shard of it when
+    `param` is a DTensor (no communication: every process holds the same whole tensor), else itself."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(param, DTensor) or tuple(value.shape) != tuple(param.shape):
+        return value
+    return distribute_tensor(value.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
+
+
+def parallelize(model: torch.nn.Module, procs: Processes, mc: ModelConfig | None = None) -> None:
+    """Hand `model` (the DiT, LoRA injected) to torch's distributed engine. A no-op in one process.
+
+    Without `model.fsdp`: FSDP2's `replicate` (DDP's successor) on the LoRA parameters: their gradients are
+    all-reduced in backward, overlapped with it. The frozen base weights are left out (`ignored_params`):
+    nothing of theirs is reduced, and they stay plain tensors.
+
+    With `model.fsdp`: FSDP2's `fully_shard`, one unit per transformer block plus the root (embedders, heads,
+    norms). Every parameter is a DTensor holding 1/P of its rows on each process; a block's whole weights are
+    all-gathered before it runs (prefetched `model.fsdp_prefetch` blocks ahead) and freed after
+    (`model.fsdp_reshard_after_forward`). The LoRA parameters are sharded with their block rather than
+    replicated: they then ride in the block's own all-gather and reduce-scatter (no second engine or
+    hand-written reduction for them) and their AdamW moments are sharded too; they are small either way.
+    `lora._FusedLinear` sees the block's gathered weight as a plain tensor, as without sharding.
+
+    The engine sums instead of averaging (divide factor 1): each process's micro-batch losses are already
+    divided by the stage's accumulation count, so the sum over processes is the one-process gradient.
+    Gradient sync is turned off for all but a process's last micro-batch of a step (`sync_gradients`).
+    Parameters a process did not use in a step (a Wan 2.2 A14B expert none of its samples ran) count as zero."""
+    if procs.world == 1:
+        return
+    try:  # FSDP2's replicate and the reduction settings used here are recent (tested with torch 2.13)
+        from torch.distributed._composable.replicate_with_fsdp import replicate
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import FSDPModule
+
+        FSDPModule.set_reduce_scatter_unused_params  # noqa: B018  (present in the torch setseq needs)
+    except (ImportError, AttributeError):
+        raise SetseqError(
+            f"training in several processes needs FSDP2's replicate, which torch {torch.__version__} lacks",
+            "install the torch setseq is tested with (2.13), or train in one process",
+        ) from None
+
+    from setseq import lora as L
+
+    device = procs.device or torch.device("cpu")
+    if mc is not None and mc.fsdp:
+        _fully_shard(model, init_device_mesh(device.type, (procs.world,), mesh_dim_names=("shard",)), mc)
+        return
+    lora = {id(p) for layer in L.get_layers(model).values() for p in (layer.down, layer.up, layer.motion)}
+    ignored = {p for p in model.parameters() if id(p) not in lora}
+    mesh = init_device_mesh(device.type, (procs.world,), mesh_dim_names=("replicate",))
+    replicate(model, mesh=mesh, ignored_params=ignored)
+    _sum_reductions(model, unused_as_zero=True)
+
+
+def _fully_shard(model: torch.nn.Module, mesh, mc: ModelConfig) -> None:
+    """FSDP2 on `model`: each block of its (one) DiT a unit, then the root; see `parallelize`."""
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+    from setseq.offload import dits, max_blocks, swappable_blocks
+
+    if len(dits(model)) > 1:
+        raise SetseqError(
+            "model.fsdp=true is not built for a model of several experts (Wan 2.2 A14B): each sample runs only "
+            "the expert of its timestep, so the processes would not gather the same blocks",
+            "use model.block_swap=N for A14B, or drop model.fsdp",
+        )
+    dtypes = {"auto": None, "bfloat16": torch.bfloat16, "float32": torch.float32}
+    policy = MixedPrecisionPolicy(
+        param_dtype=dtypes[mc.fsdp_param_dtype], reduce_dtype=dtypes[mc.fsdp_reduce_dtype]
+    )
+    blocks = swappable_blocks(model, max_blocks(model))  # every block
+    reshard = mc.fsdp_reshard_after_forward
+    for block in blocks:
+        fully_shard(block, mesh=mesh, reshard_after_forward=reshard, mp_policy=policy)
+    fully_shard(model, mesh=mesh, reshard_after_forward=reshard, mp_policy=policy)
+    units: list[FSDPModule] = blocks  # type: ignore[assignment]  (fully_shard made them FSDPModules)
+    if mc.fsdp_prefetch:
+        k = mc.fsdp_prefetch
+        for i, unit in enumerate(units):
+            unit.set_modules_to_forward_prefetch(units[i + 1 : i + 1 + k])
+            unit.set_modules_to_backward_prefetch(units[max(0, i - k) : i][::-1])
+    model.fsdp_gathered = 1 + mc.fsdp_prefetch  # blocks whole at once (read by the memory estimate)
+    _sum_reductions(model, unused_as_zero=False)
+
+
+def _sum_reductions(model: torch.nn.Module, unused_as_zero: bool) -> None:
+    """Every FSDP2 unit of `model` reduces gradients by a plain sum (SUM works on gloo and NCCL alike)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.set_gradient_divide_factor(1.0)
+            m.set_force_sum_reduction_for_comms(True)
+            if unused_as_zero:
+                m.set_reduce_scatter_unused_params(True, recurse=False)
+
+
+def sync_gradients(model: torch.nn.Module, enabled: bool) -> None:
+    """Whether the next backward reduces the gradients across processes (only a step's last micro-batch does;
+    the others accumulate locally). A no-op on a model `parallelize` left alone."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(enabled)
 
 
 def launched_world() -> int:
@@ -93,13 +216,45 @@ def init_processes(device: str) -> Processes:
             f"model.device={device} pins every process to one GPU",
             "use model.device=auto (each process takes the GPU of its local rank)",
         )
-    state = PartialState(cpu=cpu)
+    # How long this process waits for all the others to join (every node's processes); torch's default
+    # unless SETSEQ_RENDEZVOUS_TIMEOUT_S says otherwise.
+    kwargs = {}
+    wait = os.environ.get("SETSEQ_RENDEZVOUS_TIMEOUT_S")
+    if wait:
+        kwargs["timeout"] = datetime.timedelta(seconds=float(wait))
+    try:
+        state = PartialState(cpu=cpu, **kwargs)
+    except (RuntimeError, ValueError, OSError) as exc:  # torch's DistStoreError, DistNetworkError among them
+        where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        raise SetseqError(
+            f"process {os.environ.get('RANK', '?')} of {launched_world()} could not join the others at {where} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'})",
+            "start every node with the same --num_machines, --main_process_ip/--main_process_port (torchrun: "
+            "--nnodes, --rdzv-endpoint), a distinct --machine_rank, and an open port; "
+            "SETSEQ_RENDEZVOUS_TIMEOUT_S sets how long to wait",
+        ) from None
     if state.num_processes != launched_world():
         raise SetseqError(
             f"the launcher started {launched_world()} processes but only {state.num_processes} joined",
             "launch with `accelerate launch --multi_gpu --num_processes N` or `torchrun --nproc_per_node N`",
         )
     return Processes(state.process_index, state.num_processes, torch.device("cpu") if cpu else state.device)
+
+
+def launcher_asks_fsdp() -> bool:
+    """Whether `accelerate launch` was given an FSDP config (`distributed_type: FSDP`, e.g. the shipped
+    `configs/accelerate/fsdp2-*.yaml`): that turns `model.fsdp` on. Only FSDP2 is setseq's engine; the FSDP
+    settings themselves are setseq's `model.fsdp_*` fields, not the launcher's."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() != "true":
+        return False
+    if os.environ.get("FSDP_VERSION", "1") != "2":
+        raise SetseqError(
+            f"the accelerate config asks for FSDP version {os.environ.get('FSDP_VERSION', '1')}, but setseq "
+            "shards with FSDP2",
+            "set fsdp_config: {fsdp_version: 2} (as configs/accelerate/fsdp2-*.yaml do), or launch with "
+            "--multi_gpu and model.fsdp=true",
+        )
+    return True
 
 
 def check_split(stage: int, batch_size: int, micro_batch: int | None, world: int) -> int:

@@ -29,7 +29,7 @@ from setseq.functional import flow_matching as fm
 from setseq.functional.regularizers import token_mask
 from setseq.io import _disk_error, write_text
 from setseq.train import checkpoint as C
-from setseq.train.distributed import SINGLE, Processes
+from setseq.train.distributed import SINGLE, Processes, local, sync_gradients
 from setseq.train.embeddings import DELTA_KEY
 
 
@@ -188,7 +188,8 @@ def trainable_state(model: torch.nn.Module, stage: int) -> dict[str, torch.Tenso
 
 
 def _finite(params: list[torch.nn.Parameter]) -> bool:
-    return bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
+    """Whether this process's part of every parameter is finite."""
+    return bool(torch.stack([torch.isfinite(local(p)).all() for p in params]).all()) if params else True
 
 
 def _blow_up(ctx: StageContext, stage: int, step: int, what: str) -> SetseqError:
@@ -267,6 +268,7 @@ def run_stage(
     )
     t0 = time.perf_counter()
     procs = ctx.procs
+    last_mine = max(m for m in range(sc.accumulation) if procs.mine(m))
     for step in range(start, sc.steps):
         opt.zero_grad(set_to_none=True)
         total, bad = 0.0, None
@@ -284,13 +286,17 @@ def run_stage(
                 ctx.backbone.encode_prompt if emb is not None else None,
             )
             if not torch.isfinite(loss):
-                bad = loss.item()
-                break
+                bad = loss.item() if bad is None else bad
+                if procs.world == 1:
+                    break
+                # Several processes: go on, so that every one runs the same forwards and backwards (the
+                # engine's collectives); the summed loss below is then non-finite and all stop together.
+            sync_gradients(model, micro == last_mine)  # the engine reduces in the last backward only
             (loss / sc.accumulation).backward()
             total += loss.item() / sc.accumulation
-        # One all-reduce of the gradients and the loss (a no-op in one process); a non-finite loss on any
-        # process makes the sum non-finite, so every process stops at the same step.
-        total = procs.sum_gradients(params, float("nan") if bad is not None else total)
+        # The gradients are summed over the processes by now (`distributed.parallelize`); the loss is summed
+        # here: a non-finite loss on any process makes the sum non-finite, so every process stops together.
+        total = procs.sum_scalar(float("nan") if bad is not None else total)
         if bad is not None or not math.isfinite(total):
             bar.close()
             raise _blow_up(ctx, stage, step, f"the loss became {bad if bad is not None else total}")
@@ -299,7 +305,9 @@ def run_stage(
             bar.close()
             raise _blow_up(ctx, stage, step, f"the gradient norm became {float(gnorm)}")
         opt.step()
-        if not _finite(params):  # a huge step can overflow the weights while loss and gradients were finite
+        if not procs.all_true(
+            _finite(params)
+        ):  # a huge step can overflow the weights while loss and gradients were finite
             bar.close()
             raise _blow_up(ctx, stage, step, "the weights became non-finite")
         losses.append(total)
@@ -323,16 +331,22 @@ def run_stage(
             except OSError as exc:
                 bar.close()
                 raise _disk_error(ctx.log_file, exc) from None
-        if procs.is_main and (done % tc.checkpoint_every == 0 or done == sc.steps):
-            C.save_checkpoint(
-                ctx.run_dir,
-                stage,
-                done,
-                trainable_state(model, stage) | ({DELTA_KEY: emb.delta.detach()} if emb is not None else {}),
-                opt,
-                {"config": ctx.cfg.to_dict(), **ctx.extra_state},
-                keep=tc.keep_checkpoints,
+        if done % tc.checkpoint_every == 0 or done == sc.steps:
+            # Every process takes part in gathering sharded state (whole tensors); process 0 writes them.
+            lora = trainable_state(model, stage) | (
+                {DELTA_KEY: emb.delta.detach()} if emb is not None else {}
             )
+            opt_state = C.optimizer_tensors(opt)
+            if procs.is_main:
+                C.save_checkpoint(
+                    ctx.run_dir,
+                    stage,
+                    done,
+                    lora,
+                    opt_state,
+                    {"config": ctx.cfg.to_dict(), "processes": procs.world, **ctx.extra_state},
+                    keep=tc.keep_checkpoints,
+                )
         if ctx.on_sample is not None and tc.sample_every and done % tc.sample_every == 0:
             model.eval()
             ctx.on_sample(stage, done)

@@ -22,8 +22,10 @@ from typing import Any
 
 import torch
 import yaml
+from torch import nn
+from torch.distributed.fsdp import FSDPModule
 
-from setseq import __version__, offload, shard
+from setseq import __version__, offload
 from setseq import lora as L
 from setseq.backbones.base import Backbone
 from setseq.config import MultiConfig, RunConfig, resolve_config
@@ -49,7 +51,14 @@ from setseq.export import check_compatible, export_file, load_setseq, lora_exper
 from setseq.io import remove_stale_temps, write_text
 from setseq.memory import GiB, device_memory, estimate_training_memory, tokens_per_sample
 from setseq.train import checkpoint as C
-from setseq.train.distributed import SINGLE, Processes, check_split, init_processes
+from setseq.train.distributed import (
+    SINGLE,
+    Processes,
+    check_split,
+    init_processes,
+    launcher_asks_fsdp,
+    parallelize,
+)
 from setseq.train.embeddings import DELTA_KEY, TokenEmbeddings, save_embeddings, token_id
 from setseq.train.loop import StageContext, trainable_state
 from setseq.train.methods import METHODS, ON_CLIP, ONE_STAGE, check_mask, effective_config
@@ -70,8 +79,9 @@ def resolve_device(name: str) -> torch.device:
 
 def load_model(cfg: RunConfig, device: torch.device | None = None, procs: Processes = SINGLE) -> Backbone:
     """The backbone of `cfg.model`, on `device` (default: `model.device`); with `model.block_swap=N` the last N
-    blocks' linear weights stay in host memory (setseq.offload); with `model.fsdp` and several processes, each
-    keeps a shard of the blocks' linear weights (setseq.shard)."""
+    blocks' linear weights stay in host memory (setseq.offload); with `model.fsdp` and several processes, the
+    DiT stays in host memory (everything else on `device`) until FSDP2 moves each process's shard of it
+    (`distributed.parallelize`), so the whole DiT is never on a card."""
     m = cfg.model
     if m.fsdp and procs.world > 1:
         if m.block_swap or m.fp8:
@@ -79,9 +89,15 @@ def load_model(cfg: RunConfig, device: torch.device | None = None, procs: Proces
                 f"model.fsdp=true cannot be combined with {'model.block_swap' if m.block_swap else 'model.fp8'}",
                 "use model.fsdp=true alone (it shards the weights across the processes), or drop it",
             )
-        return shard.load_backbone_sharded(
-            m.backbone, m.path, device or resolve_device(m.device), DTYPES[m.dtype], procs
-        )
+        from setseq.backbones.base import load_backbone
+
+        bb = load_backbone(m.backbone, m.path, offload.HOST, DTYPES[m.dtype])
+        target = device or resolve_device(m.device)
+        for mod in {id(v): v for v in vars(bb).values() if isinstance(v, torch.nn.Module)}.values():
+            if mod is not bb.transformer:
+                mod.to(target)
+        bb.device = target
+        return bb
     return offload.load_backbone_swapped(
         cfg.model.backbone,
         cfg.model.path,
@@ -400,14 +416,22 @@ def check_memory(
         device = torch.device(bb.device)
         n_blocks = offload.max_blocks(bb.transformer)
         floor = estimate(stage, 1, True).total if device.type != "cpu" else 0
-        # Sharding (setseq.shard) across the GPUs this machine has: each process keeps 1/P of the blocks'
-        # linear weights (less the full copy of one layer that a gather makes).
+        # FSDP2 (model.fsdp) across the GPUs this machine has: each process keeps 1/P of the blocks'
+        # linear weights, plus the whole weights of the block that runs and of those prefetched beside it.
         if (
             device.type != "cpu"
             and not (cfg.model.fsdp or cfg.model.block_swap)
-            and shard.shardable(bb.transformer)
+            and len(offload.dits(bb.transformer)) == 1
         ):
             block_linears = offload.device_linear_bytes(bb.transformer, n_blocks, device)
+            gathered = (1 + cfg.model.fsdp_prefetch) * max(
+                sum(
+                    m.weight.numel() * m.weight.element_size()
+                    for m in b.modules()
+                    if isinstance(m, nn.Linear)
+                )
+                for b in offload.swappable_blocks(bb.transformer, n_blocks)
+            )
             for p in (2, 4, 8):
                 if p <= visible_gpus():
                     options.append(
@@ -417,7 +441,7 @@ def check_memory(
                             True,
                             1,
                             True,
-                            block_linears * (p - 1) // p,
+                            block_linears * (p - 1) // p - gathered,
                         )
                     )
         # Block swap: the fewest blocks (of each DiT) whose device-resident linear weights close the gap.
@@ -494,6 +518,9 @@ def train(
     procs = init_processes(cfg.model.device)
     if not procs.is_main:
         log = _silent
+    if procs.world > 1 and not cfg.model.fsdp and launcher_asks_fsdp():
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, fsdp=True))
+        log("fsdp: on (the accelerate config has distributed_type FSDP, fsdp_version 2)")
     if resume:
         if procs.is_main:
             for folder in (run_dir, *(run_dir / f for f in ("cache", "checkpoints", "logs", "samples"))):
@@ -503,6 +530,12 @@ def train(
             log(f"resuming {run_dir}: no checkpoint yet, starting from step 0 with its saved config")
         else:
             log(f"resuming {run_dir} from {ck.path.name} (stage {ck.stage}, step {ck.step})")
+            was = int(ck.state.get("processes", 1))
+            if was != procs.world:  # whole tensors on file: any count that splits the batch resumes it
+                log(
+                    f"note: the checkpoint was written by {was} process(es), resumed by {procs.world}: the same "
+                    "global batch, so the same training up to float summation order"
+                )
     else:
         if (run_dir / "config.yaml").exists() or (run_dir / "checkpoints").exists():
             raise SetseqError(
@@ -517,14 +550,9 @@ def train(
 
     # 2. Model, data, cache.
     bb = load_model(cfg, procs.device, procs)
-    sharded = getattr(bb, "shard_plan", None)
-    if sharded is not None:
-        log(
-            f"fsdp: {len(sharded.layers)} block linear weights sharded across {procs.world} processes; "
-            f"this one keeps {sharded.kept_bytes / 2**20:.1f} of their {sharded.full_bytes / 2**20:.1f} MiB"
-        )
-    elif cfg.model.fsdp:
-        log("fsdp: one process, nothing to shard (launch several to shard the base model)")
+    sharded = cfg.model.fsdp and procs.world > 1
+    if cfg.model.fsdp and not sharded:
+        log("note: model.fsdp=true with one process shards nothing (launch several to shard the base model)")
     if cfg.model.block_swap:
         host = [m.weight for m in bb.transformer.modules() if isinstance(m, offload.StreamedLinear)]
         log(
@@ -536,6 +564,12 @@ def train(
     user_cfg, cfg = cfg, effective_config(cfg)  # a baseline method changes stages and regularizers
     cfg = split_across(cfg, procs.world, log)
     sc_p = self_conditioning_p(cfg, bb)
+    if cfg.concept.train_embedding and procs.world > 1:  # its offsets live outside the DiT's engine
+        raise SetseqError(
+            f"token embeddings (concept.train_embedding or method={cfg.method}) train in one process only, "
+            f"not {procs.world}",
+            "launch a single process, or set concept.train_embedding=false",
+        )
     if cfg.concept.train_embedding:  # refuse tokens the text encoder cannot learn before anything is written
         for _, c in cfg.concepts():
             token_id(bb, c.token), token_id(bb, c.motion_token)
@@ -555,18 +589,12 @@ def train(
             "start a new run with --init-lora instead of --resume",
         )
 
-    # Prior preservation: the base model's own class videos, generated before any LoRA exists. With a sharded
-    # model every process runs the DiT together (its layers gather their weights), process 0 alone saving.
-    if sharded is None:
+    # Prior preservation: the base model's own class videos, generated before any LoRA exists. A sharded
+    # model (FSDP2) generates them later, once sharded, with the LoRA switched off.
+    prior = None
+    if not sharded:
         with procs.main_first():
             prior = prepare_prior(cfg, bb, frames, h, w, run_dir / "cache", log, progress and procs.is_main)
-    else:
-        prior = prepare_prior(
-            cfg, bb, frames, h, w, run_dir / "cache", log, progress and procs.is_main, save=procs.is_main
-        )
-        procs.barrier()
-        if not procs.is_main and prior is not None:  # the same videos as process 0's, from its cache
-            prior = prepare_prior(cfg, bb, frames, h, w, run_dir / "cache", log, False)
 
     # 3. The Set-and-Sequence layers, from a checkpoint or from --init-lora weights.
     spec = lora_spec(cfg, bb)
@@ -584,15 +612,6 @@ def train(
         f"LoRA: {len(L.get_layers(model))} layers, rank {spec.rank}, basis {spec.basis}, {n_params / 1e6:.2f}M identity parameters"
     )
     log(_token_summary(cfg, model, data))
-    if cfg.train.memory_check:
-        try:
-            check_memory(cfg, bb, spec, data, sc_p > 0, log)
-        except SetseqError:
-            if (
-                not resume and fresh_dir and procs.is_main
-            ):  # refused: the same command, with the flag, runs again
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
     if ck is not None:
         L.load_state(model, ck.lora(), parts=("identity", "motion") if ck.stage == 2 else ("identity",))
     elif init_lora is not None:
@@ -605,6 +624,30 @@ def train(
             parts=("identity", "motion") if any(".motion." in k for k in src.tensors) else ("identity",),
         )
         log(f"initialised from {init_lora}")
+
+    # torch's engine (several processes): FSDP2 replicate for the LoRA gradients, or fully_shard (model.fsdp)
+    parallelize(model, procs, cfg.model)
+    if cfg.train.memory_check:
+        try:
+            check_memory(cfg, bb, spec, data, sc_p > 0, log)
+        except SetseqError:
+            if (
+                not resume and fresh_dir and procs.is_main
+            ):  # refused: the same command, with the flag, runs again
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+    if sharded:
+        units = sum(isinstance(m, FSDPModule) for m in model.modules())
+        log(f"fsdp: the DiT is sharded across {procs.world} processes by FSDP2 ({units} units)")
+        # Every process runs the sharded DiT together (each block gathers from all), process 0 alone saving.
+        L.set_scales(model, 0.0, 0.0)  # the base model alone (the layers skip the LoRA)
+        prior = prepare_prior(
+            cfg, bb, frames, h, w, run_dir / "cache", log, progress and procs.is_main, save=procs.is_main
+        )
+        L.set_scales(model, 1.0, 1.0)
+        procs.barrier()
+        if not procs.is_main and prior is not None:  # the same videos as process 0's, from its cache
+            prior = prepare_prior(cfg, bb, frames, h, w, run_dir / "cache", log, False)
 
     writer = _writer(run_dir, cfg.train.tensorboard and procs.is_main)
     log_file = run_dir / "logs" / "loss.jsonl" if procs.is_main else None
@@ -643,7 +686,7 @@ def train(
     )
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     # Samples: process 0 generates and writes them; with a sharded model every process generates with it.
-    if procs.is_main or sharded is not None:
+    if procs.is_main or sharded:
         ctx.on_sample = _sampler(ctx, frames, h, w, write=procs.is_main)
     try:
         # 4. Stage 1: identity on the unordered frames.
@@ -657,11 +700,12 @@ def train(
             writer.close()
 
     # 6. Outputs: setseq's own file, then the merged LoRA in diffusers' and ComfyUI's layouts.
+    final = trainable_state(model, 2)  # (every process takes part in gathering sharded tensors)
     if not procs.is_main:
         procs.barrier()  # returns once process 0 has written them
         return run_dir
     meta = lora_metadata(cfg, bb, spec, frames, h, w)
-    save_setseq(run_dir / "setseq.safetensors", trainable_state(model, 2), meta)
+    save_setseq(run_dir / "setseq.safetensors", final, meta)
     lora = load_setseq(run_dir / "setseq.safetensors")
     formats = ["diffusers"] + (["comfyui"] if bb.info.name == "wan" else [])  # the toy model: no ComfyUI
     written = [
