@@ -45,9 +45,10 @@ def test_rendered_edits_score_kept_and_lost(name):
         recoloured = render(_recolour(right, other_colour), 9, 32, seed=1)
         lost = score_edit(recoloured, e, reference, spec, shape_reproduced=True)
         assert lost["followed"] and not lost["kept"] and not lost["success"], e.name
+        assert not lost["colour_kept"]
         reshaped = render(_reshape(right, other_shape), 9, 32, seed=1)
         lost = score_edit(reshaped, e, reference, spec, shape_reproduced=True)
-        assert not lost["kept"], (e.name, lost["detected"])
+        assert not lost["kept"] and lost["colour_kept"], (e.name, lost["detected"])
         # a shape the run cannot draw even unedited is not held against the edit
         assert score_edit(reshaped, e, reference, spec, shape_reproduced=False)["kept"]
         unchanged = score_edit(reference, e, reference, spec, shape_reproduced=True)

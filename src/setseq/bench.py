@@ -34,8 +34,9 @@ DEFAULT_SUITE = ASSETS / "concepts" / "concepts.json"
 #: Scores of the reproduction (the concept re-generated from its own prompt) ...
 REPRO_COLUMNS = ("mse", "appearance", "tc", "motion")
 #: ... and of its edit suite: adherence, identity (appearance on the edits), the share of edits that kept the
-#: concept, that succeeded (followed and kept), and the motion on the edits that keep it (`setseq.eval.edits`).
-EDIT_COLUMNS = ("edit", "edit_id", "kept", "success", "edit_motion")
+#: concept (and its colour alone), that succeeded (followed and kept), and the motion on the edits that keep it
+#: (`setseq.eval.edits`).
+EDIT_COLUMNS = ("edit", "edit_id", "kept", "colour_kept", "success", "edit_motion")
 COLUMNS = REPRO_COLUMNS + EDIT_COLUMNS
 HIGHER_IS_BETTER = {c: c != "mse" for c in COLUMNS}
 
@@ -517,7 +518,8 @@ def run_bench(
         table(summary),
         "",
         "Reproduction: mse, appearance, tc, motion. Edits (8 per concept): edit = adherence, edit_id = identity "
-        "on the edits, kept = share of edits that kept the concept, success = share followed and kept, "
+        "on the edits, kept = share of edits that kept the concept (colour_kept: its colour alone), success = share "
+        "followed and kept, "
         "edit_motion = motion on the edits that keep it.",
         "",
         "Per kind of edit, % followed / kept / success:",

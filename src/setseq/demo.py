@@ -206,6 +206,7 @@ def run_demo(
                 "edit_adherence": sc["adherence"],
                 "followed": sc["followed"],
                 "kept": sc["kept"],
+                "colour_kept": sc["colour_kept"],
                 "success": sc["success"],
                 "detected": sc["detected"],
             }

@@ -11,6 +11,8 @@ scored for:
 - ``kept``: the concept is still there: the sprite's colour is the concept's, and so is its shape, where the
   run's own reproduction draws that shape (the toy model's 4x codec loses shape in most clips, so a shape the
   run cannot draw even unedited is not held against an edit);
+- ``colour_kept``: the sprite's colour alone is the concept's (shown beside ``kept``: on the toy model's
+  blurry 32x32 sprites the shape classifier is the noisier half of ``kept``);
 - ``motion``: trajectory similarity to the reference, on the edits that keep the motion (new backgrounds);
 - ``success``: followed **and** kept.
 
@@ -174,6 +176,7 @@ def score_edit(
         "followed": bool(followed),
         "identity": float(M.appearance_fidelity(video, reference)),
         "kept": kept,
+        "colour_kept": bool(colour_ok),
         "motion": motion,
         "success": bool(followed and kept),
         "detected": {"colour": got["colour"], "shape": got["shape"], "bg_colour": got["bg_colour"]},
@@ -196,6 +199,7 @@ def summarize_edits(scores: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "edit_id": float(np.mean([r["identity"] for r in vals])),
         "followed": frac("followed", vals),
         "kept": frac("kept", vals),
+        "colour_kept": frac("colour_kept", vals) if all("colour_kept" in r for r in vals) else float("nan"),
         "success": frac("success", vals),
         "edit_motion": float(np.mean(motions)) if motions else float("nan"),
     }
