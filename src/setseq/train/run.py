@@ -25,7 +25,7 @@ import yaml
 
 from setseq import __version__, offload, shard
 from setseq import lora as L
-from setseq.backbones.base import Backbone
+from setseq.backbones.base import I2V_TRAINING, Backbone
 from setseq.config import MultiConfig, RunConfig, resolve_config
 from setseq.data.cache import (
     EncodedConcept,
@@ -82,13 +82,16 @@ def load_model(cfg: RunConfig, device: torch.device | None = None, procs: Proces
         return shard.load_backbone_sharded(
             m.backbone, m.path, device or resolve_device(m.device), DTYPES[m.dtype], procs
         )
-    return offload.load_backbone_swapped(
+    bb = offload.load_backbone_swapped(
         cfg.model.backbone,
         cfg.model.path,
         device or resolve_device(cfg.model.device),
         DTYPES[cfg.model.dtype],
         cfg.model.block_swap,
     )
+    if bb.info.image == "required":  # an image-to-video DiT: `predict` has no image condition (yet)
+        raise SetseqError(*I2V_TRAINING)
+    return bb
 
 
 def check_shapes(cfg: RunConfig, bb: Backbone) -> tuple[int, int, int]:
