@@ -311,3 +311,20 @@ def test_training_on_an_i2v_model_is_refused_before_writing(i2v_dir, clip_mp4, t
     with pytest.raises(SetseqError, match="image-to-video model"):
         train(resolve_config(None, flags, []), tmp_path / "run", progress=False, log=lambda s: None)
     assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_wan22_ti2v_takes_an_image_too(tmp_path):
+    """Wan 2.2 TI2V-5B is one model for both tasks: with an image, WanImageToVideoPipeline runs on its components
+    (the first latent frame pinned to the image's latent); without, plain text-to-video."""
+    from setseq.testing import build_tiny_wan22_ti2v
+
+    pm = Personalized.load(None, str(build_tiny_wan22_ti2v(tmp_path / "m")), log=lambda s: None)
+    assert pm.backbone.info.image == "optional"
+    img = np.zeros((40, 48, 3), np.uint8)
+    img[..., 0] = 200
+    opts = dict(steps=2, frames=FRAMES, height=SIZE, width=SIZE)
+    a = pm.generate("a dog", GenerateOptions(**opts, image=img))
+    b = pm.generate("a dog", GenerateOptions(**opts, image=255 - img))
+    text = pm.generate("a dog", GenerateOptions(**opts))
+    assert a.shape == text.shape == (FRAMES, 3, SIZE, SIZE)
+    assert (a - b).abs().max() > 0.05 and (a - text).abs().max() > 0.05  # the image reaches the video
