@@ -155,11 +155,18 @@ def cmd_generate(
     device: str = "auto",
     dtype: str = "auto",
     block_swap: int = 0,
+    image: str | None = None,
 ) -> list[Path]:
-    """Generate videos with a run's LoRA on its model, or with the base model alone."""
+    """Generate videos with a run's LoRA on its model, or with the base model alone; with `image`, from that
+    first frame on an image-to-video model."""
     from setseq.infer.generate import GenerateOptions, Personalized, generate_to_files
 
     quiet_libraries()
+    first = None
+    if image is not None:  # a bad image is refused before the model is loaded
+        from setseq.data.image import read_image
+
+        first = read_image(image)
     pm = Personalized.load(run, model, backbone, device=device, dtype=dtype, block_swap=block_swap)
     opts = GenerateOptions(
         identity_scale,
@@ -171,6 +178,7 @@ def cmd_generate(
         size[0] if size else None,
         size[1] if size else None,
         negative_prompt,
+        image=first,
     )
     results = generate_to_files(pm, prompts, opts, out)
     for r in results:
@@ -333,6 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("run", nargs="?", help="run folder or setseq.safetensors (omit for the base model alone)")
     g.add_argument("--prompt", action="append", required=True, help="prompt (repeat for several)")
     g.add_argument("--out", required=True, help="output .mp4 (a .png contact sheet is written beside it)")
+    g.add_argument(
+        "--image",
+        help="first frame (PNG, JPEG) for image-to-video: needs an image-to-video --model (Wan I2V, Wan 2.2 "
+        "TI2V-5B); resized and centre-cropped to the video's size",
+    )
     g.add_argument("--model", help="base model (default: the run's own model, else toy)")
     g.add_argument("--backbone")
     g.add_argument("--identity-scale", type=float)
@@ -541,6 +554,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.device,
                 args.dtype,
                 args.block_swap,
+                args.image,
             )
         elif args.command == "compose":
             cmd_compose(

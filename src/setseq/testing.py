@@ -349,3 +349,64 @@ def build_tiny_hunyuan(
     )  # fmt: skip
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def build_tiny_wan_i2v(
+    folder: str | Path, seed: int = 0, *, layers: int = 2, heads: int = 2, head_dim: int = 12
+) -> Path:
+    """Write a tiny random Wan 2.1 I2V pipeline (`WanImageToVideoPipeline`) to `folder`: the tiny Wan T2V
+    parts, plus a tiny `CLIPVisionModel` image encoder and a `CLIPImageProcessor` (32x32), both made in code,
+    and a DiT that takes the image condition the way Wan 2.1 I2V does: 36 input channels (16 noisy latent +
+    4 first-frame mask + 16 condition latent), `image_dim` = the encoder's width, and `added_kv_proj_dim` so
+    each block's cross-attention has the image key/value projections (`attn2.add_k_proj` / `add_v_proj`).
+
+    Sizes after diffusers' `tests/pipelines/wan/test_wan_image_to_video.py`."""
+    from diffusers import (
+        AutoencoderKLWan,
+        UniPCMultistepScheduler,
+        WanImageToVideoPipeline,
+        WanTransformer3DModel,
+    )
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        UMT5Config,
+        UMT5EncoderModel,
+    )
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    tokenizer = build_word_tokenizer(TINY_WORDS)
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+            relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
+        )
+    ).eval()  # fmt: skip
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    ).eval()
+    image_width = 8  # the CLIP encoder's hidden size: the DiT's image_dim
+    image_encoder = CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=image_width, projection_dim=image_width, num_hidden_layers=2, num_attention_heads=2,
+            image_size=32, intermediate_size=16, patch_size=4,
+        )
+    ).eval()  # fmt: skip
+    image_processor = CLIPImageProcessor(crop_size=32, size=32)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim, in_channels=36,
+        out_channels=16, text_dim=32, freq_dim=32, ffn_dim=32, num_layers=layers, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32, image_dim=image_width,
+        added_kv_proj_dim=heads * head_dim,
+    ).eval()  # fmt: skip
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
+    )
+    pipe = WanImageToVideoPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+        image_processor=image_processor, image_encoder=image_encoder, transformer=transformer,
+    )  # fmt: skip
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder

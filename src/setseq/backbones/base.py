@@ -59,6 +59,9 @@ class BackboneInfo:
     frame_multiple: int  # valid clip lengths are frame_multiple * k + 1 (4 for Wan's causal VAE)
     spatial_multiple: int  # height and width must be multiples of this (VAE stride * patch size)
     supports_self_conditioning: bool = False
+    # Whether `generate(..., image=)` takes a first frame: "none" (text-to-video only), "optional" (one model
+    # for both tasks: Wan 2.2 TI2V-5B), "required" (an image-to-video model: Wan 2.1 / 2.2 I2V).
+    image: str = "none"
     # Module-name patterns (regex, matched with re.search on names inside `transformer`) of the linears that
     # carry LoRA by default: every linear of self-attention, cross-attention and FFN in the DiT blocks.
     lora_targets: tuple[str, ...] = ()
@@ -119,8 +122,34 @@ class Backbone(Protocol):
     ) -> torch.Tensor:
         """Text-to-video with classifier-free guidance. Returns (F, 3, H, W) in [-1, 1], on CPU.
 
-        steps / guidance_scale None: the backbone's own defaults."""
+        steps / guidance_scale None: the backbone's own defaults. A backbone whose `info.image` is not "none"
+        also takes `image=`, the first frame as (H, W, 3) uint8 at the video's size (see `setseq.backbones.wan`)."""
         ...
+
+
+# Training on an image-to-video model (info.image == "required") is not built: its DiT needs an image condition
+# that `predict` does not take. Refused when the model is loaded for training, before anything is written.
+I2V_TRAINING = (
+    "training on an image-to-video model (WanImageToVideoPipeline) is not built yet",
+    "train on the text-to-video model of the same size (e.g. Wan2.1-T2V-14B for Wan2.1-I2V-14B: the same LoRA "
+    "module names and shapes), then generate with --model <the I2V folder> --image PATH",
+)
+
+
+def check_image_input(info: BackboneInfo, given: bool) -> None:
+    """Refuse, in one line, a first frame for a text-to-video-only model and a missing one for an
+    image-to-video model."""
+    if given and info.image == "none":
+        raise SetseqError(
+            f"--image was given, but {info.model_id} is a text-to-video model (it takes no first frame)",
+            "drop --image, or pass --model with an image-to-video checkpoint (a folder whose model_index.json "
+            "names WanImageToVideoPipeline, or Wan 2.2 TI2V-5B)",
+        )
+    if not given and info.image == "required":
+        raise SetseqError(
+            f"{info.model_id} is an image-to-video model: it needs a first frame",
+            "pass --image PATH (a PNG or JPEG), or use a text-to-video model",
+        )
 
 
 # The training objective. Flow matching (Wan, LTX, HunyuanVideo, toy) is the default; a backbone trained with
@@ -218,6 +247,7 @@ def _import_builtin() -> None:
 # diffusers pipeline class (model_index.json `_class_name`) -> backbone family
 PIPELINE_FAMILIES = {
     "WanPipeline": "wan",
+    "WanImageToVideoPipeline": "wan",  # Wan 2.1 I2V (CLIP image_encoder), Wan 2.2 I2V A14B: generation only
     "CogVideoXPipeline": "cogvideox",
     "LTXPipeline": "ltx",
     "HunyuanVideoPipeline": "hunyuan",
@@ -247,7 +277,7 @@ def guess_backbone(model_id: str) -> str:
             return PIPELINE_FAMILIES[cls]
         raise SetseqError(
             f"{model_id} holds a {cls[:80]!r} pipeline, which setseq does not support",
-            f"use a text-to-video checkpoint of one of: {', '.join(sorted(PIPELINE_FAMILIES))}, "
+            f"use a checkpoint of one of: {', '.join(sorted(PIPELINE_FAMILIES))}, "
             "or name the family with --backbone",
         )
     return "wan"

@@ -1,4 +1,5 @@
-"""Wan 2.1 / 2.2 text-to-video through diffusers (`WanPipeline`, `WanTransformer3DModel`, `AutoencoderKLWan`).
+"""Wan 2.1 / 2.2 through diffusers (`WanPipeline`, `WanImageToVideoPipeline`, `WanTransformer3DModel`,
+`AutoencoderKLWan`).
 
 Loads any diffusers-format Wan T2V checkpoint from a local folder or a hub id. Latents are normalised with
 the VAE's `latents_mean` / `latents_std`, exactly as `WanPipeline` un-normalises them before decoding.
@@ -14,6 +15,15 @@ the VAE's `latents_mean` / `latents_std`, exactly as `WanPipeline` un-normalises
   LoRA layers per expert (module names `high.blocks...`, `low.blocks...`), trained in the same run. The
   exports are one file per expert (`*_high_noise`, `*_low_noise`), the way A14B LoRAs are shared; diffusers
   loads the low-noise one with `load_lora_weights(..., load_into_transformer_2=True)`.
+- Image-to-video. A folder whose model_index.json names `WanImageToVideoPipeline` (Wan 2.1 I2V 14B 480P/720P:
+  with a CLIP `image_encoder` + `image_processor`; Wan 2.2 I2V A14B: two experts, no image encoder) is loaded
+  with that class. Its DiT takes 36 input channels (16 noisy latent + 4 first-frame mask + 16 latent of the
+  image followed by zero frames) and, in 2.1, CLIP image tokens through `attn2.add_k_proj` / `add_v_proj`:
+  `info.image == "required"`, `generate(image=...)` only. Training on it is not built (`predict` has no image
+  condition): train on the T2V model of the same size, whose LoRA has the same module names and shapes, and
+  generate with `--model <the I2V folder> --image`. Wan 2.2 TI2V-5B (a `WanPipeline` with
+  `expand_timesteps`) is one model for both tasks: `info.image == "optional"`; given an image, generation runs
+  `WanImageToVideoPipeline` on the same components, which pins the first latent frame to the image's latent.
 """
 
 from __future__ import annotations
@@ -21,10 +31,18 @@ from __future__ import annotations
 import hashlib
 import json
 
+import numpy as np
 import torch
 from torch import nn
 
-from setseq.backbones.base import BackboneInfo, PromptEmbeds, load_diffusers_pipeline, register_backbone
+from setseq.backbones.base import (
+    I2V_TRAINING,
+    BackboneInfo,
+    PromptEmbeds,
+    check_image_input,
+    load_diffusers_pipeline,
+    register_backbone,
+)
 from setseq.errors import SetseqError
 from setseq.export import EXPERTS  # the module-name prefixes WanExperts gives its two DiTs: high, low
 from setseq.functional import flow_matching as fm
@@ -99,11 +117,13 @@ def _plain_config(cfg) -> dict:
 
 
 class WanBackbone:
-    """Wan T2V behind the `Backbone` protocol."""
+    """Wan (T2V, TI2V-5B, I2V) behind the `Backbone` protocol."""
 
     def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype) -> None:
         self.pipe = pipe
         self.transformer = pipe.transformer
+        # An I2V DiT takes the image condition as extra input channels: it cannot run on a latent alone.
+        self.image_to_video = type(pipe).__name__ == "WanImageToVideoPipeline"
         targets, experts = WAN_LORA_TARGETS, None
         if getattr(pipe, "transformer_2", None) is not None:  # Wan 2.2 A14B
             ratio = pipe.config.get("boundary_ratio")
@@ -147,6 +167,7 @@ class WanBackbone:
             frame_multiple=st,
             spatial_multiple=ss * patch[1],
             supports_self_conditioning=False,
+            image="required" if self.image_to_video else ("optional" if self.expand_timesteps else "none"),
             lora_targets=targets,
             extra={"flow_shift": self.flow_shift, "vae_scale_factor_spatial": ss, "patch_size": patch}
             | (experts or {}),
@@ -205,6 +226,8 @@ class WanBackbone:
             raise SetseqError(
                 "Wan has no self-conditioning input", "set regularizers.self_conditioning=0 for this backbone"
             )
+        if self.image_to_video:
+            raise SetseqError(*I2V_TRAINING)
         t = sigmas.to(self.device).float() * 1000.0  # (B,)
         if self.expand_timesteps:
             # Wan 2.2 TI2V takes one timestep per latent patch (all equal for text-to-video).
@@ -232,9 +255,20 @@ class WanBackbone:
         guidance_scale: float | None = None,
         seed: int = 0,
         progress: bool = False,
+        image: np.ndarray | None = None,
     ) -> torch.Tensor:
-        self.pipe.set_progress_bar_config(disable=not progress)
-        out = self.pipe(
+        """`image`: the first frame, (H, W, 3) uint8 already at the video's size, for an image-to-video model
+        (required by Wan 2.1 / 2.2 I2V, optional for Wan 2.2 TI2V-5B)."""
+        check_image_input(self.info, image is not None)
+        pipe, extra = self.pipe, {}
+        if image is not None:
+            pipe = self.pipe if self.image_to_video else self._ti2v_pipeline()
+            from PIL import Image
+
+            # a PIL image: what both the CLIP processor and the VAE preprocessing of the pipeline expect
+            extra["image"] = Image.fromarray(np.ascontiguousarray(image), "RGB")
+        pipe.set_progress_bar_config(disable=not progress)
+        out = pipe(
             prompt=prompt,
             negative_prompt=negative_prompt or None,
             height=height or self.info.height,
@@ -245,15 +279,54 @@ class WanBackbone:
             generator=torch.Generator(device="cpu").manual_seed(seed),
             output_type="pt",
             max_sequence_length=MAX_SEQUENCE_LENGTH,
+            **extra,
         ).frames  # (B, F, 3, H, W) in [0, 1]
         return (out[0].float().cpu() * 2.0 - 1.0).clamp(-1, 1)
+
+    def _ti2v_pipeline(self):
+        """Wan 2.2 TI2V-5B in image-to-video mode: `WanImageToVideoPipeline` on the same components (no CLIP
+        image encoder: `expand_timesteps` pins the first latent frame to the image's latent instead)."""
+        from diffusers import WanImageToVideoPipeline
+
+        if getattr(self, "_i2v_pipe", None) is None:
+            c = self.pipe.components
+            self._i2v_pipe = WanImageToVideoPipeline(
+                tokenizer=c["tokenizer"], text_encoder=c["text_encoder"], vae=c["vae"], scheduler=c["scheduler"],
+                transformer=c["transformer"], transformer_2=c.get("transformer_2"),
+                boundary_ratio=self.pipe.config.get("boundary_ratio"), expand_timesteps=True,
+            )  # fmt: skip
+        return self._i2v_pipe
+
+
+def wan_pipeline_class(model_id: str) -> type:
+    """`WanImageToVideoPipeline` when the checkpoint's model_index.json names it, else `WanPipeline`. A hub id's
+    model_index.json is read through diffusers (the hub cache, else a download of that one file)."""
+    import json
+    from pathlib import Path
+
+    from diffusers import WanImageToVideoPipeline, WanPipeline
+
+    index = Path(model_id) / "model_index.json"
+    try:
+        if index.is_file():
+            cls = json.loads(index.read_text()).get("_class_name")
+        elif not Path(model_id).exists():
+            from diffusers import DiffusionPipeline
+
+            cls = DiffusionPipeline.load_config(model_id).get("_class_name")
+        else:
+            cls = None
+    except Exception:  # unreadable or unreachable: WanPipeline's loader reports what is wrong
+        cls = None
+    return WanImageToVideoPipeline if cls == "WanImageToVideoPipeline" else WanPipeline
 
 
 @register_backbone("wan")
 def load_wan(model_id: str, device: torch.device, dtype: torch.dtype) -> WanBackbone:
-    """Load a diffusers-format Wan T2V checkpoint (local folder or hub id). Only safetensors are read."""
-    from diffusers import WanPipeline
-
+    """Load a diffusers-format Wan checkpoint (local folder or hub id): T2V, TI2V-5B or I2V (the pipeline class
+    its model_index.json names). Only safetensors are read."""
     # The VAE stays fp32 in bf16 runs: upcasting it is the usual advice for Wan's VAE.
-    pipe = load_diffusers_pipeline(WanPipeline, model_id, device, dtype, "Wan", vae_fp32=True)
+    pipe = load_diffusers_pipeline(
+        wan_pipeline_class(model_id), model_id, device, dtype, "Wan", vae_fp32=True
+    )
     return WanBackbone(pipe, str(model_id), device, dtype)

@@ -1,5 +1,8 @@
-"""`setseq generate`: text-to-video with a personalized run (or the base model alone), with separate identity
-and motion scales. Writes an mp4 and a PNG contact sheet per prompt.
+"""`setseq generate`: text-to-video (or image-to-video, `--image`) with a personalized run (or the base model
+alone), with separate identity and motion scales. Writes an mp4 and a PNG contact sheet per prompt.
+
+Image-to-video: the run's LoRA goes on the image-to-video model exactly as on a text-to-video one (its modules
+by name); the image is the first frame, resized and centre-cropped to the video's size like a training video.
 """
 
 from __future__ import annotations
@@ -10,10 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from setseq import lora as L
-from setseq.backbones.base import Backbone, guess_backbone
+from setseq.backbones.base import Backbone, check_image_input, guess_backbone
 from setseq.backbones.toy import SHIPPED_TOY_MODELS, shipped_toy_with_fingerprint
 from setseq.errors import SetseqError
 from setseq.export import SetseqLora, check_compatible, load_setseq
@@ -46,6 +50,9 @@ class GenerateOptions:
     width: int | None = None
     negative_prompt: str = ""
     fps: float = 8.0
+    # The first frame for image-to-video, (H, W, 3) uint8 at any size (`setseq.data.image.read_image`); it is
+    # resized and centre-cropped to the video's size. None: text-to-video.
+    image: np.ndarray | None = None
 
 
 @dataclass
@@ -127,7 +134,32 @@ class Personalized:
                 log(f"token embeddings: {', '.join(tokens)} from {folder}")
         return cls(bb, lora)
 
+    def size(self, opts: GenerateOptions) -> tuple[int, int]:
+        """(H, W) of the videos: `opts`, else the run's training size, else the backbone's default."""
+        size = self.lora.meta.get("size") if self.lora else None
+        return (
+            int(opts.height or (size[0] if size else self.backbone.info.height)),
+            int(opts.width or (size[1] if size else self.backbone.info.width)),
+        )
+
+    def first_frame(
+        self, opts: GenerateOptions, log: Callable[[str], None] | None = None
+    ) -> np.ndarray | None:
+        """`opts.image` fitted to the video's size, or None for text-to-video; refuses an image the model cannot
+        take (a text-to-video-only model, a size it cannot make) and a missing one that it needs."""
+        from setseq.data.image import fit_image
+
+        info = self.backbone.info
+        check_image_input(info, opts.image is not None)
+        if opts.image is None:
+            return None
+        image, note = fit_image(opts.image, self.size(opts), info.spatial_multiple, info.model_id)
+        if log is not None:
+            log(note)
+        return image
+
     def generate(self, prompt: str, opts: GenerateOptions, progress: bool = False) -> torch.Tensor:
+        image = self.first_frame(opts)
         if self.lora is not None:
             ids = self.lora.identity_tokens  # a multi-concept run's: any one concept's will do
             if ids and not set(ids) & set(prompt.split()):
@@ -146,17 +178,19 @@ class Personalized:
                 else opts.motion_scale,
             )
         default_cfg = self.lora.meta.get("guidance_scale") if self.lora else None
-        size = self.lora.meta.get("size") if self.lora else None
+        height, width = self.size(opts)
+        extra = {} if image is None else {"image": image}  # only image-taking backbones know the keyword
         return self.backbone.generate(
             prompt,
             opts.negative_prompt,
             frames=opts.frames or (self.lora.meta.get("frames") if self.lora else None),
-            height=opts.height or (size[0] if size else None),
-            width=opts.width or (size[1] if size else None),
+            height=height,
+            width=width,
             steps=opts.steps,
             guidance_scale=default_cfg if opts.guidance_scale is None else opts.guidance_scale,
             seed=opts.seed,
             progress=progress,
+            **extra,
         )
 
 
@@ -176,8 +210,10 @@ def generate_to_files(
 
     if not prompts:
         raise SetseqError("no prompt was given", 'pass --prompt "a sks person ..."')
+    paths = output_paths(Path(out), len(prompts))
+    model.first_frame(opts, log=lambda s: print(s, file=sys.stderr))  # refuse a wrong --image before writing
     results = []
-    for prompt, path in zip(prompts, output_paths(Path(out), len(prompts))):
+    for prompt, path in zip(prompts, paths):
         video = model.generate(prompt, opts, progress=progress)
         frames = from_tensor(video)
         write_video(path, frames, fps=opts.fps)

@@ -27,7 +27,7 @@ from torch.distributed.fsdp import FSDPModule
 
 from setseq import __version__, offload
 from setseq import lora as L
-from setseq.backbones.base import Backbone
+from setseq.backbones.base import I2V_TRAINING, Backbone
 from setseq.config import MultiConfig, RunConfig, resolve_config
 from setseq.data.cache import (
     EncodedConcept,
@@ -97,14 +97,17 @@ def load_model(cfg: RunConfig, device: torch.device | None = None, procs: Proces
             if mod is not bb.transformer:
                 mod.to(target)
         bb.device = target
-        return bb
-    return offload.load_backbone_swapped(
-        cfg.model.backbone,
-        cfg.model.path,
-        device or resolve_device(cfg.model.device),
-        DTYPES[cfg.model.dtype],
-        cfg.model.block_swap,
-    )
+    else:
+        bb = offload.load_backbone_swapped(
+            cfg.model.backbone,
+            cfg.model.path,
+            device or resolve_device(cfg.model.device),
+            DTYPES[cfg.model.dtype],
+            cfg.model.block_swap,
+        )
+    if bb.info.image == "required":  # an image-to-video DiT: `predict` has no image condition (yet)
+        raise SetseqError(*I2V_TRAINING)
+    return bb
 
 
 def check_shapes(cfg: RunConfig, bb: Backbone) -> tuple[int, int, int]:
