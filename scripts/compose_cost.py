@@ -32,7 +32,7 @@ def main() -> None:
     from setseq.bench import load_suite
     from setseq.config import resolve_config
     from setseq.data.video import from_tensor, load_clip
-    from setseq.demo import DEMO_CONFIG
+    from setseq.demo import DEMO_CONFIG, with_concept_mask
     from setseq.eval import toy_metrics as M
     from setseq.export import load_setseq
     from setseq.infer.compose import load_composition
@@ -61,6 +61,9 @@ def main() -> None:
                     *args.overrides,
                 ],
             )
+            cfg = with_concept_mask(
+                cfg, c.name, out / pair / "masks" / c.name
+            )  # the recipe's background swaps
             runs.append(train(cfg, out / pair / c.name, progress=False, log=lambda s: None))
         joint_flags = {
             "data": {"video": str(a.video)},
@@ -73,7 +76,14 @@ def main() -> None:
         cfg = resolve_config(
             DEMO_CONFIG,
             joint_flags,
-            [f"concept.class_word={a.shape}", f"model.path={args.model}", *quiet, *args.overrides],
+            # a joint run takes no subject mask (one per video): the recipe's background swaps are off there
+            [
+                f"concept.class_word={a.shape}",
+                f"model.path={args.model}",
+                "stage1.background_swap=0",
+                *quiet,
+                *args.overrides,
+            ],
         )
         joint = train(cfg, out / pair / "joint", progress=False, log=lambda s: None)
         summed, _ = load_composition(runs, [1.0, 1.0], log=lambda s: None)
