@@ -92,6 +92,18 @@ def build_word_tokenizer(words: list[str] | tuple[str, ...], max_length: int = 6
     )
 
 
+def tiny_umt5(vocab_size: int):
+    """A tiny random UMT5 text encoder (2 layers, width 32), the Wan families' text encoder in tests."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    return UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+            relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
+        )
+    ).eval()  # fmt: skip
+
+
 def build_tiny_wan(
     folder: str | Path,
     seed: int = 0,
@@ -167,17 +179,11 @@ def build_tiny_wan22_ti2v(folder: str | Path, seed: int = 0, *, layers: int = 2)
 
     Config after diffusers' `tests/pipelines/wan/test_wan_22.py` (Wan225BPipelineFastTests)."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
 
     folder = Path(folder)
     torch.manual_seed(seed)
     tokenizer = build_word_tokenizer(TINY_WORDS)
-    text_encoder = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-            relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
-        )
-    ).eval()  # fmt: skip
+    text_encoder = tiny_umt5(len(tokenizer))
     vae = AutoencoderKLWan(
         base_dim=3, z_dim=48, in_channels=12, out_channels=12, is_residual=True, patch_size=2,
         latents_mean=[0.0] * 48, latents_std=[1.0] * 48, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
@@ -371,19 +377,12 @@ def build_tiny_wan_i2v(
         CLIPImageProcessor,
         CLIPVisionConfig,
         CLIPVisionModel,
-        UMT5Config,
-        UMT5EncoderModel,
     )
 
     folder = Path(folder)
     torch.manual_seed(seed)
     tokenizer = build_word_tokenizer(TINY_WORDS)
-    text_encoder = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-            relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
-        )
-    ).eval()  # fmt: skip
+    text_encoder = tiny_umt5(len(tokenizer))
     vae = AutoencoderKLWan(
         base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
     ).eval()
