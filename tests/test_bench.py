@@ -114,6 +114,7 @@ def test_summary_is_mean_and_spread_per_method():
     ]
     s = summarize(rows)
     assert s["a"]["mse"]["mean"] == pytest.approx(0.2) and s["a"]["mse"]["std"] == pytest.approx(0.1)
+    assert s["a"]["success"]["n"] == 0  # rows from before the edit columns: nothing to average
     assert s["a"]["motion"] == {"mean": 0.2, "std": 0.0, "n": 1}  # a failed detection is left out, counted
     assert "| a | 0.2000 ± 0.1000" in table(s)
 
@@ -133,26 +134,47 @@ def test_paired_counts_wins_in_each_columns_direction():
 
 
 def test_checks_compare_setseq_with_the_baselines():
-    def cols(edit, app, motion):
+    def cols(edit_id, success, app, motion, kept=0.5, edit=0.5):
         return {
-            "edit": {"mean": edit},
+            "edit_id": {"mean": edit_id},
+            "success": {"mean": success},
             "appearance": {"mean": app},
             "motion": {"mean": motion},
+            "kept": {"mean": kept},
+            "edit": {"mean": edit},
         }
 
-    v = dict(checks({"setseq": cols(0.8, 0.96, 0.9), "dreambooth": cols(0.5, 1.0, 0.95)}))
+    v = dict(
+        checks({"setseq": cols(0.58, 0.8, 0.96, 0.9, 0.9, 0.85), "dreambooth": cols(0.6, 0.5, 1.0, 0.95)})
+    )
     assert v == {
-        "setseq edit adherence > dreambooth's": True,
-        "setseq appearance fidelity within 5% of dreambooth's": True,
+        "setseq identity on edits within 5% of dreambooth's (or above)": True,
+        "setseq edit success > dreambooth's": True,
+        "setseq appearance of the reproduction within 5% of dreambooth's (or above)": True,
+        "setseq keeps the concept in >= 80% of edits": True,
+        "setseq follows >= 80% of edits (adherence)": True,
+        "setseq edit success >= 70%": True,
+        "setseq edit success >= dreambooth's + 15 points": True,
         "setseq motion fidelity > every one-stage baseline's (dreambooth)": False,
     }
+    # identity lost on the edits, a success gap under 15 points: both said
+    v = dict(checks({"setseq": cols(0.5, 0.6, 1.0, 0.9), "dreambooth": cols(0.6, 0.5, 1.0, 0.5)}))
+    assert not v["setseq identity on edits within 5% of dreambooth's (or above)"]
+    assert (
+        v["setseq edit success > dreambooth's"] and not v["setseq edit success >= dreambooth's + 15 points"]
+    )
+    assert not v["setseq keeps the concept in >= 80% of edits"] and not v["setseq edit success >= 70%"]
     v = dict(
         checks(
-            {"setseq": cols(0.8, 0.9, 0.9), "lora1": cols(0, 0, 0.5), "textual_inversion": cols(0, 0, 0.95)}
+            {
+                "setseq": cols(0.8, 0.9, 0.9, 0.9),
+                "lora1": cols(0, 0, 0, 0.5),
+                "textual_inversion": cols(0, 0, 0, 0.95),
+            }
         )
     )
-    assert v == {"setseq motion fidelity > every one-stage baseline's (lora1, textual_inversion)": False}
-    assert dict(checks({"setseq": cols(0.8, 0.9, 0.9), "two_stage": cols(0, 0, 0.99)})) == {}  # not one-stage
+    assert v["setseq motion fidelity > every one-stage baseline's (lora1, textual_inversion)"] is False
+    assert "setseq edit success > dreambooth's" not in v  # no DreamBooth run to compare with
 
 
 def test_suite_with_a_missing_video_is_refused(tmp_path):

@@ -202,7 +202,7 @@ def summarize(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
         mine = [r for r in rows if r["method"] == method]
         out[method] = {}
         for c in COLUMNS:
-            vals = np.array([r[c] for r in mine], dtype=float)
+            vals = np.array([r.get(c, np.nan) for r in mine], dtype=float)  # a record from before a column
             vals = vals[np.isfinite(vals)]
             out[method][c] = {
                 "mean": float(vals.mean()) if vals.size else float("nan"),
@@ -288,7 +288,7 @@ def paired(rows: list[dict], method: str, baseline: str) -> dict[str, tuple[int,
     for c in COLUMNS:
         w = t = lo = 0
         for key in mine.keys() & theirs.keys():
-            a, b = float(mine[key][c]), float(theirs[key][c])
+            a, b = float(mine[key].get(c, np.nan)), float(theirs[key].get(c, np.nan))
             if not (np.isfinite(a) and np.isfinite(b)):
                 continue
             d = (a - b) if HIGHER_IS_BETTER[c] else (b - a)

@@ -43,10 +43,10 @@ class Batch:
     latents: torch.Tensor  # (B, C, f, h, w) clean latents
     prompt: PromptEmbeds  # (B, L, D)
     weights: torch.Tensor | None = None  # (B,) per-sample loss weights (prior samples); None: all 1
-    # (B, 1, f, h, w) loss weights of latent positions (the subject-weighted loss, `stageN.background_weight`)
-    element_weights: torch.Tensor | None = None
     # The prompts of the first len(texts) samples as text: re-encoded in the step when token embeddings train.
     texts: list[str] | None = None
+    # (B, 1, f, h, w) loss weights of latent positions (the subject-weighted loss, `stageN.background_weight`)
+    element_weights: torch.Tensor | None = None
 
 
 def cat_prompts(a: PromptEmbeds, b: PromptEmbeds) -> PromptEmbeds:
@@ -95,7 +95,7 @@ def with_prior(batch: Batch, latents: torch.Tensor, prompt: PromptEmbeds, weight
     ew = batch.element_weights
     if ew is not None:  # the prior's videos have no mask: every position counts
         ew = torch.cat([ew, torch.ones((k, *ew.shape[1:]), dtype=ew.dtype)])
-    return Batch(lat, cat_prompts(batch.prompt, prompt), w, batch.texts, ew)
+    return Batch(lat, cat_prompts(batch.prompt, prompt), w, texts=batch.texts, element_weights=ew)
 
 
 def swap_draw(concept: EncodedConcept, p: float, gen: torch.Generator) -> int | None:
