@@ -3,7 +3,8 @@
 `LABEL=FOLDER`, and a folder's setseq rows take the label (its other methods keep their names).
 
     python benchmarks/edit_table.py "setseq=/work/b22/base" "setseq swap0.5=/work/b22/swap1" \\
-        "setseq swap0.5=/work/b22/swap1b" "dreambooth=/work/b22/db"
+        "setseq swap0.5=/work/b22/swap1b" "dreambooth=/work/b22/db" --save benchmarks/edits_toy_default.json
+    python benchmarks/edit_table.py benchmarks/edits_toy_default.json      # the saved record again
 
 Reads every finished run's `row.json` (so a bench still running contributes what it has finished), and prints,
 over the (concept, seed) pairs each method has: the reproduction and edit columns (mean), the per-kind shares
@@ -41,8 +42,13 @@ def load(args: list[str]) -> dict[tuple[str, str, int], dict]:
     rows: dict[tuple[str, str, int], dict] = {}
     for arg in args:
         label, _, folder = arg.rpartition("=")
-        for f in sorted(Path(folder).glob("runs/*/*/row.json")):
-            r = dict(json.loads(f.read_text())["row"])
+        if folder.endswith(".json"):  # a saved record: {"rows": [...]} with the labels already applied
+            found = [dict(r) for r in json.loads(Path(folder).read_text())["rows"]]
+        else:
+            found = [
+                dict(json.loads(f.read_text())["row"]) for f in sorted(Path(folder).glob("runs/*/*/row.json"))
+            ]
+        for r in found:
             if "edits" not in r:  # scored before the edit suite existed
                 continue
             if "colour_kept" not in r:
@@ -60,7 +66,13 @@ def _means(rows: dict, method: str, pairs: list) -> dict[str, float]:
 
 
 def main(args: list[str]) -> None:
+    save = None
+    if "--save" in args:
+        i = args.index("--save")
+        save, args = args[i + 1], args[:i] + args[i + 2 :]
     rows = load(args)
+    if save:
+        Path(save).write_text(json.dumps({"rows": list(rows.values())}, indent=1) + "\n")
     methods = list(dict.fromkeys(k[0] for k in rows))
     pairs = {m: sorted((c, s) for (mm, c, s) in rows if mm == m) for m in methods}
     print("Each method over its own (concept, seed) runs:\n")
