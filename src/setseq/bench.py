@@ -153,10 +153,10 @@ def _trained(run_dir: Path, config_yaml: str, method: str) -> bool:
 def _score(run_dir: Path, concept: Concept, model: str, gen_steps: int | None, out: Path) -> dict:
     """Generate the reproduction and the concept's edit suite (`setseq.eval.edits`), and score them: the
     reproduction for MSE, appearance, TC and motion; every edit for adherence, identity, kept and motion."""
-    from setseq.data.synthetic import CONCEPTS, detect_sprite
+    from setseq.data.synthetic import CONCEPTS
     from setseq.data.video import from_tensor, load_clip, write_video
     from setseq.eval import toy_metrics as M
-    from setseq.eval.edits import edit_suite, score_edit, summarize_edits
+    from setseq.eval.edits import edit_suite, score_edit, shape_reproduced, summarize_edits
     from setseq.infer.generate import GenerateOptions, Personalized
 
     pm = Personalized.load(run_dir, log=lambda s: None)
@@ -172,14 +172,14 @@ def _score(run_dir: Path, concept: Concept, model: str, gen_steps: int | None, o
         return frames
 
     rep = generate("reproduced", f"a {token} {concept.shape} in {motion_token} motion")
-    shape_reproduced = detect_sprite(rep)["shape"] == spec.appearance.shape
+    shape_ok = shape_reproduced(rep, spec)
     edits = {
         e.name: score_edit(
             generate(f"edit_{e.name}", e.prompt, e.motion_scale),
             e,
             reference,
             spec,
-            shape_reproduced=shape_reproduced,
+            shape_reproduced=shape_ok,
         )
         for e in edit_suite(token, motion_token, concept.shape, spec)
     }

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from setseq.data.synthetic import ConceptSpec
 from setseq.errors import SetseqError
-from setseq.eval.edits import Edit, edit_suite, score_edit, summarize_edits
+from setseq.eval.edits import Edit, edit_suite, score_edit, shape_reproduced, summarize_edits
 from setseq.io import atomic_path, write_json
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -127,7 +127,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the whole demo into `out`; returns the metrics written to `out/metrics.json`."""
     from setseq.config import resolve_config
-    from setseq.data.synthetic import CONCEPTS, detect_sprite
+    from setseq.data.synthetic import CONCEPTS
     from setseq.data.video import from_tensor, load_clip, write_video
     from setseq.eval import toy_metrics as M
     from setseq.infer.generate import GenerateOptions, Personalized
@@ -173,7 +173,7 @@ def run_demo(
     results: dict[str, Any] = {"concept": name, "caption": index[name]["caption"], "quick": quick}
     rows: list[tuple[str, np.ndarray]] = [("reference", reference)]
     plan = shots(cfg.concept.token, cfg.concept.motion_token, shape, index[name]["caption"], spec)
-    shape_reproduced = False
+    shape_ok = False
     edit_scores: dict[str, dict[str, Any]] = {}
     for shot in tqdm(plan, desc="generate", unit="video"):
         pm = base if shot.base else personalized
@@ -196,9 +196,9 @@ def run_demo(
         }
         label = shot.name
         if shot.name == "reproduced":  # `kept` counts the shape only where the run draws it unedited
-            shape_reproduced = detect_sprite(frames)["shape"] == spec.appearance.shape
+            shape_ok = shape_reproduced(frames, spec)
         if shot.edit is not None:
-            sc = score_edit(frames, shot.edit, reference, spec, shape_reproduced=shape_reproduced)
+            sc = score_edit(frames, shot.edit, reference, spec, shape_reproduced=shape_ok)
             edit_scores[shot.edit.name] = sc
             entry |= {
                 "kind": sc["kind"],

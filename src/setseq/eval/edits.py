@@ -39,7 +39,15 @@ from setseq.data.synthetic import (
     motion_phrase,
 )
 
-__all__ = ["EDIT_KINDS", "Edit", "edit_suite", "score_edit", "summarize_edits", "target_spec"]
+__all__ = [
+    "EDIT_KINDS",
+    "Edit",
+    "edit_suite",
+    "score_edit",
+    "shape_reproduced",
+    "summarize_edits",
+    "target_spec",
+]
 
 EDIT_KINDS: tuple[str, ...] = ("background", "pattern", "motion", "context")
 #: Background colours in the order the suite takes them (white first: the demo's historic edit).
@@ -145,6 +153,11 @@ def target_spec(spec: ConceptSpec, edit: Edit) -> ConceptSpec:
     if "family" in r:
         m = Motion(r["family"], r.get("direction"), m.speed, m.dynamics)
     return ConceptSpec(a, m, spec.start if m == spec.motion else None)
+
+
+def shape_reproduced(reproduction: np.ndarray, spec: ConceptSpec) -> bool:
+    """Whether a run's unedited reproduction shows the concept's shape (`kept` counts the shape only then)."""
+    return detect_sprite(reproduction)["shape"] == spec.appearance.shape
 
 
 def score_edit(

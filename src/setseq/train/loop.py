@@ -305,9 +305,8 @@ def run_stage(
             bar.close()
             raise _blow_up(ctx, stage, step, f"the gradient norm became {float(gnorm)}")
         opt.step()
-        if not procs.all_true(
-            _finite(params)
-        ):  # a huge step can overflow the weights while loss and gradients were finite
+        # A huge step can overflow the weights while loss and gradients were finite.
+        if not procs.all_true(_finite(params)):
             bar.close()
             raise _blow_up(ctx, stage, step, "the weights became non-finite")
         losses.append(total)

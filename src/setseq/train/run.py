@@ -209,16 +209,20 @@ def _encode_subject(
             "every colour of data.swap_backgrounds is too close to the subject's own to keep it visible",
             "add other colours to data.swap_backgrounds",
         )
+    want_set, want_clip = cfg.stage1.background_swap > 0, cfg.stage2.background_swap > 0
     sets, clips = [], []
-    for colour in names:
-        s, c = encode_latents(bb, to_tensor(composite(frames, mask, colour)))
-        sets.append(s)
-        clips.append(c)
+    with torch.no_grad():  # encode only what a stage swaps: a clip per colour is costly on a real VAE
+        for colour in names:
+            x = to_tensor(composite(frames, mask, colour))  # (F, 3, H, W)
+            if want_set:
+                sets.append(
+                    torch.cat([bb.encode_video(x[i : i + 1].unsqueeze(0)) for i in range(x.shape[0])]).cpu()
+                )
+            if want_clip:
+                clips.append(bb.encode_video(x.unsqueeze(0)).cpu())
     enc.swap_names = names
-    if cfg.stage1.background_swap > 0:
-        enc.swap_set = torch.stack(sets)
-    if cfg.stage2.background_swap > 0:
-        enc.swap_clip = torch.stack(clips)
+    enc.swap_set = torch.stack(sets) if want_set else None
+    enc.swap_clip = torch.stack(clips) if want_clip else None
     with torch.no_grad():
         enc.swap_static = [bb.encode_prompt([swap_prompt(cfg.concept.t_static, c)]).to("cpu") for c in names]
         enc.swap_motion = [bb.encode_prompt([swap_prompt(cfg.concept.t_motion, c)]).to("cpu") for c in names]
