@@ -381,6 +381,7 @@ def run_bench(
     methods: list[str] | None = None,
     concepts: list[str] | None = None,
     seeds: int = 2,
+    first_seed: int = 0,
     quick: bool = False,
     suite: str | Path | None = None,
     model: str = "toy",
@@ -409,6 +410,8 @@ def run_bench(
             raise SetseqError(f"unknown method {m!r}", f"use some of: {', '.join(METHODS)}")
     if seeds < 1:
         raise SetseqError(f"--seeds must be at least 1, got {seeds}")
+    if first_seed < 0:
+        raise SetseqError(f"--first-seed must be 0 or more, got {first_seed}")
     if jobs < 1:
         raise SetseqError(f"--jobs must be at least 1, got {jobs}")
     suite_concepts = load_suite(suite, concepts)
@@ -425,7 +428,10 @@ def run_bench(
     weights = _weights_hash(model)
     # Seed-major: a bench stopped early holds every concept's comparison at the first seeds.
     plan = [
-        (seed, concept, method) for seed in range(seeds) for concept in suite_concepts for method in methods
+        (seed, concept, method)
+        for seed in range(first_seed, first_seed + seeds)
+        for concept in suite_concepts
+        for method in methods
     ]
     total = len(plan)
     slots: list[dict | None] = [None] * total
@@ -500,6 +506,7 @@ def run_bench(
         "methods": methods,
         "concepts": [c.name for c in suite_concepts],
         "seeds": seeds,
+        "first_seed": first_seed,
         "overrides": extra,
         "rows": rows,
         "reused": reused,

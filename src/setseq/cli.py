@@ -449,7 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="2 concepts, 1 seed, 4 + 4 steps (CI)")
     b.add_argument("--methods", type=_csv, help="comma-separated (default: all): setseq,dreambooth,...")
     b.add_argument("--concepts", type=_csv, help="comma-separated concept names (default: the whole suite)")
-    b.add_argument("--seeds", type=int, default=2)
+    b.add_argument("--seeds", type=int, default=2, help="how many training seeds per concept (default: 2)")
+    b.add_argument(
+        "--first-seed", type=int, default=0, help="the first training seed (default: 0); e.g. 1 to add a seed"
+    )
     b.add_argument("--suite", help="concept suite JSON (default: the shipped concepts)")
     b.add_argument(
         "--model", default="toy", help="toy model: toy (default), toy-large, or a toy model folder"
@@ -626,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:
                 methods=args.methods,
                 concepts=args.concepts,
                 seeds=args.seeds,
+                first_seed=args.first_seed,
                 quick=args.quick,
                 suite=args.suite,
                 model=args.model,
