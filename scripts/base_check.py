@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from setseq.cli import quiet_libraries
 from setseq.data.video import from_tensor, load_clip
 from setseq.demo import CONCEPT_DIR
 from setseq.eval import toy_metrics as M
 from setseq.infer.generate import GenerateOptions, Personalized
+from setseq.runtime import quiet_libraries
 
 
 def main() -> None:

@@ -13,11 +13,11 @@ import argparse
 
 import numpy as np
 
-from setseq.cli import quiet_libraries
 from setseq.data import synthetic as S
 from setseq.data.video import from_tensor
 from setseq.eval import toy_metrics as M
 from setseq.infer.generate import GenerateOptions, Personalized
+from setseq.runtime import quiet_libraries
 
 
 def variants(name: str, rng: np.random.Generator, n: int) -> list[S.ConceptSpec]:

@@ -340,7 +340,7 @@ def _worker_init(threads: int) -> None:
     """A bench worker process: the libraries' chatter off, and its share of the CPU threads."""
     import torch
 
-    from setseq.cli import quiet_libraries
+    from setseq.runtime import quiet_libraries
 
     quiet_libraries()
     torch.set_num_threads(threads)

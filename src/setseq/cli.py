@@ -7,7 +7,6 @@ User errors (`SetseqError`) are printed as one line, without a traceback, with e
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,25 +27,6 @@ def _size(text: str) -> list[int]:
     if len(parts) != 2 or min(parts) < 1:
         raise argparse.ArgumentTypeError(f"size must look like 480x832 (height x width), got {text!r}")
     return parts
-
-
-def quiet_libraries() -> None:
-    """diffusers' and transformers' warnings and progress bars off; torch threads at most the cores."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        import diffusers
-        import transformers
-
-        diffusers.utils.logging.set_verbosity_error()
-        diffusers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
-    import torch
-
-    if torch.get_num_threads() > os.cpu_count():  # type: ignore[operator]
-        torch.set_num_threads(os.cpu_count() or 1)
 
 
 def _model_flags(model: str | None, backbone: str | None) -> dict[str, Any]:
@@ -84,6 +64,7 @@ def cmd_train(
 ) -> Path:
     """Personalize a model to one video (stage 1 + stage 2)."""
     from setseq.config import resolve_config
+    from setseq.runtime import quiet_libraries
     from setseq.train.run import train
 
     quiet_libraries()
@@ -160,6 +141,7 @@ def cmd_generate(
     """Generate videos with a run's LoRA on its model, or with the base model alone; with `image`, from that
     first frame on an image-to-video model."""
     from setseq.infer.generate import GenerateOptions, Personalized, generate_to_files
+    from setseq.runtime import quiet_libraries
 
     quiet_libraries()
     first = None
@@ -201,6 +183,7 @@ def cmd_compose(
     """Generate with several concepts: one jointly trained run, or a weighted sum of separate runs."""
     from setseq.infer.compose import load_composition
     from setseq.infer.generate import GenerateOptions, generate_to_files
+    from setseq.runtime import quiet_libraries
 
     quiet_libraries()
     pm, tokens = load_composition(runs, weights, model, device=device, dtype=dtype)
@@ -273,6 +256,7 @@ def cmd_eval(
 ) -> Path:
     """Score generated videos against the reference: MSE, ID, C-T, TC (the paper's) and motion (ours)."""
     from setseq.eval.run_eval import evaluate
+    from setseq.runtime import quiet_libraries
 
     quiet_libraries()
     return evaluate(reference, videos, out, prompts, clip, dino, arcface, metrics, progress=progress).path
@@ -587,6 +571,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd_info(args.run)
         elif args.command == "demo":
             from setseq.demo import run_demo
+            from setseq.runtime import quiet_libraries
 
             quiet_libraries()
             run_demo(Path(args.out), concept=args.concept, quick=args.quick, model=args.model)
@@ -605,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "report":
             cmd_report(args.run, args.out, args.videos, args.metrics)
         elif args.command == "bench" and args.shape:
+            from setseq.runtime import quiet_libraries
             from setseq.speed import run_shape_bench
 
             quiet_libraries()
@@ -622,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif args.command == "bench":
             from setseq.bench import run_bench
+            from setseq.runtime import quiet_libraries
 
             quiet_libraries()
             run_bench(

@@ -22,7 +22,7 @@ from setseq.backbones.toy import SHIPPED_TOY_MODELS, shipped_toy_with_fingerprin
 from setseq.errors import SetseqError
 from setseq.export import SetseqLora, check_compatible, load_setseq
 from setseq.offload import load_backbone_swapped
-from setseq.train.run import DTYPES, resolve_device
+from setseq.runtime import DTYPES, resolve_device
 
 
 def pick_dtype(dtype: str, meta: dict, backbone: str, device: torch.device) -> str:

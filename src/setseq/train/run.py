@@ -50,6 +50,7 @@ from setseq.errors import SetseqError
 from setseq.export import check_compatible, export_file, load_setseq, lora_experts, save_setseq
 from setseq.io import remove_stale_temps, write_text
 from setseq.memory import GiB, device_memory, estimate_training_memory, tokens_per_sample
+from setseq.runtime import DTYPES, resolve_device, visible_gpus
 from setseq.train import checkpoint as C
 from setseq.train.distributed import (
     SINGLE,
@@ -65,16 +66,6 @@ from setseq.train.methods import METHODS, ON_CLIP, ONE_STAGE, check_mask, effect
 from setseq.train.prior import prepare_prior
 from setseq.train.stage1_set import train_stage1
 from setseq.train.stage2_sequence import train_stage2
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SetseqError(f"model.device is {name} but no CUDA device is available", "use model.device=cpu")
-    return torch.device(name)
 
 
 def load_model(cfg: RunConfig, device: torch.device | None = None, procs: Processes = SINGLE) -> Backbone:
@@ -483,11 +474,6 @@ def check_memory(
             f"stage {stage} needs about {est.total / GiB:.1f} GiB but the device has {capacity / GiB:.1f} GiB",
             fix,
         )
-
-
-def visible_gpus() -> int:
-    """The GPUs this machine shows (what `model.fsdp` can shard across)."""
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _writer(run_dir: Path, enabled: bool):
