@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import pytest
 import torch
 
@@ -18,20 +17,10 @@ def tiny_wan_dir(tmp_path_factory):
     return build_tiny_wan(tmp_path_factory.mktemp("tiny_wan") / "model")
 
 
-def moving_square_video(frames: int = 13, size: tuple[int, int] = (48, 64)) -> np.ndarray:
-    """(F, H, W, 3) uint8: a red square moving right on a blue background."""
-    h, w = size
-    out = np.zeros((frames, h, w, 3), np.uint8)
-    out[..., 2] = 160
-    for i in range(frames):
-        x = 4 + i * max(1, (w - 20) // max(1, frames))
-        out[i, h // 2 - 6 : h // 2 + 6, x : x + 12] = (220, 30, 30)
-    return out
-
-
 @pytest.fixture()
 def clip_mp4(tmp_path):
     from setseq.data.video import write_video
+    from tests.helpers import moving_square_video
 
     path = tmp_path / "clip.mp4"
     write_video(path, moving_square_video(), fps=8.0)

@@ -21,6 +21,7 @@ from setseq.config import resolve_config
 from setseq.export import load_setseq
 from setseq.train import checkpoint as C
 from setseq.train.run import train
+from tests.helpers import TINY_TRAINING
 
 
 @dataclass(frozen=True)
@@ -42,22 +43,6 @@ FAMILIES = [
     Family("hunyuan", "hunyuan", "build_tiny_hunyuan", "HunyuanVideoPipeline", 9, (32, 32), 12 + 5),
 ]
 
-OVERRIDES = [
-    "lora.rank=4",
-    "stage1.steps=2",
-    "stage2.steps=2",
-    "stage1.batch_size=2",
-    "stage2.batch_size=2",
-    "train.checkpoint_every=1",
-    "train.keep_checkpoints=10",
-    "train.tensorboard=false",
-    "train.sample_every=0",
-    "stage1.lr=1e-2",
-    "stage2.lr=1e-2",
-    "stage1.grad_clip=1.0",
-    "stage2.grad_clip=1.0",
-]
-
 
 @dataclass
 class Trained:
@@ -70,7 +55,7 @@ class Trained:
 def trained(request, tmp_path_factory) -> Trained:
     from setseq import testing
     from setseq.data.video import write_video
-    from tests.conftest import moving_square_video
+    from tests.helpers import moving_square_video
 
     fam: Family = request.param
     root = tmp_path_factory.mktemp(fam.name)
@@ -87,7 +72,7 @@ def trained(request, tmp_path_factory) -> Trained:
         "data": {"video": str(video), "frames": fam.frames, "size": list(fam.size)},
     }
     run = root / "run"
-    train(resolve_config(None, flags, OVERRIDES), run, progress=False, log=lambda s: None)
+    train(resolve_config(None, flags, TINY_TRAINING), run, progress=False, log=lambda s: None)
     return Trained(fam, str(model_dir), run)
 
 

@@ -37,7 +37,7 @@ def assert_one_line_error(code, err, *needles):
 @pytest.fixture(scope="module")
 def cli_run(tiny_wan_dir, tmp_path_factory):
     from setseq.data.video import write_video
-    from tests.conftest import moving_square_video
+    from tests.helpers import moving_square_video
 
     root = tmp_path_factory.mktemp("cli")
     video = root / "clip.mp4"

@@ -98,8 +98,7 @@ def t2v_run(tmp_path_factory):
     from setseq.data.video import write_video
     from setseq.testing import build_tiny_wan
     from setseq.train.run import train
-    from tests.conftest import moving_square_video
-    from tests.test_backbones import OVERRIDES
+    from tests.helpers import TINY_TRAINING, moving_square_video
 
     root = tmp_path_factory.mktemp("i2v_run")
     model = build_tiny_wan(root / "t2v", heads=HEADS, head_dim=HEAD_DIM)
@@ -109,7 +108,7 @@ def t2v_run(tmp_path_factory):
         "model": {"backbone": "wan", "path": str(model)},
         "data": {"video": str(video), "frames": FRAMES, "size": [SIZE, SIZE]},
     }
-    train(resolve_config(None, flags, OVERRIDES), root / "run", progress=False, log=lambda s: None)
+    train(resolve_config(None, flags, TINY_TRAINING), root / "run", progress=False, log=lambda s: None)
     return root / "run"
 
 

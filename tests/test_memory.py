@@ -151,7 +151,8 @@ def test_the_estimate_counts_prior_samples(monkeypatch):
     """With prior preservation every forward also carries as many class samples: the estimate sees 2x."""
     from setseq.config import resolve_config
     from setseq.data.cache import EncodedConcept
-    from setseq.train import run as R
+    from setseq.train import memory_plan as R
+    from setseq.train.setup import lora_spec
 
     bb = load_backbone("toy", "toy")
     with torch.no_grad():
@@ -168,7 +169,7 @@ def test_the_estimate_counts_prior_samples(monkeypatch):
     for prior in (0, 2):
         over = ["stage1.batch_size=4", "stage2.batch_size=2", f"regularizers.prior_videos={prior}"]
         cfg = resolve_config(None, {"data": {"video": "x.mp4"}}, over)
-        spec = R.lora_spec(cfg, bb)
+        spec = lora_spec(cfg, bb)
         if not L.get_layers(bb.transformer):
             L.inject(bb.transformer, spec)
         R.check_memory(cfg, bb, spec, data, False, lambda s: None)

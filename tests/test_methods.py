@@ -11,7 +11,7 @@ from setseq.backbones.base import BackboneInfo, PromptEmbeds
 from setseq.config import resolve_config
 from setseq.errors import SetseqError
 from setseq.functional import flow_matching as fm
-from setseq.train.loop import Batch, flow_matching_step, with_prior
+from setseq.train.loop import Batch, denoising_loss, with_prior
 from setseq.train.methods import METHODS, effective_config
 
 TOY_OVERRIDES = [
@@ -53,7 +53,7 @@ def _prompt(n: int) -> PromptEmbeds:
 def test_self_conditioning_feeds_the_models_own_estimate_to_about_p_of_samples():
     bb = RecordingBackbone()
     x0 = torch.randn(4000, 2, 1, 2, 2, generator=torch.Generator().manual_seed(0))
-    flow_matching_step(bb, Batch(x0, _prompt(4000)), torch.Generator().manual_seed(1), 0.0, 0.9)
+    denoising_loss(bb, Batch(x0, _prompt(4000)), torch.Generator().manual_seed(1), 0.0, 0.9)
     assert len(bb.calls) == 2 and bb.calls[0] is None  # a gradient-free pass, then the trained one
     sc = bb.calls[1]
     used = sc.flatten(1).abs().sum(1) > 0
@@ -70,12 +70,12 @@ def test_self_conditioning_feeds_the_models_own_estimate_to_about_p_of_samples()
 def test_without_self_conditioning_there_is_one_pass_and_no_input():
     bb = RecordingBackbone()
     x0 = torch.randn(8, 2, 1, 2, 2)
-    flow_matching_step(bb, Batch(x0, _prompt(8)), torch.Generator().manual_seed(1), 0.0, 0.0)
+    denoising_loss(bb, Batch(x0, _prompt(8)), torch.Generator().manual_seed(1), 0.0, 0.0)
     assert bb.calls == [None]
 
 
 def test_self_conditioning_default_follows_the_backbone_flag_and_refuses_where_missing():
-    from setseq.train.run import self_conditioning_p
+    from setseq.train.setup import self_conditioning_p
 
     cfg = resolve_config(None, None, [])
     assert self_conditioning_p(cfg, RecordingBackbone(True)) == 0.9

@@ -121,7 +121,7 @@ def losses(run: Path) -> list[tuple[int, int, float]]:
 @pytest.fixture(scope="module")
 def video(tmp_path_factory):
     from setseq.data.video import write_video
-    from tests.conftest import moving_square_video
+    from tests.helpers import moving_square_video
 
     path = tmp_path_factory.mktemp("rel_video") / "clip.mp4"
     write_video(path, moving_square_video(13, (40, 56)), fps=8)
@@ -655,8 +655,7 @@ def _write_av(path, frames, pts=None, rate=8, codec="libx264"):
 
 def _bad_videos(d: Path, good: Path) -> dict[str, tuple[Path, str | None]]:
     """name -> (file, a word the error must contain, or None if the file may be accepted)."""
-    from tests.conftest import moving_square_video
-    from tests.test_video import _audio_only, _raw_avi, _zero_frames
+    from tests.helpers import audio_only, moving_square_video, raw_avi, zero_frames
 
     rng = np.random.default_rng(3)
     data = good.read_bytes()
@@ -679,11 +678,11 @@ def _bad_videos(d: Path, good: Path) -> dict[str, tuple[Path, str | None]]:
     put("config.mp4", b'{"a": 1}', None)
     save_file({"x": torch.zeros(3)}, str(d / "weights.mp4"))
     cases["weights.mp4"] = (d / "weights.mp4", None)
-    cases["audio.wav"] = (_audio_only(d / "audio.wav"), "no video stream")
-    cases["zero_frames.mkv"] = (_zero_frames(d / "zero_frames.mkv"), "no video frames")
-    cases["one_x_one.avi"] = (_raw_avi(d / "one_x_one.avi", 1, 1), "implausible frame size 1x1")
-    cases["declared_8000.avi"] = (_raw_avi(d / "declared_8000.avi", 6, 6, (8000, 8000)), None)
-    cases["declared_9000.avi"] = (_raw_avi(d / "declared_9000.avi", 6, 6, (9000, 9000)), "implausible")
+    cases["audio.wav"] = (audio_only(d / "audio.wav"), "no video stream")
+    cases["zero_frames.mkv"] = (zero_frames(d / "zero_frames.mkv"), "no video frames")
+    cases["one_x_one.avi"] = (raw_avi(d / "one_x_one.avi", 1, 1), "implausible frame size 1x1")
+    cases["declared_8000.avi"] = (raw_avi(d / "declared_8000.avi", 6, 6, (8000, 8000)), None)
+    cases["declared_9000.avi"] = (raw_avi(d / "declared_9000.avi", 6, 6, (9000, 9000)), "implausible")
     frames = moving_square_video(13, (40, 56))
     for n in (1, 2):
         cases[f"{n}_frames.mp4"] = (_write_av(d / f"{n}_frames.mp4", frames[:n]), f"only {n} frame")
@@ -696,7 +695,7 @@ def _bad_videos(d: Path, good: Path) -> dict[str, tuple[Path, str | None]]:
 
 def _accepted_videos(d: Path) -> dict[str, Path]:
     """Variable frame rate, and an hours-long video (9 frames, then one frame 3 hours in)."""
-    from tests.conftest import moving_square_video
+    from tests.helpers import moving_square_video
 
     frames = moving_square_video(13, (40, 56))
     vfr = _write_av(d / "vfr.mkv", frames[:11], pts=[0, 90, 130, 400, 420, 700, 950, 1000, 1300, 1500, 1600])
@@ -877,7 +876,7 @@ class _Counter:
     def __init__(self, at, fault):
         from setseq.train import loop
 
-        self.real, self.at, self.fault, self.calls = loop.flow_matching_step, at, fault, 0
+        self.real, self.at, self.fault, self.calls = loop.denoising_loss, at, fault, 0
 
     def __call__(self, backbone, batch, gen, *args):
         self.calls += 1
@@ -927,7 +926,7 @@ def test_non_finite_stops_within_one_step(tiny_wan_dir, video, tmp_path, monkeyp
     from setseq.train import loop
 
     step = _Counter(where, fault)
-    monkeypatch.setattr(loop, "flow_matching_step", step)
+    monkeypatch.setattr(loop, "denoising_loss", step)
     out = tmp_path / "run"
     with pytest.raises(SetseqError) as e:
         _train_in_process(tiny_wan_dir, video, out)
@@ -1107,7 +1106,7 @@ def test_disk_fills_during_training_real(tiny_wan_dir, video, small_fs, monkeypa
     from setseq.train import loop
 
     step = _Counter(3, lambda loss, ps: (fill(small_fs), loss)[1])
-    monkeypatch.setattr(loop, "flow_matching_step", step)
+    monkeypatch.setattr(loop, "denoising_loss", step)
     out = small_fs / "run"
     code, _, err = run_cli(capsys, *train_argv(tiny_wan_dir, video, out, steps=4))
     assert assert_clean_exit(code, err, "no space left") == "refused"

@@ -131,7 +131,8 @@ def test_refusal_names_sharding_across_the_gpus_there_are(tmp_path, monkeypatch)
     from setseq.memory import GiB, estimate_training_memory
     from setseq.offload import device_linear_bytes, max_blocks, place
     from setseq.testing import build_tiny_wan
-    from setseq.train import run
+    from setseq.train import memory_plan
+    from setseq.train.setup import lora_spec
 
     folder = build_tiny_wan(tmp_path / "wan8", layers=8)
     flags = {"model": {"backbone": "wan", "path": str(folder)}, "data": {"video": "x.mp4", "frames": 9}}
@@ -143,7 +144,7 @@ def test_refusal_names_sharding_across_the_gpus_there_are(tmp_path, monkeypatch)
         shape = tuple(bb.encode_video(torch.zeros(1, 9, 3, 32, 32, dtype=torch.bfloat16)).shape[1:])
     meta = torch.device("meta")
     place(bb, meta, None)
-    spec = run.lora_spec(cfg, bb)
+    spec = lora_spec(cfg, bb)
     bb.transformer.enable_gradient_checkpointing()
     L.inject(bb.transformer, spec)
     data = EncodedConcept(
@@ -164,17 +165,17 @@ def test_refusal_names_sharding_across_the_gpus_there_are(tmp_path, monkeypatch)
     )
     linears = device_linear_bytes(bb.transformer, max_blocks(bb.transformer), meta)
     monkeypatch.setenv("SETSEQ_DEVICE_MEMORY_GB", str((full - 0.6 * linears) / 0.95 / GiB))
-    monkeypatch.setattr(run, "visible_gpus", lambda: 8)
+    monkeypatch.setattr(memory_plan, "visible_gpus", lambda: 8)
     with pytest.raises(SetseqError, match="needs about") as err:
-        run.check_memory(cfg, bb, spec, data, False, lambda s: None)
+        memory_plan.check_memory(cfg, bb, spec, data, False, lambda s: None)
     assert "launch 8 processes with model.fsdp=true" in str(err.value)
     lean = resolve_config(None, flags, [*over, "model.dtype=bfloat16", "model.fsdp_prefetch=0"])
     with pytest.raises(SetseqError, match="needs about") as err:
-        run.check_memory(lean, bb, spec, data, False, lambda s: None)
+        memory_plan.check_memory(lean, bb, spec, data, False, lambda s: None)
     assert "launch 4 processes with model.fsdp=true" in str(err.value)
-    monkeypatch.setattr(run, "visible_gpus", lambda: 0)
+    monkeypatch.setattr(memory_plan, "visible_gpus", lambda: 0)
     with pytest.raises(SetseqError, match="needs about") as err:
-        run.check_memory(cfg, bb, spec, data, False, lambda s: None)
+        memory_plan.check_memory(cfg, bb, spec, data, False, lambda s: None)
     assert "fsdp" not in str(err.value) and "model.block_swap=" in str(err.value)
 
 

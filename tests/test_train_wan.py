@@ -41,7 +41,7 @@ def wan_cfg(model_dir, video, extra=()):
 @pytest.fixture(scope="module")
 def run_dir(tiny_wan_dir, tmp_path_factory):
     from setseq.data.video import write_video
-    from tests.conftest import moving_square_video
+    from tests.helpers import moving_square_video
 
     root = tmp_path_factory.mktemp("wanrun")
     video = root / "clip.mp4"
@@ -201,7 +201,7 @@ def test_init_lora_starts_a_new_run_from_weights(run_dir, tiny_wan_dir, tmp_path
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_wan_dir):
     from setseq.backbones.wan import load_wan
-    from setseq.train.loop import Batch, flow_matching_step
+    from setseq.train.loop import Batch, denoising_loss
 
     grads = []
     for ckpt in (False, True):
@@ -217,7 +217,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_wan_dir):
         L.draw_masks(bb.transformer, gen)
         x0 = torch.randn(2, 16, 3, 4, 4, generator=torch.Generator().manual_seed(2))
         prompt = bb.encode_prompt(["a sks person", "a sks person"])
-        flow_matching_step(bb, Batch(x0, prompt), gen, 0.1).backward()
+        denoising_loss(bb, Batch(x0, prompt), gen, 0.1).backward()
         grads.append([p.grad.clone() for p in params])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)  # same masks in the recomputed forward

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-import struct
 from fractions import Fraction
 
 import av
@@ -23,6 +22,7 @@ from setseq.data.video import (
     write_video,
 )
 from setseq.errors import SetseqError
+from tests.helpers import audio_only, raw_avi, zero_frames
 
 H, W = 48, 64
 BITS, STRIPE = 10, 6  # frame index as a 10-bit black/white barcode of 6-px stripes in the top half
@@ -198,47 +198,6 @@ def test_fewer_frames_error(vid):
         load_clip(vid, start=5.0)
 
 
-def _audio_only(path):
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("pcm_s16le", rate=8000)
-        f = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
-        f.sample_rate = 8000
-        for p in s.encode(f):
-            c.mux(p)
-    return path
-
-
-def _zero_frames(path):
-    """A matroska file with a video stream that holds no packets (an audio packet forces the header out)."""
-    with av.open(str(path), "w") as c:
-        v = c.add_stream("libx264", rate=8)
-        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
-        a = c.add_stream("pcm_s16le", rate=8000)
-        f = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
-        f.sample_rate = 8000
-        for p in a.encode(f):
-            c.mux(p)
-    return path
-
-
-def _raw_avi(path, w, h, declare=None):
-    """rawvideo AVI; `declare` patches the header to claim another size (a damaged / hostile file)."""
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("rawvideo", rate=8)
-        s.width, s.height, s.pix_fmt = w, h, "rgb24"
-        for _ in range(3):
-            for p in s.encode(av.VideoFrame.from_ndarray(np.full((h, w, 3), 9, np.uint8), format="rgb24")):
-                c.mux(p)
-    if declare:
-        b = bytearray(path.read_bytes())
-        i = b.find(b"strf")  # BITMAPINFOHEADER: size, biWidth, biHeight
-        b[i + 12 : i + 20] = struct.pack("<ii", *declare)
-        j = b.find(b"avih")  # main header: dwWidth, dwHeight at 32
-        b[j + 40 : j + 48] = struct.pack("<II", *declare)
-        path.write_bytes(bytes(b))
-    return path
-
-
 def _png(path):
     from PIL import Image
 
@@ -267,12 +226,12 @@ BAD_FILES = {
         lambda d, v: _put(d / "cut.mp4", v.read_bytes()[:300]),
         "(not a video PyAV can read|no video stream .*truncated video)",
     ),
-    "audio only": (lambda d, v: _audio_only(d / "a.wav"), r"has no video stream \(it holds audio\)"),
-    "zero frames": (lambda d, v: _zero_frames(d / "zero.mkv"), "contains no video frames"),
+    "audio only": (lambda d, v: audio_only(d / "a.wav"), r"has no video stream \(it holds audio\)"),
+    "zero frames": (lambda d, v: zero_frames(d / "zero.mkv"), "contains no video frames"),
     "still image": (lambda d, v: _png(d / "photo.png"), r"is a still image \(png\), not a video"),
-    "1x1": (lambda d, v: _raw_avi(d / "one.avi", 1, 1), "implausible frame size 1x1"),
+    "1x1": (lambda d, v: raw_avi(d / "one.avi", 1, 1), "implausible frame size 1x1"),
     "huge": (
-        lambda d, v: _raw_avi(d / "big.avi", 6, 6, declare=(9000, 9000)),
+        lambda d, v: raw_avi(d / "big.avi", 6, 6, declare=(9000, 9000)),
         "implausible frame size 9000x9000",
     ),
 }

@@ -38,7 +38,7 @@ def a14b_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def a14b_run(a14b_dir, tmp_path_factory):
     from setseq.data.video import write_video
-    from tests.conftest import moving_square_video
+    from tests.helpers import moving_square_video
 
     root = tmp_path_factory.mktemp("a14brun")
     video = root / "clip.mp4"

@@ -11,7 +11,7 @@ from setseq.errors import SetseqError
 def describe_run(path: Path) -> tuple[str, dict[str, Any]]:
     from setseq.export import load_setseq
     from setseq.train import checkpoint as C
-    from setseq.train.run import read_run_config
+    from setseq.train.outputs import read_run_config
 
     if not path.exists():
         raise SetseqError(f"{path} does not exist", "pass a run folder or a setseq.safetensors file")

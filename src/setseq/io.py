@@ -26,7 +26,7 @@ from setseq.errors import SetseqError
 _TEMP_NAME = re.compile(r"^\.(?:tmp[A-Za-z0-9]{6}|.+\.[a-z0-9_]{8}(?:\.[A-Za-z0-9]+)?)$")
 
 
-def _disk_error(path: Path, exc: OSError) -> SetseqError:
+def disk_error(path: Path, exc: OSError) -> SetseqError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return SetseqError(
             f"no space left on the device while writing {path}",
@@ -95,7 +95,7 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
         )
         os.close(fd)
     except OSError as exc:
-        raise _disk_error(path, exc) from None
+        raise disk_error(path, exc) from None
     tmp_path = Path(tmp)
     umask = os.umask(0)
     os.umask(umask)
@@ -111,7 +111,7 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
             tmp_path.unlink(missing_ok=True)
         os_exc = os_error_of(exc) if isinstance(exc, Exception) and not isinstance(exc, SetseqError) else None
         if os_exc is not None:
-            raise _disk_error(path, os_exc) from None
+            raise disk_error(path, os_exc) from None
         raise
     fsync_dir(path.parent)
 

@@ -177,12 +177,12 @@ class SetSeqLinear(nn.Module):
         # Under FSDP2 (model.fsdp) the block's weights are already gathered here: plain tensors, as without it.
         if self.weight_scale is not None or self.base.weight.device != x.device:
             u, d = (None, None) if off else self.factors()
-            return _FusedLinear.apply(x, self.base.weight, self.base.bias, u, d, self.weight_scale)
+            return FusedLinear.apply(x, self.base.weight, self.base.bias, u, d, self.weight_scale)
         if off:
             return self.base(x)
         u, d = self.factors()
         if self.path == "fused" or (self.path == "auto" and x.numel() // x.shape[-1] >= FUSED_MIN_TOKENS):
-            return _FusedLinear.apply(x, self.base.weight, self.base.bias, u, d, None)
+            return FusedLinear.apply(x, self.base.weight, self.base.bias, u, d, None)
         # Per-token path: x (..., in) -> (..., r) -> (..., out).
         y = self.base(x)
         return y + F.linear(F.linear(x.to(d.dtype), d), u).to(y.dtype)
@@ -223,7 +223,7 @@ def _effective_weight(weight, u, d, scale, dtype, device) -> torch.Tensor:
     return w if u is None else w + (u @ d).to(w.dtype)
 
 
-class _FusedLinear(torch.autograd.Function):
+class FusedLinear(torch.autograd.Function):
     """y = x (W + U D)^T + b with W, b frozen; gradients for x, U, D as needed. See the module docstring.
     `u`, `d` may be None (no LoRA applied); `scale` is the row scale of an fp8 `weight`, else None."""
 

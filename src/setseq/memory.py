@@ -31,8 +31,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from setseq import lora as L
-from setseq.backbones.base import PromptEmbeds
 from setseq.errors import SetseqError
+from setseq.prompts import PromptEmbeds
 
 GiB = float(1 << 30)
 
@@ -58,7 +58,7 @@ class MemoryEstimate:
         )
 
 
-def _blocks(model: nn.Module) -> list[nn.Module]:
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     """The DiT's transformer blocks: the members of its top-level ModuleLists (`blocks`, `transformer_blocks`,
     and HunyuanVideo's `single_transformer_blocks`), which is what gradient checkpointing wraps; for a module
     holding several DiTs (Wan 2.2 A14B's experts), those of each."""
@@ -85,7 +85,7 @@ class _FlashLikeAttention(torch.autograd.Function):
 
 
 @contextlib.contextmanager
-def _flash_attention_on_meta() -> Iterator[None]:
+def flash_attention_on_meta() -> Iterator[None]:
     real = torch.nn.functional.scaled_dot_product_attention
 
     def sdpa(*args, **kwargs):
@@ -178,7 +178,7 @@ def running_on_meta(
     real, device = backbone.transformer, backbone.device
     try:
         backbone.transformer, backbone.device = meta, torch.device("meta")
-        with _flash_attention_on_meta():
+        with flash_attention_on_meta():
             yield
     except SetseqError:
         raise
@@ -237,7 +237,7 @@ def estimate_training_memory(
         start, n_in = open_blocks.pop(id(block))
         per_block.append((counter["bytes"] - start, n_in))
 
-    blocks = _blocks(meta)
+    blocks = transformer_blocks(meta)
     hooks = []
     for block in blocks:
         hooks.append(block.register_forward_pre_hook(pre, with_kwargs=True))

@@ -2,7 +2,7 @@
 device inside each linear's op, in forward and again in backward (`model.block_swap=N`).
 
 For a 14B DiT on a card smaller than its weights. Every `nn.Linear` of a swapped block (the LoRA-targeted ones
-and the others) becomes a `StreamedLinear` and runs through `lora._FusedLinear`, which copies the host weight to
+and the others) becomes a `StreamedLinear` and runs through `lora.FusedLinear`, which copies the host weight to
 the device (and upcasts an fp8 one) inside its forward and backward and saves only the host tensor for
 backward: the device holds one layer's weight at a time, never a block's, and nothing of it is kept between
 forward and backward. Gradient checkpointing recomputes through the same op. The rest of each block (norms,
@@ -26,13 +26,13 @@ from torch import nn
 
 from setseq import lora as L
 from setseq.errors import SetseqError
-from setseq.memory import _blocks
+from setseq.memory import transformer_blocks
 
 HOST = torch.device("cpu")
 
 
 class StreamedLinear(nn.Linear):
-    """A frozen `nn.Linear` whose weight stays on the host, applied through `lora._FusedLinear`, which copies it
+    """A frozen `nn.Linear` whose weight stays on the host, applied through `lora.FusedLinear`, which copies it
     to the input's device inside the op. Same parameters and module name as the linear it replaces, so LoRA
     targets, state dicts and exports see an ordinary linear; a `SetSeqLinear` injected on it keeps it as base."""
 
@@ -46,7 +46,7 @@ class StreamedLinear(nn.Linear):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return L._FusedLinear.apply(x, self.weight, self.bias, None, None, None)
+        return L.FusedLinear.apply(x, self.weight, self.bias, None, None, None)
 
 
 @dataclass
@@ -71,7 +71,7 @@ def dits(transformer: nn.Module) -> list[nn.Module]:
 
 def max_blocks(transformer: nn.Module) -> int:
     """The most blocks `model.block_swap` can take (the block count of the smallest DiT)."""
-    return min(len(_blocks(d)) for d in dits(transformer))
+    return min(len(transformer_blocks(d)) for d in dits(transformer))
 
 
 def device_linear_bytes(transformer: nn.Module, n: int, device: torch.device) -> int:
@@ -91,7 +91,7 @@ def swappable_blocks(transformer: nn.Module, n: int) -> list[nn.Module]:
     """The last `n` blocks of each DiT in `transformer` (both experts of Wan 2.2 A14B)."""
     out: list[nn.Module] = []
     for dit in dits(transformer):
-        blocks = _blocks(dit)
+        blocks = transformer_blocks(dit)
         if n < 0 or n > len(blocks):
             raise SetseqError(
                 f"model.block_swap={n} but the DiT has {len(blocks)} blocks",

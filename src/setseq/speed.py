@@ -8,7 +8,7 @@ are random at the real sizes: the text encoder and VAE are not part of a trainin
 the cache).
 
 For each stage and each frame count it times full optimizer steps through the training code itself
-(`setseq.train.loop.flow_matching_step`, the LoRA layers, AdamW, clipping) and reports:
+(`setseq.train.loop.denoising_loss`, the LoRA layers, AdamW, clipping) and reports:
 - step time (median after warm-up) and the seconds per sample;
 - peak memory (CUDA's allocator peak; on CPU, `setseq.memory.PeakMemory`);
 - model FLOPs per step and MFU against the device's *measured* dense matmul peak (bf16 on CUDA, the run's
@@ -36,8 +36,9 @@ import torch
 from torch import nn
 
 from setseq import lora as L
-from setseq.backbones.base import Backbone, PromptEmbeds
+from setseq.backbones.base import Backbone
 from setseq.errors import SetseqError
+from setseq.prompts import PromptEmbeds
 
 
 @dataclass(frozen=True)
@@ -360,7 +361,7 @@ def time_steps(
 ) -> tuple[float, int]:
     """(median seconds of one optimizer step, peak bytes) for `stage` on `micro_batch` random latents."""
     from setseq.memory import PeakMemory
-    from setseq.train.loop import Batch, flow_matching_step, step_generator
+    from setseq.train.loop import Batch, denoising_loss, step_generator
 
     model = bb.transformer
     params = L.set_stage(model, stage, dropconnect=0.8 if stage == 1 else 0.5)  # type: ignore[arg-type]
@@ -374,7 +375,7 @@ def time_steps(
         gen = step_generator(0, stage, i)
         L.draw_masks(model, gen)
         opt.zero_grad(set_to_none=True)
-        loss = flow_matching_step(bb, batch, gen, 0.1)
+        loss = denoising_loss(bb, batch, gen, 0.1)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 0.05)
         opt.step()

@@ -16,34 +16,7 @@ import torch
 
 from setseq.errors import SetseqError
 from setseq.functional import flow_matching as fm
-
-
-@dataclass
-class PromptEmbeds:
-    """Text-encoder output for a batch of prompts.
-
-    embeds: (B, L, D) hidden states, padded the way the backbone's pipeline pads them (Wan zeroes them beyond
-            each prompt's length; CogVideoX, LTX and HunyuanVideo keep the encoder's output at pad positions).
-    mask:   (B, L) bool, True on real tokens (token masking only drops real tokens).
-    pooled: (B, P) a second, pooled text embedding where the family has one (HunyuanVideo's CLIP), else None.
-    """
-
-    embeds: torch.Tensor
-    mask: torch.Tensor
-    pooled: torch.Tensor | None = None
-
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> PromptEmbeds:
-        pooled = self.pooled
-        if pooled is not None:
-            pooled = pooled.to(device=device, dtype=dtype or pooled.dtype)
-        return PromptEmbeds(
-            self.embeds.to(device=device, dtype=dtype or self.embeds.dtype), self.mask.to(device), pooled
-        )
-
-    def expand(self, n: int) -> PromptEmbeds:
-        """One prompt (batch 1) repeated as a batch of n (a view, no copy)."""
-        pooled = None if self.pooled is None else self.pooled.expand(n, -1)
-        return PromptEmbeds(self.embeds.expand(n, -1, -1), self.mask.expand(n, -1), pooled)
+from setseq.prompts import PromptEmbeds
 
 
 @dataclass

@@ -17,9 +17,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from setseq.backbones.base import PromptEmbeds
 from setseq.errors import SetseqError
 from setseq.io import atomic_path
+from setseq.prompts import PromptEmbeds
 
 CACHE_VERSION = "1"
 

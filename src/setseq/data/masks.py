@@ -3,7 +3,7 @@ subject onto plain backgrounds.
 
 A mask is a video or a folder of per-frame images (white = the subject, black = the rest), with the video's
 frame count and size. It is sampled with the same frame indices, resized and centre-cropped the same way,
-and cached with the video (`setseq.train.run.encode_concept`). Two uses, each a per-stage option:
+and cached with the video (`setseq.train.encode.encode_concept`). Two uses, each a per-stage option:
 
 - `stageN.background_weight` (w): the loss of a latent position is weighted 1 on the subject and w elsewhere,
   normalised per sample (sum(m * err) / sum(m)), so the LoRA is not asked to reproduce the background;

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from setseq.backbones.base import PromptEmbeds
+from setseq.prompts import PromptEmbeds
 
 
 def dropconnect_mask(

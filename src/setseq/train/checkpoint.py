@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from setseq.data.cache import file_sha256
 from setseq.errors import SetseqError
-from setseq.io import _disk_error, fsync_dir, os_error_of, remove_stale_temps
+from setseq.io import disk_error, fsync_dir, os_error_of, remove_stale_temps
 
 CHECKPOINT_VERSION = 1
 FILES = ("lora.safetensors", "optimizer.safetensors")
@@ -136,7 +136,7 @@ def save_checkpoint(
         os_exc = os_error_of(exc)
         if os_exc is None:
             raise
-        raise _disk_error(final, os_exc) from None
+        raise disk_error(final, os_exc) from None
     # Keep the newest `keep` checkpoints of this stage (stage 2's are self-contained: identity + motion).
     mine = sorted(p for p in root.glob(f"stage{stage}-*") if p.is_dir())
     for old in mine[:-keep] if keep > 0 else []:

@@ -113,7 +113,7 @@ def parallelize(model: torch.nn.Module, procs: Processes, mc: ModelConfig | None
     (`model.fsdp_reshard_after_forward`). The LoRA parameters are sharded with their block rather than
     replicated: they then ride in the block's own all-gather and reduce-scatter (no second engine or
     hand-written reduction for them) and their AdamW moments are sharded too; they are small either way.
-    `lora._FusedLinear` sees the block's gathered weight as a plain tensor, as without sharding.
+    `lora.FusedLinear` sees the block's gathered weight as a plain tensor, as without sharding.
 
     The engine sums instead of averaging (divide factor 1): each process's micro-batch losses are already
     divided by the stage's accumulation count, so the sum over processes is the one-process gradient.

@@ -21,16 +21,18 @@ import torch
 from tqdm.auto import tqdm
 
 from setseq import lora as L
-from setseq.backbones.base import Backbone, PromptEmbeds, noisy_latents, training_target
+from setseq.backbones.base import Backbone, noisy_latents, training_target
 from setseq.config import RunConfig, StageConfig
 from setseq.data.cache import EncodedConcept
 from setseq.errors import SetseqError
 from setseq.functional import flow_matching as fm
 from setseq.functional.regularizers import token_mask
-from setseq.io import _disk_error, write_text
+from setseq.io import disk_error, write_text
+from setseq.prompts import PromptEmbeds, cat_prompts
 from setseq.train import checkpoint as C
 from setseq.train.distributed import SINGLE, Processes, local, sync_gradients
-from setseq.train.embeddings import DELTA_KEY
+from setseq.train.embeddings import DELTA_KEY, TokenEmbeddings
+from setseq.train.prior import PriorData
 
 
 def step_generator(seed: int, stage: int, step: int, micro: int = 0) -> torch.Generator:
@@ -47,25 +49,6 @@ class Batch:
     texts: list[str] | None = None
     # (B, 1, f, h, w) loss weights of latent positions (the subject-weighted loss, `stageN.background_weight`)
     element_weights: torch.Tensor | None = None
-
-
-def cat_prompts(a: PromptEmbeds, b: PromptEmbeds) -> PromptEmbeds:
-    """Two prompt batches as one (same padded length)."""
-    pooled = None if a.pooled is None or b.pooled is None else torch.cat([a.pooled, b.pooled])
-    return PromptEmbeds(
-        torch.cat([a.embeds, b.embeds.to(a.embeds.dtype)]), torch.cat([a.mask, b.mask]), pooled
-    )
-
-
-def stack_prompts(prompts: list[PromptEmbeds]) -> PromptEmbeds:
-    """Several prompt batches as one (same padded length); one batch-1 prompt repeated is an expanded
-    view, not a copy (the single-concept hot path)."""
-    if all(p is prompts[0] for p in prompts) and prompts[0].embeds.shape[0] == 1:
-        return prompts[0].expand(len(prompts))
-    out = prompts[0]
-    for p in prompts[1:]:
-        out = cat_prompts(out, p)
-    return out
 
 
 def stack_latents(latents: list[torch.Tensor]) -> torch.Tensor:
@@ -114,7 +97,7 @@ def background_weighted(subject: torch.Tensor, background_weight: float) -> torc
 
 @dataclass
 class StageContext:
-    """What a recipe needs; built once by `setseq.train.run`."""
+    """What a recipe needs; built once by `setseq.train.run.train`."""
 
     cfg: RunConfig
     backbone: Backbone
@@ -125,16 +108,16 @@ class StageContext:
     progress: bool = True
     extra_state: dict[str, Any] = field(default_factory=dict)  # recorded in every checkpoint (cache key, ...)
     on_sample: Callable[[int, int], None] | None = None
-    prior: Any = None  # setseq.train.prior.PriorData when prior preservation is on
+    prior: PriorData | None = None  # when prior preservation is on
     concepts: list[EncodedConcept] = field(default_factory=list)  # every concept (multi-concept runs)
     stitched: list[EncodedConcept] = field(default_factory=list)  # stitched concept pairs
-    self_conditioning: float = 0.0  # resolved probability (see `setseq.train.run.self_conditioning_p`)
-    embeddings: Any = None  # setseq.train.embeddings.TokenEmbeddings when token embeddings train
+    self_conditioning: float = 0.0  # resolved probability (see `setseq.train.setup.self_conditioning_p`)
+    embeddings: TokenEmbeddings | None = None  # when token embeddings train
     texts: list[tuple[str, str]] = field(default_factory=list)  # (T_static, T_motion) of each concept
     procs: Processes = SINGLE  # data-parallel processes (`setseq.train.distributed`)
 
 
-def flow_matching_step(
+def denoising_loss(
     backbone: Backbone,
     batch: Batch,
     gen: torch.Generator,
@@ -211,7 +194,7 @@ def trim_log(path: Path, stage: int, step: int) -> None:
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise _disk_error(path, exc) from None
+        raise disk_error(path, exc) from None
     keep = []
     for line in text.splitlines(keepends=True):
         try:
@@ -267,89 +250,106 @@ def run_stage(
         unit="step",
     )
     t0 = time.perf_counter()
-    procs = ctx.procs
-    last_mine = max(m for m in range(sc.accumulation) if procs.mine(m))
-    for step in range(start, sc.steps):
-        opt.zero_grad(set_to_none=True)
-        total, bad = 0.0, None
-        for micro in range(sc.accumulation):
-            if not procs.mine(micro):  # another process's share of the step
-                continue
-            gen = step_generator(tc.seed, stage, step, micro)
-            L.draw_masks(model, gen)
-            loss = flow_matching_step(
-                ctx.backbone,
-                make_batch(step, micro, gen),
-                gen,
-                ctx.cfg.regularizers.token_mask,
-                ctx.self_conditioning,
-                ctx.backbone.encode_prompt if emb is not None else None,
-            )
-            if not torch.isfinite(loss):
-                bad = loss.item() if bad is None else bad
-                if procs.world == 1:
-                    break
-                # Several processes: go on, so that every one runs the same forwards and backwards (the
-                # engine's collectives); the summed loss below is then non-finite and all stop together.
-            sync_gradients(model, micro == last_mine)  # the engine reduces in the last backward only
-            (loss / sc.accumulation).backward()
-            total += loss.item() / sc.accumulation
-        # The gradients are summed over the processes by now (`distributed.parallelize`); the loss is summed
-        # here: a non-finite loss on any process makes the sum non-finite, so every process stops together.
-        total = procs.sum_scalar(float("nan") if bad is not None else total)
-        if bad is not None or not math.isfinite(total):
-            bar.close()
-            raise _blow_up(ctx, stage, step, f"the loss became {bad if bad is not None else total}")
-        gnorm = torch.nn.utils.clip_grad_norm_(params, sc.grad_clip)
-        if not torch.isfinite(gnorm):  # before the update: the weights are still those of the last step
-            bar.close()
-            raise _blow_up(ctx, stage, step, f"the gradient norm became {float(gnorm)}")
-        opt.step()
-        # A huge step can overflow the weights while loss and gradients were finite.
-        if not procs.all_true(_finite(params)):
-            bar.close()
-            raise _blow_up(ctx, stage, step, "the weights became non-finite")
-        losses.append(total)
-        done = step + 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{total:.4f}")
-        if ctx.writer is not None and done % tc.log_every == 0:
-            ctx.writer.add_scalar(f"stage{stage}/loss", total, done)
-            ctx.writer.add_scalar(f"stage{stage}/grad_norm", float(gnorm), done)
-        if ctx.log_file is not None and done % tc.log_every == 0:
-            record = {
-                "stage": stage,
-                "step": done,
-                "loss": total,
-                "grad_norm": float(gnorm),
-                "elapsed_s": round(time.perf_counter() - t0, 3),
-            }
-            try:
-                with open(ctx.log_file, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-            except OSError as exc:
-                bar.close()
-                raise _disk_error(ctx.log_file, exc) from None
-        if done % tc.checkpoint_every == 0 or done == sc.steps:
-            # Every process takes part in gathering sharded state (whole tensors); process 0 writes them.
-            lora = trainable_state(model, stage) | (
-                {DELTA_KEY: emb.delta.detach()} if emb is not None else {}
-            )
-            opt_state = C.optimizer_tensors(opt)
-            if procs.is_main:
-                C.save_checkpoint(
-                    ctx.run_dir,
-                    stage,
-                    done,
-                    lora,
-                    opt_state,
-                    {"config": ctx.cfg.to_dict(), "processes": procs.world, **ctx.extra_state},
-                    keep=tc.keep_checkpoints,
-                )
-        if ctx.on_sample is not None and tc.sample_every and done % tc.sample_every == 0:
-            model.eval()
-            ctx.on_sample(stage, done)
-            model.train()
-    bar.close()
+    try:
+        for step in range(start, sc.steps):
+            opt.zero_grad(set_to_none=True)
+            total = _accumulate(ctx, stage, sc, step, make_batch)
+            gnorm = torch.nn.utils.clip_grad_norm_(params, sc.grad_clip)
+            if not torch.isfinite(gnorm):  # before the update: the weights are still those of the last step
+                raise _blow_up(ctx, stage, step, f"the gradient norm became {float(gnorm)}")
+            opt.step()
+            # A huge step can overflow the weights while loss and gradients were finite.
+            if not ctx.procs.all_true(_finite(params)):
+                raise _blow_up(ctx, stage, step, "the weights became non-finite")
+            losses.append(total)
+            done = step + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{total:.4f}")
+            if done % tc.log_every == 0:
+                _log_step(ctx, stage, done, total, float(gnorm), time.perf_counter() - t0)
+            if done % tc.checkpoint_every == 0 or done == sc.steps:
+                _checkpoint(ctx, stage, done, opt)
+            if ctx.on_sample is not None and tc.sample_every and done % tc.sample_every == 0:
+                model.eval()
+                ctx.on_sample(stage, done)
+                model.train()
+    finally:
+        bar.close()
     model.eval()
     return losses
+
+
+def _accumulate(
+    ctx: StageContext,
+    stage: int,
+    sc: StageConfig,
+    step: int,
+    make_batch: Callable[[int, int, torch.Generator], Batch],
+) -> float:
+    """Forward and backward of this process's micro-batches of `step`; returns the step's loss, summed over
+    the processes (their gradients are summed by the engine, `distributed.parallelize`). A non-finite loss on
+    any process stops every process, with the step named."""
+    model, procs, emb = ctx.backbone.transformer, ctx.procs, ctx.embeddings
+    last_mine = max(m for m in range(sc.accumulation) if procs.mine(m))
+    total, bad = 0.0, None
+    for micro in range(sc.accumulation):
+        if not procs.mine(micro):  # another process's share of the step
+            continue
+        gen = step_generator(ctx.cfg.train.seed, stage, step, micro)
+        L.draw_masks(model, gen)
+        loss = denoising_loss(
+            ctx.backbone,
+            make_batch(step, micro, gen),
+            gen,
+            ctx.cfg.regularizers.token_mask,
+            ctx.self_conditioning,
+            ctx.backbone.encode_prompt if emb is not None else None,
+        )
+        if not torch.isfinite(loss):
+            bad = loss.item() if bad is None else bad
+            if procs.world == 1:
+                break
+            # Several processes: go on, so that every one runs the same forwards and backwards (the
+            # engine's collectives); the summed loss below is then non-finite and all stop together.
+        sync_gradients(model, micro == last_mine)  # the engine reduces in the last backward only
+        (loss / sc.accumulation).backward()
+        total += loss.item() / sc.accumulation
+    total = procs.sum_scalar(float("nan") if bad is not None else total)
+    if bad is not None or not math.isfinite(total):
+        raise _blow_up(ctx, stage, step, f"the loss became {bad if bad is not None else total}")
+    return total
+
+
+def _log_step(ctx: StageContext, stage: int, done: int, loss: float, gnorm: float, elapsed: float) -> None:
+    """The step's loss and gradient norm to TensorBoard and `logs/loss.jsonl` (process 0)."""
+    if ctx.writer is not None:
+        ctx.writer.add_scalar(f"stage{stage}/loss", loss, done)
+        ctx.writer.add_scalar(f"stage{stage}/grad_norm", gnorm, done)
+    if ctx.log_file is None:
+        return
+    record = {"stage": stage, "step": done, "loss": loss, "grad_norm": gnorm, "elapsed_s": round(elapsed, 3)}
+    try:
+        with open(ctx.log_file, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as exc:
+        raise disk_error(ctx.log_file, exc) from None
+
+
+def _checkpoint(ctx: StageContext, stage: int, done: int, opt: torch.optim.Optimizer) -> None:
+    """A checkpoint after step `done`. Every process takes part in gathering sharded state (whole tensors);
+    process 0 writes it."""
+    emb = ctx.embeddings
+    lora = trainable_state(ctx.backbone.transformer, stage) | (
+        {DELTA_KEY: emb.delta.detach()} if emb is not None else {}
+    )
+    opt_state = C.optimizer_tensors(opt)
+    if ctx.procs.is_main:
+        C.save_checkpoint(
+            ctx.run_dir,
+            stage,
+            done,
+            lora,
+            opt_state,
+            {"config": ctx.cfg.to_dict(), "processes": ctx.procs.world, **ctx.extra_state},
+            keep=ctx.cfg.train.keep_checkpoints,
+        )

@@ -9,13 +9,18 @@ cached in the run folder under a key of (model, prompts, count, size, frames, sa
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import torch
 from tqdm.auto import tqdm
 
-from setseq.backbones.base import Backbone, PromptEmbeds
+from setseq import lora as L
+from setseq.backbones.base import Backbone
 from setseq.config import RunConfig
 from setseq.data.cache import cache_key, encode_latents, prompt_from, prompt_tensors, read_keyed, write_keyed
-from setseq.train.loop import stack_prompts
+from setseq.prompts import PromptEmbeds, stack_prompts
+from setseq.train.distributed import Processes
 
 
 def prior_prompts(cfg: RunConfig) -> list[str]:
@@ -133,3 +138,32 @@ def prepare_prior(
         _save(path, data, canon)
     log(f"prior: generated {rc.prior_videos} videos from {prompts} and cached them in {path}")
     return data
+
+
+def base_model_prior(
+    cfg: RunConfig,
+    bb: Backbone,
+    shape: tuple[int, int, int],
+    cache_dir: Path,
+    log: Callable[[str], None],
+    progress: bool,
+    procs: Processes,
+) -> PriorData | None:
+    """The prior videos of the base model alone, for (frames, height, width) = `shape`.
+
+    One process, or data parallel: called before the LoRA exists; process 0 generates and caches, then the
+    others read its cache. Sharded (FSDP2, `model.fsdp` with several processes): called once the DiT is
+    sharded, since every process runs each block together; the LoRA is switched off meanwhile, process 0
+    alone saves, and the others then read what it saved (the same videos)."""
+    frames, h, w = shape
+    progress = progress and procs.is_main
+    if not (cfg.model.fsdp and procs.world > 1):
+        with procs.main_first():
+            return prepare_prior(cfg, bb, frames, h, w, cache_dir, log, progress)
+    L.set_scales(bb.transformer, 0.0, 0.0)  # the base model alone (the layers skip the LoRA)
+    prior = prepare_prior(cfg, bb, frames, h, w, cache_dir, log, progress, save=procs.is_main)
+    L.set_scales(bb.transformer, 1.0, 1.0)
+    procs.barrier()
+    if not procs.is_main and prior is not None:  # the same videos as process 0's, from its cache
+        prior = prepare_prior(cfg, bb, frames, h, w, cache_dir, log, False)
+    return prior

@@ -15,6 +15,7 @@ import torch
 
 from setseq import lora as L
 from setseq.data.masks import swap_prompt
+from setseq.prompts import stack_prompts
 from setseq.train import checkpoint as C
 from setseq.train.loop import (
     Batch,
@@ -22,7 +23,6 @@ from setseq.train.loop import (
     background_weighted,
     run_stage,
     stack_latents,
-    stack_prompts,
     stitched_batch,
     swap_draw,
     with_prior,

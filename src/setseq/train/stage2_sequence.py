@@ -13,6 +13,7 @@ import torch
 
 from setseq import lora as L
 from setseq.data.masks import swap_prompt
+from setseq.prompts import stack_prompts
 from setseq.train import checkpoint as C
 from setseq.train.loop import (
     Batch,
@@ -20,7 +21,6 @@ from setseq.train.loop import (
     background_weighted,
     run_stage,
     stack_latents,
-    stack_prompts,
     stitched_batch,
     swap_draw,
     with_prior,

@@ -1,0 +1,231 @@
+"""A run's inputs, encoded once: the video (and its subject mask) decoded, sampled and checked, then frame
+latents, clip latents and prompt embeddings, cached on disk by a content key (`setseq.data.cache`).
+
+Multi-concept runs encode every concept and the stitched pairs (two clips side by side, "A and B").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from setseq.backbones.base import Backbone
+from setseq.config import MultiConfig, RunConfig
+from setseq.data.cache import (
+    EncodedConcept,
+    cache_key,
+    encode_latents,
+    file_sha256,
+    load_cache,
+    save_cache,
+    weights_stamp,
+)
+from setseq.data.masks import composite, latent_weights, load_mask, mask_sha256, swap_colours_for, swap_prompt
+from setseq.errors import SetseqError
+
+
+def check_shapes(cfg: RunConfig, bb: Backbone) -> tuple[int, int, int]:
+    """(frames, height, width) for this run, checked against what the backbone accepts."""
+    info = bb.info
+    frames = cfg.data.frames or info.frames
+    h, w = cfg.data.size or (info.height, info.width)
+    m = info.frame_multiple
+    if (frames - 1) % m:
+        lo = (frames - 1) // m * m + 1
+        raise SetseqError(
+            f"data.frames={frames} is not of the form {m}k+1 that the {info.name} backbone needs",
+            f"use --frames {lo} or {lo + m}",
+        )
+    sm = info.spatial_multiple
+    if h % sm or w % sm:
+        raise SetseqError(
+            f"size {h}x{w} is not a multiple of {sm} (the {info.name} backbone's VAE stride x patch size)",
+            f"use --size {max(sm, h // sm * sm)}x{max(sm, w // sm * sm)}",
+        )
+    return frames, h, w
+
+
+def encode_all(
+    cfg: RunConfig, bb: Backbone, cache: Path, log: Callable[[str], None]
+) -> tuple[EncodedConcept, list[EncodedConcept], list[EncodedConcept], str]:
+    """The encoded concept(s) of `cfg` (through the cache): (first, all, stitched pairs, cache key)."""
+    data, key = encode_concept(concept_config(cfg, 0) if cfg.multi.concepts else cfg, bb, cache, log)
+    concepts, stitched = [data], []
+    n_concepts = len(cfg.concepts())
+    if n_concepts > 1:  # multi-concept: every concept, and the stitched neighbours (i, i+1)
+        keys = [key]
+        for i in range(1, n_concepts):
+            enc, k = encode_concept(concept_config(cfg, i), bb, cache, log)
+            concepts.append(enc)
+            keys.append(k)
+        if cfg.multi.stitch_rate > 0:
+            pairs = [(i, (i + 1) % n_concepts) for i in range(n_concepts if n_concepts > 2 else 1)]
+            stitched = [encode_stitched(cfg, bb, pair, cache, log) for pair in pairs]
+        key = cache_key({"concepts": keys})[1]
+    return data, concepts, stitched, key
+
+
+def encode_concept(
+    cfg: RunConfig, bb: Backbone, cache_dir: Path, log: Callable[[str], None]
+) -> tuple[EncodedConcept, str]:
+    """Decode the video, then encode frames, clip and prompts once; cached on disk by content key."""
+    from setseq.data.video import to_tensor
+
+    if not cfg.data.video:
+        raise SetseqError("no training video was given", "pass --video clip.mp4")
+    video = Path(cfg.data.video)
+    if not video.is_file():
+        raise SetseqError(f"video {video} does not exist", "check the --video path")
+    frames, h, w = check_shapes(cfg, bb)
+    canon, short = cache_key(
+        {
+            **_sampling_key(cfg, bb, (frames, h, w), cfg.concept.t_static, cfg.concept.t_motion),
+            "backbone": bb.info.name,
+            "model": bb.info.model_id,
+            "video_sha256": file_sha256(video),
+            **_mask_key(cfg),  # nothing without a mask: caches made before masks existed keep their key
+        }
+    )
+    path = cache_dir / f"{short}.safetensors"
+    pool = list(cfg.data.swap_backgrounds)
+    cached = load_cache(path, canon, short, pool)
+    if cached is not None:
+        log(f"cache: reusing {path}")
+        return cached, short
+    clip = _load_clip(cfg, video, (frames, h, w))
+    log(clip.summary())
+    mask = None
+    if cfg.data.mask:
+        mask = load_mask(cfg.data.mask, video, clip, fps=cfg.data.fps, start=cfg.data.start, end=cfg.data.end)
+    enc = _encode_pixels(bb, to_tensor(clip.frames), cfg.concept.t_static, cfg.concept.t_motion, short)
+    if mask is not None:
+        _encode_subject(cfg, bb, enc, clip.frames, mask, log)
+    save_cache(path, enc, canon, pool)
+    log(f"cache: wrote {path} (frames {tuple(enc.set_latents.shape)}, clip {tuple(enc.clip_latents.shape)})")
+    return enc, short
+
+
+def concept_config(cfg: RunConfig, index: int) -> RunConfig:
+    """The single-concept config of concept `index` of a (multi-concept) run."""
+    video, concept = cfg.concepts()[index]
+    return dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, video=video), concept=concept, multi=MultiConfig()
+    )
+
+
+def encode_stitched(
+    cfg: RunConfig, bb: Backbone, pair: tuple[int, int], cache_dir: Path, log: Callable[[str], None]
+) -> EncodedConcept:
+    """Two concepts' clips side by side (the first on the left) with the prompts "A and B", encoded and
+    cached like a concept: the multi-concept training's stitched videos."""
+    from setseq.data.video import to_tensor
+
+    frames, h, w = check_shapes(cfg, bb)
+    a, b = (concept_config(cfg, i) for i in pair)
+    t_static = f"{a.concept.t_static} and {b.concept.t_static}"
+    t_motion = f"{a.concept.t_motion} and {b.concept.t_motion}"
+    canon, short = cache_key(
+        {
+            **_sampling_key(cfg, bb, (frames, h, w), t_static, t_motion),
+            "kind": "stitched",
+            "videos": [file_sha256(a.data.video), file_sha256(b.data.video)],
+        }
+    )
+    path = cache_dir / f"stitched-{short}.safetensors"
+    cached = load_cache(path, canon, short)
+    if cached is not None:
+        return cached
+    clips = [_load_clip(cfg, Path(c.data.video), (frames, h, w)) for c in (a, b)]
+    both = torch.cat([to_tensor(clips[0].frames), to_tensor(clips[1].frames)], dim=-1)  # side by side
+    enc = _encode_pixels(bb, both, t_static, t_motion, short)
+    save_cache(path, enc, canon)
+    log(f"cache: wrote {path} (stitched concepts {pair[0] + 1} | {pair[1] + 1}, {h}x{2 * w})")
+    return enc
+
+
+def _sampling_key(
+    cfg: RunConfig, bb: Backbone, shape: tuple[int, int, int], t_static: str, t_motion: str
+) -> dict[str, Any]:
+    """The cache-key fields every encoding shares: the model, how the video is sampled, and the prompts."""
+    frames, h, w = shape
+    return {
+        "fingerprint": bb.info.fingerprint,
+        "weights": weights_stamp(bb.info.model_id),
+        "size": [h, w],
+        "frames": frames,
+        "fps": cfg.data.fps,
+        "start": cfg.data.start,
+        "end": cfg.data.end,
+        "t_static": t_static,
+        "t_motion": t_motion,
+    }
+
+
+def _load_clip(cfg: RunConfig, video: Path, shape: tuple[int, int, int]):
+    """The video sampled as the run's config says, at (frames, height, width)."""
+    from setseq.data.video import load_clip
+
+    frames, h, w = shape
+    return load_clip(
+        video, frames=frames, fps=cfg.data.fps, start=cfg.data.start, end=cfg.data.end, size=(h, w)
+    )
+
+
+def _mask_key(cfg: RunConfig) -> dict[str, Any]:
+    """The cache-key fields of the subject mask and of the background swaps the run needs."""
+    if not cfg.data.mask:
+        return {}
+    return {
+        "mask_sha256": mask_sha256(cfg.data.mask),
+        "swap_frames": cfg.stage1.background_swap > 0,
+        "swap_clip": cfg.stage2.background_swap > 0,
+        "swap_backgrounds": list(cfg.data.swap_backgrounds),
+    }
+
+
+def _encode_subject(
+    cfg: RunConfig, bb: Backbone, enc: EncodedConcept, frames, mask, log: Callable[[str], None]
+) -> None:
+    """Add the subject's latent weights to `enc`, and the subject over each swap background where a stage
+    swaps backgrounds (frames for stage 1, the clip for stage 2)."""
+    from setseq.data.video import to_tensor
+
+    enc.subject_set, enc.subject_clip = latent_weights(mask, enc.set_latents.shape, enc.clip_latents.shape)
+    if not (cfg.stage1.background_swap > 0 or cfg.stage2.background_swap > 0):
+        return
+    names = swap_colours_for(frames, mask, list(cfg.data.swap_backgrounds))
+    if not names:
+        raise SetseqError(
+            "every colour of data.swap_backgrounds is too close to the subject's own to keep it visible",
+            "add other colours to data.swap_backgrounds",
+        )
+    want_set, want_clip = cfg.stage1.background_swap > 0, cfg.stage2.background_swap > 0
+    sets, clips = [], []
+    with torch.no_grad():  # encode only what a stage swaps: a clip per colour is costly on a real VAE
+        for colour in names:
+            x = to_tensor(composite(frames, mask, colour))  # (F, 3, H, W)
+            if want_set:
+                sets.append(
+                    torch.cat([bb.encode_video(x[i : i + 1].unsqueeze(0)) for i in range(x.shape[0])]).cpu()
+                )
+            if want_clip:
+                clips.append(bb.encode_video(x.unsqueeze(0)).cpu())
+    enc.swap_names = names
+    enc.swap_set = torch.stack(sets) if want_set else None
+    enc.swap_clip = torch.stack(clips) if want_clip else None
+    with torch.no_grad():
+        enc.swap_static = [bb.encode_prompt([swap_prompt(cfg.concept.t_static, c)]).to("cpu") for c in names]
+        enc.swap_motion = [bb.encode_prompt([swap_prompt(cfg.concept.t_motion, c)]).to("cpu") for c in names]
+    log(f"subject mask: backgrounds swapped to {', '.join(names)}")
+
+
+def _encode_pixels(bb: Backbone, x: torch.Tensor, t_static: str, t_motion: str, key: str) -> EncodedConcept:
+    """Frames (F, 3, H, W) in [-1, 1] -> every frame as a 1-frame latent, the clip, and both prompts."""
+    set_lat, clip_lat = encode_latents(bb, x)
+    with torch.no_grad():
+        static, motion = bb.encode_prompt([t_static]), bb.encode_prompt([t_motion])
+    return EncodedConcept(set_lat, clip_lat, static.to("cpu"), motion.to("cpu"), key)

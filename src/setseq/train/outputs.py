@@ -1,0 +1,121 @@
+"""What a run writes besides checkpoints: TensorBoard, sample videos during training, and at the end
+`setseq.safetensors` (identity and motion apart, with the run's metadata) plus the merged LoRA in diffusers'
+and ComfyUI's layouts; and reading a run folder's config back."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from setseq import __version__
+from setseq import lora as L
+from setseq.backbones.base import Backbone
+from setseq.config import RunConfig
+from setseq.export import export_file, load_setseq, lora_experts, save_setseq
+from setseq.train.embeddings import TokenEmbeddings, save_embeddings
+from setseq.train.loop import StageContext, trainable_state
+
+
+def tensorboard_writer(run_dir: Path, enabled: bool):
+    """A TensorBoard SummaryWriter on `run_dir/logs`, or None (off, or tensorboard not installed)."""
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional at run time
+        return None
+    return SummaryWriter(str(run_dir / "logs"))
+
+
+def sampler(ctx: StageContext, frames: int, h: int, w: int, write: bool = True) -> Callable[[int, int], None]:
+    """`on_sample(stage, step)`: a video of the stage's prompt, written to `samples/` (when `write`)."""
+
+    def sample(stage: int, step: int) -> None:
+        from setseq.data.video import from_tensor, write_video
+
+        prompt = ctx.cfg.concept.t_static if stage == 1 else ctx.cfg.concept.t_motion
+        with torch.no_grad():
+            video = ctx.backbone.generate(
+                prompt,
+                frames=frames,
+                height=h,
+                width=w,
+                steps=ctx.cfg.train.sample_steps,
+                guidance_scale=ctx.cfg.train.guidance_scale,
+                seed=ctx.cfg.train.seed,
+            )
+        if write:
+            write_video(ctx.run_dir / "samples" / f"stage{stage}-{step:06d}.mp4", from_tensor(video))
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # release sampling memory before training resumes
+
+    return sample
+
+
+def lora_metadata(
+    cfg: RunConfig, bb: Backbone, spec: L.LoraSpec, frames: int, h: int, w: int
+) -> dict[str, Any]:
+    """The metadata `setseq.safetensors` carries: what generation, export and `info` read back."""
+    return {
+        "backbone": bb.info.name,
+        "model_id": cfg.model.path,
+        "dtype": cfg.model.dtype,
+        "fingerprint": bb.info.fingerprint,
+        "rank": spec.rank,
+        "alpha": spec.alpha,
+        "basis": spec.basis,
+        "targets": list(spec.targets),
+        "token": cfg.concept.token,
+        "class_word": cfg.concept.class_word,
+        "motion_token": cfg.concept.motion_token,
+        "t_static": cfg.concept.t_static,
+        "t_motion": cfg.concept.t_motion,
+        "identity_scale": 1.0,
+        "motion_scale": 1.0,
+        "frames": frames,
+        "size": [h, w],
+        "guidance_scale": cfg.train.guidance_scale,
+        "stage1_steps": cfg.stage1.steps,
+        "stage2_steps": cfg.stage2.steps,
+        "method": cfg.method,
+        "tokens": [t for _, c in cfg.concepts() for t in (c.token, c.motion_token)],
+        "setseq_version": __version__,
+    }
+
+
+def write_outputs(
+    ctx: StageContext, spec: L.LoraSpec, shape: tuple[int, int, int], embeddings: TokenEmbeddings | None
+) -> list[Path]:
+    """setseq's own file, then the merged LoRA in diffusers' and ComfyUI's layouts (one file per expert of
+    Wan 2.2 A14B), and the token embeddings if they trained. Every process takes part (sharded tensors are
+    gathered); process 0 alone writes, the others wait for it. Returns the files written (process 0)."""
+    cfg, bb, run_dir, procs = ctx.cfg, ctx.backbone, ctx.run_dir, ctx.procs
+    final = trainable_state(bb.transformer, 2)
+    if not procs.is_main:
+        procs.barrier()  # returns once process 0 has written them
+        return []
+    save_setseq(run_dir / "setseq.safetensors", final, lora_metadata(cfg, bb, spec, *shape))
+    lora = load_setseq(run_dir / "setseq.safetensors")
+    formats = ["diffusers"] + (["comfyui"] if bb.info.name == "wan" else [])  # the toy model: no ComfyUI
+    written = [
+        export_file(lora, fmt, run_dir / f"lora_{fmt}{f'_{e}_noise' if e else ''}.safetensors", expert=e)
+        for fmt in formats
+        for e in (lora_experts(lora) or [None])  # Wan 2.2 A14B: one file per expert
+    ]
+    if embeddings is not None:
+        written += save_embeddings(run_dir, embeddings)
+        embeddings.remove()
+    procs.barrier()
+    return [run_dir / "setseq.safetensors", *written]
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """A run folder's `config.yaml` as plain data; {} when it is missing or unreadable."""
+    with contextlib.suppress(OSError, yaml.YAMLError):
+        return yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    return {}

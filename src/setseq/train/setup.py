@@ -1,0 +1,306 @@
+"""Setting a run up: its folder (new or resumed), its processes, the model, the settings resolved against
+the backbone, and the Set-and-Sequence layers with their starting weights. `setseq.train.run` calls these in
+order."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from setseq import lora as L
+from setseq import offload
+from setseq.backbones.base import I2V_TRAINING, Backbone
+from setseq.config import RunConfig, resolve_config
+from setseq.data.cache import EncodedConcept
+from setseq.errors import SetseqError
+from setseq.export import check_compatible, load_setseq
+from setseq.io import remove_stale_temps, write_text
+from setseq.memory import GiB
+from setseq.runtime import DTYPES, resolve_device
+from setseq.train import checkpoint as C
+from setseq.train.distributed import SINGLE, Processes, check_split, init_processes, launcher_asks_fsdp
+from setseq.train.embeddings import DELTA_KEY, TokenEmbeddings, token_id
+from setseq.train.methods import ONE_STAGE, check_mask
+
+
+def _silent(_message: str) -> None:
+    """The log of processes other than process 0."""
+
+
+@dataclass
+class RunFolder:
+    """A run's folder and processes. Under a launcher (several processes) process 0 alone writes and logs;
+    the others wait for it where they read what it wrote."""
+
+    path: Path
+    cfg: RunConfig  # as the user gave it (or as saved, when resumed)
+    procs: Processes
+    log: Callable[[str], None]
+    resumed: bool
+    checkpoint: C.Checkpoint | None  # the one to resume from
+    new: bool  # made by this start: removed again if the start fails
+
+    @contextlib.contextmanager
+    def removed_on_failure(self) -> Iterator[None]:
+        """A start that fails here leaves no folder behind, so the same command (mended) runs again."""
+        try:
+            yield
+        except BaseException:
+            if self.new and self.procs.is_main:
+                shutil.rmtree(self.path, ignore_errors=True)
+            raise
+
+    def write_config(self, cfg: RunConfig) -> None:
+        """`config.yaml` (what --resume reads back), written once the inputs are known good."""
+        if not self.resumed and self.procs.is_main:
+            write_text(self.path / "config.yaml", cfg.to_yaml())
+
+    def check_cache_key(self, key: str) -> None:
+        """A resumed run must see the same inputs as when it started."""
+        was = None if self.checkpoint is None else self.checkpoint.state.get("cache_key")
+        if was not in (None, key):
+            raise SetseqError(
+                f"the video, model or prompts changed since {self.path} started (cache key {key} vs {was})",
+                "start a new run with --init-lora instead of --resume",
+            )
+
+
+def open_run(cfg: RunConfig, out: Path, resume: bool, log: Callable[[str], None]) -> RunFolder:
+    """The run folder: new (refused if it holds a run), or resumed from its own config and latest checkpoint;
+    the processes started; leftovers of a killed run removed."""
+    if resume:
+        if not (out / "config.yaml").is_file():
+            raise SetseqError(
+                f"{out} is not a setseq run folder (no config.yaml)",
+                "pass the --out folder of an earlier run to --resume",
+            )
+        cfg = resolve_config(out / "config.yaml")
+    check_mask(cfg)  # a subject mask missing, or unusable, is refused before anything is loaded or written
+    procs = init_processes(cfg.model.device)
+    if not procs.is_main:
+        log = _silent
+    if procs.world > 1 and not cfg.model.fsdp and launcher_asks_fsdp():
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, fsdp=True))
+        log("fsdp: on (the accelerate config has distributed_type FSDP, fsdp_version 2)")
+    ck, new = None, False
+    if resume:
+        if procs.is_main:
+            for folder in (out, *(out / f for f in ("cache", "checkpoints", "logs", "samples"))):
+                remove_stale_temps(folder)  # temporary files of a killed run (never taken for outputs)
+        ck = C.latest_checkpoint(out)
+        if ck is None:  # stopped before its first checkpoint: start over, exactly as configured
+            log(f"resuming {out}: no checkpoint yet, starting from step 0 with its saved config")
+        else:
+            log(f"resuming {out} from {ck.path.name} (stage {ck.stage}, step {ck.step})")
+            was = int(ck.state.get("processes", 1))
+            if was != procs.world:  # whole tensors on file: any count that splits the batch resumes it
+                log(
+                    f"note: the checkpoint was written by {was} process(es), resumed by {procs.world}: the same "
+                    "global batch, so the same training up to float summation order"
+                )
+    else:
+        if (out / "config.yaml").exists() or (out / "checkpoints").exists():
+            raise SetseqError(
+                f"{out} already holds a run",
+                f"continue it with `setseq train --resume {out}`, or choose another --out",
+            )
+        new = not out.exists()
+        if procs.is_main:
+            remove_stale_temps(out / "cache")  # a killed first start's leftovers
+            remove_stale_temps(out, stems=("config",))
+    procs.barrier()
+    return RunFolder(out, cfg, procs, log, resume, ck, new)
+
+
+def load_model(cfg: RunConfig, device: torch.device | None = None, procs: Processes = SINGLE) -> Backbone:
+    """The backbone of `cfg.model`, on `device` (default: `model.device`); with `model.block_swap=N` the last N
+    blocks' linear weights stay in host memory (setseq.offload); with `model.fsdp` and several processes, the
+    DiT stays in host memory (everything else on `device`) until FSDP2 moves each process's shard of it
+    (`distributed.parallelize`), so the whole DiT is never on a card."""
+    m = cfg.model
+    if m.fsdp and procs.world > 1:
+        if m.block_swap or m.fp8:
+            raise SetseqError(
+                f"model.fsdp=true cannot be combined with {'model.block_swap' if m.block_swap else 'model.fp8'}",
+                "use model.fsdp=true alone (it shards the weights across the processes), or drop it",
+            )
+        from setseq.backbones.base import load_backbone
+
+        bb = load_backbone(m.backbone, m.path, offload.HOST, DTYPES[m.dtype])
+        target = device or resolve_device(m.device)
+        for mod in {id(v): v for v in vars(bb).values() if isinstance(v, torch.nn.Module)}.values():
+            if mod is not bb.transformer:
+                mod.to(target)
+        bb.device = target
+    else:
+        bb = offload.load_backbone_swapped(
+            cfg.model.backbone,
+            cfg.model.path,
+            device or resolve_device(cfg.model.device),
+            DTYPES[cfg.model.dtype],
+            cfg.model.block_swap,
+        )
+    if bb.info.image == "required":  # an image-to-video DiT: `predict` has no image condition (yet)
+        raise SetseqError(*I2V_TRAINING)
+    return bb
+
+
+def describe_placement(cfg: RunConfig, bb: Backbone, procs: Processes, log: Callable[[str], None]) -> None:
+    """Where the base weights live: FSDP2 with one process, or block swap."""
+    if cfg.model.fsdp and procs.world == 1:
+        log("note: model.fsdp=true with one process shards nothing (launch several to shard the base model)")
+    if cfg.model.block_swap:
+        host = [m.weight for m in bb.transformer.modules() if isinstance(m, offload.StreamedLinear)]
+        log(
+            f"block swap: {len(host)} linear weights of the last {cfg.model.block_swap} blocks "
+            f"({sum(w.numel() * w.element_size() for w in host) / GiB:.2f} GiB) stay in host memory, "
+            f"copied to {bb.device} layer by layer"
+        )
+
+
+def split_across(cfg: RunConfig, world: int, log: Callable[[str], None]) -> RunConfig:
+    """`cfg` with each stage's micro_batch set so that `world` processes share its micro-batches equally."""
+    if world == 1:
+        return cfg
+    stages = {}
+    for i, sc in ((1, cfg.stage1), (2, cfg.stage2)):
+        micro = check_split(i, sc.batch_size, sc.micro_batch, world)
+        stages[f"stage{i}"] = dataclasses.replace(sc, micro_batch=micro)
+        log(
+            f"data parallel: {world} processes; stage {i}: {sc.batch_size // micro} micro-batch(es) of {micro} "
+            f"per step, {sc.batch_size // micro // world} per process"
+        )
+    return dataclasses.replace(cfg, **stages)
+
+
+def self_conditioning_p(cfg: RunConfig, bb: Backbone) -> float:
+    """The self-conditioning probability for this run: the configured one, or by default 0.9 on a backbone
+    pretrained with a self-conditioning input and 0 on one without. Asking for it on a backbone without
+    one is an error."""
+    p = cfg.regularizers.self_conditioning
+    supported = bool(bb.info.supports_self_conditioning)
+    if p is None:
+        return 0.9 if supported else 0.0
+    if p > 0 and not supported:
+        raise SetseqError(
+            f"regularizers.self_conditioning={p} but the {bb.info.name} backbone has no self-conditioning input",
+            "set regularizers.self_conditioning=0 (only a model pretrained with one, like the toy model, has it)",
+        )
+    return float(p)
+
+
+def check_token_training(cfg: RunConfig, bb: Backbone, procs: Processes) -> None:
+    """Token embeddings train in one process, on tokens the text encoder can learn: refused otherwise,
+    before anything is written."""
+    if not cfg.concept.train_embedding:
+        return
+    if procs.world > 1:  # its offsets live outside the DiT's engine
+        raise SetseqError(
+            f"token embeddings (concept.train_embedding or method={cfg.method}) train in one process only, "
+            f"not {procs.world}",
+            "launch a single process, or set concept.train_embedding=false",
+        )
+    for _, c in cfg.concepts():
+        token_id(bb, c.token), token_id(bb, c.motion_token)
+
+
+def lora_spec(cfg: RunConfig, bb: Backbone) -> L.LoraSpec:
+    """The Set-and-Sequence layers this run injects: rank, alpha, basis, targets (the backbone's by default)."""
+    return L.LoraSpec(
+        cfg.lora.rank,
+        cfg.lora.scale_alpha,
+        cfg.lora.basis,  # type: ignore[arg-type]
+        tuple(cfg.lora.targets or bb.info.lora_targets),
+        cfg.lora.path,  # type: ignore[arg-type]
+        fp8=cfg.model.fp8,
+    )
+
+
+def attach_lora(
+    cfg: RunConfig,
+    bb: Backbone,
+    spec: L.LoraSpec,
+    ck: C.Checkpoint | None,
+    init_lora: str | Path | None,
+    log: Callable[[str], None],
+) -> None:
+    """Inject the layers into the DiT (gradient checkpointing on first, if asked), then load their weights
+    from the checkpoint being resumed or from `--init-lora`."""
+    model = bb.transformer
+    if cfg.train.gradient_checkpointing:
+        if not getattr(model, "_supports_gradient_checkpointing", False):
+            raise SetseqError(
+                f"the {bb.info.name} DiT does not support gradient checkpointing",
+                "set train.gradient_checkpointing=false",
+            )
+        model.enable_gradient_checkpointing()
+    L.inject(model, spec, seed=cfg.train.seed)
+    layers = L.get_layers(model)
+    n_params = sum(p.numel() for layer in layers.values() for p in (layer.down, layer.up))
+    log(
+        f"LoRA: {len(layers)} layers, rank {spec.rank}, basis {spec.basis}, {n_params / 1e6:.2f}M identity parameters"
+    )
+    if ck is not None:
+        L.load_state(model, ck.lora(), parts=("identity", "motion") if ck.stage == 2 else ("identity",))
+    elif init_lora is not None:
+        src = load_setseq(init_lora)
+        for w_ in check_compatible(src, bb.info.name, bb.info.fingerprint, init_lora):
+            log(f"warning: {w_}")
+        L.load_state(
+            model,
+            src.tensors,
+            parts=("identity", "motion") if any(".motion." in k for k in src.tensors) else ("identity",),
+        )
+        log(f"initialised from {init_lora}")
+
+
+def token_embeddings(
+    cfg: RunConfig, bb: Backbone, ck: C.Checkpoint | None, log: Callable[[str], None]
+) -> TokenEmbeddings | None:
+    """The concept tokens' trainable input embeddings (optional textual inversion), as checkpointed when
+    resumed; None when they do not train."""
+    if not cfg.concept.train_embedding:
+        return None
+    pairs = [(c.token, c.motion_token) for _, c in cfg.concepts()]
+    emb = TokenEmbeddings(bb, [t for pair in pairs for t in pair], cfg.concept.embedding_lr)
+    appearance, motion = list(range(0, 2 * len(pairs), 2)), list(range(1, 2 * len(pairs), 2))
+    emb.stage_rows = {1: appearance + (motion if cfg.method in ONE_STAGE else []), 2: motion}
+    saved = ck.lora().get(DELTA_KEY) if ck is not None else None
+    if saved is not None:  # resumed: the offsets as checkpointed
+        with torch.no_grad():
+            emb.delta.copy_(saved)
+    log(f"token embeddings: learning {', '.join(emb.tokens)} at lr {emb.lr}")
+    return emb
+
+
+def describe_training(
+    cfg: RunConfig,
+    concepts: list[EncodedConcept],
+    stitched: list[EncodedConcept],
+    sc_p: float,
+    n_prior: int | None,
+    log: Callable[[str], None],
+) -> None:
+    """The method, the concepts and the regularizers this run trains with."""
+    from setseq.train.methods import METHODS
+
+    if len(concepts) > 1:
+        log(
+            f"multi-concept: {len(concepts)} concepts ({', '.join(c.token for _, c in cfg.concepts())}), "
+            f"{len(stitched)} stitched pair(s) at rate {cfg.multi.stitch_rate if stitched else 0}"
+        )
+    log(f"method: {cfg.method} ({METHODS[cfg.method]})")
+    log(
+        f"regularizers: token mask {cfg.regularizers.token_mask}, self-conditioning {sc_p}, "
+        + (
+            f"prior preservation {n_prior} videos x weight {cfg.regularizers.prior_weight}"
+            if n_prior is not None
+            else "no prior preservation"
+        )
+    )
