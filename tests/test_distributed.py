@@ -166,3 +166,57 @@ def test_two_processes_match_one_on_wan22_a14b(clip_mp4, tmp_path):
         assert any(k.startswith(expert) and ".motion" in k and a[k].abs().max() > 0 for k in a), expert
     for (_, _, x), (_, _, y) in zip(_losses(one), _losses(two)):
         assert y == pytest.approx(x, rel=1e-4)
+
+
+NAN_ON_PROCESS_1 = """
+import os, sys
+import setseq.train.loop as loop
+
+real, calls = loop.denoising_loss, [0]
+
+
+def nan_at_step_2(*args, **kwargs):  # process 1's micro-batch of stage 1 step 2 (one per step each)
+    loss = real(*args, **kwargs)
+    calls[0] += 1
+    return loss * float("nan") if os.environ.get("RANK") == "1" and calls[0] == 2 else loss
+
+
+loop.denoising_loss = nan_at_step_2
+from setseq.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_nan_loss_on_one_process_stops_both_with_the_step_named(tiny_wan_dir, clip_mp4, tmp_path):
+    """The loss is summed over the processes before the NaN check, so a NaN on process 1 alone stops process
+    0 too, at the same step (no process left waiting in a collective), with one line naming the step and the
+    last good checkpoint."""
+    script = tmp_path / "nan_train.py"
+    script.write_text(NAN_ON_PROCESS_1)
+    out = tmp_path / "run"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch += ["--main_process_port", str(_free_port()), str(script)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    argv = [
+        *launch,
+        "train",
+        "--model",
+        str(tiny_wan_dir),
+        "--video",
+        str(clip_mp4),
+        "--out",
+        str(out),
+        *ARGS,
+    ]
+    proc = subprocess.run(
+        [*argv, "train.checkpoint_every=1"], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert proc.returncode != 0
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("setseq: error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]  # process 0 says it; process 1 stops silently
+    assert "the loss became nan at stage 1 step 2" in errors[0]
+    assert "stage1-000001" in errors[0]  # the last good checkpoint: step 1's
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["stage1-000001"]
+    assert not (out / "setseq.safetensors").exists()

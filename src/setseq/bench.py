@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -375,6 +376,114 @@ def _run_one(job: _Job) -> tuple[dict, str]:
     return row, note
 
 
+def _execute(
+    todo: list[tuple[int, _Job]],
+    slots: list[dict | None],
+    jobs: int,
+    report: Callable[[int, dict, str], None],
+    log: Callable[[str], None],
+) -> None:
+    """Train and score the runs of `todo` into `slots` (by plan index): in this process, or `jobs` at a time
+    in worker processes that split the CPU threads."""
+    if jobs <= 1 or len(todo) <= 1:
+        for k, job in todo:
+            row, note = _run_one(job)
+            slots[k] = row
+            report(k, row, note)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        log(f"running {min(jobs, len(todo))} runs at a time, {threads} thread(s) each")
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(
+            max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)
+        ) as pool:
+            futures = {pool.submit(_run_one, job): k for k, job in todo}
+            try:
+                for fut in as_completed(futures):
+                    k = futures[fut]
+                    row, note = fut.result()
+                    slots[k] = row
+                    report(k, row, note)
+            except BaseException:
+                # A failed run stops the bench as it does without workers: runs not started are dropped
+                # (the finished ones are on disk and reused next time), not trained before the error shows.
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+
+
+def _write_markdown(path: Path, result: dict[str, Any], verdicts: list[tuple[str, bool]]) -> str:
+    """`bench.md`: the table, the per-kind table, the checks, and setseq against each method run by run.
+    Returns its text."""
+    methods, rows, summary, kinds = result["methods"], result["rows"], result["summary"], result["kinds"]
+    seeds, quick = result["seeds"], result["quick"]
+    n_concepts = len(result["concepts"])
+    text = [
+        f"setseq bench: {len(methods)} methods x {n_concepts} concepts x {seeds} seeds"
+        f"{' (quick)' if quick else ''}, {result['seconds']:.0f} s",
+        "",
+        table(summary),
+        "",
+        "Reproduction: mse, appearance, tc, motion. Edits (8 per concept): edit = adherence, edit_id = identity "
+        "on the edits, kept = share of edits that kept the concept (colour_kept: its colour alone), success = share "
+        "followed and kept, "
+        "edit_motion = motion on the edits that keep it.",
+        "",
+        "Per kind of edit, % followed / kept / success:",
+        "",
+        kinds_table(kinds),
+        "",
+        *(f"- {c}: {'yes' if v else 'no'}" for c, v in verdicts),
+    ]
+    if "setseq" in methods:
+        text += [
+            "",
+            "setseq against each method, run by run (wins / ties / losses over the same concept and seed):",
+        ]
+        for other in (m for m in methods if m != "setseq"):
+            pairs = paired(rows, "setseq", other)
+            text.append(f"- vs {other}: " + ", ".join(f"{c} {w}/{t}/{lo}" for c, (w, t, lo) in pairs.items()))
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(text) + "\n")
+    return "\n".join(text)
+
+
+def _check_options(methods: list[str], seeds: int, first_seed: int, jobs: int) -> None:
+    from setseq.train.methods import METHODS
+
+    for m in methods:
+        if m not in METHODS:
+            raise SetseqError(f"unknown method {m!r}", f"use some of: {', '.join(METHODS)}")
+    if seeds < 1:
+        raise SetseqError(f"--seeds must be at least 1, got {seeds}")
+    if first_seed < 0:
+        raise SetseqError(f"--first-seed must be 0 or more, got {first_seed}")
+    if jobs < 1:
+        raise SetseqError(f"--jobs must be at least 1, got {jobs}")
+
+
+def _run_config(method: str, concept: Concept, seed: int, model: str, extra: list[str], masks: Path):
+    """The demo recipe for one (method, concept, seed), with the concept's exact mask where the method uses
+    one (written under `masks`)."""
+    from setseq.config import resolve_config
+    from setseq.demo import DEMO_CONFIG, with_concept_mask
+
+    cfg = resolve_config(
+        DEMO_CONFIG,
+        {"data": {"video": str(concept.video)}},
+        [
+            f"method={method}",
+            f"train.seed={seed}",
+            f"concept.class_word={concept.shape}",
+            f"model.path={model}",
+            *extra,
+        ],
+    )
+    return with_concept_mask(cfg, concept.name, masks)
+
+
 def run_bench(
     out: str | Path,
     *,
@@ -400,20 +509,10 @@ def run_bench(
     that many runs at a time in worker processes, splitting the CPU threads between them (a small model
     uses 2 cores better as 2 one-thread runs than as one two-thread run); the figures are the same.
     """
-    from setseq.config import resolve_config
-    from setseq.demo import DEMO_CONFIG, with_concept_mask
     from setseq.train.methods import METHODS
 
     methods = methods or list(METHODS)
-    for m in methods:
-        if m not in METHODS:
-            raise SetseqError(f"unknown method {m!r}", f"use some of: {', '.join(METHODS)}")
-    if seeds < 1:
-        raise SetseqError(f"--seeds must be at least 1, got {seeds}")
-    if first_seed < 0:
-        raise SetseqError(f"--first-seed must be 0 or more, got {first_seed}")
-    if jobs < 1:
-        raise SetseqError(f"--jobs must be at least 1, got {jobs}")
+    _check_options(methods, seeds, first_seed, jobs)
     suite_concepts = load_suite(suite, concepts)
     if quick:
         suite_concepts, seeds = suite_concepts[:2], 1
@@ -448,18 +547,7 @@ def run_bench(
 
     for k, (seed, concept, method) in enumerate(plan):
         here = out / "runs" / method / f"{concept.name}-seed{seed}"
-        cfg = resolve_config(
-            DEMO_CONFIG,
-            {"data": {"video": str(concept.video)}},
-            [
-                f"method={method}",
-                f"train.seed={seed}",
-                f"concept.class_word={concept.shape}",
-                f"model.path={model}",
-                *extra,
-            ],
-        )
-        cfg = with_concept_mask(cfg, concept.name, out / "masks" / concept.name)  # where the method uses one
+        cfg = _run_config(method, concept, seed, model, extra, out / "masks" / concept.name)
         key = {"config": cfg.to_yaml(), "gen_steps": gen_steps, "weights": weights}
         row = None if fresh else _reusable(here, key)
         if row is not None:
@@ -469,33 +557,7 @@ def run_bench(
         else:
             todo.append((k, _Job(method, concept, seed, here, cfg, key, model, gen_steps, fresh, keep_runs)))
 
-    if jobs <= 1 or len(todo) <= 1:
-        for k, job in todo:
-            row, note = _run_one(job)
-            slots[k] = row
-            report(k, row, note)
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        log(f"running {min(jobs, len(todo))} runs at a time, {threads} thread(s) each")
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(
-            max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)
-        ) as pool:
-            futures = {pool.submit(_run_one, job): k for k, job in todo}
-            try:
-                for fut in as_completed(futures):
-                    k = futures[fut]
-                    row, note = fut.result()
-                    slots[k] = row
-                    report(k, row, note)
-            except BaseException:
-                # A failed run stops the bench as it does without workers: runs not started are dropped
-                # (the finished ones are on disk and reused next time), not trained before the error shows.
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
+    _execute(todo, slots, jobs, report, log)
     rows = [r for r in slots if r is not None]
     summary = summarize(rows)
     kinds = summarize_kinds(rows)
@@ -518,32 +580,5 @@ def run_bench(
         "seconds": round(time.perf_counter() - t0, 1),
     }
     write_json(out / "bench.json", result)
-    text = [
-        f"setseq bench: {len(methods)} methods x {len(suite_concepts)} concepts x {seeds} seeds"
-        f"{' (quick)' if quick else ''}, {result['seconds']:.0f} s",
-        "",
-        table(summary),
-        "",
-        "Reproduction: mse, appearance, tc, motion. Edits (8 per concept): edit = adherence, edit_id = identity "
-        "on the edits, kept = share of edits that kept the concept (colour_kept: its colour alone), success = share "
-        "followed and kept, "
-        "edit_motion = motion on the edits that keep it.",
-        "",
-        "Per kind of edit, % followed / kept / success:",
-        "",
-        kinds_table(kinds),
-        "",
-        *(f"- {c}: {'yes' if v else 'no'}" for c, v in verdicts),
-    ]
-    if "setseq" in methods:
-        text += [
-            "",
-            "setseq against each method, run by run (wins / ties / losses over the same concept and seed):",
-        ]
-        for other in (m for m in methods if m != "setseq"):
-            pairs = paired(rows, "setseq", other)
-            text.append(f"- vs {other}: " + ", ".join(f"{c} {w}/{t}/{lo}" for c, (w, t, lo) in pairs.items()))
-    with atomic_path(out / "bench.md") as tmp:
-        tmp.write_text("\n".join(text) + "\n")
-    log("\n".join(text))
+    log(_write_markdown(out / "bench.md", result, verdicts))
     return result

@@ -20,8 +20,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from torch.distributed.fsdp import FSDPModule
-
 from setseq.config import RunConfig
 from setseq.train.distributed import parallelize
 from setseq.train.encode import check_shapes, encode_all
@@ -81,6 +79,8 @@ def train(
         with run.removed_on_failure():  # refused: the same command, with the flag, runs again
             check_memory(cfg, bb, spec, data, sc_p > 0, log)
     if sharded:
+        from torch.distributed.fsdp import FSDPModule  # (in torch since 2.6; several processes need 2.13's)
+
         units = sum(isinstance(m, FSDPModule) for m in bb.transformer.modules())
         log(f"fsdp: the DiT is sharded across {procs.world} processes by FSDP2 ({units} units)")
         prior = base_model_prior(cfg, bb, shape, cache, log, progress, procs)
