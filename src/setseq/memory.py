@@ -213,6 +213,65 @@ def estimate_training_memory(
     trainable = sum(p.numel() for p in lora_params if p.requires_grad)
     lora_bytes = 4 * sum(p.numel() for p in lora_params) + 4 * 3 * trainable  # params + grad + 2 moments
 
+    trace = _trace_saved_tensors(backbone, meta, micro_batch, latent_shape, prompt, self_conditioning)
+    activations, per_block = trace.saved, trace.per_block
+    block_max = max((b for b, _ in per_block), default=0)
+    if gradient_checkpointing and per_block:
+        activations = activations - sum(b for b, _ in per_block) + sum(n for _, n in per_block)
+    # Backward works through one block at a time: its activations' gradients (and, under checkpointing, the
+    # block's activations rebuilt by the recompute) live beside the kept ones.
+    transient = (2 if gradient_checkpointing else 1) * block_max + trace.largest
+    transient += _weights_in_flight(backbone)
+    weights = sum(
+        _bytes_on(getattr(backbone, name, None), device) for name in ("text_encoder", "vae")
+    ) + _bytes_on(real, device)
+    # The real DiT's bytes include its fp32 LoRA parameters when it already carries them; those are counted in
+    # lora_bytes, so take them out here.
+    weights -= 4 * sum(
+        p.numel() for lay in L.get_layers(real).values() for p in (lay.down, lay.up, lay.motion)
+    )
+    tokens = micro_batch * tokens_per_sample(real, latent_shape)
+    return MemoryEstimate(tokens, weights, lora_bytes, activations, transient)
+
+
+def _weights_in_flight(backbone) -> int:
+    """Base weights that exist whole on the device only while their layer or block runs: a block-swapped
+    linear's copy, or FSDP2's gathered blocks."""
+    real, device = backbone.transformer, backbone.device
+    # Block swap (setseq.offload): a host-resident linear weight is copied to the device (and upcast from fp8)
+    # inside its op, one layer at a time.
+    host = [
+        m.weight
+        for m in real.modules()
+        if isinstance(m, nn.Linear) and device.type != "cpu" and m.weight.device.type == "cpu"
+    ]
+    swapped = max((w.numel() * (w.element_size() + backbone.dtype.itemsize) for w in host), default=0)
+    # FSDP2 (model.fsdp): each process holds 1/P of every weight (`_bytes_on` counts its shards); a block's
+    # whole weights exist while it runs, and the blocks prefetched beside it (`fsdp_gathered` units at once).
+    units = [m for m in real.modules() if isinstance(m, FSDPModule) and m is not real]
+    gathered = getattr(real, "fsdp_gathered", 1) * max(
+        (sum(p.numel() * p.element_size() for p in u.parameters()) for u in units), default=0
+    )
+    return swapped + gathered
+
+
+@dataclass
+class _SavedTensors:
+    saved: int  # bytes autograd keeps for backward (each storage once)
+    largest: int  # the largest of them
+    per_block: list[tuple[int, int]]  # (saved bytes, input bytes) of each DiT block
+
+
+def _trace_saved_tensors(
+    backbone,
+    meta: nn.Module,
+    micro_batch: int,
+    latent_shape: tuple[int, ...],
+    prompt,
+    self_conditioning: bool,
+) -> _SavedTensors:
+    """One forward of the meta copy `meta` (in place of the real DiT), counting what autograd saves, in all
+    and per block."""
     saved: dict[int, torch.Tensor] = {}
     counter = {"bytes": 0}
     largest = {"bytes": 0}
@@ -254,37 +313,7 @@ def estimate_training_memory(
         for h in hooks:
             h.remove()
 
-    activations = counter["bytes"]
-    block_max = max((b for b, _ in per_block), default=0)
-    if gradient_checkpointing and per_block:
-        activations = activations - sum(b for b, _ in per_block) + sum(n for _, n in per_block)
-    # Backward works through one block at a time: its activations' gradients (and, under checkpointing, the
-    # block's activations rebuilt by the recompute) live beside the kept ones.
-    transient = (2 if gradient_checkpointing else 1) * block_max + largest["bytes"]
-    # Block swap (setseq.offload): a host-resident linear weight is copied to the device (and upcast from fp8)
-    # inside its op, one layer at a time.
-    host = [
-        m.weight
-        for m in real.modules()
-        if isinstance(m, nn.Linear) and device.type != "cpu" and m.weight.device.type == "cpu"
-    ]
-    transient += max((w.numel() * (w.element_size() + backbone.dtype.itemsize) for w in host), default=0)
-    # FSDP2 (model.fsdp): each process holds 1/P of every weight (`_bytes_on` counts its shards); a block's
-    # whole weights exist while it runs, and the blocks prefetched beside it (`fsdp_gathered` units at once).
-    units = [m for m in real.modules() if isinstance(m, FSDPModule) and m is not real]
-    transient += getattr(real, "fsdp_gathered", 1) * max(
-        (sum(p.numel() * p.element_size() for p in u.parameters()) for u in units), default=0
-    )
-    weights = sum(
-        _bytes_on(getattr(backbone, name, None), device) for name in ("text_encoder", "vae")
-    ) + _bytes_on(real, device)
-    # The real DiT's bytes include its fp32 LoRA parameters when it already carries them; those are counted in
-    # lora_bytes, so take them out here.
-    weights -= 4 * sum(
-        p.numel() for lay in L.get_layers(real).values() for p in (lay.down, lay.up, lay.motion)
-    )
-    tokens = micro_batch * tokens_per_sample(real, latent_shape)
-    return MemoryEstimate(tokens, weights, lora_bytes, activations, transient)
+    return _SavedTensors(counter["bytes"], largest["bytes"], per_block)
 
 
 def device_memory(device: torch.device) -> int:
