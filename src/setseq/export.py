@@ -32,6 +32,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from setseq.backbones.wan import EXPERTS  # module-name prefixes of a two-expert LoRA (Wan 2.2 A14B)
 from setseq.errors import SetseqError
 from setseq.io import atomic_path
 
@@ -384,10 +385,6 @@ def comfyui_layout(
         out[f"{key}.lora_B.weight"] = b.contiguous()
         out[f"{key}.alpha"] = torch.tensor(float(a.shape[0]))
     return out
-
-
-#: Module-name prefixes of a LoRA trained on two experts (Wan 2.2 A14B: high-noise and low-noise DiT).
-EXPERTS = ("high", "low")
 
 
 def lora_experts(lora: SetseqLora) -> list[str]:

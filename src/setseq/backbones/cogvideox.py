@@ -30,12 +30,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
+from typing import Any
 
 import torch
 
-from setseq.backbones.base import BackboneInfo, PromptEmbeds, load_diffusers_pipeline, register_backbone
+from setseq.backbones.base import PromptEmbeds, register_backbone
+from setseq.backbones.diffusers_backbone import DiffusersBackbone, plain_config
 from setseq.errors import SetseqError
 from setseq.functional import v_prediction as vp
 
@@ -45,29 +45,15 @@ COGVIDEOX_LORA_TARGETS = (
 )
 
 
-# Copied from setseq.backbones.wan._fingerprint
-def _fingerprint(configs: list[dict]) -> str:
-    """Architecture identity: a hash of the component configs (LoRA compatibility, part of cache keys)."""
-    return hashlib.sha256(json.dumps(configs, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-# Copied from setseq.backbones.wan._plain_config
-def _plain_config(cfg) -> dict:
-    return {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
-
-
-class CogVideoXBackbone:
+class CogVideoXBackbone(DiffusersBackbone):
     """CogVideoX T2V behind the `Backbone` protocol, with its v-prediction DDPM objective."""
 
-    def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype) -> None:
-        self.pipe = pipe
-        self.transformer = pipe.transformer
-        self.vae = pipe.vae
-        self.text_encoder = pipe.text_encoder
-        self.tokenizer = pipe.tokenizer
-        self.device = device
-        self.dtype = dtype
-        vcfg, tcfg, scfg = self.vae.config, self.transformer.config, pipe.scheduler.config
+    name, label, pipeline_class = "cogvideox", "CogVideoX", "CogVideoXPipeline"
+    vae_fp32 = False  # the VAE stays in `dtype`: CogVideoXPipeline hands it latents in the DiT's dtype
+    default_steps, default_guidance = 50, 6.0
+
+    def setup(self, model_id: str) -> dict[str, Any]:
+        vcfg, tcfg, scfg = self.vae.config, self.transformer.config, self.pipe.scheduler.config
         if tcfg.in_channels != vcfg.latent_channels:
             raise SetseqError(
                 f"{model_id} is an image-to-video CogVideoX (the DiT takes {tcfg.in_channels} channels, the VAE "
@@ -81,29 +67,18 @@ class CogVideoXBackbone:
                 "use a CogVideoX checkpoint with its v_prediction scheduler",
             )
         self.num_train_timesteps = int(scfg.num_train_timesteps)
-        self.alphas_cumprod = pipe.scheduler.alphas_cumprod.to(torch.float32)  # (T,) abar_t, on CPU
-        self.scaling_factor = float(vcfg.scaling_factor)
-        self.max_text_len = int(tcfg.max_text_seq_length)
+        self.alphas_cumprod = self.pipe.scheduler.alphas_cumprod.to(torch.float32)  # (T,) abar_t, on CPU
+        self.scaling_factor = float(vcfg.scaling_factor)  # latents = z * scaling_factor, no shift
+        self.text_length = int(tcfg.max_text_seq_length)
         ss = 2 ** (len(vcfg.block_out_channels) - 1)
         st = int(vcfg.temporal_compression_ratio)
-        self.info = BackboneInfo(
-            name="cogvideox",
-            model_id=model_id,
-            fingerprint=_fingerprint(
-                [
-                    _plain_config(tcfg),
-                    _plain_config(vcfg),
-                    _plain_config(scfg),
-                    self.text_encoder.config.to_dict(),
-                ]
-            ),
+        return dict(
             # The native size the DiT was configured for (2B/5B: 480x720, 49 frames; 1.5: 768x1360, 81).
             height=tcfg.sample_height * ss,
             width=tcfg.sample_width * ss,
             frames=tcfg.sample_frames,
             frame_multiple=st,
             spatial_multiple=ss * tcfg.patch_size,
-            supports_self_conditioning=False,
             lora_targets=COGVIDEOX_LORA_TARGETS,
             extra={
                 "objective": f"ddpm-{self.prediction_type}",
@@ -114,36 +89,17 @@ class CogVideoXBackbone:
             },
         )
 
-    # -- text ------------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def encode_prompt(self, prompts: list[str]) -> PromptEmbeds:
-        # Same steps as CogVideoXPipeline._get_t5_prompt_embeds, keeping the attention mask for token masking.
-        tok = self.tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=self.max_text_len,
-            truncation=True,
-            add_special_tokens=True,
-            return_attention_mask=True,
-            return_tensors="pt",
-        )
-        hidden = self.text_encoder(tok.input_ids.to(self.device))[
-            0
-        ].float()  # (B, L, D); no mask, as the pipeline
-        return PromptEmbeds(hidden, tok.attention_mask.to(self.device).bool())
+    def fingerprint_configs(self) -> list[dict]:
+        # The scheduler's config too: it defines the objective (prediction type, betas).
+        tcfg, vcfg, scfg = self.transformer.config, self.vae.config, self.pipe.scheduler.config
+        return [
+            plain_config(tcfg),
+            plain_config(vcfg),
+            plain_config(scfg),
+            self.text_encoder.config.to_dict(),
+        ]
 
-    # -- video <-> latents -----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        x = video.to(self.device, self.vae.dtype).permute(0, 2, 1, 3, 4)  # (B, F, 3, H, W) -> (B, 3, F, H, W)
-        z = self.vae.encode(x).latent_dist.mode().float()  # (B, C, f, h, w); the mean: deterministic caches
-        return z * self.scaling_factor
-
-    @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        z = latents.float() / self.scaling_factor
-        x = self.vae.decode(z.to(self.vae.dtype)).sample  # (B, 3, F, H, W)
-        return x.float().clamp(-1, 1).permute(0, 2, 1, 3, 4)
+    # Text: the default `encode_prompt`, CogVideoXPipeline._get_t5_prompt_embeds's steps (no mask to T5).
 
     # -- diffusion: v-prediction DDPM ------------------------------------------------------------------------
     def _timesteps(self, sigmas: torch.Tensor) -> torch.Tensor:
@@ -168,19 +124,8 @@ class CogVideoXBackbone:
             return noise
         return vp.velocity_target(x0, noise, self._abar(sigmas))
 
-    def predict(
-        self,
-        noisy: torch.Tensor,
-        sigmas: torch.Tensor,
-        prompt: PromptEmbeds,
-        self_cond: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, noisy: torch.Tensor, sigmas: torch.Tensor, prompt: PromptEmbeds) -> torch.Tensor:
         """The DiT's raw output (v for v-prediction) for noisy latents (B, C, f, h, w) at t = sigmas * T."""
-        if self_cond is not None:
-            raise SetseqError(
-                "CogVideoX has no self-conditioning input",
-                "set regularizers.self_conditioning=0 for this backbone",
-            )
         tcfg = self.transformer.config
         x = noisy.to(self.device, self.dtype).permute(
             0, 2, 1, 3, 4
@@ -205,41 +150,5 @@ class CogVideoXBackbone:
         )[0]  # (B, f + pad, C, h, w)
         return out[:, pad:].permute(0, 2, 1, 3, 4).float()
 
-    @torch.no_grad()
-    def generate(
-        self,
-        prompt: str,
-        negative_prompt: str = "",
-        *,
-        frames: int | None = None,
-        height: int | None = None,
-        width: int | None = None,
-        steps: int | None = None,
-        guidance_scale: float | None = None,
-        seed: int = 0,
-        progress: bool = False,
-    ) -> torch.Tensor:
-        self.pipe.set_progress_bar_config(disable=not progress)
-        out = self.pipe(
-            prompt=prompt,
-            negative_prompt=negative_prompt or None,
-            height=height or self.info.height,
-            width=width or self.info.width,
-            num_frames=frames or self.info.frames,
-            num_inference_steps=steps or 50,
-            guidance_scale=6.0 if guidance_scale is None else guidance_scale,
-            generator=torch.Generator(device="cpu").manual_seed(seed),
-            output_type="pt",
-            max_sequence_length=self.max_text_len,
-        ).frames  # (B, F, 3, H, W) in [0, 1]
-        return (out[0].float().cpu() * 2.0 - 1.0).clamp(-1, 1)
 
-
-@register_backbone("cogvideox")
-def load_cogvideox(model_id: str, device: torch.device, dtype: torch.dtype) -> CogVideoXBackbone:
-    """Load a diffusers-format CogVideoX T2V checkpoint (local folder or hub id). Only safetensors are read."""
-    from diffusers import CogVideoXPipeline
-
-    # The VAE stays in `dtype`: CogVideoXPipeline hands it latents in the DiT's dtype without casting.
-    pipe = load_diffusers_pipeline(CogVideoXPipeline, model_id, device, dtype, "CogVideoX", vae_fp32=False)
-    return CogVideoXBackbone(pipe, str(model_id), device, dtype)
+load_cogvideox = register_backbone("cogvideox")(CogVideoXBackbone.load)

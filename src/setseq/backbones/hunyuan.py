@@ -31,14 +31,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
+from typing import Any
 
 import torch
 
-from setseq.backbones.base import BackboneInfo, PromptEmbeds, load_diffusers_pipeline, register_backbone
+from setseq.backbones.base import PromptEmbeds, register_backbone
+from setseq.backbones.diffusers_backbone import DiffusersBackbone
 from setseq.errors import SetseqError
-from setseq.functional import flow_matching as fm
 
 HUNYUAN_LORA_TARGETS = (
     r"^transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0)$",
@@ -47,21 +46,9 @@ HUNYUAN_LORA_TARGETS = (
     r"^single_transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v)$",
     r"^single_transformer_blocks\.\d+\.(proj_mlp|proj_out)$",
 )
-MAX_SEQUENCE_LENGTH = 256  # HunyuanVideoPipeline's default Llama text length (after the template crop)
 CLIP_LENGTH = 77
 TRAIN_GUIDANCE = 1.0  # embedded guidance during training (finetrainers' HunyuanVideo default)
 PLAIN_TEMPLATE = {"template": "{}", "crop_start": 0}
-
-
-# Copied from setseq.backbones.wan._fingerprint
-def _fingerprint(configs: list[dict]) -> str:
-    """Architecture identity: a hash of the component configs (LoRA compatibility, part of cache keys)."""
-    return hashlib.sha256(json.dumps(configs, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-# Copied from setseq.backbones.wan._plain_config
-def _plain_config(cfg) -> dict:
-    return {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
 
 
 def _prompt_template(tokenizer) -> dict:
@@ -74,92 +61,60 @@ def _prompt_template(tokenizer) -> dict:
     return DEFAULT_PROMPT_TEMPLATE
 
 
-class HunyuanVideoBackbone:
+class HunyuanVideoBackbone(DiffusersBackbone):
     """HunyuanVideo T2V behind the `Backbone` protocol."""
 
-    def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype) -> None:
-        self.pipe = pipe
-        self.transformer = pipe.transformer
-        self.vae = pipe.vae
-        self.text_encoder = pipe.text_encoder
-        self.device = device
-        self.dtype = dtype
+    name, label, pipeline_class = "hunyuan", "HunyuanVideo", "HunyuanVideoPipeline"
+    vae_fp32 = True  # the pipeline casts latents to the VAE's dtype before decoding
+    # `guidance_scale` is the embedded (distilled) guidance; true CFG stays off (the pipeline's default), so
+    # the negative prompt is not used.
+    default_steps, default_guidance, negative_prompt = 50, 6.0, False
+    text_length = 256  # HunyuanVideoPipeline's default Llama text length (after the template crop)
+
+    def setup(self, model_id: str) -> dict[str, Any]:
+        # No `tokenizer` for textual inversion (`setseq.train.embeddings` refuses it): the prompt goes through
+        # two encoders, Llama and CLIP, and the pipeline's own helpers tokenise for both.
+        self.tokenizer = None
         vcfg, tcfg = self.vae.config, self.transformer.config
-        self.scaling_factor = float(vcfg.scaling_factor)
-        self.template = _prompt_template(pipe.tokenizer)
-        self.flow_shift = float(pipe.scheduler.config.get("shift", 7.0))
+        self.scaling_factor = float(vcfg.scaling_factor)  # latents = z * scaling_factor, no shift
+        self.template = _prompt_template(self.pipe.tokenizer)
+        self.sigma_shift = float(self.pipe.scheduler.config.get("shift", 7.0))
         ss, st = int(vcfg.spatial_compression_ratio), int(vcfg.temporal_compression_ratio)
-        small = (
-            tcfg.num_layers + tcfg.num_single_layers
-        ) * tcfg.num_attention_heads * tcfg.attention_head_dim < 4096 * 8
-        self.info = BackboneInfo(
-            name="hunyuan",
-            model_id=model_id,
-            fingerprint=_fingerprint(
-                [
-                    _plain_config(tcfg),
-                    _plain_config(vcfg),
-                    self.text_encoder.config.to_dict(),
-                    pipe.text_encoder_2.config.to_dict(),
-                ]
-            ),
+        small = self.is_tiny(tcfg.num_layers + tcfg.num_single_layers)
+        return dict(
             # The pipeline's defaults (720x1280, 129 frames); tiny test models default to a tiny size.
             height=32 if small else 720,
             width=32 if small else 1280,
             frames=9 if small else 129,
             frame_multiple=st * int(tcfg.patch_size_t),
             spatial_multiple=ss * int(tcfg.patch_size),
-            supports_self_conditioning=False,
             lora_targets=HUNYUAN_LORA_TARGETS,
             extra={
-                "flow_shift": self.flow_shift,
+                "flow_shift": self.sigma_shift,
                 "train_guidance": TRAIN_GUIDANCE,
                 "prompt_template": "hunyuan" if self.template is not PLAIN_TEMPLATE else "plain",
             },
         )
 
+    def fingerprint_configs(self) -> list[dict]:
+        return super().fingerprint_configs() + [self.pipe.text_encoder_2.config.to_dict()]
+
+    def pipeline_kwargs(self) -> dict[str, Any]:
+        return {"prompt_template": self.template}
+
     # -- text ------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> PromptEmbeds:
         embeds, mask = self.pipe._get_llama_prompt_embeds(
-            prompts, self.template, device=self.device, max_sequence_length=MAX_SEQUENCE_LENGTH
+            prompts, self.template, device=self.device, max_sequence_length=self.text_length
         )  # (B, L, D), (B, L)
         pooled = self.pipe._get_clip_prompt_embeds(
             prompts, device=self.device, max_sequence_length=CLIP_LENGTH
         )  # (B, P)
         return PromptEmbeds(embeds.float(), mask.bool(), pooled.float())
 
-    # -- video <-> latents -----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        x = video.to(self.device, self.vae.dtype).permute(0, 2, 1, 3, 4)  # (B, F, 3, H, W) -> (B, 3, F, H, W)
-        z = self.vae.encode(x).latent_dist.mode().float()  # (B, C, f, h, w); the mean: deterministic caches
-        return z * self.scaling_factor
-
-    @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        z = latents.float() / self.scaling_factor
-        x = self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0]  # (B, 3, F, H, W)
-        return x.float().clamp(-1, 1).permute(0, 2, 1, 3, 4)
-
     # -- diffusion -------------------------------------------------------------------------------------------
-    def sample_sigmas(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return fm.sample_sigmas(
-            batch, shift=self.flow_shift, weighting="uniform", generator=generator, device=self.device
-        )
-
-    def predict(
-        self,
-        noisy: torch.Tensor,
-        sigmas: torch.Tensor,
-        prompt: PromptEmbeds,
-        self_cond: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if self_cond is not None:
-            raise SetseqError(
-                "HunyuanVideo has no self-conditioning input",
-                "set regularizers.self_conditioning=0 for this backbone",
-            )
+    def forward(self, noisy: torch.Tensor, sigmas: torch.Tensor, prompt: PromptEmbeds) -> torch.Tensor:
         if prompt.pooled is None:
             raise SetseqError(
                 "HunyuanVideo needs the pooled CLIP text embedding, which these prompt embeddings lack",
@@ -186,45 +141,5 @@ class HunyuanVideoBackbone:
         )[0]
         return out.float()
 
-    @torch.no_grad()
-    def generate(
-        self,
-        prompt: str,
-        negative_prompt: str = "",
-        *,
-        frames: int | None = None,
-        height: int | None = None,
-        width: int | None = None,
-        steps: int | None = None,
-        guidance_scale: float | None = None,
-        seed: int = 0,
-        progress: bool = False,
-    ) -> torch.Tensor:
-        """Text-to-video; `guidance_scale` is HunyuanVideo's embedded (distilled) guidance, the negative prompt
-        is not used (true CFG off, the pipeline's default)."""
-        self.pipe.set_progress_bar_config(disable=not progress)
-        out = self.pipe(
-            prompt=prompt,
-            height=height or self.info.height,
-            width=width or self.info.width,
-            num_frames=frames or self.info.frames,
-            num_inference_steps=steps or 50,
-            guidance_scale=6.0 if guidance_scale is None else guidance_scale,
-            generator=torch.Generator(device="cpu").manual_seed(seed),
-            output_type="pt",
-            prompt_template=self.template,
-            max_sequence_length=MAX_SEQUENCE_LENGTH,
-        ).frames  # (B, F, 3, H, W) in [0, 1]
-        return (out[0].float().cpu() * 2.0 - 1.0).clamp(-1, 1)
 
-
-@register_backbone("hunyuan")
-def load_hunyuan(model_id: str, device: torch.device, dtype: torch.dtype) -> HunyuanVideoBackbone:
-    """Load a diffusers-format HunyuanVideo T2V checkpoint (local folder or hub id). Only safetensors are read."""
-    from diffusers import HunyuanVideoPipeline
-
-    # The VAE stays fp32 in bf16 runs: the pipeline casts latents to the VAE's dtype before decoding.
-    pipe = load_diffusers_pipeline(
-        HunyuanVideoPipeline, model_id, device, dtype, "HunyuanVideo", vae_fp32=True
-    )
-    return HunyuanVideoBackbone(pipe, str(model_id), device, dtype)
+load_hunyuan = register_backbone("hunyuan")(HunyuanVideoBackbone.load)

@@ -28,24 +28,15 @@ the VAE's `latents_mean` / `latents_std`, exactly as `WanPipeline` un-normalises
 
 from __future__ import annotations
 
-import hashlib
-import json
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from setseq.backbones.base import (
-    I2V_TRAINING,
-    BackboneInfo,
-    PromptEmbeds,
-    check_image_input,
-    load_diffusers_pipeline,
-    register_backbone,
-)
+from setseq.backbones.base import I2V_TRAINING, PromptEmbeds, register_backbone
+from setseq.backbones.diffusers_backbone import DiffusersBackbone
 from setseq.errors import SetseqError
-from setseq.export import EXPERTS  # the module-name prefixes WanExperts gives its two DiTs: high, low
-from setseq.functional import flow_matching as fm
 
 # Every linear of self-attention (attn1), cross-attention (attn2, incl. Wan 2.1 I2V's image projections)
 # and FFN inside the DiT blocks. Names are those of diffusers' WanTransformer3DModel.
@@ -54,7 +45,9 @@ WAN_LORA_TARGETS = (
     r"^blocks\.\d+\.attn2\.(to_q|to_k|to_v|to_out\.0|add_k_proj|add_v_proj)$",
     r"^blocks\.\d+\.ffn\.net\.(0\.proj|2)$",
 )
-MAX_SEQUENCE_LENGTH = 512  # WanPipeline's default text length
+#: The names `WanExperts` gives its two DiTs (high-noise, low-noise): the module-name prefixes of a LoRA
+#: trained on Wan 2.2 A14B, which `setseq.export` reads back to write one file per expert.
+EXPERTS = ("high", "low")
 
 
 class WanExperts(nn.Module):
@@ -107,24 +100,19 @@ class WanExperts(nn.Module):
         return (out[torch.argsort(torch.tensor(order, device=out.device))],)
 
 
-def _fingerprint(configs: list[dict]) -> str:
-    """Architecture identity: a hash of the component configs (LoRA compatibility, part of cache keys)."""
-    return hashlib.sha256(json.dumps(configs, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _plain_config(cfg) -> dict:
-    return {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
-
-
-class WanBackbone:
+class WanBackbone(DiffusersBackbone):
     """Wan (T2V, TI2V-5B, I2V) behind the `Backbone` protocol."""
 
-    def __init__(self, pipe, model_id: str, device: torch.device, dtype: torch.dtype) -> None:
-        self.pipe = pipe
-        self.transformer = pipe.transformer
+    name, label, pipeline_class = "wan", "Wan", "WanPipeline"
+    vae_fp32 = True  # upcasting the VAE is the usual advice for Wan's VAE
+    default_steps, default_guidance = 30, 5.0
+    text_length = 512  # WanPipeline's default text length
+
+    def setup(self, model_id: str) -> dict[str, Any]:
+        pipe = self.pipe
         # An I2V DiT takes the image condition as extra input channels: it cannot run on a latent alone.
         self.image_to_video = type(pipe).__name__ == "WanImageToVideoPipeline"
-        targets, experts = WAN_LORA_TARGETS, None
+        targets, self.expert_meta = WAN_LORA_TARGETS, None
         if getattr(pipe, "transformer_2", None) is not None:  # Wan 2.2 A14B
             ratio = pipe.config.get("boundary_ratio")
             if ratio is None:
@@ -135,43 +123,58 @@ class WanBackbone:
             steps = int(getattr(pipe.scheduler.config, "num_train_timesteps", 1000))
             self.transformer = WanExperts(pipe.transformer, pipe.transformer_2, float(ratio) * steps)
             targets = tuple(p.replace("^", rf"^({'|'.join(EXPERTS)})\.", 1) for p in WAN_LORA_TARGETS)
-            experts = {"experts": list(EXPERTS), "boundary_ratio": float(ratio)}
-        self.vae = pipe.vae
-        self.text_encoder = pipe.text_encoder
-        self.tokenizer = pipe.tokenizer
-        self.device = device
-        self.dtype = dtype
+            self.expert_meta = {"experts": list(EXPERTS), "boundary_ratio": float(ratio)}
         vcfg, tcfg = self.vae.config, self.transformer.config
-        self.z_dim = vcfg.z_dim
+        # Normalised as WanPipeline un-normalises before decoding: (z - latents_mean) / latents_std.
         self.latents_mean = torch.tensor(vcfg.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
         self.latents_std = torch.tensor(vcfg.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
         st = int(getattr(vcfg, "scale_factor_temporal", 4))
         ss = int(getattr(vcfg, "scale_factor_spatial", 8))
         patch = tuple(tcfg.patch_size)
-        self.flow_shift = float(
+        # Wan's schedulers sample in shifted time (flow_shift).
+        self.sigma_shift = float(
             getattr(pipe.scheduler.config, "flow_shift", None) or getattr(pipe.scheduler.config, "shift", 3.0)
         )
         self.expand_timesteps = bool(getattr(pipe.config, "expand_timesteps", False))
-        small = tcfg.num_layers * tcfg.num_attention_heads * tcfg.attention_head_dim < 4096 * 8
-        self.info = BackboneInfo(
-            name="wan",
-            model_id=model_id,
-            fingerprint=_fingerprint(
-                [_plain_config(tcfg), _plain_config(vcfg), self.text_encoder.config.to_dict()]
-                + ([experts] if experts else [])
-            ),
+        small = self.is_tiny()
+        return dict(
             # Wan's native 480p size (Wan 2.2 TI2V-5B: 720p, 704x1280); tiny test models default to a tiny size.
             height=32 if small else (704 if self.expand_timesteps else 480),
             width=32 if small else (1280 if self.expand_timesteps else 832),
             frames=9 if small else 33,
             frame_multiple=st,
             spatial_multiple=ss * patch[1],
-            supports_self_conditioning=False,
             image="required" if self.image_to_video else ("optional" if self.expand_timesteps else "none"),
             lora_targets=targets,
-            extra={"flow_shift": self.flow_shift, "vae_scale_factor_spatial": ss, "patch_size": patch}
-            | (experts or {}),
+            extra={"flow_shift": self.sigma_shift, "vae_scale_factor_spatial": ss, "patch_size": patch}
+            | (self.expert_meta or {}),
         )
+
+    def fingerprint_configs(self) -> list[dict]:
+        return super().fingerprint_configs() + ([self.expert_meta] if self.expert_meta else [])
+
+    @classmethod
+    def pipeline_for(cls, model_id: str) -> type:
+        """`WanImageToVideoPipeline` when the checkpoint's model_index.json names it, else `WanPipeline`. A hub
+        id's model_index.json is read through diffusers (the hub cache, else a download of that one file)."""
+        import json
+        from pathlib import Path
+
+        from diffusers import WanImageToVideoPipeline, WanPipeline
+
+        index = Path(model_id) / "model_index.json"
+        try:
+            if index.is_file():
+                cls_name = json.loads(index.read_text()).get("_class_name")
+            elif not Path(model_id).exists():
+                from diffusers import DiffusionPipeline
+
+                cls_name = DiffusionPipeline.load_config(model_id).get("_class_name")
+            else:
+                cls_name = None
+        except Exception:  # unreadable or unreachable: WanPipeline's loader reports what is wrong
+            cls_name = None
+        return WanImageToVideoPipeline if cls_name == "WanImageToVideoPipeline" else WanPipeline
 
     # -- text ------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -179,53 +182,14 @@ class WanBackbone:
         # Same steps as WanPipeline._get_t5_prompt_embeds, keeping the attention mask for token masking.
         from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
-        texts = [prompt_clean(p) for p in prompts]
-        tok = self.tokenizer(
-            texts,
-            padding="max_length",
-            max_length=MAX_SEQUENCE_LENGTH,
-            truncation=True,
-            add_special_tokens=True,
-            return_attention_mask=True,
-            return_tensors="pt",
-        )
-        ids, mask = tok.input_ids.to(self.device), tok.attention_mask.to(self.device)
+        ids, mask = self.tokenize([prompt_clean(p) for p in prompts])
         hidden = self.text_encoder(ids, mask).last_hidden_state.float()  # (B, L, D)
         real = mask.bool()
         hidden = hidden * real.unsqueeze(-1)  # Wan zero-pads beyond each prompt's length
         return PromptEmbeds(hidden, real)
 
-    # -- video <-> latents -----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        x = video.to(self.device, self.vae.dtype).permute(0, 2, 1, 3, 4)  # (B, F, 3, H, W) -> (B, 3, F, H, W)
-        z = self.vae.encode(x).latent_dist.mode().float()  # (B, C, f, h, w); the mean: deterministic caches
-        return (z - self.latents_mean.to(z.device)) / self.latents_std.to(z.device)
-
-    @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        z = latents.float() * self.latents_std.to(latents.device) + self.latents_mean.to(latents.device)
-        x = self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0]  # (B, 3, F, H, W)
-        return x.float().clamp(-1, 1).permute(0, 2, 1, 3, 4)
-
     # -- diffusion -------------------------------------------------------------------------------------------
-    def sample_sigmas(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        # Wan's schedulers sample in shifted time (flow_shift); training draws u uniformly and applies it.
-        return fm.sample_sigmas(
-            batch, shift=self.flow_shift, weighting="uniform", generator=generator, device=self.device
-        )
-
-    def predict(
-        self,
-        noisy: torch.Tensor,
-        sigmas: torch.Tensor,
-        prompt: PromptEmbeds,
-        self_cond: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if self_cond is not None:
-            raise SetseqError(
-                "Wan has no self-conditioning input", "set regularizers.self_conditioning=0 for this backbone"
-            )
+    def forward(self, noisy: torch.Tensor, sigmas: torch.Tensor, prompt: PromptEmbeds) -> torch.Tensor:
         if self.image_to_video:
             raise SetseqError(*I2V_TRAINING)
         t = sigmas.to(self.device).float() * 1000.0  # (B,)
@@ -242,46 +206,14 @@ class WanBackbone:
         )[0]
         return out.float()
 
-    @torch.no_grad()
-    def generate(
-        self,
-        prompt: str,
-        negative_prompt: str = "",
-        *,
-        frames: int | None = None,
-        height: int | None = None,
-        width: int | None = None,
-        steps: int | None = None,
-        guidance_scale: float | None = None,
-        seed: int = 0,
-        progress: bool = False,
-        image: np.ndarray | None = None,
-    ) -> torch.Tensor:
-        """`image`: the first frame, (H, W, 3) uint8 already at the video's size, for an image-to-video model
-        (required by Wan 2.1 / 2.2 I2V, optional for Wan 2.2 TI2V-5B)."""
-        check_image_input(self.info, image is not None)
-        pipe, extra = self.pipe, {}
-        if image is not None:
-            pipe = self.pipe if self.image_to_video else self._ti2v_pipeline()
-            from PIL import Image
+    # -- image-to-video --------------------------------------------------------------------------------------
+    def image_pipeline(self, image: np.ndarray) -> tuple[Any, dict[str, Any]]:
+        """An I2V model's own pipeline, or TI2V-5B's components in `WanImageToVideoPipeline`; the first frame as
+        a PIL image: what both the CLIP processor and the VAE preprocessing of the pipeline expect."""
+        from PIL import Image
 
-            # a PIL image: what both the CLIP processor and the VAE preprocessing of the pipeline expect
-            extra["image"] = Image.fromarray(np.ascontiguousarray(image), "RGB")
-        pipe.set_progress_bar_config(disable=not progress)
-        out = pipe(
-            prompt=prompt,
-            negative_prompt=negative_prompt or None,
-            height=height or self.info.height,
-            width=width or self.info.width,
-            num_frames=frames or self.info.frames,
-            num_inference_steps=steps or 30,
-            guidance_scale=5.0 if guidance_scale is None else guidance_scale,
-            generator=torch.Generator(device="cpu").manual_seed(seed),
-            output_type="pt",
-            max_sequence_length=MAX_SEQUENCE_LENGTH,
-            **extra,
-        ).frames  # (B, F, 3, H, W) in [0, 1]
-        return (out[0].float().cpu() * 2.0 - 1.0).clamp(-1, 1)
+        pipe = self.pipe if self.image_to_video else self._ti2v_pipeline()
+        return pipe, {"image": Image.fromarray(np.ascontiguousarray(image), "RGB")}
 
     def _ti2v_pipeline(self):
         """Wan 2.2 TI2V-5B in image-to-video mode: `WanImageToVideoPipeline` on the same components (no CLIP
@@ -298,35 +230,5 @@ class WanBackbone:
         return self._i2v_pipe
 
 
-def wan_pipeline_class(model_id: str) -> type:
-    """`WanImageToVideoPipeline` when the checkpoint's model_index.json names it, else `WanPipeline`. A hub id's
-    model_index.json is read through diffusers (the hub cache, else a download of that one file)."""
-    import json
-    from pathlib import Path
-
-    from diffusers import WanImageToVideoPipeline, WanPipeline
-
-    index = Path(model_id) / "model_index.json"
-    try:
-        if index.is_file():
-            cls = json.loads(index.read_text()).get("_class_name")
-        elif not Path(model_id).exists():
-            from diffusers import DiffusionPipeline
-
-            cls = DiffusionPipeline.load_config(model_id).get("_class_name")
-        else:
-            cls = None
-    except Exception:  # unreadable or unreachable: WanPipeline's loader reports what is wrong
-        cls = None
-    return WanImageToVideoPipeline if cls == "WanImageToVideoPipeline" else WanPipeline
-
-
-@register_backbone("wan")
-def load_wan(model_id: str, device: torch.device, dtype: torch.dtype) -> WanBackbone:
-    """Load a diffusers-format Wan checkpoint (local folder or hub id): T2V, TI2V-5B or I2V (the pipeline class
-    its model_index.json names). Only safetensors are read."""
-    # The VAE stays fp32 in bf16 runs: upcasting it is the usual advice for Wan's VAE.
-    pipe = load_diffusers_pipeline(
-        wan_pipeline_class(model_id), model_id, device, dtype, "Wan", vae_fp32=True
-    )
-    return WanBackbone(pipe, str(model_id), device, dtype)
+# Loads T2V, TI2V-5B or I2V (the pipeline class its model_index.json names).
+load_wan = register_backbone("wan")(WanBackbone.load)
