@@ -34,10 +34,11 @@ from typing import Any
 
 import torch
 
-from setseq.backbones.base import PromptEmbeds, register_backbone
+from setseq.backbones.base import register_backbone
 from setseq.backbones.diffusers_backbone import DiffusersBackbone, plain_config
 from setseq.errors import SetseqError
 from setseq.functional import v_prediction as vp
+from setseq.prompts import PromptEmbeds
 
 COGVIDEOX_LORA_TARGETS = (
     r"^transformer_blocks\.\d+\.attn1\.(to_q|to_k|to_v|to_out\.0)$",

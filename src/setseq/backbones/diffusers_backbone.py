@@ -27,9 +27,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from setseq.backbones.base import BackboneInfo, PromptEmbeds, check_image_input, load_diffusers_pipeline
+from setseq.backbones.base import BackboneInfo, check_image_input, load_diffusers_pipeline
 from setseq.errors import SetseqError
 from setseq.functional import flow_matching as fm
+from setseq.prompts import PromptEmbeds
 
 
 def fingerprint(configs: list[dict]) -> str:

@@ -35,9 +35,10 @@ from typing import Any
 
 import torch
 
-from setseq.backbones.base import PromptEmbeds, register_backbone
+from setseq.backbones.base import register_backbone
 from setseq.backbones.diffusers_backbone import DiffusersBackbone
 from setseq.errors import SetseqError
+from setseq.prompts import PromptEmbeds
 
 HUNYUAN_LORA_TARGETS = (
     r"^transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0)$",

@@ -30,8 +30,9 @@ from typing import Any
 
 import torch
 
-from setseq.backbones.base import PromptEmbeds, register_backbone
+from setseq.backbones.base import register_backbone
 from setseq.backbones.diffusers_backbone import DiffusersBackbone
+from setseq.prompts import PromptEmbeds
 
 LTX_LORA_TARGETS = (
     r"^transformer_blocks\.\d+\.attn1\.(to_q|to_k|to_v|to_out\.0)$",

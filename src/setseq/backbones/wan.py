@@ -34,9 +34,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from setseq.backbones.base import I2V_TRAINING, PromptEmbeds, register_backbone
+from setseq.backbones.base import I2V_TRAINING, register_backbone
 from setseq.backbones.diffusers_backbone import DiffusersBackbone
 from setseq.errors import SetseqError
+from setseq.prompts import PromptEmbeds
 
 # Every linear of self-attention (attn1), cross-attention (attn2, incl. Wan 2.1 I2V's image projections)
 # and FFN inside the DiT blocks. Names are those of diffusers' WanTransformer3DModel.
