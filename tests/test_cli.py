@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
+import re
+import subprocess
+import sys
+
 import pytest
 import torch
 
-from setseq.cli import main
+from setseq.cli import METHOD_NAMES, _parse, build_parser, main
 from setseq.export import load_setseq, save_setseq
+from setseq.train.methods import METHODS
 
 FAST = [
     "lora.rank=4",
@@ -196,3 +202,87 @@ def test_resume_refuses_every_other_flag(tmp_path, capsys, flag):
     code = main(["train", "--resume", "--out", str(tmp_path / "run"), *flag])
     err = capsys.readouterr().err
     assert code == 2 and "other flags are not allowed" in err and flag[0] in err and err.count("\n") == 1
+
+
+# The smallest valid argv of each subcommand: parsing it gives every field its function receives.
+MINIMAL = {
+    "train": ["--out", "o"],
+    "generate": ["--prompt", "p", "--out", "o"],
+    "compose": ["r", "--prompt", "p", "--out", "o"],
+    "export": ["r", "--format", "diffusers", "--out", "o"],
+    "info": ["r"],
+    "demo": [],
+    "eval": ["v", "--reference", "r", "--out", "o"],
+    "bench": [],
+    "report": ["r", "--out", "o"],
+}
+
+
+def help_text(capsys, *argv) -> str:
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--help"])
+    assert e.value.code == 0
+    return capsys.readouterr().out
+
+
+def help_flags(text: str) -> list[str]:
+    """The option strings of a --help text's option lines, in order (`-h, --help` gives both)."""
+    return [
+        f
+        for line in text.splitlines()
+        if re.match(r"  -", line)
+        for f in re.findall(r"(?<![\w-])--?[\w-]+", line.split("  ")[1])
+    ]
+
+
+def test_every_subcommand_is_covered_and_declares_each_flag_once(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # one option per line
+    top = help_text(capsys)
+    assert set(re.search(r"\{([\w,]+)\}", top).group(1).split(",")) == set(MINIMAL)
+    for command, argv in MINIMAL.items():
+        flags = help_flags(help_text(capsys, command))
+        assert "--out" in flags or command == "info", (command, flags)
+        assert len(flags) == len(set(flags)), (command, flags)
+        # The function takes exactly the parsed fields, by name, each without a default of its own.
+        fields = _parse(build_parser(), [command, *argv])
+        params = inspect.signature(fields.pop("func")).parameters
+        assert set(params) == set(fields) - {"command"}, command
+        assert all(p.kind is p.KEYWORD_ONLY and p.default is p.empty for p in params.values()), command
+
+
+def test_method_help_names_every_method(capsys, monkeypatch):
+    assert METHOD_NAMES == tuple(METHODS)
+    monkeypatch.setenv("COLUMNS", "200")
+    line = next(ln for ln in help_text(capsys, "train").splitlines() if ln.strip().startswith("--method"))
+    assert re.findall(r"\w+", line.split("baseline:")[1].split("(")[0]) == [
+        m for m in METHODS if m != "setseq"
+    ]
+    assert "setseq (default)" in line
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import contextlib, io, sys\n"
+        "from setseq.cli import main\n"
+        f"for argv in ([], *([c] for c in {sorted(MINIMAL)!r})):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        main([*argv, '--help'])\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'diffusers')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+
+
+def test_resume_refuses_every_train_flag_it_cannot_take(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    takes = {"-h", "--help", "--out", "--resume", "--no-progress"}
+    refused = [f for f in help_flags(help_text(capsys, "train")) if f not in takes]
+    assert {"--video", "--config", "--init-lora", "--method", "--class-word"} <= set(refused)
+    out = str(tmp_path / "run")
+    for flag in [*refused, "stage1.steps=3"]:
+        value = ["1"] if flag.startswith("-") else []
+        assert main(["train", "--resume", "--out", out, flag, *value]) == 2, flag
+        err = capsys.readouterr().err
+        assert "other flags are not allowed" in err and f"(got {flag})" in err, (flag, err)
+    main(["train", "--resume", "--out", out, "--no-progress"])
+    assert "other flags are not allowed" not in capsys.readouterr().err
