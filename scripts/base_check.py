@@ -33,7 +33,7 @@ def main() -> None:
         app, sim, hits, fams = 0.0, 0.0, 0, []
         for seed in range(args.seeds):
             video = from_tensor(base.generate(c["caption"], GenerateOptions(seed=seed)))
-            m = M.motion_fidelity(video, ref)
+            m = M.sprite_motion_fidelity(video, ref)
             app += M.appearance_fidelity(video, ref) / args.seeds
             sim += m["similarity"] / args.seeds
             hits += bool(m["family_match"])

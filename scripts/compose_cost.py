@@ -34,6 +34,7 @@ def main() -> None:
     from setseq.data.video import from_tensor, load_clip
     from setseq.demo import DEMO_CONFIG, with_concept_mask
     from setseq.eval import toy_metrics as M
+    from setseq.eval.metrics import mse
     from setseq.export import load_setseq
     from setseq.infer.compose import load_composition
     from setseq.infer.generate import GenerateOptions, Personalized
@@ -100,8 +101,8 @@ def main() -> None:
                         "concept": c.name,
                         "mode": mode,
                         "appearance": M.appearance_fidelity(video, ref),
-                        "motion": float(M.motion_fidelity(video, ref)["similarity"]),
-                        "mse": M.mse(video, ref),
+                        "motion": float(M.sprite_motion_fidelity(video, ref)["similarity"]),
+                        "mse": mse(video, ref),
                     }
                 )
                 print(json.dumps(rows[-1]), flush=True)

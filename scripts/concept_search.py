@@ -16,6 +16,7 @@ import numpy as np
 from setseq.data import synthetic as S
 from setseq.data.video import from_tensor
 from setseq.eval import toy_metrics as M
+from setseq.eval.toy_detect import detect_sprite
 from setseq.infer.generate import GenerateOptions, Personalized
 from setseq.runtime import quiet_libraries
 
@@ -53,8 +54,8 @@ def main() -> None:
             colour = family = 0
             for seed in range(args.seeds):
                 video = from_tensor(base.generate(S.caption(c), GenerateOptions(seed=seed)))
-                colour += S.detect_sprite(video)["colour"] == c.appearance.colour
-                family += bool(M.motion_fidelity(video, ref)["family_match"])
+                colour += detect_sprite(video)["colour"] == c.appearance.colour
+                family += bool(M.sprite_motion_fidelity(video, ref)["family_match"])
             keep = "KEEP" if colour <= 1 and family <= 1 else "    "
             print(
                 f"{keep} {name:24s} colour {colour}/{args.seeds} family {family}/{args.seeds}  {S.caption(c)}"

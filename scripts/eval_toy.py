@@ -1,4 +1,4 @@
-"""Quality gate of the toy text-to-video model: generate from captions, score with the synthetic detectors.
+"""Quality gate of the toy text-to-video model: generate from captions, score with the toy-world detectors.
 
     python scripts/eval_toy.py                       # the shipped model, 120 gate prompts, writes eval_toy.json
     python scripts/eval_toy.py --model DIR --n 40 --guidance 3 --shift 2 --json /tmp/e.json
@@ -7,8 +7,9 @@ Prompts: a seeded set of non-held-out specs of `setseq.data.synthetic` (`sample_
 sprite, plain background, no dynamics, speed 1), captioned with the one caption grammar. These are the gate.
 A second, smaller seeded set of full specs (patterns, patterned backgrounds, dynamics, speeds) is scored and
 reported but not gated. Every prompt goes through the backbone's `generate` path (`generate_batch`, which
-`generate` calls). The same detectors are run on the true renders of the specs (the detector ceiling) and on
-those renders passed through the model's codec, encoded and decoded (the codec ceiling).
+`generate` calls). The same detectors (`setseq.eval.toy_detect`) are run on the true renders of the specs (the
+detector ceiling) and on those renders passed through the model's codec, encoded and decoded (the codec
+ceiling).
 
 Gate (issue): sprite colour >= 90%, background colour >= 90%, motion >= 80%, where motion is correct when
 the detected direction equals the true one for directional families (linear, bounce, zigzag) and the
@@ -27,6 +28,7 @@ import torch
 
 from setseq.backbones.toy import load_toy, load_toy_components
 from setseq.data import synthetic as S
+from setseq.eval.toy_detect import detect_background, detect_motion, detect_sprite
 from setseq.io import write_json
 
 GATE = {"sprite_colour": 0.90, "bg_colour": 0.90, "motion": 0.80}
@@ -67,9 +69,9 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
 def score(spec: S.ConceptSpec, video: np.ndarray) -> dict:
     """Detector verdicts for one video against its spec."""
     a, m = spec.appearance, spec.motion
-    sprite = S.detect_sprite(video)
-    bg_colour, bg_pattern = S.detect_background(video)
-    motion = S.detect_motion(sprite["positions"])
+    sprite = detect_sprite(video)
+    bg_colour, bg_pattern = detect_background(video)
+    motion = detect_motion(sprite["positions"])
     family_ok = motion["family"] == m.family
     direction_ok = m.direction is not None and motion["direction"] == m.direction
     return {

@@ -40,12 +40,13 @@ import torch
 from setseq.backbones.toy import (
     IDENTIFIER_TOKENS,
     ToyBackbone,
-    add_coordinate_channels,
+    ToyComponents,
     build_toy_components,
     load_toy_components,
     save_toy_model,
     toy_config,
 )
+from setseq.backbones.toy.config import dit_in_channels
 from setseq.data import synthetic as S
 from setseq.functional.flow_matching import flow_matching_loss, interpolate, x0_from_velocity
 
@@ -183,8 +184,8 @@ class LatentPool:
     def _encode(self, n: int, image: bool) -> dict:
         mus, sds, caps = [], [], []
         vae = self.model.vae
-        mean = self.model._lat_mean
-        std = self.model._lat_std
+        mean = self.model.latent_codec.mean
+        std = self.model.latent_codec.std
         with torch.no_grad():
             for i in range(0, n, 64):
                 video, captions = sample_batch(
@@ -323,6 +324,32 @@ def pretrain_text_encoder(model: ToyBackbone, rng: np.random.Generator, minutes:
     enc.eval()
     enc.requires_grad_(False)
     log(f"text encoder pre-trained: {step} steps in {(time.time() - start) / 60:.1f} min, frozen")
+
+
+def add_coordinate_channels(components: ToyComponents, coord_channels: int = 2) -> ToyComponents:
+    """Give a model trained without coordinate planes (`--init-from` a first-design folder) their input
+    channels, zero-initialised: the same function until trained."""
+    from diffusers import WanTransformer3DModel
+
+    old = components.transformer
+    have = int(components.config.get("coord_channels", 0))
+    if have == coord_channels:
+        return components
+    cfg = copy.deepcopy(components.config)
+    cfg["coord_channels"] = coord_channels
+    new = WanTransformer3DModel.from_config({**dict(old.config), "in_channels": dit_in_channels(cfg)})
+    state = old.state_dict()
+    w = state["patch_embedding.weight"]  # (D, in, 1, 2, 2)
+    pad = torch.zeros(w.shape[0], dit_in_channels(cfg) - w.shape[1], *w.shape[2:], dtype=w.dtype)
+    state["patch_embedding.weight"] = torch.cat([w, pad], dim=1)
+    new.load_state_dict(state)
+    return ToyComponents(
+        config=cfg,
+        transformer=new.eval(),
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        vae=components.vae,
+    )
 
 
 def lr_at(elapsed: float, budget: float, args: argparse.Namespace) -> float:

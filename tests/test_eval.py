@@ -100,25 +100,25 @@ def no_model_cache(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------ pure metrics
 
 
-def test_mse_equals_toy_mse_also_after_resampling():
+def test_mse_is_the_mean_over_every_pixel_also_after_resampling():
     ref = _video(RED, "cw")
     same_shape = _video(STAR, "cw", noise=10)
     other_shape = _video(STAR, "right", frames=13, size=(40, 48))
-    for gen in (ref, same_shape, other_shape):
-        assert M.mse(gen, ref) == pytest.approx(T.mse(gen, ref), rel=1e-12, abs=1e-15)
+    whole = float(((same_shape / 255.0 - ref / 255.0) ** 2).mean())  # one frame at a time == all at once
+    assert M.mse(same_shape, ref) == pytest.approx(whole, rel=1e-12, abs=1e-15)
     assert M.mse(ref, ref) == 0.0
     # resample_video aligns in the same way (uint8 rounding aside)
     aligned = M.resample_video(other_shape, 9, (32, 32))
     assert aligned.shape == ref.shape and aligned.dtype == np.uint8
-    assert M.mse(aligned, ref) == pytest.approx(T.mse(other_shape, ref), abs=2e-5)
+    assert M.mse(aligned, ref) == pytest.approx(M.mse(other_shape, ref), abs=2e-5)
 
 
-def test_tc_on_pixel_embeddings_equals_toy_tc():
-    """TC is the toy world's temporal consistency when the 'embedding' is the mean-centred frame."""
+def test_tc_on_pixel_embeddings_equals_pixel_tc():
+    """TC is the toy world's pixel temporal consistency when the 'embedding' is the mean-centred frame."""
     for video in (_video(RED, "fig8"), _video(SQUARE, "static", noise=5), _video(STAR, "right")):
         flat = torch.from_numpy(video.reshape(len(video), -1).astype(np.float64))
         emb = flat - flat.mean(dim=1, keepdim=True)
-        assert M.temporal_consistency(emb) == pytest.approx(T.temporal_consistency(video), abs=1e-9)
+        assert M.temporal_consistency(emb) == pytest.approx(T.pixel_temporal_consistency(video), abs=1e-9)
     assert M.temporal_consistency(torch.ones(1, 4)) == 1.0
 
 
@@ -161,7 +161,7 @@ def test_motion_same_motion_scores_closer_than_different_motion_and_agrees_with_
     agree = pairs = 0
     for n in ["right", "cw", "fig8"]:
         ours = [motion_similarity(ref[m], ref[n])["similarity"] for m in names if m != n]
-        toys = [T.motion_fidelity(videos[m], videos[n])["similarity"] for m in names if m != n]
+        toys = [T.sprite_motion_fidelity(videos[m], videos[n])["similarity"] for m in names if m != n]
         for i, j in itertools.combinations(range(len(ours)), 2):
             if abs(toys[i] - toys[j]) > 0.05:
                 pairs += 1
@@ -201,7 +201,10 @@ def test_tiny_clip_embeddings_and_tc_ranking(tiny_clip_dir):
     assert emb["still"].shape == (9, 16)
     assert torch.allclose(emb["still"].norm(dim=-1), torch.ones(9), atol=1e-5)
     tc = {k: M.temporal_consistency(e) for k, e in emb.items()}
-    toy = {k: T.temporal_consistency(v) for k, v in dict(still=still, moving=moving, flicker=flicker).items()}
+    toy = {
+        k: T.pixel_temporal_consistency(v)
+        for k, v in dict(still=still, moving=moving, flicker=flicker).items()
+    }
     assert sorted(tc, key=tc.get) == sorted(toy, key=toy.get)  # same ranking: flicker < moving < still
     assert tc["still"] == pytest.approx(1.0, abs=1e-5)
     text = clip.texts(["a red circle", "x" * 500])  # a long prompt is truncated, not an error
@@ -331,7 +334,7 @@ def test_eval_cli_end_to_end(eval_videos, tiny_clip_dir, tiny_dino_dir, tmp_path
     assert rows["same_motion"]["motion"] > rows["other_motion"]["motion"]
     assert rows["longer"]["motion"] > rows["other_motion"]["motion"]
     assert -1.0 <= data["reference_tc"] <= 1.0 and "(reference)" in printed
-    assert rows["same_motion"]["mse"] == pytest.approx(T.mse(_video(STAR, "cw"), _video(RED, "cw")), abs=0.01)
+    assert rows["same_motion"]["mse"] == pytest.approx(M.mse(_video(STAR, "cw"), _video(RED, "cw")), abs=0.01)
 
 
 def test_eval_cli_falls_back_to_clip_for_id_and_selects_metrics(

@@ -153,7 +153,15 @@ def test_predict_is_velocity_of_the_dits_x0_estimate(toy):
 
 
 def test_coordinate_planes_are_inputs_and_can_be_added_to_an_old_model():
-    from setseq.backbones.toy import add_coordinate_channels
+    """`add_coordinate_channels` of scripts/train_toy.py (`--init-from` a model without coordinate planes)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "train_toy.py"
+    spec = importlib.util.spec_from_file_location("train_toy", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    add_coordinate_channels = script.add_coordinate_channels
 
     old_cfg = {**TINY, "coord_channels": 0}
     old = build_toy_components(old_cfg, seed=0, words=WORDS)

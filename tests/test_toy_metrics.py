@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from setseq.data.synthetic import CONCEPTS, Appearance, ConceptSpec, Motion, render, trajectory
+from setseq.eval.metrics import mse
 from setseq.eval.toy_metrics import (
     appearance_fidelity,
     edit_adherence,
-    motion_fidelity,
-    mse,
-    temporal_consistency,
+    pixel_temporal_consistency,
+    sprite_motion_fidelity,
     trajectory_distance,
 )
 
@@ -61,25 +61,25 @@ def test_appearance_fidelity_of_an_empty_video_is_zero(ref):
 # ---------------------------------------------------------------------------------------------- motion
 
 
-def test_motion_fidelity_identical(ref):
-    m = motion_fidelity(ref, ref)
+def test_sprite_motion_fidelity_identical(ref):
+    m = sprite_motion_fidelity(ref, ref)
     assert m["distance"] == pytest.approx(0.0, abs=1e-9) and m["similarity"] == pytest.approx(1.0)
     assert m["family_match"] and m["direction_match"] and m["family"] == "figure_eight"
 
 
-def test_motion_fidelity_vs_spec_and_other_frame_counts(ref):
-    m = motion_fidelity(ref, SPEC)
+def test_sprite_motion_fidelity_vs_spec_and_other_frame_counts(ref):
+    m = sprite_motion_fidelity(ref, SPEC)
     assert m["distance"] < 0.1 and m["family_match"]
-    m = motion_fidelity(render(SPEC, frames=17), ref)
+    m = sprite_motion_fidelity(render(SPEC, frames=17), ref)
     assert m["distance"] < 0.25 and m["family_match"]  # periodic paths: phase f/F differs slightly with F
 
 
-def test_motion_fidelity_ignores_appearance_but_not_motion(ref):
+def test_sprite_motion_fidelity_ignores_appearance_but_not_motion(ref):
     same_motion = render(_with(SPEC, colour="cyan", shape="square", bg_colour="white"), frames=9)
-    good = motion_fidelity(same_motion, ref)
+    good = sprite_motion_fidelity(same_motion, ref)
     assert good["family_match"] and good["similarity"] > 0.9
     for motion in (Motion("linear", "left"), Motion("circle_cw", None), Motion("static", None)):
-        bad = motion_fidelity(render(_with(SPEC, motion), frames=9), ref)
+        bad = sprite_motion_fidelity(render(_with(SPEC, motion), frames=9), ref)
         assert not bad["family_match"], motion
         assert bad["similarity"] < good["similarity"] - 0.2, (motion, bad)
 
@@ -87,7 +87,7 @@ def test_motion_fidelity_ignores_appearance_but_not_motion(ref):
 def test_motion_direction_match():
     left = ConceptSpec(Appearance(), Motion("linear", "left"))
     right = ConceptSpec(Appearance(), Motion("linear", "right"))
-    m = motion_fidelity(render(right, frames=9), render(left, frames=9))
+    m = sprite_motion_fidelity(render(right, frames=9), render(left, frames=9))
     assert m["family_match"] and not m["direction_match"] and m["distance"] > 1.5
 
 
@@ -123,22 +123,22 @@ def test_edit_adherence():
 # -------------------------------------------------------------------------------------- consistency, mse
 
 
-def test_temporal_consistency():
+def test_pixel_temporal_consistency():
     still = render(ConceptSpec(Appearance(), Motion("static", None)), frames=9)
-    assert temporal_consistency(still) == pytest.approx(1.0)
-    assert temporal_consistency(still[:1]) == 1.0
+    assert pixel_temporal_consistency(still) == pytest.approx(1.0)
+    assert pixel_temporal_consistency(still[:1]) == 1.0
     moving = render(CONCEPTS["pink_cross_zigzag"], frames=17)
-    tc = temporal_consistency(moving)
+    tc = pixel_temporal_consistency(moving)
     assert 0.0 < tc < 1.0
     shuffled = moving[np.random.default_rng(0).permutation(17)]
-    assert temporal_consistency(shuffled) < tc
+    assert pixel_temporal_consistency(shuffled) < tc
     noise = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
-    assert abs(temporal_consistency(noise)) < 0.05
+    assert abs(pixel_temporal_consistency(noise)) < 0.05
     flat = np.zeros((3, 8, 8, 3), np.uint8)
-    assert temporal_consistency(flat) == 1.0
+    assert pixel_temporal_consistency(flat) == 1.0
 
 
-def test_mse(ref):
+def test_mse_on_the_toy_world(ref):
     assert mse(ref, ref) == 0.0
     assert mse(np.zeros((2, 8, 8, 3), np.uint8), np.full((2, 8, 8, 3), 255, np.uint8)) == pytest.approx(1.0)
     other = render(_with(SPEC, colour="blue"), frames=9)

@@ -128,7 +128,7 @@ def _weights_hash(model: str) -> str:
     """A hash of the toy model folder's weight files' contents (a retrained model is not reused)."""
     import hashlib
 
-    from setseq.backbones.toy import toy_folder
+    from setseq.backbones.toy.files import toy_folder
     from setseq.data.cache import file_sha256
 
     folder = toy_folder(model)
@@ -158,6 +158,7 @@ def _score(run_dir: Path, concept: Concept, model: str, gen_steps: int | None, o
     from setseq.data.video import from_tensor, load_clip, write_video
     from setseq.eval import toy_metrics as M
     from setseq.eval.edits import edit_suite, score_edit, shape_reproduced, summarize_edits
+    from setseq.eval.metrics import mse
     from setseq.infer.generate import GenerateOptions, Personalized
 
     pm = Personalized.load(run_dir, log=lambda s: None)
@@ -186,10 +187,10 @@ def _score(run_dir: Path, concept: Concept, model: str, gen_steps: int | None, o
     }
     summary = summarize_edits(edits)
     return {
-        "mse": M.mse(rep, reference),
+        "mse": mse(rep, reference),
         "appearance": M.appearance_fidelity(rep, reference),
-        "tc": M.temporal_consistency(rep),
-        "motion": float(M.motion_fidelity(rep, reference)["similarity"]),
+        "tc": M.pixel_temporal_consistency(rep),
+        "motion": float(M.sprite_motion_fidelity(rep, reference)["similarity"]),
         **{c: summary[c] for c in EDIT_COLUMNS},
         "kinds": summary["kinds"],
         "edits": edits,

@@ -130,6 +130,7 @@ def run_demo(
     from setseq.data.synthetic import CONCEPTS
     from setseq.data.video import from_tensor, load_clip, write_video
     from setseq.eval import toy_metrics as M
+    from setseq.eval.metrics import mse
     from setseq.infer.generate import GenerateOptions, Personalized
     from setseq.train.run import train
 
@@ -182,7 +183,7 @@ def run_demo(
         )
         frames = from_tensor(pm.generate(shot.prompt, opts))
         write_video(out / f"{shot.name}.mp4", frames, fps=8.0)
-        motion = M.motion_fidelity(frames, reference)
+        motion = M.sprite_motion_fidelity(frames, reference)
         entry = {
             "prompt": shot.prompt,
             "identity_scale": shot.identity_scale,
@@ -191,8 +192,8 @@ def run_demo(
             "motion_similarity": motion["similarity"],
             "motion_family": motion["family"],
             "motion_family_match": bool(motion["family_match"]),
-            "mse": M.mse(frames, reference),
-            "temporal_consistency": M.temporal_consistency(frames),
+            "mse": mse(frames, reference),
+            "temporal_consistency": M.pixel_temporal_consistency(frames),
         }
         label = shot.name
         if shot.name == "reproduced":  # `kept` counts the shape only where the run draws it unedited

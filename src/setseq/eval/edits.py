@@ -34,10 +34,10 @@ from setseq.data.synthetic import (
     HELD_OUT_MOTION,
     ConceptSpec,
     Motion,
-    detect_sprite,
     is_compatible,
     motion_phrase,
 )
+from setseq.eval.toy_detect import detect_sprite
 
 __all__ = [
     "EDIT_KINDS",
@@ -181,7 +181,7 @@ def score_edit(
     shape_ok = got["shape"] == a.shape
     kept = bool(colour_ok and (shape_ok or not shape_reproduced))
     followed = adherence >= 1.0 - 1e-9
-    motion = float(M.motion_fidelity(video, reference)["similarity"]) if edit.keeps_motion else None
+    motion = float(M.sprite_motion_fidelity(video, reference)["similarity"]) if edit.keeps_motion else None
     return {
         "kind": edit.kind,
         "prompt": edit.prompt,

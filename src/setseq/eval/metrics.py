@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from setseq.eval.motion import motion_similarity
-from setseq.eval.toy_metrics import resize_bilinear  # shared: MSE here must equal the toy world's
 
 __all__ = [
     "identity_similarity",
@@ -35,6 +34,21 @@ def _check_video(video: np.ndarray, what: str) -> np.ndarray:
     if v.ndim != 4 or v.shape[-1] != 3 or v.shape[0] < 1 or 0 in v.shape:
         raise ValueError(f"{what}: expected a (F, H, W, 3) video, got shape {v.shape}")
     return v
+
+
+def resize_bilinear(frames: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Bilinear resize of (F, H, W, C) float frames (pixel-centre aligned)."""
+    f, h0, w0, _ = frames.shape
+    if (h0, w0) == (h, w):
+        return frames
+    y = np.clip((np.arange(h) + 0.5) * h0 / h - 0.5, 0, h0 - 1)
+    x = np.clip((np.arange(w) + 0.5) * w0 / w - 0.5, 0, w0 - 1)
+    y0, x0 = np.floor(y).astype(int), np.floor(x).astype(int)
+    y1, x1 = np.minimum(y0 + 1, h0 - 1), np.minimum(x0 + 1, w0 - 1)
+    fy, fx = (y - y0)[None, :, None, None], (x - x0)[None, None, :, None]
+    top = frames[:, y0][:, :, x0] * (1 - fx) + frames[:, y0][:, :, x1] * fx
+    bot = frames[:, y1][:, :, x0] * (1 - fx) + frames[:, y1][:, :, x1] * fx
+    return top * (1 - fy) + bot * fy
 
 
 def _frame_index(n_src: int, n_dst: int) -> np.ndarray:
@@ -57,9 +71,8 @@ def resample_video(video: np.ndarray, frames: int, size: tuple[int, int]) -> np.
 
 def mse(generated: np.ndarray, reference: np.ndarray) -> float:
     """MSE between corresponding frames, pixels in [0, 1]; `generated` is resampled to the reference's
-    frame count (nearest frame in time) and size (bilinear) when they differ. Equals
-    :func:`setseq.eval.toy_metrics.mse` (computed a frame at a time, so an 81-frame 480p video does not
-    take gigabytes of float64)."""
+    frame count (nearest frame in time) and size (bilinear) when they differ. Computed a frame at a time, so
+    an 81-frame 480p video does not take gigabytes of float64. The toy world's MSE too."""
     g = _check_video(generated, "mse")
     r = _check_video(reference, "mse")
     idx = _frame_index(len(g), len(r)) if len(g) != len(r) else np.arange(len(r))

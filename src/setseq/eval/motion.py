@@ -23,7 +23,7 @@ torch on the CPU (no torchvision / RAFT: it does not install beside the CPU torc
 
 :func:`motion_similarity` runs the whole chain on two uint8 videos and returns ``{"distance",
 "similarity" = 1 / (1 + distance), ...}``, the same convention as
-:func:`setseq.eval.toy_metrics.motion_fidelity`, with which it agrees in ranking on the toy world.
+:func:`setseq.eval.toy_metrics.sprite_motion_fidelity`, with which it agrees in ranking on the toy world.
 """
 
 from __future__ import annotations

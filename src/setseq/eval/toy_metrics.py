@@ -1,7 +1,11 @@
 """Toy-world metrics: pure functions over uint8 videos (F, H, W, 3) and :class:`ConceptSpec` ground truth.
 
-All attributes are read back with the analytic detectors of :mod:`setseq.data.synthetic`, so the same
-functions score clean renders and (blurry, noisy) model outputs.
+All attributes are read back with the analytic detectors of :mod:`setseq.eval.toy_detect`, so the same
+functions score clean renders and (blurry, noisy) model outputs. Named apart from the paper's metrics of
+:mod:`setseq.eval.metrics`, which work on any video (and whose :func:`~setseq.eval.metrics.mse` the toy
+world uses too): :func:`sprite_motion_fidelity` compares the detected sprite's trajectories (the paper's
+``motion_fidelity`` compares point tracks), :func:`pixel_temporal_consistency` compares raw frames (the
+paper's TC compares CLIP frame embeddings).
 """
 
 from __future__ import annotations
@@ -10,22 +14,21 @@ import math
 
 import numpy as np
 
-from setseq.data.synthetic import ConceptSpec, detect_motion, detect_sprite, trajectory
+from setseq.data.synthetic import ConceptSpec, trajectory
+from setseq.eval.toy_detect import STATIC_SPREAD, detect_motion, detect_sprite
 
 __all__ = [
     "APPEARANCE_KEYS",
     "EDIT_KEYS",
     "appearance_fidelity",
     "edit_adherence",
-    "motion_fidelity",
-    "mse",
-    "temporal_consistency",
+    "pixel_temporal_consistency",
+    "sprite_motion_fidelity",
     "trajectory_distance",
 ]
 
 APPEARANCE_KEYS: tuple[str, ...] = ("colour", "shape", "pattern")
 EDIT_KEYS: tuple[str, ...] = ("bg_colour", "bg_pattern", "family", "direction", "colour", "shape", "pattern")
-STATIC_SPREAD = 0.03  # RMS spread (normalized units) under which a trajectory counts as standing still
 
 
 def _check_video(video: np.ndarray) -> np.ndarray:
@@ -104,8 +107,8 @@ def trajectory_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(na - nb, axis=1).mean())
 
 
-def motion_fidelity(generated: np.ndarray, reference: np.ndarray | ConceptSpec) -> dict:
-    """Compare sprite trajectories: {"distance", "similarity" = 1 / (1 + distance), "family_match",
+def sprite_motion_fidelity(generated: np.ndarray, reference: np.ndarray | ConceptSpec) -> dict:
+    """Compare the detected sprite's trajectories: {"distance", "similarity" = 1 / (1 + distance), "family_match",
     "direction_match", "family", "reference_family"}.
 
     ``reference`` is a video (trajectory detected) or a spec (ground-truth trajectory at the same F).
@@ -144,8 +147,11 @@ def edit_adherence(generated: np.ndarray, requested: dict) -> float:
     return sum(got[k] == v for k, v in requested.items()) / len(requested)
 
 
-def temporal_consistency(video: np.ndarray) -> float:
-    """Mean cosine similarity of consecutive frames (flattened, each mean-centred); 1.0 for one frame."""
+def pixel_temporal_consistency(video: np.ndarray) -> float:
+    """Mean cosine similarity of consecutive frames (flattened, each mean-centred); 1.0 for one frame.
+
+    The paper's TC (:func:`setseq.eval.metrics.temporal_consistency`) with the mean-centred pixels as each
+    frame's embedding, except that two flat frames count as similar (1.0)."""
     v = _check_video(video).astype(np.float64).reshape(len(video), -1)
     if len(v) < 2:
         return 1.0
@@ -159,30 +165,3 @@ def temporal_consistency(video: np.ndarray) -> float:
         else:
             sims.append(float(v[i] @ v[i + 1] / (na * nb)))
     return float(np.mean(sims))
-
-
-def resize_bilinear(frames: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Bilinear resize of (F, H, W, C) float frames (pixel-centre aligned)."""
-    f, h0, w0, _ = frames.shape
-    if (h0, w0) == (h, w):
-        return frames
-    y = np.clip((np.arange(h) + 0.5) * h0 / h - 0.5, 0, h0 - 1)
-    x = np.clip((np.arange(w) + 0.5) * w0 / w - 0.5, 0, w0 - 1)
-    y0, x0 = np.floor(y).astype(int), np.floor(x).astype(int)
-    y1, x1 = np.minimum(y0 + 1, h0 - 1), np.minimum(x0 + 1, w0 - 1)
-    fy, fx = (y - y0)[None, :, None, None], (x - x0)[None, None, :, None]
-    top = frames[:, y0][:, :, x0] * (1 - fx) + frames[:, y0][:, :, x1] * fx
-    bot = frames[:, y1][:, :, x0] * (1 - fx) + frames[:, y1][:, :, x1] * fx
-    return top * (1 - fy) + bot * fy
-
-
-def mse(generated: np.ndarray, reference: np.ndarray) -> float:
-    """Mean squared error with pixels in [0, 1]. ``generated`` is resampled to the reference's
-    F (nearest frame in time) and H x W (bilinear) when they differ."""
-    g = _check_video(generated).astype(np.float64) / 255.0
-    r = _check_video(reference).astype(np.float64) / 255.0
-    if len(g) != len(r):
-        idx = np.rint(np.linspace(0, len(g) - 1, len(r))).astype(int) if len(r) > 1 else np.zeros(1, int)
-        g = g[idx]
-    g = resize_bilinear(g, r.shape[1], r.shape[2])
-    return float(((g - r) ** 2).mean())
