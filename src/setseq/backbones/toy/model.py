@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from setseq.backbones.base import BackboneInfo, PromptEmbeds, register_backbone
+from setseq.backbones.base import BackboneInfo, register_backbone
 from setseq.backbones.toy.config import codec_name
 from setseq.backbones.toy.files import RESTORE_HINT, ToyComponents, load_toy_components, toy_fingerprint
 from setseq.backbones.toy.pixel_codec import PixelCodec
@@ -24,6 +24,7 @@ from setseq.backbones.toy.tokenizer import IDENTIFIER_TOKENS
 from setseq.backbones.toy.vae_codec import VaeCodec
 from setseq.errors import SetseqError
 from setseq.functional.flow_matching import sample_sigmas as _draw_sigmas
+from setseq.prompts import PromptEmbeds
 
 
 def _move(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
