@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from setseq.config import LORA_PATHS
+from setseq.dtensors import whole
 from setseq.errors import SetseqError
 from setseq.functional.regularizers import dropconnect_mask
 
@@ -370,8 +371,8 @@ def unmerge(model: nn.Module) -> None:
 
 
 def identity_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    from setseq.train.distributed import whole  # sharded (DTensor) parameters: gathered, on every process
-
+    """The identity part (basis and coefficients) of every layer; sharded (DTensor) parameters are gathered,
+    so every process must call this."""
     out = {}
     for name, layer in get_layers(model).items():
         out[f"{name}.identity.down"] = whole(layer.down.detach()).cpu().contiguous()
@@ -380,8 +381,7 @@ def identity_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def motion_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    from setseq.train.distributed import whole
-
+    """The motion residual of every layer (gathered like `identity_state`)."""
     return {
         f"{n}.motion.{'up' if lay.basis == 'down' else 'down'}": whole(lay.motion.detach()).cpu().contiguous()
         for n, lay in get_layers(model).items()

@@ -31,6 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from setseq import lora as L
+from setseq.dtensors import local
 from setseq.errors import SetseqError
 from setseq.prompts import PromptEmbeds
 
@@ -103,10 +104,9 @@ def flash_attention_on_meta() -> Iterator[None]:
 
 
 def _bytes_on(module: nn.Module | None, device: torch.device) -> int:
+    """The bytes of `module`'s parameters and buffers on `device`'s type (a sharded one: this process's shard)."""
     if module is None:
         return 0
-    from setseq.train.distributed import local  # a sharded (FSDP2) parameter: this process's shard
-
     tensors = [local(t) for t in (*module.parameters(), *module.buffers())]
     return sum(t.numel() * t.element_size() for t in tensors if t.device.type == device.type)
 

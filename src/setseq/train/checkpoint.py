@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from setseq.data.cache import file_sha256
+from setseq.dtensors import as_param_like, whole
 from setseq.errors import SetseqError
 from setseq.io import disk_error, fsync_dir, os_error_of, remove_stale_temps
 
@@ -47,8 +48,6 @@ class Checkpoint:
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
     """Flatten an optimizer's state to tensors + JSON-able param groups (no pickle)."""
-    from setseq.train.distributed import whole
-
     sd = opt.state_dict()
     tensors = {}
     for idx in sorted(sd["state"]):  # the same order on every process: `whole` gathers sharded state
@@ -63,8 +62,7 @@ def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tenso
 def restore_optimizer(
     opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict[str, Any]]
 ) -> None:
-    from setseq.train.distributed import as_param_like
-
+    """Load `optimizer_tensors`' output back into `opt` (each state tensor laid out like its parameter)."""
     params = [p for g in opt.param_groups for p in g["params"]]
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, val in tensors.items():

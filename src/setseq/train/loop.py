@@ -24,13 +24,14 @@ from setseq import lora as L
 from setseq.backbones.base import Backbone, noisy_latents, training_target
 from setseq.config import RunConfig, StageConfig
 from setseq.data.cache import EncodedConcept
+from setseq.dtensors import local
 from setseq.errors import SetseqError
 from setseq.functional import flow_matching as fm
 from setseq.functional.regularizers import token_mask
 from setseq.io import disk_error, write_text
 from setseq.prompts import PromptEmbeds, cat_prompts
 from setseq.train import checkpoint as C
-from setseq.train.distributed import SINGLE, Processes, local, sync_gradients
+from setseq.train.distributed import SINGLE, Processes, sync_gradients
 from setseq.train.embeddings import DELTA_KEY, TokenEmbeddings
 from setseq.train.prior import PriorData
 
