@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from setseq import lora as L
-from setseq.backbones.base import guess_backbone, load_backbone, noisy_latents, training_target
+from setseq.backbones.base import noisy_latents, training_target
+from setseq.backbones.registry import guess_backbone, load_backbone
 from setseq.config import resolve_config
 from setseq.export import load_setseq
 from setseq.train import checkpoint as C

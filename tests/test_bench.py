@@ -9,8 +9,8 @@ import pytest
 
 from setseq.bench import COLUMNS, checks, load_suite, paired, summarize, table
 from setseq.cli import main
+from setseq.config import METHODS
 from setseq.errors import SetseqError
-from setseq.train.methods import METHODS
 
 
 def test_bench_quick_runs_every_method_on_the_shipped_model(tmp_path, capsys):

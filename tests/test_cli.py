@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from setseq.cli import METHOD_NAMES, _parse, build_parser, main
+from setseq.config import METHODS
 from setseq.export import load_setseq, save_setseq
-from setseq.train.methods import METHODS
 
 FAST = [
     "lora.rank=4",

@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from setseq.backbones.base import guess_backbone, load_backbone
+from setseq.backbones.registry import guess_backbone, load_backbone
 from setseq.cli import main
 from setseq.errors import SetseqError
 from setseq.infer.generate import GenerateOptions, Personalized

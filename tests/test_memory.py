@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from setseq import lora as L
-from setseq.backbones.base import load_backbone
+from setseq.backbones.registry import load_backbone
 from setseq.errors import SetseqError
 from setseq.functional.flow_matching import interpolate
 from setseq.memory import PeakMemory, estimate_training_memory

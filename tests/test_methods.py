@@ -8,11 +8,11 @@ import torch
 from safetensors.torch import load_file
 
 from setseq.backbones.base import BackboneInfo, PromptEmbeds
-from setseq.config import resolve_config
+from setseq.config import METHODS, resolve_config
 from setseq.errors import SetseqError
 from setseq.functional import flow_matching as fm
 from setseq.train.loop import Batch, denoising_loss, with_prior
-from setseq.train.methods import METHODS, effective_config
+from setseq.train.methods import effective_config
 
 TOY_OVERRIDES = [
     "lora.rank=4",

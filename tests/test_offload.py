@@ -13,7 +13,7 @@ from torch import nn
 
 from setseq import lora as L
 from setseq import offload
-from setseq.backbones.base import load_backbone
+from setseq.backbones.registry import load_backbone
 from setseq.errors import SetseqError
 from setseq.memory import flash_attention_on_meta, meta_inputs
 from setseq.testing import assert_close_to_scale

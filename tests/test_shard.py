@@ -22,7 +22,7 @@ def _units_check(rank: int, world: int, port: int, folder: str, a14b: str, error
     from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor
 
-    from setseq.backbones.base import load_backbone
+    from setseq.backbones.registry import load_backbone
     from setseq.config import ModelConfig
     from setseq.errors import SetseqError
     from setseq.train.distributed import Processes, parallelize
@@ -124,7 +124,7 @@ def test_refusal_names_sharding_across_the_gpus_there_are(tmp_path, monkeypatch)
     with 8 GPUs visible the refusal names model.fsdp=true over 8 processes: FSDP2 keeps 1/P of the blocks
     plus 2 of the 8 blocks whole (the one running and the one prefetched), so 4 processes save 75% - 25%;
     with model.fsdp_prefetch=0, 4 processes do (75% - 12.5%). With no GPU it names block swap instead."""
-    from setseq.backbones.base import load_backbone
+    from setseq.backbones.registry import load_backbone
     from setseq.config import resolve_config
     from setseq.data.cache import EncodedConcept
     from setseq.errors import SetseqError

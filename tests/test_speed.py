@@ -8,7 +8,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from setseq import lora as L
-from setseq.backbones.base import load_backbone
+from setseq.backbones.registry import load_backbone
 from setseq.errors import SetseqError
 from setseq.speed import SHAPES, count_parameters, latent_shape, run_shape_bench, step_flops
 

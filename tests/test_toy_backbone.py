@@ -12,7 +12,8 @@ import re
 import pytest
 import torch
 
-from setseq.backbones.base import PromptEmbeds, guess_backbone
+from setseq.backbones.base import PromptEmbeds
+from setseq.backbones.registry import guess_backbone
 from setseq.backbones.toy import (
     IDENTIFIER_TOKENS,
     REQUIRED_FILES,

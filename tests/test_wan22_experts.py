@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from setseq import lora as L
-from setseq.backbones.base import load_backbone
+from setseq.backbones.registry import load_backbone
 from setseq.backbones.wan import WanExperts
 from setseq.cli import main
 from setseq.config import resolve_config

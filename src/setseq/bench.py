@@ -452,7 +452,7 @@ def _write_markdown(path: Path, result: dict[str, Any], verdicts: list[tuple[str
 
 
 def _check_options(methods: list[str], seeds: int, first_seed: int, jobs: int) -> None:
-    from setseq.train.methods import METHODS
+    from setseq.config import METHODS
 
     for m in methods:
         if m not in METHODS:
@@ -510,7 +510,7 @@ def run_bench(
     that many runs at a time in worker processes, splitting the CPU threads between them (a small model
     uses 2 cores better as 2 one-thread runs than as one two-thread run); the figures are the same.
     """
-    from setseq.train.methods import METHODS
+    from setseq.config import METHODS
 
     methods = methods or list(METHODS)
     _check_options(methods, seeds, first_seed, jobs)

@@ -16,7 +16,7 @@ from typing import Any
 from setseq import commands
 from setseq.errors import SetseqError
 
-# Copied from `setseq.train.methods.METHODS` (its keys, in order; tests/test_cli.py checks it): importing that
+# Copied from `setseq.config.METHODS` (its keys, in order; tests/test_cli.py checks it): importing that
 # module brings dataclasses and inspect, a fifth of `setseq --help`'s start-up.
 METHOD_NAMES = ("setseq", "dreambooth", "lora1", "two_stage", "dreammix", "textual_inversion")
 # The flags several subcommands share, word for word.

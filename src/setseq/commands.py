@@ -16,7 +16,7 @@ def _model_flags(model: str | None, backbone: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if model is not None:
         out["path"] = model
-        from setseq.backbones.base import guess_backbone
+        from setseq.backbones.registry import guess_backbone
 
         out["backbone"] = backbone or guess_backbone(model)
     elif backbone is not None:

@@ -19,6 +19,18 @@ from setseq.errors import SetseqError
 #: How a LoRA layer is applied (see setseq.lora): the one list the config and the layer check against.
 LORA_PATHS: tuple[str, ...] = ("auto", "fused", "per_token")
 
+# `method`: setseq or a baseline of the paper, each a change of the config (`setseq.train.methods`).
+METHODS: dict[str, str] = {
+    "setseq": "Set-and-Sequence: identity on the frames, then a motion residual on the clip",
+    "dreambooth": "DreamBooth-LoRA: one LoRA trained on the video in one stage",
+    "lora1": "DreamBooth-LoRA with rank 1 (the paper's LoRA-1)",
+    "two_stage": "the two stages without regularization",
+    "dreammix": "DreamMix-style: one stage, alternating single frames and the clip",
+    "textual_inversion": "textual inversion: only the concept tokens' embeddings, on the video",
+}
+ONE_STAGE = ("dreambooth", "lora1", "dreammix", "textual_inversion")
+ON_CLIP = ("dreambooth", "lora1", "textual_inversion")  # one-stage modes that train on the clip every step
+
 
 @dataclass
 class ModelConfig:
@@ -328,8 +340,6 @@ class RunConfig:
     method: str = "setseq"
 
     def __post_init__(self) -> None:
-        from setseq.train.methods import METHODS
-
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         seen: dict[str, int] = {}

@@ -160,7 +160,7 @@ def load_backbone_swapped(
     name: str, model_id: str, device: torch.device, dtype: torch.dtype, block_swap: int
 ):
     """`load_backbone`, with the last `block_swap` blocks' linear weights left in host memory (0: plain)."""
-    from setseq.backbones.base import load_backbone
+    from setseq.backbones.registry import load_backbone
 
     if not block_swap:
         return load_backbone(name, model_id, device, dtype)

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from setseq import lora as L
-from setseq.backbones.base import Backbone, check_image_input, guess_backbone
+from setseq.backbones.base import Backbone, check_image_input
+from setseq.backbones.registry import guess_backbone
 from setseq.backbones.toy.files import SHIPPED_TOY_MODELS, shipped_toy_with_fingerprint
 from setseq.errors import SetseqError
 from setseq.export import SetseqLora, check_compatible, load_setseq

@@ -12,12 +12,11 @@ from torch import nn
 from setseq import lora as L
 from setseq import offload
 from setseq.backbones.base import Backbone
-from setseq.config import RunConfig
+from setseq.config import ON_CLIP, RunConfig
 from setseq.data.cache import EncodedConcept
 from setseq.errors import SetseqError
 from setseq.memory import GiB, MemoryEstimate, device_memory, estimate_training_memory, tokens_per_sample
 from setseq.runtime import visible_gpus
-from setseq.train.methods import ON_CLIP
 
 # (flags, applicable, micro-batch, checkpointing, bytes saved by fp8 / block swap)
 Remedy = tuple[str, bool, int, bool, int]

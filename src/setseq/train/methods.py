@@ -19,18 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from setseq.config import METHODS
 from setseq.errors import SetseqError
-
-METHODS: dict[str, str] = {
-    "setseq": "Set-and-Sequence: identity on the frames, then a motion residual on the clip",
-    "dreambooth": "DreamBooth-LoRA: one LoRA trained on the video in one stage",
-    "lora1": "DreamBooth-LoRA with rank 1 (the paper's LoRA-1)",
-    "two_stage": "the two stages without regularization",
-    "dreammix": "DreamMix-style: one stage, alternating single frames and the clip",
-    "textual_inversion": "textual inversion: only the concept tokens' embeddings, on the video",
-}
-ONE_STAGE = ("dreambooth", "lora1", "dreammix", "textual_inversion")
-ON_CLIP = ("dreambooth", "lora1", "textual_inversion")  # one-stage modes that train on the clip every step
 
 
 def effective_config(cfg):

@@ -16,7 +16,7 @@ import torch
 from setseq import lora as L
 from setseq import offload
 from setseq.backbones.base import I2V_TRAINING, Backbone
-from setseq.config import RunConfig, resolve_config
+from setseq.config import ONE_STAGE, RunConfig, resolve_config
 from setseq.data.cache import EncodedConcept
 from setseq.errors import SetseqError
 from setseq.export import check_compatible, load_setseq
@@ -26,7 +26,7 @@ from setseq.runtime import DTYPES, resolve_device
 from setseq.train import checkpoint as C
 from setseq.train.distributed import SINGLE, Processes, check_split, init_processes, launcher_asks_fsdp
 from setseq.train.embeddings import DELTA_KEY, TokenEmbeddings, token_id
-from setseq.train.methods import ONE_STAGE, check_mask
+from setseq.train.methods import check_mask
 
 
 def _silent(_message: str) -> None:
@@ -130,7 +130,7 @@ def load_model(cfg: RunConfig, device: torch.device | None = None, procs: Proces
                 f"model.fsdp=true cannot be combined with {'model.block_swap' if m.block_swap else 'model.fp8'}",
                 "use model.fsdp=true alone (it shards the weights across the processes), or drop it",
             )
-        from setseq.backbones.base import load_backbone
+        from setseq.backbones.registry import load_backbone
 
         bb = load_backbone(m.backbone, m.path, offload.HOST, DTYPES[m.dtype])
         target = device or resolve_device(m.device)
@@ -288,7 +288,7 @@ def describe_training(
     log: Callable[[str], None],
 ) -> None:
     """The method, the concepts and the regularizers this run trains with."""
-    from setseq.train.methods import METHODS
+    from setseq.config import METHODS
 
     if len(concepts) > 1:
         log(

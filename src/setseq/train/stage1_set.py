@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from setseq import lora as L
+from setseq.config import ON_CLIP
 from setseq.data.masks import swap_prompt
 from setseq.prompts import stack_prompts
 from setseq.train import checkpoint as C
@@ -27,7 +28,6 @@ from setseq.train.loop import (
     swap_draw,
     with_prior,
 )
-from setseq.train.methods import ON_CLIP
 
 
 def frame_order(seed: int, epoch: int, n: int) -> torch.Tensor:
