@@ -10,6 +10,7 @@ For each family: train stage 1 and stage 2 (rank 4, batch 2, 2 + 2 steps) on a s
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -21,7 +22,9 @@ from setseq.backbones.registry import guess_backbone, load_backbone
 from setseq.config import resolve_config
 from setseq.export import load_setseq
 from setseq.train import checkpoint as C
+from setseq.train import run as run_module
 from setseq.train.run import train
+from setseq.train.setup import load_model
 from tests.helpers import TINY_TRAINING
 
 
@@ -42,6 +45,7 @@ FAMILIES = [
     Family("cogvideox", "cogvideox", "build_tiny_cogvideox", "CogVideoXPipeline", 9, (32, 32), 2 * (4 + 2)),
     Family("ltx", "ltx", "build_tiny_ltx", "LTXPipeline", 9, (64, 64), 2 * (4 + 4 + 2)),
     Family("hunyuan", "hunyuan", "build_tiny_hunyuan", "HunyuanVideoPipeline", 9, (32, 32), 12 + 5),
+    Family("ltx2", "ltx2", "build_tiny_ltx2", "LTX2Pipeline", 9, (64, 64), 2 * (4 + 4 + 2)),
 ]
 
 
@@ -50,6 +54,7 @@ class Trained:
     family: Family
     model_dir: str
     run_dir: object
+    backbone: object  # the model `setseq train` trained, as it left it
 
 
 @pytest.fixture(scope="module", params=FAMILIES, ids=[f.name for f in FAMILIES])
@@ -73,8 +78,11 @@ def trained(request, tmp_path_factory) -> Trained:
         "data": {"video": str(video), "frames": fam.frames, "size": list(fam.size)},
     }
     run = root / "run"
-    train(resolve_config(None, flags, TINY_TRAINING), run, progress=False, log=lambda s: None)
-    return Trained(fam, str(model_dir), run)
+    models = []
+    with pytest.MonkeyPatch.context() as mp:  # keep the trained model, to compare its frozen weights
+        mp.setattr(run_module, "load_model", lambda *a, **k: models.append(load_model(*a, **k)) or models[-1])
+        train(resolve_config(None, flags, TINY_TRAINING), run, progress=False, log=lambda s: None)
+    return Trained(fam, str(model_dir), run, models[0])
 
 
 def test_exactly_the_intended_parameters_change(trained):
@@ -149,7 +157,7 @@ def test_guess_backbone_reads_model_index(tmp_path):
     from setseq.errors import SetseqError
 
     for cls, fam in [("WanPipeline", "wan"), ("CogVideoXPipeline", "cogvideox"), ("LTXPipeline", "ltx"),
-                     ("HunyuanVideoPipeline", "hunyuan")]:  # fmt: skip
+                     ("HunyuanVideoPipeline", "hunyuan"), ("LTX2Pipeline", "ltx2")]:  # fmt: skip
         d = tmp_path / cls
         d.mkdir()
         (d / "model_index.json").write_text(json.dumps({"_class_name": cls}))
@@ -232,3 +240,56 @@ def test_hunyuan_token_masking_removes_dropped_tokens(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(bb.predict(x, sig, dropped), bb.predict(x, sig, removed))
         assert (bb.predict(x, sig, dropped) - bb.predict(x, sig, p)).abs().max() > 1e-6
+
+
+# The DiT's audio stream and its cross-modal attention (and the video side's modulation of it) in LTX-2.
+LTX2_AUDIO = re.compile(r"audio|a2v|v2a|av_cross_attn")
+
+
+@pytest.mark.parametrize(
+    "trained", [f for f in FAMILIES if f.backbone == "ltx2"], ids=["ltx2"], indirect=True
+)
+def test_ltx2_trains_video_only(trained):
+    """After stage 1 + 2 on LTX-2 the audio branch carries no LoRA and every weight of it (the DiT's audio stream
+    and cross-modal attention, the audio VAE, the vocoder) is bit-identical to a fresh load; none of it moves
+    the video prediction; the ComfyUI export (LTX-2's original key layout) loads into LTX2Pipeline."""
+    from setseq.export import export_tensors
+    from setseq.infer.generate import Personalized
+
+    bb, fresh = trained.backbone, load_backbone("ltx2", trained.model_dir)
+    assert not [n for n in L.get_layers(bb.transformer) if LTX2_AUDIO.search(n)]
+    assert not [m for m in load_setseq(trained.run_dir).modules if LTX2_AUDIO.search(m)]
+
+    def audio_weights(b) -> dict[str, torch.Tensor]:
+        dit = {f"dit.{n}": t for n, t in b.transformer.state_dict().items() if LTX2_AUDIO.search(n)}
+        parts = {
+            f"{c}.{n}": t
+            for c in ("audio_vae", "vocoder")
+            for n, t in getattr(b.pipe, c).state_dict().items()
+        }
+        return dit | parts
+
+    after, base = audio_weights(bb), audio_weights(fresh)
+    assert after.keys() == base.keys() and len(base) > 100
+    assert [k for k in base if not torch.equal(after[k], base[k])] == []
+    params = (p for n, p in bb.transformer.named_parameters() if LTX2_AUDIO.search(n))
+    assert not any(p.requires_grad or p.grad is not None for p in params)
+
+    prompt = fresh.encode_prompt(["a sks person in zwx motion"])
+    g = torch.Generator().manual_seed(0)
+    x, sig = torch.randn(1, *_clip_latent_shape(trained), generator=g), torch.tensor([0.6])
+    with torch.no_grad():
+        ref = fresh.predict(x, sig, prompt)
+        for n, p in fresh.transformer.named_parameters():
+            if LTX2_AUDIO.search(n):
+                p.add_(torch.randn(p.shape, generator=g))
+        assert torch.equal(fresh.predict(x, sig, prompt), ref)  # isolate_modalities: video only
+
+        ours = load_backbone("ltx2", trained.model_dir)
+        comfy = export_tensors(load_setseq(trained.run_dir), "comfyui", part="merged")
+        assert {k.split(".", 1)[0] for k in comfy} == {"diffusion_model"}
+        ours.pipe.load_lora_weights(
+            {k: v for k, v in comfy.items() if not k.endswith(".alpha")}
+        )  # alpha = rank
+        mine = Personalized.load(trained.run_dir, log=lambda s: None).backbone.predict(x, sig, prompt)
+        torch.testing.assert_close(ours.predict(x, sig, prompt), mine, rtol=1e-4, atol=1e-5)

@@ -217,3 +217,17 @@ def test_hunyuan_comfyui_fuses_qkv_and_linear1_exactly(tmp_path):
     lora = load_setseq(fake_run(tmp_path / "partial", backbone="hunyuan", modules=partial))
     with pytest.raises(SetseqError, match=r"fuses \d linears into .* covers only \d of them"):
         export_tensors(lora, "comfyui")
+
+
+def test_ltx2_comfyui_keys_are_ltx2s_original_layout(tmp_path):
+    """LTX-2's video stream: ComfyUI's names are the diffusers ones under `diffusion_model.`, the layout of
+    Lightricks' LTX-2 LoRAs, which diffusers' LTX2Pipeline converts back to the same modules."""
+    from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_ltx2_lora_to_diffusers
+
+    lora = load_setseq(fake_run(tmp_path / "run", backbone="ltx2", modules=LTX_MODULES))
+    comfy = export_tensors(lora, "comfyui", part="identity")
+    diff = export_tensors(lora, "diffusers", part="identity")
+    back = _convert_non_diffusers_ltx2_lora_to_diffusers({k: v for k, v in comfy.items() if "alpha" not in k})
+    assert back.keys() == diff.keys()
+    for k in diff:
+        assert torch.equal(back[k], diff[k]), k

@@ -10,7 +10,7 @@ import inspect
 
 import pytest
 
-from setseq.backbones import cogvideox, hunyuan, ltx, wan
+from setseq.backbones import cogvideox, hunyuan, ltx, ltx2, wan
 from setseq.backbones.base import Backbone
 from setseq.backbones.toy import ToyBackbone
 
@@ -21,6 +21,7 @@ CLASSES = [
     cogvideox.CogVideoXBackbone,
     ltx.LTXBackbone,
     hunyuan.HunyuanVideoBackbone,
+    ltx2.LTX2Backbone,
 ]
 
 

@@ -12,8 +12,16 @@ from setseq.backbones.registry import load_backbone
 from setseq.errors import SetseqError
 from setseq.speed import SHAPES, count_parameters, latent_shape, run_shape_bench, step_flops
 
-# Parameters of the published checkpoints' DiTs, in billions (model cards / config.json of each).
-PUBLISHED = {"wan-1.3b": 1.42, "wan-14b": 14.29, "cogvideox-5b": 5.57, "ltx": 1.92, "hunyuan": 12.82}
+# Parameters of the published checkpoints' DiTs, in billions (model cards / config.json of each; LTX-2: the
+# model card's 19B, ltx-2-19b-dev).
+PUBLISHED = {
+    "wan-1.3b": 1.42,
+    "wan-14b": 14.29,
+    "cogvideox-5b": 5.57,
+    "ltx": 1.92,
+    "hunyuan": 12.82,
+    "ltx-2": 19.0,
+}
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))
@@ -43,7 +51,7 @@ def test_flop_count_matches_torch_counter(tiny_wan_dir):
 
 
 # The widest (width 3072-5120) take 15-50 s each on 2 cores even with one block: in the slow run.
-HEAVY = {"wan-14b", "cogvideox-5b", "hunyuan"}
+HEAVY = {"wan-14b", "cogvideox-5b", "hunyuan", "ltx-2"}
 
 
 @pytest.mark.parametrize(

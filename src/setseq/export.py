@@ -4,18 +4,20 @@
   (backbone, rank, alpha, basis, tokens, prompts, default scales, format version).
 - `diffusers`: one standard LoRA, identity and motion merged at chosen scales at the same rank, keys
   `transformer.<module>.lora_A.weight` / `.lora_B.weight`, alpha folded into lora_B (so no metadata is
-  needed): `WanPipeline.load_lora_weights(file)` loads it, and likewise `CogVideoXPipeline`, `LTXPipeline` and
-  `HunyuanVideoPipeline` for LoRAs of those families (diffusers module names, no conversion needed).
+  needed): `WanPipeline.load_lora_weights(file)` loads it, and likewise `CogVideoXPipeline`, `LTXPipeline`,
+  `HunyuanVideoPipeline` and `LTX2Pipeline` for LoRAs of those families (diffusers module names, no conversion
+  needed).
 - Parts (`part`): `merged` (identity + motion at their scales, one LoRA), `identity` or `motion` alone, or
   `both` (two files, `OUT_identity` and `OUT_motion`). The parts add up to the merged LoRA: with basis `down`
   both share lora_A, with basis `up` both share lora_B. The formats `identity` / `motion` are aliases of
   `diffusers` with that part.
 - `comfyui`: `diffusion_model.<ComfyUI module>.lora_A|lora_B.weight` + `.alpha` (= rank, so ComfyUI's
   alpha / rank is 1), with the module names of ComfyUI's own model (diffusers names are reported as "lora key
-  not loaded"). Wan: the original Wan layout (`blocks.N.self_attn.q`, ...). LTX-Video: ComfyUI names its DiT
-  as diffusers does. HunyuanVideo: ComfyUI fuses q, k, v (and a single block's MLP input) into one linear,
-  so those parts become one LoRA on the fused weight (stacked lora_A, block-diagonal lora_B; exact, at the
-  sum of the parts' ranks). CogVideoX is diffusers-only.
+  not loaded"). Wan: the original Wan layout (`blocks.N.self_attn.q`, ...). LTX-Video and LTX-2 (its video
+  stream): ComfyUI names the DiT as diffusers does (Lightricks' own LTX-2 LoRAs use this layout).
+  HunyuanVideo: ComfyUI fuses q, k, v (and a single block's MLP input) into one linear, so those parts become
+  one LoRA on the fused weight (stacked lora_A, block-diagonal lora_B; exact, at the sum of the parts' ranks).
+  CogVideoX is diffusers-only.
 """
 
 from __future__ import annotations
@@ -303,6 +305,9 @@ def comfyui_module_name(module: str) -> str:
 
 # ComfyUI's LTX-Video DiT (comfy/ldm/lightricks/model.py) names its blocks as diffusers does
 # (transformer_blocks.N.attn1.to_q, .ff.net.0.proj, ...): its generic loader maps diffusion_model.<module>.
+# Its LTX-2 DiT (comfy/ldm/lightricks/av_model.py, LTXAV) names the video stream's attn1 / attn2 / ff the same;
+# comfy/lora.py maps <module> and diffusion_model.<module> for LTXV and LTXAV alike, and diffusers'
+# LTX2Pipeline.load_lora_weights reads this layout too (Lightricks' own LTX-2 LoRAs use it).
 _COMFY_LTX = re.compile(r"^transformer_blocks\.\d+\.(attn1|attn2)\.(to_q|to_k|to_v|to_out\.0)$|"
                         r"^transformer_blocks\.\d+\.ff\.net\.(0\.proj|2)$")  # fmt: skip
 
@@ -333,14 +338,14 @@ _COMFY_HUNYUAN_SINGLE = {
 _FUSED_SLOTS = {"img_attn.qkv": 3, "txt_attn.qkv": 3, "linear1": 4}
 
 #: Families whose LoRA setseq writes in ComfyUI's layout (the toy model is a Wan DiT).
-COMFYUI_FAMILIES = ("wan", "toy", "ltx", "hunyuan")
+COMFYUI_FAMILIES = ("wan", "toy", "ltx", "hunyuan", "ltx2")
 
 
 def _comfyui_slot(backbone: str, module: str) -> tuple[str, int]:
     """(ComfyUI module name, slot in its fused weight) of one diffusers module of `backbone`."""
     if backbone in ("wan", "toy"):
         return comfyui_module_name(module), 0
-    if backbone == "ltx" and _COMFY_LTX.match(module):
+    if backbone in ("ltx", "ltx2") and _COMFY_LTX.match(module):
         return module, 0
     if backbone == "hunyuan":
         m = re.match(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)$", module)

@@ -1,7 +1,7 @@
 """`setseq bench --shape NAME`: the speed of setseq's training steps on a real-size DiT, with no download.
 
-The named architecture (`SHAPES`: the published configs of Wan 2.1 1.3B / 14B, CogVideoX-5B, LTX-Video 0.9 and
-HunyuanVideo) is built with random weights on the device; the backbone around it is the same class `setseq
+The named architecture (`SHAPES`: the published configs of Wan 2.1 1.3B / 14B, CogVideoX-5B, LTX-Video 0.9,
+HunyuanVideo and LTX-2) is built with random weights on the device; the backbone around it is the same class `setseq
 train` uses, loaded from a tiny pipeline of the same family (its VAE has the real strides and latent channels,
 so the backbone's shapes, patching and positions are those of the real model). Latents and prompt embeddings
 are random at the real sizes: the text encoder and VAE are not part of a training step (they run once, into
@@ -139,6 +139,34 @@ SHAPES: dict[str, Shape] = {
         layer_keys=("num_layers", "num_single_layers"),
         note="HunyuanVideo (13B)",
     ),
+    # The transformer/config.json of Lightricks/LTX-2 (diffusers layout; the rest are the class's defaults):
+    # 18.9B, the model card's "19B" (ltx-2-19b-dev), video stream and audio stream together. Text: the
+    # connectors' video output, 1024 tokens of Gemma 3's width.
+    "ltx-2": Shape(
+        "ltx2",
+        "LTX2VideoTransformer3DModel",
+        dict(
+            in_channels=128,
+            out_channels=128,
+            patch_size=1,
+            patch_size_t=1,
+            num_layers=48,
+            rope_type="split",
+            num_attention_heads=32,
+            attention_head_dim=128,
+            cross_attention_dim=4096,
+            caption_channels=3840,
+            audio_in_channels=128,
+            audio_out_channels=128,
+            audio_num_attention_heads=32,
+            audio_attention_head_dim=64,
+            audio_cross_attention_dim=2048,
+        ),  # fmt: skip
+        128,
+        1024,
+        3840,
+        note="LTX-2 (19B: video 14B + audio 5B; trained video only)",
+    ),
 }
 
 # family -> (tiny pipeline builder in setseq.testing, diffusers pipeline class, backbone class)
@@ -155,6 +183,7 @@ _FAMILIES = {
         "HunyuanVideoPipeline",
         "setseq.backbones.hunyuan:HunyuanVideoBackbone",
     ),
+    "ltx2": ("build_tiny_ltx2", "LTX2Pipeline", "setseq.backbones.ltx2:LTX2Backbone"),
 }
 
 

@@ -260,17 +260,22 @@ def build_tiny_cogvideox(
     return folder
 
 
+def _ltx_scheduler():
+    """The scheduler of LTX-Video 0.9 and LTX-2: a resolution-dependent shift (mu from the token count)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05, base_image_seq_len=1024,
+        max_image_seq_len=4096, shift_terminal=0.1,
+    )  # fmt: skip
+
+
 def build_tiny_ltx(folder: str | Path, seed: int = 0, *, layers: int = 2, latent_channels: int = 8) -> Path:
     """Write a tiny random LTX-Video T2V pipeline whose VAE has LTX's real strides (32 spatial, 8 temporal:
     a 4x4 pixel patch and three spatio-temporal downsamplings), 8 latent channels, patch 1.
 
     Transformer after diffusers' `tests/pipelines/ltx/test_ltx.py`."""
-    from diffusers import (
-        AutoencoderKLLTXVideo,
-        FlowMatchEulerDiscreteScheduler,
-        LTXPipeline,
-        LTXVideoTransformer3DModel,
-    )
+    from diffusers import AutoencoderKLLTXVideo, LTXPipeline, LTXVideoTransformer3DModel
 
     folder = Path(folder)
     torch.manual_seed(seed)
@@ -287,11 +292,7 @@ def build_tiny_ltx(folder: str | Path, seed: int = 0, *, layers: int = 2, latent
         layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1), patch_size=4,
         patch_size_t=1, encoder_causal=True, decoder_causal=False,
     ).eval()  # fmt: skip
-    # LTX-Video 0.9's scheduler: resolution-dependent shift (mu from the token count).
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05, base_image_seq_len=1024,
-        max_image_seq_len=4096, shift_terminal=0.1,
-    )  # fmt: skip
+    scheduler = _ltx_scheduler()
     pipe = LTXPipeline(
         scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
     )
@@ -406,6 +407,85 @@ def build_tiny_wan_i2v(
     pipe = WanImageToVideoPipeline(
         tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
         image_processor=image_processor, image_encoder=image_encoder, transformer=transformer,
+    )  # fmt: skip
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def build_tiny_ltx2(folder: str | Path, seed: int = 0, *, layers: int = 2, latent_channels: int = 4) -> Path:
+    """Write a tiny random LTX-2 T2V pipeline (`LTX2Pipeline`): a tiny `Gemma3ForConditionalGeneration` (its
+    config built in code, with a word-level tokenizer), text connectors with learned registers (as LTX-2's), a
+    video VAE with LTX-2's real strides (32 spatial, 8 temporal: a 4x4 pixel patch and three spatio-temporal
+    downsamplings), and the audio parts (audio VAE, vocoder, the DiT's audio stream) that video-only training
+    leaves frozen.
+
+    DiT, connectors, audio VAE and vocoder after diffusers' `tests/pipelines/ltx2/testing_utils.py`; the
+    scheduler is LTX-2's (resolution-dependent shift)."""
+    from diffusers import (
+        AutoencoderKLLTX2Audio,
+        AutoencoderKLLTX2Video,
+        LTX2Pipeline,
+        LTX2VideoTransformer3DModel,
+    )
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3TextConfig,
+        SiglipVisionConfig,
+    )
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    tokenizer = build_word_tokenizer(TINY_WORDS, max_length=32)  # 32 text tokens: 4 x the 8 registers
+    text = Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=8, max_position_embeddings=64, sliding_window=16, pad_token_id=0,
+        eos_token_id=1, bos_token_id=1,
+    )  # fmt: skip
+    vision = SiglipVisionConfig(
+        hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, image_size=16, patch_size=8
+    )  # fmt: skip
+    text_encoder = Gemma3ForConditionalGeneration(
+        Gemma3Config(text_config=text.to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4)
+    ).eval()
+    width = text.hidden_size  # Gemma's width: the connectors' and the DiT's caption channels
+    connectors = LTX2TextConnectors(
+        caption_channels=width, text_proj_in_factor=text.num_hidden_layers + 1,
+        video_connector_num_attention_heads=2, video_connector_attention_head_dim=8, video_connector_num_layers=1,
+        video_connector_num_learnable_registers=8, audio_connector_num_attention_heads=2,
+        audio_connector_attention_head_dim=8, audio_connector_num_layers=1, audio_connector_num_learnable_registers=8,
+        connector_rope_base_seq_len=32, rope_double_precision=False, rope_type="split",
+    )  # fmt: skip
+    transformer = LTX2VideoTransformer3DModel(
+        in_channels=latent_channels, out_channels=latent_channels, num_attention_heads=2, attention_head_dim=8,
+        cross_attention_dim=16, audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=2,
+        audio_attention_head_dim=4, audio_cross_attention_dim=8, num_layers=layers, caption_channels=width,
+        rope_double_precision=False, rope_type="split",
+    ).eval()  # fmt: skip
+    vae = AutoencoderKLLTX2Video(
+        latent_channels=latent_channels, block_out_channels=(8, 8, 8), decoder_block_out_channels=(8, 8, 8),
+        down_block_types=("LTX2VideoDownBlock3D",) * 3, layers_per_block=(1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1), spatio_temporal_scaling=(True, True, True),
+        decoder_spatio_temporal_scaling=(True, True, True), decoder_inject_noise=(False,) * 4,
+        downsample_type=("spatiotemporal",) * 3, upsample_type=("spatiotemporal",) * 3,
+        upsample_residual=(False,) * 3, upsample_factor=(1, 1, 1), patch_size=4, patch_size_t=1,
+        encoder_causal=True, decoder_causal=False,
+    ).eval()  # fmt: skip
+    audio_vae = AutoencoderKLLTX2Audio(
+        base_channels=4, output_channels=2, ch_mult=(1,), num_res_blocks=1, attn_resolutions=None, in_channels=2,
+        resolution=32, latent_channels=2, norm_type="pixel", causality_axis="height", dropout=0.0,
+        mid_block_add_attention=False, sample_rate=16000, mel_hop_length=160, is_causal=True, mel_bins=8,
+    ).eval()  # fmt: skip
+    vocoder = LTX2Vocoder(
+        in_channels=audio_vae.config.output_channels * audio_vae.config.mel_bins, hidden_channels=32,
+        out_channels=2, upsample_kernel_sizes=[4, 4], upsample_factors=[2, 2], resnet_kernel_sizes=[3],
+        resnet_dilations=[[1, 3, 5]], leaky_relu_negative_slope=0.1, output_sampling_rate=16000,
+    ).eval()  # fmt: skip
+    pipe = LTX2Pipeline(
+        scheduler=_ltx_scheduler(), vae=vae, audio_vae=audio_vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        connectors=connectors, transformer=transformer, vocoder=vocoder,
     )  # fmt: skip
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder

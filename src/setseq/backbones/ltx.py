@@ -41,6 +41,26 @@ LTX_LORA_TARGETS = (
 )
 # LTXPipeline's default frame_rate: part of the DiT's RoPE scale, the same in training and sampling
 FRAME_RATE = 25
+# LTXPipeline's values for the scheduler keys of the dynamic shift that a config may lack
+LTX_SHIFT_DEFAULTS = {
+    "base_image_seq_len": 256,
+    "max_image_seq_len": 4096,
+    "base_shift": 0.5,
+    "max_shift": 1.15,
+}
+
+
+def resolution_shift(scheduler_config: dict, tokens: int, defaults: dict[str, float]) -> float:
+    """The time shift of the training sigmas for a clip of `tokens` DiT tokens: the scheduler's static `shift`,
+    or with `use_dynamic_shifting` exp(mu), mu the pipeline's `calculate_shift` of the token count (linear
+    between `base_shift` at `base_image_seq_len` and `max_shift` at `max_image_seq_len`; the exponential time
+    shift at mu is the SD3 shift exp(mu)). `defaults`: the pipeline's values for keys the config lacks."""
+    from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift
+
+    if not scheduler_config.get("use_dynamic_shifting", False):
+        return float(scheduler_config.get("shift", 1.0))
+    keys = ("base_image_seq_len", "max_image_seq_len", "base_shift", "max_shift")
+    return math.exp(calculate_shift(tokens, *(scheduler_config.get(k, defaults[k]) for k in keys)))
 
 
 class LTXBackbone(DiffusersBackbone):
@@ -50,10 +70,10 @@ class LTXBackbone(DiffusersBackbone):
     vae_fp32 = True  # LTXPipeline casts latents to the VAE's dtype before decoding
     default_steps, default_guidance = 50, 3.0
     text_length = 128  # LTXPipeline's default text length
+    native_size = (512, 704, 161)  # LTXPipeline's default height, width, frames
+    shift_defaults = LTX_SHIFT_DEFAULTS
 
     def setup(self, model_id: str) -> dict[str, Any]:
-        from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift
-
         vcfg, tcfg, scfg = self.vae.config, self.transformer.config, self.pipe.scheduler.config
         # latents = (z - latents_mean) * scaling_factor / latents_std, the inverse of LTXPipeline's decoding
         self.latents_mean = self.vae.latents_mean.detach().float().cpu().view(1, -1, 1, 1, 1)
@@ -62,20 +82,10 @@ class LTXBackbone(DiffusersBackbone):
         ss, st = int(self.vae.spatial_compression_ratio), int(self.vae.temporal_compression_ratio)
         self.patch, self.patch_t = int(tcfg.patch_size), int(tcfg.patch_size_t)
         self.rope_scale = (st / FRAME_RATE, ss, ss)
-        # LTXPipeline's defaults (512x704, 161 frames); tiny test models default to a tiny size.
-        height, width, frames = (64, 64, 9) if self.is_tiny() else (512, 704, 161)
-        if scfg.get("use_dynamic_shifting", False):
-            tokens = ((frames - 1) // st + 1) * (height // ss) * (width // ss)
-            mu = calculate_shift(
-                tokens,
-                scfg.get("base_image_seq_len", 256),
-                scfg.get("max_image_seq_len", 4096),
-                scfg.get("base_shift", 0.5),
-                scfg.get("max_shift", 1.15),
-            )
-            self.sigma_shift = math.exp(mu)  # the exponential time shift at mu is the SD3 shift exp(mu)
-        else:
-            self.sigma_shift = float(scfg.get("shift", 1.0))
+        # The pipeline's default size; tiny test models default to a tiny size.
+        height, width, frames = (64, 64, 9) if self.is_tiny() else self.native_size
+        tokens = ((frames - 1) // st + 1) * (height // ss) * (width // ss)
+        self.sigma_shift = resolution_shift(scfg, tokens, self.shift_defaults)
         return dict(
             height=height,
             width=width,
