@@ -10,7 +10,7 @@ import inspect
 
 import pytest
 
-from setseq.backbones import cogvideox, hunyuan, ltx, wan
+from setseq.backbones import cogvideox, hunyuan, hunyuan15, ltx, wan
 from setseq.backbones.base import Backbone
 from setseq.backbones.toy import ToyBackbone
 
@@ -21,6 +21,7 @@ CLASSES = [
     cogvideox.CogVideoXBackbone,
     ltx.LTXBackbone,
     hunyuan.HunyuanVideoBackbone,
+    hunyuan15.HunyuanVideo15Backbone,
 ]
 
 

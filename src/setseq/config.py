@@ -24,7 +24,7 @@ LORA_PATHS: tuple[str, ...] = ("auto", "fused", "per_token")
 class ModelConfig:
     """Which base model to personalize."""
 
-    backbone: str = "toy"  # registry name: toy, wan, cogvideox, ltx, hunyuan
+    backbone: str = "toy"  # registry name: toy, wan, cogvideox, ltx, hunyuan, hunyuan15
     path: str = "toy"  # local folder or hub id ("toy" is the shipped toy model)
     dtype: str = "float32"  # float32 | bfloat16 | float16: compute dtype of the frozen weights
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -214,7 +214,7 @@ def registered_backbones() -> list[str]:
 
 def _import_builtin() -> None:
     # Imported lazily so that `setseq --help` stays fast (diffusers takes seconds to import).
-    from setseq.backbones import cogvideox, hunyuan, ltx, toy, wan  # noqa: F401
+    from setseq.backbones import cogvideox, hunyuan, hunyuan15, ltx, toy, wan  # noqa: F401
 
 
 # diffusers pipeline class (model_index.json `_class_name`) -> backbone family
@@ -224,6 +224,7 @@ PIPELINE_FAMILIES = {
     "CogVideoXPipeline": "cogvideox",
     "LTXPipeline": "ltx",
     "HunyuanVideoPipeline": "hunyuan",
+    "HunyuanVideo15Pipeline": "hunyuan15",  # text-to-video only (HunyuanVideo15ImageToVideoPipeline: refused)
 }
 
 
