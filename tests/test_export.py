@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,32 @@ def test_ltx2_comfyui_keys_are_ltx2s_original_layout(tmp_path):
     assert back.keys() == diff.keys()
     for k in diff:
         assert torch.equal(back[k], diff[k]), k
+
+
+def test_hunyuan15_comfyui_uses_hunyuans_double_blocks_and_fills_the_last_text_query(tmp_path):
+    """HunyuanVideo 1.5 runs on ComfyUI's HunyuanVideo model: the same fused double-block names. Its last block
+    carries no text-query LoRA (`setseq.backbones.hunyuan15.lora_targets`), so that block's `txt_attn.qkv` gets
+    zero q rows and the k, v rows of the LoRA."""
+    from setseq.backbones.hunyuan15 import lora_targets
+
+    last = {m: s for m, s in HUNYUAN_MODULES.items() if m.startswith("transformer_blocks.0.")}
+    last = {m.replace(".0.", ".1.", 1): s for m, s in last.items()}
+    modules = {**{m: s for m, s in HUNYUAN_MODULES.items() if m.startswith("transformer_blocks.")}, **last}
+    modules = {m: s for m, s in modules.items() if any(re.search(p, m) for p in lora_targets(2))}
+    assert len(modules) == 12 + 8
+    lora = load_setseq(fake_run(tmp_path / "run", backbone="hunyuan15", modules=modules))
+    comfy = export_tensors(lora, "comfyui", part="identity")
+    diff = export_tensors(lora, "diffusers", part="identity")
+    names = {k.rsplit(".", 2)[0] for k in comfy if k.endswith("lora_A.weight")}
+    assert names == {
+        f"diffusion_model.double_blocks.{i}.{m}"
+        for i in (0, 1)
+        for m in ("img_attn.qkv", "img_attn.proj", "img_mlp.0", "img_mlp.2", "txt_attn.qkv")
+    } | {f"diffusion_model.double_blocks.0.{m}" for m in ("txt_attn.proj", "txt_mlp.0", "txt_mlp.2")}
+
+    def dw(m: str) -> torch.Tensor:
+        return diff[f"transformer.{m}.lora_B.weight"] @ diff[f"transformer.{m}.lora_A.weight"]
+
+    b = "transformer_blocks.1.attn."
+    want = torch.cat([torch.zeros(8, 8), dw(b + "add_k_proj"), dw(b + "add_v_proj")])
+    close(comfy_delta([(comfy, 1.0)], "diffusion_model.double_blocks.1.txt_attn.qkv"), want)

@@ -10,7 +10,7 @@ import inspect
 
 import pytest
 
-from setseq.backbones import cogvideox, hunyuan, ltx, ltx2, wan
+from setseq.backbones import cogvideox, hunyuan, hunyuan15, ltx, ltx2, wan
 from setseq.backbones.base import Backbone
 from setseq.backbones.toy import ToyBackbone
 
@@ -22,6 +22,7 @@ CLASSES = [
     ltx.LTXBackbone,
     hunyuan.HunyuanVideoBackbone,
     ltx2.LTX2Backbone,
+    hunyuan15.HunyuanVideo15Backbone,
 ]
 
 

@@ -59,12 +59,12 @@ def _add_train(sub: Any) -> None:
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument(
         "--model",
-        help="'toy' (default), or a diffusers Wan, CogVideoX, LTX-Video, HunyuanVideo or LTX-2 checkpoint: local folder "
-        "or hub id",
+        help="'toy' (default), or a diffusers Wan, CogVideoX, LTX-Video, HunyuanVideo, HunyuanVideo 1.5 or LTX-2 "
+        "checkpoint: local folder or hub id",
     )
     t.add_argument(
         "--backbone",
-        help="backbone family: toy, wan, cogvideox, ltx, hunyuan, ltx2 (default: read from the --model folder's "
+        help="backbone family: toy, wan, cogvideox, ltx, hunyuan, hunyuan15, ltx2 (default: read from the --model folder's "
         "model_index.json; wan for a hub id)",
     )
     t.add_argument("--token", help="concept token [v] (default sks)")
@@ -252,7 +252,7 @@ def _add_bench(sub: Any) -> None:
     b.add_argument(
         "--shape",
         help="instead: time training steps of a real-size DiT with random weights (wan-1.3b, wan-14b, "
-        "cogvideox-5b, ltx, hunyuan, ltx-2)",
+        "cogvideox-5b, ltx, hunyuan, hunyuan-1.5, ltx-2)",
     )
     b.add_argument(
         "--device", default="auto", help="--shape: cuda (480x832, 33 and 81 frames) or cpu (small)"

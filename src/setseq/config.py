@@ -36,7 +36,7 @@ ON_CLIP = ("dreambooth", "lora1", "textual_inversion")  # one-stage modes that t
 class ModelConfig:
     """Which base model to personalize."""
 
-    backbone: str = "toy"  # registry name: toy, wan, cogvideox, ltx, hunyuan, ltx2
+    backbone: str = "toy"  # registry name: toy, wan, cogvideox, ltx, hunyuan, hunyuan15, ltx2
     path: str = "toy"  # local folder or hub id ("toy" is the shipped toy model)
     dtype: str = "float32"  # float32 | bfloat16 | float16: compute dtype of the frozen weights
     device: str = "auto"  # auto | cpu | cuda | cuda:N

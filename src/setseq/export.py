@@ -5,8 +5,9 @@
 - `diffusers`: one standard LoRA, identity and motion merged at chosen scales at the same rank, keys
   `transformer.<module>.lora_A.weight` / `.lora_B.weight`, alpha folded into lora_B (so no metadata is
   needed): `WanPipeline.load_lora_weights(file)` loads it, and likewise `CogVideoXPipeline`, `LTXPipeline`,
-  `HunyuanVideoPipeline` and `LTX2Pipeline` for LoRAs of those families (diffusers module names, no conversion
-  needed).
+  `HunyuanVideoPipeline` and `LTX2Pipeline` for LoRAs of those families (diffusers module names, no
+  conversion needed); HunyuanVideo 1.5's pipeline has no `load_lora_weights` in diffusers 0.42, so
+  `pipe.transformer.load_lora_adapter(file, prefix="transformer")`.
 - Parts (`part`): `merged` (identity + motion at their scales, one LoRA), `identity` or `motion` alone, or
   `both` (two files, `OUT_identity` and `OUT_motion`). The parts add up to the merged LoRA: with basis `down`
   both share lora_A, with basis `up` both share lora_B. The formats `identity` / `motion` are aliases of
@@ -17,6 +18,7 @@
   stream): ComfyUI names the DiT as diffusers does (Lightricks' own LTX-2 LoRAs use this layout).
   HunyuanVideo: ComfyUI fuses q, k, v (and a single block's MLP input) into one linear, so those parts become
   one LoRA on the fused weight (stacked lora_A, block-diagonal lora_B; exact, at the sum of the parts' ranks).
+  HunyuanVideo 1.5: ComfyUI runs it on the same HunyuanVideo model (double blocks only), so the same names.
   CogVideoX is diffusers-only.
 """
 
@@ -338,7 +340,10 @@ _COMFY_HUNYUAN_SINGLE = {
 _FUSED_SLOTS = {"img_attn.qkv": 3, "txt_attn.qkv": 3, "linear1": 4}
 
 #: Families whose LoRA setseq writes in ComfyUI's layout (the toy model is a Wan DiT).
-COMFYUI_FAMILIES = ("wan", "toy", "ltx", "hunyuan", "ltx2")
+COMFYUI_FAMILIES = ("wan", "toy", "ltx", "hunyuan", "ltx2", "hunyuan15")
+# ComfyUI runs HunyuanVideo 1.5 on its HunyuanVideo model (comfy/ldm/hunyuan_video/model.py: the same flux
+# DoubleStreamBlock, no single blocks; diffusion-pipe trains its HunyuanVideo 1.5 LoRAs on it): same names.
+_COMFY_HUNYUAN = ("hunyuan", "hunyuan15")
 
 
 def _comfyui_slot(backbone: str, module: str) -> tuple[str, int]:
@@ -347,7 +352,7 @@ def _comfyui_slot(backbone: str, module: str) -> tuple[str, int]:
         return comfyui_module_name(module), 0
     if backbone in ("ltx", "ltx2") and _COMFY_LTX.match(module):
         return module, 0
-    if backbone == "hunyuan":
+    if backbone in _COMFY_HUNYUAN:
         m = re.match(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)$", module)
         if m:
             double = m.group(1) == "transformer_blocks"
@@ -376,7 +381,12 @@ def comfyui_layout(
         groups.setdefault(name, {})[slot] = ab
     out: dict[str, torch.Tensor] = {}
     for name, parts in groups.items():
-        n = _FUSED_SLOTS.get(name.split(".", 2)[-1], 1) if backbone == "hunyuan" else 1
+        n = _FUSED_SLOTS.get(name.split(".", 2)[-1], 1) if backbone in _COMFY_HUNYUAN else 1
+        if name.endswith(".qkv") and len(parts) < n:
+            # q, k and v are equally wide, so a part the LoRA leaves out is a zero LoRA of the others' shape
+            # (HunyuanVideo 1.5's last block has no text-query LoRA)
+            a, b = next(iter(parts.values()))
+            parts = {i: parts.get(i, (torch.zeros_like(a), torch.zeros_like(b))) for i in range(n)}
         if sorted(parts) != list(range(n)):
             raise SetseqError(
                 f"ComfyUI fuses {n} linears into '{name}', but the LoRA covers only {len(parts)} of them "

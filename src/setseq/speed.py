@@ -1,7 +1,7 @@
 """`setseq bench --shape NAME`: the speed of setseq's training steps on a real-size DiT, with no download.
 
 The named architecture (`SHAPES`: the published configs of Wan 2.1 1.3B / 14B, CogVideoX-5B, LTX-Video 0.9,
-HunyuanVideo and LTX-2) is built with random weights on the device; the backbone around it is the same class `setseq
+HunyuanVideo, HunyuanVideo 1.5 and LTX-2) is built with random weights on the device; the backbone around it is the same class `setseq
 train` uses, loaded from a tiny pipeline of the same family (its VAE has the real strides and latent channels,
 so the backbone's shapes, patching and positions are those of the real model). Latents and prompt embeddings
 are random at the real sizes: the text encoder and VAE are not part of a training step (they run once, into
@@ -167,6 +167,37 @@ SHAPES: dict[str, Shape] = {
         3840,
         note="LTX-2 (19B: video 14B + audio 5B; trained video only)",
     ),
+    # The config of hunyuanvideo-community/HunyuanVideo-1.5-480p_t2v (diffusers'
+    # scripts/convert_hunyuan_video1_5_to_diffusers.py, TRANSFORMER_CONFIGS["480p_t2v"]; the 720p one differs only
+    # in target_size): 8.3B parameters (model card). Text: Qwen2.5-VL's 1000 tokens (3584 wide) and ByT5's 256
+    # (1472 wide) side by side, every token valid: the longest prompt, quoting 256 bytes of text to render.
+    "hunyuan-1.5": Shape(
+        "hunyuan15",
+        "HunyuanVideo15Transformer3DModel",
+        dict(
+            in_channels=65,
+            out_channels=32,
+            num_attention_heads=16,
+            attention_head_dim=128,
+            num_layers=54,
+            num_refiner_layers=2,
+            mlp_ratio=4.0,
+            patch_size=1,
+            patch_size_t=1,
+            qk_norm="rms_norm",
+            text_embed_dim=3584,
+            text_embed_2_dim=1472,
+            image_embed_dim=1152,
+            rope_theta=256.0,
+            rope_axes_dim=(16, 56, 56),
+            target_size=640,
+            task_type="t2v",
+        ),  # fmt: skip
+        32,
+        1000 + 256,
+        3584,
+        note="HunyuanVideo 1.5 (8.3B, 480p T2V)",
+    ),
 }
 
 # family -> (tiny pipeline builder in setseq.testing, diffusers pipeline class, backbone class)
@@ -184,6 +215,11 @@ _FAMILIES = {
         "setseq.backbones.hunyuan:HunyuanVideoBackbone",
     ),
     "ltx2": ("build_tiny_ltx2", "LTX2Pipeline", "setseq.backbones.ltx2:LTX2Backbone"),
+    "hunyuan15": (
+        "build_tiny_hunyuan15",
+        "HunyuanVideo15Pipeline",
+        "setseq.backbones.hunyuan15:HunyuanVideo15Backbone",
+    ),
 }
 
 

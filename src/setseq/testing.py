@@ -489,3 +489,66 @@ def build_tiny_ltx2(folder: str | Path, seed: int = 0, *, layers: int = 2, laten
     )  # fmt: skip
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+# HunyuanVideo15Pipeline crops this many tokens of its chat template (`prompt_template_encode_start_idx`).
+HUNYUAN15_TEMPLATE_TOKENS = 108
+
+
+def build_tiny_hunyuan15(
+    folder: str | Path, seed: int = 0, *, layers: int = 2, latent_channels: int = 4
+) -> Path:
+    """Write a tiny random HunyuanVideo 1.5 T2V pipeline (`HunyuanVideo15Pipeline`): a tiny
+    `Qwen2_5_VLTextModel` with a word-level tokenizer built in code, a tiny ByT5 (`T5EncoderModel`, its
+    `ByT5Tokenizer` needs no files), a tiny `AutoencoderKLHunyuanVideo15` with the real strides (16 spatial,
+    4 temporal), a text-to-video `HunyuanVideo15Transformer3DModel` (2 x latent + 1 input channels), CFG 6.
+
+    Sizes after diffusers' `tests/pipelines/hunyuan_video1_5/test_hunyuan_1_5.py`. The word-level
+    tokenizer's chat template puts the system message in exactly `HUNYUAN15_TEMPLATE_TOKENS` tokens, the
+    prefix the pipeline crops (Qwen2.5's real template is that long too), then the prompt and an end token.
+    The last VAE level is 64 wide so that its channel grouping (width / 2 x latent channels) is whole for
+    the real 32 latent channels too (`setseq bench --shape hunyuan-1.5` builds its VAE here)."""
+    from diffusers import (
+        AutoencoderKLHunyuanVideo15,
+        ClassifierFreeGuidance,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideo15Pipeline,
+        HunyuanVideo15Transformer3DModel,
+    )
+    from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    tokenizer = build_word_tokenizer(TINY_WORDS, max_length=2048)
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}"
+        f"{{{{ 'the ' * {HUNYUAN15_TEMPLATE_TOKENS} }}}}"
+        "{% else %}{{ m['content'] }} </s>{% endif %}{% endfor %}"
+    )
+    text_encoder = Qwen2_5_VLTextModel(
+        Qwen2_5_VLTextConfig(
+            vocab_size=len(tokenizer), hidden_size=16, intermediate_size=16, num_hidden_layers=3, bos_token_id=1,
+            num_attention_heads=2, num_key_value_heads=2, pad_token_id=0, eos_token_id=1, rope_theta=1e6,
+            rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+        )
+    ).eval()  # fmt: skip
+    tokenizer_2 = ByT5Tokenizer()
+    text_encoder_2 = _tiny_t5(len(tokenizer_2), d_model=8)
+    transformer = HunyuanVideo15Transformer3DModel(
+        in_channels=2 * latent_channels + 1, out_channels=latent_channels, num_attention_heads=2,
+        attention_head_dim=8, num_layers=layers, num_refiner_layers=1, mlp_ratio=2.0, patch_size=1,
+        patch_size_t=1, text_embed_dim=16, text_embed_2_dim=8, image_embed_dim=12, rope_axes_dim=(2, 2, 4),
+        target_size=32, task_type="t2v",
+    ).eval()  # fmt: skip
+    vae = AutoencoderKLHunyuanVideo15(
+        in_channels=3, out_channels=3, latent_channels=latent_channels, block_out_channels=(8, 8, 8, 64),
+        layers_per_block=1, spatial_compression_ratio=16, temporal_compression_ratio=4,
+        downsample_match_channel=False, upsample_match_channel=False,
+    ).eval()  # fmt: skip
+    pipe = HunyuanVideo15Pipeline(
+        text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0), text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2, guider=ClassifierFreeGuidance(guidance_scale=6.0),
+    )  # fmt: skip
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder

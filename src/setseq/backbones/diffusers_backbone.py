@@ -14,7 +14,7 @@ A family file (`wan.py`, `cogvideox.py`, `ltx.py`, `hunyuan.py`) holds only what
   `BackboneInfo` fields that differ (default size, multiples, image input, LoRA targets, extra);
 - `forward`: the DiT call (timestep convention, packing, rotary positions, extra inputs);
 - where the family differs from the default: `encode_prompt`, `fingerprint_configs`, `vae_decode`,
-  `pipeline_kwargs`, `image_pipeline`, `pipeline_for`; a family with another objective overrides
+  `pipeline_kwargs`, `guidance_kwargs`, `image_pipeline`, `pipeline_for`; a family with another objective overrides
   `sample_sigmas` and adds `noisy` / `training_target` (see `setseq.backbones.base.noisy_latents`).
 """
 
@@ -125,6 +125,11 @@ class DiffusersBackbone:
         """Arguments of the family's pipeline call beyond the common ones (LTX: frame rate)."""
         return {}
 
+    def guidance_kwargs(self, guidance_scale: float) -> dict[str, Any]:
+        """The pipeline-call arguments that set the guidance scale and the text length (HunyuanVideo 1.5's
+        pipeline takes neither: its guider holds the scale)."""
+        return {"guidance_scale": guidance_scale, "max_sequence_length": self.text_length}
+
     def image_pipeline(self, image: np.ndarray) -> tuple[Any, dict[str, Any]]:
         """The pipeline and its extra arguments for image-to-video (a family whose `info.image` is not "none")."""
         raise NotImplementedError(f"{type(self).__name__} takes no first frame")
@@ -222,10 +227,9 @@ class DiffusersBackbone:
             width=width or self.info.width,
             num_frames=frames or self.info.frames,
             num_inference_steps=steps or self.default_steps,
-            guidance_scale=self.default_guidance if guidance_scale is None else guidance_scale,
             generator=torch.Generator(device="cpu").manual_seed(seed),
             output_type="pt",
-            max_sequence_length=self.text_length,
+            **self.guidance_kwargs(self.default_guidance if guidance_scale is None else guidance_scale),
             **self.pipeline_kwargs(),
             **extra,
         ).frames  # (B, F, 3, H, W) in [0, 1]

@@ -20,7 +20,7 @@ def registered_backbones() -> list[str]:
 
 def _import_builtin() -> None:
     # Imported lazily so that `setseq --help` stays fast (diffusers takes seconds to import).
-    from setseq.backbones import cogvideox, hunyuan, ltx, ltx2, toy, wan  # noqa: F401
+    from setseq.backbones import cogvideox, hunyuan, hunyuan15, ltx, ltx2, toy, wan  # noqa: F401
 
 
 # diffusers pipeline class (model_index.json `_class_name`) -> backbone family
@@ -31,6 +31,7 @@ PIPELINE_FAMILIES = {
     "LTXPipeline": "ltx",
     "HunyuanVideoPipeline": "hunyuan",
     "LTX2Pipeline": "ltx2",  # LTX-2: video only (the audio branch frozen)
+    "HunyuanVideo15Pipeline": "hunyuan15",  # text-to-video only (HunyuanVideo15ImageToVideoPipeline: refused)
 }
 
 
