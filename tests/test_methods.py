@@ -7,10 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from setseq.backbones.base import BackboneInfo, PromptEmbeds
+from setseq.backbones.base import BackboneInfo
 from setseq.config import METHODS, resolve_config
 from setseq.errors import SetseqError
 from setseq.functional import flow_matching as fm
+from setseq.prompts import PromptEmbeds
 from setseq.train.loop import Batch, denoising_loss, with_prior
 from setseq.train.methods import effective_config
 

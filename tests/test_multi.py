@@ -69,7 +69,7 @@ def test_two_concepts_sharing_a_token_are_refused(two_videos):
 
 
 def _enc(value: float, width: int, frames: int = 3) -> EncodedConcept:
-    from setseq.backbones.base import PromptEmbeds
+    from setseq.prompts import PromptEmbeds
 
     p = PromptEmbeds(torch.full((1, 4, 2), value), torch.ones(1, 4, dtype=torch.bool))
     return EncodedConcept(

@@ -12,7 +12,6 @@ import re
 import pytest
 import torch
 
-from setseq.backbones.base import PromptEmbeds
 from setseq.backbones.registry import guess_backbone
 from setseq.backbones.toy import (
     IDENTIFIER_TOKENS,
@@ -24,6 +23,7 @@ from setseq.backbones.toy import (
     toy_config,
 )
 from setseq.errors import SetseqError
+from setseq.prompts import PromptEmbeds
 
 WORDS = ["a", "red", "blue", "green", "circle", "square", "moving", "left", "right", "on", "background"]
 TINY = toy_config(
