@@ -50,23 +50,27 @@ def cmd_train(
     """Personalize a model to one video (stage 1 + stage 2); with `resume`, continue the run in `out`."""
     from setseq.config import resolve_config
     from setseq.runtime import quiet_libraries
+    from setseq.train.distributed import close_processes
     from setseq.train.run import train
 
     quiet_libraries()
-    if resume:  # main has refused every other flag
-        return train(None, out, resume=True, progress=progress)  # type: ignore[arg-type]
-    flags: dict[str, Any] = {}
-    if m := _model_flags(model, backbone):
-        flags["model"] = m
-    sections = {
-        "data": dict(video=video, frames=frames, fps=fps, start=start, end=end, size=size, mask=mask),
-        "concept": dict(token=token, class_word=class_word, action=action, camera=camera),
-    }
-    for name, values in sections.items():
-        if given := {k: v for k, v in values.items() if v is not None}:
-            flags[name] = given
-    overrides = overrides + ([f"method={method}"] if method else [])
-    return train(resolve_config(config, flags, overrides), out, init_lora=init_lora, progress=progress)
+    try:
+        if resume:  # main has refused every other flag
+            return train(None, out, resume=True, progress=progress)  # type: ignore[arg-type]
+        flags: dict[str, Any] = {}
+        if m := _model_flags(model, backbone):
+            flags["model"] = m
+        sections = {
+            "data": dict(video=video, frames=frames, fps=fps, start=start, end=end, size=size, mask=mask),
+            "concept": dict(token=token, class_word=class_word, action=action, camera=camera),
+        }
+        for name, values in sections.items():
+            if given := {k: v for k, v in values.items() if v is not None}:
+                flags[name] = given
+        overrides = overrides + ([f"method={method}"] if method else [])
+        return train(resolve_config(config, flags, overrides), out, init_lora=init_lora, progress=progress)
+    finally:
+        close_processes()  # under a launcher: leave the process group before the interpreter's teardown
 
 
 def cmd_generate(

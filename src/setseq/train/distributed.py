@@ -216,6 +216,14 @@ def init_processes(device: str) -> Processes:
     return Processes(state.process_index, state.num_processes, torch.device("cpu") if cpu else state.device)
 
 
+def close_processes() -> None:
+    """Leave the process group `init_processes` joined (nothing in one process). torch asks for this before
+    exit: a group left to the interpreter's teardown can abort a process ("terminate called without an
+    active exception") after its work is done."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def launcher_asks_fsdp() -> bool:
     """Whether `accelerate launch` was given an FSDP config (`distributed_type: FSDP`, e.g. the shipped
     `configs/accelerate/fsdp2-*.yaml`): that turns `model.fsdp` on. Only FSDP2 is setseq's engine; the FSDP
