@@ -216,7 +216,7 @@ def test_a_nan_loss_on_one_process_stops_both_with_the_step_named(tiny_wan_dir, 
     assert proc.returncode != 0
     # Each process says it (their lines may interleave): every error names the same step.
     errors = proc.stderr.count("setseq: error:")
-    assert errors >= 1 and proc.stderr.count("the loss became nan at stage 1 step 2;") == errors, proc.stderr[
+    assert errors == 2 and proc.stderr.count("the loss became nan at stage 1 step 2;") == 2, proc.stderr[
         -3000:
     ]
     assert "Traceback" not in proc.stderr.split("setseq: error:")[0]  # no Python traceback before it
