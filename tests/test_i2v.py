@@ -299,17 +299,93 @@ def test_image_with_a_text_to_video_model_is_refused(tiny_wan_dir, tmp_path, cap
         )
 
 
-def test_training_on_an_i2v_model_is_refused_before_writing(i2v_dir, clip_mp4, tmp_path):
+def test_image_condition_is_the_pipelines(i2v_dir):
+    """The first-frame condition training builds equals what `WanImageToVideoPipeline` builds for the same
+    first frame (mask + latent of the image then zero frames; CLIP tokens); the dropped one has mask 0 and the
+    latent of zero (mid-gray) frames."""
+    bb = load_backbone("wan", str(i2v_dir))
+    pipe = bb.pipe
+    u8 = torch.randint(
+        0, 256, (FRAMES, SIZE, SIZE, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    video = (u8.float() / 127.5 - 1.0).permute(0, 3, 1, 2)[None]  # (1, F, 3, H, W), as the cache holds it
+    ours = bb.image_condition(video)
+    img = Image.fromarray(u8[0].numpy(), "RGB")
+    pre = pipe.video_processor.preprocess(img, height=SIZE, width=SIZE).float()
+    _, theirs = pipe.prepare_latents(pre, 1, 16, SIZE, SIZE, FRAMES, torch.float32, torch.device("cpu"))
+    assert ours.latent.shape == theirs.shape
+    assert (ours.latent - theirs).abs().max() <= 1e-5 * theirs.abs().max()
+    tokens = pipe.encode_image(img, torch.device("cpu"))
+    assert ours.tokens is not None and (ours.tokens - tokens).abs().max() <= 1e-5 * tokens.abs().max()
+    assert ours.latent[:, :4, 0].eq(1).all() and ours.latent[:, :4, 1:].eq(0).all()
+
+    noisy = torch.randn(3, 16, 1, SIZE // 8, SIZE // 8)
+    dropped = bb.dropped_condition(noisy)
+    gray = bb.encode_video(torch.zeros(1, 1, 3, SIZE, SIZE))
+    assert dropped.latent.shape == (3, 20, 1, SIZE // 8, SIZE // 8) and dropped.latent[:, :4].eq(0).all()
+    assert (dropped.latent[:, 4:] - gray).abs().max() <= 1e-5 * gray.abs().max()
+    assert dropped.tokens is not None and dropped.tokens.shape[0] == 3
+
+
+def test_training_on_an_i2v_model(i2v_dir, clip_mp4, tmp_path, monkeypatch):
+    """Both stages train on an I2V model: stage 1's single frames with the condition dropped, stage 2's clip
+    conditioned on its own first frame (mask 1 on the first latent frame, its CLIP tokens); the run then
+    generates from an image."""
+    from setseq.backbones.wan import WanBackbone
+    from setseq.config import resolve_config
+    from setseq.infer.generate import GenerateOptions
+    from setseq.train.run import train
+    from tests.helpers import TINY_TRAINING
+
+    seen: list[tuple[int, object]] = []
+    forward = WanBackbone.forward
+
+    def spy(self, noisy, sigmas, prompt, image=None):
+        if not noisy.is_meta:  # (the memory estimate runs it on the meta device first)
+            seen.append((noisy.shape[2], image))
+        return forward(self, noisy, sigmas, prompt, image=image)
+
+    monkeypatch.setattr(WanBackbone, "forward", spy)
+    flags = {
+        "model": {"backbone": "wan", "path": str(i2v_dir)},
+        "data": {"video": str(clip_mp4), "frames": FRAMES, "size": [SIZE, SIZE]},
+    }
+    run = tmp_path / "run"
+    train(resolve_config(None, flags, TINY_TRAINING), run, progress=False, log=lambda s: None)
+    frames = [image for f, image in seen if f == 1]
+    clips = [image for f, image in seen if f > 1]
+    assert frames and clips and all(i is None for i in frames)
+    for image in clips:
+        assert image is not None and image.tokens is not None
+        assert image.latent[:, :4, 0].eq(1).all() and image.latent[:, :4, 1:].eq(0).all()
+    monkeypatch.undo()
+
+    pm = Personalized.load(run, None, log=lambda s: None)
+    assert pm.backbone.info.image == "required"
+    img = np.zeros((SIZE, SIZE, 3), np.uint8)
+    img[..., 1] = 180
+    video = pm.generate(
+        "a sks person", GenerateOptions(steps=2, frames=FRAMES, height=SIZE, width=SIZE, image=img)
+    )
+    assert video.shape == (FRAMES, 3, SIZE, SIZE) and torch.isfinite(video).all()
+
+
+def test_what_i2v_training_does_not_build_is_refused_before_writing(i2v_dir, clip_mp4, tmp_path):
     from setseq.config import resolve_config
     from setseq.train.run import train
+    from setseq.train.setup import check_image_to_video
 
     flags = {
         "model": {"backbone": "wan", "path": str(i2v_dir)},
-        "data": {"video": str(clip_mp4), "frames": 9},
+        "data": {"video": str(clip_mp4), "frames": FRAMES, "size": [SIZE, SIZE]},
     }
-    with pytest.raises(SetseqError, match="image-to-video model"):
-        train(resolve_config(None, flags, []), tmp_path / "run", progress=False, log=lambda s: None)
+    with pytest.raises(SetseqError, match="prior preservation .* image-to-video"):
+        train(resolve_config(None, flags, ["regularizers.prior_videos=2"]), tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "config.yaml").exists()
+    bb = load_backbone("wan", str(i2v_dir))
+    with pytest.raises(SetseqError, match="stage2.background_swap .* image-to-video"):
+        check_image_to_video(resolve_config(None, flags, ["stage2.background_swap=0.5"]), bb)
+    check_image_to_video(resolve_config(None, flags, ["stage1.background_swap=0.5"]), bb)  # stage 1's is fine
 
 
 def test_wan22_ti2v_takes_an_image_too(tmp_path):

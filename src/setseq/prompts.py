@@ -1,5 +1,6 @@
-"""Prompt embeddings as every module passes them: the text encoder's output for a batch of prompts, and
-putting batches together. A leaf: it imports nothing of setseq, so any module can use the type."""
+"""Conditioning as every module passes it: the text encoder's output for a batch of prompts, an
+image-to-video DiT's first-frame condition, and putting batches together. A leaf: it imports nothing of
+setseq, so any module can use the types."""
 
 from __future__ import annotations
 
@@ -53,3 +54,31 @@ def stack_prompts(prompts: list[PromptEmbeds]) -> PromptEmbeds:
     for p in prompts[1:]:
         out = cat_prompts(out, p)
     return out
+
+
+@dataclass
+class ImageCondition:
+    """An image-to-video DiT's first-frame condition for a batch of clips (Wan I2V, `setseq.backbones.wan`).
+
+    latent: (B, Cc, f, h, w) extra input channels the DiT reads beside the noisy latents (Wan: a 4-channel
+            first-frame mask, then the latent of the first frame followed by zero frames).
+    tokens: (B, N, D) image-encoder tokens for the DiT's cross-attention (Wan 2.1's CLIP), or None.
+    """
+
+    latent: torch.Tensor
+    tokens: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> ImageCondition:
+        tokens = None if self.tokens is None else self.tokens.to(device, dtype or self.tokens.dtype)
+        return ImageCondition(self.latent.to(device, dtype or self.latent.dtype), tokens)
+
+
+def stack_images(images: list[ImageCondition]) -> ImageCondition:
+    """Several conditions (batch 1 or more each) as one batch; one batch-1 condition repeated is an
+    expanded view, not a copy."""
+    if all(c is images[0] for c in images) and images[0].latent.shape[0] == 1:
+        c, n = images[0], len(images)
+        tokens = None if c.tokens is None else c.tokens.expand(n, -1, -1)
+        return ImageCondition(c.latent.expand(n, *c.latent.shape[1:]), tokens)
+    tokens = None if images[0].tokens is None else torch.cat([c.tokens for c in images])  # type: ignore[misc]
+    return ImageCondition(torch.cat([c.latent for c in images]), tokens)

@@ -16,7 +16,7 @@ import torch
 
 from setseq.errors import SetseqError
 from setseq.functional import flow_matching as fm
-from setseq.prompts import PromptEmbeds
+from setseq.prompts import ImageCondition, PromptEmbeds
 
 
 @dataclass
@@ -74,10 +74,13 @@ class Backbone(Protocol):
         sigmas: torch.Tensor,
         prompt: PromptEmbeds,
         self_cond: torch.Tensor | None = None,
+        image: ImageCondition | None = None,
     ) -> torch.Tensor:
         """The DiT's prediction for noisy latents at sigmas (B,), in the parameterisation of
         `training_target(backbone, ...)`: the flow-matching velocity noise - x0 unless the backbone says
-        otherwise (CogVideoX: v = sqrt(abar_t) noise - sqrt(1 - abar_t) x0)."""
+        otherwise (CogVideoX: v = sqrt(abar_t) noise - sqrt(1 - abar_t) x0). `image`: the first-frame
+        condition of an image-to-video DiT (`info.image == "required"`, which also defines
+        `image_condition(video) -> ImageCondition`); None there means no first frame (the condition dropped)."""
         ...
 
     def generate(
@@ -98,15 +101,6 @@ class Backbone(Protocol):
         steps / guidance_scale None: the backbone's own defaults. A backbone whose `info.image` is not "none"
         also takes `image=`, the first frame as (H, W, 3) uint8 at the video's size (see `setseq.backbones.wan`)."""
         ...
-
-
-# Training on an image-to-video model (info.image == "required") is not built: its DiT needs an image condition
-# that `predict` does not take. Refused when the model is loaded for training, before anything is written.
-I2V_TRAINING = (
-    "training on an image-to-video model (WanImageToVideoPipeline) is not built yet",
-    "train on the text-to-video model of the same size (e.g. Wan2.1-T2V-14B for Wan2.1-I2V-14B: the same LoRA "
-    "module names and shapes), then generate with --model <the I2V folder> --image PATH",
-)
 
 
 def check_image_input(info: BackboneInfo, given: bool) -> None:

@@ -30,7 +30,7 @@ import torch
 from setseq.backbones.base import BackboneInfo, check_image_input, load_diffusers_pipeline
 from setseq.errors import SetseqError
 from setseq.functional import flow_matching as fm
-from setseq.prompts import PromptEmbeds
+from setseq.prompts import ImageCondition, PromptEmbeds
 
 
 def fingerprint(configs: list[dict]) -> str:
@@ -191,11 +191,19 @@ class DiffusersBackbone:
         sigmas: torch.Tensor,
         prompt: PromptEmbeds,
         self_cond: torch.Tensor | None = None,
+        image: ImageCondition | None = None,
     ) -> torch.Tensor:
         if self_cond is not None:
             raise SetseqError(
                 f"{self.label} has no self-conditioning input",
                 "set regularizers.self_conditioning=0 for this backbone",
+            )
+        if self.info.image == "required":  # an image-to-video DiT: its forward takes the condition
+            return self.forward(noisy, sigmas, prompt, image=image)  # type: ignore[call-arg]
+        if image is not None:
+            raise SetseqError(
+                f"{self.info.model_id} takes no first-frame condition in training",
+                "train on an image-to-video checkpoint (WanImageToVideoPipeline), or drop the image",
             )
         return self.forward(noisy, sigmas, prompt)
 

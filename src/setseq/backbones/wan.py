@@ -19,9 +19,12 @@ the VAE's `latents_mean` / `latents_std`, exactly as `WanPipeline` un-normalises
   with a CLIP `image_encoder` + `image_processor`; Wan 2.2 I2V A14B: two experts, no image encoder) is loaded
   with that class. Its DiT takes 36 input channels (16 noisy latent + 4 first-frame mask + 16 latent of the
   image followed by zero frames) and, in 2.1, CLIP image tokens through `attn2.add_k_proj` / `add_v_proj`:
-  `info.image == "required"`, `generate(image=...)` only. Training on it is not built (`predict` has no image
-  condition): train on the T2V model of the same size, whose LoRA has the same module names and shapes, and
-  generate with `--model <the I2V folder> --image`. Wan 2.2 TI2V-5B (a `WanPipeline` with
+  `info.image == "required"`. Training on it conditions each stage the way it sees its data:
+  stage 2 (the clip) on the clip's own first frame, exactly as `WanImageToVideoPipeline.prepare_latents` and
+  `encode_image` build it (`image_condition`, cached with the latents); stage 1 (single frames) with the
+  condition dropped (`predict(image=None)`: mask 0, the latent of a mid-gray frame, CLIP tokens of a gray
+  image), since a 1-frame clip's first-frame condition would be its own target and teach the LoRA nothing.
+  A run trained on the T2V model of the same size fits too (same module names and shapes). Wan 2.2 TI2V-5B (a `WanPipeline` with
   `expand_timesteps`) is one model for both tasks: `info.image == "optional"`; given an image, generation runs
   `WanImageToVideoPipeline` on the same components, which pins the first latent frame to the image's latent.
 """
@@ -34,10 +37,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from setseq.backbones.base import I2V_TRAINING, register_backbone
+from setseq.backbones.base import register_backbone
 from setseq.backbones.diffusers_backbone import DiffusersBackbone
 from setseq.errors import SetseqError
-from setseq.prompts import PromptEmbeds
+from setseq.prompts import ImageCondition, PromptEmbeds
 
 # Every linear of self-attention (attn1), cross-attention (attn2, incl. Wan 2.1 I2V's image projections)
 # and FFN inside the DiT blocks. Names are those of diffusers' WanTransformer3DModel.
@@ -137,6 +140,8 @@ class WanBackbone(DiffusersBackbone):
             getattr(pipe.scheduler.config, "flow_shift", None) or getattr(pipe.scheduler.config, "shift", 3.0)
         )
         self.expand_timesteps = bool(getattr(pipe.config, "expand_timesteps", False))
+        self.temporal_scale, self.spatial_scale = st, ss
+        self._dropped: dict[tuple, ImageCondition] = {}  # the dropped first-frame condition, per latent shape
         small = self.is_tiny()
         return dict(
             # Wan's native 480p size (Wan 2.2 TI2V-5B: 720p, 704x1280); tiny test models default to a tiny size.
@@ -190,22 +195,98 @@ class WanBackbone(DiffusersBackbone):
         return PromptEmbeds(hidden, real)
 
     # -- diffusion -------------------------------------------------------------------------------------------
-    def forward(self, noisy: torch.Tensor, sigmas: torch.Tensor, prompt: PromptEmbeds) -> torch.Tensor:
-        if self.image_to_video:
-            raise SetseqError(*I2V_TRAINING)
+    def forward(
+        self,
+        noisy: torch.Tensor,
+        sigmas: torch.Tensor,
+        prompt: PromptEmbeds,
+        image: ImageCondition | None = None,
+    ) -> torch.Tensor:
         t = sigmas.to(self.device).float() * 1000.0  # (B,)
         if self.expand_timesteps:
             # Wan 2.2 TI2V takes one timestep per latent patch (all equal for text-to-video).
             p = self.transformer.config.patch_size
             n = (noisy.shape[2] // p[0]) * (noisy.shape[3] // p[1]) * (noisy.shape[4] // p[2])
             t = t[:, None].expand(-1, n)
+        hidden, extra = noisy.to(self.dtype), {}
+        if self.image_to_video:  # the first-frame condition as extra input channels (and CLIP tokens in 2.1)
+            cond = (image if image is not None else self.dropped_condition(noisy)).to(
+                noisy.device, self.dtype
+            )
+            hidden = torch.cat([hidden, cond.latent], dim=1)
+            if cond.tokens is not None:
+                extra["encoder_hidden_states_image"] = cond.tokens
         out = self.transformer(
-            hidden_states=noisy.to(self.dtype),
+            hidden_states=hidden,
             timestep=t,
             encoder_hidden_states=prompt.embeds.to(self.dtype),
             return_dict=False,
+            **extra,
         )[0]
         return out.float()
+
+    # -- the first-frame condition of an image-to-video DiT (training) ------------------------------------------
+    @torch.no_grad()
+    def image_condition(self, video: torch.Tensor) -> ImageCondition:
+        """The condition of clips whose first frame is given: video (B, F, 3, H, W) in [-1, 1] -> the mask
+        and latent of the first frame followed by zero frames (`WanImageToVideoPipeline.prepare_latents`) and,
+        with an image encoder (2.1), its CLIP tokens (`encode_image`); on the CPU, float32."""
+        x = video.to(self.device, self.vae.dtype).permute(0, 2, 1, 3, 4)  # (B, 3, F, H, W)
+        first = torch.zeros_like(x)
+        first[:, :, 0] = x[:, :, 0]
+        return self._condition(first, given=True, pixels=video[:, 0])
+
+    def dropped_condition(self, noisy: torch.Tensor) -> ImageCondition:
+        """The condition of latents (B, C, f, h, w) with no first frame given: mask 0, the latent of mid-gray
+        frames (the pipeline's zeros) and the CLIP tokens of a gray image; computed once per shape."""
+        b, _, f, lh, lw = noisy.shape
+        n, h, w = (f - 1) * self.temporal_scale + 1, lh * self.spatial_scale, lw * self.spatial_scale
+        key = (f, lh, lw)
+        if noisy.is_meta:  # memory and FLOP estimates: the shapes alone
+            lat, tok = self._condition_shapes(f, lh, lw)
+            c = ImageCondition(
+                torch.zeros(lat, device="meta"), None if tok is None else torch.zeros(tok, device="meta")
+            )
+        elif key not in self._dropped:
+            gray = torch.zeros(1, 3, n, h, w, device=self.device, dtype=self.vae.dtype)
+            c = self._dropped[key] = self._condition(gray, given=False, pixels=gray[:, :, 0])
+        else:
+            c = self._dropped[key]
+        tokens = None if c.tokens is None else c.tokens.expand(b, -1, -1)
+        return ImageCondition(c.latent.expand(b, *c.latent.shape[1:]), tokens)
+
+    def _condition_shapes(self, f: int, lh: int, lw: int) -> tuple[tuple, tuple | None]:
+        z = int(self.vae.config.z_dim)
+        enc = getattr(self.pipe, "image_encoder", None)
+        if enc is None:
+            return (1, self.temporal_scale + z, f, lh, lw), None
+        vc = enc.config
+        return (1, self.temporal_scale + z, f, lh, lw), (
+            1,
+            (vc.image_size // vc.patch_size) ** 2 + 1,
+            vc.hidden_size,
+        )
+
+    def _condition(self, video: torch.Tensor, *, given: bool, pixels: torch.Tensor) -> ImageCondition:
+        """Mask (the first latent frame given or not) + normalised latent of `video` (B, 3, F, H, W), and,
+        with an image encoder, the CLIP tokens of `pixels` (B, 3, H, W) in [-1, 1] seen as uint8 images."""
+        z = self.vae.encode(video).latent_dist.mode().float()
+        z = (z - self.latents_mean.to(z.device)) / self.latents_std.to(z.device)
+        b, _, f, lh, lw = z.shape
+        mask = torch.zeros(b, self.temporal_scale, f, lh, lw, device=z.device)
+        if given:
+            mask[:, :, 0] = 1.0  # the first latent frame (the first pixel frame, repeated 4x) is given
+        tokens = None
+        enc = getattr(self.pipe, "image_encoder", None)
+        if enc is not None:
+            from PIL import Image
+
+            px = pixels.permute(0, 2, 3, 1)  # (B, H, W, 3)
+            u8 = ((px.float().cpu().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).numpy()
+            images = [Image.fromarray(np.ascontiguousarray(a), "RGB") for a in u8]
+            inputs = self.pipe.image_processor(images=images, return_tensors="pt").to(enc.device)
+            tokens = enc(**inputs, output_hidden_states=True).hidden_states[-2].float().cpu()
+        return ImageCondition(torch.cat([mask, z], dim=1).cpu(), tokens)
 
     # -- image-to-video --------------------------------------------------------------------------------------
     def image_pipeline(self, image: np.ndarray) -> tuple[Any, dict[str, Any]]:

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from setseq.errors import SetseqError
 from setseq.io import atomic_path
-from setseq.prompts import PromptEmbeds
+from setseq.prompts import ImageCondition, PromptEmbeds
 
 CACHE_VERSION = "1"
 
@@ -76,6 +76,8 @@ class EncodedConcept:
     swap_clip: torch.Tensor | None = None
     swap_static: list[PromptEmbeds] = field(default_factory=list)
     swap_motion: list[PromptEmbeds] = field(default_factory=list)
+    # An image-to-video backbone's condition of the clip on its own first frame (stage 2), batch 1.
+    clip_image: ImageCondition | None = None
 
 
 def encode_latents(bb, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,6 +130,10 @@ def save_cache(path: Path, enc: EncodedConcept, canon_key: str, swap_pool: list[
         tensors["swap_index"] = torch.tensor([list(swap_pool or []).index(c) for c in enc.swap_names])
     for k, (s, m) in enumerate(zip(enc.swap_static, enc.swap_motion)):
         tensors |= prompt_tensors(f"swap_static.{k}", s) | prompt_tensors(f"swap_motion.{k}", m)
+    if enc.clip_image is not None:
+        tensors["clip_image.latent"] = enc.clip_image.latent.contiguous().cpu()
+        if enc.clip_image.tokens is not None:
+            tensors["clip_image.tokens"] = enc.clip_image.tokens.contiguous().cpu()
     write_keyed(path, tensors, canon_key)
 
 
@@ -171,4 +177,7 @@ def load_cache(
         swap_names=swap_names,
         swap_static=[prompt_from(t, f"swap_static.{i}") for i in range(k)],
         swap_motion=[prompt_from(t, f"swap_motion.{i}") for i in range(k)],
+        clip_image=ImageCondition(t["clip_image.latent"], t.get("clip_image.tokens"))
+        if "clip_image.latent" in t
+        else None,
     )

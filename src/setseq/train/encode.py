@@ -224,8 +224,12 @@ def _encode_subject(
 
 
 def _encode_pixels(bb: Backbone, x: torch.Tensor, t_static: str, t_motion: str, key: str) -> EncodedConcept:
-    """Frames (F, 3, H, W) in [-1, 1] -> every frame as a 1-frame latent, the clip, and both prompts."""
+    """Frames (F, 3, H, W) in [-1, 1] -> every frame as a 1-frame latent, the clip, and both prompts; for an
+    image-to-video backbone, also the clip's condition on its own first frame (stage 2)."""
     set_lat, clip_lat = encode_latents(bb, x)
     with torch.no_grad():
         static, motion = bb.encode_prompt([t_static]), bb.encode_prompt([t_motion])
-    return EncodedConcept(set_lat, clip_lat, static.to("cpu"), motion.to("cpu"), key)
+    enc = EncodedConcept(set_lat, clip_lat, static.to("cpu"), motion.to("cpu"), key)
+    if bb.info.image == "required":
+        enc.clip_image = bb.image_condition(x.unsqueeze(0))  # type: ignore[attr-defined]
+    return enc

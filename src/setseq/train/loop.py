@@ -29,7 +29,7 @@ from setseq.errors import SetseqError
 from setseq.functional import flow_matching as fm
 from setseq.functional.regularizers import token_mask
 from setseq.io import disk_error, write_text
-from setseq.prompts import PromptEmbeds, cat_prompts
+from setseq.prompts import ImageCondition, PromptEmbeds, cat_prompts
 from setseq.train import checkpoint as C
 from setseq.train.distributed import SINGLE, Processes, sync_gradients
 from setseq.train.embeddings import DELTA_KEY, TokenEmbeddings
@@ -50,6 +50,8 @@ class Batch:
     texts: list[str] | None = None
     # (B, 1, f, h, w) loss weights of latent positions (the subject-weighted loss, `stageN.background_weight`)
     element_weights: torch.Tensor | None = None
+    # An image-to-video DiT's first-frame condition of each sample (stage 2 on the clip); None: dropped
+    image: ImageCondition | None = None
 
 
 def stack_latents(latents: list[torch.Tensor]) -> torch.Tensor:
@@ -152,6 +154,8 @@ def denoising_loss(
             estimate = fm.x0_from_velocity(noisy, backbone.predict(noisy, sigmas, prompt).float(), sigmas)
         self_cond = estimate * use.reshape(-1, *([1] * (x0.ndim - 1))).to(estimate.dtype)
         pred = backbone.predict(noisy, sigmas, prompt, self_cond=self_cond)
+    elif batch.image is not None:
+        pred = backbone.predict(noisy, sigmas, prompt, image=batch.image)
     else:
         pred = backbone.predict(noisy, sigmas, prompt)
     weights = None if batch.weights is None else batch.weights.to(backbone.device)

@@ -15,7 +15,7 @@ import torch
 
 from setseq import lora as L
 from setseq import offload
-from setseq.backbones.base import I2V_TRAINING, Backbone
+from setseq.backbones.base import Backbone
 from setseq.config import ONE_STAGE, RunConfig, resolve_config
 from setseq.data.cache import EncodedConcept
 from setseq.errors import SetseqError
@@ -146,9 +146,27 @@ def load_model(cfg: RunConfig, device: torch.device | None = None, procs: Proces
             DTYPES[cfg.model.dtype],
             cfg.model.block_swap,
         )
-    if bb.info.image == "required":  # an image-to-video DiT: `predict` has no image condition (yet)
-        raise SetseqError(*I2V_TRAINING)
+    if bb.info.image == "required":
+        check_image_to_video(cfg, bb)
     return bb
+
+
+def check_image_to_video(cfg: RunConfig, bb: Backbone) -> None:
+    """Refuse what training on an image-to-video DiT does not build: its stage-2 clips are conditioned on
+    their own first frame, which the base model's prior videos (sampled from text) and background-swapped
+    clips do not carry."""
+    name = bb.info.model_id
+    if cfg.regularizers.prior_videos:
+        raise SetseqError(
+            f"prior preservation samples class videos from text, which the image-to-video model {name} cannot",
+            "set regularizers.prior_videos=0, or train on the text-to-video model of the same size",
+        )
+    if cfg.stage2.background_swap > 0:
+        raise SetseqError(
+            f"stage2.background_swap is not built for an image-to-video model ({name}): the swapped clips have "
+            "no first-frame condition",
+            "set stage2.background_swap=0 (stage1.background_swap works: stage 1 drops the condition)",
+        )
 
 
 def describe_placement(cfg: RunConfig, bb: Backbone, procs: Processes, log: Callable[[str], None]) -> None:

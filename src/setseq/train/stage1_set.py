@@ -16,7 +16,7 @@ import torch
 from setseq import lora as L
 from setseq.config import ON_CLIP
 from setseq.data.masks import swap_prompt
-from setseq.prompts import stack_prompts
+from setseq.prompts import stack_images, stack_prompts
 from setseq.train import checkpoint as C
 from setseq.train.loop import (
     Batch,
@@ -61,7 +61,9 @@ def train_stage1(ctx: StageContext, resume: C.Checkpoint | None = None) -> list[
                 stack_prompts([concepts[c].motion for c in which]),
                 texts=texts,
             )
-        else:
+            if concepts[0].clip_image is not None:  # an image-to-video DiT: the clip's own first frame
+                batch.image = stack_images([concepts[c].clip_image for c in which])  # type: ignore[misc]
+        else:  # single frames: an image-to-video DiT sees them with the first-frame condition dropped
             idx = [int(frame_order(seed, q // n, n)[q % n]) for q in own]
             lat = [concepts[c].set_latents[i : i + 1] for c, i in zip(which, idx)]
             prompts = [concepts[c].static for c in which]

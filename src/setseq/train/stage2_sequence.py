@@ -13,7 +13,7 @@ import torch
 
 from setseq import lora as L
 from setseq.data.masks import swap_prompt
-from setseq.prompts import stack_prompts
+from setseq.prompts import stack_images, stack_prompts
 from setseq.train import checkpoint as C
 from setseq.train.loop import (
     Batch,
@@ -52,6 +52,8 @@ def train_stage2(ctx: StageContext, resume: C.Checkpoint | None = None) -> list[
         if sc.background_weight < 1.0:
             ew = background_weighted(torch.cat([c.subject_clip for c in which]), sc.background_weight)
         batch = Batch(stack_latents(lat), stack_prompts(prompts), texts=texts, element_weights=ew)
+        if which[0].clip_image is not None:  # an image-to-video DiT: each clip conditioned on its first frame
+            batch.image = stack_images([c.clip_image for c in which])  # type: ignore[misc]
         if ctx.prior is not None:  # prior preservation: as many base-model class videos
             lat, prompt = ctx.prior.clips(micro, gen)
             batch = with_prior(batch, lat, prompt, ctx.cfg.regularizers.prior_weight)

@@ -24,7 +24,7 @@ from setseq.backbones.toy.tokenizer import IDENTIFIER_TOKENS
 from setseq.backbones.toy.vae_codec import VaeCodec
 from setseq.errors import SetseqError
 from setseq.functional.flow_matching import sample_sigmas as _draw_sigmas
-from setseq.prompts import PromptEmbeds
+from setseq.prompts import ImageCondition, PromptEmbeds
 
 
 def _move(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
@@ -164,8 +164,14 @@ class ToyBackbone:
         sigmas: torch.Tensor,
         prompt: PromptEmbeds,
         self_cond: torch.Tensor | None = None,
+        image: ImageCondition | None = None,
     ) -> torch.Tensor:
-        """Velocity (noise - x0) for noisy latents (B, C, F, h, w) at sigmas (B,). self_cond None -> zeros."""
+        """Velocity (noise - x0) for noisy latents (B, C, F, h, w) at sigmas (B,). self_cond None -> zeros.
+        The toy model is text-to-video only: it takes no `image`."""
+        if image is not None:
+            raise SetseqError(
+                "the toy model takes no first frame (it is text-to-video only)", "drop the image"
+            )
         if self_cond is None:
             self_cond = torch.zeros_like(noisy)
         parts = [noisy, self_cond.to(noisy.dtype)]
