@@ -159,3 +159,20 @@ def test_demo_metrics_and_sheet_tell_a_kept_concept_from_a_lost_one(tmp_path, mo
     assert all(results["kept"][n]["kept"] for n in names) and not any(
         results["lost"][n]["kept"] for n in names
     )
+
+
+def test_swaps_never_show_an_edit_background(tmp_path):
+    """The bench's and demo's background swaps composite onto the default colours minus every background the
+    concept's edit suite asks for: a kept concept is one that survived a background training never showed.
+    A palette set in the config is kept as given."""
+    from setseq.bench import _run_config, load_suite
+    from setseq.eval.edits import edit_backgrounds
+
+    for concept in load_suite():
+        cfg = _run_config("setseq", concept, 0, "toy", [], tmp_path / "masks")
+        asked = set(edit_backgrounds(CONCEPTS[concept.name]))
+        assert len(asked) >= 3 and cfg.data.mask is not None
+        assert cfg.data.swap_backgrounds and not asked & set(cfg.data.swap_backgrounds), concept.name
+    cyan = load_suite(names=["cyan_diamond_bounce"])[0]
+    given = _run_config("setseq", cyan, 0, "toy", ["data.swap_backgrounds=[white,green]"], tmp_path / "m")
+    assert given.data.swap_backgrounds == ["white", "green"]

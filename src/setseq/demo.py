@@ -80,14 +80,26 @@ def concept_mask(name: str, folder: Path) -> Path:
 
 
 def with_concept_mask(cfg, name: str, folder: Path):
-    """`cfg` with the concept's mask (`concept_mask`) when its method's stages use one, else `cfg` itself."""
+    """`cfg` with the concept's mask (`concept_mask`) when its method's stages use one, else `cfg` itself.
+    Background swaps then composite onto the default plain colours *other than* those the concept's edit
+    suite asks for (`setseq.eval.edits.edit_backgrounds`), so the edits are scored on backgrounds training
+    never showed; a `data.swap_backgrounds` set in the config is kept as given."""
     import dataclasses
 
+    from setseq.config import DataConfig
+    from setseq.data.synthetic import CONCEPTS
+    from setseq.eval.edits import edit_backgrounds
     from setseq.train.methods import effective_config, uses_mask
 
     if not uses_mask(effective_config(cfg)):
         return cfg
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, mask=str(concept_mask(name, folder))))
+    data = dataclasses.replace(cfg.data, mask=str(concept_mask(name, folder)))
+    if list(cfg.data.swap_backgrounds) == list(DataConfig().swap_backgrounds):
+        held_out = set(edit_backgrounds(CONCEPTS[name]))
+        data = dataclasses.replace(
+            data, swap_backgrounds=[c for c in data.swap_backgrounds if c not in held_out]
+        )
+    return dataclasses.replace(cfg, data=data)
 
 
 def _label_sheet(path: Path, rows: list[tuple[str, np.ndarray]], scale: int = 3) -> None:

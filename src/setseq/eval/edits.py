@@ -42,6 +42,7 @@ from setseq.eval.toy_detect import detect_sprite
 __all__ = [
     "EDIT_KINDS",
     "Edit",
+    "edit_backgrounds",
     "edit_suite",
     "score_edit",
     "shape_reproduced",
@@ -141,6 +142,14 @@ def edit_suite(token: str, motion_token: str, shape: str, spec: ConceptSpec) -> 
         )
     )
     return edits
+
+
+def edit_backgrounds(spec: ConceptSpec) -> list[str]:
+    """The background colours the concept's edit suite asks for (plain, patterned and in context): what a
+    fair evaluation keeps out of training (`stageN.background_swap` composites), so that a kept concept
+    means a concept that survives a background it never saw."""
+    names = [e.requested.get("bg_colour") for e in edit_suite("sks", "zwx", spec.appearance.shape, spec)]
+    return sorted({n for n in names if n})
 
 
 def target_spec(spec: ConceptSpec, edit: Edit) -> ConceptSpec:
