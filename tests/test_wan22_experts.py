@@ -122,3 +122,77 @@ def test_export_asks_which_expert(a14b_run, tmp_path, capsys):
         load_file(str(tmp_path / "l.st")).keys()
         == load_file(str(a14b_run / "lora_diffusers_low_noise.safetensors")).keys()
     )
+
+
+def _ks_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The largest gap between the empirical CDFs of two samples of sigmas, on a grid of [0, 1] in steps of
+    0.001."""
+    grid = torch.linspace(0, 1, 1001)
+    cdf = [torch.searchsorted(x.sort().values, grid) / len(x) for x in (a, b)]
+    return float((cdf[0] - cdf[1]).abs().max())
+
+
+def test_per_step_routing_gives_every_process_one_expert_and_keeps_the_timesteps(a14b_dir):
+    """`model.expert_routing=step`: in each step, the micro-batches of both of 2 processes (4 micro-batches of
+    2 samples, 2 each) draw timesteps that `WanExperts` all sends to one expert; over 3000 steps the timesteps
+    pooled are distributed as the backbone's own draws (the share of high-noise steps within 4 standard
+    errors of its share of the timesteps; a two-sample KS distance under 2.5x its 1% critical value, which a
+    50/50 expert choice or an expert's range left unrestricted exceeds several times over)."""
+    from setseq.train.distributed import Processes
+    from setseq.train.loop import step_expert, step_generator
+
+    bb = load_backbone("wan", str(a14b_dir))
+    boundary = bb.transformer.boundary
+    (_, lo_high, _), (_, _, hi_low) = bb.expert_sigmas
+    assert hi_low < lo_high and float(torch.tensor(lo_high) * 1000.0) >= boundary > float(
+        torch.tensor(hi_low) * 1000.0
+    )  # the two ranges meet at the boundary, as the forward splits (t = sigma x 1000 in float32)
+    share = bb.sigma_share(lo_high, 1.0)
+    assert 0.05 < share < 0.95 and share + bb.sigma_share(0.0, hi_low) == pytest.approx(1.0, abs=1e-6)
+
+    steps, micro, world = 3000, 2, 2
+    routed, high_steps = [], 0
+    for step in range(steps):
+        experts = set()
+        for rank in range(world):
+            procs = Processes(rank, world)
+            span = step_expert(bb, 0, 1, step)  # of (seed, stage, step) alone: the same on every process
+            for k in (k for k in range(4) if procs.mine(k)):
+                sig = bb.sample_sigmas(micro, generator=step_generator(0, 1, step, k), between=span)
+                experts |= set((sig.float() * 1000.0 >= boundary).tolist())
+                routed.append(sig)
+        assert len(experts) == 1, step  # every sample of the step, on both processes: one expert
+        high_steps += experts == {True}
+    routed = torch.cat(routed)
+    plain = bb.sample_sigmas(len(routed), generator=torch.Generator().manual_seed(1))
+    assert (plain * 1000.0 >= boundary).float().mean().item() == pytest.approx(share, abs=0.01)
+    stderr = (share * (1 - share) / steps) ** 0.5
+    assert abs(high_steps / steps - share) < 4 * stderr, (high_steps / steps, share)
+    ks = _ks_distance(routed, plain)
+    # the 1% critical value for two samples, with the routed draws counted as `steps` (a step's 8 samples
+    # share their expert, so they are not independent)
+    assert ks < 2.5 * 1.63 * (1 / steps + 1 / len(plain)) ** 0.5, ks
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "logit_normal"])
+def test_a_sigma_range_drawn_with_its_share_is_the_plain_distribution(weighting):
+    """`flow_matching.sample_sigmas(between=)` stays in its range, `sigma_share` is the plain draws' share of
+    it, and the two ranges mixed by their shares are distributed as the plain draws (their KS distance under
+    0.015 at 40000 draws each, where shares of 1/2, or u uniform within the range under the logit-normal
+    weighting, are 0.15 or more off)."""
+    from setseq.functional import flow_matching as fm
+
+    n, shift, b = 40000, 3.0, 0.875
+    plain = fm.sample_sigmas(n, shift=shift, weighting=weighting, generator=torch.Generator().manual_seed(0))
+    share = fm.sigma_share(b, 1.0, shift=shift, weighting=weighting)
+    assert share == pytest.approx((plain >= b).float().mean().item(), abs=0.01)
+    k = round(n * share)
+    high = fm.sample_sigmas(
+        k, shift=shift, weighting=weighting, generator=torch.Generator().manual_seed(1), between=(b, 1.0)
+    )
+    low = fm.sample_sigmas(
+        n - k, shift=shift, weighting=weighting, generator=torch.Generator().manual_seed(2), between=(0.0, b)
+    )
+    assert high.min() >= b and low.max() <= b and high.dtype == low.dtype == torch.float32
+    ks = _ks_distance(torch.cat([high, low]), plain)
+    assert ks < 0.015, ks  # the two-sample 1% critical value here is 0.0115

@@ -271,6 +271,13 @@ def _add_bench(sub: Any) -> None:
         metavar="N",
         help="--shape: model.block_swap=N (host-resident blocks)",
     )
+    b.add_argument(
+        "--procs",
+        type=int,
+        metavar="P",
+        help="--shape: launch P processes (torchrun) that each time the steps, the DiT sharded across them "
+        "(model.fsdp=true) when P > 1; step time and peak memory per process",
+    )
 
 
 def _add_report(sub: Any) -> None:

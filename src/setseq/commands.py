@@ -253,10 +253,15 @@ def cmd_bench(
     gradient_checkpointing: bool,
     fp8: bool,
     block_swap: int,
+    procs: int | None,
 ) -> None:
-    """The ablation table (`setseq.bench`); with `shape`, the step times of a real-size DiT (`setseq.speed`)."""
+    """The ablation table (`setseq.bench`); with `shape`, the step times of a real-size DiT (`setseq.speed`),
+    in `procs` launched processes when given."""
+    from setseq.errors import SetseqError
     from setseq.runtime import quiet_libraries
 
+    if procs is not None and not shape:
+        raise SetseqError("--procs times a --shape", "add --shape NAME (e.g. wan-1.3b), or use --jobs")
     quiet_libraries()
     if shape:
         from setseq.speed import run_shape_bench
@@ -272,6 +277,7 @@ def cmd_bench(
             gradient_checkpointing=gradient_checkpointing,
             fp8=fp8,
             block_swap=block_swap,
+            procs=procs,
         )
         return
     from setseq.bench import run_bench

@@ -60,6 +60,12 @@ class ModelConfig:
     # for the base and float32 for the LoRA, the one-process numbers) and the dtype gradients are reduced in.
     fsdp_param_dtype: str = "auto"  # auto | bfloat16 | float32
     fsdp_reduce_dtype: str = "float32"  # float32 | bfloat16
+    # A DiT of several experts (Wan 2.2 A14B): "sample" sends each sample to the expert of its timestep;
+    # "step" picks one expert per optimizer step for every sample on every process (with probability its
+    # share of the timesteps; the timesteps then drawn in its range, so their distribution is unchanged),
+    # which FSDP2 needs: every process must gather the same blocks. "auto": step under model.fsdp, else
+    # sample (setseq.train.loop.step_expert).
+    expert_routing: str = "auto"  # auto | sample | step
 
     def __post_init__(self) -> None:
         if not isinstance(self.block_swap, int) or self.block_swap < 0:
@@ -76,9 +82,18 @@ class ModelConfig:
             raise ValueError(
                 f"model.fsdp_reduce_dtype must be float32 or bfloat16, got {self.fsdp_reduce_dtype!r}"
             )
+        if self.expert_routing not in ("auto", "sample", "step"):
+            raise ValueError(
+                f"model.expert_routing must be auto, sample or step, got {self.expert_routing!r}"
+            )
         for name in ("backbone", "path", "device"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
                 raise ValueError(f"model.{name} must be a non-empty string, got {getattr(self, name)!r}")
+
+    @property
+    def step_routing(self) -> bool:
+        """Whether a model of several experts trains one expert per step (`expert_routing`, auto resolved)."""
+        return self.expert_routing == "step" or (self.expert_routing == "auto" and self.fsdp)
 
 
 @dataclass

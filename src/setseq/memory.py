@@ -248,7 +248,11 @@ def _weights_in_flight(backbone) -> int:
     swapped = max((w.numel() * (w.element_size() + backbone.dtype.itemsize) for w in host), default=0)
     # FSDP2 (model.fsdp): each process holds 1/P of every weight (`_bytes_on` counts its shards); a block's
     # whole weights exist while it runs, and the blocks prefetched beside it (`fsdp_gathered` units at once).
-    units = [m for m in real.modules() if isinstance(m, FSDPModule) and m is not real]
+    # Only units inside another unit (the blocks): the roots (the DiT, or each expert of Wan 2.2 A14B) hold
+    # the blocks' parameters too.
+    fsdp = [m for m in real.modules() if isinstance(m, FSDPModule)]
+    inner = {id(c) for m in fsdp for c in list(m.modules())[1:]}
+    units = [m for m in fsdp if id(m) in inner]
     gathered = getattr(real, "fsdp_gathered", 1) * max(
         (sum(p.numel() * p.element_size() for p in u.parameters()) for u in units), default=0
     )

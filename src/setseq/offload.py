@@ -156,6 +156,15 @@ def place(backbone, device: torch.device, plan: SwapPlan | None) -> None:
     backbone.device = device
 
 
+def place_around_dit(backbone, device: torch.device) -> None:
+    """Move every module of `backbone` but its DiT (text encoder, VAE) to `device`; the DiT stays where it is
+    (on the host, until FSDP2 moves each process's shard of it: the whole DiT is never on the device)."""
+    for mod in {id(v): v for v in vars(backbone).values() if isinstance(v, nn.Module)}.values():
+        if mod is not backbone.transformer:
+            mod.to(device)
+    backbone.device = device
+
+
 def load_backbone_swapped(
     name: str, model_id: str, device: torch.device, dtype: torch.dtype, block_swap: int
 ):

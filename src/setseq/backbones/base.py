@@ -126,6 +126,13 @@ def check_image_input(info: BackboneInfo, given: bool) -> None:
 # They are optional (not Protocol members) so that flow-matching backbones need not spell out the default.
 
 
+# Several experts (Wan 2.2 A14B, whose DiT runs each sample on the expert of its noise level) add, optionally:
+#     expert_sigmas: ((name, lowest, highest), ...)       each expert's range of sigmas (None: one DiT)
+#     sigma_share(lo, hi) -> float                         the share of `sample_sigmas`' draws in [lo, hi]
+#     sample_sigmas(batch, generator, between=(lo, hi))    draws within that range only, distributed as there
+# Per-step expert routing (`setseq.train.loop.step_expert`, `model.expert_routing`) uses them.
+
+
 def noisy_latents(
     backbone: Backbone, x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor
 ) -> torch.Tensor:

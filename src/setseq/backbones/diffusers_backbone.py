@@ -179,11 +179,27 @@ class DiffusersBackbone:
         return x.float().clamp(-1, 1).permute(0, 2, 1, 3, 4)
 
     # -- diffusion -------------------------------------------------------------------------------------------
-    def sample_sigmas(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        # The schedulers sample in shifted time: training draws u uniformly and applies the family's shift.
+    def sample_sigmas(
+        self,
+        batch: int,
+        generator: torch.Generator | None = None,
+        between: tuple[float, float] | None = None,
+    ) -> torch.Tensor:
+        """The schedulers sample in shifted time: training draws u uniformly and applies the family's shift.
+        `between=(lo, hi)`: only sigmas in that range, distributed as the rest are there (one expert's range,
+        `setseq.train.loop.step_expert`)."""
         return fm.sample_sigmas(
-            batch, shift=self.sigma_shift, weighting="uniform", generator=generator, device=self.device
+            batch,
+            shift=self.sigma_shift,
+            weighting="uniform",
+            generator=generator,
+            device=self.device,
+            between=between,
         )
+
+    def sigma_share(self, lo: float, hi: float) -> float:
+        """The share of `sample_sigmas`' draws that fall in [lo, hi]."""
+        return fm.sigma_share(lo, hi, shift=self.sigma_shift, weighting="uniform")
 
     def predict(
         self,

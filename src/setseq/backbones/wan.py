@@ -11,8 +11,9 @@ the VAE's `latents_mean` / `latents_std`, exactly as `WanPipeline` un-normalises
   1-frame videos), so stage 1 uses it as is.
 - Wan 2.2 A14B (T2V): two experts, `transformer` for the high-noise timesteps (t >= boundary_ratio x 1000)
   and `transformer_2` for the rest, as `WanPipeline` switches them. `WanExperts` holds both as one module
-  (`high`, `low`), routes each training sample to the expert its timestep belongs to, and carries one set of
-  LoRA layers per expert (module names `high.blocks...`, `low.blocks...`), trained in the same run. The
+  (`high`, `low`), routes each training sample to the expert its timestep belongs to (with per-step routing,
+  `model.expert_routing=step`, a step's timesteps all fall in one expert's range: `expert_sigmas`), and
+  carries one set of LoRA layers per expert (module names `high.blocks...`, `low.blocks...`), trained in the same run. The
   exports are one file per expert (`*_high_noise`, `*_low_noise`), the way A14B LoRAs are shared; diffusers
   loads the low-noise one with `load_lora_weights(..., load_into_transformer_2=True)`.
 - Image-to-video. A folder whose model_index.json names `WanImageToVideoPipeline` (Wan 2.1 I2V 14B 480P/720P:
@@ -104,8 +105,25 @@ class WanExperts(nn.Module):
         return (out[torch.argsort(torch.tensor(order, device=out.device))],)
 
 
+def expert_sigmas(boundary: float) -> tuple[tuple[str, float, float], ...]:
+    """Each expert's noise levels as (name, lowest sigma, highest sigma), float32 values. `WanBackbone.forward`
+    gives the DiT t = sigma x 1000 in float32 and `WanExperts` sends t >= `boundary` to `high`: the edges are
+    the two float32 sigmas either side of that line, so any sigma drawn within an expert's range runs it."""
+    one, zero = torch.tensor(1.0), torch.tensor(0.0)
+    s = torch.tensor(boundary / 1000.0, dtype=torch.float32)
+    while float(s * 1000.0) < boundary:
+        s = torch.nextafter(s, one)
+    while float(torch.nextafter(s, zero) * 1000.0) >= boundary:
+        s = torch.nextafter(s, zero)
+    high, low = EXPERTS
+    return ((high, float(s), 1.0), (low, 0.0, float(torch.nextafter(s, zero))))
+
+
 class WanBackbone(DiffusersBackbone):
     """Wan (T2V, TI2V-5B, I2V) behind the `Backbone` protocol."""
+
+    # Wan 2.2 A14B: each expert's range of training sigmas (`expert_sigmas`); None for one DiT.
+    expert_sigmas: tuple[tuple[str, float, float], ...] | None = None
 
     name, label, pipeline_class = "wan", "Wan", "WanPipeline"
     vae_fp32 = True  # upcasting the VAE is the usual advice for Wan's VAE
@@ -128,6 +146,7 @@ class WanBackbone(DiffusersBackbone):
             self.transformer = WanExperts(pipe.transformer, pipe.transformer_2, float(ratio) * steps)
             targets = tuple(p.replace("^", rf"^({'|'.join(EXPERTS)})\.", 1) for p in WAN_LORA_TARGETS)
             self.expert_meta = {"experts": list(EXPERTS), "boundary_ratio": float(ratio)}
+            self.expert_sigmas = expert_sigmas(self.transformer.boundary)
         vcfg, tcfg = self.vae.config, self.transformer.config
         # Normalised as WanPipeline un-normalises before decoding: (z - latents_mean) / latents_std.
         self.latents_mean = torch.tensor(vcfg.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)

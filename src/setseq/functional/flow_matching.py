@@ -35,6 +35,28 @@ def shift_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * u / (1.0 + (shift - 1.0) * u)
 
 
+def unshift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
+    """The inverse of `shift_sigmas`: u = sigma / (shift - (shift - 1) sigma)."""
+    return sigmas / (shift - (shift - 1.0) * sigmas)
+
+
+def _u_cdf(u: torch.Tensor, weighting: str) -> torch.Tensor:
+    """P(U <= u) for the u that `sample_sigmas` draws before the shift."""
+    if weighting == "uniform":
+        return u.clamp(0.0, 1.0)
+    if weighting == "logit_normal":  # U = sigmoid(N(0, 1)): P(U <= u) = Phi(logit u)
+        return torch.special.ndtr(torch.logit(u.clamp(0.0, 1.0)))
+    raise ValueError(f"unknown timestep weighting '{weighting}' (use uniform or logit_normal)")
+
+
+def sigma_share(lo: float, hi: float, *, shift: float = 1.0, weighting: str = "logit_normal") -> float:
+    """P(lo <= sigma <= hi) for the sigmas `sample_sigmas` draws (0 <= lo <= hi <= 1): the share of training
+    samples whose noise level falls in [lo, hi]. The shift is monotone, so this is the share of u in
+    [unshift(lo), unshift(hi)]."""
+    edges = _u_cdf(unshift_sigmas(torch.tensor([lo, hi], dtype=torch.float64), shift), weighting)
+    return float(edges[1] - edges[0])
+
+
 def sample_sigmas(
     batch: int,
     *,
@@ -43,8 +65,19 @@ def sample_sigmas(
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
     eps: float = 1e-3,
+    between: tuple[float, float] | None = None,
 ) -> torch.Tensor:
-    """Draw training noise levels (B,): `uniform` or `logit_normal` u, then the backbone's time shift."""
+    """Draw training noise levels (B,): `uniform` or `logit_normal` u, then the backbone's time shift.
+
+    `between=(lo, hi)`: the same distribution conditioned on lo <= sigma <= hi, drawn by inverting its CDF
+    over that range (one uniform number per sample), so that drawing the range with probability
+    `sigma_share(lo, hi)` and then a sigma in it leaves the distribution of sigma unchanged."""
+    if between is not None:
+        lo, hi = _u_cdf(unshift_sigmas(torch.tensor(between, dtype=torch.float64), shift), weighting)
+        q = lo + (hi - lo) * torch.rand(batch, generator=generator, dtype=torch.float64)  # a quantile
+        u = q if weighting == "uniform" else torch.sigmoid(torch.special.ndtri(q))
+        sigmas = shift_sigmas(u, shift).clamp(eps, 1.0 - eps).clamp(*between)
+        return sigmas.float().to(device)
     if weighting == "uniform":
         u = torch.rand(batch, generator=generator)
     elif weighting == "logit_normal":

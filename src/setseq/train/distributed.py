@@ -10,6 +10,21 @@ a one-process run with the same micro_batch, up to float summation order. The fr
 replicated, as in DDP, unless `model.fsdp=true` shards it with FSDP2 (`parallelize`). Besides the engine's own
 communication, one float per step (the loss) is summed for logging and for stopping every process together.
 
+Wan 2.2 A14B (two experts, each sample run by the expert of its timestep) under `model.fsdp`: every process
+must run the same expert at the same time, or their all-gathers would not match and they would wait on each
+other forever. Decided: per-step routing (`model.expert_routing=step`, what `auto`, the default, resolves to
+under `model.fsdp`). Each optimizer step draws ONE expert for all its samples on all processes, from a
+generator seeded by (seed, stage, step) alone, with probability equal to that expert's share of the
+timestep distribution (for the high-noise expert, with u uniform and sigma = shift(u): 1 - unshift(boundary),
+0.30 at shift 3 and boundary 0.875, 0.63 at shift 12); each sample's
+timestep is then drawn within that expert's range, so the distribution of a sample's timestep is unchanged
+(`setseq.train.loop.step_expert`; tested statistically). What changes: a step's batch no longer mixes
+experts, so each expert's LoRA is stepped in its share of the steps, with a whole batch each time. Without
+`model.fsdp`, `auto` keeps per-sample routing (A14B runs from before are unchanged; data parallel works with
+either), and a one-process run compared with a sharded one must route per step too (`model.fsdp=true` or
+`model.expert_routing=step` there). Each expert is an FSDP2 root of its own (its blocks the units), since
+the pipeline calls each directly when it generates.
+
 Process 0 alone writes: the cache (the others wait and then read it), checkpoints, logs, samples and the
 outputs. With one process (no launcher), everything here is a no-op.
 """
@@ -83,7 +98,7 @@ def parallelize(model: torch.nn.Module, procs: Processes, mc: ModelConfig | None
     nothing of theirs is reduced, and they stay plain tensors.
 
     With `model.fsdp`: FSDP2's `fully_shard`, one unit per transformer block plus the root (embedders, heads,
-    norms). Every parameter is a DTensor holding 1/P of its rows on each process; a block's whole weights are
+    norms; Wan 2.2 A14B: each expert's blocks, and each expert a root). Every parameter is a DTensor holding 1/P of its rows on each process; a block's whole weights are
     all-gathered before it runs (prefetched `model.fsdp_prefetch` blocks ahead) and freed after
     (`model.fsdp_reshard_after_forward`). The LoRA parameters are sharded with their block rather than
     replicated: they then ride in the block's own all-gather and reduce-scatter (no second engine or
@@ -93,7 +108,8 @@ def parallelize(model: torch.nn.Module, procs: Processes, mc: ModelConfig | None
     The engine sums instead of averaging (divide factor 1): each process's micro-batch losses are already
     divided by the stage's accumulation count, so the sum over processes is the one-process gradient.
     Gradient sync is turned off for all but a process's last micro-batch of a step (`sync_gradients`).
-    Parameters a process did not use in a step (a Wan 2.2 A14B expert none of its samples ran) count as zero."""
+    Under `replicate`, parameters a process did not use in a step (a Wan 2.2 A14B expert none of its samples
+    ran, with per-sample routing) count as zero."""
     if procs.world == 1:
         return
     try:  # FSDP2's replicate and the reduction settings used here are recent (tested with torch 2.13)
@@ -122,32 +138,42 @@ def parallelize(model: torch.nn.Module, procs: Processes, mc: ModelConfig | None
 
 
 def _fully_shard(model: torch.nn.Module, mesh, mc: ModelConfig) -> None:
-    """FSDP2 on `model`: each block of its (one) DiT a unit, then the root; see `parallelize`."""
+    """FSDP2 on `model`: each block of each DiT a unit, then the DiT itself; see `parallelize`.
+
+    Wan 2.2 A14B's two experts are two DiTs, each its own FSDP2 root (the pipeline calls each directly when
+    it generates the prior and sample videos; `WanExperts` calls the one a step trains). Every process must
+    run the same expert at the same time, or their all-gathers would not match and they would wait forever:
+    so only per-step routing (`model.expert_routing=step`, the default under model.fsdp; see
+    `setseq.train.loop.step_expert`) is allowed, which gives every sample of a step, on every process, the
+    same expert. An expert a step does not run then gathers nothing, and its LoRA has no gradient that step."""
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-    from setseq.offload import dits, max_blocks, swappable_blocks
+    from setseq.memory import transformer_blocks
+    from setseq.offload import dits
 
-    if len(dits(model)) > 1:
+    experts = dits(model)
+    if len(experts) > 1 and not mc.step_routing:
         raise SetseqError(
-            "model.fsdp=true is not built for a model of several experts (Wan 2.2 A14B): each sample runs only "
-            "the expert of its timestep, so the processes would not gather the same blocks",
-            "use model.block_swap=N for A14B, or drop model.fsdp",
+            "model.fsdp=true with model.expert_routing=sample on a model of several experts (Wan 2.2 A14B): "
+            "each sample would run the expert of its timestep, so the processes would not gather the same blocks",
+            "use model.expert_routing=step (or auto, the default), which trains one expert per step on every process",
         )
     dtypes = {"auto": None, "bfloat16": torch.bfloat16, "float32": torch.float32}
     policy = MixedPrecisionPolicy(
         param_dtype=dtypes[mc.fsdp_param_dtype], reduce_dtype=dtypes[mc.fsdp_reduce_dtype]
     )
-    blocks = swappable_blocks(model, max_blocks(model))  # every block
     reshard = mc.fsdp_reshard_after_forward
-    for block in blocks:
-        fully_shard(block, mesh=mesh, reshard_after_forward=reshard, mp_policy=policy)
-    fully_shard(model, mesh=mesh, reshard_after_forward=reshard, mp_policy=policy)
-    units: list[FSDPModule] = blocks  # type: ignore[assignment]  (fully_shard made them FSDPModules)
-    if mc.fsdp_prefetch:
-        k = mc.fsdp_prefetch
-        for i, unit in enumerate(units):
-            unit.set_modules_to_forward_prefetch(units[i + 1 : i + 1 + k])
-            unit.set_modules_to_backward_prefetch(units[max(0, i - k) : i][::-1])
+    for dit in experts:
+        blocks = transformer_blocks(dit)
+        for block in blocks:
+            fully_shard(block, mesh=mesh, reshard_after_forward=reshard, mp_policy=policy)
+        fully_shard(dit, mesh=mesh, reshard_after_forward=reshard, mp_policy=policy)
+        units: list[FSDPModule] = blocks  # type: ignore[assignment]  (fully_shard made them FSDPModules)
+        if mc.fsdp_prefetch:
+            k = mc.fsdp_prefetch
+            for i, unit in enumerate(units):
+                unit.set_modules_to_forward_prefetch(units[i + 1 : i + 1 + k])
+                unit.set_modules_to_backward_prefetch(units[max(0, i - k) : i][::-1])
     model.fsdp_gathered = 1 + mc.fsdp_prefetch  # blocks whole at once (read by the memory estimate)
     _sum_reductions(model, unused_as_zero=False)
 
@@ -169,8 +195,9 @@ def sync_gradients(model: torch.nn.Module, enabled: bool) -> None:
     the others accumulate locally). A no-op on a model `parallelize` left alone."""
     from torch.distributed.fsdp import FSDPModule
 
-    if isinstance(model, FSDPModule):
-        model.set_requires_gradient_sync(enabled)
+    for m in model.modules():  # every unit: those of both experts of Wan 2.2 A14B (two FSDP2 roots)
+        if isinstance(m, FSDPModule):
+            m.set_requires_gradient_sync(enabled, recurse=False)
 
 
 def launched_world() -> int:

@@ -41,6 +41,26 @@ def step_generator(seed: int, stage: int, step: int, micro: int = 0) -> torch.Ge
     return torch.Generator().manual_seed(int.from_bytes(h[:8], "little") & ((1 << 63) - 1))
 
 
+def step_expert(backbone: Backbone, seed: int, stage: int, step: int) -> tuple[float, float] | None:
+    """Per-step expert routing (`model.expert_routing=step`) on a model of several experts (Wan 2.2 A14B): the
+    range of sigmas (lowest, highest) of the one expert every sample of `step` trains, on every process; None
+    for a model of one DiT.
+
+    The expert is drawn with probability equal to its share of the backbone's sigma distribution, from a
+    generator seeded by (seed, stage, step) alone (the same on every process; micro-batch -1, which no
+    micro-batch uses), and each sample's sigma is then drawn within its range (`denoising_loss`): the
+    distribution of a sample's sigma is the backbone's own, while every process runs the same expert, so
+    FSDP2 gathers the same blocks on all of them. A step's samples no longer mix experts: each expert's
+    LoRA is stepped in the share of the steps that falls to it, with the whole batch."""
+    experts = getattr(backbone, "expert_sigmas", None)
+    if not experts:
+        return None
+    share = backbone.sigma_share  # type: ignore[attr-defined]  (a backbone of experts has it)
+    shares = torch.tensor([share(lo, hi) for _, lo, hi in experts], dtype=torch.float64)
+    pick = int(torch.multinomial(shares, 1, generator=step_generator(seed, stage, step, -1)))
+    return experts[pick][1], experts[pick][2]
+
+
 @dataclass
 class Batch:
     latents: torch.Tensor  # (B, C, f, h, w) clean latents
@@ -127,8 +147,10 @@ def denoising_loss(
     token_mask_p: float,
     self_conditioning_p: float = 0.0,
     encode_prompt: Callable[[list[str]], PromptEmbeds] | None = None,
+    sigma_range: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """One denoising loss on a batch: noise, timesteps, token masks and self-conditioning drawn from `gen`.
+    `sigma_range`: the timesteps drawn within it only (one expert's, `step_expert`).
 
     Flow matching (velocity target) unless the backbone defines its own forward process and target
     (`noisy` / `training_target`, e.g. CogVideoX's v-prediction DDPM): see `setseq.backbones.base`.
@@ -137,7 +159,11 @@ def denoising_loss(
     With `encode_prompt` (token embeddings training), the batch's `texts` are encoded here, with gradients."""
     x0 = batch.latents.to(backbone.device, torch.float32)
     noise = torch.randn(x0.shape, generator=gen).to(backbone.device)
-    sigmas = backbone.sample_sigmas(x0.shape[0], generator=gen)
+    if sigma_range is None:
+        sigmas = backbone.sample_sigmas(x0.shape[0], generator=gen)
+    else:  # (a backbone of several experts takes the range: see `step_expert`)
+        draw = backbone.sample_sigmas
+        sigmas = draw(x0.shape[0], generator=gen, between=sigma_range)  # type: ignore[call-arg]
     noisy = noisy_latents(backbone, x0, noise, sigmas)
     prompt = batch.prompt
     if encode_prompt is not None and batch.texts:
@@ -296,11 +322,13 @@ def _accumulate(
     any process stops every process, with the step named."""
     model, procs, emb = ctx.backbone.transformer, ctx.procs, ctx.embeddings
     last_mine = max(m for m in range(sc.accumulation) if procs.mine(m))
+    seed = ctx.cfg.train.seed
+    expert = step_expert(ctx.backbone, seed, stage, step) if ctx.cfg.model.step_routing else None
     total, bad = 0.0, None
     for micro in range(sc.accumulation):
         if not procs.mine(micro):  # another process's share of the step
             continue
-        gen = step_generator(ctx.cfg.train.seed, stage, step, micro)
+        gen = step_generator(seed, stage, step, micro)
         L.draw_masks(model, gen)
         loss = denoising_loss(
             ctx.backbone,
@@ -309,6 +337,7 @@ def _accumulate(
             ctx.cfg.regularizers.token_mask,
             ctx.self_conditioning,
             ctx.backbone.encode_prompt if emb is not None else None,
+            expert,
         )
         if not torch.isfinite(loss):
             bad = loss.item() if bad is None else bad

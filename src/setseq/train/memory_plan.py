@@ -120,8 +120,9 @@ def _remedies(
         return
     n_blocks = offload.max_blocks(bb.transformer)
     # FSDP2 (model.fsdp) across the GPUs this machine has: each process keeps 1/P of the blocks'
-    # linear weights, plus the whole weights of the block that runs and of those prefetched beside it.
-    if not (cfg.model.fsdp or cfg.model.block_swap) and len(offload.dits(bb.transformer)) == 1:
+    # linear weights, plus the whole weights of the block that runs and of those prefetched beside it (of
+    # Wan 2.2 A14B's two experts, only the one a step trains runs: `model.expert_routing`).
+    if not (cfg.model.fsdp or cfg.model.block_swap):
         block_linears = offload.device_linear_bytes(bb.transformer, n_blocks, device)
         gathered = (1 + cfg.model.fsdp_prefetch) * max(
             sum(m.weight.numel() * m.weight.element_size() for m in b.modules() if isinstance(m, nn.Linear))

@@ -133,11 +133,7 @@ def load_model(cfg: RunConfig, device: torch.device | None = None, procs: Proces
         from setseq.backbones.registry import load_backbone
 
         bb = load_backbone(m.backbone, m.path, offload.HOST, DTYPES[m.dtype])
-        target = device or resolve_device(m.device)
-        for mod in {id(v): v for v in vars(bb).values() if isinstance(v, torch.nn.Module)}.values():
-            if mod is not bb.transformer:
-                mod.to(target)
-        bb.device = target
+        offload.place_around_dit(bb, device or resolve_device(m.device))
     else:
         bb = offload.load_backbone_swapped(
             cfg.model.backbone,
@@ -179,6 +175,17 @@ def describe_placement(cfg: RunConfig, bb: Backbone, procs: Processes, log: Call
             f"block swap: {len(host)} linear weights of the last {cfg.model.block_swap} blocks "
             f"({sum(w.numel() * w.element_size() for w in host) / GiB:.2f} GiB) stay in host memory, "
             f"copied to {bb.device} layer by layer"
+        )
+    experts = getattr(bb, "expert_sigmas", None)
+    if experts:
+        share = bb.sigma_share  # type: ignore[attr-defined]  (a backbone of experts has it)
+        shares = ", ".join(f"{name} {share(lo, hi):.2f}" for name, lo, hi in experts)
+        routing = "step" if cfg.model.step_routing else "sample"
+        how = "one per step for every sample" if routing == "step" else "each sample by its timestep"
+        given = cfg.model.expert_routing
+        log(
+            f"experts: {how} (model.expert_routing={given}{f' -> {routing}' if given != routing else ''}); "
+            f"their shares of the timesteps: {shares}"
         )
 
 
