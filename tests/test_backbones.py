@@ -46,6 +46,8 @@ class Family:
 FAMILIES = [
     Family("wan", "wan", "", "WanPipeline", 9, (32, 32), 2 * (4 + 4 + 2)),
     Family("wan22_ti2v", "wan", "build_tiny_wan22_ti2v", "WanPipeline", 9, (32, 32), 2 * (4 + 4 + 2)),
+    # Wan 2.1 I2V: attn2 also has the CLIP image projections; generation starts from an image
+    Family("wan_i2v", "wan", "build_tiny_wan_i2v", "WanImageToVideoPipeline", 9, (32, 32), 2 * (4 + 6 + 2)),
     Family("cogvideox", "cogvideox", "build_tiny_cogvideox", "CogVideoXPipeline", 9, (32, 32), 2 * (4 + 2)),
     Family("ltx", "ltx", "build_tiny_ltx", "LTXPipeline", 9, (64, 64), 2 * (4 + 4 + 2)),
     Family("hunyuan", "hunyuan", "build_tiny_hunyuan", "HunyuanVideoPipeline", 9, (32, 32), 12 + 5),
@@ -117,8 +119,11 @@ def test_generate_shape(trained):
     from setseq.infer.generate import GenerateOptions, Personalized
 
     pm = Personalized.load(trained.run_dir, log=lambda s: None)
-    video = pm.generate("a sks person", GenerateOptions(steps=2, seed=1))
     h, w = trained.family.size
+    image = None
+    if pm.backbone.info.image == "required":  # an image-to-video model starts from a first frame
+        image = (torch.arange(h * w * 3) % 251).reshape(h, w, 3).to(torch.uint8).numpy()
+    video = pm.generate("a sks person", GenerateOptions(steps=2, seed=1, image=image))
     assert video.shape == (trained.family.frames, 3, h, w)
     assert torch.isfinite(video).all()
 
