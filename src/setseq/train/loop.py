@@ -29,7 +29,7 @@ from setseq.errors import SetseqError
 from setseq.functional import flow_matching as fm
 from setseq.functional.regularizers import token_mask
 from setseq.io import disk_error, write_text
-from setseq.prompts import ImageCondition, PromptEmbeds, cat_prompts
+from setseq.prompts import ImageCondition, PromptEmbeds, cat_prompts, stack_images
 from setseq.train import checkpoint as C
 from setseq.train.distributed import SINGLE, Processes, sync_gradients
 from setseq.train.embeddings import DELTA_KEY, TokenEmbeddings
@@ -86,8 +86,9 @@ def stitched_batch(pairs: list[EncodedConcept], n: int, gen: torch.Generator, cl
     (`clip`) or n of its frames drawn from `gen`, with the pair's "A and B" prompt. No prior samples: their
     width differs."""
     pair = pairs[int(torch.randint(len(pairs), (1,), generator=gen))]
-    if clip:
-        return Batch(pair.clip_latents.expand(n, -1, -1, -1, -1), pair.motion.expand(n))
+    if clip:  # (an image-to-video DiT: the stitched clip's own first frame, as for a concept's clip)
+        image = None if pair.clip_image is None else stack_images([pair.clip_image] * n)
+        return Batch(pair.clip_latents.expand(n, -1, -1, -1, -1), pair.motion.expand(n), image=image)
     idx = torch.randint(pair.set_latents.shape[0], (n,), generator=gen).tolist()
     return Batch(pair.set_latents[idx], pair.static.expand(n))
 
