@@ -175,16 +175,17 @@ def denoising_loss(
         fresh = encode_prompt(list(batch.texts)).to(prompt.embeds.device)
         prompt = cat_prompts(fresh, rest) if n < prompt.embeds.shape[0] else fresh
     prompt = token_mask(prompt, token_mask_p, gen).to(backbone.device)
+    image = {} if batch.image is None else {"image": batch.image}  # only an image-to-video DiT gets one
     if self_conditioning_p > 0.0:
         use = (torch.rand(x0.shape[0], generator=gen) < self_conditioning_p).to(backbone.device)
         with torch.no_grad():
-            estimate = fm.x0_from_velocity(noisy, backbone.predict(noisy, sigmas, prompt).float(), sigmas)
+            estimate = fm.x0_from_velocity(
+                noisy, backbone.predict(noisy, sigmas, prompt, **image).float(), sigmas
+            )
         self_cond = estimate * use.reshape(-1, *([1] * (x0.ndim - 1))).to(estimate.dtype)
-        pred = backbone.predict(noisy, sigmas, prompt, self_cond=self_cond)
-    elif batch.image is not None:
-        pred = backbone.predict(noisy, sigmas, prompt, image=batch.image)
+        pred = backbone.predict(noisy, sigmas, prompt, self_cond=self_cond, **image)
     else:
-        pred = backbone.predict(noisy, sigmas, prompt)
+        pred = backbone.predict(noisy, sigmas, prompt, **image)
     weights = None if batch.weights is None else batch.weights.to(backbone.device)
     target = training_target(backbone, x0, noise, sigmas)
     return fm.regression_loss(pred, target, weights, batch.element_weights)
