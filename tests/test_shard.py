@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from test_distributed import _free_port, _losses, _train
 
 from setseq import lora as L
+from setseq.dtensors import whole
 from setseq.testing import assert_close_to_scale
 
 
@@ -96,11 +97,15 @@ def test_each_process_holds_one_half_of_every_block_weight(tiny_wan_dir, tmp_pat
     from setseq.testing import build_tiny_wan
 
     a14b = build_tiny_wan(tmp_path / "a14b", two_experts=True)
+    _in_two_processes(_units_check, str(tiny_wan_dir), str(a14b))
+
+
+def _in_two_processes(target, *args) -> None:
+    """Run `target(rank, 2, port, *args, errors)` in 2 spawned processes; fail on what either reports."""
     ctx = mp.get_context("spawn")
     errors = ctx.Queue()
     port = _free_port()
-    args = (2, port, str(tiny_wan_dir), str(a14b), errors)
-    procs = [ctx.Process(target=_units_check, args=(r, *args)) for r in range(2)]
+    procs = [ctx.Process(target=target, args=(r, 2, port, *args, errors)) for r in range(2)]
     for p in procs:
         p.start()
     for p in procs:
@@ -108,6 +113,65 @@ def test_each_process_holds_one_half_of_every_block_weight(tiny_wan_dir, tmp_pat
     found = [errors.get() for _ in range(errors.qsize())] if not errors.empty() else []
     assert not found, found
     assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+
+
+def _fp8_check(rank: int, world: int, port: int, folder: str, errors) -> None:
+    import copy
+
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    from setseq.backbones.registry import load_backbone
+    from setseq.config import ModelConfig
+    from setseq.testing import assert_close_to_scale
+    from setseq.train.distributed import Processes, parallelize
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        model = load_backbone("wan", folder, torch.device("cpu"), torch.float32).transformer
+        layers = L.inject(
+            model, L.LoraSpec(4, 4.0, "down", (r"attn1\.to_q$", r"ffn\.net\.0\.proj$"), fp8=True)
+        )
+        gen = torch.Generator().manual_seed(3)
+        for layer in layers.values():  # a LoRA that changes the output
+            layer.up.data.normal_(0, 0.1, generator=gen)
+        L.set_stage(model, 1)  # trainable identity LoRA, no DropConnect
+        one = copy.deepcopy(model)  # the same fp8 model, unsharded
+        parallelize(
+            model,
+            Processes(rank, world, torch.device("cpu")),
+            ModelConfig(backbone="wan", path=folder, fsdp=True),
+        )
+        for name, layer in L.get_layers(model).items():
+            w = layer.base.weight
+            assert isinstance(w, DTensor) and w.to_local().dtype == torch.float8_e4m3fn, name
+            assert w.to_local().shape[0] == -(-w.shape[0] // world), name  # 1/P of the rows, in fp8
+        c = model.config
+        x = torch.randn(2, c.in_channels, 3, 8, 8, generator=gen)
+        text = torch.randn(2, 5, c.text_dim, generator=gen)
+        t = torch.tensor([300.0, 700.0])
+        outs, grads = [], []
+        for m in (one, model):
+            y = m(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+            y.square().mean().backward()
+            outs.append(y.detach())
+            grads.append({n: whole(lay.up.grad) for n, lay in L.get_layers(m).items()})
+        assert_close_to_scale({"out": outs[1]}, {"out": outs[0]})
+        # every process ran the same batch and FSDP2 sums the gradients (as training does: see parallelize)
+        assert_close_to_scale(grads[1], {n: world * g for n, g in grads[0].items()})
+        assert all(g.abs().max() > 0 for g in grads[0].values())
+    except BaseException as e:  # reported to the parent
+        errors.put(f"rank {rank}: {type(e).__name__}: {e}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fp8_base_weights_are_sharded_and_gathered_in_fp8(tiny_wan_dir):
+    """`model.fp8=true` with `model.fsdp=true`: each process holds 1/P of every fp8 weight's rows, still in
+    float8 (FSDP2 gathers them as stored, so the gather moves 1 byte a weight), and the sharded DiT's output
+    and LoRA gradients equal those of the unsharded fp8 DiT."""
+    _in_two_processes(_fp8_check, str(tiny_wan_dir))
 
 
 def test_two_sharded_processes_match_one(tiny_wan_dir, clip_mp4, tmp_path):

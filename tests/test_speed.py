@@ -93,30 +93,41 @@ def test_shape_bench_with_fp8_and_block_swap_on_cpu():
     assert any("fp8 on; block swap 1" in line for line in lines)
 
 
-@pytest.mark.parametrize("procs", [pytest.param(1, marks=pytest.mark.slow), 2])
-def test_shape_bench_in_launched_processes_on_cpu(procs):
-    """`--procs P`: torchrun starts P processes, each times the rows (sharded by FSDP2 when P > 1) and reports
-    its own step time, resident memory before the steps and peak resident memory over them; both hold at least
-    this process's share of the fp32 weights (1/P of them under FSDP2)."""
+@pytest.mark.parametrize(
+    "procs,replicate,fp8",
+    [
+        pytest.param(1, False, False, marks=pytest.mark.slow),
+        (2, False, True),
+        pytest.param(2, True, False, marks=pytest.mark.slow),
+    ],
+)
+def test_shape_bench_in_launched_processes_on_cpu(procs, replicate, fp8):
+    """`--procs P`: torchrun starts P processes, each times the rows (sharded by FSDP2 when P > 1, or
+    replicated with `--replicate`; fp8 base weights with `--fp8`) and reports its own step time, resident
+    memory before the steps and peak resident memory over them; both hold at least this process's share of
+    the weights (1/P of them under FSDP2)."""
     lines: list[str] = []
     rows = run_shape_bench(
         "wan-1.3b", device="cpu", layers=2, size=(64, 64), frames=[9], rank=4, stage1_batch=1, steps=1,
-        warmup=0, procs=procs, log=lines.append,
+        warmup=0, procs=procs, replicate=replicate, fp8=fp8, log=lines.append,
     )  # fmt: skip
     assert sorted((r.stage, r.frames, r.rank) for r in rows) == [
         (s, f, r) for s, f in ((1, 1), (2, 9)) for r in range(procs)
     ]
-    weights = 4 * count_parameters("wan-1.3b", layers=2)
+    weights = (1 if fp8 else 4) * count_parameters("wan-1.3b", layers=2)  # (fp8: most of them 1 byte)
+    share = weights if replicate else weights / procs
     for r in rows:
         assert r.step_s > 0 and r.tokens > 0 and r.micro_batch == 1
         # bytes (not kB), and at least this process's shard of the weights, before the steps and during them
-        assert weights / procs < r.held_bytes and weights / procs < r.peak_bytes < 64 * 2**30, r
-    assert ("sharded by FSDP2" in lines[0]) == (procs > 1), lines[0]
+        assert share < r.held_bytes and share < r.peak_bytes < 64 * 2**30, r
+    assert ("sharded by FSDP2" in lines[0]) == (procs > 1 and not replicate), lines[0]
+    assert ("replicated" in lines[0]) == replicate and ("fp8 on" in lines[0]) == fp8, lines[0]
     assert sum("| 2 | 9 | 1 |" in line for line in lines) == procs  # a row per process
 
 
 def test_procs_refusals_are_one_line(capsys, monkeypatch):
-    """--procs below 1, more processes than GPUs, without --shape, or with --fp8 / --block-swap."""
+    """--procs below 1, more processes than GPUs, without --shape, or with --block-swap; --replicate without
+    --procs."""
     from setseq import runtime
     from setseq.cli import main
 
@@ -128,7 +139,8 @@ def test_procs_refusals_are_one_line(capsys, monkeypatch):
 
     one_line(["bench", "--shape", "wan-1.3b", "--device", "cpu", "--procs", "0"], "--procs 0", "--procs 1")
     one_line(["bench", "--procs", "2"], "--shape")
-    one_line(["bench", "--shape", "wan-1.3b", "--procs", "2", "--fp8"], "--fp8")
+    one_line(["bench", "--shape", "wan-1.3b", "--procs", "2", "--block-swap", "1"], "--block-swap")
+    one_line(["bench", "--shape", "wan-1.3b", "--replicate"], "--replicate", "--procs")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(runtime, "visible_gpus", lambda: 1)
     one_line(["bench", "--shape", "wan-1.3b", "--device", "cuda", "--procs", "2"], "1 GPU(s)", "--procs 1")

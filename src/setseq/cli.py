@@ -278,6 +278,12 @@ def _add_bench(sub: Any) -> None:
         help="--shape: launch P processes (torchrun) that each time the steps, the DiT sharded across them "
         "(model.fsdp=true) when P > 1; step time and peak memory per process",
     )
+    b.add_argument(
+        "--replicate",
+        action="store_true",
+        help="--procs: each process holds the whole DiT and the LoRA gradients are all-reduced (FSDP2's "
+        "replicate, model.fsdp=false) instead of sharding it",
+    )
 
 
 def _add_report(sub: Any) -> None:

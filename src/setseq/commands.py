@@ -254,6 +254,7 @@ def cmd_bench(
     fp8: bool,
     block_swap: int,
     procs: int | None,
+    replicate: bool,
 ) -> None:
     """The ablation table (`setseq.bench`); with `shape`, the step times of a real-size DiT (`setseq.speed`),
     in `procs` launched processes when given."""
@@ -262,6 +263,8 @@ def cmd_bench(
 
     if procs is not None and not shape:
         raise SetseqError("--procs times a --shape", "add --shape NAME (e.g. wan-1.3b), or use --jobs")
+    if replicate and procs is None:
+        raise SetseqError("--replicate is a way to run --procs", "add --procs P, or drop --replicate")
     quiet_libraries()
     if shape:
         from setseq.speed import run_shape_bench
@@ -278,6 +281,7 @@ def cmd_bench(
             fp8=fp8,
             block_swap=block_swap,
             procs=procs,
+            replicate=replicate,
         )
         return
     from setseq.bench import run_bench

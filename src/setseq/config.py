@@ -41,7 +41,8 @@ class ModelConfig:
     dtype: str = "float32"  # float32 | bfloat16 | float16: compute dtype of the frozen weights
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # Store the frozen weights of the LoRA-targeted linears in float8_e4m3fn with a per-row scale (half of
-    # bf16's bytes; the layer upcasts inside its op). For large models on small cards.
+    # bf16's bytes; the layer upcasts inside its op). For large models on small cards; under model.fsdp each
+    # process holds 1/P of them, gathered in fp8.
     fp8: bool = False
     # Block swap: the linear weights of the DiT's last N blocks stay in host memory and are streamed to the
     # device layer by layer, in forward and backward (setseq.offload). For a 14B DiT on a card smaller than it.

@@ -253,8 +253,15 @@ def _weights_in_flight(backbone) -> int:
     fsdp = [m for m in real.modules() if isinstance(m, FSDPModule)]
     inner = {id(c) for m in fsdp for c in list(m.modules())[1:]}
     units = [m for m in fsdp if id(m) in inner]
+    # Gathered in the MixedPrecisionPolicy's param dtype when one is set, else as stored (fp8 base weights: 1
+    # byte each).
+    cast = getattr(real, "fsdp_param_dtype", None)
     gathered = getattr(real, "fsdp_gathered", 1) * max(
-        (sum(p.numel() * p.element_size() for p in u.parameters()) for u in units), default=0
+        (
+            sum(p.numel() * (cast.itemsize if cast else p.element_size()) for p in u.parameters())
+            for u in units
+        ),
+        default=0,
     )
     return swapped + gathered
 

@@ -21,21 +21,19 @@ For each stage and each frame count it times full optimizer steps through the tr
 On CUDA the default shapes are the paper's: 480x832, 33 and 81 frames, stage 1 on 8 frames, stage 2 on one
 clip. On CPU (`--device cpu`) the same architecture runs at small shapes with few layers.
 
-`--procs P` (`_run_in_processes`): torchrun starts P processes (`python -m setseq.speed FOLDER` is one), each
-times the same steps with the DiT sharded across them by FSDP2 when P > 1, and reports its step time and memory.
+`--procs P` (`setseq.speed_procs`): torchrun starts P processes, each times the same steps with the DiT sharded
+across them by FSDP2 when P > 1 (or replicated, `--replicate`), and reports its step time and memory.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -44,6 +42,9 @@ from setseq import lora as L
 from setseq.backbones.base import Backbone
 from setseq.errors import SetseqError
 from setseq.prompts import PromptEmbeds
+
+if TYPE_CHECKING:
+    from setseq.speed_procs import ProcessStep
 
 
 @dataclass(frozen=True)
@@ -499,18 +500,6 @@ def peak_rss() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
-def held_bytes(device: torch.device) -> int:
-    """What this process holds now: on CUDA the allocator's live tensors, on CPU its resident memory
-    (/proc/self/statm; 0 where there is none)."""
-    if device.type == "cuda":
-        return int(torch.cuda.memory_allocated(device))
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
 @dataclass(frozen=True)
 class _Sizes:
     """What a run of the bench times: the device, dtype, frame counts, video size and block count."""
@@ -574,10 +563,12 @@ def run_shape_bench(
     fp8: bool = False,
     block_swap: int = 0,
     procs: int | None = None,
+    replicate: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[StepResult] | list[ProcessStep]:
     """Build the named architecture and time stage-1 and stage-2 steps at each frame count; prints a table.
-    `procs`: instead, in that many launched processes, each reporting its own (`_run_in_processes`)."""
+    `procs`: instead, in that many launched processes, each reporting its own (`setseq.speed_procs`), the DiT
+    sharded by FSDP2, or replicated when `replicate`."""
     from setseq.memory import tokens_per_sample
     from setseq.runtime import visible_gpus
 
@@ -592,14 +583,17 @@ def run_shape_bench(
                 f"--procs {procs} but {visible_gpus()} GPU(s) are visible (one process per GPU)",
                 f"use --procs {visible_gpus()} or fewer, or --device cpu",
             )
-        if fp8 or block_swap:
+        if block_swap:
             raise SetseqError(
-                "--procs times FSDP2 sharding, which is not combined with --fp8 or --block-swap",
-                "drop --fp8 / --block-swap, or --procs",
+                "--procs times the DiT sharded or replicated across processes, which is not combined with "
+                "--block-swap",
+                "drop --block-swap, or --procs",
             )
-        return _run_in_processes(
+        from setseq.speed_procs import run_in_processes
+
+        return run_in_processes(
             name, procs, z, rank=rank, stage1_batch=stage1_batch, stage2_batch=stage2_batch, steps=steps,
-            warmup=warmup, gradient_checkpointing=gradient_checkpointing, log=log,
+            warmup=warmup, gradient_checkpointing=gradient_checkpointing, fp8=fp8, replicate=replicate, log=log,
         )  # fmt: skip
     dev, dt, height, width = z.device, z.dtype, z.height, z.width
     shape, _ = shape_config(name, z.layers)
@@ -642,146 +636,3 @@ def run_shape_bench(
         total = 600 * s1[0].step_s / s1[0].micro_batch * 8 + 900 * r.step_s / r.micro_batch * 8
         log(f"projected 600 + 900 steps at batch 8, {r.frames} frames: {total / 60:.1f} min")
     return results
-
-
-# -- several processes ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ProcessStep:
-    """One timed row of one process of `setseq bench --shape NAME --procs P`."""
-
-    stage: int
-    frames: int
-    micro_batch: int  # samples per process and step
-    tokens: int
-    rank: int
-    step_s: float
-    peak_bytes: int
-    held_bytes: int  # before the row's steps: the weights (1/P of the DiT's under FSDP2), the LoRA, ...
-
-
-def _run_in_processes(
-    name: str,
-    procs: int,
-    z: _Sizes,
-    *,
-    rank: int,
-    stage1_batch: int,
-    stage2_batch: int,
-    steps: int,
-    warmup: int,
-    gradient_checkpointing: bool,
-    log: Callable[[str], None],
-) -> list[ProcessStep]:
-    """`setseq bench --shape NAME --procs P`: the same timed steps as `run_shape_bench` in each of P processes
-    that torch's launcher (`torch.distributed.run`, i.e. torchrun) starts, the DiT sharded across them by
-    FSDP2 (`model.fsdp=true`, `setseq.train.distributed.parallelize`) when P > 1. Each process trains its own
-    micro-batch (the global batch is P times it), as data-parallel training does. Reports each process's
-    median step time and peak memory (CUDA: the allocator's peak; CPU: peak resident memory over the timed
-    steps, `peak_rss`; and what it held before them, `held_bytes`). On CPU the cores are split between the
-    processes, and glibc's malloc returns every freed block over 128 KiB to the system at once (a fixed
-    `MALLOC_MMAP_THRESHOLD_`; by default it keeps up to 32 MiB blocks for reuse), so that resident memory
-    follows the live tensors: else the blocks FSDP2 gathers and frees stay resident after each step."""
-    import json
-    import subprocess
-    import sys
-
-    shape, _ = shape_config(name, z.layers)
-    settings = dict(
-        name=name, device=str(z.device), dtype=str(z.dtype).removeprefix("torch."), frames=z.frames,
-        size=[z.height, z.width], layers=z.layers, rank=rank, rows=z.rows(stage1_batch, stage2_batch),
-        steps=steps, warmup=warmup, gradient_checkpointing=gradient_checkpointing,
-    )  # fmt: skip
-    env = dict(os.environ)
-    if z.device.type == "cpu":  # the cores shared out (torchrun would give each process one thread)
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // procs))
-        env["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
-    sharding = "the DiT sharded by FSDP2 (model.fsdp=true)" if procs > 1 else "one process, nothing sharded"
-    log(
-        f"{name}: {shape.note}" + (f"; built with {z.layers} layers" if z.layers else "") + f"; {procs} "
-        f"process(es) on {z.device.type}, {sharding}; {z.dtype}; LoRA rank {rank}; {z.height}x{z.width}; "
-        f"gradient checkpointing {'on' if gradient_checkpointing else 'off'}"
-        + (f"; {env['OMP_NUM_THREADS']} thread(s) each" if z.device.type == "cpu" else "")
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "settings.json").write_text(json.dumps(settings))
-        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs)]
-        proc = subprocess.run(
-            [*argv, "-m", "setseq.speed", tmp], env=env, capture_output=True, text=True, check=False
-        )
-        reports = [Path(tmp) / f"rank{r}.json" for r in range(procs)]
-        done = [json.loads(f.read_text()) for f in reports if f.is_file()]
-    refused = [d["error"] for d in done if "error" in d]
-    if refused:
-        raise SetseqError(refused[0])
-    if proc.returncode != 0 or len(done) != procs:
-        raise RuntimeError(
-            f"the bench's processes failed (exit status {proc.returncode}):\n{proc.stderr[-4000:]}"
-        )
-    results = [ProcessStep(**row) for d in done for row in d["rows"]]
-    log(
-        "| stage | frames | micro-batch per process | tokens/sample | process | step s | samples/s, all | "
-        "held GiB | peak GiB |"
-    )
-    log("|---|---|---|---|---|---|---|---|---|")
-    for r in sorted(results, key=lambda r: (r.stage, r.frames, r.rank)):
-        log(
-            f"| {r.stage} | {r.frames} | {r.micro_batch} | {r.tokens} | {r.rank} | {r.step_s:.3f} | "
-            f"{procs * r.micro_batch / r.step_s:.2f} | {r.held_bytes / 2**30:.2f} | {r.peak_bytes / 2**30:.2f} |"
-        )
-    return results
-
-
-def _process_bench(folder: Path) -> None:
-    """One process of `_run_in_processes` (started by torchrun): join the others, build the DiT, shard it when
-    there are several, time each row, and write `rank{N}.json` into `folder`."""
-    import json
-
-    from setseq import offload
-    from setseq.config import ModelConfig
-    from setseq.memory import tokens_per_sample
-    from setseq.runtime import quiet_libraries
-    from setseq.train.distributed import close_processes, init_processes, launched_world, parallelize
-
-    quiet_libraries()
-    s = json.loads((folder / "settings.json").read_text())
-    dt, sharded = getattr(torch, s["dtype"]), launched_world() > 1
-    shape, _ = shape_config(s["name"], s["layers"])
-    # Built before joining the others (transformers saves the tiny pipeline's text encoder from process 0 only
-    # once a process group exists); sharded, on the host, where the DiT stays until FSDP2 moves each shard.
-    bb = build_backbone(s["name"], offload.HOST if sharded else torch.device(s["device"]), dt, s["layers"])
-    procs = init_processes(s["device"])
-    report = folder / f"rank{procs.rank}.json"
-    try:
-        dev = procs.device or torch.device(s["device"])
-        if sharded:
-            offload.place_around_dit(bb, dev)
-        _with_lora(bb, s["rank"], False, s["gradient_checkpointing"])
-        parallelize(bb.transformer, procs, ModelConfig(backbone=shape.family, path=s["name"], fsdp=True))
-        prompt = random_prompt(shape, dev, dt)
-        rows = []
-        for stage, f, micro in s["rows"]:
-            lat = latent_shape(bb, f, *s["size"], shape.latent_channels)
-            held = held_bytes(dev)
-            sec, mem = time_steps(
-                bb, stage, lat, micro, prompt, steps=s["steps"], warmup=s["warmup"], rss=True
-            )
-            rows.append(
-                dict(
-                    stage=stage, frames=f, micro_batch=micro, tokens=tokens_per_sample(bb.transformer, lat),
-                    rank=procs.rank, step_s=sec, peak_bytes=mem, held_bytes=held,
-                )
-            )  # fmt: skip
-        report.write_text(json.dumps({"rows": rows}))
-    except SetseqError as exc:
-        report.write_text(json.dumps({"error": str(exc)}))
-        raise SystemExit(2) from None
-    finally:
-        close_processes()
-
-
-if __name__ == "__main__":  # a process of `_run_in_processes`
-    import sys
-
-    _process_bench(Path(sys.argv[1]))

@@ -175,6 +175,7 @@ def _fully_shard(model: torch.nn.Module, mesh, mc: ModelConfig) -> None:
                 unit.set_modules_to_forward_prefetch(units[i + 1 : i + 1 + k])
                 unit.set_modules_to_backward_prefetch(units[max(0, i - k) : i][::-1])
     model.fsdp_gathered = 1 + mc.fsdp_prefetch  # blocks whole at once (read by the memory estimate)
+    model.fsdp_param_dtype = policy.param_dtype  # what they are gathered in (None: as stored, fp8 included)
     _sum_reductions(model, unused_as_zero=False)
 
 

@@ -14,6 +14,7 @@ from setseq import offload
 from setseq.backbones.base import Backbone
 from setseq.config import ON_CLIP, RunConfig
 from setseq.data.cache import EncodedConcept
+from setseq.dtensors import local
 from setseq.errors import SetseqError
 from setseq.memory import GiB, MemoryEstimate, device_memory, estimate_training_memory, tokens_per_sample
 from setseq.runtime import visible_gpus
@@ -95,10 +96,17 @@ def _remedies(
     name = f"stage{stage}"
     ckpt = cfg.train.gradient_checkpointing
     # What fp8 base weights would save: the targeted weights at 1 byte instead of their own width.
-    fp8_saving = sum(
-        lay.base.weight.numel() * (lay.base.weight.element_size() - 1)
-        for lay in L.get_layers(bb.transformer).values()
-    )
+    # Under FSDP2 each process holds its shard of them (`local`), plus the blocks gathered at once.
+    layers = L.get_layers(bb.transformer).values()
+    fp8_saving = sum(local(lay.base.weight).numel() * (lay.base.weight.element_size() - 1) for lay in layers)
+    if cfg.model.fsdp and fp8_saving:
+        fp8_saving += getattr(bb.transformer, "fsdp_gathered", 1) * max(
+            sum(
+                lay.base.weight.numel() * (lay.base.weight.element_size() - 1)
+                for lay in L.get_layers(b).values()
+            )
+            for b in offload.swappable_blocks(bb.transformer, offload.max_blocks(bb.transformer))
+        )
     yield ("set train.gradient_checkpointing=true", not ckpt, micro, True, 0)
     yield (f"set {name}.micro_batch=1 (gradient accumulation keeps batch_size)", micro > 1, 1, ckpt, 0)
     yield (
@@ -110,7 +118,7 @@ def _remedies(
     )
     yield (
         f"set model.fp8=true, train.gradient_checkpointing=true and {name}.micro_batch=1",
-        fp8_saving > 0 and not cfg.model.fsdp,  # (fsdp is not combined with fp8 or block swap)
+        fp8_saving > 0,
         1,
         True,
         fp8_saving,

@@ -125,9 +125,9 @@ def load_model(cfg: RunConfig, device: torch.device | None = None, procs: Proces
     (`distributed.parallelize`), so the whole DiT is never on a card."""
     m = cfg.model
     if m.fsdp and procs.world > 1:
-        if m.block_swap or m.fp8:
+        if m.block_swap:
             raise SetseqError(
-                f"model.fsdp=true cannot be combined with {'model.block_swap' if m.block_swap else 'model.fp8'}",
+                "model.fsdp=true cannot be combined with model.block_swap",
                 "use model.fsdp=true alone (it shards the weights across the processes), or drop it",
             )
         from setseq.backbones.registry import load_backbone
