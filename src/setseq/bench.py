@@ -3,8 +3,9 @@
 For every (method, concept, seed): personalize the toy model with the demo recipe (`assets/toy-demo.yaml`)
 in that method's mode (`setseq.train.methods`), generate the concept reproduced and its edit suite (8 edits:
 plain and patterned backgrounds, other motions, a new context; `setseq.eval.edits`), and score them with the
-toy world's detectors. The reproduction gives MSE to the reference frames, appearance fidelity, temporal
-consistency (TC) and motion fidelity (trajectory similarity); the edits give adherence (for C-T), identity on
+toy world's detectors. The reproduction gives MSE to the reference frames (and, as `mse_off`, the MSE of the
+same prompt and seed with the LoRA off: what a personalization that learned nothing scores), appearance
+fidelity, temporal consistency (TC) and motion fidelity (trajectory similarity); the edits give adherence (for C-T), identity on
 the edits (for ID: the paper scores both on the same edited videos), the share of edits that kept the concept,
 edit success (followed and kept) and motion on the edits that keep it. Every figure is a mean +- standard
 deviation over concepts x seeds. Outputs in `--out`: `bench.json` (every run, every edit's scores and the
@@ -167,13 +168,21 @@ def _score(run_dir: Path, concept: Concept, model: str, gen_steps: int | None, o
     reference = load_clip(concept.video, frames=9).frames
     spec = CONCEPTS[concept.name]  # (load_suite checked it is a toy-world concept)
 
-    def generate(name: str, prompt: str, motion_scale: float = 1.0) -> np.ndarray:
-        opts = GenerateOptions(motion_scale=motion_scale, steps=gen_steps, seed=0)
+    def generate(
+        name: str, prompt: str, motion_scale: float = 1.0, identity_scale: float = 1.0
+    ) -> np.ndarray:
+        opts = GenerateOptions(
+            identity_scale=identity_scale, motion_scale=motion_scale, steps=gen_steps, seed=0
+        )
         frames = from_tensor(pm.generate(prompt, opts))
         write_video(out / f"{name}.mp4", frames, fps=8.0)
         return frames
 
-    rep = generate("reproduced", f"a {token} {concept.shape} in {motion_token} motion")
+    t_motion = f"a {token} {concept.shape} in {motion_token} motion"
+    rep = generate("reproduced", t_motion)
+    # What the same prompt and seed give with the LoRA off: what a personalization that learned nothing
+    # would score (`mse_off`, beside the reproduction's `mse`).
+    off = generate("lora_off", t_motion, motion_scale=0.0, identity_scale=0.0)
     shape_ok = shape_reproduced(rep, spec)
     edits = {
         e.name: score_edit(
@@ -188,6 +197,7 @@ def _score(run_dir: Path, concept: Concept, model: str, gen_steps: int | None, o
     summary = summarize_edits(edits)
     return {
         "mse": mse(rep, reference),
+        "mse_off": mse(off, reference),
         "appearance": M.appearance_fidelity(rep, reference),
         "tc": M.pixel_temporal_consistency(rep),
         "motion": float(M.sprite_motion_fidelity(rep, reference)["similarity"]),

@@ -48,11 +48,14 @@ class Shot:
 
 
 def shots(token: str, motion_token: str, shape: str, caption: str, spec: ConceptSpec) -> list[Shot]:
-    """The base model from the caption, the reproduction, identity alone, then the concept's edit suite."""
+    """The base model from the caption, the reproduction, the same with the LoRA off, identity alone, then the
+    concept's edit suite."""
     t_motion = f"a {token} {shape} in {motion_token} motion"
     return [
         Shot("base_from_caption", caption, base=True),
         Shot("reproduced", t_motion),
+        # The same prompt and seed with the LoRA off: what a personalization that learned nothing would show.
+        Shot("lora_off", t_motion, identity_scale=0.0, motion_scale=0.0),
         Shot("identity_only", t_motion, motion_scale=0.0),
         *(
             Shot(f"edit_{e.name}", e.prompt, motion_scale=e.motion_scale, edit=e)

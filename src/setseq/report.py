@@ -49,6 +49,7 @@ _KNOWN = [
     ("reference", "reference"),
     ("identity_only", "identity only"),
     ("reproduced", "identity + motion"),
+    ("lora_off", "LoRA off"),
 ]
 _COLUMN_TITLES = {
     "mse": "MSE",
