@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
+import torch
 
 from setseq.bench import COLUMNS, checks, load_suite, paired, summarize, table
 from setseq.cli import main
@@ -41,9 +43,15 @@ def _quick_bench(out, methods: list[str], extra: list[str] = ()) -> dict:
 def test_bench_learns_each_concept_and_scores_every_edit(tmp_path):
     """setseq and DreamBooth-LoRA on the quick bench's 2 concepts (30 + 30 steps): besides the tables and the
     scores of every edit, each trained run's reproduction is closer to the reference than the same prompt and
-    seed with the LoRA off, which is what a personalization that learned nothing would draw."""
+    seed with the LoRA off, which is what a personalization that learned nothing would draw.
+
+    With half of stage 1's frames composited (the recipe before 2026-12-02): the recipe's stage 1 composites
+    every frame, so in 30 steps it has not yet seen the concept's own scene, and its reproduction can still be
+    as far from the reference as the LoRA-off video (measured: purple, 0.088 vs 0.085; 0.003 after the
+    recipe's 600 + 900 steps)."""
+    swaps = ["stage1.background_swap=0.5", "stage2.background_swap=0"]
     result = _quick_bench(
-        tmp_path / "bench", ["setseq", "dreambooth"], ["stage1.steps=30", "stage2.steps=30"]
+        tmp_path / "bench", ["setseq", "dreambooth"], ["stage1.steps=30", "stage2.steps=30", *swaps]
     )
     for r in result["rows"]:
         assert r["mse"] < 0.85 * r["mse_off"], (r["method"], r["concept"], r["mse"], r["mse_off"])
@@ -100,12 +108,20 @@ def test_bench_jobs_run_in_worker_processes_with_the_same_figures(tmp_path, caps
     assert main([*args, "--out", str(tmp_path / "two"), "--jobs", "2"]) == 0
     assert "running 2 runs at a time, 1 thread(s) each" in capsys.readouterr().out
     two = json.loads((tmp_path / "two" / "bench.json").read_text())
-    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    # In this process at the workers' thread count: the same reduction order, so the same figures (at another
+    # thread count float rounding can flip a discrete score, e.g. a detected colour).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
+    try:
+        assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    finally:
+        torch.set_num_threads(threads)
     one = json.loads((tmp_path / "one" / "bench.json").read_text())
     assert two["jobs"] == 2 and [r["method"] for r in two["rows"]] == ["setseq", "dreambooth"]
     for a, b in zip(two["rows"], one["rows"], strict=True):
         assert (a["method"], a["concept"]) == (b["method"], b["concept"])
-        assert all(a[c] == pytest.approx(b[c], rel=1e-3, abs=1e-4) for c in COLUMNS)
+        differ = {c: (a[c], b[c]) for c in COLUMNS if a[c] != pytest.approx(b[c], rel=1e-3, abs=1e-4)}
+        assert not differ, (a["method"], differ)
     assert main([*args, "--out", str(tmp_path / "two"), "--jobs", "2"]) == 0  # reused: no workers
     out = capsys.readouterr().out
     assert out.count("reused from an earlier bench") == 2 and "at a time" not in out
