@@ -99,13 +99,17 @@ def _remedies(
     # Under FSDP2 each process holds its shard of them (`local`), plus the blocks gathered at once.
     layers = L.get_layers(bb.transformer).values()
     fp8_saving = sum(local(lay.base.weight).numel() * (lay.base.weight.element_size() - 1) for lay in layers)
-    if cfg.model.fsdp and fp8_saving:
-        fp8_saving += getattr(bb.transformer, "fsdp_gathered", 1) * max(
-            sum(
-                lay.base.weight.numel() * (lay.base.weight.element_size() - 1)
-                for lay in L.get_layers(b).values()
-            )
-            for b in offload.swappable_blocks(bb.transformer, offload.max_blocks(bb.transformer))
+    gathered = getattr(bb.transformer, "fsdp_gathered", 0)  # set only where FSDP2 sharded the DiT
+    if gathered and fp8_saving:
+        fp8_saving += gathered * max(
+            (
+                sum(
+                    lay.base.weight.numel() * (lay.base.weight.element_size() - 1)
+                    for lay in L.get_layers(b).values()
+                )
+                for b in offload.swappable_blocks(bb.transformer, offload.max_blocks(bb.transformer))
+            ),
+            default=0,
         )
     yield ("set train.gradient_checkpointing=true", not ckpt, micro, True, 0)
     yield (f"set {name}.micro_batch=1 (gradient accumulation keeps batch_size)", micro > 1, 1, ckpt, 0)
