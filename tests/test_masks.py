@@ -165,7 +165,7 @@ def test_mask_is_cached_with_the_video_and_refused_where_unusable(tmp_path):
             _cfg(tmp_path, "method=dreambooth", "stage1.background_weight=0.5"),
             "method dreambooth cannot use a subject mask",
         ),
-        (_cfg(tmp_path, "stage1.background_swap=0"), "no stage uses it"),
+        (_cfg(tmp_path, "stage1.background_swap=0", "stage2.background_swap=0"), "no stage uses it"),
         (
             _cfg(tmp_path, "stage1.background_swap=0.5", mask=False),
             r"stage1.background_swap=0.5 needs a subject mask",
