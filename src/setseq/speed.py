@@ -535,7 +535,7 @@ def _sizes(
     )
 
 
-def _with_lora(bb: Backbone, rank: int, fp8: bool, gradient_checkpointing: bool) -> L.LoraSpec:
+def with_lora(bb: Backbone, rank: int, fp8: bool, gradient_checkpointing: bool) -> L.LoraSpec:
     """The bench's LoRA (rank `rank` on the backbone's default targets) injected into `bb`'s DiT."""
     if gradient_checkpointing:
         bb.transformer.enable_gradient_checkpointing()
@@ -603,7 +603,7 @@ def run_shape_bench(
         + (f"; built with {z.layers} layers" if z.layers else "")
     )
     bb = build_backbone(name, dev, dt, z.layers, block_swap)
-    spec = _with_lora(bb, rank, fp8, gradient_checkpointing)
+    spec = with_lora(bb, rank, fp8, gradient_checkpointing)
     peak = matmul_peak(dev, dt)
     log(
         f"device {dev}{' (' + torch.cuda.get_device_name(dev) + ')' if dev.type == 'cuda' else ''}, {dt}, "

@@ -139,7 +139,7 @@ def _process_bench(folder: Path) -> None:
     from setseq.config import ModelConfig
     from setseq.memory import tokens_per_sample
     from setseq.runtime import quiet_libraries
-    from setseq.speed import _with_lora, build_backbone, latent_shape, random_prompt, shape_config, time_steps
+    from setseq.speed import build_backbone, latent_shape, random_prompt, shape_config, time_steps, with_lora
     from setseq.train.distributed import close_processes, init_processes, launched_world, parallelize
 
     quiet_libraries()
@@ -155,7 +155,7 @@ def _process_bench(folder: Path) -> None:
         dev = procs.device or torch.device(s["device"])
         if sharded:
             offload.place_around_dit(bb, dev)
-        _with_lora(bb, s["rank"], s["fp8"], s["gradient_checkpointing"])
+        with_lora(bb, s["rank"], s["fp8"], s["gradient_checkpointing"])
         parallelize(bb.transformer, procs, ModelConfig(backbone=shape.family, path=s["name"], fsdp=s["fsdp"]))
         prompt = random_prompt(shape, dev, dt)
         rows = []
