@@ -27,6 +27,11 @@ check wan13b 180 setseq bench --shape wan-1.3b --frames 33,81 --steps 3
 # Wan 14B on one card: what fits with checkpointing alone, then the small-card settings (block swap + fp8).
 check wan14b_ckpt 150 setseq bench --shape wan-14b --frames 33 --gradient-checkpointing --steps 3
 check wan14b_swap_fp8 150 setseq bench --shape wan-14b --frames 33 --gradient-checkpointing --block-swap 20 --fp8 --steps 3
+# Block swap against FSDP2's CPUOffloadPolicy (model.fsdp_offload), both holding every block's weights on the
+# host (Wan 14B has 40 blocks): the faster becomes the remedy the memory refusal names. Not in the default
+# list (about 8 more minutes): ONLY="wan14b_swap_all wan14b_offload" bash benchmarks/gpu_checks.sh
+check wan14b_swap_all 240 setseq bench --shape wan-14b --frames 33 --gradient-checkpointing --block-swap 40 --steps 2
+check wan14b_offload 240 setseq bench --shape wan-14b --frames 33 --gradient-checkpointing --fsdp-offload --steps 2
 # The torch engine in one process (the multi-GPU rows need a machine with several cards: --procs 2/4/8, with
 # and without --replicate and --fp8).
 check fsdp1 120 setseq bench --shape wan-1.3b --frames 33 --steps 3 --procs 1

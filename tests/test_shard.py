@@ -379,3 +379,107 @@ def test_two_sharded_processes_match_one_on_wan22_a14b(clip_mp4, tmp_path):
     samples = sorted(p.name for p in (one / "samples").iterdir())
     assert samples and sorted(p.name for p in (two / "samples").iterdir()) == samples
     assert len(list((two / "cache").glob("prior-*.safetensors"))) == 1
+
+
+@pytest.mark.parametrize("a14b", [False, True], ids=["wan", "wan22-a14b"])
+def test_fsdp_offload_in_one_process_matches_plain_training(tiny_wan_dir, clip_mp4, tmp_path, a14b):
+    """`model.fsdp_offload=true` (FSDP2's CPUOffloadPolicy, one process): the same LoRA and losses as plain
+    training, with the prior and sample videos generated through the offloaded DiT and the memory estimate
+    run on it. On Wan 2.2 A14B each expert is a root of its own and, in one process, each sample still runs
+    the expert of its timestep (both experts in one step). (On this CPU-only machine host and device are one
+    memory: the copies are not exercised, the wiring is; the timing against block swap is a GPU benchmark,
+    benchmarks/gpu_checks.sh.)"""
+    from setseq.testing import build_tiny_wan
+
+    model = build_tiny_wan(tmp_path / "a14b", two_experts=True) if a14b else tiny_wan_dir
+    extra = ["regularizers.prior_videos=1", "regularizers.prior_steps=2", "train.sample_every=1"]
+    extra += ["lora.path=fused", "train.sample_steps=2", "train.memory_check=true"]
+    one, off = tmp_path / "one", tmp_path / "off"
+    _train([sys.executable, "-m", "setseq.cli"], one, model, clip_mp4, extra)
+    out = _train(
+        [sys.executable, "-m", "setseq.cli"], off, model, clip_mp4, [*extra, "model.fsdp_offload=true"]
+    )
+    assert "fsdp offload: the DiT's base weights (" in out, out[-2000:]
+    assert f"each of its {6 if a14b else 3} units" in out  # each block, and each DiT (expert)
+    if a14b:
+        assert "experts: each sample by its timestep (model.expert_routing=auto -> sample)" in out
+    a, b = load_file(one / "setseq.safetensors"), load_file(off / "setseq.safetensors")
+    assert a.keys() == b.keys() and a
+    assert_close_to_scale(b, a)
+    assert any(".motion" in k and a[k].abs().max() > 0 for k in a)
+    if a14b:  # both experts trained (else the comparison says nothing about the second root)
+        assert all(any(k.startswith(e) and a[k].abs().max() > 0 for k in a) for e in ("high", "low"))
+    for (_, _, x), (_, _, y) in zip(_losses(one), _losses(off)):
+        assert y == pytest.approx(x, rel=1e-4)
+    assert sorted(p.name for p in (off / "samples").iterdir()) == sorted(
+        p.name for p in (one / "samples").iterdir()
+    )
+
+
+def test_fsdp_offload_holds_the_base_weights_in_fsdp2_and_the_lora_outside(tiny_wan_dir):
+    """After `parallelize` with model.fsdp_offload: every base weight of the DiT is FSDP2's (a DTensor whose
+    unit has CPUOffloadPolicy), the LoRA parameters are plain tensors FSDP2 does not manage, fp8 weights stay
+    fp8, and a forward and backward give the plain DiT's output and LoRA gradients."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule
+    from torch.distributed.tensor import DTensor
+
+    from setseq.backbones.registry import load_backbone
+    from setseq.config import ModelConfig
+    from setseq.train.distributed import Processes, close_processes, parallelize
+
+    models = []
+    for _ in range(2):
+        bb = load_backbone("wan", str(tiny_wan_dir))
+        layers = L.inject(bb.transformer, L.LoraSpec(4, 4.0, "down", tuple(bb.info.lora_targets)), seed=3)
+        gen = torch.Generator().manual_seed(7)
+        with torch.no_grad():
+            for lay in layers.values():  # up and motion start at zero: give them values
+                lay.up.copy_(0.5 * torch.randn(lay.up.shape, generator=gen))
+                lay.motion.copy_(0.5 * torch.randn(lay.motion.shape, generator=gen))
+        L.set_stage(bb.transformer, 1)
+        models.append((bb, layers))
+    mc = ModelConfig(backbone="wan", path=str(tiny_wan_dir), device="cpu", fsdp_offload=True)
+    try:
+        parallelize(models[1][0].transformer, Processes(), mc)
+        dit = models[1][0].transformer
+        units = [m for m in dit.modules() if isinstance(m, FSDPModule)]
+        assert len(units) == 3
+        for u in units:
+            assert isinstance(u._get_fsdp_state()._fsdp_param_group.offload_policy, CPUOffloadPolicy)
+        lora = {id(p) for lay in models[1][1].values() for p in (lay.down, lay.up, lay.motion)}
+        for name, p in dit.named_parameters():
+            assert isinstance(p, DTensor) != (id(p) in lora), name
+        bb0, bb1 = models[0][0], models[1][0]
+        with torch.no_grad():
+            prompt = bb0.encode_prompt(["a red circle moving left"])
+            shape = tuple(bb0.encode_video(torch.zeros(1, 9, 3, 32, 32)).shape[1:])
+        x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
+        sig = torch.tensor([0.3, 0.8])
+        batch = type(prompt)(prompt.embeds.expand(2, -1, -1), prompt.mask.expand(2, -1), None)
+        out = [b.predict(x, sig, batch) for b in (bb0, bb1)]
+        assert_close_to_scale(out[1], out[0], rtol=1e-4)
+        for o in out:
+            o.float().square().mean().backward()
+        for name, lay in models[0][1].items():
+            other = models[1][1][name]
+            assert not isinstance(other.up.grad, DTensor) and lay.up.grad.abs().max() > 0, name
+            assert_close_to_scale(other.up.grad, lay.up.grad, rtol=1e-4, name=name)
+            assert_close_to_scale(other.down.grad, lay.down.grad, rtol=1e-4, name=name)
+    finally:
+        close_processes()
+
+
+def test_fsdp_offload_is_refused_where_it_cannot_run(tiny_wan_dir):
+    """With block swap (two ways to keep the DiT on the host) and with several processes: one line each."""
+    from setseq.config import resolve_config
+    from setseq.errors import SetseqError
+    from setseq.train.distributed import Processes
+    from setseq.train.setup import load_model
+
+    flags = {"model": {"backbone": "wan", "path": str(tiny_wan_dir)}, "data": {"video": "x.mp4"}}
+    with pytest.raises(SetseqError, match="two ways to keep the DiT in host memory"):
+        resolve_config(None, flags, ["model.fsdp_offload=true", "model.block_swap=1"])
+    cfg = resolve_config(None, flags, ["model.fsdp_offload=true"])
+    with pytest.raises(SetseqError, match="built for one process, not 2") as err:
+        load_model(cfg, torch.device("cpu"), Processes(rank=0, world=2))
+    assert "model.fsdp=true" in str(err.value)

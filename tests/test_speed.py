@@ -93,6 +93,37 @@ def test_shape_bench_with_fp8_and_block_swap_on_cpu():
     assert any("fp8 on; block swap 1" in line for line in lines)
 
 
+def test_shape_bench_with_fsdp_offload_on_cpu():
+    """`--fsdp-offload` (FSDP2's CPUOffloadPolicy, the alternative to block swap) times the same step on the
+    DiT FSDP2 holds, each block a unit."""
+    from torch.distributed.fsdp import FSDPModule
+
+    from setseq import speed
+    from setseq.train.distributed import close_processes
+
+    built = []
+    real_build = speed.build_backbone
+
+    def build(*args, **kwargs):
+        built.append(real_build(*args, **kwargs))
+        return built[-1]
+
+    lines: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(speed, "build_backbone", build)
+        try:
+            rows = run_shape_bench(
+                "wan-1.3b", device="cpu", layers=2, size=(64, 64), frames=[9], rank=4, stage1_batch=1, steps=1,
+                warmup=0, fsdp_offload=True, log=lines.append,
+            )  # fmt: skip
+        finally:
+            close_processes()
+    assert [(r.stage, r.frames) for r in rows] == [(1, 1), (2, 9)]
+    assert all(r.step_s > 0 and r.flops > 0 for r in rows)
+    assert any("block swap 0; FSDP2 offload on" in line for line in lines)
+    assert sum(isinstance(m, FSDPModule) for m in built[0].transformer.modules()) == 3  # 2 blocks + the DiT
+
+
 @pytest.mark.parametrize(
     "procs,replicate,fp8",
     [
@@ -126,8 +157,8 @@ def test_shape_bench_in_launched_processes_on_cpu(procs, replicate, fp8):
 
 
 def test_procs_refusals_are_one_line(capsys, monkeypatch):
-    """--procs below 1, more processes than GPUs, without --shape, or with --block-swap; --replicate without
-    --procs."""
+    """--procs below 1, more processes than GPUs, without --shape, or with --block-swap or --fsdp-offload;
+    --replicate without --procs; --block-swap with --fsdp-offload."""
     from setseq import runtime
     from setseq.cli import main
 
@@ -140,6 +171,8 @@ def test_procs_refusals_are_one_line(capsys, monkeypatch):
     one_line(["bench", "--shape", "wan-1.3b", "--device", "cpu", "--procs", "0"], "--procs 0", "--procs 1")
     one_line(["bench", "--procs", "2"], "--shape")
     one_line(["bench", "--shape", "wan-1.3b", "--procs", "2", "--block-swap", "1"], "--block-swap")
+    one_line(["bench", "--shape", "wan-1.3b", "--procs", "2", "--fsdp-offload"], "--fsdp-offload")
+    one_line(["bench", "--shape", "wan-1.3b", "--block-swap", "1", "--fsdp-offload"], "two ways", "two runs")
     one_line(["bench", "--shape", "wan-1.3b", "--replicate"], "--replicate", "--procs")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(runtime, "visible_gpus", lambda: 1)

@@ -272,6 +272,11 @@ def _add_bench(sub: Any) -> None:
         help="--shape: model.block_swap=N (host-resident blocks)",
     )
     b.add_argument(
+        "--fsdp-offload",
+        action="store_true",
+        help="--shape: model.fsdp_offload=true (every DiT weight in host memory, copied in by FSDP2)",
+    )
+    b.add_argument(
         "--procs",
         type=int,
         metavar="P",

@@ -253,6 +253,7 @@ def cmd_bench(
     gradient_checkpointing: bool,
     fp8: bool,
     block_swap: int,
+    fsdp_offload: bool,
     procs: int | None,
     replicate: bool,
 ) -> None:
@@ -268,21 +269,16 @@ def cmd_bench(
     quiet_libraries()
     if shape:
         from setseq.speed import run_shape_bench
+        from setseq.train.distributed import close_processes
 
-        run_shape_bench(
-            shape,
-            device=device,
-            frames=frames,
-            size=size,
-            layers=layers,
-            rank=rank,
-            steps=steps,
-            gradient_checkpointing=gradient_checkpointing,
-            fp8=fp8,
-            block_swap=block_swap,
-            procs=procs,
-            replicate=replicate,
-        )
+        try:
+            run_shape_bench(
+                shape, device=device, frames=frames, size=size, layers=layers, rank=rank, steps=steps,
+                gradient_checkpointing=gradient_checkpointing, fp8=fp8, block_swap=block_swap,
+                fsdp_offload=fsdp_offload, procs=procs, replicate=replicate,
+            )  # fmt: skip
+        finally:
+            close_processes()  # the one-process group of --fsdp-offload
         return
     from setseq.bench import run_bench
 

@@ -61,6 +61,11 @@ class ModelConfig:
     # for the base and float32 for the LoRA, the one-process numbers) and the dtype gradients are reduced in.
     fsdp_param_dtype: str = "auto"  # auto | bfloat16 | float32
     fsdp_reduce_dtype: str = "float32"  # float32 | bfloat16
+    # One process: FSDP2's CPUOffloadPolicy instead of block swap. Every base weight of the DiT stays in
+    # (pinned) host memory and FSDP2 copies each block's to the device while it runs, prefetched
+    # `model.fsdp_prefetch` blocks ahead (settings as under model.fsdp); the LoRA, its optimizer and the
+    # activations stay on the device. For a DiT larger than the card (setseq.train.distributed.parallelize).
+    fsdp_offload: bool = False
     # A DiT of several experts (Wan 2.2 A14B): "sample" sends each sample to the expert of its timestep;
     # "step" picks one expert per optimizer step for every sample on every process (with probability its
     # share of the timesteps; the timesteps then drawn in its range, so their distribution is unchanged),
@@ -82,6 +87,11 @@ class ModelConfig:
         if self.fsdp_reduce_dtype not in ("float32", "bfloat16"):
             raise ValueError(
                 f"model.fsdp_reduce_dtype must be float32 or bfloat16, got {self.fsdp_reduce_dtype!r}"
+            )
+        if self.fsdp_offload and self.block_swap:
+            raise ValueError(
+                "model.fsdp_offload=true and model.block_swap are two ways to keep the DiT in host memory: "
+                "set one of them"
             )
         if self.expert_routing not in ("auto", "sample", "step"):
             raise ValueError(

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -246,23 +247,31 @@ def _weights_in_flight(backbone) -> int:
         if isinstance(m, nn.Linear) and device.type != "cpu" and m.weight.device.type == "cpu"
     ]
     swapped = max((w.numel() * (w.element_size() + backbone.dtype.itemsize) for w in host), default=0)
-    # FSDP2 (model.fsdp): each process holds 1/P of every weight (`_bytes_on` counts its shards); a block's
-    # whole weights exist while it runs, and the blocks prefetched beside it (`fsdp_gathered` units at once).
-    # Only units inside another unit (the blocks): the roots (the DiT, or each expert of Wan 2.2 A14B) hold
-    # the blocks' parameters too.
+    # FSDP2 (model.fsdp; model.fsdp_offload): each process holds 1/P of every weight (`_bytes_on` counts its
+    # shards; offloaded ones are in host memory and not counted); a block's whole weights exist while it runs,
+    # and the blocks prefetched beside it (`fsdp_gathered` units at once). Units inside another unit are the
+    # blocks; a root (the DiT, or each expert of Wan 2.2 A14B) keeps its own weights (embedders, heads, norms)
+    # whole through its forward and backward. Only FSDP2's parameters (DTensors): offload leaves the LoRA out.
     fsdp = [m for m in real.modules() if isinstance(m, FSDPModule)]
     inner = {id(c) for m in fsdp for c in list(m.modules())[1:]}
     units = [m for m in fsdp if id(m) in inner]
+    in_units = {id(p) for u in units for p in u.parameters()}
     # Gathered in the MixedPrecisionPolicy's param dtype when one is set, else as stored (fp8 base weights: 1
     # byte each).
     cast = getattr(real, "fsdp_param_dtype", None)
+
+    def whole_bytes(params) -> int:
+        return sum(
+            p.numel() * (cast.itemsize if cast else p.element_size())
+            for p in params
+            if isinstance(p, DTensor)
+        )
+
     gathered = getattr(real, "fsdp_gathered", 1) * max(
-        (
-            sum(p.numel() * (cast.itemsize if cast else p.element_size()) for p in u.parameters())
-            for u in units
-        ),
-        default=0,
+        (whole_bytes(u.parameters()) for u in units), default=0
     )
+    for root in (m for m in fsdp if id(m) not in inner):
+        gathered += whole_bytes(p for p in root.parameters() if id(p) not in in_units)
     return swapped + gathered
 
 

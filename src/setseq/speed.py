@@ -251,17 +251,23 @@ def count_parameters(name: str, layers: int | None = None) -> int:
 
 
 def build_backbone(
-    name: str, device: torch.device, dtype: torch.dtype, layers: int | None = None, block_swap: int = 0
+    name: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    layers: int | None = None,
+    block_swap: int = 0,
+    dit_on_host: bool = False,
 ) -> Backbone:
     """The named real-size DiT, random weights on `device` in `dtype`, inside its family's backbone;
-    `block_swap`: built on the host and the last N blocks' linear weights left there (setseq.offload)."""
+    `block_swap`: built on the host and the last N blocks' linear weights left there (setseq.offload);
+    `dit_on_host`: the whole DiT left on the host (for FSDP2 to offload, `model.fsdp_offload`)."""
     import importlib
 
     import diffusers
 
     from setseq import offload, testing
 
-    target, device = device, (offload.HOST if block_swap else device)
+    target, device = device, (offload.HOST if block_swap or dit_on_host else device)
 
     shape, cfg = shape_config(name, layers)
     builder, pipe_cls, bb_path = _FAMILIES[shape.family]
@@ -281,6 +287,8 @@ def build_backbone(
         if isinstance(m, nn.Module):
             m.requires_grad_(False)
     bb = getattr(importlib.import_module(mod), cls)(pipe, f"shape:{name}", device, dtype)
+    if dit_on_host:
+        offload.place_around_dit(bb, target)
     return offload.swap_and_place(bb, block_swap, target) if block_swap else bb
 
 
@@ -562,13 +570,15 @@ def run_shape_bench(
     gradient_checkpointing: bool = False,
     fp8: bool = False,
     block_swap: int = 0,
+    fsdp_offload: bool = False,
     procs: int | None = None,
     replicate: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[StepResult] | list[ProcessStep]:
     """Build the named architecture and time stage-1 and stage-2 steps at each frame count; prints a table.
-    `procs`: instead, in that many launched processes, each reporting its own (`setseq.speed_procs`), the DiT
-    sharded by FSDP2, or replicated when `replicate`."""
+    `fsdp_offload`: the DiT's weights in host memory, copied in by FSDP2 (`model.fsdp_offload`), the
+    alternative to `block_swap`. `procs`: instead, in that many launched processes, each reporting its own
+    (`setseq.speed_procs`), the DiT sharded by FSDP2, or replicated when `replicate`."""
     from setseq.memory import tokens_per_sample
     from setseq.runtime import visible_gpus
 
@@ -583,11 +593,11 @@ def run_shape_bench(
                 f"--procs {procs} but {visible_gpus()} GPU(s) are visible (one process per GPU)",
                 f"use --procs {visible_gpus()} or fewer, or --device cpu",
             )
-        if block_swap:
+        if block_swap or fsdp_offload:
+            flag = "--block-swap" if block_swap else "--fsdp-offload"
             raise SetseqError(
-                "--procs times the DiT sharded or replicated across processes, which is not combined with "
-                "--block-swap",
-                "drop --block-swap, or --procs",
+                f"--procs times the DiT sharded or replicated across processes, which is not combined with {flag}",
+                f"drop {flag}, or --procs",
             )
         from setseq.speed_procs import run_in_processes
 
@@ -602,14 +612,26 @@ def run_shape_bench(
         f"{name}: {shape.note}, {full / 1e9:.2f}B parameters"
         + (f"; built with {z.layers} layers" if z.layers else "")
     )
-    bb = build_backbone(name, dev, dt, z.layers, block_swap)
+    if block_swap and fsdp_offload:
+        raise SetseqError(
+            "--block-swap and --fsdp-offload are two ways to keep the DiT in host memory",
+            "time them in two runs",
+        )
+    bb = build_backbone(name, dev, dt, z.layers, block_swap, dit_on_host=fsdp_offload)
     spec = with_lora(bb, rank, fp8, gradient_checkpointing)
+    if fsdp_offload:
+        from setseq.config import ModelConfig
+        from setseq.train.distributed import SINGLE, parallelize
+
+        parallelize(
+            bb.transformer, SINGLE, ModelConfig(shape.family, name, device=str(dev), fsdp_offload=True)
+        )
     peak = matmul_peak(dev, dt)
     log(
         f"device {dev}{' (' + torch.cuda.get_device_name(dev) + ')' if dev.type == 'cuda' else ''}, {dt}, "
         f"measured matmul peak {peak / 1e12:.2f} TFLOP/s; LoRA rank {rank}, {len(L.get_layers(bb.transformer))} "
         f"layers; {height}x{width}; gradient checkpointing {'on' if gradient_checkpointing else 'off'}; "
-        f"fp8 {'on' if fp8 else 'off'}; block swap {block_swap}"
+        f"fp8 {'on' if fp8 else 'off'}; block swap {block_swap}; FSDP2 offload {'on' if fsdp_offload else 'off'}"
     )
     prompt = random_prompt(shape, dev, dt)
     results: list[StepResult] = []

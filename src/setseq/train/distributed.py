@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -109,7 +110,13 @@ def parallelize(model: torch.nn.Module, procs: Processes, mc: ModelConfig | None
     divided by the stage's accumulation count, so the sum over processes is the one-process gradient.
     Gradient sync is turned off for all but a process's last micro-batch of a step (`sync_gradients`).
     Under `replicate`, parameters a process did not use in a step (a Wan 2.2 A14B expert none of its samples
-    ran, with per-sample routing) count as zero."""
+    ran, with per-sample routing) count as zero.
+
+    With `model.fsdp_offload` (one process): `fully_shard` as above on a one-process mesh, with FSDP2's
+    `CPUOffloadPolicy` (`_offload`)."""
+    if mc is not None and mc.fsdp_offload:
+        _offload(model, procs, mc)
+        return
     if procs.world == 1:
         return
     try:  # FSDP2's replicate and the reduction settings used here are recent (tested with torch 2.13)
@@ -137,7 +144,41 @@ def parallelize(model: torch.nn.Module, procs: Processes, mc: ModelConfig | None
     _sum_reductions(model, unused_as_zero=True)
 
 
-def _fully_shard(model: torch.nn.Module, mesh, mc: ModelConfig) -> None:
+def _offload(model: torch.nn.Module, procs: Processes, mc: ModelConfig) -> None:
+    """FSDP2's CPUOffloadPolicy in one process, the alternative to block swap (`setseq.offload`) for a DiT
+    larger than the card: every base weight of the DiT (in the units of `model.fsdp`) stays in host memory,
+    pinned on a GPU, and is copied to the device while its block runs (prefetched `model.fsdp_prefetch` blocks
+    ahead) and freed after. The LoRA parameters are left out of FSDP2 (`ignored_params`) and moved to the
+    device: in one process there is nothing to reduce, and their optimizer step, DropConnect masks and
+    gradients stay on the device as without offload. FSDP2 needs a process group even for one process: a
+    one-process group on an in-memory store (`close_processes` leaves it)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy
+
+    from setseq import lora as L
+    from setseq.runtime import resolve_device
+
+    assert procs.world == 1, "refused in setseq.train.setup.load_model"
+    device = procs.device or resolve_device(mc.device)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(store=torch.distributed.HashStore(), rank=0, world_size=1)
+    lora = [p for layer in L.get_layers(model).values() for p in (layer.down, layer.up, layer.motion)]
+    mesh = init_device_mesh(device.type, (1,), mesh_dim_names=("offload",))
+    policy = CPUOffloadPolicy(pin_memory=device.type == "cuda")
+    _fully_shard(model, mesh, mc, offload_policy=policy, ignored_params=set(lora))
+    with torch.no_grad():
+        for p in lora:
+            p.data = p.data.to(device)
+    model.fsdp_offloaded = True  # read by the memory estimate: no base weight stays on the device
+
+
+def _fully_shard(
+    model: torch.nn.Module,
+    mesh,
+    mc: ModelConfig,
+    offload_policy=None,
+    ignored_params: set[torch.nn.Parameter] | None = None,
+) -> None:
     """FSDP2 on `model`: each block of each DiT a unit, then the DiT itself; see `parallelize`.
 
     Wan 2.2 A14B's two experts are two DiTs, each its own FSDP2 root (the pipeline calls each directly when
@@ -146,13 +187,13 @@ def _fully_shard(model: torch.nn.Module, mesh, mc: ModelConfig) -> None:
     so only per-step routing (`model.expert_routing=step`, the default under model.fsdp; see
     `setseq.train.loop.step_expert`) is allowed, which gives every sample of a step, on every process, the
     same expert. An expert a step does not run then gathers nothing, and its LoRA has no gradient that step."""
-    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
     from setseq.memory import transformer_blocks
     from setseq.offload import dits
 
     experts = dits(model)
-    if len(experts) > 1 and not mc.step_routing:
+    if len(experts) > 1 and not mc.step_routing and mesh.size() > 1:
         raise SetseqError(
             "model.fsdp=true with model.expert_routing=sample on a model of several experts (Wan 2.2 A14B): "
             "each sample would run the expert of its timestep, so the processes would not gather the same blocks",
@@ -162,21 +203,45 @@ def _fully_shard(model: torch.nn.Module, mesh, mc: ModelConfig) -> None:
     policy = MixedPrecisionPolicy(
         param_dtype=dtypes[mc.fsdp_param_dtype], reduce_dtype=dtypes[mc.fsdp_reduce_dtype]
     )
-    reshard = mc.fsdp_reshard_after_forward
+    kw = {
+        "mesh": mesh,
+        "reshard_after_forward": mc.fsdp_reshard_after_forward,
+        "mp_policy": policy,
+        "offload_policy": offload_policy or OffloadPolicy(),
+        "ignored_params": ignored_params,
+    }
     for dit in experts:
         blocks = transformer_blocks(dit)
         for block in blocks:
-            fully_shard(block, mesh=mesh, reshard_after_forward=reshard, mp_policy=policy)
-        fully_shard(dit, mesh=mesh, reshard_after_forward=reshard, mp_policy=policy)
+            fully_shard(block, **kw)
+        fully_shard(dit, **kw)
         units: list[FSDPModule] = blocks  # type: ignore[assignment]  (fully_shard made them FSDPModules)
         if mc.fsdp_prefetch:
             k = mc.fsdp_prefetch
             for i, unit in enumerate(units):
                 unit.set_modules_to_forward_prefetch(units[i + 1 : i + 1 + k])
                 unit.set_modules_to_backward_prefetch(units[max(0, i - k) : i][::-1])
+    # A diffusers DiT returns a view (its unpatchify); FSDP2 warns that an in-place op on it would skip the
+    # backward gather. The backbones use it out of place (the tests compare gradients with the plain DiT's).
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     model.fsdp_gathered = 1 + mc.fsdp_prefetch  # blocks whole at once (read by the memory estimate)
     model.fsdp_param_dtype = policy.param_dtype  # what they are gathered in (None: as stored, fp8 included)
     _sum_reductions(model, unused_as_zero=False)
+
+
+def describe_engine(model: torch.nn.Module, procs: Processes, mc: ModelConfig) -> str:
+    """One log line: how FSDP2 holds the DiT `parallelize` handed it (sharded, or offloaded to the host)."""
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+
+    units = sum(isinstance(m, FSDPModule) for m in model.modules())
+    if not mc.fsdp_offload:
+        return f"fsdp: the DiT is sharded across {procs.world} processes by FSDP2 ({units} units)"
+    held = sum(p.to_local().nbytes for p in model.parameters() if isinstance(p, DTensor))
+    return (
+        f"fsdp offload: the DiT's base weights ({held / 2**30:.2f} GiB) stay in host memory; FSDP2 copies "
+        f"each of its {units} units to the device while it runs"
+    )
 
 
 def _sum_reductions(model: torch.nn.Module, unused_as_zero: bool) -> None:

@@ -96,11 +96,16 @@ def _remedies(
     name = f"stage{stage}"
     ckpt = cfg.train.gradient_checkpointing
     # What fp8 base weights would save: the targeted weights at 1 byte instead of their own width.
-    # Under FSDP2 each process holds its shard of them (`local`), plus the blocks gathered at once.
+    # Under FSDP2 each process holds its shard of them (`local`; none under model.fsdp_offload, which keeps
+    # them in host memory), plus the blocks gathered at once.
     layers = L.get_layers(bb.transformer).values()
-    fp8_saving = sum(local(lay.base.weight).numel() * (lay.base.weight.element_size() - 1) for lay in layers)
+    fp8_saving = 0
+    if not getattr(bb.transformer, "fsdp_offloaded", False):
+        fp8_saving = sum(
+            local(lay.base.weight).numel() * (lay.base.weight.element_size() - 1) for lay in layers
+        )
     gathered = getattr(bb.transformer, "fsdp_gathered", 0)  # set only where FSDP2 sharded the DiT
-    if gathered and fp8_saving:
+    if gathered:
         fp8_saving += gathered * max(
             (
                 sum(
@@ -134,7 +139,7 @@ def _remedies(
     # FSDP2 (model.fsdp) across the GPUs this machine has: each process keeps 1/P of the blocks'
     # linear weights, plus the whole weights of the block that runs and of those prefetched beside it (of
     # Wan 2.2 A14B's two experts, only the one a step trains runs: `model.expert_routing`).
-    if not (cfg.model.fsdp or cfg.model.block_swap):
+    if not (cfg.model.fsdp or cfg.model.fsdp_offload or cfg.model.block_swap):
         block_linears = offload.device_linear_bytes(bb.transformer, n_blocks, device)
         gathered = (1 + cfg.model.fsdp_prefetch) * max(
             sum(m.weight.numel() * m.weight.element_size() for m in b.modules() if isinstance(m, nn.Linear))
@@ -150,7 +155,7 @@ def _remedies(
                     True,
                     block_linears * (p - 1) // p - gathered,
                 )
-    if cfg.model.fsdp:
+    if cfg.model.fsdp or cfg.model.fsdp_offload:
         return
     # Block swap: the fewest blocks (of each DiT) whose device-resident linear weights close the gap.
     for fp8 in (False, True):

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from setseq.config import RunConfig
-from setseq.train.distributed import parallelize
+from setseq.train.distributed import describe_engine, parallelize
 from setseq.train.encode import check_shapes, encode_all
 from setseq.train.loop import StageContext
 from setseq.train.memory_plan import check_memory, token_summary
@@ -67,7 +67,8 @@ def train(
         data, concepts, stitched, key = encode_all(cfg, bb, cache, log)
     run.write_config(user_cfg)
     run.check_cache_key(key)
-    sharded = cfg.model.fsdp and procs.world > 1
+    # Where FSDP2 holds the DiT (sharded, or offloaded to the host), its videos are generated through it.
+    sharded = (cfg.model.fsdp and procs.world > 1) or cfg.model.fsdp_offload
     prior = None if sharded else base_model_prior(cfg, bb, shape, cache, log, progress, procs)
 
     # 2. The Set-and-Sequence layers (from a checkpoint or --init-lora), handed to torch's engine.
@@ -79,10 +80,7 @@ def train(
         with run.removed_on_failure():  # refused: the same command, with the flag, runs again
             check_memory(cfg, bb, spec, data, sc_p > 0, log)
     if sharded:
-        from torch.distributed.fsdp import FSDPModule  # (in torch since 2.6; several processes need 2.13's)
-
-        units = sum(isinstance(m, FSDPModule) for m in bb.transformer.modules())
-        log(f"fsdp: the DiT is sharded across {procs.world} processes by FSDP2 ({units} units)")
+        log(describe_engine(bb.transformer, procs, cfg.model))
         prior = base_model_prior(cfg, bb, shape, cache, log, progress, procs)
     emb = token_embeddings(cfg, bb, ck, log)
     describe_training(cfg, concepts, stitched, sc_p, None if prior is None else len(prior), log)

@@ -122,9 +122,15 @@ def load_model(cfg: RunConfig, device: torch.device | None = None, procs: Proces
     """The backbone of `cfg.model`, on `device` (default: `model.device`); with `model.block_swap=N` the last N
     blocks' linear weights stay in host memory (setseq.offload); with `model.fsdp` and several processes, the
     DiT stays in host memory (everything else on `device`) until FSDP2 moves each process's shard of it
-    (`distributed.parallelize`), so the whole DiT is never on a card."""
+    (`distributed.parallelize`), so the whole DiT is never on a card; with `model.fsdp_offload` it stays
+    there, FSDP2 copying each block's weights to the device while it runs."""
     m = cfg.model
-    if m.fsdp and procs.world > 1:
+    if m.fsdp_offload and procs.world > 1:
+        raise SetseqError(
+            f"model.fsdp_offload=true is built for one process, not {procs.world}",
+            "with several processes use model.fsdp=true alone (each holds 1/P of the weights), or launch one",
+        )
+    if (m.fsdp and procs.world > 1) or m.fsdp_offload:
         if m.block_swap:
             raise SetseqError(
                 "model.fsdp=true cannot be combined with model.block_swap",
