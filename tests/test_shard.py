@@ -167,6 +167,61 @@ def _fp8_check(rank: int, world: int, port: int, folder: str, errors) -> None:
         dist.destroy_process_group()
 
 
+def _meta_check(rank: int, world: int, port: int, folder: str, errors) -> None:
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    from setseq.backbones.registry import load_backbone
+    from setseq.config import resolve_config
+    from setseq.train.distributed import Processes, parallelize
+    from setseq.train.setup import load_model
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        flags = {"model": {"backbone": "wan", "path": folder}, "data": {"video": "x.mp4"}}
+        cfg = resolve_config(None, flags, ["model.fsdp=true", "model.dtype=bfloat16", "model.fp8=true"])
+        procs = Processes(rank, world, torch.device("cpu"))
+        bb = load_model(cfg, torch.device("cpu"), procs)
+        dits = [bb.transformer.high, bb.transformer.low]
+        on_meta = {p.is_meta for d in dits for p in d.parameters()}
+        assert on_meta == {rank == 1}, (rank, on_meta)  # process 1 read no weight of either expert
+        spec = L.LoraSpec(4, 4.0, "down", (r"attn1\.to_q$", r"ffn\.net\.0\.proj$"), fp8=True)
+        for d in dits:
+            L.inject(d, spec, seed=5)
+        parallelize(bb.transformer, procs, cfg.model)
+        # What every process should hold: its rows of the weights read from disk, as process 0 prepared them.
+        ref = load_backbone("wan", folder, torch.device("cpu"), torch.bfloat16).transformer
+        for d in (ref.high, ref.low):
+            L.inject(d, spec, seed=5)
+        want = dict(ref.named_parameters())
+        for name, p in bb.transformer.named_parameters():
+            assert isinstance(p, DTensor) and p.dtype == want[name].dtype, (name, p.dtype, want[name].dtype)
+            rows = -(-p.shape[0] // world)
+            mine = want[name][rank * rows : (rank + 1) * rows]
+            assert torch.equal(p.to_local().view(torch.uint8), mine.view(torch.uint8)), name  # bit for bit
+        assert {p.dtype for p in bb.transformer.parameters()} >= {torch.bfloat16, torch.float32}
+        assert any(p.dtype == torch.float8_e4m3fn for p in bb.transformer.parameters())
+        wanted = dict(ref.named_buffers())
+        for name, buf in bb.transformer.named_buffers():
+            assert torch.equal(buf, wanted[name]), name  # e.g. the rotary tables, in process 0's dtype
+    except BaseException as e:  # reported to the parent
+        errors.put(f"rank {rank}: {type(e).__name__}: {e}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_only_process_0_reads_the_dit_and_the_others_receive_their_shards(tmp_path):
+    """Under model.fsdp the processes other than 0 build the DiT with parameters on the meta device (the node
+    holds one whole DiT in host memory, not one per process); once sharded, each holds exactly its rows of
+    process 0's weights, in process 0's dtypes (bfloat16, with the modules diffusers keeps in float32, and fp8
+    base weights), and process 0's buffers. On tiny Wan 2.2 A14B: both experts."""
+    from setseq.testing import build_tiny_wan
+
+    a14b = build_tiny_wan(tmp_path / "a14b", two_experts=True)
+    _in_two_processes(_meta_check, str(a14b))
+
+
 def test_fp8_base_weights_are_sharded_and_gathered_in_fp8(tiny_wan_dir):
     """`model.fp8=true` with `model.fsdp=true`: each process holds 1/P of every fp8 weight's rows, still in
     float8 (FSDP2 gathers them as stored, so the gather moves 1 byte a weight), and the sharded DiT's output

@@ -257,10 +257,12 @@ def build_backbone(
     layers: int | None = None,
     block_swap: int = 0,
     dit_on_host: bool = False,
+    dit_on_meta: bool = False,
 ) -> Backbone:
     """The named real-size DiT, random weights on `device` in `dtype`, inside its family's backbone;
     `block_swap`: built on the host and the last N blocks' linear weights left there (setseq.offload);
-    `dit_on_host`: the whole DiT left on the host (for FSDP2 to offload, `model.fsdp_offload`)."""
+    `dit_on_host`: the whole DiT left on the host (for FSDP2 to offload, `model.fsdp_offload`);
+    `dit_on_meta`: the DiT on the meta device (an FSDP2 process other than 0, which receives its shards)."""
     import importlib
 
     import diffusers
@@ -273,16 +275,18 @@ def build_backbone(
     builder, pipe_cls, bb_path = _FAMILIES[shape.family]
     mod, _, cls = bb_path.partition(":")
     torch.manual_seed(0)
-    with torch.device(device):
+    with torch.device("meta" if dit_on_meta else device):
         transformer = getattr(diffusers, shape.cls)(**cfg)
     transformer.to(dtype).requires_grad_(False).eval()
     with tempfile.TemporaryDirectory() as tmp:
         kwargs = {} if shape.family == "wan" else {"latent_channels": shape.latent_channels}
         getattr(testing, builder)(tmp, **kwargs)
         pipe = getattr(diffusers, pipe_cls).from_pretrained(
-            tmp, transformer=transformer, use_safetensors=True
+            tmp, transformer=None if dit_on_meta else transformer, use_safetensors=True
         )
     pipe.to(device)
+    if dit_on_meta:
+        pipe.register_modules(transformer=transformer)  # after `to`: meta parameters cannot be copied
     for m in pipe.components.values():
         if isinstance(m, nn.Module):
             m.requires_grad_(False)

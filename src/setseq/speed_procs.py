@@ -147,8 +147,15 @@ def _process_bench(folder: Path) -> None:
     dt, sharded = getattr(torch, s["dtype"]), launched_world() > 1 and s["fsdp"]
     shape, _ = shape_config(s["name"], s["layers"])
     # Built before joining the others (transformers saves the tiny pipeline's text encoder from process 0 only
-    # once a process group exists); sharded, on the host, where the DiT stays until FSDP2 moves each shard.
-    bb = build_backbone(s["name"], offload.HOST if sharded else torch.device(s["device"]), dt, s["layers"])
+    # once a process group exists); sharded, on the host, where the DiT stays until FSDP2 moves each shard,
+    # and, as `setseq train` loads it, whole in process 0 only (the others' comes from it: `parallelize`).
+    bb = build_backbone(
+        s["name"],
+        offload.HOST if sharded else torch.device(s["device"]),
+        dt,
+        s["layers"],
+        dit_on_meta=sharded and int(os.environ.get("RANK", "0")) > 0,
+    )
     procs = init_processes(s["device"])
     report = folder / f"rank{procs.rank}.json"
     try:

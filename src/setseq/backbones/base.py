@@ -8,7 +8,9 @@ already normalised the way the DiT was trained on them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -149,6 +151,40 @@ def training_target(
     return own(x0, noise, sigmas) if own is not None else fm.velocity_target(x0, noise)
 
 
+_DIT_ON_META = contextvars.ContextVar("setseq_dit_on_meta", default=False)
+
+
+@contextlib.contextmanager
+def dit_on_meta(enabled: bool = True) -> Iterator[None]:
+    """Within this block, `load_diffusers_pipeline` builds the DiT(s) (`transformer`, and `transformer_2` of
+    Wan 2.2 A14B) from their configs with parameters on the meta device and reads none of their weights: the
+    other processes of an FSDP2 run, which receive their shards from process 0 once sharded
+    (`setseq.train.distributed.parallelize`), so a node holds one whole DiT in host memory, not one per
+    process. Buffers are real; parameter dtypes are set from process 0's."""
+    token = _DIT_ON_META.set(enabled)
+    try:
+        yield
+    finally:
+        _DIT_ON_META.reset(token)
+
+
+def _empty_dits(pipeline_cls: type, model_id: str) -> dict[str, torch.nn.Module]:
+    """The pipeline's DiT components, built from their configs with parameters on the meta device."""
+    import diffusers
+    from accelerate import init_empty_weights
+
+    index = pipeline_cls.load_config(model_id)
+    dits = {}
+    for name in ("transformer", "transformer_2"):
+        entry = index.get(name) or (None, None)
+        if entry[1] is None:
+            continue
+        cls = getattr(diffusers, entry[1])
+        with init_empty_weights(include_buffers=False):
+            dits[name] = cls.from_config(cls.load_config(model_id, subfolder=name))
+    return dits
+
+
 def load_diffusers_pipeline(
     pipeline_cls: type,
     model_id: str,
@@ -160,7 +196,8 @@ def load_diffusers_pipeline(
 ):
     """`pipeline_cls.from_pretrained` on a local folder or hub id, safetensors only, every component frozen
     and in eval mode on `device`. `vae_fp32` keeps the VAE in fp32 for families whose pipeline casts latents to
-    the VAE's dtype before decoding. Failures become one-line errors that name the fix."""
+    the VAE's dtype before decoding. Inside `dit_on_meta`, the DiT's weights are not read (its parameters are
+    on the meta device). Failures become one-line errors that name the fix."""
     import os
     import warnings
     from pathlib import Path
@@ -174,7 +211,9 @@ def load_diffusers_pipeline(
     try:
         with warnings.catch_warnings():  # diffusers >= 0.42 renames torch_dtype; older releases only know it
             warnings.simplefilter("ignore", FutureWarning)
-            pipe = pipeline_cls.from_pretrained(model_id, torch_dtype=dtype, use_safetensors=True)
+            empty = _empty_dits(pipeline_cls, model_id) if _DIT_ON_META.get() else {}
+            skip = dict.fromkeys(empty)  # None: from_pretrained leaves the component out
+            pipe = pipeline_cls.from_pretrained(model_id, torch_dtype=dtype, use_safetensors=True, **skip)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         hint = (
@@ -186,6 +225,8 @@ def load_diffusers_pipeline(
     if vae_fp32 and dtype != torch.float32:
         pipe.vae.to(torch.float32)
     pipe.to(device)
+    if empty:
+        pipe.register_modules(**empty)  # after `to`: meta parameters cannot be copied anywhere
     for m in pipe.components.values():
         if isinstance(m, torch.nn.Module):
             m.requires_grad_(False)

@@ -135,13 +135,77 @@ def parallelize(model: torch.nn.Module, procs: Processes, mc: ModelConfig | None
 
     device = procs.device or torch.device("cpu")
     if mc is not None and mc.fsdp:
+        whole, buffers = _as_process_0(model, procs)
         _fully_shard(model, init_device_mesh(device.type, (procs.world,), mesh_dim_names=("shard",)), mc)
+        _fill_from_process_0(model, whole, buffers, procs, device)
         return
     lora = {id(p) for layer in L.get_layers(model).values() for p in (layer.down, layer.up, layer.motion)}
     ignored = {p for p in model.parameters() if id(p) not in lora}
     mesh = init_device_mesh(device.type, (procs.world,), mesh_dim_names=("replicate",))
     replicate(model, mesh=mesh, ignored_params=ignored)
     _sum_reductions(model, unused_as_zero=True)
+
+
+def _as_process_0(
+    model: torch.nn.Module, procs: Processes
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Before sharding. Process 0 loaded the DiT's weights; the others built it with parameters on the meta
+    device (`setseq.backbones.base.dit_on_meta`). Process 0 sends every process its parameters' shapes and
+    dtypes (under bfloat16 diffusers keeps some modules in float32) and its buffers (small; not all are in a
+    state dict, e.g. Wan's rotary tables), and each gives its meta parameters those dtypes, so that every
+    process shards the same tensors. Returns process 0's whole parameters (none elsewhere) and its buffers,
+    for `_fill_from_process_0`."""
+    sent: list = [None, None]
+    if procs.is_main:
+        sent = [
+            {n: (tuple(p.shape), p.dtype) for n, p in model.named_parameters()},
+            {n: b.detach().cpu() for n, b in model.named_buffers()},
+        ]
+    torch.distributed.broadcast_object_list(sent, src=0)
+    shapes, buffers = sent
+    if procs.is_main:
+        return {n: p.detach() for n, p in model.named_parameters()}, buffers
+    params = dict(model.named_parameters())
+    if params.keys() != shapes.keys() or dict(model.named_buffers()).keys() != buffers.keys():
+        raise SetseqError(
+            f"process {procs.rank} built a DiT whose parameters are not those of process 0",
+            "launch every process with the same --model, config and setseq version",
+        )
+    with torch.no_grad():
+        for name, p in params.items():
+            shape, dtype = shapes[name]
+            if p.is_meta and (tuple(p.shape), p.dtype) != (shape, dtype):
+                p.data = torch.empty(shape, dtype=dtype, device="meta")
+    return {}, buffers
+
+
+def _fill_from_process_0(
+    model: torch.nn.Module,
+    whole: dict[str, torch.Tensor],
+    buffers: dict[str, torch.Tensor],
+    procs: Processes,
+    device: torch.device,
+) -> None:
+    """After sharding: each process's shard of each of process 0's parameters, scattered from process 0 one
+    tensor at a time (torch's `distribute_tensor` from rank 0: each process receives only its rows), and process
+    0's buffers. A process whose DiT was on the meta device first gets storage for its shards (`to_empty`).
+    fp8 weights travel as bytes (gloo has no float8 type)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not procs.is_main and any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        model.to_empty(device=device)
+    with torch.no_grad():
+        if not procs.is_main:
+            for name, b in model.named_buffers():
+                b.data = buffers[name].to(device)
+        for name, p in model.named_parameters():  # the same order on every process
+            assert isinstance(p, DTensor), f"{name} is not sharded"  # fully_shard made every one a DTensor
+            full = whole[name] if procs.is_main else torch.empty(p.shape, dtype=p.dtype)
+            as_bytes = p.dtype.itemsize == 1 and p.dtype.is_floating_point
+            full = full.to(device).view(torch.uint8) if as_bytes else full.to(device)
+            shard = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=0).to_local()
+            p.to_local().copy_(shard.view(p.dtype) if as_bytes else shard)
+            del full
 
 
 def _offload(model: torch.nn.Module, procs: Processes, mc: ModelConfig) -> None:

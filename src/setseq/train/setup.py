@@ -122,8 +122,9 @@ def load_model(cfg: RunConfig, device: torch.device | None = None, procs: Proces
     """The backbone of `cfg.model`, on `device` (default: `model.device`); with `model.block_swap=N` the last N
     blocks' linear weights stay in host memory (setseq.offload); with `model.fsdp` and several processes, the
     DiT stays in host memory (everything else on `device`) until FSDP2 moves each process's shard of it
-    (`distributed.parallelize`), so the whole DiT is never on a card; with `model.fsdp_offload` it stays
-    there, FSDP2 copying each block's weights to the device while it runs."""
+    (`distributed.parallelize`), so the whole DiT is never on a card, and only process 0 reads its weights
+    (the others build it on the meta device and receive their shards); with `model.fsdp_offload` the DiT
+    stays in host memory, FSDP2 copying each block's weights to the device while it runs."""
     m = cfg.model
     if m.fsdp_offload and procs.world > 1:
         raise SetseqError(
@@ -136,9 +137,11 @@ def load_model(cfg: RunConfig, device: torch.device | None = None, procs: Proces
                 "model.fsdp=true cannot be combined with model.block_swap",
                 "use model.fsdp=true alone (it shards the weights across the processes), or drop it",
             )
+        from setseq.backbones.base import dit_on_meta
         from setseq.backbones.registry import load_backbone
 
-        bb = load_backbone(m.backbone, m.path, offload.HOST, DTYPES[m.dtype])
+        with dit_on_meta(m.fsdp and not procs.is_main):  # the others' weights come from process 0's
+            bb = load_backbone(m.backbone, m.path, offload.HOST, DTYPES[m.dtype])
         offload.place_around_dit(bb, device or resolve_device(m.device))
     else:
         bb = offload.load_backbone_swapped(
