@@ -348,3 +348,40 @@ def test_hunyuan15_forward_is_the_pipelines_dit_call(tmp_path):
             return_dict=False,
         )[0]
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_fingerprint_is_the_models_not_where_or_how_it_was_loaded(tiny_wan_dir, tmp_path):
+    """A moved model folder, another load dtype or a library upgrade keep the fingerprint (they changed it
+    before 2026-12-02, when the text encoder's `_name_or_path`, `transformers_version` and `dtype` counted); a
+    LoRA recorded with the legacy fingerprint is still this model's; another architecture is not. The toy model
+    too (its legacy fingerprint differed in every install)."""
+    import hashlib
+    import shutil
+
+    from setseq.backbones.toy.files import load_toy_components, toy_fingerprint
+    from setseq.export import SetseqLora, check_compatible
+    from setseq.testing import build_tiny_wan
+
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_wan_dir, moved)
+    a = load_backbone("wan", str(tiny_wan_dir))
+    b = load_backbone("wan", str(moved), dtype=torch.bfloat16)
+    assert a.info.fingerprint == b.info.fingerprint
+    assert a.info.legacy_fingerprint != b.info.legacy_fingerprint  # the old form saw the path and dtype
+    old = hashlib.sha256(
+        json.dumps(a.fingerprint_configs(), sort_keys=True, default=str).encode()
+    ).hexdigest()
+    assert a.info.legacy_fingerprint == old[:16]  # the formula setseq used before
+
+    lora = SetseqLora(tensors={}, meta={"backbone": "wan", "fingerprint": a.info.legacy_fingerprint})
+    assert check_compatible(lora, a.info) == []
+    lora.meta["fingerprint"] = b.info.legacy_fingerprint  # recorded by the old form, elsewhere
+    assert check_compatible(lora, a.info)  # not recognisable: warned, as before
+    other = load_backbone("wan", str(build_tiny_wan(tmp_path / "wider", heads=4)))
+    assert other.info.fingerprint != a.info.fingerprint
+
+    toy = load_toy_components("toy")
+    toy.text_encoder.config._name_or_path = "/elsewhere/toy/text_encoder"
+    toy.text_encoder.config.transformers_version = "9.99.0"
+    assert toy_fingerprint(toy) == toy_fingerprint(load_toy_components("toy"))
+    assert toy_fingerprint(toy, legacy=True) != toy_fingerprint(load_toy_components("toy"), legacy=True)

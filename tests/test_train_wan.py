@@ -92,8 +92,8 @@ def test_exactly_the_intended_parameters_change(run_dir, tiny_wan_dir):
     assert any(not torch.equal(first[k], motion[k]) for k in motion)
 
 
-def test_resume_equals_uninterrupted(run_dir, tmp_path):
-    # Copy the finished run, throw away everything after stage 1 step 2 (as if killed there), resume.
+def _killed_at_stage1_step2(run_dir, tmp_path):
+    """A copy of the finished run without anything after stage 1 step 2 (as if killed there)."""
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     for p in (copy / "checkpoints").iterdir():
@@ -101,9 +101,43 @@ def test_resume_equals_uninterrupted(run_dir, tmp_path):
             shutil.rmtree(p)
     for f in copy.glob("*.safetensors"):
         f.unlink()
+    return copy
+
+
+def test_resume_equals_uninterrupted(run_dir, tmp_path):
+    copy = _killed_at_stage1_step2(run_dir, tmp_path)
     train(None, copy, resume=True, progress=False, log=lambda s: None)  # type: ignore[arg-type]
     a, b = load_file(str(run_dir / "setseq.safetensors")), load_file(str(copy / "setseq.safetensors"))
     assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_accepts_the_cache_key_of_a_run_started_before_stable_fingerprints(run_dir, tmp_path):
+    """A run started before 2026-12-02 recorded its cache key over the legacy fingerprint (the text encoder's
+    folder path, transformers version and load dtype counted) with the model folder's path among the fields:
+    `--resume` accepts that key (with a note) and still refuses any other."""
+    import json
+
+    from setseq.backbones.registry import load_backbone
+    from setseq.errors import SetseqError
+    from setseq.train.encode import legacy_run_key
+
+    copy = _killed_at_stage1_step2(run_dir, tmp_path)
+    state = copy / "checkpoints" / "stage1-000002" / "state.json"
+    cfg = resolve_config(copy / "config.yaml")
+    bb = load_backbone("wan", cfg.model.path)
+    legacy = legacy_run_key(cfg, bb)
+    recorded = json.loads(state.read_text())
+    assert legacy is not None and legacy != recorded["cache_key"]
+    state.write_text(json.dumps({**recorded, "cache_key": "0123456789abcdef0123"}))
+    with pytest.raises(SetseqError, match="changed since"):
+        train(None, copy, resume=True, progress=False, log=lambda s: None)  # type: ignore[arg-type]
+    state.write_text(json.dumps({**recorded, "cache_key": legacy}))
+    lines: list[str] = []
+    train(None, copy, resume=True, progress=False, log=lines.append)  # type: ignore[arg-type]
+    assert any("cache key is in the form from before 2026-12-02" in line for line in lines)
+    a, b = load_file(str(run_dir / "setseq.safetensors")), load_file(str(copy / "setseq.safetensors"))
     for k in a:
         assert torch.equal(a[k], b[k]), k
 

@@ -36,6 +36,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from setseq.backbones.base import BackboneInfo
 from setseq.backbones.wan import EXPERTS  # module-name prefixes of a two-expert LoRA (Wan 2.2 A14B)
 from setseq.errors import SetseqError
 from setseq.io import atomic_path
@@ -241,10 +242,9 @@ def _check_tensors(path: Path, lora: SetseqLora) -> None:
                 )
 
 
-def check_compatible(
-    lora: SetseqLora, backbone_name: str, fingerprint: str, path: str | Path = "the LoRA"
-) -> list[str]:
-    """Refuse a LoRA made for another backbone; returns warnings (same family, other config)."""
+def check_compatible(lora: SetseqLora, info: BackboneInfo, path: str | Path = "the LoRA") -> list[str]:
+    """Refuse a LoRA made for another backbone than `info`'s; returns warnings (same family, other config)."""
+    backbone_name = info.name
     if lora.meta.get("backbone") != backbone_name:
         raise SetseqError(
             f"{path} was trained for the '{lora.meta.get('backbone')}' backbone ({lora.meta.get('model_id', '?')}), "
@@ -252,9 +252,9 @@ def check_compatible(
             f"generate with --model {lora.meta.get('model_id', '<its model>')}, or use a LoRA trained on this model",
         )
     warnings = []
-    if lora.meta.get("fingerprint") not in (None, fingerprint):
+    if not info.accepts(lora.meta.get("fingerprint")):
         warnings.append(
-            f"{path} was trained on a model with another configuration (fingerprint {lora.meta.get('fingerprint')} vs {fingerprint}); "
+            f"{path} was trained on a model with another configuration (fingerprint {lora.meta.get('fingerprint')} vs {info.fingerprint}); "
             "shapes are checked, results may differ"
         )
     return warnings

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -41,6 +43,40 @@ class BackboneInfo:
     # carry LoRA by default: every linear of self-attention, cross-attention and FFN in the DiT blocks.
     lora_targets: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict)
+    # The same model's fingerprint as setseq computed it before 2026-12-02, over its configs as loaded (the
+    # text encoder's folder path, transformers version and load dtype included): accepted in LoRA files and
+    # resumed runs written then (`accepts`).
+    legacy_fingerprint: str | None = None
+
+    def accepts(self, fingerprint: str | None) -> bool:
+        """Whether a LoRA's or cache's recorded fingerprint is this model's (None: not recorded)."""
+        return fingerprint in (None, self.fingerprint, self.legacy_fingerprint)
+
+
+# Keys of a saved config that say how it was loaded, not what the model is (with every private key, such as
+# `_name_or_path`, the folder it was read from).
+_LOAD_KEYS = ("transformers_version", "dtype", "torch_dtype")
+
+
+def architecture(config: Any) -> Any:
+    """A config (a dict, possibly nested) without what says where, by which library version or in which dtype
+    it was loaded: private keys (`_name_or_path`, `_class_name`, `_diffusers_version`, ...), `transformers_version`,
+    `dtype` / `torch_dtype`. What a fingerprint hashes, so that a moved model folder, a library upgrade or
+    another `model.dtype` keep it."""
+    if isinstance(config, dict):
+        return {
+            k: architecture(v)
+            for k, v in config.items()
+            if not str(k).startswith("_") and k not in _LOAD_KEYS
+        }
+    if isinstance(config, (list, tuple)):
+        return [architecture(v) for v in config]
+    return config
+
+
+def config_hash(obj: Any, digits: int) -> str:
+    """`digits` hex digits of the SHA-256 of `obj` as canonical JSON."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:digits]
 
 
 @runtime_checkable

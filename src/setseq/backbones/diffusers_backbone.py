@@ -20,22 +20,27 @@ A family file (`wan.py`, `cogvideox.py`, `ltx.py`, `hunyuan.py`) holds only what
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from setseq.backbones.base import BackboneInfo, check_image_input, load_diffusers_pipeline
+from setseq.backbones.base import (
+    BackboneInfo,
+    architecture,
+    check_image_input,
+    config_hash,
+    load_diffusers_pipeline,
+)
 from setseq.errors import SetseqError
 from setseq.functional import flow_matching as fm
 from setseq.prompts import ImageCondition, PromptEmbeds
 
 
-def fingerprint(configs: list[dict]) -> str:
-    """Architecture identity: a hash of the component configs (LoRA compatibility, part of cache keys)."""
-    return hashlib.sha256(json.dumps(configs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def fingerprint(configs: list[dict], legacy: bool = False) -> str:
+    """Architecture identity: a hash of the component configs (LoRA compatibility, part of cache keys), less
+    how they were loaded (`architecture`); `legacy`: as computed before 2026-12-02, over the configs as loaded."""
+    return config_hash(configs if legacy else architecture(configs), 16)
 
 
 def plain_config(cfg) -> dict:
@@ -75,8 +80,9 @@ class DiffusersBackbone:
         self.info = BackboneInfo(
             name=self.name,
             model_id=model_id,
-            fingerprint=fingerprint(self.fingerprint_configs()),
+            fingerprint=fingerprint(configs := self.fingerprint_configs()),
             supports_self_conditioning=False,
+            legacy_fingerprint=fingerprint(configs, legacy=True),
             **fields,
         )
 

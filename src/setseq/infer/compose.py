@@ -90,7 +90,7 @@ def load_composition(
         log=log,
     )
     for r, lora in zip(runs, loras):
-        for w in check_compatible(lora, base.backbone.info.name, base.backbone.info.fingerprint, r):
+        for w in check_compatible(lora, base.backbone.info, r):
             log(f"warning: {w}")
     n = add_weighted_sum(base.backbone.transformer, loras, weights)
     log(f"compose: weighted sum of {len(loras)} runs (weights {weights}) merged into {n} modules")

@@ -110,7 +110,7 @@ class Personalized:
         dtype = pick_dtype(dtype, lora.meta if lora is not None else {}, name, dev)
         bb = load_backbone_swapped(name, path, dev, DTYPES[dtype], block_swap)
         fingerprint = lora.meta.get("fingerprint") if lora is not None else None
-        if bb.info.name == "toy" and fingerprint not in (None, bb.info.fingerprint):
+        if bb.info.name == "toy" and not bb.info.accepts(fingerprint):
             # a run from before the default toy model changed: name (or, unasked, load) the one it was trained on
             other = shipped_toy_with_fingerprint(str(fingerprint), skip=path)
             if other and not model:
@@ -124,7 +124,7 @@ class Personalized:
                     f"warning: {run} was trained on the shipped '{other}' model: generate with --model {other}"
                 )
         if lora is not None:
-            for w in check_compatible(lora, bb.info.name, bb.info.fingerprint, run or "the LoRA"):
+            for w in check_compatible(lora, bb.info, run or "the LoRA"):
                 log(f"warning: {w}")
             # learned token embeddings (concept.train_embedding / method=textual_inversion) beside the LoRA
             folder = Path(run) if Path(run).is_dir() else Path(run).parent  # type: ignore[arg-type]

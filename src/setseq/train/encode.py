@@ -53,20 +53,37 @@ def encode_all(
     cfg: RunConfig, bb: Backbone, cache: Path, log: Callable[[str], None]
 ) -> tuple[EncodedConcept, list[EncodedConcept], list[EncodedConcept], str]:
     """The encoded concept(s) of `cfg` (through the cache): (first, all, stitched pairs, cache key)."""
-    data, key = encode_concept(concept_config(cfg, 0) if cfg.multi.concepts else cfg, bb, cache, log)
-    concepts, stitched = [data], []
-    n_concepts = len(cfg.concepts())
-    if n_concepts > 1:  # multi-concept: every concept, and the stitched neighbours (i, i+1)
-        keys = [key]
-        for i in range(1, n_concepts):
-            enc, k = encode_concept(concept_config(cfg, i), bb, cache, log)
-            concepts.append(enc)
-            keys.append(k)
-        if cfg.multi.stitch_rate > 0:
-            pairs = [(i, (i + 1) % n_concepts) for i in range(n_concepts if n_concepts > 2 else 1)]
-            stitched = [encode_stitched(cfg, bb, pair, cache, log) for pair in pairs]
-        key = cache_key({"concepts": keys})[1]
-    return data, concepts, stitched, key
+    concepts, keys = [], []
+    for one in _concept_configs(cfg):  # multi-concept: every concept, and the stitched neighbours (i, i+1)
+        enc, k = encode_concept(one, bb, cache, log)
+        concepts.append(enc)
+        keys.append(k)
+    n_concepts, stitched = len(concepts), []
+    if n_concepts > 1 and cfg.multi.stitch_rate > 0:
+        pairs = [(i, (i + 1) % n_concepts) for i in range(n_concepts if n_concepts > 2 else 1)]
+        stitched = [encode_stitched(cfg, bb, pair, cache, log) for pair in pairs]
+    return concepts[0], concepts, stitched, _run_key(keys)
+
+
+def legacy_run_key(cfg: RunConfig, bb: Backbone) -> str | None:
+    """The run's cache key as setseq computed it before 2026-12-02 (over the legacy fingerprint, with the model
+    folder's path among the fields), recorded in the checkpoints of a run started then: `--resume` accepts it.
+    Nothing is encoded (the video files are hashed again)."""
+    if bb.info.legacy_fingerprint is None:
+        return None
+    return _run_key([_concept_key(one, bb, legacy=True)[1] for one in _concept_configs(cfg)])
+
+
+def _concept_configs(cfg: RunConfig) -> list[RunConfig]:
+    """The single-concept config of each concept of `cfg` (itself when it has one)."""
+    if not cfg.multi.concepts:
+        return [cfg]
+    return [concept_config(cfg, i) for i in range(len(cfg.concepts()))]
+
+
+def _run_key(keys: list[str]) -> str:
+    """A run's cache key from its concepts' keys."""
+    return keys[0] if len(keys) == 1 else cache_key({"concepts": keys})[1]
 
 
 def encode_concept(
@@ -81,15 +98,7 @@ def encode_concept(
     if not video.is_file():
         raise SetseqError(f"video {video} does not exist", "check the --video path")
     frames, h, w = check_shapes(cfg, bb)
-    canon, short = cache_key(
-        {
-            **_sampling_key(cfg, bb, (frames, h, w), cfg.concept.t_static, cfg.concept.t_motion),
-            "backbone": bb.info.name,
-            "model": bb.info.model_id,
-            "video_sha256": file_sha256(video),
-            **_mask_key(cfg),  # nothing without a mask: caches made before masks existed keep their key
-        }
-    )
+    canon, short = _concept_key(cfg, bb)
     path = cache_dir / f"{short}.safetensors"
     pool = list(cfg.data.swap_backgrounds)
     cached = load_cache(path, canon, short, pool)
@@ -107,6 +116,19 @@ def encode_concept(
     save_cache(path, enc, canon, pool)
     log(f"cache: wrote {path} (frames {tuple(enc.set_latents.shape)}, clip {tuple(enc.clip_latents.shape)})")
     return enc, short
+
+
+def _concept_key(cfg: RunConfig, bb: Backbone, legacy: bool = False) -> tuple[str, str]:
+    """The cache key of one concept's encoding (canonical JSON, short hash); `legacy`: as before 2026-12-02."""
+    fields = {
+        **_sampling_key(cfg, bb, check_shapes(cfg, bb), cfg.concept.t_static, cfg.concept.t_motion, legacy),
+        "backbone": bb.info.name,
+        "video_sha256": file_sha256(Path(cfg.data.video)),
+        **_mask_key(cfg),  # nothing without a mask: caches made before masks existed keep their key
+    }
+    if legacy:  # the model folder's path: a moved folder made another key
+        fields["model"] = bb.info.model_id
+    return cache_key(fields)
 
 
 def concept_config(cfg: RunConfig, index: int) -> RunConfig:
@@ -148,12 +170,17 @@ def encode_stitched(
 
 
 def _sampling_key(
-    cfg: RunConfig, bb: Backbone, shape: tuple[int, int, int], t_static: str, t_motion: str
+    cfg: RunConfig,
+    bb: Backbone,
+    shape: tuple[int, int, int],
+    t_static: str,
+    t_motion: str,
+    legacy: bool = False,
 ) -> dict[str, Any]:
     """The cache-key fields every encoding shares: the model, how the video is sampled, and the prompts."""
     frames, h, w = shape
     return {
-        "fingerprint": bb.info.fingerprint,
+        "fingerprint": bb.info.legacy_fingerprint if legacy else bb.info.fingerprint,
         "weights": weights_stamp(bb.info.model_id),
         "size": [h, w],
         "frames": frames,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from setseq.config import RunConfig
 from setseq.train.distributed import describe_engine, parallelize
-from setseq.train.encode import check_shapes, encode_all
+from setseq.train.encode import check_shapes, encode_all, legacy_run_key
 from setseq.train.loop import StageContext
 from setseq.train.memory_plan import check_memory, token_summary
 from setseq.train.methods import effective_config
@@ -66,7 +66,7 @@ def train(
     with run.removed_on_failure(), procs.main_first():  # process 0 encodes; the others read its cache
         data, concepts, stitched, key = encode_all(cfg, bb, cache, log)
     run.write_config(user_cfg)
-    run.check_cache_key(key)
+    run.check_cache_key(key, lambda: legacy_run_key(cfg, bb))
     # Where FSDP2 holds the DiT (sharded, or offloaded to the host), its videos are generated through it.
     sharded = (cfg.model.fsdp and procs.world > 1) or cfg.model.fsdp_offload
     prior = None if sharded else base_model_prior(cfg, bb, shape, cache, log, progress, procs)

@@ -61,10 +61,16 @@ class RunFolder:
         if not self.resumed and self.procs.is_main:
             write_text(self.path / "config.yaml", cfg.to_yaml())
 
-    def check_cache_key(self, key: str) -> None:
-        """A resumed run must see the same inputs as when it started."""
+    def check_cache_key(self, key: str, legacy: Callable[[], str | None] = lambda: None) -> None:
+        """A resumed run must see the same inputs as when it started. `legacy`: the key as computed before
+        2026-12-02 (`encode.legacy_run_key`), which a run started then recorded."""
         was = None if self.checkpoint is None else self.checkpoint.state.get("cache_key")
-        if was not in (None, key):
+        if was not in (None, key) and was == legacy():
+            self.log(
+                "note: the checkpoint's cache key is in the form from before 2026-12-02 (the model folder's path "
+                "and the text encoder's load details counted); same inputs, resuming"
+            )
+        elif was not in (None, key):
             raise SetseqError(
                 f"the video, model or prompts changed since {self.path} started (cache key {key} vs {was})",
                 "start a new run with --init-lora instead of --resume",
@@ -284,7 +290,7 @@ def attach_lora(
         L.load_state(model, ck.lora(), parts=("identity", "motion") if ck.stage == 2 else ("identity",))
     elif init_lora is not None:
         src = load_setseq(init_lora)
-        for w_ in check_compatible(src, bb.info.name, bb.info.fingerprint, init_lora):
+        for w_ in check_compatible(src, bb.info, init_lora):
             log(f"warning: {w_}")
         L.load_state(
             model,

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from setseq.backbones.base import architecture, config_hash
 from setseq.backbones.toy.config import (
     DEFAULT_TOY_CONFIG,
     TOY_FORMAT_VERSION,
@@ -236,20 +237,18 @@ def load_toy_components(model_id: str = "toy") -> ToyComponents:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def toy_fingerprint(components: ToyComponents) -> str:
-    """12 hex digits over every config and the vocabulary (the transformer weights enter by `weights_sha`)."""
-    blob = json.dumps(
-        {
-            "toy": components.config,
-            "transformer": dict(components.transformer.config),
-            "text_encoder": components.text_encoder.config.to_dict(),
-            "vae": dict(components.vae.config) if components.vae is not None else None,
-            "vocab": sorted(components.tokenizer.get_vocab().items()),
-        },
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+def toy_fingerprint(components: ToyComponents, legacy: bool = False) -> str:
+    """12 hex digits over every config and the vocabulary (the transformer weights enter by `weights_sha`), less
+    how the configs were loaded (`architecture`: the folder, library version, dtype); `legacy`: as computed
+    before 2026-12-02, when they counted (so the same model had another fingerprint in every install)."""
+    configs = {
+        "toy": components.config,
+        "transformer": dict(components.transformer.config),
+        "text_encoder": components.text_encoder.config.to_dict(),
+        "vae": dict(components.vae.config) if components.vae is not None else None,
+    }
+    vocab = sorted(components.tokenizer.get_vocab().items())
+    return config_hash({**(configs if legacy else architecture(configs)), "vocab": vocab}, 12)
 
 
 def shipped_toy_with_fingerprint(fingerprint: str | None, skip: str | None = None) -> str | None:
@@ -261,7 +260,8 @@ def shipped_toy_with_fingerprint(fingerprint: str | None, skip: str | None = Non
         if name == skip:
             continue
         try:
-            if toy_fingerprint(load_toy_components(name)) == fingerprint:
+            components = load_toy_components(name)
+            if fingerprint in (toy_fingerprint(components), toy_fingerprint(components, legacy=True)):
                 return name
         except SetseqError:  # a shipped model missing from this install: nothing to name
             continue

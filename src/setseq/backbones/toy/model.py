@@ -70,6 +70,7 @@ class ToyBackbone:
             name="toy",
             model_id=str(model_id),
             fingerprint=toy_fingerprint(components),
+            legacy_fingerprint=toy_fingerprint(components, legacy=True),
             height=int(cfg["height"]),
             width=int(cfg["width"]),
             frames=int(cfg["frames"]),
