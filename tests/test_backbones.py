@@ -385,3 +385,30 @@ def test_fingerprint_is_the_models_not_where_or_how_it_was_loaded(tiny_wan_dir, 
     toy.text_encoder.config.transformers_version = "9.99.0"
     assert toy_fingerprint(toy) == toy_fingerprint(load_toy_components("toy"))
     assert toy_fingerprint(toy, legacy=True) != toy_fingerprint(load_toy_components("toy"), legacy=True)
+
+
+@pytest.mark.parametrize(
+    "family,builder",
+    [
+        ("wan", "build_tiny_wan22_ti2v"),
+        ("wan", "build_tiny_wan_i2v"),
+        ("cogvideox", "build_tiny_cogvideox"),
+        ("ltx", "build_tiny_ltx"),
+        ("hunyuan", "build_tiny_hunyuan"),
+        ("ltx2", "build_tiny_ltx2"),
+        ("hunyuan15", "build_tiny_hunyuan15"),
+    ],
+)
+def test_every_family_loads_with_its_dit_on_the_meta_device(family, builder, tmp_path):
+    """`dit_on_meta` (the processes other than 0 under model.fsdp): every family's backbone is built around a
+    DiT whose parameters are on the meta device (its weights unread), with the fingerprint of the real one."""
+    from setseq import testing
+    from setseq.backbones.base import dit_on_meta
+
+    folder = getattr(testing, builder)(tmp_path / "m")
+    real = load_backbone(family, str(folder))
+    with dit_on_meta():
+        empty = load_backbone(family, str(folder))
+    assert {p.device.type for p in empty.transformer.parameters()} == {"meta"}
+    assert {p.device.type for p in real.transformer.parameters()} == {"cpu"}
+    assert empty.info.fingerprint == real.info.fingerprint
