@@ -142,6 +142,32 @@ def test_resume_accepts_the_cache_key_of_a_run_started_before_stable_fingerprint
         assert torch.equal(a[k], b[k]), k
 
 
+def test_resume_after_the_model_folder_moved(run_dir, tiny_wan_dir, tmp_path):
+    """A moved model folder: `--resume` says where to give its new place (the run's config.yaml), and with
+    that set resumes the run to the uninterrupted result (the fingerprint and the cache key do not see the
+    folder's path)."""
+    import yaml
+
+    from setseq.errors import SetseqError
+
+    copy = _killed_at_stage1_step2(run_dir, tmp_path)
+    moved = tmp_path / "moved-model"
+    shutil.copytree(tiny_wan_dir, moved, copy_function=shutil.copy2)  # as `mv` would: times kept
+    conf = copy / "config.yaml"
+    data = yaml.safe_load(conf.read_text())
+    data["model"]["path"] = str(tmp_path / "gone")
+    conf.write_text(yaml.safe_dump(data))
+    with pytest.raises(SetseqError, match="no longer exists") as err:
+        train(None, copy, resume=True, progress=False, log=lambda s: None)  # type: ignore[arg-type]
+    assert "config.yaml" in str(err.value)
+    data["model"]["path"] = str(moved)
+    conf.write_text(yaml.safe_dump(data))
+    train(None, copy, resume=True, progress=False, log=lambda s: None)  # type: ignore[arg-type]
+    a, b = load_file(str(run_dir / "setseq.safetensors")), load_file(str(copy / "setseq.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 def test_resume_skips_corrupt_latest(run_dir, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)

@@ -87,6 +87,12 @@ def open_run(cfg: RunConfig, out: Path, resume: bool, log: Callable[[str], None]
                 "pass the --out folder of an earlier run to --resume",
             )
         cfg = resolve_config(out / "config.yaml")
+        where = Path(cfg.model.path).expanduser()
+        if (where.is_absolute() or cfg.model.path.startswith((".", "~"))) and not where.exists():
+            raise SetseqError(
+                f"the model folder {cfg.model.path} of {out} no longer exists",
+                f"if it moved, set model.path to its new place in {out / 'config.yaml'} and resume again",
+            )
     check_mask(cfg)  # a subject mask missing, or unusable, is refused before anything is loaded or written
     procs = init_processes(cfg.model.device)
     if not procs.is_main:
