@@ -9,7 +9,8 @@ import os
 import pytest
 import torch
 
-from setseq.bench import COLUMNS, checks, load_suite, paired, summarize, table
+from setseq.bench import load_suite
+from setseq.bench_tables import COLUMNS, checks, paired, summarize, table
 from setseq.cli import main
 from setseq.config import METHODS
 from setseq.errors import SetseqError

@@ -28,19 +28,20 @@ from typing import Any
 
 import numpy as np
 
+from setseq.bench_tables import (
+    COLUMNS,
+    EDIT_COLUMNS,
+    checks,
+    paired,
+    summarize,
+    summarize_kinds,
+    write_markdown,
+)
 from setseq.errors import SetseqError
-from setseq.io import atomic_path, write_json
+from setseq.io import write_json
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_SUITE = ASSETS / "concepts" / "concepts.json"
-#: Scores of the reproduction (the concept re-generated from its own prompt) ...
-REPRO_COLUMNS = ("mse", "appearance", "tc", "motion")
-#: ... and of its edit suite: adherence, identity (appearance on the edits), the share of edits that kept the
-#: concept (and its colour alone), that succeeded (followed and kept), and the motion on the edits that keep it
-#: (`setseq.eval.edits`).
-EDIT_COLUMNS = ("edit", "edit_id", "kept", "colour_kept", "success", "edit_motion")
-COLUMNS = REPRO_COLUMNS + EDIT_COLUMNS
-HIGHER_IS_BETTER = {c: c != "mse" for c in COLUMNS}
 
 
 @dataclass
@@ -207,131 +208,6 @@ def _score(run_dir: Path, concept: Concept, model: str, gen_steps: int | None, o
     }
 
 
-def summarize(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
-    """{method: {column: {"mean", "std", "n"}}} over every (concept, seed) row of each method."""
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for method in dict.fromkeys(r["method"] for r in rows):
-        mine = [r for r in rows if r["method"] == method]
-        out[method] = {}
-        for c in COLUMNS:
-            vals = np.array([r.get(c, np.nan) for r in mine], dtype=float)  # a record from before a column
-            vals = vals[np.isfinite(vals)]
-            out[method][c] = {
-                "mean": float(vals.mean()) if vals.size else float("nan"),
-                "std": float(vals.std()) if vals.size else float("nan"),
-                "n": int(vals.size),
-            }
-    return out
-
-
-def summarize_kinds(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
-    """{method: {edit kind: {"followed", "kept", "success"}}}: the share of each kind's edits, over every run."""
-    from setseq.eval.edits import EDIT_KINDS
-
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for method in dict.fromkeys(r["method"] for r in rows):
-        mine = [r for r in rows if r["method"] == method and isinstance(r.get("kinds"), dict)]
-        out[method] = {
-            kind: {
-                k: float(np.mean([r["kinds"][kind][k] for r in mine if kind in r["kinds"]]))
-                for k in ("followed", "kept", "success")
-            }
-            for kind in EDIT_KINDS
-            if any(kind in r["kinds"] for r in mine)
-        }
-    return out
-
-
-def kinds_table(kinds: dict[str, dict[str, dict[str, float]]]) -> str:
-    """Per method and edit kind: followed / kept / success, as percentages."""
-    from setseq.eval.edits import EDIT_KINDS
-
-    lines = ["| method | " + " | ".join(EDIT_KINDS) + " |", "|" + "---|" * (len(EDIT_KINDS) + 1)]
-    for method, by_kind in kinds.items():
-        cells = [
-            "/".join(f"{100 * by_kind[k][x]:.0f}" for x in ("followed", "kept", "success"))
-            if k in by_kind
-            else "-"
-            for k in EDIT_KINDS
-        ]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def checks(summary: dict) -> list[tuple[str, bool | None]]:
-    """The issue's claims, checked (not forced): None where a method needed for a check was not run."""
-    res: list[tuple[str, bool | None]] = []
-    s, db = summary.get("setseq"), summary.get("dreambooth")
-    if s and db:
-        # The paper's trade-off, on the same edited videos: identity kept close to DreamBooth-LoRA's while
-        # more edits succeed (followed and kept); the reproduction must not pay for it.
-        ok = s["edit_id"]["mean"] >= 0.95 * db["edit_id"]["mean"]
-        res.append(("setseq identity on edits within 5% of dreambooth's (or above)", ok))
-        res.append(("setseq edit success > dreambooth's", s["success"]["mean"] > db["success"]["mean"]))
-        ok = s["appearance"]["mean"] >= 0.95 * db["appearance"]["mean"]
-        res.append(("setseq appearance of the reproduction within 5% of dreambooth's (or above)", ok))
-    if s:
-        # The targets of issue #22 (measured, not forced): most edits keep the concept and follow the edit.
-        res.append(("setseq keeps the concept in >= 80% of edits", s["kept"]["mean"] >= 0.8))
-        res.append(("setseq follows >= 80% of edits (adherence)", s["edit"]["mean"] >= 0.8))
-        res.append(("setseq edit success >= 70%", s["success"]["mean"] >= 0.7))
-        if db:
-            gap = s["success"]["mean"] - db["success"]["mean"]
-            res.append(("setseq edit success >= dreambooth's + 15 points", gap >= 0.15))
-    # Every baseline trained in one stage (textual inversion too: one stage, the clip, no LoRA).
-    one_stage = [m for m in ("dreambooth", "lora1", "dreammix", "textual_inversion") if m in summary]
-    if s and one_stage:
-        best = max(summary[m]["motion"]["mean"] for m in one_stage)
-        res.append(
-            (
-                f"setseq motion fidelity > every one-stage baseline's ({', '.join(one_stage)})",
-                s["motion"]["mean"] > best,
-            )
-        )
-    return res
-
-
-def paired(rows: list[dict], method: str, baseline: str) -> dict[str, tuple[int, int, int]]:
-    """{column: (wins, ties, losses)} of `method` against `baseline` over the (concept, seed) runs both have,
-    "win" meaning better in the column's direction: the spread behind two means."""
-    mine = {(r["concept"], r["seed"]): r for r in rows if r["method"] == method}
-    theirs = {(r["concept"], r["seed"]): r for r in rows if r["method"] == baseline}
-    out: dict[str, tuple[int, int, int]] = {}
-    for c in COLUMNS:
-        w = t = lo = 0
-        for key in mine.keys() & theirs.keys():
-            a, b = float(mine[key].get(c, np.nan)), float(theirs[key].get(c, np.nan))
-            if not (np.isfinite(a) and np.isfinite(b)):
-                continue
-            d = (a - b) if HIGHER_IS_BETTER[c] else (b - a)
-            if abs(d) < 1e-9:
-                t += 1
-            elif d > 0:
-                w += 1
-            else:
-                lo += 1
-        out[c] = (w, t, lo)
-    return out
-
-
-def table(summary: dict) -> str:
-    head = (
-        "| method | "
-        + " | ".join(f"{c} {'↓' if not HIGHER_IS_BETTER[c] else '↑'}" for c in COLUMNS)
-        + " | n |"
-    )
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
-    for method, cols in summary.items():
-        cells = [
-            f"{cols[c]['mean']:.4f} ± {cols[c]['std']:.4f}"
-            if c == "mse"
-            else f"{cols[c]['mean']:.3f} ± {cols[c]['std']:.3f}"
-            for c in COLUMNS
-        ]
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {cols[COLUMNS[0]]['n']} |")
-    return "\n".join(lines)
-
-
 @dataclass
 class _Job:
     """One (method, concept, seed) run to train (unless trained already) and score."""
@@ -423,42 +299,6 @@ def _execute(
                 # (the finished ones are on disk and reused next time), not trained before the error shows.
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
-
-
-def _write_markdown(path: Path, result: dict[str, Any], verdicts: list[tuple[str, bool]]) -> str:
-    """`bench.md`: the table, the per-kind table, the checks, and setseq against each method run by run.
-    Returns its text."""
-    methods, rows, summary, kinds = result["methods"], result["rows"], result["summary"], result["kinds"]
-    seeds, quick = result["seeds"], result["quick"]
-    n_concepts = len(result["concepts"])
-    text = [
-        f"setseq bench: {len(methods)} methods x {n_concepts} concepts x {seeds} seeds"
-        f"{' (quick)' if quick else ''}, {result['seconds']:.0f} s",
-        "",
-        table(summary),
-        "",
-        "Reproduction: mse, appearance, tc, motion. Edits (8 per concept): edit = adherence, edit_id = identity "
-        "on the edits, kept = share of edits that kept the concept (colour_kept: its colour alone), success = share "
-        "followed and kept, "
-        "edit_motion = motion on the edits that keep it.",
-        "",
-        "Per kind of edit, % followed / kept / success:",
-        "",
-        kinds_table(kinds),
-        "",
-        *(f"- {c}: {'yes' if v else 'no'}" for c, v in verdicts),
-    ]
-    if "setseq" in methods:
-        text += [
-            "",
-            "setseq against each method, run by run (wins / ties / losses over the same concept and seed):",
-        ]
-        for other in (m for m in methods if m != "setseq"):
-            pairs = paired(rows, "setseq", other)
-            text.append(f"- vs {other}: " + ", ".join(f"{c} {w}/{t}/{lo}" for c, (w, t, lo) in pairs.items()))
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(text) + "\n")
-    return "\n".join(text)
 
 
 def _check_options(methods: list[str], seeds: int, first_seed: int, jobs: int) -> None:
@@ -591,5 +431,5 @@ def run_bench(
         "seconds": round(time.perf_counter() - t0, 1),
     }
     write_json(out / "bench.json", result)
-    log(_write_markdown(out / "bench.md", result, verdicts))
+    log(write_markdown(out / "bench.md", result, verdicts))
     return result
