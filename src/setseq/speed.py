@@ -558,6 +558,35 @@ def with_lora(bb: Backbone, rank: int, fp8: bool, gradient_checkpointing: bool) 
     return spec
 
 
+def _bench_model(
+    name: str,
+    z: _Sizes,
+    rank: int,
+    fp8: bool,
+    gradient_checkpointing: bool,
+    block_swap: int,
+    fsdp_offload: bool,
+) -> tuple[Backbone, L.LoraSpec]:
+    """The bench's backbone with its LoRA, the DiT placed as asked: on the device, block-swapped, or held in
+    host memory by FSDP2 (`model.fsdp_offload`)."""
+    if block_swap and fsdp_offload:
+        raise SetseqError(
+            "--block-swap and --fsdp-offload are two ways to keep the DiT in host memory",
+            "time them in two runs",
+        )
+    bb = build_backbone(name, z.device, z.dtype, z.layers, block_swap, dit_on_host=fsdp_offload)
+    spec = with_lora(bb, rank, fp8, gradient_checkpointing)
+    if fsdp_offload:
+        from setseq.config import ModelConfig
+        from setseq.train.distributed import SINGLE, parallelize
+
+        family = shape_config(name, z.layers)[0].family
+        parallelize(
+            bb.transformer, SINGLE, ModelConfig(family, name, device=str(z.device), fsdp_offload=True)
+        )
+    return bb, spec
+
+
 def run_shape_bench(
     name: str,
     *,
@@ -584,30 +613,15 @@ def run_shape_bench(
     alternative to `block_swap`. `procs`: instead, in that many launched processes, each reporting its own
     (`setseq.speed_procs`), the DiT sharded by FSDP2, or replicated when `replicate`."""
     from setseq.memory import tokens_per_sample
-    from setseq.runtime import visible_gpus
 
     z = _sizes(device, dtype, frames, size, layers)
     if procs is not None:
-        if procs < 1:
-            raise SetseqError(
-                f"--procs {procs}: the bench needs at least one process", "use --procs 1 or more"
-            )
-        if z.device.type == "cuda" and procs > visible_gpus():
-            raise SetseqError(
-                f"--procs {procs} but {visible_gpus()} GPU(s) are visible (one process per GPU)",
-                f"use --procs {visible_gpus()} or fewer, or --device cpu",
-            )
-        if block_swap or fsdp_offload:
-            flag = "--block-swap" if block_swap else "--fsdp-offload"
-            raise SetseqError(
-                f"--procs times the DiT sharded or replicated across processes, which is not combined with {flag}",
-                f"drop {flag}, or --procs",
-            )
         from setseq.speed_procs import run_in_processes
 
         return run_in_processes(
             name, procs, z, rank=rank, stage1_batch=stage1_batch, stage2_batch=stage2_batch, steps=steps,
             warmup=warmup, gradient_checkpointing=gradient_checkpointing, fp8=fp8, replicate=replicate, log=log,
+            host_flag="--block-swap" if block_swap else "--fsdp-offload" if fsdp_offload else None,
         )  # fmt: skip
     dev, dt, height, width = z.device, z.dtype, z.height, z.width
     shape, _ = shape_config(name, z.layers)
@@ -616,20 +630,7 @@ def run_shape_bench(
         f"{name}: {shape.note}, {full / 1e9:.2f}B parameters"
         + (f"; built with {z.layers} layers" if z.layers else "")
     )
-    if block_swap and fsdp_offload:
-        raise SetseqError(
-            "--block-swap and --fsdp-offload are two ways to keep the DiT in host memory",
-            "time them in two runs",
-        )
-    bb = build_backbone(name, dev, dt, z.layers, block_swap, dit_on_host=fsdp_offload)
-    spec = with_lora(bb, rank, fp8, gradient_checkpointing)
-    if fsdp_offload:
-        from setseq.config import ModelConfig
-        from setseq.train.distributed import SINGLE, parallelize
-
-        parallelize(
-            bb.transformer, SINGLE, ModelConfig(shape.family, name, device=str(dev), fsdp_offload=True)
-        )
+    bb, spec = _bench_model(name, z, rank, fp8, gradient_checkpointing, block_swap, fsdp_offload)
     peak = matmul_peak(dev, dt)
     log(
         f"device {dev}{' (' + torch.cuda.get_device_name(dev) + ')' if dev.type == 'cuda' else ''}, {dt}, "

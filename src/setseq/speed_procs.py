@@ -70,6 +70,7 @@ def run_in_processes(
     fp8: bool = False,
     replicate: bool = False,
     log: Callable[[str], None] = print,
+    host_flag: str | None = None,
 ) -> list[ProcessStep]:
     """Time the rows of `setseq.speed.run_shape_bench` in each of `procs` launched processes; prints a row per
     process. CUDA: the allocator's peak; CPU: the peak resident memory over the timed steps
@@ -77,9 +78,24 @@ def run_in_processes(
     split between the processes, and glibc's malloc returns every freed block over 128 KiB to the system at
     once (a fixed `MALLOC_MMAP_THRESHOLD_`; by default it keeps up to 32 MiB blocks for reuse), so that
     resident memory follows the live tensors: else the blocks FSDP2 gathers and frees stay resident after
-    each step."""
+    each step. `host_flag`: the bench flag given that keeps the DiT in host memory, refused here.
+
+    Refused: fewer than one process, more processes than GPUs, and `host_flag`."""
+    from setseq.runtime import visible_gpus
     from setseq.speed import shape_config
 
+    if procs < 1:
+        raise SetseqError(f"--procs {procs}: the bench needs at least one process", "use --procs 1 or more")
+    if z.device.type == "cuda" and procs > visible_gpus():
+        raise SetseqError(
+            f"--procs {procs} but {visible_gpus()} GPU(s) are visible (one process per GPU)",
+            f"use --procs {visible_gpus()} or fewer, or --device cpu",
+        )
+    if host_flag:
+        raise SetseqError(
+            f"--procs times the DiT sharded or replicated across processes, which is not combined with {host_flag}",
+            f"drop {host_flag}, or --procs",
+        )
     shape, _ = shape_config(name, z.layers)
     settings = dict(
         name=name, device=str(z.device), dtype=str(z.dtype).removeprefix("torch."), frames=z.frames,
