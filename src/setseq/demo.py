@@ -144,27 +144,16 @@ def run_demo(
     from setseq.config import resolve_config
     from setseq.data.synthetic import CONCEPTS
     from setseq.data.video import from_tensor, load_clip, write_video
-    from setseq.eval import toy_metrics as M
-    from setseq.eval.metrics import mse
     from setseq.infer.generate import GenerateOptions, Personalized
     from setseq.train.run import train
 
     t0 = time.perf_counter()
-    index = (
-        json.loads((CONCEPT_DIR / "concepts.json").read_text())
-        if (CONCEPT_DIR / "concepts.json").is_file()
-        else {}
-    )
-    name = concept or (DEFAULT_CONCEPT if DEFAULT_CONCEPT in index else next(iter(index), None))
-    if name not in index or name not in CONCEPTS:
-        raise SetseqError(
-            f"unknown demo concept {name!r}", f"use one of: {', '.join(index) or '(none shipped)'}"
-        )
+    name, entry = _shipped_concept(concept)
     spec = CONCEPTS[name]
-    video = CONCEPT_DIR / index[name]["file"]
-    shape = index[name]["shape"]
+    video = CONCEPT_DIR / entry["file"]
+    shape = entry["shape"]
     _prepare_out(out)
-    log(f"demo: concept '{name}' ({index[name]['caption']}), video {video}")
+    log(f"demo: concept '{name}' ({entry['caption']}), video {video}")
 
     # 1-2. Personalize: stage 1 (frames) and stage 2 (clip).
     overrides = [f"concept.class_word={shape}", f"model.path={model}"]
@@ -186,9 +175,9 @@ def run_demo(
     personalized = Personalized.load(run_dir, log=log)
     base = Personalized.load(None, model=model, backbone="toy", log=log)
     steps = 4 if quick else None
-    results: dict[str, Any] = {"concept": name, "caption": index[name]["caption"], "quick": quick}
+    results: dict[str, Any] = {"concept": name, "caption": entry["caption"], "quick": quick}
     rows: list[tuple[str, np.ndarray]] = [("reference", reference)]
-    plan = shots(cfg.concept.token, cfg.concept.motion_token, shape, index[name]["caption"], spec)
+    plan = shots(cfg.concept.token, cfg.concept.motion_token, shape, entry["caption"], spec)
     shape_ok = False
     edit_scores: dict[str, dict[str, Any]] = {}
     for shot in tqdm(plan, desc="generate", unit="video"):
@@ -198,37 +187,12 @@ def run_demo(
         )
         frames = from_tensor(pm.generate(shot.prompt, opts))
         write_video(out / f"{shot.name}.mp4", frames, fps=8.0)
-        motion = M.sprite_motion_fidelity(frames, reference)
-        entry = {
-            "prompt": shot.prompt,
-            "identity_scale": shot.identity_scale,
-            "motion_scale": shot.motion_scale,
-            "appearance_fidelity": M.appearance_fidelity(frames, reference),
-            "motion_similarity": motion["similarity"],
-            "motion_family": motion["family"],
-            "motion_family_match": bool(motion["family_match"]),
-            "mse": mse(frames, reference),
-            "temporal_consistency": M.pixel_temporal_consistency(frames),
-        }
-        label = shot.name
         if shot.name == "reproduced":  # `kept` counts the shape only where the run draws it unedited
             shape_ok = shape_reproduced(frames, spec)
-        if shot.edit is not None:
-            sc = score_edit(frames, shot.edit, reference, spec, shape_reproduced=shape_ok)
+        results[shot.name], label, sc = _score_shot(shot, frames, reference, spec, shape_ok)
+        if sc is not None and shot.edit is not None:
             edit_scores[shot.edit.name] = sc
-            entry |= {
-                "kind": sc["kind"],
-                "requested": shot.edit.requested,
-                "edit_adherence": sc["adherence"],
-                "followed": sc["followed"],
-                "kept": sc["kept"],
-                "colour_kept": sc["colour_kept"],
-                "success": sc["success"],
-                "detected": sc["detected"],
-            }
-            label = f"{shot.name[5:]} {'kept' if sc['kept'] else 'LOST'}{'' if sc['followed'] else ', not followed'}"
         rows.append((label, frames))
-        results[shot.name] = entry
     results["edits"] = summarize_edits(edit_scores)
     results["edits_order"] = list(edit_scores)
 
@@ -239,6 +203,56 @@ def run_demo(
     log(_summary(results))
     log(f"demo: wrote {out}/*.mp4, contact_sheet.png and metrics.json in {results['seconds']['total']:.0f} s")
     return results
+
+
+def _shipped_concept(concept: str | None) -> tuple[str, dict[str, str]]:
+    """The named shipped concept (default: `DEFAULT_CONCEPT`) and its entry in concepts.json."""
+    from setseq.data.synthetic import CONCEPTS
+
+    index_file = CONCEPT_DIR / "concepts.json"
+    index = json.loads(index_file.read_text()) if index_file.is_file() else {}
+    name = concept or (DEFAULT_CONCEPT if DEFAULT_CONCEPT in index else next(iter(index), None))
+    if name not in index or name not in CONCEPTS:
+        raise SetseqError(
+            f"unknown demo concept {name!r}", f"use one of: {', '.join(index) or '(none shipped)'}"
+        )
+    return name, index[name]
+
+
+def _score_shot(
+    shot: Shot, frames: np.ndarray, reference: np.ndarray, spec, shape_ok: bool
+) -> tuple[dict[str, Any], str, dict[str, Any] | None]:
+    """One shot's metrics against the reference, its contact-sheet label, and its edit score (an edit shot)."""
+    from setseq.eval import toy_metrics as M
+    from setseq.eval.metrics import mse
+
+    motion = M.sprite_motion_fidelity(frames, reference)
+    entry = {
+        "prompt": shot.prompt,
+        "identity_scale": shot.identity_scale,
+        "motion_scale": shot.motion_scale,
+        "appearance_fidelity": M.appearance_fidelity(frames, reference),
+        "motion_similarity": motion["similarity"],
+        "motion_family": motion["family"],
+        "motion_family_match": bool(motion["family_match"]),
+        "mse": mse(frames, reference),
+        "temporal_consistency": M.pixel_temporal_consistency(frames),
+    }
+    if shot.edit is None:
+        return entry, shot.name, None
+    sc = score_edit(frames, shot.edit, reference, spec, shape_reproduced=shape_ok)
+    entry |= {
+        "kind": sc["kind"],
+        "requested": shot.edit.requested,
+        "edit_adherence": sc["adherence"],
+        "followed": sc["followed"],
+        "kept": sc["kept"],
+        "colour_kept": sc["colour_kept"],
+        "success": sc["success"],
+        "detected": sc["detected"],
+    }
+    label = f"{shot.name[5:]} {'kept' if sc['kept'] else 'LOST'}{'' if sc['followed'] else ', not followed'}"
+    return entry, label, sc
 
 
 def _summary(r: dict[str, Any]) -> str:
