@@ -473,8 +473,9 @@ def test_fsdp_offload_in_one_process_matches_plain_training(tiny_wan_dir, clip_m
 
 def test_fsdp_offload_holds_the_base_weights_in_fsdp2_and_the_lora_outside(tiny_wan_dir):
     """After `parallelize` with model.fsdp_offload: every base weight of the DiT is FSDP2's (a DTensor whose
-    unit has CPUOffloadPolicy), the LoRA parameters are plain tensors FSDP2 does not manage, fp8 weights stay
-    fp8, and a forward and backward give the plain DiT's output and LoRA gradients."""
+    unit has CPUOffloadPolicy), the LoRA parameters are plain tensors FSDP2 does not manage, fp8 base weights
+    (`model.fp8`, on the attention projections here) stay fp8, and a forward and backward give the plain fp8
+    DiT's output and LoRA gradients."""
     from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule
     from torch.distributed.tensor import DTensor
 
@@ -485,7 +486,8 @@ def test_fsdp_offload_holds_the_base_weights_in_fsdp2_and_the_lora_outside(tiny_
     models = []
     for _ in range(2):
         bb = load_backbone("wan", str(tiny_wan_dir))
-        layers = L.inject(bb.transformer, L.LoraSpec(4, 4.0, "down", tuple(bb.info.lora_targets)), seed=3)
+        spec = L.LoraSpec(4, 4.0, "down", tuple(bb.info.lora_targets), fp8=True)
+        layers = L.inject(bb.transformer, spec, seed=3)
         gen = torch.Generator().manual_seed(7)
         with torch.no_grad():
             for lay in layers.values():  # up and motion start at zero: give them values
@@ -504,6 +506,8 @@ def test_fsdp_offload_holds_the_base_weights_in_fsdp2_and_the_lora_outside(tiny_
         lora = {id(p) for lay in models[1][1].values() for p in (lay.down, lay.up, lay.motion)}
         for name, p in dit.named_parameters():
             assert isinstance(p, DTensor) != (id(p) in lora), name
+        fp8 = [lay.base.weight for lay in models[1][1].values()]
+        assert fp8 and all(w.to_local().dtype == torch.float8_e4m3fn for w in fp8)
         bb0, bb1 = models[0][0], models[1][0]
         with torch.no_grad():
             prompt = bb0.encode_prompt(["a red circle moving left"])

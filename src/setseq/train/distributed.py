@@ -25,8 +25,14 @@ either), and a one-process run compared with a sharded one must route per step t
 `model.expert_routing=step` there). Each expert is an FSDP2 root of its own (its blocks the units), since
 the pipeline calls each directly when it generates.
 
+Under `model.fsdp` only process 0 reads the DiT's weights: the others build it on the meta device
+(`setseq.backbones.base.dit_on_meta`), take process 0's parameter dtypes and buffers, and once sharded
+receive their rows of its weights (`_as_process_0`, `_fill_from_process_0`), so a node holds one whole DiT in
+host memory, not one per process.
+
 Process 0 alone writes: the cache (the others wait and then read it), checkpoints, logs, samples and the
-outputs. With one process (no launcher), everything here is a no-op.
+outputs. With one process (no launcher), everything here is a no-op, except `model.fsdp_offload`: FSDP2's
+CPU offload in one process, on a one-process group (`_offload`).
 """
 
 from __future__ import annotations
@@ -200,9 +206,13 @@ def _fill_from_process_0(
                 b.data = buffers[name].to(device)
         for name, p in model.named_parameters():  # the same order on every process
             assert isinstance(p, DTensor), f"{name} is not sharded"  # fully_shard made every one a DTensor
-            full = whole[name] if procs.is_main else torch.empty(p.shape, dtype=p.dtype)
+            full = (
+                whole[name].to(device)
+                if procs.is_main
+                else torch.empty(p.shape, dtype=p.dtype, device=device)
+            )
             as_bytes = p.dtype.itemsize == 1 and p.dtype.is_floating_point
-            full = full.to(device).view(torch.uint8) if as_bytes else full.to(device)
+            full = full.view(torch.uint8) if as_bytes else full
             shard = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=0).to_local()
             p.to_local().copy_(shard.view(p.dtype) if as_bytes else shard)
             del full
