@@ -267,6 +267,20 @@ def cmd_bench(
     if replicate and procs is None:
         raise SetseqError("--replicate is a way to run --procs", "add --procs P, or drop --replicate")
     quiet_libraries()
+    if shape and procs is not None:
+        if block_swap or fsdp_offload:
+            flag = "--block-swap" if block_swap else "--fsdp-offload"
+            raise SetseqError(
+                f"--procs times the DiT sharded or replicated across processes, which is not combined with {flag}",
+                f"drop {flag}, or --procs",
+            )
+        from setseq.speed_procs import run_procs_bench
+
+        run_procs_bench(
+            shape, procs, device=device, frames=frames, size=size, layers=layers, rank=rank, steps=steps,
+            gradient_checkpointing=gradient_checkpointing, fp8=fp8, replicate=replicate,
+        )  # fmt: skip
+        return
     if shape:
         from setseq.speed import run_shape_bench
         from setseq.train.distributed import close_processes
@@ -275,7 +289,7 @@ def cmd_bench(
             run_shape_bench(
                 shape, device=device, frames=frames, size=size, layers=layers, rank=rank, steps=steps,
                 gradient_checkpointing=gradient_checkpointing, fp8=fp8, block_swap=block_swap,
-                fsdp_offload=fsdp_offload, procs=procs, replicate=replicate,
+                fsdp_offload=fsdp_offload,
             )  # fmt: skip
         finally:
             close_processes()  # the one-process group of --fsdp-offload

@@ -33,7 +33,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,9 +42,6 @@ from setseq import lora as L
 from setseq.backbones.base import Backbone
 from setseq.errors import SetseqError
 from setseq.prompts import PromptEmbeds
-
-if TYPE_CHECKING:
-    from setseq.speed_procs import ProcessStep
 
 
 @dataclass(frozen=True)
@@ -513,7 +510,7 @@ def peak_rss() -> int:
 
 
 @dataclass(frozen=True)
-class _Sizes:
+class BenchSizes:
     """What a run of the bench times: the device, dtype, frame counts, video size and block count."""
 
     device: torch.device
@@ -528,9 +525,9 @@ class _Sizes:
         return [(1, 1, stage1_batch)] + [(2, f, stage2_batch) for f in self.frames]
 
 
-def _sizes(
+def bench_sizes(
     device: str, dtype: str | None, frames: list[int] | None, size: tuple[int, int] | None, layers: int | None
-) -> _Sizes:
+) -> BenchSizes:
     """The bench's defaults resolved: the paper's shapes on CUDA, small ones (2 blocks) on CPU."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -542,7 +539,7 @@ def _sizes(
     cpu = dev.type == "cpu"
     dt = getattr(torch, dtype) if dtype else (torch.float32 if cpu else torch.bfloat16)
     height, width = size or ((64, 112) if cpu else (480, 832))
-    return _Sizes(
+    return BenchSizes(
         dev, dt, frames or ([9] if cpu else [33, 81]), height, width, 2 if cpu and layers is None else layers
     )
 
@@ -560,7 +557,7 @@ def with_lora(bb: Backbone, rank: int, fp8: bool, gradient_checkpointing: bool) 
 
 def _bench_model(
     name: str,
-    z: _Sizes,
+    z: BenchSizes,
     rank: int,
     fp8: bool,
     gradient_checkpointing: bool,
@@ -604,25 +601,14 @@ def run_shape_bench(
     fp8: bool = False,
     block_swap: int = 0,
     fsdp_offload: bool = False,
-    procs: int | None = None,
-    replicate: bool = False,
     log: Callable[[str], None] = print,
-) -> list[StepResult] | list[ProcessStep]:
+) -> list[StepResult]:
     """Build the named architecture and time stage-1 and stage-2 steps at each frame count; prints a table.
     `fsdp_offload`: the DiT's weights in host memory, copied in by FSDP2 (`model.fsdp_offload`), the
-    alternative to `block_swap`. `procs`: instead, in that many launched processes, each reporting its own
-    (`setseq.speed_procs`), the DiT sharded by FSDP2, or replicated when `replicate`."""
+    alternative to `block_swap`. (The same steps in several launched processes: `setseq.speed_procs`.)"""
     from setseq.memory import tokens_per_sample
 
-    z = _sizes(device, dtype, frames, size, layers)
-    if procs is not None:
-        from setseq.speed_procs import run_in_processes
-
-        return run_in_processes(
-            name, procs, z, rank=rank, stage1_batch=stage1_batch, stage2_batch=stage2_batch, steps=steps,
-            warmup=warmup, gradient_checkpointing=gradient_checkpointing, fp8=fp8, replicate=replicate, log=log,
-            host_flag="--block-swap" if block_swap else "--fsdp-offload" if fsdp_offload else None,
-        )  # fmt: skip
+    z = bench_sizes(device, dtype, frames, size, layers)
     dev, dt, height, width = z.device, z.dtype, z.height, z.width
     shape, _ = shape_config(name, z.layers)
     full = count_parameters(name)

@@ -20,14 +20,10 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from setseq.errors import SetseqError
-
-if TYPE_CHECKING:
-    from setseq.speed import _Sizes
 
 
 @dataclass
@@ -56,21 +52,24 @@ def held_bytes(device: torch.device) -> int:
         return 0
 
 
-def run_in_processes(
+def run_procs_bench(
     name: str,
     procs: int,
-    z: _Sizes,
     *,
-    rank: int,
-    stage1_batch: int,
-    stage2_batch: int,
-    steps: int,
-    warmup: int,
-    gradient_checkpointing: bool,
+    device: str = "auto",
+    dtype: str | None = None,
+    frames: list[int] | None = None,
+    size: tuple[int, int] | None = None,
+    layers: int | None = None,
+    rank: int = 128,
+    stage1_batch: int = 8,
+    stage2_batch: int = 1,
+    steps: int = 5,
+    warmup: int = 2,
+    gradient_checkpointing: bool = False,
     fp8: bool = False,
     replicate: bool = False,
     log: Callable[[str], None] = print,
-    host_flag: str | None = None,
 ) -> list[ProcessStep]:
     """Time the rows of `setseq.speed.run_shape_bench` in each of `procs` launched processes; prints a row per
     process. CUDA: the allocator's peak; CPU: the peak resident memory over the timed steps
@@ -78,23 +77,17 @@ def run_in_processes(
     split between the processes, and glibc's malloc returns every freed block over 128 KiB to the system at
     once (a fixed `MALLOC_MMAP_THRESHOLD_`; by default it keeps up to 32 MiB blocks for reuse), so that
     resident memory follows the live tensors: else the blocks FSDP2 gathers and frees stay resident after
-    each step. `host_flag`: the bench flag given that keeps the DiT in host memory, refused here.
-
-    Refused: fewer than one process, more processes than GPUs, and `host_flag`."""
+    each step. Refused: fewer than one process, more processes than GPUs."""
     from setseq.runtime import visible_gpus
-    from setseq.speed import shape_config
+    from setseq.speed import bench_sizes, shape_config
 
+    z = bench_sizes(device, dtype, frames, size, layers)
     if procs < 1:
         raise SetseqError(f"--procs {procs}: the bench needs at least one process", "use --procs 1 or more")
     if z.device.type == "cuda" and procs > visible_gpus():
         raise SetseqError(
             f"--procs {procs} but {visible_gpus()} GPU(s) are visible (one process per GPU)",
             f"use --procs {visible_gpus()} or fewer, or --device cpu",
-        )
-    if host_flag:
-        raise SetseqError(
-            f"--procs times the DiT sharded or replicated across processes, which is not combined with {host_flag}",
-            f"drop {host_flag}, or --procs",
         )
     shape, _ = shape_config(name, z.layers)
     settings = dict(
@@ -149,7 +142,7 @@ def run_in_processes(
 
 
 def _process_bench(folder: Path) -> None:
-    """One process of `run_in_processes` (started by torchrun): join the others, build the DiT, hand it to the
+    """One process of `run_procs_bench` (started by torchrun): join the others, build the DiT, hand it to the
     engine when there are several, time each row, and write `rank{N}.json` into `folder`."""
     from setseq import offload
     from setseq.config import ModelConfig
@@ -202,5 +195,5 @@ def _process_bench(folder: Path) -> None:
         close_processes()
 
 
-if __name__ == "__main__":  # a process of `run_in_processes`
+if __name__ == "__main__":  # a process of `run_procs_bench`
     _process_bench(Path(sys.argv[1]))
