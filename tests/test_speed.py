@@ -10,8 +10,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from setseq import lora as L
 from setseq.backbones.registry import load_backbone
 from setseq.errors import SetseqError
-from setseq.speed import SHAPES, count_parameters, latent_shape, run_shape_bench, step_flops
-from setseq.speed_procs import run_procs_bench
+from setseq.speed import SHAPES, bench_sizes, count_parameters, latent_shape, run_shape_bench, step_flops
+from setseq.speed_procs import run_in_processes
 
 # Parameters of the published checkpoints' DiTs, in billions (model cards / config.json of each; LTX-2: the
 # model card's 19B, ltx-2-19b-dev).
@@ -139,9 +139,10 @@ def test_shape_bench_in_launched_processes_on_cpu(procs, replicate, fp8):
     memory before the steps and peak resident memory over them; both hold at least this process's share of
     the weights (1/P of them under FSDP2)."""
     lines: list[str] = []
-    rows = run_procs_bench(
-        "wan-1.3b", procs, device="cpu", layers=2, size=(64, 64), frames=[9], rank=4, stage1_batch=1, steps=1,
-        warmup=0, replicate=replicate, fp8=fp8, log=lines.append,
+    z = bench_sizes("cpu", None, [9], (64, 64), 2)
+    rows = run_in_processes(
+        "wan-1.3b", procs, z, rank=4, stage1_batch=1, steps=1, warmup=0, replicate=replicate, fp8=fp8,
+        log=lines.append,
     )  # fmt: skip
     assert sorted((r.stage, r.frames, r.rank) for r in rows) == [
         (s, f, r) for s, f in ((1, 1), (2, 9)) for r in range(procs)

@@ -274,12 +274,20 @@ def cmd_bench(
                 f"--procs times the DiT sharded or replicated across processes, which is not combined with {flag}",
                 f"drop {flag}, or --procs",
             )
-        from setseq.speed_procs import run_procs_bench
+        from setseq.speed import bench_sizes
+        from setseq.speed_procs import run_in_processes
 
-        run_procs_bench(
-            shape, procs, device=device, frames=frames, size=size, layers=layers, rank=rank, steps=steps,
-            gradient_checkpointing=gradient_checkpointing, fp8=fp8, replicate=replicate,
-        )  # fmt: skip
+        z = bench_sizes(device, None, frames, size, layers)
+        run_in_processes(
+            shape,
+            procs,
+            z,
+            rank=rank,
+            steps=steps,
+            gradient_checkpointing=gradient_checkpointing,
+            fp8=fp8,
+            replicate=replicate,
+        )
         return
     if shape:
         from setseq.speed import run_shape_bench

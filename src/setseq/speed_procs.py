@@ -20,10 +20,14 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from setseq.errors import SetseqError
+
+if TYPE_CHECKING:
+    from setseq.speed import BenchSizes
 
 
 @dataclass
@@ -52,23 +56,19 @@ def held_bytes(device: torch.device) -> int:
         return 0
 
 
-def run_procs_bench(
+def run_in_processes(
     name: str,
     procs: int,
+    z: BenchSizes,
     *,
-    device: str = "auto",
-    dtype: str | None = None,
-    frames: list[int] | None = None,
-    size: tuple[int, int] | None = None,
-    layers: int | None = None,
     rank: int = 128,
-    stage1_batch: int = 8,
-    stage2_batch: int = 1,
     steps: int = 5,
     warmup: int = 2,
     gradient_checkpointing: bool = False,
     fp8: bool = False,
     replicate: bool = False,
+    stage1_batch: int = 8,
+    stage2_batch: int = 1,
     log: Callable[[str], None] = print,
 ) -> list[ProcessStep]:
     """Time the rows of `setseq.speed.run_shape_bench` in each of `procs` launched processes; prints a row per
@@ -79,9 +79,8 @@ def run_procs_bench(
     resident memory follows the live tensors: else the blocks FSDP2 gathers and frees stay resident after
     each step. Refused: fewer than one process, more processes than GPUs."""
     from setseq.runtime import visible_gpus
-    from setseq.speed import bench_sizes, shape_config
+    from setseq.speed import shape_config
 
-    z = bench_sizes(device, dtype, frames, size, layers)
     if procs < 1:
         raise SetseqError(f"--procs {procs}: the bench needs at least one process", "use --procs 1 or more")
     if z.device.type == "cuda" and procs > visible_gpus():
@@ -142,7 +141,7 @@ def run_procs_bench(
 
 
 def _process_bench(folder: Path) -> None:
-    """One process of `run_procs_bench` (started by torchrun): join the others, build the DiT, hand it to the
+    """One process of `run_in_processes` (started by torchrun): join the others, build the DiT, hand it to the
     engine when there are several, time each row, and write `rank{N}.json` into `folder`."""
     from setseq import offload
     from setseq.config import ModelConfig
@@ -195,5 +194,5 @@ def _process_bench(folder: Path) -> None:
         close_processes()
 
 
-if __name__ == "__main__":  # a process of `run_procs_bench`
+if __name__ == "__main__":  # a process of `run_in_processes`
     _process_bench(Path(sys.argv[1]))
