@@ -267,7 +267,52 @@ def cmd_bench(
     if replicate and procs is None:
         raise SetseqError("--replicate is a way to run --procs", "add --procs P, or drop --replicate")
     quiet_libraries()
-    if shape and procs is not None:
+    if shape:
+        _shape_bench(
+            shape, device=device, frames=frames, size=size, layers=layers, rank=rank, steps=steps,
+            gradient_checkpointing=gradient_checkpointing, fp8=fp8, block_swap=block_swap,
+            fsdp_offload=fsdp_offload, procs=procs, replicate=replicate,
+        )  # fmt: skip
+        return
+    from setseq.bench import run_bench
+
+    run_bench(
+        out,
+        methods=methods,
+        concepts=concepts,
+        seeds=seeds,
+        first_seed=first_seed,
+        quick=quick,
+        suite=suite,
+        model=model,
+        overrides=overrides,
+        keep_runs=keep_runs,
+        fresh=fresh,
+        jobs=jobs,
+    )
+
+
+def _shape_bench(
+    shape: str,
+    *,
+    device: str,
+    frames: list[int] | None,
+    size: list[int] | None,
+    layers: int | None,
+    rank: int,
+    steps: int,
+    gradient_checkpointing: bool,
+    fp8: bool,
+    block_swap: int,
+    fsdp_offload: bool,
+    procs: int | None,
+    replicate: bool,
+) -> None:
+    """`setseq bench --shape`: the step times of a real-size DiT (`setseq.speed`), in `procs` launched
+    processes when given (`setseq.speed_procs`)."""
+    from setseq.errors import SetseqError
+
+    if procs is not None:
         if block_swap or fsdp_offload:
             flag = "--block-swap" if block_swap else "--fsdp-offload"
             raise SetseqError(
@@ -289,35 +334,17 @@ def cmd_bench(
             replicate=replicate,
         )
         return
-    if shape:
-        from setseq.speed import run_shape_bench
-        from setseq.train.distributed import close_processes
+    from setseq.speed import run_shape_bench
+    from setseq.train.distributed import close_processes
 
-        try:
-            run_shape_bench(
-                shape, device=device, frames=frames, size=size, layers=layers, rank=rank, steps=steps,
-                gradient_checkpointing=gradient_checkpointing, fp8=fp8, block_swap=block_swap,
-                fsdp_offload=fsdp_offload,
-            )  # fmt: skip
-        finally:
-            close_processes()  # the one-process group of --fsdp-offload
-        return
-    from setseq.bench import run_bench
-
-    run_bench(
-        out,
-        methods=methods,
-        concepts=concepts,
-        seeds=seeds,
-        first_seed=first_seed,
-        quick=quick,
-        suite=suite,
-        model=model,
-        overrides=overrides,
-        keep_runs=keep_runs,
-        fresh=fresh,
-        jobs=jobs,
-    )
+    try:
+        run_shape_bench(
+            shape, device=device, frames=frames, size=size, layers=layers, rank=rank, steps=steps,
+            gradient_checkpointing=gradient_checkpointing, fp8=fp8, block_swap=block_swap,
+            fsdp_offload=fsdp_offload,
+        )  # fmt: skip
+    finally:
+        close_processes()  # the one-process group of --fsdp-offload
 
 
 def cmd_report(*, run: str, out: str, videos: str | None, metrics: str | None) -> Path:

@@ -1,10 +1,11 @@
 """`setseq bench --shape NAME --procs P`: the speed bench's timed steps in P processes that torch's launcher
 (`torch.distributed.run`, i.e. torchrun) starts, each reporting its own step time and memory.
 
-Each process builds the same DiT (`setseq.speed.build_backbone`; sharded, the processes other than 0 on the meta
-device, to receive their shards of process 0's) and hands it to the training engine exactly as `setseq train`
-does (`setseq.train.distributed.parallelize`): sharded by FSDP2 (`model.fsdp=true`, the default here), or replicated with its LoRA gradients all-reduced (FSDP2's `replicate`, `--replicate`), optionally with
-fp8 base weights (`--fp8`, stored in fp8 and gathered in fp8 under FSDP2). Each process trains its own
+Each process builds the same DiT (`setseq.speed.build_backbone`; sharded, the processes other than 0 on the
+meta device, to receive their shards of process 0's) and hands it to the training engine exactly as `setseq
+train` does (`setseq.train.distributed.parallelize`): sharded by FSDP2 (`model.fsdp=true`, the default here),
+or replicated with its LoRA gradients all-reduced (FSDP2's `replicate`, `--replicate`), optionally with fp8
+base weights (`--fp8`, stored in fp8 and gathered in fp8 under FSDP2). Each process trains its own
 micro-batch (the global batch is P times it), as data-parallel training does. `python -m setseq.speed_procs
 FOLDER` is one process; the settings travel in FOLDER/settings.json and each process's rows come back in
 FOLDER/rank{N}.json.

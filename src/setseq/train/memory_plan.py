@@ -88,25 +88,19 @@ def check_memory(
         )
 
 
-def _remedies(
-    cfg: RunConfig, bb: Backbone, stage: int, micro: int, floor: int, capacity: int
-) -> Iterator[Remedy]:
-    """What could make stage `stage` fit, cheapest first. `floor`: its estimate at micro-batch 1 with
-    checkpointing (0 on the CPU)."""
-    name = f"stage{stage}"
-    ckpt = cfg.train.gradient_checkpointing
-    # What fp8 base weights would save: the targeted weights at 1 byte instead of their own width.
-    # Under FSDP2 each process holds its shard of them (`local`; none under model.fsdp_offload, which keeps
-    # them in host memory), plus the blocks gathered at once.
-    layers = L.get_layers(bb.transformer).values()
-    fp8_saving = 0
+def _fp8_saving(bb: Backbone) -> int:
+    """Device bytes fp8 base weights would save: the targeted weights at 1 byte instead of their own width.
+    Under FSDP2 each process holds its shard of them (`local`; none under model.fsdp_offload, which keeps them
+    in host memory), plus the blocks gathered at once."""
+    saving = 0
     if not getattr(bb.transformer, "fsdp_offloaded", False):
-        fp8_saving = sum(
-            local(lay.base.weight).numel() * (lay.base.weight.element_size() - 1) for lay in layers
+        saving = sum(
+            local(lay.base.weight).numel() * (lay.base.weight.element_size() - 1)
+            for lay in L.get_layers(bb.transformer).values()
         )
     gathered = getattr(bb.transformer, "fsdp_gathered", 0)  # set only where FSDP2 sharded the DiT
     if gathered:
-        fp8_saving += gathered * max(
+        saving += gathered * max(
             (
                 sum(
                     lay.base.weight.numel() * (lay.base.weight.element_size() - 1)
@@ -116,6 +110,17 @@ def _remedies(
             ),
             default=0,
         )
+    return saving
+
+
+def _remedies(
+    cfg: RunConfig, bb: Backbone, stage: int, micro: int, floor: int, capacity: int
+) -> Iterator[Remedy]:
+    """What could make stage `stage` fit, cheapest first. `floor`: its estimate at micro-batch 1 with
+    checkpointing (0 on the CPU)."""
+    name = f"stage{stage}"
+    ckpt = cfg.train.gradient_checkpointing
+    fp8_saving = _fp8_saving(bb)
     yield ("set train.gradient_checkpointing=true", not ckpt, micro, True, 0)
     yield (f"set {name}.micro_batch=1 (gradient accumulation keeps batch_size)", micro > 1, 1, ckpt, 0)
     yield (
