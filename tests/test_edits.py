@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from setseq.bench import Concept, _score
-from setseq.data.synthetic import CONCEPTS, render
+from setseq.data.synthetic import CONCEPTS, caption, render
 from setseq.demo import CONCEPT_DIR
 from setseq.eval.edits import EDIT_KINDS, edit_suite, score_edit, summarize_edits, target_spec
 
@@ -97,10 +98,12 @@ class _Renderer:
     """Stands in for a personalized model: draws each prompt's ground truth, its sprite in `colour`."""
 
     lora = None
+    backbone = SimpleNamespace(transformer=torch.nn.Module())  # no LoRA layer: the ceiling may use it
 
     def __init__(self, spec, colour):
         suite = edit_suite("sks", "zwx", spec.appearance.shape, spec)
         self.truth = {e.prompt: target_spec(spec, e) for e in suite}
+        self.truth |= {caption(target_spec(spec, e)): target_spec(spec, e) for e in suite}  # the ceiling's
         self.spec, self.colour = spec, colour
 
     def generate(self, prompt, opts):
@@ -149,9 +152,10 @@ def test_demo_metrics_and_sheet_tell_a_kept_concept_from_a_lost_one(tmp_path, mo
         monkeypatch.setattr(
             G.Personalized, "load", classmethod(lambda cls, *a, c=colour, **k: _Renderer(spec, c))
         )
-        results[label] = run_demo(tmp_path / label, log=lambda s: None)
+        cache = tmp_path / f"ceiling_{label}.json"
+        results[label] = run_demo(tmp_path / label, ceiling_cache=cache, log=lambda s: None)
         on_disk = json.loads((tmp_path / label / "metrics.json").read_text())
-        assert on_disk["edits"] == results[label]["edits"]
+        assert on_disk["edits"] == results[label]["edits"] and cache.is_file()
     kept, lost = results["kept"]["edits"], results["lost"]["edits"]
     assert kept["followed"] == lost["followed"] == 1.0
     assert kept["kept"] == kept["success"] == 1.0 and lost["kept"] == lost["success"] == 0.0
@@ -159,6 +163,14 @@ def test_demo_metrics_and_sheet_tell_a_kept_concept_from_a_lost_one(tmp_path, mo
     assert all(results["kept"][n]["kept"] for n in names) and not any(
         results["lost"][n]["kept"] for n in names
     )
+    # The groups beside the base model's ceiling (here the same renderer: it draws what the run draws). The
+    # demo holds its edit colours out of the composites, so none is seen.
+    assert set(kept["groups"]) == {"unseen", "motion"} and kept["groups"]["unseen"]["n"] == 5
+    assert kept["groups"]["unseen"]["ceiling_success"] == 1.0 and kept["headline"] == 1.0
+    assert (
+        lost["groups"]["unseen"]["success"] == 0.0 and lost["headline"] is None
+    )  # the base succeeds on none
+    assert {results["kept"][n]["group"] for n in names} == {"unseen", "motion"}
 
 
 def test_swaps_never_show_an_edit_background(tmp_path):
@@ -176,3 +188,86 @@ def test_swaps_never_show_an_edit_background(tmp_path):
     cyan = load_suite(names=["cyan_diamond_bounce"])[0]
     given = _run_config("setseq", cyan, 0, "toy", ["data.swap_backgrounds=[white,green]"], tmp_path / "m")
     assert given.data.swap_backgrounds == ["white", "green"]
+
+
+# Every default colour, in another order than data.swap_backgrounds' default (which the bench would narrow).
+_PALETTE = ["black", "purple", "blue", "yellow", "green", "gray", "white"]
+
+
+def test_grouping_never_counts_a_composited_colour_as_unseen(tmp_path):
+    """With a recipe's palette (the bench's: edit colours held out; and the default one, which composites onto
+    every edit colour), an edit whose background is a composited colour is "seen", whatever its kind; a colour
+    within the detector's tolerance of an edit's background counts as that background."""
+    from setseq.bench import _run_config, load_suite
+    from setseq.eval.edits import (
+        COLOUR_TOLERANCE,
+        EDIT_GROUPS,
+        composited_colours,
+        edit_group,
+        group_edits,
+    )
+    from setseq.eval.toy_detect import _MASK_THRESHOLD
+
+    assert COLOUR_TOLERANCE == _MASK_THRESHOLD  # the grouping's tolerance is the detector's
+    from setseq.data.synthetic import BG_COLOURS
+
+    for concept in load_suite():
+        spec = CONCEPTS[concept.name]
+        suite = edit_suite("sks", "zwx", concept.shape, spec)
+        for extra in ([], [f"data.swap_backgrounds=[{','.join(_PALETTE)}]"]):
+            cfg = _run_config("setseq", concept, 0, "toy", extra, tmp_path / "m" / concept.name)
+            composited = composited_colours(cfg)
+            assert composited == list(cfg.data.swap_backgrounds) and composited
+            groups = group_edits(suite, composited)
+            assert set(groups.values()) <= set(EDIT_GROUPS)
+            for e in suite:
+                bg = e.requested.get("bg_colour")
+                if bg in composited:
+                    assert groups[e.name] == "seen", (concept.name, e.name, composited)
+                elif e.kind in ("motion", "context"):
+                    assert groups[e.name] == "motion"
+                else:
+                    assert groups[e.name] == "unseen"
+            if (
+                extra
+            ):  # the default palette holds every edit colour: nothing is unseen, only motion edits left
+                assert "unseen" not in groups.values() and "seen" in groups.values()
+        # A composite colour 20 RGB units off an edit's background (a random colour) counts as that background.
+        edit = next(e for e in suite if e.kind == "background")
+        r, g, b = BG_COLOURS[edit.requested["bg_colour"]]
+        near = (min(255, r + 12), max(0, g - 12), min(255, b + 11))
+        assert edit_group(edit, [near]) == "seen" and edit_group(edit, []) == "unseen"
+
+
+def test_nothing_is_seen_without_swaps(tmp_path):
+    from setseq.bench import _run_config, load_suite
+    from setseq.eval.edits import composited_colours, group_edits
+
+    cyan = load_suite(names=["cyan_diamond_bounce"])[0]
+    suite = edit_suite("sks", "zwx", cyan.shape, CONCEPTS[cyan.name])
+    off = ["stage1.background_swap=0", "stage2.background_swap=0", "stage1.background_weight=0.5"]
+    for method, extra in (("setseq", off), ("dreambooth", []), ("two_stage", [])):
+        cfg = _run_config(method, cyan, 0, "toy", extra, tmp_path / method)
+        assert composited_colours(cfg) == [], method
+        groups = group_edits(suite, composited_colours(cfg))
+        assert "seen" not in groups.values() and sum(g == "unseen" for g in groups.values()) == 5
+
+
+def test_group_summaries_and_the_headline():
+    from setseq.eval.edits import ceiling_share, summarize_groups
+
+    def sc(kind, ok):
+        return {"kind": kind, "followed": True, "kept": ok, "colour_kept": ok, "success": ok}
+
+    scores = {"a": sc("background", True), "b": sc("background", False), "c": sc("pattern", False)}
+    scores |= {"d": sc("motion", True), "e": sc("background", True)}
+    groups = {"a": "unseen", "b": "unseen", "c": "unseen", "d": "motion", "e": "seen"}
+    base = {n: sc(s["kind"], n != "c") for n, s in scores.items()}
+    g = summarize_groups(scores, groups, base)
+    assert g["unseen"]["n"] == 3 and g["unseen"]["success"] == pytest.approx(1 / 3)
+    assert g["unseen"]["ceiling_success"] == pytest.approx(2 / 3) and g["seen"]["success"] == 1.0
+    assert ceiling_share(g) == pytest.approx(0.5)  # 1 success where the base model has 2; "e" never counts
+    assert summarize_groups(scores, groups)["unseen"]["ceiling_success"] is None  # no ceiling: not guessed
+    assert ceiling_share(summarize_groups(scores, groups)) is None
+    none = summarize_groups(scores, groups, {n: sc(s["kind"], False) for n, s in scores.items()})
+    assert ceiling_share(none) is None  # the base model succeeds on none: no share

@@ -31,12 +31,16 @@ import numpy as np
 from setseq.bench_tables import (
     COLUMNS,
     EDIT_COLUMNS,
+    ceiling_checks,
     checks,
+    headline,
     paired,
     summarize,
+    summarize_groups,
     summarize_kinds,
     write_markdown,
 )
+from setseq.ceiling import CeilingCache, model_fingerprint
 from setseq.errors import SetseqError
 from setseq.io import write_json
 
@@ -124,20 +128,6 @@ def _same_config(saved: object, current: str) -> bool:
     except Exception:  # a field this version no longer has, or a broken file: not the same run
         return False
     return old.to_yaml() == resolve_config(None, yaml.safe_load(current) or {}).to_yaml()
-
-
-def _weights_hash(model: str) -> str:
-    """A hash of the toy model folder's weight files' contents (a retrained model is not reused)."""
-    import hashlib
-
-    from setseq.backbones.toy.files import toy_folder
-    from setseq.data.cache import file_sha256
-
-    folder = toy_folder(model)
-    h = hashlib.sha256()
-    for f in sorted(folder.rglob("*.safetensors")) if folder.is_dir() else []:
-        h.update(f"{f.relative_to(folder)}:{file_sha256(f)}".encode())
-    return h.hexdigest()[:16]
 
 
 def _trained(run_dir: Path, config_yaml: str, method: str) -> bool:
@@ -335,6 +325,52 @@ def _run_config(method: str, concept: Concept, seed: int, model: str, extra: lis
     return with_concept_mask(cfg, concept.name, masks)
 
 
+def _add_groups(
+    rows: list[tuple[dict, Concept, Any]],
+    cache: CeilingCache,
+    model: str,
+    gen_steps: int | None,
+    log: Callable[[str], None],
+) -> None:
+    """Add to each (row, concept, config) its edits in groups (seen / unseen / motion backgrounds for the
+    colours its training composited onto), beside the base model's ceiling on the same edits (at the run's
+    seed: cached, computed with the base model loaded once where missing), and the headline share."""
+    from setseq.data.synthetic import CONCEPTS
+    from setseq.data.video import load_clip
+    from setseq.eval.edits import (
+        ceiling_share,
+        composited_colours,
+        edit_suite,
+        group_edits,
+        summarize_groups,
+    )
+    from setseq.infer.generate import Personalized
+
+    base: list[Any] = []
+
+    def pipeline() -> Any:  # the base model, loaded once and only if a ceiling is missing from the cache
+        if not base:
+            base.append(Personalized.load(None, model, log=lambda s: None))
+        return base[0]
+
+    for row, concept, cfg in rows:
+        reference = load_clip(concept.video, frames=9).frames
+        entry = cache.ceiling(
+            concept.name,
+            concept.shape,
+            reference,
+            model=model,
+            seed=int(row["seed"]),
+            steps=gen_steps,
+            pipeline=pipeline,
+            log=log,
+        )
+        composited = composited_colours(cfg)
+        suite = edit_suite("sks", "zwx", concept.shape, CONCEPTS[concept.name])  # names do not hold tokens
+        groups = summarize_groups(row["edits"], group_edits(suite, composited), entry["edits"])
+        row |= {"composited": composited, "groups": groups, "unseen_share": ceiling_share(groups)}
+
+
 def run_bench(
     out: str | Path,
     *,
@@ -349,9 +385,15 @@ def run_bench(
     keep_runs: bool = False,
     fresh: bool = False,
     jobs: int = 1,
+    ceiling_cache: str | Path | None = None,
     log=print,
 ) -> dict[str, Any]:
     """Run the bench into `out`; returns what `bench.json` holds.
+
+    Each run's edits are also reported in groups (`setseq.eval.edits.summarize_groups`) beside the base
+    model's ceiling on the same edits, read from (or computed once into) the JSON file `ceiling_cache`
+    (default `setseq.ceiling.default_cache_path()`); the headline is success on unseen backgrounds as a share
+    of that ceiling, per concept and averaged.
 
     A run already finished in `out` with the same settings (its resolved config and generation steps) is
     reused, not trained again, unless `fresh`: an interrupted bench continues where it stopped, and a larger
@@ -375,7 +417,7 @@ def run_bench(
     extra += ["train.tensorboard=false", "train.checkpoint_every=100000", "train.keep_checkpoints=1"]
     gen_steps = 4 if quick else None
     t0 = time.perf_counter()
-    weights = _weights_hash(model)
+    weights = model_fingerprint(model)
     # Seed-major: a bench stopped early holds every concept's comparison at the first seeds.
     plan = [
         (seed, concept, method)
@@ -386,6 +428,7 @@ def run_bench(
     total = len(plan)
     slots: list[dict | None] = [None] * total
     todo: list[tuple[int, _Job]] = []
+    cfgs: list[Any] = []
     reused = 0
 
     def report(k: int, row: dict, note: str) -> None:
@@ -399,6 +442,7 @@ def run_bench(
     for k, (seed, concept, method) in enumerate(plan):
         here = out / "runs" / method / f"{concept.name}-seed{seed}"
         cfg = _run_config(method, concept, seed, model, extra, out / "masks" / concept.name)
+        cfgs.append(cfg)
         key = {"config": cfg.to_yaml(), "gen_steps": gen_steps, "weights": weights}
         row = None if fresh else _reusable(here, key)
         if row is not None:
@@ -409,10 +453,13 @@ def run_bench(
             todo.append((k, _Job(method, concept, seed, here, cfg, key, model, gen_steps, fresh, keep_runs)))
 
     _execute(todo, slots, jobs, report, log)
-    rows = [r for r in slots if r is not None]
+    done = [(r, plan[k][1], cfgs[k]) for k, r in enumerate(slots) if r is not None]
+    _add_groups(done, CeilingCache(ceiling_cache), model, gen_steps, log)
+    rows = [r for r, _, _ in done]
     summary = summarize(rows)
     kinds = summarize_kinds(rows)
-    verdicts = checks(summary)
+    groups, heads = summarize_groups(rows), headline(rows)
+    verdicts = checks(summary) + ceiling_checks(groups, heads)
     result = {
         "quick": quick,
         "model": model,
@@ -426,6 +473,9 @@ def run_bench(
         "jobs": jobs,
         "summary": summary,
         "kinds": kinds,
+        "groups": groups,
+        "headline": heads,
+        "ceiling_cache": str(CeilingCache(ceiling_cache).path),
         "checks": [{"claim": c, "holds": v} for c, v in verdicts],
         "paired": {m: paired(rows, "setseq", m) for m in methods if m != "setseq" and "setseq" in methods},
         "seconds": round(time.perf_counter() - t0, 1),

@@ -167,8 +167,22 @@ def write_markdown(path: Path, result: dict[str, Any], verdicts: list[tuple[str,
         "",
         kinds_table(kinds),
         "",
-        *(f"- {c}: {'yes' if v else 'no'}" for c, v in verdicts),
     ]
+    if result.get("groups"):
+        text += [
+            "Edits by background, for each run: seen = a colour its training composited onto (never a success in "
+            "the headline), unseen = a new background, motion = other motions and the context edit; in brackets "
+            "the base model's own % on the same edits from their full captions (its ceiling, no LoRA):",
+            "",
+            groups_table(result["groups"]),
+            "",
+            "Headline: success on unseen backgrounds as % of the base model's success on the same edits "
+            "(per concept over its seeds; - where the base model succeeds on none):",
+            "",
+            headline_table(result["headline"]),
+            "",
+        ]
+    text += [*(f"- {c}: {'yes' if v else 'no'}" for c, v in verdicts)]
     if "setseq" in methods:
         text += [
             "",
@@ -180,3 +194,116 @@ def write_markdown(path: Path, result: dict[str, Any], verdicts: list[tuple[str,
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(text) + "\n")
     return "\n".join(text)
+
+
+# --------------------------------------------------------------------------------------------------
+# Edits in groups (seen / unseen / motion backgrounds), beside the base model's ceiling (issue #29)
+
+_GROUP_FIGURES = ("followed", "kept", "colour_kept", "success")
+
+
+def _pool(entries: list[dict], key: str) -> float | None:
+    """A share pooled over runs' group entries (each share weighted by its edit count); None if any lacks it."""
+    vals = [(e.get(key), e["n"]) for e in entries]
+    if not vals or any(v is None for v, _ in vals):
+        return None
+    return float(sum(v * n for v, n in vals) / sum(n for _, n in vals))
+
+
+def summarize_groups(rows: list[dict]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{method: {group: {"n" (edits), share and `ceiling_` share of each figure}}} pooled over its runs'
+    edits (rows scored before the groups existed are left out)."""
+    from setseq.eval.edits import EDIT_GROUPS
+
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r["groups"] for r in rows if r["method"] == method and isinstance(r.get("groups"), dict)]
+        out[method] = {}
+        for g in EDIT_GROUPS:
+            entries = [m[g] for m in mine if g in m]
+            if entries:
+                figs = {k: _pool(entries, k) for k in _GROUP_FIGURES}
+                figs |= {f"ceiling_{k}": _pool(entries, f"ceiling_{k}") for k in _GROUP_FIGURES}
+                out[method][g] = {"n": sum(e["n"] for e in entries), **figs}
+    return out
+
+
+def headline(rows: list[dict]) -> dict[str, dict[str, Any]]:
+    """{method: {"concepts": {concept: share}, "mean", "min"}}: success on unseen backgrounds as a share of the
+    base model's success on the same edits, per concept (pooled over its seeds), and its mean and minimum over
+    the concepts where it is defined (None where the base model succeeds on none of them, or no ceiling)."""
+    out: dict[str, dict[str, Any]] = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        shares: dict[str, float | None] = {}
+        for concept in dict.fromkeys(r["concept"] for r in rows if r["method"] == method):
+            entries = [
+                r["groups"]["unseen"]
+                for r in rows
+                if r["method"] == method and r["concept"] == concept and "unseen" in (r.get("groups") or {})
+            ]
+            got, ceil = _pool(entries, "success"), _pool(entries, "ceiling_success")
+            shares[concept] = got / ceil if got is not None and ceil else None
+        vals = [v for v in shares.values() if v is not None]
+        out[method] = {
+            "concepts": shares,
+            "mean": float(np.mean(vals)) if vals else None,
+            "min": float(min(vals)) if vals else None,
+        }
+    return out
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None or not np.isfinite(v) else f"{100 * v:.0f}"
+
+
+def groups_table(groups: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """Per method and group: n edits, then % kept and % success, each with the base model's beside it."""
+    from setseq.eval.edits import EDIT_GROUPS
+
+    lines = [
+        "| method | " + " | ".join(f"{g}: n, kept (base), success (base)" for g in EDIT_GROUPS) + " |",
+        "|" + "---|" * (len(EDIT_GROUPS) + 1),
+    ]
+    for method, by_group in groups.items():
+        cells = []
+        for g in EDIT_GROUPS:
+            e = by_group.get(g)
+            cells.append(
+                "-"
+                if e is None
+                else f"{e['n']}, {_pct(e['kept'])} ({_pct(e['ceiling_kept'])}), "
+                f"{_pct(e['success'])} ({_pct(e['ceiling_success'])})"
+            )
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def headline_table(heads: dict[str, dict[str, Any]]) -> str:
+    """Per method: the headline share (%) per concept, its mean and its minimum."""
+    concepts = list(dict.fromkeys(c for h in heads.values() for c in h["concepts"]))
+    lines = [
+        "| method | " + " | ".join(concepts) + " | mean | min |",
+        "|" + "---|" * (len(concepts) + 3),
+    ]
+    for method, h in heads.items():
+        cells = [_pct(h["concepts"].get(c)) for c in concepts] + [_pct(h["mean"]), _pct(h["min"])]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ceiling_checks(groups: dict, heads: dict) -> list[tuple[str, bool]]:
+    """Issue #29's targets for setseq, checked where measured: unseen-background success >= 90% of the base
+    model's ceiling on average and >= 70% on every concept; motion edits keep the concept in >= 80%."""
+    res: list[tuple[str, bool]] = []
+    h = heads.get("setseq")
+    if h and h["mean"] is not None:
+        res.append(
+            ("setseq unseen-background success >= 90% of the base model's on average", h["mean"] >= 0.9)
+        )
+        res.append(
+            ("setseq unseen-background success >= 70% of the base model's on every concept", h["min"] >= 0.7)
+        )
+    m = groups.get("setseq", {}).get("motion")
+    if m and m["kept"] is not None:
+        res.append(("setseq motion edits keep the concept in >= 80%", m["kept"] >= 0.8))
+    return res

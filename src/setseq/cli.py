@@ -197,6 +197,10 @@ def _add_demo(sub: Any) -> None:
     d.add_argument("--concept", default=None, help="which shipped concept (default: cyan_diamond_bounce)")
     d.add_argument("--quick", action="store_true", help="a few steps only (CI)")
     d.add_argument("--model", **TOY_MODEL)
+    d.add_argument(
+        "--ceiling-cache",
+        help="JSON file of the base model's ceilings, read and extended (default ~/.cache/setseq/base_ceiling.json)",
+    )
 
 
 def _add_eval(sub: Any) -> None:
@@ -242,6 +246,10 @@ def _add_bench(sub: Any) -> None:
         type=int,
         default=1,
         help="train this many runs at a time, the CPU threads split between them (2 on 2 cores: ~1.5x)",
+    )
+    b.add_argument(
+        "--ceiling-cache",
+        help="JSON file of the base model's ceilings, read and extended (default ~/.cache/setseq/base_ceiling.json)",
     )
     b.add_argument(
         "--fresh",

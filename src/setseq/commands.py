@@ -200,13 +200,15 @@ def cmd_info(*, run: str) -> dict[str, Any]:
     return data
 
 
-def cmd_demo(*, out: str, concept: str | None, quick: bool, model: str) -> dict[str, Any]:
+def cmd_demo(
+    *, out: str, concept: str | None, quick: bool, model: str, ceiling_cache: str | None
+) -> dict[str, Any]:
     """Personalize the shipped toy model to a shipped concept, generate, score, and write the videos."""
     from setseq.demo import run_demo
     from setseq.runtime import quiet_libraries
 
     quiet_libraries()
-    return run_demo(Path(out), concept=concept, quick=quick, model=model)
+    return run_demo(Path(out), concept=concept, quick=quick, model=model, ceiling_cache=ceiling_cache)
 
 
 def cmd_eval(
@@ -242,6 +244,7 @@ def cmd_bench(
     keep_runs: bool,
     jobs: int,
     fresh: bool,
+    ceiling_cache: str | None,
     overrides: list[str],
     shape: str | None,
     device: str,
@@ -289,6 +292,7 @@ def cmd_bench(
         keep_runs=keep_runs,
         fresh=fresh,
         jobs=jobs,
+        ceiling_cache=ceiling_cache,
     )
 
 

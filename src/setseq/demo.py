@@ -5,8 +5,11 @@
 3. videos: the base model from the concept's own caption, the concept reproduced, identity-only next to
    identity + motion, and the concept's edit suite (`setseq.eval.edits`: 8 edits, new plain and patterned
    backgrounds, other motions, a new context);
-4. a labelled contact sheet (each edit marked kept or LOST), and `metrics.json` scored by the toy world's
-   detectors: every edit for adherence and for the concept kept, and their summary under "edits".
+4. a labelled contact sheet (each edit marked kept or LOST, with its group: a background training composited
+   onto ("seen"), a new one ("unseen"), or a motion edit), and `metrics.json` scored by the toy world's
+   detectors: every edit for adherence and for the concept kept, and their summary under "edits", by group
+   beside the base model's own rate on the same edits from their full captions (its ceiling, `setseq.ceiling`,
+   cached) and the headline: success on unseen backgrounds as a share of that ceiling.
 """
 
 from __future__ import annotations
@@ -23,7 +26,17 @@ from tqdm.auto import tqdm
 
 from setseq.data.synthetic import ConceptSpec
 from setseq.errors import SetseqError
-from setseq.eval.edits import Edit, edit_suite, score_edit, shape_reproduced, summarize_edits
+from setseq.eval.edits import (
+    Edit,
+    ceiling_share,
+    composited_colours,
+    edit_suite,
+    group_edits,
+    score_edit,
+    shape_reproduced,
+    summarize_edits,
+    summarize_groups,
+)
 from setseq.io import atomic_path, write_json
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -138,9 +151,16 @@ def _prepare_out(out: Path) -> None:
 
 
 def run_demo(
-    out: Path, concept: str | None = None, quick: bool = False, model: str = "toy", log=print
+    out: Path,
+    concept: str | None = None,
+    quick: bool = False,
+    model: str = "toy",
+    ceiling_cache: str | Path | None = None,
+    log=print,
 ) -> dict[str, Any]:
-    """Run the whole demo into `out`; returns the metrics written to `out/metrics.json`."""
+    """Run the whole demo into `out`; returns the metrics written to `out/metrics.json`. The base model's
+    ceiling is read from (or computed once into) the JSON file `ceiling_cache` (`setseq.ceiling.CeilingCache`)."""
+    from setseq.ceiling import CeilingCache
     from setseq.config import resolve_config
     from setseq.data.synthetic import CONCEPTS
     from setseq.data.video import from_tensor, load_clip, write_video
@@ -178,6 +198,11 @@ def run_demo(
     results: dict[str, Any] = {"concept": name, "caption": entry["caption"], "quick": quick}
     rows: list[tuple[str, np.ndarray]] = [("reference", reference)]
     plan = shots(cfg.concept.token, cfg.concept.motion_token, shape, entry["caption"], spec)
+    groups = group_edits([s.edit for s in plan if s.edit is not None], composited_colours(cfg))
+    ceiling = CeilingCache(ceiling_cache).ceiling(
+        name, shape, reference, model=model, seed=cfg.train.seed, steps=steps, pipeline=lambda: base, log=log
+    )["edits"]
+    results["composited"] = composited_colours(cfg)
     shape_ok = False
     edit_scores: dict[str, dict[str, Any]] = {}
     for shot in tqdm(plan, desc="generate", unit="video"):
@@ -189,11 +214,13 @@ def run_demo(
         write_video(out / f"{shot.name}.mp4", frames, fps=8.0)
         if shot.name == "reproduced":  # `kept` counts the shape only where the run draws it unedited
             shape_ok = shape_reproduced(frames, spec)
-        results[shot.name], label, sc = _score_shot(shot, frames, reference, spec, shape_ok)
+        results[shot.name], label, sc = _score_shot(shot, frames, reference, spec, shape_ok, groups, ceiling)
         if sc is not None and shot.edit is not None:
             edit_scores[shot.edit.name] = sc
         rows.append((label, frames))
     results["edits"] = summarize_edits(edit_scores)
+    results["edits"]["groups"] = summarize_groups(edit_scores, groups, ceiling)
+    results["edits"]["headline"] = ceiling_share(results["edits"]["groups"])
     results["edits_order"] = list(edit_scores)
 
     # 4. Contact sheet and metrics.
@@ -220,9 +247,16 @@ def _shipped_concept(concept: str | None) -> tuple[str, dict[str, str]]:
 
 
 def _score_shot(
-    shot: Shot, frames: np.ndarray, reference: np.ndarray, spec, shape_ok: bool
+    shot: Shot,
+    frames: np.ndarray,
+    reference: np.ndarray,
+    spec,
+    shape_ok: bool,
+    groups: dict[str, str],
+    ceiling: dict[str, dict[str, Any]],
 ) -> tuple[dict[str, Any], str, dict[str, Any] | None]:
-    """One shot's metrics against the reference, its contact-sheet label, and its edit score (an edit shot)."""
+    """One shot's metrics against the reference, its contact-sheet label, and its edit score (an edit shot):
+    an edit's group (`groups`) and the base model's result on it (`ceiling`) are recorded and labelled."""
     from setseq.eval import toy_metrics as M
     from setseq.eval.metrics import mse
 
@@ -250,8 +284,15 @@ def _score_shot(
         "colour_kept": sc["colour_kept"],
         "success": sc["success"],
         "detected": sc["detected"],
+        "group": groups[shot.edit.name],
+        "ceiling_kept": ceiling[shot.edit.name]["kept"],
+        "ceiling_success": ceiling[shot.edit.name]["success"],
     }
-    label = f"{shot.name[5:]} {'kept' if sc['kept'] else 'LOST'}{'' if sc['followed'] else ', not followed'}"
+    base = "base kept" if ceiling[shot.edit.name]["kept"] else "base lost"
+    label = (
+        f"{shot.name[5:]} [{groups[shot.edit.name]}] {'kept' if sc['kept'] else 'LOST'}"
+        f"{'' if sc['followed'] else ', not followed'} ({base})"
+    )
     return entry, label, sc
 
 
@@ -272,4 +313,19 @@ def _summary(r: dict[str, Any]) -> str:
             f"edits: {100 * e['success']:.0f}% succeeded (followed and kept); kept {100 * e['kept']:.0f}%, "
             f"followed {100 * e['followed']:.0f}%, identity {e['edit_id']:.2f}"
         )
+        for g, v in e.get("groups", {}).items():
+            lines.append(
+                f"  {g:6s} ({v['n']} edits): kept {_pct(v['kept'])} (base model {_pct(v['ceiling_kept'])}), "
+                f"success {_pct(v['success'])} (base model {_pct(v['ceiling_success'])})"
+                + ("  - composited in training: not counted" if g == "seen" else "")
+            )
+        h = e.get("headline")
+        lines.append(
+            "headline: success on unseen backgrounds = "
+            + (f"{100 * h:.0f}% of the base model's on the same edits" if h is not None else "- (no ceiling)")
+        )
     return "\n".join(lines)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.0f}%"

@@ -19,11 +19,18 @@ scored for:
 The suite (:func:`edit_suite`) has 8 edits in 4 kinds, fixed per concept: 3 plain backgrounds, 2 patterned
 backgrounds, 2 other motions and 1 context (a new background and a new motion at once). Backgrounds are chosen
 among those the concept's colour stays visible on.
+
+For a given run, every edit falls in one of three groups (:func:`edit_group`, issue #29): "seen" (its background
+is a colour the run's training composited the concept onto, :func:`composited_colours`: reported, never counted
+as success in the headline), "unseen" (a new plain or patterned background) and "motion" (other motions and the
+context edit, on a background training never composited). :func:`summarize_groups` gives each group's figures
+beside the base model's own on the same edits (its ceiling, `setseq.ceiling`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,26 +38,42 @@ import numpy as np
 
 from setseq.data.synthetic import (
     BG_COLOURS,
+    BG_SHADES,
     HELD_OUT_MOTION,
+    MIN_COLOUR_DISTANCE,
     ConceptSpec,
     Motion,
+    colour_distance,
     is_compatible,
     motion_phrase,
 )
 from setseq.eval.toy_detect import detect_sprite
 
 __all__ = [
+    "COLOUR_TOLERANCE",
+    "EDIT_GROUPS",
     "EDIT_KINDS",
     "Edit",
+    "background_seen",
+    "ceiling_share",
+    "composited_colours",
     "edit_backgrounds",
+    "edit_group",
     "edit_suite",
+    "group_edits",
     "score_edit",
     "shape_reproduced",
     "summarize_edits",
+    "summarize_groups",
     "target_spec",
 ]
 
 EDIT_KINDS: tuple[str, ...] = ("background", "pattern", "motion", "context")
+#: The groups an edit falls in for a run (`edit_group`); "seen" is reported but never a success.
+EDIT_GROUPS: tuple[str, ...] = ("seen", "unseen", "motion")
+#: Two colours closer than this (RGB euclidean) are one colour to the toy detector: it is the threshold below
+#: which `setseq.eval.toy_detect` reads a pixel as the background colour (its `_MASK_THRESHOLD`).
+COLOUR_TOLERANCE: float = 0.45 * MIN_COLOUR_DISTANCE
 #: Background colours in the order the suite takes them (white first: the demo's historic edit).
 _BG_ORDER = ("white", "green", "yellow", "gray", "blue", "purple", "black")
 _PATTERN_WORD = {"stripes": "striped", "checker": "checkered"}
@@ -231,3 +254,95 @@ def summarize_edits(scores: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if any(r["kind"] == kind for r in vals)
     }
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Groups: seen backgrounds, unseen backgrounds, motion (issue #29)
+
+RGB = tuple[int, int, int]
+
+
+def composited_colours(cfg: Any) -> list[str]:
+    """The plain colours a run's training composited the concept onto: its `data.swap_backgrounds` when a stage
+    of the config its method runs with (`setseq.train.methods.effective_config`) swaps backgrounds, else none.
+
+    The whole palette counts, even a colour `swap_colours_for` skipped as too close to the subject: counting
+    too much as seen can only shrink "unseen", never let a trained colour into it."""
+    from setseq.train.methods import effective_config
+
+    eff = effective_config(cfg)
+    if eff.stage1.background_swap > 0 or eff.stage2.background_swap > 0:
+        return list(eff.data.swap_backgrounds)
+    return []
+
+
+def _rgb(colour: str | RGB) -> RGB:
+    if isinstance(colour, str):
+        from setseq.data.masks import SWAP_COLOURS
+
+        if colour not in SWAP_COLOURS:
+            raise ValueError(f"unknown composite colour {colour!r}; expected one of {tuple(SWAP_COLOURS)}")
+        return SWAP_COLOURS[colour]
+    return tuple(int(c) for c in colour)  # type: ignore[return-value]
+
+
+def background_seen(bg_colour: str, bg_pattern: str, composited: Iterable[str | RGB]) -> bool:
+    """Whether a background (a `BG_COLOURS` name and pattern) shows a colour training composited onto: one of
+    its colours (the base, and the pattern's second shade) within `COLOUR_TOLERANCE` of a composited colour
+    (a `SWAP_COLOURS` name or an RGB triple, e.g. a random composite colour)."""
+    mine = [BG_COLOURS[bg_colour]] + ([BG_SHADES[bg_colour]] if bg_pattern != "plain" else [])
+    return any(colour_distance(a, _rgb(c)) < COLOUR_TOLERANCE for c in composited for a in mine)
+
+
+def edit_group(edit: Edit, composited: Collection[str | RGB]) -> str:
+    """The edit's group for a run that composited onto `composited` (`composited_colours`): "seen" when its
+    background is one of them (any kind of edit), else "unseen" for a background edit and "motion" for a
+    motion or context edit."""
+    bg = edit.requested.get("bg_colour")
+    if bg is not None and background_seen(bg, edit.requested.get("bg_pattern", "plain"), composited):
+        return "seen"
+    return "unseen" if edit.kind in ("background", "pattern") else "motion"
+
+
+def group_edits(edits: Iterable[Edit], composited: Collection[str | RGB]) -> dict[str, str]:
+    """{edit name: group} for a run that composited onto `composited` (see `edit_group`)."""
+    return {e.name: edit_group(e, composited) for e in edits}
+
+
+_GROUP_FIGURES = ("followed", "kept", "colour_kept", "success")
+
+
+def summarize_groups(
+    scores: Mapping[str, Mapping[str, Any]],
+    groups: Mapping[str, str],
+    ceiling: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Per group (`EDIT_GROUPS`, those with edits): the edit count `n`, the shares followed / kept / colour
+    kept / success, and beside each the base model's share on the same edits (`ceiling_*`, from its scores
+    {edit name: score}; None where the ceiling lacks an edit of the group). Shares are None for no edits."""
+
+    def share(rows: list[Mapping[str, Any]], key: str) -> float | None:
+        return float(np.mean([bool(r[key]) for r in rows])) if rows else None
+
+    out: dict[str, dict[str, Any]] = {}
+    for g in EDIT_GROUPS:
+        names = [n for n in scores if groups.get(n) == g]
+        if not names:
+            continue
+        mine = [scores[n] for n in names]
+        entry: dict[str, Any] = {"n": len(names), "edits": names}
+        entry |= {k: share(mine, k) for k in _GROUP_FIGURES}
+        base = [ceiling[n] for n in names if ceiling is not None and n in ceiling]
+        full = len(base) == len(names)
+        entry |= {f"ceiling_{k}": share(base, k) if full else None for k in _GROUP_FIGURES}
+        out[g] = entry
+    return out
+
+
+def ceiling_share(groups: Mapping[str, Mapping[str, Any]]) -> float | None:
+    """The headline of one run: success on unseen backgrounds as a share of the base model's success on the
+    same edits. None when there are no unseen edits, no ceiling, or the base model succeeds on none."""
+    u = groups.get("unseen")
+    if not u or u.get("ceiling_success") is None or u["ceiling_success"] <= 0:
+        return None
+    return float(u["success"] / u["ceiling_success"])
