@@ -3,7 +3,9 @@
 
 For every concept and sampling seed, the base model (no LoRA) is prompted with the full caption of what each
 edited video should show ("a pink cross zigzagging right on a green background") and scored as the bench scores
-an edit. The ceilings go into the JSON cache that `setseq bench --ceiling-cache` and `setseq demo
+an edit (`kept` counting the shape where the base model draws it from the concept's own caption; the bench
+judges each run's ceiling by the run's own rule instead, and the last column leaves the shape out). The
+ceilings go into the JSON cache that `setseq bench --ceiling-cache` and `setseq demo
 --ceiling-cache` read (computed once; a ceiling already there is not computed again). Printed: per concept, and
 over all of them in the groups the recipe's runs see (seen: a colour the recipe composites onto; unseen; motion).
 
@@ -28,10 +30,11 @@ from setseq.data.video import load_clip
 from setseq.eval.edits import EDIT_GROUPS, EDIT_KINDS, composited_colours, edit_suite, group_edits
 from setseq.infer.generate import Personalized
 
-FIGURES = ("followed", "kept", "colour_kept", "success")
+FIGURES = ("followed", "kept", "colour_kept", "success", "colour_success")
 
 
 def line(label: str, rs: list[dict]) -> str:
+    rs = [{**r, "colour_success": r["followed"] and r["colour_kept"]} for r in rs]
     if not rs:
         return f"| {label} | 0 |" + " - |" * len(FIGURES)
     return (
@@ -66,7 +69,8 @@ def main() -> None:
 
     rows: list[dict] = []
     print(
-        "| edits | n | followed % | kept % | colour kept % | success % |\n|---|---|---|---|---|---|",
+        "| edits | n | followed % | kept % | colour kept % | success % | followed and colour kept % |\n"
+        "|---|---|---|---|---|---|---|",
         flush=True,
     )
     with tempfile.TemporaryDirectory() as masks:

@@ -16,6 +16,18 @@ from setseq.config import METHODS
 from setseq.errors import SetseqError
 
 
+@pytest.fixture(scope="module")
+def _ceilings(tmp_path_factory):
+    return tmp_path_factory.mktemp("xdg_cache")
+
+
+@pytest.fixture(autouse=True)
+def _ceiling_cache_in_tmp(_ceilings, monkeypatch):
+    """The bench's default ceiling cache (`~/.cache/setseq/base_ceiling.json`) in a folder of this module's
+    own: the tests never write the user's, and share the ceilings they compute."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(_ceilings))
+
+
 def _quick_bench(out, methods: list[str], extra: list[str] = ()) -> dict:
     """`setseq bench --quick` with `methods`; checks what every quick bench must hold; returns bench.json."""
     assert main(["bench", "--quick", "--out", str(out), "--methods", ",".join(methods), *extra]) == 0
@@ -38,6 +50,17 @@ def _quick_bench(out, methods: list[str], extra: list[str] = ()) -> dict:
         assert r["success"] <= min(r["kept"], r["edit"] + 1e-9)
         assert (out / "runs" / r["method"] / f"{r['concept']}-seed0" / "edit_background_white.mp4").is_file()
     assert "Per kind of edit" in md and "| setseq | " in md
+    # The edits in groups beside the base model's ceiling, which is the same for every method (the cache key
+    # holds no method); the baselines composite nothing, so none of their edits is seen.
+    assert "Headline: success on unseen backgrounds" in md and set(result["headline"]) == set(methods)
+    ceilings: dict = {}
+    for r in result["rows"]:
+        assert sum(g["n"] for g in r["groups"].values()) == 8
+        assert all(g["ceiling_success"] is not None for g in r["groups"].values())
+        if r["method"] != "setseq":
+            assert r["composited"] == [] and "seen" not in r["groups"]
+        base = {g: (e["ceiling_kept"], e["ceiling_success"]) for g, e in r["groups"].items() if g != "seen"}
+        assert ceilings.setdefault(r["concept"], base) == base
     return result
 
 
@@ -224,3 +247,106 @@ def test_unknown_method_and_unknown_concept_are_refused(tmp_path):
     with pytest.raises(SetseqError, match="not in the suite"):
         load_suite(None, ["no_such_concept"])
     assert main(["bench", "--methods", "setseq,magic", "--out", str(tmp_path / "o")]) == 2
+
+
+def _tiny_base(tiny_toy_dir):
+    from setseq.infer.generate import Personalized
+
+    return Personalized.load(None, str(tiny_toy_dir), log=lambda s: None)
+
+
+def test_ceiling_refuses_a_model_with_a_lora_left_attached(tiny_toy_dir):
+    """The ceiling column is the base model's: a LoRA left attached changes what is drawn, and the ceiling
+    refuses such a model (even with the LoRA switched off) instead of reporting the LoRA's figures."""
+    from setseq import lora as L
+    from setseq.ceiling import base_ceiling, check_no_lora
+    from setseq.data.synthetic import CONCEPTS, caption, render
+    from setseq.infer.generate import GenerateOptions
+
+    spec = CONCEPTS["red_star_bounce"]
+    reference = render(spec, 9, 32)
+    pm = _tiny_base(tiny_toy_dir)
+    check_no_lora(pm)  # the base model alone: accepted
+    opts = GenerateOptions(seed=0, steps=2)
+    before = pm.generate(caption(spec), opts)
+    tr = pm.backbone.transformer
+    L.inject(tr, L.LoraSpec(4, 4.0, "down", pm.backbone.info.lora_targets), seed=0)
+    with torch.no_grad():
+        for layer in L.get_layers(tr).values():
+            layer.up.normal_(0.0, 0.5)
+    after = pm.generate(caption(spec), opts)
+    assert (after - before).abs().max() > 0.05 * before.abs().max()  # the LoRA draws something else
+    with pytest.raises(SetseqError, match="carrying a LoRA") as err:
+        base_ceiling(pm, spec, "star", reference, seed=0, steps=2)
+    assert "\n" not in str(err.value)
+    L.set_scales(tr, identity=0.0, motion=0.0)  # switched off, but still attached: refused all the same
+    with pytest.raises(SetseqError, match="carrying a LoRA"):
+        base_ceiling(pm, spec, "star", reference, seed=0, steps=2)
+
+
+def test_ceiling_is_computed_once_per_key_and_cached_on_disk(tmp_path):
+    """Computed once per (model, concept, seed, steps, suite), then read from the file (a stand-in model that
+    draws each caption's truth: the caching, not the model, is under test)."""
+    from setseq.ceiling import CeilingCache
+    from setseq.data.synthetic import CONCEPTS, render
+    from tests.test_edits import _Renderer
+
+    pm = _Renderer(CONCEPTS["red_star_bounce"], "red")
+    loads: list[int] = []
+
+    def pipeline():
+        loads.append(1)
+        return pm
+
+    cache = CeilingCache(tmp_path / "sub" / "ceiling.json")
+    reference = render(CONCEPTS["red_star_bounce"], 9, 32)
+    kw = {"model": "toy", "steps": 2, "pipeline": pipeline, "log": lambda s: None}
+    first = cache.ceiling("red_star_bounce", "star", reference, seed=0, **kw)
+    assert first["edits"]["background_white"]["success"] and len(first["edits"]) == 8
+    again = CeilingCache(cache.path).ceiling("red_star_bounce", "star", reference, seed=0, **kw)
+    assert loads == [1] and again == json.loads(json.dumps(first))  # read back from the file
+    other = cache.ceiling("red_star_bounce", "star", reference, seed=1, **kw)  # another seed: computed
+    assert loads == [1, 1] and other["seed"] == 1
+    assert len(json.loads(cache.path.read_text())["entries"]) == 2
+    assert not list(cache.path.parent.glob("*.tmp*"))  # written atomically, nothing left beside it
+    cache.path.write_text("{ not json")  # a broken file is an empty cache: computed again, then rewritten
+    cache.ceiling("red_star_bounce", "star", reference, seed=0, **kw)
+    assert loads == [1, 1, 1] and len(json.loads(cache.path.read_text())["entries"]) == 1
+
+
+def test_group_tables_pool_runs_and_show_a_missing_ceiling_as_a_dash():
+    from setseq.bench_tables import ceiling_checks, groups_table, headline, headline_table, summarize_groups
+
+    def row(method, concept, seed, s, cs, motion_kept=1.0):
+        g = {"unseen": {"n": 4, "success": s, "ceiling_success": cs, "kept": s, "ceiling_kept": cs}}
+        g["motion"] = {
+            "n": 3,
+            "success": 0.0,
+            "ceiling_success": 0.0,
+            "kept": motion_kept,
+            "ceiling_kept": 1.0,
+        }
+        return {"method": method, "concept": concept, "seed": seed, "groups": g}
+
+    rows = [
+        row("setseq", "a", 0, 0.5, 1.0),
+        row("setseq", "a", 1, 1.0, 0.5),
+        row("setseq", "b", 0, 0.25, 0.5),
+    ]
+    rows += [row("db", "a", 0, 0.0, 0.0), {"method": "db", "concept": "b", "seed": 0}]  # no groups: left out
+    h = headline(rows)
+    assert h["setseq"]["concepts"] == {"a": pytest.approx(1.0), "b": pytest.approx(0.5)}  # (2+4)/(4+2), 1/2
+    assert h["setseq"]["mean"] == pytest.approx(0.75) and h["setseq"]["min"] == pytest.approx(0.5)
+    assert h["db"]["concepts"] == {"a": None, "b": None} and h["db"]["mean"] is None
+    g = summarize_groups(rows)
+    assert g["setseq"]["unseen"]["n"] == 12 and g["setseq"]["unseen"]["success"] == pytest.approx(7 / 12)
+    assert "| db | - | - | - | - |" in headline_table(
+        h
+    ) and "| setseq | 100 | 50 | 75 | 50 |" in headline_table(h)
+    assert "12, 58 (67), 58 (67)" in groups_table(g)
+    v = dict(ceiling_checks(g, h))
+    assert v == {
+        "setseq unseen-background success >= 90% of the base model's on average": False,
+        "setseq unseen-background success >= 70% of the base model's on every concept": False,
+        "setseq motion edits keep the concept in >= 80%": True,
+    }

@@ -12,7 +12,8 @@ from setseq.demo import run_demo
 
 def test_demo_quick(tmp_path):
     out = tmp_path / "demo"
-    res = run_demo(out, quick=True, log=lambda s: None)
+    cache = tmp_path / "ceiling.json"
+    res = run_demo(out, quick=True, ceiling_cache=cache, log=lambda s: None)
     edits = [f"edit_{e}" for e in res["edits_order"]]
     names = ["reference", "base_from_caption", "reproduced", "lora_off", "identity_only", *edits]
     assert len(edits) >= 8
@@ -27,6 +28,16 @@ def test_demo_quick(tmp_path):
         assert metrics[n]["success"] == (metrics[n]["kept"] and metrics[n]["followed"])
     kept = sum(metrics[n]["kept"] for n in edits) / len(edits)
     assert metrics["edits"]["kept"] == pytest.approx(kept)
+    # Every edit in its group beside the base model's result on it; the demo composites onto none of its
+    # edit colours, so none is seen, and the headline is the unseen group's success over the base model's.
+    groups = metrics["edits"]["groups"]
+    assert {metrics[n]["group"] for n in edits} == set(groups) == {"unseen", "motion"}
+    assert sum(g["n"] for g in groups.values()) == len(edits) and cache.is_file()
+    unseen = [n for n in edits if metrics[n]["group"] == "unseen"]
+    base = sum(metrics[n]["ceiling_success"] for n in unseen) / len(unseen)
+    assert groups["unseen"]["ceiling_success"] == pytest.approx(base)
+    h = metrics["edits"]["headline"]
+    assert (h is None) if base == 0 else h == pytest.approx(groups["unseen"]["success"] / base)
     assert (out / "run" / "setseq.safetensors").is_file()
     # Even 4 + 4 steps move the reproduction toward the reference: a personalization that learned nothing
     # draws what the same prompt and seed draw with the LoRA off (about 0.6 of its MSE when measured).
@@ -35,4 +46,4 @@ def test_demo_quick(tmp_path):
         metrics["lora_off"]["mse"],
     )
     # A second run replaces its own folder.
-    run_demo(out, quick=True, log=lambda s: None)
+    run_demo(out, quick=True, ceiling_cache=cache, log=lambda s: None)

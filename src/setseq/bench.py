@@ -187,6 +187,7 @@ def _score(run_dir: Path, concept: Concept, model: str, gen_steps: int | None, o
     }
     summary = summarize_edits(edits)
     return {
+        "shape_reproduced": bool(shape_ok),
         "mse": mse(rep, reference),
         "mse_off": mse(off, reference),
         "appearance": M.appearance_fidelity(rep, reference),
@@ -325,16 +326,30 @@ def _run_config(method: str, concept: Concept, seed: int, model: str, extra: lis
     return with_concept_mask(cfg, concept.name, masks)
 
 
+def _shape_reproduced(row: dict, here: Path) -> bool:
+    """Whether a run's reproduction draws the concept's shape: from its row, or (a row scored before the row
+    held it) from its reproduced video."""
+    if "shape_reproduced" in row:
+        return bool(row["shape_reproduced"])
+    from setseq.data.synthetic import CONCEPTS
+    from setseq.data.video import load_clip
+    from setseq.eval.edits import shape_reproduced
+
+    video = here / "reproduced.mp4"
+    return video.is_file() and shape_reproduced(load_clip(video).frames, CONCEPTS[row["concept"]])
+
+
 def _add_groups(
-    rows: list[tuple[dict, Concept, Any]],
+    rows: list[tuple[dict, Concept, Any, Path]],
     cache: CeilingCache,
     model: str,
     gen_steps: int | None,
     log: Callable[[str], None],
 ) -> None:
-    """Add to each (row, concept, config) its edits in groups (seen / unseen / motion backgrounds for the
-    colours its training composited onto), beside the base model's ceiling on the same edits (at the run's
-    seed: cached, computed with the base model loaded once where missing), and the headline share."""
+    """Add to each (row, concept, config, run folder) its edits in groups (seen / unseen / motion backgrounds
+    for the colours its training composited onto), beside the base model's ceiling on the same edits (at the
+    run's seed: cached, computed with the base model loaded once where missing; judged by the run's own rule
+    for the shape, `judge_kept`), and the headline share."""
     from setseq.data.synthetic import CONCEPTS
     from setseq.data.video import load_clip
     from setseq.eval.edits import (
@@ -342,6 +357,7 @@ def _add_groups(
         composited_colours,
         edit_suite,
         group_edits,
+        judge_kept,
         summarize_groups,
     )
     from setseq.infer.generate import Personalized
@@ -353,7 +369,7 @@ def _add_groups(
             base.append(Personalized.load(None, model, log=lambda s: None))
         return base[0]
 
-    for row, concept, cfg in rows:
+    for row, concept, cfg, here in rows:
         reference = load_clip(concept.video, frames=9).frames
         entry = cache.ceiling(
             concept.name,
@@ -365,10 +381,14 @@ def _add_groups(
             pipeline=pipeline,
             log=log,
         )
+        spec = CONCEPTS[concept.name]
+        shape_ok = _shape_reproduced(row, here)
+        ceiling = {n: judge_kept(s, spec, shape_reproduced=shape_ok) for n, s in entry["edits"].items()}
         composited = composited_colours(cfg)
-        suite = edit_suite("sks", "zwx", concept.shape, CONCEPTS[concept.name])  # names do not hold tokens
-        groups = summarize_groups(row["edits"], group_edits(suite, composited), entry["edits"])
+        suite = edit_suite("sks", "zwx", concept.shape, spec)  # the edits' names hold no token
+        groups = summarize_groups(row["edits"], group_edits(suite, composited), ceiling)
         row |= {"composited": composited, "groups": groups, "unseen_share": ceiling_share(groups)}
+        row["shape_reproduced"] = shape_ok
 
 
 def run_bench(
@@ -453,9 +473,13 @@ def run_bench(
             todo.append((k, _Job(method, concept, seed, here, cfg, key, model, gen_steps, fresh, keep_runs)))
 
     _execute(todo, slots, jobs, report, log)
-    done = [(r, plan[k][1], cfgs[k]) for k, r in enumerate(slots) if r is not None]
+    done = [
+        (r, plan[k][1], cfgs[k], out / "runs" / plan[k][2] / f"{plan[k][1].name}-seed{plan[k][0]}")
+        for k, r in enumerate(slots)
+        if r is not None
+    ]
     _add_groups(done, CeilingCache(ceiling_cache), model, gen_steps, log)
-    rows = [r for r, _, _ in done]
+    rows = [r for r, *_ in done]
     summary = summarize(rows)
     kinds = summarize_kinds(rows)
     groups, heads = summarize_groups(rows), headline(rows)

@@ -32,6 +32,7 @@ from setseq.eval.edits import (
     composited_colours,
     edit_suite,
     group_edits,
+    judge_kept,
     score_edit,
     shape_reproduced,
     summarize_edits,
@@ -204,6 +205,7 @@ def run_demo(
     )["edits"]
     results["composited"] = composited_colours(cfg)
     shape_ok = False
+    raw_ceiling, ceiling = ceiling, {}
     edit_scores: dict[str, dict[str, Any]] = {}
     for shot in tqdm(plan, desc="generate", unit="video"):
         pm = base if shot.base else personalized
@@ -214,6 +216,8 @@ def run_demo(
         write_video(out / f"{shot.name}.mp4", frames, fps=8.0)
         if shot.name == "reproduced":  # `kept` counts the shape only where the run draws it unedited
             shape_ok = shape_reproduced(frames, spec)
+            # the base model's edits judged by the same rule (the reproduction comes before every edit)
+            ceiling = {n: judge_kept(c, spec, shape_reproduced=shape_ok) for n, c in raw_ceiling.items()}
         results[shot.name], label, sc = _score_shot(shot, frames, reference, spec, shape_ok, groups, ceiling)
         if sc is not None and shot.edit is not None:
             edit_scores[shot.edit.name] = sc

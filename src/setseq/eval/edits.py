@@ -61,6 +61,7 @@ __all__ = [
     "edit_group",
     "edit_suite",
     "group_edits",
+    "judge_kept",
     "score_edit",
     "shape_reproduced",
     "summarize_edits",
@@ -208,23 +209,31 @@ def score_edit(
 
     adherence = M.edit_adherence(video, edit.requested)
     got = detect_sprite(video)
-    a = spec.appearance
-    colour_ok = got["colour"] == a.colour
-    shape_ok = got["shape"] == a.shape
-    kept = bool(colour_ok and (shape_ok or not shape_reproduced))
-    followed = adherence >= 1.0 - 1e-9
     motion = float(M.sprite_motion_fidelity(video, reference)["similarity"]) if edit.keeps_motion else None
-    return {
+    score = {
         "kind": edit.kind,
         "prompt": edit.prompt,
         "adherence": float(adherence),
-        "followed": bool(followed),
+        "followed": bool(adherence >= 1.0 - 1e-9),
         "identity": float(M.appearance_fidelity(video, reference)),
+        "motion": motion,
+        "detected": {"colour": got["colour"], "shape": got["shape"], "bg_colour": got["bg_colour"]},
+    }
+    return judge_kept(score, spec, shape_reproduced=shape_reproduced)
+
+
+def judge_kept(score: Mapping[str, Any], spec: ConceptSpec, *, shape_reproduced: bool) -> dict[str, Any]:
+    """`score` (with "followed" and the "detected" colour and shape) with ``kept``, ``colour_kept`` and
+    ``success`` judged from its detections, the shape counted only where ``shape_reproduced``: how the bench
+    judges a base-model ceiling by the run's own rule, so that both sides of a comparison use the same one."""
+    got, a = score["detected"], spec.appearance
+    colour_ok = got["colour"] == a.colour
+    kept = bool(colour_ok and (got["shape"] == a.shape or not shape_reproduced))
+    return {
+        **score,
         "kept": kept,
         "colour_kept": bool(colour_ok),
-        "motion": motion,
-        "success": bool(followed and kept),
-        "detected": {"colour": got["colour"], "shape": got["shape"], "bg_colour": got["bg_colour"]},
+        "success": bool(score["followed"] and kept),
     }
 
 
