@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from setseq.bench import _run_config, load_suite
-from setseq.ceiling import CeilingCache
+from setseq.ceiling import CeilingCache, composited_colours
 from setseq.data.synthetic import CONCEPTS
 from setseq.data.video import load_clip
-from setseq.eval.edits import EDIT_GROUPS, EDIT_KINDS, composited_colours, edit_suite, group_edits
+from setseq.eval.edits import EDIT_GROUPS, EDIT_KINDS, edit_suite, group_edits
 from setseq.infer.generate import Personalized
 
 FIGURES = ("followed", "kept", "colour_kept", "success", "colour_success")

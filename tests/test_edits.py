@@ -199,13 +199,8 @@ def test_grouping_never_counts_a_composited_colour_as_unseen(tmp_path):
     every edit colour), an edit whose background is a composited colour is "seen", whatever its kind; a colour
     within the detector's tolerance of an edit's background counts as that background."""
     from setseq.bench import _run_config, load_suite
-    from setseq.eval.edits import (
-        COLOUR_TOLERANCE,
-        EDIT_GROUPS,
-        composited_colours,
-        edit_group,
-        group_edits,
-    )
+    from setseq.ceiling import composited_colours
+    from setseq.eval.edits import COLOUR_TOLERANCE, EDIT_GROUPS, edit_group, group_edits
     from setseq.eval.toy_detect import _MASK_THRESHOLD
 
     assert COLOUR_TOLERANCE == _MASK_THRESHOLD  # the grouping's tolerance is the detector's
@@ -241,7 +236,8 @@ def test_grouping_never_counts_a_composited_colour_as_unseen(tmp_path):
 
 def test_nothing_is_seen_without_swaps(tmp_path):
     from setseq.bench import _run_config, load_suite
-    from setseq.eval.edits import composited_colours, group_edits
+    from setseq.ceiling import composited_colours
+    from setseq.eval.edits import group_edits
 
     cyan = load_suite(names=["cyan_diamond_bounce"])[0]
     suite = edit_suite("sks", "zwx", cyan.shape, CONCEPTS[cyan.name])

@@ -40,7 +40,7 @@ from setseq.bench_tables import (
     summarize_kinds,
     write_markdown,
 )
-from setseq.ceiling import CeilingCache, model_fingerprint
+from setseq.ceiling import CeilingCache, composited_colours, model_fingerprint
 from setseq.errors import SetseqError
 from setseq.io import write_json
 
@@ -354,7 +354,6 @@ def _add_groups(
     from setseq.data.video import load_clip
     from setseq.eval.edits import (
         ceiling_share,
-        composited_colours,
         edit_suite,
         group_edits,
         judge_kept,

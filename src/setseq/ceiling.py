@@ -32,6 +32,7 @@ __all__ = [
     "base_ceiling",
     "ceiling_key",
     "check_no_lora",
+    "composited_colours",
     "default_cache_path",
     "model_fingerprint",
     "suite_fingerprint",
@@ -45,6 +46,19 @@ def default_cache_path() -> Path:
     """`$XDG_CACHE_HOME/setseq/base_ceiling.json` (by default `~/.cache/setseq/base_ceiling.json`)."""
     root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(root) / "setseq" / "base_ceiling.json"
+
+
+def composited_colours(cfg: Any) -> list[str]:
+    """The plain colours a run of `cfg` composites the concept onto (`setseq.eval.edits.composited_palette`):
+    its `data.swap_backgrounds` when a stage of the config its method runs with
+    (`setseq.train.methods.effective_config`: the baselines swap nothing) swaps backgrounds, else none."""
+    from setseq.eval.edits import composited_palette
+    from setseq.train.methods import effective_config
+
+    eff = effective_config(cfg)
+    return composited_palette(
+        eff.data.swap_backgrounds, (eff.stage1.background_swap, eff.stage2.background_swap)
+    )
 
 
 def model_fingerprint(model: str) -> str:

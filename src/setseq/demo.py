@@ -29,7 +29,6 @@ from setseq.errors import SetseqError
 from setseq.eval.edits import (
     Edit,
     ceiling_share,
-    composited_colours,
     edit_suite,
     group_edits,
     judge_kept,
@@ -161,7 +160,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the whole demo into `out`; returns the metrics written to `out/metrics.json`. The base model's
     ceiling is read from (or computed once into) the JSON file `ceiling_cache` (`setseq.ceiling.CeilingCache`)."""
-    from setseq.ceiling import CeilingCache
+    from setseq.ceiling import CeilingCache, composited_colours
     from setseq.config import resolve_config
     from setseq.data.synthetic import CONCEPTS
     from setseq.data.video import from_tensor, load_clip, write_video

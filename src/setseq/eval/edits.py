@@ -56,7 +56,7 @@ __all__ = [
     "Edit",
     "background_seen",
     "ceiling_share",
-    "composited_colours",
+    "composited_palette",
     "edit_backgrounds",
     "edit_group",
     "edit_suite",
@@ -271,18 +271,14 @@ def summarize_edits(scores: dict[str, dict[str, Any]]) -> dict[str, Any]:
 RGB = tuple[int, int, int]
 
 
-def composited_colours(cfg: Any) -> list[str]:
-    """The plain colours a run's training composited the concept onto: its `data.swap_backgrounds` when a stage
-    of the config its method runs with (`setseq.train.methods.effective_config`) swaps backgrounds, else none.
+def composited_palette(swap_backgrounds: Iterable[str], swap_rates: Iterable[float]) -> list[str]:
+    """The plain colours a run's training composited the concept onto, from its `data.swap_backgrounds` and
+    the `background_swap` rates of its stages as its method runs them (`setseq.ceiling.composited_colours`
+    reads both from a config): the whole palette when any rate is above 0, else none.
 
     The whole palette counts, even a colour `swap_colours_for` skipped as too close to the subject: counting
     too much as seen can only shrink "unseen", never let a trained colour into it."""
-    from setseq.train.methods import effective_config
-
-    eff = effective_config(cfg)
-    if eff.stage1.background_swap > 0 or eff.stage2.background_swap > 0:
-        return list(eff.data.swap_backgrounds)
-    return []
+    return list(swap_backgrounds) if any(r > 0 for r in swap_rates) else []
 
 
 def _rgb(colour: str | RGB) -> RGB:
@@ -304,7 +300,7 @@ def background_seen(bg_colour: str, bg_pattern: str, composited: Iterable[str | 
 
 
 def edit_group(edit: Edit, composited: Collection[str | RGB]) -> str:
-    """The edit's group for a run that composited onto `composited` (`composited_colours`): "seen" when its
+    """The edit's group for a run that composited onto `composited` (`composited_palette`): "seen" when its
     background is one of them (any kind of edit), else "unseen" for a background edit and "motion" for a
     motion or context edit."""
     bg = edit.requested.get("bg_colour")
