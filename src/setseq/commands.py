@@ -55,8 +55,11 @@ def cmd_train(
 
     quiet_libraries()
     try:
-        if resume:  # main has refused every other flag
-            return train(None, out, resume=True, progress=progress)  # type: ignore[arg-type]
+        if resume:  # main has refused every other flag, and every override --resume does not take
+            from setseq.train.setup import resumed_config
+
+            cfg = resumed_config(Path(out), video=video, model=model, mask=mask, overrides=overrides)
+            return train(cfg, out, resume=True, progress=progress)
         flags: dict[str, Any] = {}
         if m := _model_flags(model, backbone):
             flags["model"] = m

@@ -37,6 +37,28 @@ def pick_dtype(dtype: str, meta: dict, backbone: str, device: torch.device) -> s
     return "bfloat16" if device.type == "cuda" and backbone != "toy" else "float32"
 
 
+def names_folder(model_id: str) -> bool:
+    """Whether a model id names a local folder rather than a hub id ("owner/name") or a shipped toy model:
+    absolute, `./` or `~` led, or not of two parts. Tells a run's moved (or relative) model folder from a
+    hub id, so that a missing folder is never looked up on the hub."""
+    if model_id in SHIPPED_TOY_MODELS:
+        return False
+    p = Path(model_id).expanduser()
+    return p.is_absolute() or model_id.startswith((".", "~")) or len(p.parts) != 2
+
+
+def check_run_model(model_id: str, run: str | Path) -> None:
+    """The model folder a run names must be here: refused in one line otherwise (never tried on the hub)."""
+    if not names_folder(model_id) or Path(model_id).expanduser().exists():
+        return
+    relative = not Path(model_id).expanduser().is_absolute()
+    raise SetseqError(
+        f"the model folder {model_id} that {run} was trained on is not here"
+        + (" (the run named it relative to the directory it was trained in)" if relative else ""),
+        f"pass the folder with --model, e.g. --model /path/to/{Path(model_id).name}",
+    )
+
+
 @dataclass
 class GenerateOptions:
     """Sampling options; None means the run's (or the backbone's) default."""
@@ -103,6 +125,8 @@ class Personalized:
         dtype the run trained in, else bfloat16 for a real model on a GPU, float32 otherwise."""
         lora = load_setseq(run) if run is not None else None
         path = model or (lora.meta.get("model_id") if lora else None) or "toy"
+        if lora is not None and not model:
+            check_run_model(path, run)  # type: ignore[arg-type]
         if lora is not None and not model and path not in SHIPPED_TOY_MODELS:
             log(f"base model: {path} (named by the LoRA file; --model chooses another)")
         name = backbone or (lora.meta["backbone"] if lora and not model else None) or guess_backbone(path)

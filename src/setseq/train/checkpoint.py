@@ -62,7 +62,10 @@ def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tenso
 def restore_optimizer(
     opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict[str, Any]]
 ) -> None:
-    """Load `optimizer_tensors`' output back into `opt` (each state tensor laid out like its parameter)."""
+    """Load `optimizer_tensors`' output back into `opt` (each state tensor laid out like its parameter). The
+    learning rates stay `opt`'s own (the config's, which `--resume` may change: stageN.lr, concept.embedding_lr);
+    an unchanged config has the checkpoint's, so an uninterrupted run and a resumed one step alike."""
+    lrs = [g["lr"] for g in opt.param_groups]
     params = [p for g in opt.param_groups for p in g["params"]]
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, val in tensors.items():
@@ -71,6 +74,8 @@ def restore_optimizer(
         # Whole tensors on file; a sharded (DTensor) parameter takes its shard of its moments.
         state.setdefault(i, {})[name] = as_param_like(val, params[i]) if i < len(params) else val
     opt.load_state_dict({"state": state, "param_groups": groups})
+    for group, lr in zip(opt.param_groups, lrs):
+        group["lr"] = lr
 
 
 def all_finite(tensors: dict[str, torch.Tensor]) -> bool:
