@@ -28,6 +28,7 @@ INFER_DTYPE: dict[str, Any] = dict(
     choices=["auto", "float32", "bfloat16", "float16"],
     help="auto: the run's training dtype, else bfloat16 on a GPU (float32 for the toy model and on CPU)",
 )
+FPS_HELP = "frame rate of the written video (default: the run's, i.e. its clip's; else the backbone's)"
 TOY_MODEL: dict[str, Any] = dict(
     default="toy", help="toy model: toy (default), toy-large, or a toy model folder"
 )
@@ -148,6 +149,7 @@ def _add_generate(sub: Any) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--size", type=_size)
     g.add_argument("--frames", type=int)
+    g.add_argument("--fps", type=float, help=FPS_HELP)
     g.add_argument("--negative-prompt", default="")
     g.add_argument("--device", default="auto")
     g.add_argument("--dtype", **INFER_DTYPE)
@@ -180,6 +182,7 @@ def _add_compose(sub: Any) -> None:
     c.add_argument("--cfg", type=float, help="classifier-free guidance scale")
     c.add_argument("--steps", type=int)
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--fps", type=float, help=FPS_HELP)
     c.add_argument("--device", default="auto")
     c.add_argument("--dtype", **INFER_DTYPE)
 

@@ -91,6 +91,7 @@ def cmd_generate(
     seed: int,
     size: list[int] | None,
     frames: int | None,
+    fps: float | None,
     negative_prompt: str,
     device: str,
     dtype: str,
@@ -118,6 +119,7 @@ def cmd_generate(
         size[0] if size else None,
         size[1] if size else None,
         negative_prompt,
+        fps=fps,
         image=first,
     )
     results = generate_to_files(pm, prompts, opts, out)
@@ -136,6 +138,7 @@ def cmd_compose(
     cfg: float | None,
     steps: int | None,
     seed: int,
+    fps: float | None,
     device: str,
     dtype: str,
 ) -> list[Path]:
@@ -153,7 +156,9 @@ def cmd_compose(
                 f"warning: {prompt!r} names {len(named)} of the concept tokens {tokens}; composing needs two or more",
                 file=sys.stderr,
             )
-    results = generate_to_files(pm, prompts, GenerateOptions(guidance_scale=cfg, steps=steps, seed=seed), out)
+    results = generate_to_files(
+        pm, prompts, GenerateOptions(guidance_scale=cfg, steps=steps, seed=seed, fps=fps), out
+    )
     for r in results:
         print(f"wrote {r.mp4} and {r.png}  ({r.prompt!r})")
     return [r.mp4 for r in results if r.mp4]

@@ -7,6 +7,7 @@ by name); the image is the first frame, resized and centre-cropped to the video'
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from collections.abc import Callable
@@ -35,6 +36,19 @@ def pick_dtype(dtype: str, meta: dict, backbone: str, device: torch.device) -> s
     if trained in DTYPES:
         return str(trained)
     return "bfloat16" if device.type == "cuda" and backbone != "toy" else "float32"
+
+
+# The frame rate a backbone's videos play at when nothing else says (a base model alone, a run from before
+# runs recorded theirs): its model card's or diffusers' export example's.
+DEFAULT_FPS = {
+    "toy": 8.0,
+    "wan": 16.0,
+    "cogvideox": 8.0,
+    "ltx": 25.0,
+    "hunyuan": 15.0,
+    "hunyuan15": 24.0,
+    "ltx2": 24.0,
+}
 
 
 def names_folder(model_id: str) -> bool:
@@ -72,7 +86,9 @@ class GenerateOptions:
     height: int | None = None
     width: int | None = None
     negative_prompt: str = ""
-    fps: float = 8.0
+    fps: float | None = (
+        None  # the written videos' frame rate; None: the run's (its clip's), else the backbone's
+    )
     # The first frame for image-to-video, (H, W, 3) uint8 at any size (`setseq.data.image.read_image`); it is
     # resized and centre-cropped to the video's size. None: text-to-video.
     image: np.ndarray | None = None
@@ -167,6 +183,18 @@ class Personalized:
             int(opts.width or (size[1] if size else self.backbone.info.width)),
         )
 
+    def fps(self, opts: GenerateOptions) -> float:
+        """The frame rate of the videos: `opts.fps`, else the run's (the rate its clip was sampled at, or the
+        source's), else the backbone's usual one."""
+        if opts.fps is not None:
+            if not (math.isfinite(opts.fps) and 0 < opts.fps <= 1000):
+                raise SetseqError(
+                    f"--fps must be a frame rate in (0, 1000], got {opts.fps:g}", "pass e.g. --fps 16"
+                )
+            return float(opts.fps)
+        run = self.lora.meta.get("fps") if self.lora is not None else None
+        return float(run) if run else DEFAULT_FPS.get(self.backbone.info.name, 16.0)
+
     def first_frame(
         self, opts: GenerateOptions, log: Callable[[str], None] | None = None
     ) -> np.ndarray | None:
@@ -237,11 +265,12 @@ def generate_to_files(
         raise SetseqError("no prompt was given", 'pass --prompt "a sks person ..."')
     paths = output_paths(Path(out), len(prompts))
     model.first_frame(opts, log=lambda s: print(s, file=sys.stderr))  # refuse a wrong --image before writing
+    fps = model.fps(opts)
     results = []
     for prompt, path in zip(prompts, paths):
         video = model.generate(prompt, opts, progress=progress)
         frames = from_tensor(video)
-        write_video(path, frames, fps=opts.fps)
+        write_video(path, frames, fps=fps)
         png = path.with_suffix(".png")
         write_contact_sheet(png, frames)
         results.append(GeneratedVideo(prompt, video, path, png))
