@@ -195,6 +195,26 @@ class Personalized:
         run = self.lora.meta.get("fps") if self.lora is not None else None
         return float(run) if run else DEFAULT_FPS.get(self.backbone.info.name, 16.0)
 
+    def frames(self, opts: GenerateOptions) -> int | None:
+        """The videos' frame count: `opts.frames`, else the run's clip length (None: the backbone's default);
+        one the backbone cannot make is refused naming the nearest it can."""
+        frames = (
+            opts.frames if opts.frames is not None else (self.lora.meta.get("frames") if self.lora else None)
+        )
+        if frames is None:
+            return None
+        info = self.backbone.info
+        m, default = info.frame_multiple, info.frames
+        if frames < 1:
+            raise SetseqError(f"--frames must be at least 1, got {frames}", f"use e.g. --frames {default}")
+        if (frames - 1) % m:
+            lo = (frames - 1) // m * m + 1
+            raise SetseqError(
+                f"--frames {frames} is not of the form {m}k+1 that the {info.name} backbone makes",
+                f"use --frames {lo} or {lo + m}",
+            )
+        return int(frames)
+
     def first_frame(
         self, opts: GenerateOptions, log: Callable[[str], None] | None = None
     ) -> np.ndarray | None:
@@ -236,7 +256,7 @@ class Personalized:
         return self.backbone.generate(
             prompt,
             opts.negative_prompt,
-            frames=opts.frames or (self.lora.meta.get("frames") if self.lora else None),
+            frames=self.frames(opts),
             height=height,
             width=width,
             steps=opts.steps,
@@ -266,6 +286,7 @@ def generate_to_files(
     paths = output_paths(Path(out), len(prompts))
     model.first_frame(opts, log=lambda s: print(s, file=sys.stderr))  # refuse a wrong --image before writing
     fps = model.fps(opts)
+    model.frames(opts)  # refuse a wrong --frames before the first video
     results = []
     for prompt, path in zip(prompts, paths):
         video = model.generate(prompt, opts, progress=progress)

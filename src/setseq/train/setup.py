@@ -150,7 +150,24 @@ def resolve_paths(cfg: RunConfig) -> RunConfig:
     multi = dataclasses.replace(
         cfg.multi, concepts=[{**c, "video": _absolute(c["video"])} for c in cfg.multi.concepts]
     )
+    _check_rate(cfg)
     return dataclasses.replace(cfg, data=data, model=model, multi=multi)
+
+
+def _check_rate(cfg: RunConfig) -> None:
+    """Refuse a `data.fps` above a video's own rate: frames would be repeated, and stage 2 would learn the
+    motion slowed down (a library caller of `load_clip` may still resample up)."""
+    from setseq.data.video import probe_video
+
+    fps = cfg.data.fps
+    for video, _ in cfg.concepts() if fps else []:
+        own = probe_video(video).fps  # type: ignore[arg-type]
+        if own > 0 and fps > own * 1.001:
+            raise SetseqError(
+                f"--fps {fps:g} is above the {own:g} fps of video {video}: its frames would be repeated and "
+                "the motion learned slowed down",
+                f"use --fps {own:g} or lower, or leave --fps out to keep every frame",
+            )
 
 
 def resumed_config(
