@@ -89,6 +89,13 @@ def _discard(path: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+def lower_lr_advice(run_dir: Path, stage: int, lr: float | None) -> str:
+    """The fix after a blow-up: the command that resumes from the last good checkpoint at a tenth of the
+    stage's learning rate (`--resume` takes stageN.lr)."""
+    lower = f"{lr / 10:g}" if lr else "1e-5"
+    return f"resume at a lower learning rate: setseq train --resume {run_dir} stage{stage}.lr={lower}"
+
+
 def save_checkpoint(
     run_dir: Path,
     stage: int,
@@ -103,7 +110,7 @@ def save_checkpoint(
     if not all_finite(lora):
         raise SetseqError(
             f"the weights at stage {stage} step {step} are not all finite, so no checkpoint was written",
-            "lower the learning rate, then continue with --resume",
+            lower_lr_advice(run_dir, stage, (state.get("config") or {}).get(f"stage{stage}", {}).get("lr")),
         )
     # (an optimizer, or its `optimizer_tensors`, gathered beforehand by every process when sharded)
     opt_t, groups = optimizer_tensors(opt) if isinstance(opt, torch.optim.Optimizer) else opt
