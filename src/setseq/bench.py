@@ -156,7 +156,7 @@ def _score(run_dir: Path, concept: Concept, model: str, gen_steps: int | None, o
     pm = Personalized.load(run_dir, log=lambda s: None)
     meta = pm.lora.meta if pm.lora is not None else {}
     token, motion_token = str(meta.get("token", "sks")), str(meta.get("motion_token", "zwx"))
-    reference = load_clip(concept.video, frames=9).frames
+    reference, fps = load_clip(concept.video, frames=9).frames, pm.fps(GenerateOptions())
     spec = CONCEPTS[concept.name]  # (load_suite checked it is a toy-world concept)
 
     def generate(
@@ -166,7 +166,7 @@ def _score(run_dir: Path, concept: Concept, model: str, gen_steps: int | None, o
             identity_scale=identity_scale, motion_scale=motion_scale, steps=gen_steps, seed=0
         )
         frames = from_tensor(pm.generate(prompt, opts))
-        write_video(out / f"{name}.mp4", frames, fps=8.0)
+        write_video(out / f"{name}.mp4", frames, fps=fps)
         return frames
 
     t_motion = f"a {token} {concept.shape} in {motion_token} motion"

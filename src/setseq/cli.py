@@ -10,7 +10,10 @@ User errors (`SetseqError`) are printed as one line, without a traceback, with e
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from setseq import commands
@@ -25,12 +28,30 @@ INFER_DTYPE: dict[str, Any] = dict(
     choices=["auto", "float32", "bfloat16", "float16"],
     help="auto: the run's training dtype, else bfloat16 on a GPU (float32 for the toy model and on CPU)",
 )
+FPS_HELP = "frame rate of the written video (default: the run's, i.e. its clip's; else the backbone's)"
 TOY_MODEL: dict[str, Any] = dict(
     default="toy", help="toy model: toy (default), toy-large, or a toy model folder"
 )
-# `train --resume` continues a run exactly with its saved config: the only train fields it takes. Every
-# other train flag defaults to None (the overrides to []), so one that is set was given.
-RESUME_TAKES = ("out", "resume", "progress")
+# `train --resume` continues a run with its saved config: the only train fields it takes (--video, --model,
+# --mask: the same file or folder, moved; checked by content). Every other train flag defaults to None (the
+# overrides to []), so one that is set was given.
+RESUME_TAKES = ("out", "resume", "progress", "video", "model", "mask")
+# The config keys `--resume` may change (mid-run safe: the learning rate, steps, checkpointing, logging,
+# samples); any other override is refused by name.
+RESUME_KEYS = (
+    "stage1.lr",
+    "stage2.lr",
+    "stage1.steps",
+    "stage2.steps",
+    "concept.embedding_lr",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.log_every",
+    "train.tensorboard",
+    "train.sample_every",
+    "train.sample_steps",
+    "train.memory_check",
+)
 
 
 def _size(text: str) -> list[int]:
@@ -56,7 +77,7 @@ def _add_train(sub: Any) -> None:
     t = sub.add_parser("train", help="personalize a model to one video (stage 1 + stage 2)")
     t.set_defaults(func=commands.cmd_train)
     t.add_argument("--video", help="the input video (any container PyAV reads)")
-    t.add_argument("--out", required=True, help="run folder")
+    t.add_argument("--out", help="run folder (required; with --resume, --resume RUN names it too)")
     t.add_argument(
         "--model",
         help="'toy' (default), or a diffusers Wan, CogVideoX, LTX-Video, HunyuanVideo, HunyuanVideo 1.5 or LTX-2 "
@@ -83,7 +104,14 @@ def _add_train(sub: Any) -> None:
         "as the video; used by stageN.background_weight / stageN.background_swap (data.mask)",
     )
     t.add_argument(
-        "--resume", action="store_true", help="continue the run in --out exactly (optimizer, step, RNG)"
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="RUN",
+        help="continue the run in RUN (or --out) exactly (optimizer, step, RNG); takes --video, --model and "
+        "--mask to point to moved inputs (checked to be the same), and the overrides "
+        + ", ".join(RESUME_KEYS),
     )
     t.add_argument("--init-lora", help="start a NEW run from the weights of a setseq.safetensors")
     t.add_argument(
@@ -121,6 +149,7 @@ def _add_generate(sub: Any) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--size", type=_size)
     g.add_argument("--frames", type=int)
+    g.add_argument("--fps", type=float, help=FPS_HELP)
     g.add_argument("--negative-prompt", default="")
     g.add_argument("--device", default="auto")
     g.add_argument("--dtype", **INFER_DTYPE)
@@ -153,6 +182,7 @@ def _add_compose(sub: Any) -> None:
     c.add_argument("--cfg", type=float, help="classifier-free guidance scale")
     c.add_argument("--steps", type=int)
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--fps", type=float, help=FPS_HELP)
     c.add_argument("--device", default="auto")
     c.add_argument("--dtype", **INFER_DTYPE)
 
@@ -349,18 +379,34 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict[str,
     return vars(args)
 
 
-def _refuse_with_resume(fields: dict[str, Any]) -> None:
-    """`train --resume` continues a run exactly with its saved config: refuse any other flag, by name."""
+def _resume_fields(fields: dict[str, Any]) -> None:
+    """`train --resume [RUN]`: the run folder into `out` (RUN and --out must agree when both are given), an
+    override that argparse took for RUN back among the overrides; then refuse any flag or override that
+    `--resume` does not take, by name."""
+    run = fields["resume"]
+    if isinstance(run, str) and "=" in run and not Path(run).exists():  # `--resume --out R stage1.lr=1e-5`
+        fields["overrides"], run = [run, *fields["overrides"]], True
+    if isinstance(run, str):
+        if fields["out"] is not None and Path(fields["out"]).resolve() != Path(run).resolve():
+            raise SetseqError(
+                f"--resume {run} and --out {fields['out']} name two different run folders",
+                f"give the run once: setseq train --resume {run}",
+            )
+        fields["out"] = run
+    fields["resume"] = True
+    if fields["out"] is None:
+        raise SetseqError("--resume needs the run folder", "name it: setseq train --resume RUN")
     named = [
         f"--{k.replace('_', '-')}"
         for k, v in fields.items()
         if k not in (*RESUME_TAKES, "overrides") and v is not None
-    ] + list(fields["overrides"])
+    ] + [o for o in fields["overrides"] if o.partition("=")[0] not in RESUME_KEYS]
     if named:
         raise SetseqError(
-            f"--resume continues a run exactly with its saved config; other flags are not allowed with it "
+            f"--resume continues a run with its saved config; other flags are not allowed with it "
             f"(got {', '.join(named)})",
-            "drop them, or start a new run with --init-lora",
+            f"drop them (it takes --video, --model, --mask and {', '.join(RESUME_KEYS)}), or start a new run "
+            "with --init-lora",
         )
 
 
@@ -370,7 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     del fields["command"]
     try:
         if fields.get("resume"):  # train --resume
-            _refuse_with_resume(fields)
+            _resume_fields(fields)
+        elif func is commands.cmd_train and fields["out"] is None:
+            raise SetseqError("train needs a run folder", "pass --out RUN (a new folder)")
         func(**fields)
     except SetseqError as exc:
         print(f"setseq: error: {exc}", file=sys.stderr)
@@ -378,7 +426,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("setseq: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _reader_left()
     return 0
+
+
+def _reader_left() -> int:
+    """The reader of our output closed it (`setseq info RUN | head -1`): stop quietly, with the status of a
+    command ended by SIGPIPE, as well-behaved CLIs do. Python's own flush of stdout at exit would fail
+    again, so stdout is pointed at /dev/null first (the recipe of Python's `signal` documentation)."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 128 + 13
 
 
 if __name__ == "__main__":

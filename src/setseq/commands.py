@@ -55,8 +55,11 @@ def cmd_train(
 
     quiet_libraries()
     try:
-        if resume:  # main has refused every other flag
-            return train(None, out, resume=True, progress=progress)  # type: ignore[arg-type]
+        if resume:  # main has refused every other flag, and every override --resume does not take
+            from setseq.train.setup import resumed_config
+
+            cfg = resumed_config(Path(out), video=video, model=model, mask=mask, overrides=overrides)
+            return train(cfg, out, resume=True, progress=progress)
         flags: dict[str, Any] = {}
         if m := _model_flags(model, backbone):
             flags["model"] = m
@@ -88,6 +91,7 @@ def cmd_generate(
     seed: int,
     size: list[int] | None,
     frames: int | None,
+    fps: float | None,
     negative_prompt: str,
     device: str,
     dtype: str,
@@ -115,6 +119,7 @@ def cmd_generate(
         size[0] if size else None,
         size[1] if size else None,
         negative_prompt,
+        fps=fps,
         image=first,
     )
     results = generate_to_files(pm, prompts, opts, out)
@@ -133,6 +138,7 @@ def cmd_compose(
     cfg: float | None,
     steps: int | None,
     seed: int,
+    fps: float | None,
     device: str,
     dtype: str,
 ) -> list[Path]:
@@ -150,7 +156,9 @@ def cmd_compose(
                 f"warning: {prompt!r} names {len(named)} of the concept tokens {tokens}; composing needs two or more",
                 file=sys.stderr,
             )
-    results = generate_to_files(pm, prompts, GenerateOptions(guidance_scale=cfg, steps=steps, seed=seed), out)
+    results = generate_to_files(
+        pm, prompts, GenerateOptions(guidance_scale=cfg, steps=steps, seed=seed, fps=fps), out
+    )
     for r in results:
         print(f"wrote {r.mp4} and {r.png}  ({r.prompt!r})")
     return [r.mp4 for r in results if r.mp4]

@@ -28,6 +28,7 @@ METHODS: dict[str, str] = {
     "dreammix": "DreamMix-style: one stage, alternating single frames and the clip",
     "textual_inversion": "textual inversion: only the concept tokens' embeddings, on the video",
 }
+MAX_LR = 1.0  # the largest learning rate accepted: far above any that trains a LoRA
 ONE_STAGE = ("dreambooth", "lora1", "dreammix", "textual_inversion")
 ON_CLIP = ("dreambooth", "lora1", "textual_inversion")  # one-stage modes that train on the clip every step
 
@@ -169,8 +170,10 @@ class ConceptConfig:
                 raise ValueError(f"concept.{name} must be one word, got {v!r}")
         if self.token == self.motion_token:
             raise ValueError("concept.token and concept.motion_token must differ")
-        if not (self.embedding_lr > 0 and math.isfinite(self.embedding_lr)):
-            raise ValueError(f"concept.embedding_lr must be a positive number, got {self.embedding_lr}")
+        if not (0 < self.embedding_lr <= MAX_LR):
+            raise ValueError(
+                f"concept.embedding_lr must be a number in (0, {MAX_LR:g}], got {self.embedding_lr}"
+            )
         if self.static_prompt is not None and self.token not in self.static_prompt.split():
             raise ValueError(f"concept.static_prompt must contain the concept token '{self.token}'")
 
@@ -239,6 +242,8 @@ class StageConfig:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.lr > MAX_LR:  # (from ~3e38 up, AdamW's step overflows float32 before any check could run)
+            raise ValueError(f"lr must be at most {MAX_LR:g} (the paper's is 1e-4), got {self.lr:g}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.micro_batch is not None and (self.micro_batch < 1 or self.batch_size % self.micro_batch):

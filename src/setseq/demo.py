@@ -191,8 +191,9 @@ def run_demo(
 
     # 3. Generate every shot.
     reference = load_clip(video, frames=cfg.data.frames).frames
-    write_video(out / "reference.mp4", reference, fps=8.0)
     personalized = Personalized.load(run_dir, log=log)
+    fps = personalized.fps(GenerateOptions())  # the concept video's own rate, which the run recorded
+    write_video(out / "reference.mp4", reference, fps=fps)
     base = Personalized.load(None, model=model, backbone="toy", log=log)
     steps = 4 if quick else None
     results: dict[str, Any] = {"concept": name, "caption": entry["caption"], "quick": quick}
@@ -212,7 +213,7 @@ def run_demo(
             identity_scale=shot.identity_scale, motion_scale=shot.motion_scale, steps=steps, seed=0
         )
         frames = from_tensor(pm.generate(shot.prompt, opts))
-        write_video(out / f"{shot.name}.mp4", frames, fps=8.0)
+        write_video(out / f"{shot.name}.mp4", frames, fps=fps)
         if shot.name == "reproduced":  # `kept` counts the shape only where the run draws it unedited
             shape_ok = shape_reproduced(frames, spec)
             # the base model's edits judged by the same rule (the reproduction comes before every edit)

@@ -52,6 +52,7 @@ class SetseqLora:
 
     tensors: dict[str, torch.Tensor]
     meta: dict[str, Any]
+    path: Path | None = None  # the file it was read from
 
     @property
     def modules(self) -> list[str]:
@@ -142,7 +143,7 @@ def load_setseq(path: str | Path) -> SetseqLora:
                 f"{path} lacks the '{need}' metadata", "re-export it from its run with `setseq export`"
             )
     _check_metadata(path, meta)
-    lora = SetseqLora(tensors, meta)
+    lora = SetseqLora(tensors, meta, path)
     _check_tensors(path, lora)
     return lora
 
@@ -153,7 +154,7 @@ _STR_KEYS = (
     "backbone", "model_id", "fingerprint", "token", "class_word", "motion_token", "t_static", "t_motion",
     "setseq_version",
 )  # fmt: skip
-_NUM_KEYS = ("alpha", "identity_scale", "motion_scale", "guidance_scale")
+_NUM_KEYS = ("alpha", "identity_scale", "motion_scale", "guidance_scale", "fps")
 _INT_KEYS = ("rank", "frames", "stage1_steps", "stage2_steps")
 _MAX_TEXT = 4096
 _MAX_PIXELS = 8192 * 8192  # as for input videos
@@ -187,6 +188,8 @@ def _check_metadata(path: Path, meta: dict[str, Any]) -> None:
             raise _bad_meta(path, k, f"{str(v)[:40]!r} is not a whole number")
     if meta["basis"] not in ("down", "up"):
         raise _bad_meta(path, "basis", "must be 'down' or 'up'")
+    if meta.get("fps") is not None and not 0 < meta["fps"] <= 1000:
+        raise _bad_meta(path, "fps", "must be a frame rate in (0, 1000]")
     size = meta.get("size")
     if size is not None and not (
         isinstance(size, list)
@@ -456,9 +459,20 @@ def check_motion_trained(lora: SetseqLora) -> None:
     if why:
         raise SetseqError(
             f"this run has no motion part to export: stage 2 never ran ({why})",
-            "export --part identity (or merged), or train stage 2 on it: "
-            "setseq train --init-lora RUN/setseq.safetensors stage1.steps=0 ...",
+            f"export --part identity (or merged), or train stage 2 on it: {_stage2_command(lora)}",
         )
+
+
+def _stage2_command(lora: SetseqLora) -> str:
+    """A complete command that trains Set-and-Sequence's stage 2 from a one-stage run's LoRA: the run's own
+    config (its video, model, tokens), method setseq, no stage-1 steps, into a new folder beside it."""
+    path = lora.path or Path("setseq.safetensors")
+    run = path.parent
+    tail = f"--init-lora {path} --out {run}_stage2 method=setseq stage1.steps=0"
+    if (run / "config.yaml").is_file():
+        return f"setseq train --config {run / 'config.yaml'} {tail}"
+    model = lora.meta.get("model_id") or "toy"
+    return f"setseq train --video VIDEO --model {model} --token {lora.meta.get('token', 'sks')} {tail}"
 
 
 def part_paths(out: str | Path, part: str) -> list[Path]:

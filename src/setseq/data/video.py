@@ -491,10 +491,13 @@ def load_clip(
     start: float = 0.0,
     end: float | None = None,
     size: tuple[int, int] | None = None,
+    frame_multiple: int = 1,
 ) -> Clip:
     """Decode frames of `path` in ``[start, end)`` seconds: every source frame (``fps=None``) or the source
     frame nearest each time ``start + k / fps``; the first `frames` of them (all when None); each resized so
-    both sides cover `size` (H, W) and centre-cropped to it (source size when None)."""
+    both sides cover `size` (H, W) and centre-cropped to it (source size when None). `frame_multiple`: the
+    clip lengths a model takes are `m k + 1` (at least `m + 1`, two latent frames, where m > 1): a video too
+    short for `frames` is refused with the longest such length it holds."""
     if size is not None:
         size = tuple(size)  # type: ignore[assignment]
     _check_args(frames, fps, float(start), None if end is None else float(end), size)
@@ -519,7 +522,7 @@ def load_clip(
     n = len(got)
     want = frames if frames is not None else 1
     if n < want:
-        raise _too_few(p, info, n, frames, fps, start, end, last_end, err)
+        raise _too_few(p, info, n, frames, fps, start, end, last_end, err, frame_multiple)
     return Clip(
         frames=np.stack(got.frames),
         indices=got.indices,
@@ -537,7 +540,7 @@ def _sec(x: float) -> str:
     return text + "0" if text.endswith(".") else text
 
 
-def _too_few(p, info, n, frames, fps, start, end, last_end, err) -> SetseqError:
+def _too_few(p, info, n, frames, fps, start, end, last_end, err, m: int = 1) -> SetseqError:
     if info.container == "image2" or info.container.endswith("_pipe"):
         return SetseqError(
             f"{p} is a still image ({info.codec}), not a video, so it has 1 frame", "pass a video file"
@@ -561,17 +564,19 @@ def _too_few(p, info, n, frames, fps, start, end, last_end, err) -> SetseqError:
                 f"video {p} contains no video frames", f"check the file plays; it may be damaged; {_REENCODE}"
             )
         return SetseqError(f"video {p} has no frames{rate} {where}", "widen --start/--end")
-    fixes = [f"ask for --frames {n} or fewer"]
+    fit = (n - 1) // m * m + 1  # the longest clip a model of frame multiple m takes from n frames
+    fixes = [f"ask for --frames {fit} or fewer"] if m == 1 or fit > m else []
     span = (window_end - start) if window_end is not None else None
     if fps and span and span > 0:
         need = frames / span
         if info.fps <= 0 or need <= info.fps + _EPS:
             fixes.append(f"raise --fps to {math.ceil(need * 100) / 100:g} or more")
-    fixes.append("widen --start/--end" if can_widen else "use a longer video")
+    longer = "use a longer video" + (f" (at least {m + 1} frames)" if m > 1 and fit <= m else "")
+    fixes.append("widen --start/--end" if can_widen else longer)
     what = ("readable frame" if damaged else "frame") + ("" if n == 1 else "s")
     return SetseqError(
         f"video {p} has only {n} {what}{rate} {where}, but {frames} were asked{damaged}",
-        ", ".join(fixes[:-1]) + ", or " + fixes[-1],
+        ", ".join(fixes[:-1]) + ", or " + fixes[-1] if len(fixes) > 1 else fixes[0],
     )
 
 

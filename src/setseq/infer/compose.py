@@ -18,7 +18,7 @@ import torch
 
 from setseq.errors import SetseqError
 from setseq.export import SetseqLora, check_compatible, load_setseq, merged_factors
-from setseq.infer.generate import Personalized
+from setseq.infer.generate import Personalized, check_run_model
 
 
 @torch.no_grad()
@@ -79,6 +79,8 @@ def load_composition(
                     "compose concepts trained with different tokens (concept.token / concept.motion_token)",
                 )
             tokens.append(t)
+    if not model:
+        check_run_model(str(loras[0].meta.get("model_id") or "toy"), runs[0])
     if dtype == "auto" and "dtype" in loras[0].meta:  # the first run's, as for its model
         dtype = str(loras[0].meta["dtype"])
     base = Personalized.load(

@@ -7,6 +7,7 @@ by name); the image is the first frame, resized and centre-cropped to the video'
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from collections.abc import Callable
@@ -37,6 +38,41 @@ def pick_dtype(dtype: str, meta: dict, backbone: str, device: torch.device) -> s
     return "bfloat16" if device.type == "cuda" and backbone != "toy" else "float32"
 
 
+# The frame rate a backbone's videos play at when nothing else says (a base model alone, a run from before
+# runs recorded theirs): its model card's or diffusers' export example's.
+DEFAULT_FPS = {
+    "toy": 8.0,
+    "wan": 16.0,
+    "cogvideox": 8.0,
+    "ltx": 25.0,
+    "hunyuan": 15.0,
+    "hunyuan15": 24.0,
+    "ltx2": 24.0,
+}
+
+
+def names_folder(model_id: str) -> bool:
+    """Whether a model id names a local folder rather than a hub id ("owner/name") or a shipped toy model:
+    absolute, `./` or `~` led, or not of two parts. Tells a run's moved (or relative) model folder from a
+    hub id, so that a missing folder is never looked up on the hub."""
+    if model_id in SHIPPED_TOY_MODELS:
+        return False
+    p = Path(model_id).expanduser()
+    return p.is_absolute() or model_id.startswith((".", "~")) or len(p.parts) != 2
+
+
+def check_run_model(model_id: str, run: str | Path) -> None:
+    """The model folder a run names must be here: refused in one line otherwise (never tried on the hub)."""
+    if not names_folder(model_id) or Path(model_id).expanduser().exists():
+        return
+    relative = not Path(model_id).expanduser().is_absolute()
+    raise SetseqError(
+        f"the model folder {model_id} that {run} was trained on is not here"
+        + (" (the run named it relative to the directory it was trained in)" if relative else ""),
+        f"pass the folder with --model, e.g. --model /path/to/{Path(model_id).name}",
+    )
+
+
 @dataclass
 class GenerateOptions:
     """Sampling options; None means the run's (or the backbone's) default."""
@@ -50,7 +86,9 @@ class GenerateOptions:
     height: int | None = None
     width: int | None = None
     negative_prompt: str = ""
-    fps: float = 8.0
+    fps: float | None = (
+        None  # the written videos' frame rate; None: the run's (its clip's), else the backbone's
+    )
     # The first frame for image-to-video, (H, W, 3) uint8 at any size (`setseq.data.image.read_image`); it is
     # resized and centre-cropped to the video's size. None: text-to-video.
     image: np.ndarray | None = None
@@ -103,6 +141,8 @@ class Personalized:
         dtype the run trained in, else bfloat16 for a real model on a GPU, float32 otherwise."""
         lora = load_setseq(run) if run is not None else None
         path = model or (lora.meta.get("model_id") if lora else None) or "toy"
+        if lora is not None and not model:
+            check_run_model(path, run)  # type: ignore[arg-type]
         if lora is not None and not model and path not in SHIPPED_TOY_MODELS:
             log(f"base model: {path} (named by the LoRA file; --model chooses another)")
         name = backbone or (lora.meta["backbone"] if lora and not model else None) or guess_backbone(path)
@@ -142,6 +182,38 @@ class Personalized:
             int(opts.height or (size[0] if size else self.backbone.info.height)),
             int(opts.width or (size[1] if size else self.backbone.info.width)),
         )
+
+    def fps(self, opts: GenerateOptions) -> float:
+        """The frame rate of the videos: `opts.fps`, else the run's (the rate its clip was sampled at, or the
+        source's), else the backbone's usual one."""
+        if opts.fps is not None:
+            if not (math.isfinite(opts.fps) and 0 < opts.fps <= 1000):
+                raise SetseqError(
+                    f"--fps must be a frame rate in (0, 1000], got {opts.fps:g}", "pass e.g. --fps 16"
+                )
+            return float(opts.fps)
+        run = self.lora.meta.get("fps") if self.lora is not None else None
+        return float(run) if run else DEFAULT_FPS.get(self.backbone.info.name, 16.0)
+
+    def frames(self, opts: GenerateOptions) -> int | None:
+        """The videos' frame count: `opts.frames`, else the run's clip length (None: the backbone's default);
+        one the backbone cannot make is refused naming the nearest it can."""
+        frames = (
+            opts.frames if opts.frames is not None else (self.lora.meta.get("frames") if self.lora else None)
+        )
+        if frames is None:
+            return None
+        info = self.backbone.info
+        m, default = info.frame_multiple, info.frames
+        if frames < 1:
+            raise SetseqError(f"--frames must be at least 1, got {frames}", f"use e.g. --frames {default}")
+        if (frames - 1) % m:
+            lo = (frames - 1) // m * m + 1
+            raise SetseqError(
+                f"--frames {frames} is not of the form {m}k+1 that the {info.name} backbone makes",
+                f"use --frames {lo} or {lo + m}",
+            )
+        return int(frames)
 
     def first_frame(
         self, opts: GenerateOptions, log: Callable[[str], None] | None = None
@@ -184,7 +256,7 @@ class Personalized:
         return self.backbone.generate(
             prompt,
             opts.negative_prompt,
-            frames=opts.frames or (self.lora.meta.get("frames") if self.lora else None),
+            frames=self.frames(opts),
             height=height,
             width=width,
             steps=opts.steps,
@@ -213,11 +285,13 @@ def generate_to_files(
         raise SetseqError("no prompt was given", 'pass --prompt "a sks person ..."')
     paths = output_paths(Path(out), len(prompts))
     model.first_frame(opts, log=lambda s: print(s, file=sys.stderr))  # refuse a wrong --image before writing
+    fps = model.fps(opts)
+    model.frames(opts)  # refuse a wrong --frames before the first video
     results = []
     for prompt, path in zip(prompts, paths):
         video = model.generate(prompt, opts, progress=progress)
         frames = from_tensor(video)
-        write_video(path, frames, fps=opts.fps)
+        write_video(path, frames, fps=fps)
         png = path.with_suffix(".png")
         write_contact_sheet(png, frames)
         results.append(GeneratedVideo(prompt, video, path, png))

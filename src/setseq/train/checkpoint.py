@@ -62,7 +62,10 @@ def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tenso
 def restore_optimizer(
     opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict[str, Any]]
 ) -> None:
-    """Load `optimizer_tensors`' output back into `opt` (each state tensor laid out like its parameter)."""
+    """Load `optimizer_tensors`' output back into `opt` (each state tensor laid out like its parameter). The
+    learning rates stay `opt`'s own (the config's, which `--resume` may change: stageN.lr, concept.embedding_lr);
+    an unchanged config has the checkpoint's, so an uninterrupted run and a resumed one step alike."""
+    lrs = [g["lr"] for g in opt.param_groups]
     params = [p for g in opt.param_groups for p in g["params"]]
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, val in tensors.items():
@@ -71,6 +74,8 @@ def restore_optimizer(
         # Whole tensors on file; a sharded (DTensor) parameter takes its shard of its moments.
         state.setdefault(i, {})[name] = as_param_like(val, params[i]) if i < len(params) else val
     opt.load_state_dict({"state": state, "param_groups": groups})
+    for group, lr in zip(opt.param_groups, lrs):
+        group["lr"] = lr
 
 
 def all_finite(tensors: dict[str, torch.Tensor]) -> bool:
@@ -82,6 +87,13 @@ def _discard(path: Path) -> None:
     trash = Path(tempfile.mkdtemp(prefix=f".trash-{path.name}.", dir=path.parent))
     os.replace(path, trash / path.name)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def lower_lr_advice(run_dir: Path, stage: int, lr: float | None) -> str:
+    """The fix after a blow-up: the command that resumes from the last good checkpoint at a tenth of the
+    stage's learning rate (`--resume` takes stageN.lr)."""
+    lower = f"{lr / 10:g}" if lr else "1e-5"
+    return f"resume at a lower learning rate: setseq train --resume {run_dir} stage{stage}.lr={lower}"
 
 
 def save_checkpoint(
@@ -98,7 +110,7 @@ def save_checkpoint(
     if not all_finite(lora):
         raise SetseqError(
             f"the weights at stage {stage} step {step} are not all finite, so no checkpoint was written",
-            "lower the learning rate, then continue with --resume",
+            lower_lr_advice(run_dir, stage, (state.get("config") or {}).get(f"stage{stage}", {}).get("lr")),
         )
     # (an optimizer, or its `optimizer_tensors`, gathered beforehand by every process when sharded)
     opt_t, groups = optimizer_tensors(opt) if isinstance(opt, torch.optim.Optimizer) else opt

@@ -38,7 +38,12 @@ def check_shapes(cfg: RunConfig, bb: Backbone) -> tuple[int, int, int]:
         lo = (frames - 1) // m * m + 1
         raise SetseqError(
             f"data.frames={frames} is not of the form {m}k+1 that the {info.name} backbone needs",
-            f"use --frames {lo} or {lo + m}",
+            f"use --frames {lo} or {lo + m}" if lo > m else f"use --frames {lo + m}",
+        )
+    if m > 1 and frames <= m:  # one latent frame: stage 2 would learn motion from a still
+        raise SetseqError(
+            f"data.frames={frames} gives stage 2 a single latent frame, with no motion to learn",
+            f"use --frames {m + 1} or more (a video of at least {m + 1} frames)",
         )
     sm = info.spatial_multiple
     if h % sm or w % sm:
@@ -105,7 +110,7 @@ def encode_concept(
     if cached is not None:
         log(f"cache: reusing {path}")
         return cached, short
-    clip = _load_clip(cfg, video, (frames, h, w))
+    clip = _load_clip(cfg, video, (frames, h, w), bb.info.frame_multiple)
     log(clip.summary())
     mask = None
     if cfg.data.mask:
@@ -161,7 +166,7 @@ def encode_stitched(
     cached = load_cache(path, canon, short)
     if cached is not None:
         return cached
-    clips = [_load_clip(cfg, Path(c.data.video), (frames, h, w)) for c in (a, b)]
+    clips = [_load_clip(cfg, Path(c.data.video), (frames, h, w), bb.info.frame_multiple) for c in (a, b)]
     both = torch.cat([to_tensor(clips[0].frames), to_tensor(clips[1].frames)], dim=-1)  # side by side
     enc = _encode_pixels(bb, both, t_static, t_motion, short)
     save_cache(path, enc, canon)
@@ -192,13 +197,19 @@ def _sampling_key(
     }
 
 
-def _load_clip(cfg: RunConfig, video: Path, shape: tuple[int, int, int]):
+def _load_clip(cfg: RunConfig, video: Path, shape: tuple[int, int, int], frame_multiple: int):
     """The video sampled as the run's config says, at (frames, height, width)."""
     from setseq.data.video import load_clip
 
     frames, h, w = shape
     return load_clip(
-        video, frames=frames, fps=cfg.data.fps, start=cfg.data.start, end=cfg.data.end, size=(h, w)
+        video,
+        frames=frames,
+        fps=cfg.data.fps,
+        start=cfg.data.start,
+        end=cfg.data.end,
+        size=(h, w),
+        frame_multiple=frame_multiple,
     )
 
 

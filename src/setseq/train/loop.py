@@ -215,7 +215,7 @@ def _blow_up(ctx: StageContext, stage: int, step: int, what: str) -> SetseqError
     keep = f"the last good checkpoint is {last.path}" if last else "no checkpoint was written yet"
     return SetseqError(
         f"{what} at stage {stage} step {step + 1}; training stopped and {keep}",
-        f"lower stage{stage}.lr or use model.dtype=float32, then continue with --resume",
+        C.lower_lr_advice(ctx.run_dir, stage, (ctx.cfg.stage1 if stage == 1 else ctx.cfg.stage2).lr),
     )
 
 

@@ -17,6 +17,7 @@ from setseq import lora as L
 from setseq.backbones.base import Backbone
 from setseq.config import RunConfig
 from setseq.export import export_file, load_setseq, lora_experts, save_setseq
+from setseq.infer.generate import DEFAULT_FPS
 from setseq.train.embeddings import TokenEmbeddings, save_embeddings
 from setseq.train.loop import StageContext, trainable_state
 
@@ -35,6 +36,8 @@ def tensorboard_writer(run_dir: Path, enabled: bool):
 def sampler(ctx: StageContext, frames: int, h: int, w: int, write: bool = True) -> Callable[[int, int], None]:
     """`on_sample(stage, step)`: a video of the stage's prompt, written to `samples/` (when `write`)."""
 
+    fps = run_fps(ctx.cfg) or DEFAULT_FPS.get(ctx.backbone.info.name, 16.0)
+
     def sample(stage: int, step: int) -> None:
         from setseq.data.video import from_tensor, write_video
 
@@ -50,11 +53,25 @@ def sampler(ctx: StageContext, frames: int, h: int, w: int, write: bool = True) 
                 seed=ctx.cfg.train.seed,
             )
         if write:
-            write_video(ctx.run_dir / "samples" / f"stage{stage}-{step:06d}.mp4", from_tensor(video))
+            write_video(ctx.run_dir / "samples" / f"stage{stage}-{step:06d}.mp4", from_tensor(video), fps=fps)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # release sampling memory before training resumes
 
     return sample
+
+
+def run_fps(cfg: RunConfig) -> float | None:
+    """The frame rate of the run's clip: the rate it was sampled at (data.fps), else its video's own; None
+    when the video declares none. Every video the run writes, and those generated with it, play at it."""
+    from setseq.data.video import probe_video
+    from setseq.errors import SetseqError
+
+    if cfg.data.fps:
+        return float(cfg.data.fps)
+    try:
+        return probe_video(cfg.data.video).fps or None  # type: ignore[arg-type]
+    except (SetseqError, TypeError):
+        return None
 
 
 def lora_metadata(
@@ -79,6 +96,7 @@ def lora_metadata(
         "motion_scale": 1.0,
         "frames": frames,
         "size": [h, w],
+        "fps": run_fps(cfg),
         "guidance_scale": cfg.train.guidance_scale,
         "stage1_steps": cfg.stage1.steps,
         "stage2_steps": cfg.stage2.steps,

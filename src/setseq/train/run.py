@@ -45,7 +45,7 @@ from setseq.train.stage2_sequence import train_stage2
 
 
 def train(
-    cfg: RunConfig,
+    cfg: RunConfig | None,
     out: str | Path,
     *,
     resume: bool = False,
@@ -53,7 +53,8 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Personalize the model to the video: stage 1 then stage 2. Returns the run folder."""
+    """Personalize the model to the video: stage 1 then stage 2. Returns the run folder. With `resume`, `cfg`
+    is None (the run's saved config) or `setup.resumed_config`'s."""
     # 1. Set up: the folder (new or resumed), the processes, the model, the inputs (cached), the prior.
     run = open_run(cfg, Path(out), resume, log)
     cfg, procs, log, ck, cache = run.cfg, run.procs, run.log, run.checkpoint, run.path / "cache"
@@ -65,8 +66,8 @@ def train(
     check_token_training(cfg, bb, procs)
     with run.removed_on_failure(), procs.main_first():  # process 0 encodes; the others read its cache
         data, concepts, stitched, key = encode_all(cfg, bb, cache, log)
+    run.check_cache_key(key, lambda: legacy_run_key(cfg, bb))  # (before a resumed config is written again)
     run.write_config(user_cfg)
-    run.check_cache_key(key, lambda: legacy_run_key(cfg, bb))
     # Where FSDP2 holds the DiT (sharded, or offloaded to the host), its videos are generated through it.
     sharded = (cfg.model.fsdp and procs.world > 1) or cfg.model.fsdp_offload
     prior = None if sharded else base_model_prior(cfg, bb, shape, cache, log, progress, procs)

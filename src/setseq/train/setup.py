@@ -10,6 +10,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -20,6 +21,7 @@ from setseq.config import ONE_STAGE, RunConfig, resolve_config
 from setseq.data.cache import EncodedConcept
 from setseq.errors import SetseqError
 from setseq.export import check_compatible, load_setseq
+from setseq.infer.generate import names_folder
 from setseq.io import remove_stale_temps, write_text
 from setseq.memory import GiB
 from setseq.runtime import DTYPES, resolve_device
@@ -45,6 +47,8 @@ class RunFolder:
     resumed: bool
     checkpoint: C.Checkpoint | None  # the one to resume from
     new: bool  # made by this start: removed again if the start fails
+    changed: bool = False  # resumed with a moved input or an override: config.yaml is written again
+    moved_model: bool = False  # resumed with the model folder pointed to again (`--resume --model`)
 
     @contextlib.contextmanager
     def removed_on_failure(self) -> Iterator[None]:
@@ -58,41 +62,186 @@ class RunFolder:
 
     def write_config(self, cfg: RunConfig) -> None:
         """`config.yaml` (what --resume reads back), written once the inputs are known good."""
-        if not self.resumed and self.procs.is_main:
+        if (not self.resumed or self.changed) and self.procs.is_main:
             write_text(self.path / "config.yaml", cfg.to_yaml())
 
     def check_cache_key(self, key: str, legacy: Callable[[], str | None] = lambda: None) -> None:
         """A resumed run must see the same inputs as when it started. `legacy`: the key as computed before
-        2026-12-02 (`encode.legacy_run_key`), which a run started then recorded."""
+        2026-12-02 (`encode.legacy_run_key`), which a run started then recorded. A model folder pointed to
+        again (`--resume --model`) whose weight files only carry other dates (copied) passes: the same
+        architecture (its fingerprint) and everything else alike."""
         was = None if self.checkpoint is None else self.checkpoint.state.get("cache_key")
-        if was not in (None, key) and was == legacy():
+        if was in (None, key):
+            return
+        if was == legacy():
             self.log(
                 "note: the checkpoint's cache key is in the form from before 2026-12-02 (the model folder's path "
                 "and the text encoder's load details counted); same inputs, resuming"
             )
-        elif was not in (None, key):
+        elif self.moved_model and _same_but_weight_dates(self.path / "cache", was, key):
+            self.log(
+                "note: the model folder's weight files have other dates than when the run started (copied?); "
+                "the same architecture and inputs, resuming"
+            )
+        else:
             raise SetseqError(
                 f"the video, model or prompts changed since {self.path} started (cache key {key} vs {was})",
                 "start a new run with --init-lora instead of --resume",
             )
 
 
-def open_run(cfg: RunConfig, out: Path, resume: bool, log: Callable[[str], None]) -> RunFolder:
-    """The run folder: new (refused if it holds a run), or resumed from its own config and latest checkpoint;
-    the processes started; leftovers of a killed run removed."""
+def _same_but_weight_dates(cache: Path, was: str, key: str) -> bool:
+    """Whether the cache files of keys `was` and `key` were made for the same inputs but for the model
+    folder's weight stamp (its files' names, sizes and dates: `cache.weights_stamp`). One concept only."""
+    fields = [cache_fields(cache, k) for k in (was, key)]
+    if not all(fields):
+        return False
+    for f in fields:
+        f.pop("weights", None)  # type: ignore[union-attr]
+    return fields[0] == fields[1]
+
+
+def cache_fields(cache: Path, key: str) -> dict[str, Any] | None:
+    """The key fields a cache file of `cache` was written for (`encode._concept_key`), None if unreadable."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(cache / f"{key}.safetensors"), framework="pt") as f:
+            fields = json.loads((f.metadata() or {})["setseq_cache_key"])
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError):
+        return None
+    return fields if isinstance(fields, dict) else None
+
+
+def _absolute(path: str) -> str:
+    """`path` made absolute against the current directory (`~` expanded), so that the run folder works from
+    any directory."""
+    return str(Path(path).expanduser().absolute())
+
+
+def _local_model(path: str) -> bool:
+    """Whether `model.path` names a local folder (not a shipped toy model's name, not a hub id)."""
+    from setseq.backbones.toy.files import SHIPPED_TOY_MODELS
+
+    return path not in SHIPPED_TOY_MODELS and Path(path).expanduser().exists()
+
+
+def resolve_paths(cfg: RunConfig) -> RunConfig:
+    """`cfg` with its input files (videos, subject mask) and a local model folder stored absolute; a video or
+    mask that does not exist is refused in one line."""
+    for what, flag, path in (("video", "--video", cfg.data.video), ("subject mask", "--mask", cfg.data.mask)):
+        if path and not Path(path).expanduser().exists():
+            raise SetseqError(f"{what} {path} does not exist", f"check the {flag} path")
+    for i, c in enumerate(cfg.multi.concepts):
+        if not Path(c["video"]).expanduser().is_file():
+            raise SetseqError(
+                f"video {c['video']} of multi.concepts[{i}] does not exist", "check its path in the config"
+            )
+    data = dataclasses.replace(
+        cfg.data,
+        video=cfg.data.video and _absolute(cfg.data.video),
+        mask=cfg.data.mask and _absolute(cfg.data.mask),
+    )
+    model = cfg.model
+    if _local_model(model.path):
+        model = dataclasses.replace(model, path=_absolute(model.path))
+    multi = dataclasses.replace(
+        cfg.multi, concepts=[{**c, "video": _absolute(c["video"])} for c in cfg.multi.concepts]
+    )
+    _check_rate(cfg)
+    return dataclasses.replace(cfg, data=data, model=model, multi=multi)
+
+
+def _check_rate(cfg: RunConfig) -> None:
+    """Refuse a `data.fps` above a video's own rate: frames would be repeated, and stage 2 would learn the
+    motion slowed down (a library caller of `load_clip` may still resample up)."""
+    from setseq.data.video import probe_video
+
+    fps = cfg.data.fps
+    for video, _ in cfg.concepts() if fps else []:
+        own = probe_video(video).fps  # type: ignore[arg-type]
+        if own > 0 and fps > own * 1.001:
+            raise SetseqError(
+                f"--fps {fps:g} is above the {own:g} fps of video {video}: its frames would be repeated and "
+                "the motion learned slowed down",
+                f"use --fps {own:g} or lower, or leave --fps out to keep every frame",
+            )
+
+
+def resumed_config(
+    out: Path,
+    video: str | None = None,
+    model: str | None = None,
+    mask: str | None = None,
+    overrides: list[str] | None = None,
+) -> RunConfig:
+    """The saved config of the run in `out`, with a moved video, model folder or mask pointed to again and the
+    overrides `--resume` takes applied (the caller has checked their keys); its paths made absolute. A run
+    saved before paths were stored absolute resolves its relative paths against the current directory; one
+    that is not found there is refused in one line naming the fix."""
+    if not (out / "config.yaml").is_file():
+        raise SetseqError(
+            f"{out} is not a setseq run folder (no config.yaml)",
+            "pass the --out folder of an earlier run to --resume",
+        )
+    flags: dict[str, Any] = {}
+    if video is not None or mask is not None:
+        flags["data"] = {k: v for k, v in (("video", video), ("mask", mask)) if v is not None}
+    if model is not None:
+        flags["model"] = {"path": model}
+    cfg = resolve_config(out / "config.yaml", flags, overrides)
+    for what, flag, path, given in (
+        ("video", "--video", cfg.data.video, video),
+        ("subject mask", "--mask", cfg.data.mask, mask),
+        ("model folder", "--model", cfg.model.path if names_folder(cfg.model.path) else None, model),
+    ):
+        if not path or Path(path).expanduser().exists():
+            continue
+        if given is not None:
+            raise SetseqError(f"{what} {path} does not exist", f"check the {flag} path")
+        relative = not Path(path).expanduser().is_absolute()
+        raise SetseqError(
+            f"the {what} {path} of {out} is not here"
+            + (" (the run stored it relative to the directory it was started in)" if relative else ""),
+            f"point to it: setseq train --resume {out} {flag} PATH"
+            + (", or resume from the directory the run was started in" if relative else ""),
+        )
+    if video is not None:
+        _check_same_video(out, video)
+    return resolve_paths(cfg)
+
+
+def _check_same_video(out: Path, video: str) -> None:
+    """`--resume --video`: refuse, before anything loads, a video whose content is not the run's (the content
+    hash its latest checkpoint's cache file recorded; nothing to compare with before the first checkpoint)."""
+    from setseq.data.cache import file_sha256
+
+    ck = C.latest_checkpoint(out)
+    fields = cache_fields(out / "cache", str(ck.state.get("cache_key"))) if ck is not None else None
+    if not fields or "video_sha256" not in fields or not Path(video).expanduser().is_file():
+        return
+    if file_sha256(Path(video).expanduser()) != fields["video_sha256"]:
+        raise SetseqError(
+            f"video {video} is not the video {out} was trained on (its content differs)",
+            "pass that video (moved or copied), or train a new run on this one with another --out",
+        )
+
+
+def open_run(cfg: RunConfig | None, out: Path, resume: bool, log: Callable[[str], None]) -> RunFolder:
+    """The run folder: new (refused if it holds a run), or resumed from its own config (`cfg`: that config as
+    `resumed_config` gave it, with a moved input pointed to again or a safe override; None: as saved) and
+    latest checkpoint; the processes started; leftovers of a killed run removed. Paths are stored absolute."""
+    changed = moved_model = False
     if resume:
-        if not (out / "config.yaml").is_file():
-            raise SetseqError(
-                f"{out} is not a setseq run folder (no config.yaml)",
-                "pass the --out folder of an earlier run to --resume",
-            )
-        cfg = resolve_config(out / "config.yaml")
-        where = Path(cfg.model.path).expanduser()
-        if (where.is_absolute() or cfg.model.path.startswith((".", "~"))) and not where.exists():
-            raise SetseqError(
-                f"the model folder {cfg.model.path} of {out} no longer exists",
-                f"if it moved, set model.path to its new place in {out / 'config.yaml'} and resume again",
-            )
+        cfg = cfg if cfg is not None else resumed_config(out)
+        saved = resolve_config(out / "config.yaml")
+        changed = cfg != saved  # (paths made absolute count)
+        moved_model = cfg.model.path not in (saved.model.path, _absolute(saved.model.path))
+    else:
+        assert cfg is not None, "a new run needs its config"
+        cfg = resolve_paths(cfg)
     check_mask(cfg)  # a subject mask missing, or unusable, is refused before anything is loaded or written
     procs = init_processes(cfg.model.device)
     if not procs.is_main:
@@ -127,7 +276,7 @@ def open_run(cfg: RunConfig, out: Path, resume: bool, log: Callable[[str], None]
             remove_stale_temps(out / "cache")  # a killed first start's leftovers
             remove_stale_temps(out, stems=("config",))
     procs.barrier()
-    return RunFolder(out, cfg, procs, log, resume, ck, new)
+    return RunFolder(out, cfg, procs, log, resume, ck, new, changed, moved_model)
 
 
 def load_model(cfg: RunConfig, device: torch.device | None = None, procs: Processes = SINGLE) -> Backbone:

@@ -229,7 +229,9 @@ class ToyBackbone:
         if frames < 1 or (frames - 1) % m:
             raise SetseqError(
                 f"frames={frames} is not {m}k+1",
-                f"use e.g. {m * ((frames - 1) // m) + 1} or {self.info.frames}",
+                f"use e.g. {m * ((frames - 1) // m) + 1} or {m * ((frames - 1) // m) + 1 + m}"
+                if frames > 1
+                else f"use e.g. {self.info.frames}",
             )
         if height % sm or width % sm:
             raise SetseqError(
