@@ -189,3 +189,38 @@ def test_mask_auto_trains_tiny_wan(tiny_seg, tiny_wan_dir, video, tmp_path, caps
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["data"]["mask"] == "auto" and saved["data"]["mask_prompt"] == "square"
     assert (saved["stage1"]["background_swap"], saved["stage2"]["background_swap"]) == (1.0, 0.25)
+
+
+def test_report_shows_the_subject_mask(video, tmp_path):
+    """`setseq report` of a run with a mask: an overlay clip and a one-row contact sheet of it."""
+    import yaml
+    from PIL import Image
+
+    from setseq.report import build_report
+    from tests.helpers import moving_square_video
+
+    frames = moving_square_video(13, (40, 56))
+    masks = tmp_path / "mask"
+    masks.mkdir()
+    for i, f in enumerate(frames):  # the red square, exactly
+        Image.fromarray(((f[..., 0] > 128) * 255).astype(np.uint8)).save(masks / f"{i:03d}.png")
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = {"data": {"video": str(video), "frames": 9, "size": [32, 48], "mask": str(masks)}}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    page = build_report(run, tmp_path / "r.html", progress=False).read_text()
+    assert page.count("subject mask") >= 2 and "No subject mask shown" not in page
+    cfg["data"]["mask"] = str(tmp_path / "gone")
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    page = build_report(run, tmp_path / "r2.html", progress=False).read_text()
+    assert "No subject mask shown: mask" in page and "does not exist" in page
+
+
+def test_mask_overlay_keeps_the_subject_and_dims_the_rest():
+    from setseq.report import mask_overlay
+
+    frames = np.full((2, 4, 4, 3), 200, np.uint8)
+    m = np.zeros((2, 4, 4), np.float32)
+    m[:, :2] = 1
+    over = mask_overlay(frames, m)
+    assert (over[:, :2] == 200).all() and (over[:, 2:, :, 1] == 70).all() and (over[:, 2:, :, 0] == 230).all()
