@@ -224,3 +224,16 @@ def test_mask_overlay_keeps_the_subject_and_dims_the_rest():
     m[:, :2] = 1
     over = mask_overlay(frames, m)
     assert (over[:, :2] == 200).all() and (over[:, 2:, :, 1] == 70).all() and (over[:, 2:, :, 0] == 230).all()
+
+
+def test_mask_degrade_option():
+    from setseq.config import resolve_config
+    from setseq.data.degrade import parse_degrade
+
+    assert parse_degrade("blur:0.7") == ("blur", 0.7)
+    for bad in ("blur", "melt:0.8", "dilate:1.5", "dilate:x"):
+        with pytest.raises(ValueError, match="KIND:IOU"):
+            parse_degrade(bad)
+    with pytest.raises(SetseqError, match="mask_degrade must be KIND:IOU"):
+        resolve_config(None, {}, ["data.mask_degrade=melt:0.8"])
+    assert resolve_config(None, {}, ["data.mask_degrade=erode:0.9"]).data.mask_degrade == "erode:0.9"

@@ -128,6 +128,9 @@ class DataConfig:
     segmenter: str = "facebook/sam2.1-hiera-large"
     detector: str = "IDEA-Research/grounding-dino-base"
     mask_threshold: float = 0.35
+    # Experiments on imperfect masks (BENCHMARKS.md): "KIND:IOU" degrades the mask as sampled for training
+    # (`setseq.data.degrade`: dilate, erode, shift, blur or drop) to that IoU with the given one.
+    mask_degrade: str | None = None
     # The plain backgrounds `stageN.background_swap` composites the subject onto (colour names; a colour too
     # close to the subject's own is skipped).
     swap_backgrounds: list[str] = field(
@@ -142,6 +145,10 @@ class DataConfig:
             raise ValueError(
                 f"data.swap_backgrounds must name some of {', '.join(SWAP_COLOURS)}, got {self.swap_backgrounds}"
             )
+        if self.mask_degrade is not None:
+            from setseq.data.degrade import parse_degrade
+
+            parse_degrade(self.mask_degrade)
         if not 0.0 <= self.mask_threshold <= 1.0:
             raise ValueError(f"data.mask_threshold must be in [0, 1], got {self.mask_threshold}")
         if self.frames is not None and self.frames < 1:

@@ -90,3 +90,17 @@ def degrade(mask: np.ndarray, kind: str, target_iou: float, steps: int = 30) -> 
         else:
             hi = mid
     return best
+
+
+def parse_degrade(text: str) -> tuple[str, float]:
+    """ "dilate:0.8" -> ("dilate", 0.8); a ValueError naming the form otherwise (`data.mask_degrade`)."""
+    kind, _, iou = str(text).partition(":")
+    try:
+        value = float(iou)
+    except ValueError:
+        value = -1.0
+    if kind not in KINDS or not 0.0 < value <= 1.0:
+        raise ValueError(
+            f"data.mask_degrade must be KIND:IOU with KIND one of {', '.join(KINDS)}, got {text!r}"
+        )
+    return kind, value
