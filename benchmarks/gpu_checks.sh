@@ -9,7 +9,7 @@
 set -uo pipefail
 out=${OUT:-gpu_out}
 mkdir -p "$out"
-only=${ONLY:-"machine wan13b wan14b_ckpt wan14b_swap_fp8 fsdp1 lora"}
+only=${ONLY:-"machine wan13b wan14b_ckpt wan14b_swap_fp8 fsdp1 lora segment"}
 
 check() {  # check NAME SECONDS COMMAND...
     local name=$1 limit=$2
@@ -37,4 +37,7 @@ check wan14b_offload 240 setseq bench --shape wan-14b --frames 33 --gradient-che
 check fsdp1 120 setseq bench --shape wan-1.3b --frames 33 --steps 3 --procs 1
 # The LoRA layer's paths in bf16 at a Wan 1.3B width (the fused path's bf16 rounding is the open question).
 check lora 90 python scripts/bench_lora.py --device cuda --dtype bfloat16 --width 1536 --tokens 14040 --ranks 32 128
+# `--mask auto`'s segmentation (Grounding DINO box + SAM 2.1 video tracking, random weights at hiera-large's
+# shapes: no hub access there) over 81 frames at 480x832: time and peak memory, and that closing frees it.
+check segment 240 python benchmarks/segment_bench.py --device cuda --frames 81 --size 480x832
 echo "wrote $out/"

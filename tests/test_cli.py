@@ -215,6 +215,7 @@ MINIMAL = {
     "eval": ["v", "--reference", "r", "--out", "o"],
     "bench": [],
     "report": ["r", "--out", "o"],
+    "mask": ["v", "--prompt", "p", "--out", "o"],
 }
 
 

@@ -101,7 +101,11 @@ def _add_train(sub: Any) -> None:
     t.add_argument(
         "--mask",
         help="subject mask: a mask video or a folder of per-frame masks (white = subject), same frames and size "
-        "as the video; used by stageN.background_weight / stageN.background_swap (data.mask)",
+        "as the video, or 'auto' to make one from --mask-prompt (setseq mask); with a mask the stages swap "
+        "backgrounds (stage1.background_swap=1, stage2.background_swap=0.25) unless a mask option is set",
+    )
+    t.add_argument(
+        "--mask-prompt", help="--mask auto: the word that names the subject (default: the class word)"
     )
     t.add_argument(
         "--resume",
@@ -340,6 +344,34 @@ def _add_report(sub: Any) -> None:
     r.add_argument("--metrics", help="metrics.json to show (default: VIDEOS/metrics.json if present)")
 
 
+def _add_mask(sub: Any) -> None:
+    m = sub.add_parser(
+        "mask", help="make a subject mask of a video from a word (text-prompted video segmentation)"
+    )
+    m.set_defaults(func=commands.cmd_mask)
+    m.add_argument("video", help="the video to segment")
+    m.add_argument("--prompt", required=True, help="the word that names the subject, e.g. person, dog")
+    m.add_argument(
+        "--out",
+        required=True,
+        help="a folder of per-frame PNG masks (lossless), or a .mp4/.mkv mask video: what --mask takes",
+    )
+    m.add_argument(
+        "--segmenter",
+        default="facebook/sam2.1-hiera-large",
+        help="SAM 2 / 2.1 video (with --detector), or SAM 3 video: local folder or hub id",
+    )
+    m.add_argument(
+        "--detector",
+        default="IDEA-Research/grounding-dino-base",
+        help="Grounding DINO: the prompt's first box, for a SAM 2 segmenter",
+    )
+    m.add_argument("--threshold", type=float, default=0.35, help="the detection score the subject needs")
+    m.add_argument("--start", type=float, default=0.0, help="segment from this time (seconds)")
+    m.add_argument("--end", type=float, help="... to this time (default: the end); other frames are black")
+    m.add_argument("--device", default="auto")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="setseq",
@@ -356,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_eval,
         _add_bench,
         _add_report,
+        _add_mask,
     ):
         add(sub)
     return p

@@ -41,6 +41,7 @@ def cmd_train(
     end: float | None,
     size: list[int] | None,
     mask: str | None,
+    mask_prompt: str | None,
     resume: bool,
     init_lora: str | None,
     method: str | None,
@@ -64,14 +65,24 @@ def cmd_train(
         if m := _model_flags(model, backbone):
             flags["model"] = m
         sections = {
-            "data": dict(video=video, frames=frames, fps=fps, start=start, end=end, size=size, mask=mask),
+            "data": dict(
+                video=video,
+                frames=frames,
+                fps=fps,
+                start=start,
+                end=end,
+                size=size,
+                mask=mask,
+                mask_prompt=mask_prompt,
+            ),  # fmt: skip
             "concept": dict(token=token, class_word=class_word, action=action, camera=camera),
         }
         for name, values in sections.items():
             if given := {k: v for k, v in values.items() if v is not None}:
                 flags[name] = given
         overrides = overrides + ([f"method={method}"] if method else [])
-        return train(resolve_config(config, flags, overrides), out, init_lora=init_lora, progress=progress)
+        cfg = resolve_config(config, flags, overrides, mask_defaults=True)
+        return train(cfg, out, init_lora=init_lora, progress=progress)
     finally:
         close_processes()  # under a launcher: leave the process group before the interpreter's teardown
 
@@ -366,3 +377,27 @@ def cmd_report(*, run: str, out: str, videos: str | None, metrics: str | None) -
     path = build_report(run, out, videos=videos, metrics=metrics)
     print(f"wrote {path}")
     return path
+
+
+def cmd_mask(
+    *,
+    video: str,
+    prompt: str,
+    out: str,
+    segmenter: str,
+    detector: str,
+    threshold: float,
+    start: float,
+    end: float | None,
+    device: str,
+) -> Path:
+    """Make a subject mask of `video` from a word: per-frame PNGs (or a mask video), what `--mask` takes."""
+    from setseq.data.segment import SegmenterSpec, write_mask
+    from setseq.errors import SetseqError
+    from setseq.runtime import quiet_libraries, resolve_device
+
+    if not 0.0 <= threshold <= 1.0:
+        raise SetseqError(f"--threshold must be in [0, 1], got {threshold}", "pass e.g. --threshold 0.3")
+    quiet_libraries()
+    spec = SegmenterSpec(segmenter, detector, threshold)
+    return write_mask(video, prompt, out, spec, resolve_device(device), start=start, end=end)

@@ -122,6 +122,16 @@ class DataConfig:
     # the video's frame count and size; sampled, resized and cached with the video. Used by
     # `stageN.background_weight` and `stageN.background_swap` (`setseq.data.masks`).
     mask: str | None = None
+    # `mask: auto` (`setseq.data.segment`): the mask is made from a word, `mask_prompt` (default: the class
+    # word), by `segmenter` (SAM 2 / 2.1 video, with the Grounding DINO `detector` for the first box, or SAM 3
+    # video), local folders or hub ids; `mask_threshold`: the detection score the subject needs.
+    mask_prompt: str | None = None
+    segmenter: str = "facebook/sam2.1-hiera-large"
+    detector: str = "IDEA-Research/grounding-dino-base"
+    mask_threshold: float = 0.35
+    # Experiments on imperfect masks (BENCHMARKS.md): "KIND:IOU" degrades the mask as sampled for training
+    # (`setseq.data.degrade`: dilate, erode, shift, blur or drop) to that IoU with the given one.
+    mask_degrade: str | None = None
     # The plain backgrounds `stageN.background_swap` composites the subject onto (colour names; a colour too
     # close to the subject's own is skipped).
     swap_backgrounds: list[str] = field(
@@ -136,6 +146,12 @@ class DataConfig:
             raise ValueError(
                 f"data.swap_backgrounds must name some of {', '.join(SWAP_COLOURS)}, got {self.swap_backgrounds}"
             )
+        if self.mask_degrade is not None:
+            from setseq.data.degrade import parse_degrade
+
+            parse_degrade(self.mask_degrade)
+        if not 0.0 <= self.mask_threshold <= 1.0:
+            raise ValueError(f"data.mask_threshold must be in [0, 1], got {self.mask_threshold}")
         if self.frames is not None and self.frames < 1:
             raise ValueError(f"data.frames must be >= 1, got {self.frames}")
         if self.fps is not None and not self.fps > 0:
@@ -559,11 +575,54 @@ def resolve_config(
     config_file: str | Path | None = None,
     flags: dict[str, Any] | None = None,
     overrides: list[str] | None = None,
+    *,
+    mask_defaults: bool = False,
 ) -> RunConfig:
-    """Defaults < YAML file < flags (a nested dict of the flags the user gave) < key=value overrides."""
-    data: dict[str, Any] = load_yaml(config_file) if config_file else {}
+    """Defaults < YAML file < flags (a nested dict of the flags the user gave) < key=value overrides;
+    `mask_defaults` (`setseq train`): the mask options follow whether a mask is given (`mask_recipe`)."""
+    file_data: dict[str, Any] = load_yaml(config_file) if config_file else {}
+    data = file_data
     if flags:
         data = deep_merge(data, flags)
     if overrides:
         data = deep_merge(data, parse_overrides(overrides))
-    return _build(RunConfig, data, "")
+    return _build(RunConfig, mask_recipe(file_data, data) if mask_defaults else data, "")
+
+
+# With a subject mask (a file or `auto`) and no mask option set, the stages use what the toy measurement
+# supports (BENCHMARKS.md, "Edits" and "stage 2 swaps"): every stage-1 frame and a quarter of the stage-2
+# clips composited onto plain backgrounds.
+MASK_RECIPE = {"stage1": 1.0, "stage2": 0.25}
+_MASK_OPTIONS = ("background_weight", "background_swap")
+
+
+def mask_recipe(file_data: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with the mask recipe filled in: a mask given and no stage's mask option set -> `MASK_RECIPE`'s
+    swaps; no mask, and the mask options set by the config file alone (a recipe such as toy-demo.yaml, on a
+    user's own video) -> those options off, with a one-line note (an option given as a flag or override
+    stays, and `check_mask` refuses it)."""
+    import sys
+
+    stages = {n: dict(data.get(n) or {}) for n in MASK_RECIPE}
+    has_mask = bool((data.get("data") or {}).get("mask"))
+    if has_mask and not any(k in stages[n] for n in stages for k in _MASK_OPTIONS):
+        return {**data, **{n: {**stages[n], "background_swap": v} for n, v in MASK_RECIPE.items()}}
+    if has_mask or (data.get("multi") or {}).get("concepts"):
+        return data
+    from_file = [
+        (n, k)
+        for n in stages
+        for k in _MASK_OPTIONS
+        if k in (file_data.get(n) or {}) and stages[n].get(k) == (file_data.get(n) or {}).get(k)
+    ]
+    if not from_file:
+        return data
+    print(
+        f"note: the config's {', '.join(f'{n}.{k}' for n, k in from_file)} need a subject mask and none was "
+        "given: they are off (pass --mask auto to make one from the class word, or --mask FILE)",
+        file=sys.stderr,
+    )
+    off = {"background_weight": 1.0, "background_swap": 0.0}
+    for n, k in from_file:
+        stages[n][k] = off[k]
+    return {**data, **stages}

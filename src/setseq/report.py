@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from setseq.errors import SetseqError
@@ -409,12 +410,12 @@ def _short_metrics(row: dict[str, Any] | None) -> str:
     return " · ".join(f"{_COLUMN_TITLES.get(k, k)} {row[k]:.3g}" for k in keys[:5])
 
 
-def _reference_clip(run: Path, tmp: Path, notes: list[str]) -> Path | None:
+def _training_clip(run: Path, notes: list[str]) -> tuple[Any, dict[str, Any]] | None:
     """The run's own training clip, sampled as the run sampled it (its config's fps, start and end; the frame
-    count and size it trained at), written to `tmp`; None with a note when its video is gone."""
+    count and size it trained at), and the config's data section; None (with a note) when its video is gone."""
     import yaml
 
-    from setseq.data.video import load_clip, write_video
+    from setseq.data.video import load_clip
     from setseq.errors import SetseqError as _E
 
     try:
@@ -452,9 +453,56 @@ def _reference_clip(run: Path, tmp: Path, notes: list[str]) -> Path | None:
     except _E as exc:
         notes.append(f"No reference clip shown: {exc}")
         return None
+    return clip, data
+
+
+def _reference_clip(clip: Any, tmp: Path) -> Path:
+    """The training clip as a video in `tmp`."""
+    from setseq.data.video import write_video
+
     out = tmp / "reference.mp4"
     write_video(out, clip.frames, fps=clip.fps or clip.source_fps or 8.0)
     return out
+
+
+def _run_mask(run: Path, data: dict[str, Any]) -> Path | None:
+    """The run's subject mask: `data.mask`, or for `auto` the newest mask folder of the run's cache."""
+    mask = data.get("mask")
+    if mask != "auto":
+        return Path(mask) if mask else None
+    made = sorted((p for p in (run / "cache").glob("mask-*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    return made[-1] if made else None
+
+
+def mask_overlay(frames: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The subject as it is, the rest dimmed and tinted red: what the mask keeps, at a glance."""
+    m = np.asarray(mask, np.float32)[..., None]
+    rest = frames.astype(np.float32) * 0.35 + np.array([160.0, 0.0, 0.0], np.float32)
+    return np.clip(np.round(m * frames + (1 - m) * rest), 0, 255).astype(np.uint8)
+
+
+def _mask_parts(run: Path, clip: Any, data: dict[str, Any], tmp: Path, notes: list[str]):
+    """(the overlay clip, a one-row contact sheet PNG) of the run's subject mask on its training clip, so the
+    user checks the mask before trusting the run; None when the run has no mask (a note when it is gone)."""
+    from setseq.data.masks import load_mask
+    from setseq.data.video import write_contact_sheet, write_video
+    from setseq.errors import SetseqError as _E
+
+    path = _run_mask(run, data)
+    if path is None:
+        return None
+    try:
+        start, end = float(data.get("start") or 0.0), data.get("end")
+        mask = load_mask(path, data["video"], clip, fps=data.get("fps"), start=start, end=end)
+    except _E as exc:
+        notes.append(f"No subject mask shown: {exc}")
+        return None
+    over = mask_overlay(clip.frames, mask)
+    video = tmp / "subject_mask.mp4"
+    write_video(video, over, fps=clip.fps or clip.source_fps or 8.0)
+    sheet = tmp / "subject_mask.png"
+    write_contact_sheet(sheet, over, cols=len(over), scale=max(1, 96 // over.shape[1]))
+    return video, sheet.read_bytes()
 
 
 def build_report(
@@ -493,10 +541,15 @@ def build_report(
     ):
         shown = []
         videos_shown = list(inputs.videos)
-        if not any(p.stem == "reference" for _, p in videos_shown):
-            ref = _reference_clip(inputs.run, Path(tmp), notes)
-            if ref is not None:
-                videos_shown.insert(0, ("reference", ref))
+        images = [(p.stem.replace("_", " "), p.read_bytes()) for p in inputs.images]
+        need_ref = not any(p.stem == "reference" for _, p in videos_shown)
+        training = _training_clip(inputs.run, notes if need_ref else [])
+        if training is not None:
+            if need_ref:
+                videos_shown.insert(0, ("reference", _reference_clip(training[0], Path(tmp))))
+            if (parts := _mask_parts(inputs.run, *training, Path(tmp), notes)) is not None:
+                videos_shown.insert(1, ("subject mask", parts[0]))
+                images.insert(0, ("subject mask (overlay, one frame each)", parts[1]))
         for label, p in videos_shown:
             info = probe_video(p)
             data, mime = _playable(p, Path(tmp))
@@ -521,7 +574,6 @@ def build_report(
             title += f" ({metrics_data['concept']})"
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         subtitle = f"run {inputs.run} · videos {inputs.video_dir or '-'} · made {stamp}"
-        images = [(p.stem.replace("_", " "), p.read_bytes()) for p in inputs.images]
         page = render_html(title, subtitle, shown, metrics_data, loss_png, images, config_text, notes)
         write_text(out, page)
         bar.update()

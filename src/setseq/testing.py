@@ -552,3 +552,93 @@ def build_tiny_hunyuan15(
     )  # fmt: skip
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+# Words the tiny Grounding DINO's tokenizer knows: the toy world's shapes and a few subjects.
+SEGMENT_WORDS = (
+    "a the person dog cat ball cube star diamond ring heart circle square triangle red cyan pink blue green ."
+).split()
+
+
+def build_tiny_grounding_dino(folder: str | Path, seed: int = 0, size: int = 64) -> Path:
+    """A random-weight Grounding DINO (`GroundingDinoForObjectDetection`: tiny Swin, tiny BERT) with its
+    processor (the PIL image processor, a word-level BERT tokenizer), saved to `folder` as a hub checkpoint
+    is: `from_pretrained(folder)` loads it the same way. Its boxes and scores are random but fixed by
+    `seed`; a test picks `threshold` 0 (every box passes) or 1 (none does)."""
+    from transformers import (
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
+    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import (
+        GroundingDinoImageProcessorPil,
+    )
+
+    folder = Path(folder)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *SEGMENT_WORDS]
+    tok = BertTokenizer(vocab={w: i for i, w in enumerate(words)})
+    swin = SwinConfig(
+        window_size=4,
+        embed_dim=8,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 1, 1],
+        image_size=size,
+        out_indices=[2, 3, 4],
+    )
+    text = dict(
+        model_type="bert",
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=32,
+        vocab_size=len(words),
+    )
+    cfg = GroundingDinoConfig(
+        d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=4, encoder_n_points=2, decoder_n_points=2,
+        backbone_config=swin, max_text_len=16, text_config=text,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    GroundingDinoForObjectDetection(cfg).eval().save_pretrained(folder)
+    image = GroundingDinoImageProcessorPil(size={"shortest_edge": 2 * size, "longest_edge": 4 * size})
+    GroundingDinoProcessor(image, tok).save_pretrained(folder)
+    return folder
+
+
+def build_tiny_sam2_video(folder: str | Path, seed: int = 0, size: int = 64) -> Path:
+    """A random-weight SAM 2 video model (`Sam2VideoModel`: tiny Hiera, one memory-attention layer) at
+    `size` x `size` input, saved to `folder` as a hub checkpoint is. Its object-score head is set to say
+    "present" (bias +10) so that tracking yields masks on every frame, random in shape but fixed by `seed`."""
+    from transformers import Sam2VideoConfig, Sam2VideoModel
+
+    s = size
+    hiera = dict(
+        model_type="sam2_hiera_det_model", hidden_size=16, num_attention_heads=1, image_size=[s, s],
+        blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[16, 32, 64, 128],
+        num_attention_heads_per_stage=[1, 1, 1, 1], window_size_per_stage=[4, 4, 4, 4],
+        global_attention_blocks=[3], window_positional_embedding_background_size=[2, 2],
+    )  # fmt: skip
+    vision = dict(
+        model_type="sam2_vision_model", backbone_config=hiera, backbone_channel_list=[128, 64, 32, 16],
+        backbone_feature_sizes=[[s // 4, s // 4], [s // 8, s // 8], [s // 16, s // 16]], fpn_hidden_size=128,
+    )  # fmt: skip
+    # Hidden size 128 over a memory of 64 channels (the real 256 / 64 ratio halved): transformers' SAM 2
+    # splits object pointers into hidden / 64 tokens and reads 64-channel memories, so 64 is fixed.
+    cfg = Sam2VideoConfig(
+        vision_config=vision,
+        prompt_encoder_config=dict(hidden_size=128, image_size=s, patch_size=16, mask_input_channels=4),
+        mask_decoder_config=dict(hidden_size=128, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
+        image_size=s, memory_attention_hidden_size=128, memory_attention_num_layers=1,
+        memory_attention_feed_forward_hidden_size=64, memory_attention_rope_feat_sizes=[s // 16, s // 16],
+        memory_encoder_hidden_size=128, memory_encoder_output_channels=64, mask_downsampler_embed_dim=128,
+        memory_fuser_embed_dim=128, memory_fuser_intermediate_dim=64,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = Sam2VideoModel(cfg).eval()
+    with torch.no_grad():
+        model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(10.0)
+    model.save_pretrained(Path(folder))
+    return Path(folder)

@@ -115,6 +115,11 @@ def encode_concept(
     mask = None
     if cfg.data.mask:
         mask = load_mask(cfg.data.mask, video, clip, fps=cfg.data.fps, start=cfg.data.start, end=cfg.data.end)
+        if cfg.data.mask_degrade:  # an experiment on imperfect masks (BENCHMARKS.md)
+            from setseq.data.degrade import degrade, parse_degrade
+
+            mask, iou = degrade(mask, *parse_degrade(cfg.data.mask_degrade))
+            log(f"subject mask: degraded ({cfg.data.mask_degrade}), IoU {iou:.3f} with the given mask")
     enc = _encode_pixels(bb, to_tensor(clip.frames), cfg.concept.t_static, cfg.concept.t_motion, short)
     if mask is not None:
         _encode_subject(cfg, bb, enc, clip.frames, mask, log)
@@ -219,6 +224,7 @@ def _mask_key(cfg: RunConfig) -> dict[str, Any]:
         return {}
     return {
         "mask_sha256": mask_sha256(cfg.data.mask),
+        **({"mask_degrade": cfg.data.mask_degrade} if cfg.data.mask_degrade else {}),
         "swap_frames": cfg.stage1.background_swap > 0,
         "swap_clip": cfg.stage2.background_swap > 0,
         "swap_backgrounds": list(cfg.data.swap_backgrounds),

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from setseq.config import RunConfig
+from setseq.data.segment import with_auto_mask
 from setseq.train.distributed import describe_engine, parallelize
 from setseq.train.encode import check_shapes, encode_all, legacy_run_key
 from setseq.train.loop import StageContext
@@ -58,10 +59,12 @@ def train(
     # 1. Set up: the folder (new or resumed), the processes, the model, the inputs (cached), the prior.
     run = open_run(cfg, Path(out), resume, log)
     cfg, procs, log, ck, cache = run.cfg, run.procs, run.log, run.checkpoint, run.path / "cache"
+    with run.removed_on_failure(), procs.main_first():  # --mask auto: segmented (cached) and freed first
+        masked = with_auto_mask(cfg, cache, log)
     bb = load_model(cfg, procs.device, procs)
     describe_placement(cfg, bb, procs, log)
     shape = check_shapes(cfg, bb)
-    user_cfg, cfg = cfg, split_across(effective_config(cfg), procs.world, log)  # a baseline changes stages
+    user_cfg, cfg = cfg, split_across(effective_config(masked), procs.world, log)  # a baseline changes stages
     sc_p = self_conditioning_p(cfg, bb)
     check_token_training(cfg, bb, procs)
     with run.removed_on_failure(), procs.main_first():  # process 0 encodes; the others read its cache
