@@ -182,17 +182,86 @@ def test_fused_path_matches_per_token_values_and_gradients(basis, stage):
         assert float((b - a).abs().max()) <= 1e-5 * scale  # float32 rounding of a different summation order
 
 
-def test_auto_path_switches_on_token_count(monkeypatch):
+@pytest.mark.parametrize(
+    "shape, need, switch",
+    [
+        # (in, out, rank), (need_x, need_u, need_d): the first token count that goes fused
+        ((512, 512, 32), (True, True, True), 520),  # stage 1 of benchmarks/bench_step.py: 512 per-token
+        ((512, 2048, 32), (True, True, True), 825),  # its FFN up-projection
+        ((128, 128, 16), (True, True, True), 132),  # the toy model, rank 16: stage 1 runs 128 tokens
+        ((128, 128, 16), (True, True, False), 89),  # its stage 2 (the motion residual only), 1152 tokens
+        ((128, 128, 16), (False, False, False), 66),  # inference
+        ((5120, 5120, 128), (True, True, True), 5140),  # Wan 14B's attention, rank 128
+    ],
+)
+def test_choose_path_switches_where_the_multiply_adds_cross(shape, need, switch):
+    """`auto` takes the path with fewer multiply-adds: per-token below the crossing token count, fused from it.
+    The crossings follow from the counts: a square layer of width d at rank r trains stage 1 fused from
+    2 d (r + 1) / (2 r + 1) tokens, stage 2 from 2 d (r + 1) / (3 r + 1), infers fused from d (r + 1) / (2 r + 1)."""
+    in_f, out_f, r = shape
+    flags = dict(zip(("need_x", "need_u", "need_d"), need))
+    assert L.choose_path(switch - 1, in_f, out_f, r, **flags) == "per_token"
+    assert L.choose_path(switch, in_f, out_f, r, **flags) == "fused"
+    assert L.choose_path(100 * switch, in_f, out_f, r, **flags) == "fused"
+
+
+def test_auto_path_follows_the_tokens_and_the_gradients_needed(monkeypatch):
+    """A layer on `auto` asks `choose_path` with its forward's token count and what needs a gradient."""
     m, layers = make("down")
-    calls = []
-    monkeypatch.setattr(L.FusedLinear, "apply", lambda *a: calls.append(1) or a[1].new_zeros(()))
-    lay = layers["0.to_q"]
-    lay(torch.randn(L.FUSED_MIN_TOKENS - 1, 16))
-    assert not calls
-    lay(torch.randn(2, L.FUSED_MIN_TOKENS // 2, 16))
-    assert len(calls) == 1
+    calls: list[str] = []
+    for cls, name in ((L.FusedLinear, "fused"), (L.PerTokenLinear, "per_token")):
+        monkeypatch.setattr(cls, "apply", lambda *a, name=name: calls.append(name) or a[0].new_zeros(()))
+    lay = layers["0.to_q"]  # Linear(16, 16), rank 4: stage 1 goes fused from 2 * 16 * 5 / 9 = 17.8 tokens
+    L.set_stage(m, 1)
+    lay(torch.randn(17, 16, requires_grad=True))
+    lay(torch.randn(2, 9, 16, requires_grad=True))
+    assert calls == ["per_token", "fused"]
+    with torch.no_grad():  # inference goes fused from 16 * 5 / 9 = 8.9 tokens
+        lay(torch.randn(8, 16))
+        lay(torch.randn(9, 16))
+    assert calls[2:] == ["per_token", "fused"]
+    L.set_path(m, "per_token")
+    lay(torch.randn(4, 100, 16, requires_grad=True))
+    assert calls[-1] == "per_token"
     with pytest.raises(SetseqError, match="lora.path"):
         L.set_path(m, "fast")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("stage", [1, 2, 0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_per_token_op_matches_plain_autograd(stage, dtype):
+    """The per-token custom op gives plain autograd's y = W x + b + U (D x) and its gradients (x, U, D or the
+    residual), in float32 and with a bf16 base (the low-rank product in float32, rounded once)."""
+    torch.manual_seed(0)
+    layer = L.SetSeqLinear(
+        nn.Linear(24, 40).to(dtype), 4, 8.0, "down", generator=torch.Generator().manual_seed(1)
+    )
+    with torch.no_grad():
+        for p in (layer.up, layer.motion):
+            p.normal_(std=0.2)
+    params = L.set_stage(nn.Sequential(layer), stage, dropconnect=0.5 if stage else 0.0)  # type: ignore[arg-type]
+    layer.train(stage != 0)
+    L.draw_masks(nn.Sequential(layer), torch.Generator().manual_seed(2))
+    layer.path = "per_token"
+    x0 = torch.randn(3, 11, 24, generator=torch.Generator().manual_seed(3)).to(dtype)
+    runs = []
+    for custom in (True, False):
+        x = x0.clone().requires_grad_(True)
+        if custom:
+            out = layer(x)
+        else:
+            u, d = layer.factors()
+            y = layer.base(x)
+            out = y + ((x.float() @ d.t()) @ u.t()).to(y.dtype)
+        out.float().square().mean().backward()
+        runs.append((out.detach().float(), x.grad.float(), [p.grad.clone() for p in params]))
+        for p in params:
+            p.grad = None
+    (o1, gx1, gp1), (o2, gx2, gp2) = runs
+    assert len(gp1) == {1: 2, 2: 1, 0: 0}[stage]
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    for a, b in [(o2, o1), (gx2, gx1), *zip(gp2, gp1)]:
+        assert float((b - a).abs().max()) <= tol * float(a.abs().max()) and float(a.abs().max()) > 0
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -215,7 +215,7 @@ class LoraConfig:
     basis: str = "down"  # down: basis = down-projection, coefficients = up; up: the reverse
     targets: list[str] | None = None  # regexes on DiT module names; None: the backbone's default
     # How the layer is applied: fused (one matmul with W + U D), per_token (W x + U D x, as peft), or auto
-    # (fused from lora.FUSED_MIN_TOKENS tokens per forward). Same values and gradients; speed differs.
+    # (the one with fewer multiply-adds for each forward, lora.choose_path). Same values, gradients.
     path: str = "auto"
 
     def __post_init__(self) -> None:

@@ -14,17 +14,25 @@ a fresh mask every training step (drawn once per step by `draw_masks`, so a forw
 gradient checkpointing sees the same one), and no mask at inference. The motion residual starts at zero,
 so stage 2 starts exactly at the stage-1 model.
 
-Two ways to apply the layer, same values and gradients (`lora.path`):
+Two ways to apply the layer, same values and gradients (`lora.path`), each one custom autograd op:
 
-    per-token  y = W x + U (D x)                       three matmuls over the tokens (peft's way)
+    per-token  y = W x + U (D x)                       three matmuls over the tokens (peft's way), the low-rank
+               one accumulated into W x in place; backward: h = g U once, dU = g^T (D x) from the forward's
+               D x, dD = h^T x, dx = g W + h D accumulated in place; each only when needed, and x is kept
+               only when dD needs it.
     fused      y = (W + U D) x                         one matmul over the tokens; U D formed once per step
-               backward (custom autograd): dx = g (W + U D), dU = g^T (x D^T), dD = (g U)^T x, each only
-               when needed; W + U D is re-formed in backward, never kept.
+               backward: dx = g (W + U D), dU = g^T (x D^T), dD = (g U)^T x, each only when needed;
+               W + U D is re-formed in backward, never kept.
 
-The fused path skips the forward low-rank products and the (tokens, out) add; it pays (out, in, r) to form
-U D, so it pays off when the tokens far outnumber the features, which is every video DiT layer in training.
-`auto` picks fused when tokens >= FUSED_MIN_TOKENS (see BENCHMARKS.md for the measurement). In bf16 the sum
-W + U D is rounded to bf16, as diffusers' `fuse_lora` does; the gradients of U and D are computed in float32.
+The fused path skips the low-rank products over the tokens in the forward (and in dx); it pays (out, in, r)
+to form U D, twice when dx is needed, so it pays off when the tokens outnumber the features, which is every
+video DiT layer in training. `auto` counts the multiply-adds of both for the layer's shape, the forward's
+token count and the gradients this forward needs (`choose_path`), and takes the cheaper: a square layer of
+width d at rank r trains stage 1 (dU, dD and dx) fused from 2 d (r + 1) / (2 r + 1) ~ d tokens up, stage 2
+(dU, dx) from 2 d (r + 1) / (3 r + 1) ~ 2 d / 3, and infers fused from d (r + 1) / (2 r + 1) ~ d / 2 (the
+crossings measured in BENCHMARKS.md, "The LoRA layer's fused path").
+In bf16 the sum W + U D is rounded to bf16, as diffusers' `fuse_lora` does; the gradients of U and D are
+computed in float32.
 
 fp8 base weights (`model.fp8=true`): the frozen weight of every LoRA-targeted linear is stored in
 float8_e4m3fn with one float scale per output row (amax / 448), half of bf16's bytes. The layer then always
@@ -56,8 +64,6 @@ from setseq.functional.regularizers import dropconnect_mask
 
 Basis = Literal["down", "up"]
 Path = Literal["auto", "fused", "per_token"]
-#: `path: auto` uses the fused matmul from this many tokens per forward (batch x sequence) up.
-FUSED_MIN_TOKENS = 1024
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 Stage = Literal[1, 2, 0]  # 0 = inference (nothing trainable, no mask)
 
@@ -182,11 +188,21 @@ class SetSeqLinear(nn.Module):
         if off:
             return self.base(x)
         u, d = self.factors()
-        if self.path == "fused" or (self.path == "auto" and x.numel() // x.shape[-1] >= FUSED_MIN_TOKENS):
+        path = self.path
+        if path == "auto":
+            grads = torch.is_grad_enabled()
+            path = choose_path(
+                x.numel() // x.shape[-1],
+                d.shape[1],
+                u.shape[0],
+                d.shape[0],
+                need_x=grads and x.requires_grad,
+                need_u=grads and u.requires_grad,
+                need_d=grads and d.requires_grad,
+            )
+        if path == "fused":
             return FusedLinear.apply(x, self.base.weight, self.base.bias, u, d, None)
-        # Per-token path: x (..., in) -> (..., r) -> (..., out).
-        y = self.base(x)
-        return y + F.linear(F.linear(x.to(d.dtype), d), u).to(y.dtype)
+        return PerTokenLinear.apply(x, self.base.weight, self.base.bias, u, d)
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -250,6 +266,67 @@ class FusedLinear(torch.autograd.Function):
         return gx, None, None, gu, gd, None
 
 
+def choose_path(
+    tokens: int, in_f: int, out_f: int, rank: int, *, need_x: bool, need_u: bool, need_d: bool
+) -> Literal["fused", "per_token"]:
+    """The path with fewer multiply-adds for one forward (and its backward) of a LoRA layer (in_f -> out_f, rank
+    `rank`) over `tokens` tokens, given which gradients it needs: of the input (`need_x`, as inside a DiT
+    whose earlier layers carry LoRAs), of U (out, r) and of D (r, in). Elementwise adds count one each. A
+    tie goes to per-token, the one that keeps no (out, in) temporary. Pure arithmetic on the shapes, so the
+    same run takes the same path on every machine and process (resumed runs reproduce bit for bit)."""
+    n, r = tokens, rank
+    # per-token: D x and U (D x) over the tokens, added into W x; backward h = g U (for dD and dx), dU, dD, dx.
+    per_token = n * r * (in_f + out_f) + n * out_f
+    per_token += n * r * out_f * ((need_d or need_x) + need_u) + n * r * in_f * (need_d + need_x)
+    # fused: W + U D formed in the forward and again in the backward (for dx); dU and dD from x and g.
+    form = out_f * in_f * (r + 1)
+    fused = form * (1 + need_x) + n * r * (in_f + out_f) * (need_u + need_d)
+    return "fused" if fused < per_token else "per_token"
+
+
+class PerTokenLinear(torch.autograd.Function):
+    """y = x W^T + b + (x D^T) U^T with W, b frozen; gradients for x, U, D as needed. The low-rank product
+    is computed in U's dtype (float32) and accumulated into the frozen output in place, and h = g U serves
+    both dD and dx, so there is no separate (tokens, out) or (tokens, in) add. See the module docstring."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, u, d):  # type: ignore[override]
+        need_x, _, _, need_u, need_d = ctx.needs_input_grad[:5]
+        x2 = x.reshape(-1, x.shape[-1])
+        h = x2.to(d.dtype) @ d.t()  # (N, r)
+        y = F.linear(x2, weight, bias)
+        if y.dtype == u.dtype:
+            y.addmm_(h, u.t())
+        else:  # bf16 base, float32 LoRA: the low-rank product in float32, rounded once into the output
+            y.add_((h @ u.t()).to(y.dtype))
+        # Only what the needed gradients read: x for dD, D x for dU, W for dx.
+        ctx.save_for_backward(x2 if need_d else None, h if need_u else None, weight if need_x else None, u, d)
+        ctx.x_shape = x.shape
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        x2, h, weight, u, d = ctx.saved_tensors
+        need_x, _, _, need_u, need_d = ctx.needs_input_grad[:5]
+        g2 = g.reshape(-1, g.shape[-1])
+        gl = g2.to(u.dtype)
+        gx = gu = gd = None
+        if need_u:
+            gu = gl.t() @ h  # (out, r)
+        if need_d or need_x:
+            gh = gl @ u  # (N, r)
+            if need_d:
+                gd = gh.t() @ x2.to(d.dtype)  # (r, in)
+            if need_x:
+                gx2 = g2 @ weight
+                if gx2.dtype == d.dtype:
+                    gx2.addmm_(gh, d)
+                else:
+                    gx2.add_((gh @ d).to(gx2.dtype))
+                gx = gx2.reshape(ctx.x_shape)
+        return gx, None, None, gu, gd
+
+
 def _check_path(path: str) -> None:
     if path not in LORA_PATHS:
         raise SetseqError(
@@ -258,7 +335,7 @@ def _check_path(path: str) -> None:
 
 
 def set_path(model: nn.Module, path: Path) -> None:
-    """How every layer is applied: "fused", "per_token", or "auto" (fused from FUSED_MIN_TOKENS tokens)."""
+    """How every layer is applied: "fused", "per_token", or "auto" (the cheaper for each forward: `choose_path`)."""
     _check_path(path)
     for layer in get_layers(model).values():
         layer.path = path
