@@ -237,3 +237,33 @@ def test_mask_degrade_option():
     with pytest.raises(SetseqError, match="mask_degrade must be KIND:IOU"):
         resolve_config(None, {}, ["data.mask_degrade=melt:0.8"])
     assert resolve_config(None, {}, ["data.mask_degrade=erode:0.9"]).data.mask_degrade == "erode:0.9"
+
+
+def test_mask_degrade_reaches_training_and_the_cache_key(tmp_path):
+    """`data.mask_degrade` degrades the mask the run encodes (its IoU logged) and keys another cache file."""
+    import dataclasses
+
+    import torch
+
+    from setseq.backbones.registry import load_backbone
+    from setseq.config import resolve_config
+    from setseq.demo import CONCEPT_DIR, DEMO_CONFIG, concept_mask
+    from setseq.train.encode import encode_concept
+
+    video = CONCEPT_DIR / "cyan_diamond_bounce.mp4"
+    quick = ["concept.class_word=diamond", "stage2.background_swap=0", "data.swap_backgrounds=[black]"]
+    cfg = resolve_config(DEMO_CONFIG, {"data": {"video": str(video)}}, quick)
+    mask = str(concept_mask("cyan_diamond_bounce", tmp_path / "m"))
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, mask=mask))
+    bb = load_backbone("toy", "toy", torch.device("cpu"), torch.float32)
+    exact, key = encode_concept(cfg, bb, tmp_path / "cache", lambda s: None)
+    lines = []
+    worse = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, mask_degrade="dilate:0.7"))
+    dilated, key2 = encode_concept(worse, bb, tmp_path / "cache", lines.append)
+    import re
+
+    (iou,) = [float(m[1]) for x in lines if (m := re.search(r"degraded \(dilate:0.7\), IoU ([\d.]+)", x))]
+    assert key2 != key and abs(iou - 0.7) < 0.03, (lines, iou)
+    # A dilated mask: every latent cell weighs the subject at least as much, and some more.
+    assert (dilated.subject_set >= exact.subject_set - 1e-6).all()
+    assert float(dilated.subject_set.sum()) > 1.2 * float(exact.subject_set.sum())
