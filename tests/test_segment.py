@@ -267,3 +267,41 @@ def test_mask_degrade_reaches_training_and_the_cache_key(tmp_path):
     # A dilated mask: every latent cell weighs the subject at least as much, and some more.
     assert (dilated.subject_set >= exact.subject_set - 1e-6).all()
     assert float(dilated.subject_set.sum()) > 1.2 * float(exact.subject_set.sum())
+
+
+def _torchvision_loads() -> bool:
+    try:
+        import torchvision.ops  # noqa: F401
+    except Exception:  # absent, or PyPI's build beside torch's CPU wheel ("operator torchvision::nms ...")
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _torchvision_loads(), reason="transformers' SAM 3 needs torchvision")
+def test_sam3_video_segments_from_the_word_itself(tmp_path):
+    from setseq.testing import build_tiny_sam3_video
+
+    folder = build_tiny_sam3_video(tmp_path / "sam3")
+    spec = S.SegmenterSpec(str(folder), "unused: SAM 3 has no detector", 0.0)
+    assert S.fingerprint(spec)["kind"] == "sam3" and "detector" not in S.fingerprint(spec)
+    seg = S.load_segmenter(spec, "cpu")
+    frames = np.random.default_rng(0).integers(0, 255, (3, 40, 56, 3), dtype=np.uint8)
+    mask = seg.segment(frames, "square")
+    seg.close()
+    assert mask.shape == (3, 40, 56) and set(np.unique(mask)) <= {0.0, 1.0} and mask.any()
+
+
+def test_sam3_without_torchvision_is_refused_in_one_line(tmp_path, monkeypatch):
+    import builtins
+
+    (tmp_path / "config.json").write_text('{"model_type": "sam3_video"}')
+    real = builtins.__import__
+
+    def no_torchvision(name, *a, **k):
+        if name.startswith("torchvision"):
+            raise ImportError("no torchvision")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_torchvision)
+    with pytest.raises(SetseqError, match="SAM 3 video needs torchvision.*pip install torchvision"):
+        S.load_segmenter(S.SegmenterSpec(str(tmp_path), "x"), "cpu")

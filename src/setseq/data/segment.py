@@ -48,7 +48,8 @@ MIN_COVER = 0.002  # a frame whose mask covers less than this share of it: the s
 MAX_COVER = 0.95  # ... more than this: the "subject" is the whole frame
 MAX_SIDE = 1024  # frames are downscaled to this longest side for the segmenter (both work at 1008-1024)
 _DETECT_TRIES = 8
-_TRACKERS = {"sam2_video": "sam2", "sam2": "sam2", "sam3_video": "sam3"}
+# facebook/sam3 is documented as `Sam3VideoModel.from_pretrained("facebook/sam3")`: either type loads it.
+_TRACKERS = {"sam2_video": "sam2", "sam2": "sam2", "sam3_video": "sam3", "sam3": "sam3"}
 _DETECTORS = ("grounding-dino", "mm-grounding-dino")
 _NOT_CONFIG = ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures")
 _DOWNLOAD = "download it first (hf download ID --local-dir DIR) and pass the folder"
