@@ -75,6 +75,10 @@ def test_not_a_segmenter_or_unknown_id(tiny_seg, tmp_path, monkeypatch):
         S.fingerprint(S.SegmenterSpec(str(tiny_seg[1]), str(tiny_seg[1])))
     with pytest.raises(SetseqError, match="not Grounding DINO"):
         S.fingerprint(S.SegmenterSpec(str(tiny_seg[0]), str(tiny_seg[0])))
+    (tmp_path / "no_weights").mkdir()  # a config and no weights: refused when loading, in one line
+    shutil.copy(tiny_seg[0] / "config.json", tmp_path / "no_weights")
+    with pytest.raises(SetseqError, match="cannot load the segmenter .*no_weights"):
+        S.load_segmenter(S.SegmenterSpec(str(tmp_path / "no_weights"), str(tiny_seg[1])), "cpu")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SetseqError, match="cannot load segmenter 'nobody-setseq/no-such-sam'.*hf download"):
         S.fingerprint(S.SegmenterSpec("nobody-setseq/no-such-sam", str(tiny_seg[1])))
