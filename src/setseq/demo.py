@@ -33,6 +33,8 @@ MARKER = ".setseq-demo"
 #: The demo's concept: of the shipped ones, one whose look and motion the default toy model gets wrong from
 #: its caption on every seed measured (BENCHMARKS.md, "Demo"), so the run shows what personalization adds.
 DEFAULT_CONCEPT = "cyan_diamond_bounce"
+#: More steps than any stage of the demo recipe: a checkpoint only at the end of each stage.
+NO_INTERMEDIATE_CHECKPOINTS = 1_000_000
 
 
 @dataclass
@@ -156,14 +158,17 @@ def run_demo(
     log(f"demo: concept '{name}' ({entry['caption']}), video {video}")
 
     # 1-2. Personalize: stage 1 (frames) and stage 2 (clip).
-    overrides = [f"concept.class_word={shape}", f"model.path={model}"]
+    # The recipe's steps and settings as they are; left out is what a demo run has no use for, as it starts
+    # from scratch every time: resume points before the end of each stage (always checkpointed) and
+    # TensorBoard events (the losses are in run/logs/loss.jsonl).
+    overrides = [
+        f"concept.class_word={shape}",
+        f"model.path={model}",
+        f"train.checkpoint_every={NO_INTERMEDIATE_CHECKPOINTS}",
+        "train.tensorboard=false",
+    ]
     if quick:
-        overrides += [
-            "stage1.steps=4",
-            "stage2.steps=4",
-            "train.checkpoint_every=1000",
-            "train.tensorboard=false",
-        ]
+        overrides += ["stage1.steps=4", "stage2.steps=4"]
     cfg = resolve_config(DEMO_CONFIG, {"data": {"video": str(video)}}, overrides)
     cfg = with_concept_mask(cfg, name, out / "mask")  # the recipe's subject mask: exact in the toy world
     run_dir = train(cfg, out / "run", log=log)
