@@ -75,6 +75,10 @@ def test_not_a_segmenter_or_unknown_id(tiny_seg, tmp_path, monkeypatch):
         S.fingerprint(S.SegmenterSpec(str(tiny_seg[1]), str(tiny_seg[1])))
     with pytest.raises(SetseqError, match="not Grounding DINO"):
         S.fingerprint(S.SegmenterSpec(str(tiny_seg[0]), str(tiny_seg[0])))
+    (tmp_path / "no_weights").mkdir()  # a config and no weights: refused when loading, in one line
+    shutil.copy(tiny_seg[0] / "config.json", tmp_path / "no_weights")
+    with pytest.raises(SetseqError, match="cannot load the segmenter .*no_weights"):
+        S.load_segmenter(S.SegmenterSpec(str(tmp_path / "no_weights"), str(tiny_seg[1])), "cpu")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SetseqError, match="cannot load segmenter 'nobody-setseq/no-such-sam'.*hf download"):
         S.fingerprint(S.SegmenterSpec("nobody-setseq/no-such-sam", str(tiny_seg[1])))
@@ -237,3 +241,71 @@ def test_mask_degrade_option():
     with pytest.raises(SetseqError, match="mask_degrade must be KIND:IOU"):
         resolve_config(None, {}, ["data.mask_degrade=melt:0.8"])
     assert resolve_config(None, {}, ["data.mask_degrade=erode:0.9"]).data.mask_degrade == "erode:0.9"
+
+
+def test_mask_degrade_reaches_training_and_the_cache_key(tmp_path):
+    """`data.mask_degrade` degrades the mask the run encodes (its IoU logged) and keys another cache file."""
+    import dataclasses
+
+    import torch
+
+    from setseq.backbones.registry import load_backbone
+    from setseq.config import resolve_config
+    from setseq.demo import CONCEPT_DIR, DEMO_CONFIG, concept_mask
+    from setseq.train.encode import encode_concept
+
+    video = CONCEPT_DIR / "cyan_diamond_bounce.mp4"
+    quick = ["concept.class_word=diamond", "stage2.background_swap=0", "data.swap_backgrounds=[black]"]
+    cfg = resolve_config(DEMO_CONFIG, {"data": {"video": str(video)}}, quick)
+    mask = str(concept_mask("cyan_diamond_bounce", tmp_path / "m"))
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, mask=mask))
+    bb = load_backbone("toy", "toy", torch.device("cpu"), torch.float32)
+    exact, key = encode_concept(cfg, bb, tmp_path / "cache", lambda s: None)
+    lines = []
+    worse = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, mask_degrade="dilate:0.7"))
+    dilated, key2 = encode_concept(worse, bb, tmp_path / "cache", lines.append)
+    import re
+
+    (iou,) = [float(m[1]) for x in lines if (m := re.search(r"degraded \(dilate:0.7\), IoU ([\d.]+)", x))]
+    assert key2 != key and abs(iou - 0.7) < 0.03, (lines, iou)
+    # A dilated mask: every latent cell weighs the subject at least as much, and some more.
+    assert (dilated.subject_set >= exact.subject_set - 1e-6).all()
+    assert float(dilated.subject_set.sum()) > 1.2 * float(exact.subject_set.sum())
+
+
+def _torchvision_loads() -> bool:
+    try:
+        import torchvision.ops  # noqa: F401
+    except Exception:  # absent, or PyPI's build beside torch's CPU wheel ("operator torchvision::nms ...")
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _torchvision_loads(), reason="transformers' SAM 3 needs torchvision")
+def test_sam3_video_segments_from_the_word_itself(tmp_path):
+    from setseq.testing import build_tiny_sam3_video
+
+    folder = build_tiny_sam3_video(tmp_path / "sam3")
+    spec = S.SegmenterSpec(str(folder), "unused: SAM 3 has no detector", 0.0)
+    assert S.fingerprint(spec)["kind"] == "sam3" and "detector" not in S.fingerprint(spec)
+    seg = S.load_segmenter(spec, "cpu")
+    frames = np.random.default_rng(0).integers(0, 255, (3, 40, 56, 3), dtype=np.uint8)
+    mask = seg.segment(frames, "square")
+    seg.close()
+    assert mask.shape == (3, 40, 56) and set(np.unique(mask)) <= {0.0, 1.0} and mask.any()
+
+
+def test_sam3_without_torchvision_is_refused_in_one_line(tmp_path, monkeypatch):
+    import builtins
+
+    (tmp_path / "config.json").write_text('{"model_type": "sam3_video"}')
+    real = builtins.__import__
+
+    def no_torchvision(name, *a, **k):
+        if name.startswith("torchvision"):
+            raise ImportError("no torchvision")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_torchvision)
+    with pytest.raises(SetseqError, match="SAM 3 video needs torchvision.*pip install torchvision"):
+        S.load_segmenter(S.SegmenterSpec(str(tmp_path), "x"), "cpu")

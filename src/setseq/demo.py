@@ -46,6 +46,8 @@ MARKER = ".setseq-demo"
 #: The demo's concept: of the shipped ones, one whose look and motion the default toy model gets wrong from
 #: its caption on every seed measured (BENCHMARKS.md, "Demo"), so the run shows what personalization adds.
 DEFAULT_CONCEPT = "cyan_diamond_bounce"
+#: More steps than any stage of the demo recipe: a checkpoint only at the end of each stage.
+NO_INTERMEDIATE_CHECKPOINTS = 1_000_000
 
 
 @dataclass
@@ -160,7 +162,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the whole demo into `out`; returns the metrics written to `out/metrics.json`. The base model's
     ceiling is read from (or computed once into) the JSON file `ceiling_cache` (`setseq.ceiling.CeilingCache`)."""
-    from setseq.ceiling import CeilingCache, composited_colours
+    from setseq.ceiling import CeilingCache
     from setseq.config import resolve_config
     from setseq.data.synthetic import CONCEPTS
     from setseq.data.video import from_tensor, load_clip, write_video
@@ -176,14 +178,17 @@ def run_demo(
     log(f"demo: concept '{name}' ({entry['caption']}), video {video}")
 
     # 1-2. Personalize: stage 1 (frames) and stage 2 (clip).
-    overrides = [f"concept.class_word={shape}", f"model.path={model}"]
+    # The recipe's steps and settings as they are; left out is what a demo run has no use for, as it starts
+    # from scratch every time: resume points before the end of each stage (always checkpointed) and
+    # TensorBoard events (the losses are in run/logs/loss.jsonl).
+    overrides = [
+        f"concept.class_word={shape}",
+        f"model.path={model}",
+        f"train.checkpoint_every={NO_INTERMEDIATE_CHECKPOINTS}",
+        "train.tensorboard=false",
+    ]
     if quick:
-        overrides += [
-            "stage1.steps=4",
-            "stage2.steps=4",
-            "train.checkpoint_every=1000",
-            "train.tensorboard=false",
-        ]
+        overrides += ["stage1.steps=4", "stage2.steps=4"]
     cfg = resolve_config(DEMO_CONFIG, {"data": {"video": str(video)}}, overrides)
     cfg = with_concept_mask(cfg, name, out / "mask")  # the recipe's subject mask: exact in the toy world
     run_dir = train(cfg, out / "run", log=log)
@@ -199,13 +204,11 @@ def run_demo(
     results: dict[str, Any] = {"concept": name, "caption": entry["caption"], "quick": quick}
     rows: list[tuple[str, np.ndarray]] = [("reference", reference)]
     plan = shots(cfg.concept.token, cfg.concept.motion_token, shape, entry["caption"], spec)
-    groups = group_edits([s.edit for s in plan if s.edit is not None], composited_colours(cfg))
-    ceiling = CeilingCache(ceiling_cache).ceiling(
-        name, shape, reference, model=model, seed=cfg.train.seed, steps=steps, pipeline=lambda: base, log=log
-    )["edits"]
-    results["composited"] = composited_colours(cfg)
+    results["composited"], groups, raw_ceiling = _groups_and_ceiling(
+        cfg, plan, name, reference, model, steps, CeilingCache(ceiling_cache), lambda: base, log
+    )
+    ceiling: dict[str, dict[str, Any]] = {}
     shape_ok = False
-    raw_ceiling, ceiling = ceiling, {}
     edit_scores: dict[str, dict[str, Any]] = {}
     for shot in tqdm(plan, desc="generate", unit="video"):
         pm = base if shot.base else personalized
@@ -216,7 +219,7 @@ def run_demo(
         write_video(out / f"{shot.name}.mp4", frames, fps=fps)
         if shot.name == "reproduced":  # `kept` counts the shape only where the run draws it unedited
             shape_ok = shape_reproduced(frames, spec)
-            # the base model's edits judged by the same rule (the reproduction comes before every edit)
+            # (the reproduction comes before every edit)
             ceiling = {n: judge_kept(c, spec, shape_reproduced=shape_ok) for n, c in raw_ceiling.items()}
         results[shot.name], label, sc = _score_shot(shot, frames, reference, spec, shape_ok, groups, ceiling)
         if sc is not None and shot.edit is not None:
@@ -234,6 +237,23 @@ def run_demo(
     log(_summary(results))
     log(f"demo: wrote {out}/*.mp4, contact_sheet.png and metrics.json in {results['seconds']['total']:.0f} s")
     return results
+
+
+def _groups_and_ceiling(
+    cfg, plan: list[Shot], name: str, reference: np.ndarray, model: str, steps, cache, base, log
+):
+    """The colours the run composited onto, its edits' groups, and the base model's edits from full captions
+    at the run's seed (`setseq.ceiling`, from `cache` or computed with `base()`), to be judged by the run's own
+    rule for the shape once its reproduction is drawn."""
+    from setseq.ceiling import composited_colours
+
+    composited = composited_colours(cfg)
+    groups = group_edits([s.edit for s in plan if s.edit is not None], composited)
+    shape = cfg.concept.class_word
+    raw = cache.ceiling(
+        name, shape, reference, model=model, seed=cfg.train.seed, steps=steps, pipeline=base, log=log
+    )
+    return composited, groups, raw["edits"]
 
 
 def _shipped_concept(concept: str | None) -> tuple[str, dict[str, str]]:
@@ -323,10 +343,10 @@ def _summary(r: dict[str, Any]) -> str:
                 f"success {_pct(v['success'])} (base model {_pct(v['ceiling_success'])})"
                 + ("  - composited in training: not counted" if g == "seen" else "")
             )
-        h = e.get("headline")
+        h, why = e.get("headline"), "- (the base model succeeds on none of the unseen-background edits)"
         lines.append(
             "headline: success on unseen backgrounds = "
-            + (f"{100 * h:.0f}% of the base model's on the same edits" if h is not None else "- (no ceiling)")
+            + (f"{100 * h:.0f}% of the base model's on the same edits" if h is not None else why)
         )
     return "\n".join(lines)
 

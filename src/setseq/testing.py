@@ -642,3 +642,61 @@ def build_tiny_sam2_video(folder: str | Path, seed: int = 0, size: int = 64) -> 
         model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(10.0)
     model.save_pretrained(Path(folder))
     return Path(folder)
+
+
+def build_tiny_sam3_video(folder: str | Path, seed: int = 0, size: int = 112) -> Path:
+    """A random-weight SAM 3 video model (`Sam3VideoModel`: tiny ViT detector with a tiny CLIP text encoder,
+    tiny tracker) and its processor (a character-level CLIP tokenizer), saved to `folder` as a hub checkpoint
+    is. Its detection thresholds are 0 and its hot start off, so random detections are tracked. Needs
+    torchvision (transformers' SAM 3 does)."""
+    from transformers import CLIPTokenizer, Sam3VideoConfig, Sam3VideoModel, Sam3VideoProcessor
+    from transformers.models.sam2_video.video_processing_sam2_video import Sam2VideoVideoProcessor
+    from transformers.models.sam3 import configuration_sam3 as c
+    from transformers.models.sam3.image_processing_sam3 import Sam3ImageProcessor
+
+    s, patch = size, 14
+    n = s // patch
+    vit = c.Sam3ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=s,
+        patch_size=patch, window_size=n // 2, global_attn_indexes=[0, 1],
+    )  # fmt: skip
+    vision = c.Sam3VisionConfig(backbone_config=vit, fpn_hidden_size=128, scale_factors=[4.0, 2.0, 1.0, 0.5])
+    small = dict(hidden_size=128, num_layers=1, num_attention_heads=4, intermediate_size=64)
+    detector = c.Sam3Config(
+        vision_config=vision,
+        text_config={
+            "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "projection_dim": 32,
+            "num_hidden_layers": 1, "num_attention_heads": 4, "max_position_embeddings": 32,
+        },
+        geometry_encoder_config=c.Sam3GeometryEncoderConfig(**small),
+        detr_encoder_config=c.Sam3DETREncoderConfig(**small),
+        detr_decoder_config=c.Sam3DETRDecoderConfig(**small, num_queries=5),
+        mask_decoder_config=c.Sam3MaskDecoderConfig(hidden_size=128, num_upsampling_stages=2),
+    )  # fmt: skip
+    tracker = dict(
+        model_type="sam3_tracker_video", image_size=s,
+        prompt_encoder_config=dict(hidden_size=128, image_size=s, patch_size=patch, mask_input_channels=4),
+        mask_decoder_config=dict(hidden_size=128, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
+        memory_attention_hidden_size=128, memory_attention_num_layers=1,
+        memory_attention_feed_forward_hidden_size=64, memory_encoder_hidden_size=128,
+        memory_encoder_output_channels=64, mask_downsampler_embed_dim=128, memory_fuser_embed_dim=128,
+        memory_fuser_intermediate_dim=64,
+        vision_config={**vision.to_dict(), "backbone_feature_sizes": [[4 * n, 4 * n], [2 * n, 2 * n], [n, n]]},
+    )  # fmt: skip
+    cfg = Sam3VideoConfig(
+        detector_config=detector, tracker_config=tracker, score_threshold_detection=0.0, new_det_thresh=0.0,
+        hotstart_delay=0, low_res_mask_size=4 * n,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    Sam3VideoModel(cfg).eval().save_pretrained(Path(folder))
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in "abcdefghijklmnopqrstuvwxyz":
+        vocab[ch] = len(vocab)
+        vocab[f"{ch}</w>"] = len(vocab)
+    square = {"height": s, "width": s}
+    Sam3VideoProcessor(
+        Sam3ImageProcessor(size=square),
+        Sam2VideoVideoProcessor(size=square),
+        CLIPTokenizer(vocab=vocab, merges=[]),
+    ).save_pretrained(Path(folder))
+    return Path(folder)

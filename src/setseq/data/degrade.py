@@ -47,7 +47,9 @@ def _apply(mask: np.ndarray, kind: str, s: float) -> np.ndarray:
         if s == 0:
             return m
         soft = _gauss(m, 0.15 * size * s)
-        return (soft > 0.5 * (1 - s) if kind == "dilate" else soft > 0.5 + 0.5 * s).astype(np.float32)
+        if kind == "dilate":  # never less than the mask itself (a thin tip blurs below the threshold)
+            return np.maximum(m, (soft > 0.5 * (1 - s)).astype(np.float32))
+        return np.minimum(m, (soft > 0.5 + 0.5 * s).astype(np.float32))
     if kind == "blur":
         return _gauss(m, 0.2 * size * s)
     if kind == "shift":  # right and down by up to a third of the frame, bilinear (sub-pixel)
