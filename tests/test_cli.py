@@ -197,7 +197,9 @@ def test_wrong_rank_and_corrupt_lora(cli_run, tiny_wan_dir, capsys, tmp_path):
     assert_one_line_error(code, err, "not a setseq LoRA file")
 
 
-@pytest.mark.parametrize("flag", [["--end", "3"], ["--start", "1"], ["--action", "running"], ["--mask", "m"]])
+@pytest.mark.parametrize(
+    "flag", [["--end", "3"], ["--start", "1"], ["--action", "running"], ["--token", "m"]]
+)
 def test_resume_refuses_every_other_flag(tmp_path, capsys, flag):
     code = main(["train", "--resume", "--out", str(tmp_path / "run"), *flag])
     err = capsys.readouterr().err
@@ -276,11 +278,11 @@ def test_help_does_not_import_torch():
 
 def test_resume_refuses_every_train_flag_it_cannot_take(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
-    takes = {"-h", "--help", "--out", "--resume", "--no-progress"}
+    takes = {"-h", "--help", "--out", "--resume", "--no-progress", "--video", "--model", "--mask"}
     refused = [f for f in help_flags(help_text(capsys, "train")) if f not in takes]
-    assert {"--video", "--config", "--init-lora", "--method", "--class-word"} <= set(refused)
+    assert {"--config", "--init-lora", "--method", "--class-word", "--frames"} <= set(refused)
     out = str(tmp_path / "run")
-    for flag in [*refused, "stage1.steps=3"]:
+    for flag in [*refused, "lora.rank=3"]:
         value = ["1"] if flag.startswith("-") else []
         assert main(["train", "--resume", "--out", out, flag, *value]) == 2, flag
         err = capsys.readouterr().err

@@ -143,12 +143,12 @@ def test_resume_accepts_the_cache_key_of_a_run_started_before_stable_fingerprint
 
 
 def test_resume_after_the_model_folder_moved(run_dir, tiny_wan_dir, tmp_path):
-    """A moved model folder: `--resume` says where to give its new place (the run's config.yaml), and with
-    that set resumes the run to the uninterrupted result (the fingerprint and the cache key do not see the
+    """A moved model folder: `--resume` says to give its new place (`--model`), and with it resumes the run to the uninterrupted result (the fingerprint and the cache key do not see the
     folder's path)."""
     import yaml
 
     from setseq.errors import SetseqError
+    from setseq.train.setup import resumed_config
 
     copy = _killed_at_stage1_step2(run_dir, tmp_path)
     moved = tmp_path / "moved-model"
@@ -157,12 +157,12 @@ def test_resume_after_the_model_folder_moved(run_dir, tiny_wan_dir, tmp_path):
     data = yaml.safe_load(conf.read_text())
     data["model"]["path"] = str(tmp_path / "gone")
     conf.write_text(yaml.safe_dump(data))
-    with pytest.raises(SetseqError, match="no longer exists") as err:
-        train(None, copy, resume=True, progress=False, log=lambda s: None)  # type: ignore[arg-type]
-    assert "config.yaml" in str(err.value)
-    data["model"]["path"] = str(moved)
-    conf.write_text(yaml.safe_dump(data))
-    train(None, copy, resume=True, progress=False, log=lambda s: None)  # type: ignore[arg-type]
+    with pytest.raises(SetseqError, match="is not here") as err:
+        train(None, copy, resume=True, progress=False, log=lambda s: None)
+    assert "--model" in str(err.value)
+    cfg = resumed_config(copy, model=str(moved))  # what `setseq train --resume RUN --model NEW` does
+    train(cfg, copy, resume=True, progress=False, log=lambda s: None)
+    assert yaml.safe_load(conf.read_text())["model"]["path"] == str(moved)
     a, b = load_file(str(run_dir / "setseq.safetensors")), load_file(str(copy / "setseq.safetensors"))
     for k in a:
         assert torch.equal(a[k], b[k]), k

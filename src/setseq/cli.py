@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -423,12 +424,12 @@ def _resume_fields(fields: dict[str, Any]) -> None:
         if fields["out"] is not None and Path(fields["out"]).resolve() != Path(run).resolve():
             raise SetseqError(
                 f"--resume {run} and --out {fields['out']} name two different run folders",
-                f"give the run once: setseq train --resume {run}",
+                f"give the run once: `setseq train --resume {shlex.quote(run)}`",
             )
         fields["out"] = run
     fields["resume"] = True
     if fields["out"] is None:
-        raise SetseqError("--resume needs the run folder", "name it: setseq train --resume RUN")
+        raise SetseqError("--resume needs the run folder", "name it: `setseq train --resume RUN`")
     named = [
         f"--{k.replace('_', '-')}"
         for k, v in fields.items()

@@ -28,7 +28,10 @@ METHODS: dict[str, str] = {
     "dreammix": "DreamMix-style: one stage, alternating single frames and the clip",
     "textual_inversion": "textual inversion: only the concept tokens' embeddings, on the video",
 }
-MAX_LR = 1.0  # the largest learning rate accepted: far above any that trains a LoRA
+# The largest learning rate accepted. Far larger ones overflow float32 inside AdamW's step (lr / bias
+# correction, ~3e38) with a traceback; up to here a rate that blows training up stops it with the checkpointed
+# one-line message (`train.loop`).
+MAX_LR = 1e30
 ONE_STAGE = ("dreambooth", "lora1", "dreammix", "textual_inversion")
 ON_CLIP = ("dreambooth", "lora1", "textual_inversion")  # one-stage modes that train on the clip every step
 
@@ -258,8 +261,10 @@ class StageConfig:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
-        if self.lr > MAX_LR:  # (from ~3e38 up, AdamW's step overflows float32 before any check could run)
-            raise ValueError(f"lr must be at most {MAX_LR:g} (the paper's is 1e-4), got {self.lr:g}")
+        if self.lr > MAX_LR:
+            raise ValueError(
+                f"lr must be at most {MAX_LR:g}, beyond which AdamW overflows (the paper's is 1e-4), got {self.lr:g}"
+            )
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.micro_batch is not None and (self.micro_batch < 1 or self.batch_size % self.micro_batch):

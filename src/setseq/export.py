@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shlex
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -459,7 +460,7 @@ def check_motion_trained(lora: SetseqLora) -> None:
     if why:
         raise SetseqError(
             f"this run has no motion part to export: stage 2 never ran ({why})",
-            f"export --part identity (or merged), or train stage 2 on it: {_stage2_command(lora)}",
+            f"export --part identity (or merged), or train stage 2 on it: `{_stage2_command(lora)}`",
         )
 
 
@@ -468,11 +469,12 @@ def _stage2_command(lora: SetseqLora) -> str:
     config (its video, model, tokens), method setseq, no stage-1 steps, into a new folder beside it."""
     path = lora.path or Path("setseq.safetensors")
     run = path.parent
-    tail = f"--init-lora {path} --out {run}_stage2 method=setseq stage1.steps=0"
+    q = shlex.quote
+    tail = f"--init-lora {q(str(path))} --out {q(f'{run}_stage2')} method=setseq stage1.steps=0"
     if (run / "config.yaml").is_file():
-        return f"setseq train --config {run / 'config.yaml'} {tail}"
+        return f"setseq train --config {q(str(run / 'config.yaml'))} {tail}"
     model = lora.meta.get("model_id") or "toy"
-    return f"setseq train --video VIDEO --model {model} --token {lora.meta.get('token', 'sks')} {tail}"
+    return f"setseq train --video VIDEO --model {q(str(model))} --token {q(str(lora.meta.get('token', 'sks')))} {tail}"
 
 
 def part_paths(out: str | Path, part: str) -> list[Path]:

@@ -373,9 +373,11 @@ def inject(model: nn.Module, spec: LoraSpec, seed: int = 0) -> dict[str, SetSeqL
         )
     names = find_targets(model, spec.targets)
     if not names:
+        some = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][:3]
         raise SetseqError(
-            f"no linear layer matches the LoRA target patterns {list(spec.targets)}",
-            "check lora.targets against the model's module names (setseq info --modules)",
+            f"no linear layer matches the LoRA target patterns {list(spec.targets)} (the model's linear layers "
+            f"are named like {', '.join(some) or 'nothing'})",
+            "fix lora.targets, or leave it out for the backbone's own targets",
         )
     for p in model.parameters():
         p.requires_grad_(False)

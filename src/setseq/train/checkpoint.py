@@ -13,6 +13,7 @@ import base64
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -93,7 +94,7 @@ def lower_lr_advice(run_dir: Path, stage: int, lr: float | None) -> str:
     """The fix after a blow-up: the command that resumes from the last good checkpoint at a tenth of the
     stage's learning rate (`--resume` takes stageN.lr)."""
     lower = f"{lr / 10:g}" if lr else "1e-5"
-    return f"resume at a lower learning rate: setseq train --resume {run_dir} stage{stage}.lr={lower}"
+    return f"resume at a lower learning rate: `setseq train --resume {shlex.quote(str(run_dir))} stage{stage}.lr={lower}`"
 
 
 def save_checkpoint(

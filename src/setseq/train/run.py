@@ -77,7 +77,8 @@ def train(
 
     # 2. The Set-and-Sequence layers (from a checkpoint or --init-lora), handed to torch's engine.
     spec = lora_spec(cfg, bb)
-    attach_lora(cfg, bb, spec, ck, init_lora, log)
+    with run.removed_on_failure():  # a wrong --init-lora leaves no half-made run behind
+        attach_lora(cfg, bb, spec, ck, init_lora, log)
     log(token_summary(cfg, bb.transformer, data))
     parallelize(bb.transformer, procs, cfg.model)  # FSDP2 replicate, or fully_shard with model.fsdp
     if cfg.train.memory_check:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import shlex
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -205,7 +206,7 @@ def resumed_config(
         raise SetseqError(
             f"the {what} {path} of {out} is not here"
             + (" (the run stored it relative to the directory it was started in)" if relative else ""),
-            f"point to it: setseq train --resume {out} {flag} PATH"
+            f"point to it: `setseq train --resume {shlex.quote(str(out))} {flag} PATH`"
             + (", or resume from the directory the run was started in" if relative else ""),
         )
     if video is not None:
@@ -269,7 +270,7 @@ def open_run(cfg: RunConfig | None, out: Path, resume: bool, log: Callable[[str]
         if (out / "config.yaml").exists() or (out / "checkpoints").exists():
             raise SetseqError(
                 f"{out} already holds a run",
-                f"continue it with `setseq train --resume {out}`, or choose another --out",
+                f"continue it with `setseq train --resume {shlex.quote(str(out))}`, or choose another --out",
             )
         new = not out.exists()
         if procs.is_main:
