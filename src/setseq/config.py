@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,7 @@ class ConceptConfig:
     """The identifier tokens and the two training prompts (T_static for stage 1, T_motion for stage 2)."""
 
     token: str = "sks"  # appearance identifier [v]
-    class_word: str = "person"
+    class_word: str = "person"  # the class noun of the prompts
     motion_token: str = "zwx"  # motion identifier [u]
     action: str = ""  # coarse action words, e.g. "dancing"
     camera: str = ""  # camera words, e.g. "static camera"
@@ -160,7 +161,7 @@ class ConceptConfig:
     # Optional: also optimise the tokens' input embeddings (stage 1: token, stage 2: motion_token), saved as
     # embedding_<token>.safetensors (diffusers' textual-inversion layout). The paper's lr is 1e-5.
     train_embedding: bool = False
-    embedding_lr: float = 1e-5
+    embedding_lr: float = 1e-5  # the token embeddings' learning rate
 
     def __post_init__(self) -> None:
         for name in ("token", "class_word", "motion_token"):
@@ -191,7 +192,7 @@ class ConceptConfig:
 class LoraConfig:
     """The Set-and-Sequence LoRA layer."""
 
-    rank: int = 128
+    rank: int = 128  # the rank of the identity basis and of the motion residual
     alpha: float | None = None  # None: alpha = rank (scale 1)
     basis: str = "down"  # down: basis = down-projection, coefficients = up; up: the reverse
     targets: list[str] | None = None  # regexes on DiT module names; None: the backbone's default
@@ -216,11 +217,11 @@ class LoraConfig:
 class StageConfig:
     """One training stage: AdamW with the paper's settings."""
 
-    steps: int = 600
-    lr: float = 1e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
-    weight_decay: float = 0.01
-    grad_clip: float = 0.05
+    steps: int = 600  # optimizer steps of this stage
+    lr: float = 1e-4  # AdamW learning rate
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])  # AdamW betas
+    weight_decay: float = 0.01  # AdamW weight decay
+    grad_clip: float = 0.05  # the gradient norm is clipped to this
     batch_size: int = 8  # samples per optimizer step
     micro_batch: int | None = None  # samples per forward; batch_size / micro_batch accumulation steps
     dropconnect: float = 0.8  # drop probability on this stage's trainable coefficients
@@ -271,8 +272,8 @@ class RegularizerConfig:
     # "a {class_word}." plus "the {class_word} is {action}." when an action is given), cached, and
     # reconstructed in both stages with loss weight `prior_weight`. 0 videos: off.
     prior_videos: int = 0
-    prior_weight: float = 1.0
-    prior_prompts: list[str] | None = None
+    prior_weight: float = 1.0  # loss weight of the prior videos
+    prior_prompts: list[str] | None = None  # the prior videos' prompts; None: from class_word and action
     prior_steps: int | None = None  # sampler steps for the prior videos; None: the backbone's default
 
     def __post_init__(self) -> None:
@@ -304,8 +305,8 @@ class MultiConfig:
     camera, static_prompt). One identity basis is shared, the motion residual is learned on every clip, and
     with probability `stitch_rate` a step trains on the concepts' videos stitched side by side."""
 
-    concepts: list[dict[str, Any]] = field(default_factory=list)
-    stitch_rate: float = 0.2
+    concepts: list[dict[str, Any]] = field(default_factory=list)  # the other concepts: {video, token, ...}
+    stitch_rate: float = 0.2  # share of the steps that show two concepts' videos side by side
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.stitch_rate < 1.0:
@@ -326,25 +327,28 @@ class MultiConfig:
 class TrainConfig:
     """Logging, checkpoints, samples."""
 
-    seed: int = 0
+    seed: int = 0  # seeds the LoRA's initialisation and every step's noise, timesteps and masks
     checkpoint_every: int = 100  # optimizer steps; the end of each stage is always checkpointed
     keep_checkpoints: int = 2  # per stage
-    log_every: int = 1
+    log_every: int = 1  # optimizer steps between records of logs/loss.jsonl and TensorBoard
     sample_every: int = 0  # 0: no sample videos during training
     sample_steps: int | None = None  # None: the backbone's default
     guidance_scale: float | None = None  # samples during training and the run's default; None: the backbone's
-    tensorboard: bool = True
+    tensorboard: bool = True  # write TensorBoard events to logs/
     gradient_checkpointing: bool = (
         False  # recompute DiT blocks in backward: less activation memory, more time
     )
     # Before training: estimate each stage's peak memory and refuse a run that cannot fit the device.
     memory_check: bool = True
+    # Optimizer steps between the plain progress lines (step, loss, lr, s/step, time left) printed when the
+    # output is not a terminal or with --no-progress; 0: about 20 per stage.
+    progress_every: int = 0
 
     def __post_init__(self) -> None:
         for name in ("checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("seed", "keep_checkpoints", "sample_every"):
+        for name in ("seed", "keep_checkpoints", "sample_every", "progress_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.guidance_scale is not None and not math.isfinite(self.guidance_scale):
@@ -412,7 +416,11 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise SetseqError(f"unknown config key '{key}'", f"valid keys here are: {', '.join(fields)}")
+        near = did_you_mean(unknown[0], fields, f"{where}." if where else "")
+        raise SetseqError(
+            f"unknown config key '{key}'",
+            f"{near or 'valid keys here are: ' + ', '.join(fields)}; `setseq train --list-keys` lists every key",
+        )
     kwargs = {}
     defaults = cls()
     for name, value in data.items():
@@ -532,9 +540,7 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise SetseqError(f"config file {p} does not exist", "check the --config path")
+    p = find_recipe(path)
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:  # (RecursionError: absurd nesting)
@@ -555,10 +561,223 @@ def resolve_config(
     flags: dict[str, Any] | None = None,
     overrides: list[str] | None = None,
 ) -> RunConfig:
-    """Defaults < YAML file < flags (a nested dict of the flags the user gave) < key=value overrides."""
+    """Defaults < YAML file (a path, or a shipped recipe's name) < flags (a nested dict of the flags the user
+    gave) < key=value overrides."""
     data: dict[str, Any] = load_yaml(config_file) if config_file else {}
     if flags:
         data = deep_merge(data, flags)
     if overrides:
         data = deep_merge(data, parse_overrides(overrides))
     return _build(RunConfig, data, "")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Recipes by name, `setseq train`'s default recipe, the key listing and "did you mean"
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+#: The toy models' recipe (`setseq demo`, `setseq bench`, and `setseq train` on a toy model by default).
+TOY_RECIPE = ASSETS / "toy-demo.yaml"
+# The repository's configs/ folder: there in a source checkout (`pip install -e .`), not in a wheel.
+_REPO_CONFIGS = ASSETS.parent.parent.parent / "configs"
+
+
+def recipes() -> dict[str, Path]:
+    """The shipped recipes by name (file stem): `assets/toy-demo.yaml` and the repository's `configs/*.yaml`."""
+    found = [*ASSETS.glob("*.yaml"), *(_REPO_CONFIGS.glob("*.yaml") if _REPO_CONFIGS.is_dir() else [])]
+    return {p.stem: p for p in sorted(found)}
+
+
+def did_you_mean(word: str, choices: Any, prefix: str = "") -> str | None:
+    """'did you mean X?' for the closest of `choices` to a misspelt `word` (difflib), or None."""
+    import difflib
+
+    near = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"did you mean '{prefix}{near[0]}'?" if near else None
+
+
+def find_recipe(config: str | Path) -> Path:
+    """The YAML file of `--config`: a path, or the name of a shipped recipe (`toy-demo`, `wan2.1-t2v-1.3b`)."""
+    p = Path(config).expanduser()
+    if p.is_file():
+        return p
+    known = recipes()
+    name = p.name.removesuffix(".yaml")
+    if name in known and str(config).removesuffix(".yaml") == name:
+        return known[name]
+    near = did_you_mean(name, known)
+    raise SetseqError(
+        f"config file {config} does not exist, and no shipped recipe has that name",
+        f"{near + ' ' if near else ''}pass a YAML path, or a recipe's name: {', '.join(known)}",
+    )
+
+
+def _flag_tree(flags: dict[str, Any] | None, overrides: list[str] | None) -> dict[str, Any]:
+    """What the user set on the command line, as one nested dict (flags, then overrides over them)."""
+    return deep_merge(flags or {}, parse_overrides(overrides or []))
+
+
+def resolve_train_config(
+    config: str | Path | None,
+    flags: dict[str, Any] | None,
+    overrides: list[str] | None,
+    log: Any = print,
+) -> RunConfig:
+    """`setseq train`'s config: `resolve_config` over the recipe `config` names, or with none the model's
+    own: the toy recipe for a toy model (its rank and learning rate are sized for it; the defaults are the
+    paper's, for Wan). Under the toy recipe, its background swaps are turned off when no mask is given
+    (`toy_swaps_need_mask`), and a prompt word the toy tokenizer does not know is refused (`check_toy_words`)."""
+    user = _flag_tree(flags, overrides)
+    recipe = find_recipe(config) if config else None
+    default = recipe is None and (user.get("model") or {}).get("backbone", ModelConfig.backbone) == "toy"
+    cfg = resolve_config(TOY_RECIPE if default else recipe, flags, overrides)
+    if cfg.model.backbone == "toy":
+        check_toy_words(cfg)
+    if default:
+        log(f"recipe: {TOY_RECIPE.stem}, the toy model's (--config NAME or a YAML path picks another)")
+    if default or (recipe is not None and recipe.resolve() == TOY_RECIPE):
+        cfg = toy_swaps_need_mask(cfg, user, log)
+    return cfg
+
+
+def toy_swaps_need_mask(cfg: RunConfig, user: dict[str, Any], log: Any = print) -> RunConfig:
+    """The toy recipe's background swaps need a subject mask: without one (`--mask`), the swaps the user did
+    not ask for on the command line are turned off, with a note, rather than stopping the run."""
+    if cfg.data.mask:
+        return cfg
+    off = {
+        stage: dataclasses.replace(getattr(cfg, stage), background_swap=0.0)
+        for stage in ("stage1", "stage2")
+        if getattr(cfg, stage).background_swap > 0 and "background_swap" not in (user.get(stage) or {})
+    }
+    if off:
+        was = ", ".join(f"{s}.background_swap={getattr(cfg, s).background_swap:g}" for s in off)
+        log(
+            f"note: the toy recipe's background swaps ({was}) need a subject mask (--mask); none given, so off"
+        )
+    return dataclasses.replace(cfg, **off)
+
+
+def check_toy_words(cfg: RunConfig) -> None:
+    """Refuse a concept word the toy model's word-level tokenizer does not know: it would read it as <unk>,
+    silently the same token as every other unknown word."""
+    import json
+
+    from setseq.backbones.toy.files import toy_folder
+    from setseq.backbones.toy.tokenizer import IDENTIFIER_TOKENS
+
+    vocab_file = toy_folder(cfg.model.path) / "tokenizer" / "tokenizer.json"
+    try:
+        vocab = set(json.loads(vocab_file.read_text())["model"]["vocab"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # an unreadable toy model is refused, by name, when it loads
+    bad: dict[str, str] = {}  # unknown word -> the concept key it is in
+    for i, (_, c) in enumerate(cfg.concepts()):
+        for key in ("token", "motion_token", "class_word", "action", "camera", "static_prompt"):
+            for word in re.findall(r"\w+", (getattr(c, key) or "").lower()):
+                if word not in vocab:
+                    bad.setdefault(word, f"multi.concepts[{i - 1}].{key}" if i else f"concept.{key}")
+    if bad:
+        ids = [t for t in IDENTIFIER_TOKENS if t in vocab]
+        classes = [w for w in ("person", "object", "shape", "circle", "square", "star") if w in vocab]
+        raise SetseqError(
+            f"the toy model's tokenizer does not know {', '.join(f'{w!r} ({k})' for w, k in bad.items())}: it "
+            "would read each as <unk>",
+            f"use words it knows, e.g. --token {ids[0]} (its identifier tokens: {', '.join(ids)}) and "
+            f"--class-word {classes[0]} ({', '.join(classes)}, ...; all {len(vocab) - 3} words are in {vocab_file})",
+        )
+
+
+def _field_help(cls: type) -> dict[str, str]:
+    """Each field's help, read from the comments of the dataclass's source (declared once, there): the
+    comment lines just above the field and the comment on its own line(s)."""
+    import ast
+    import inspect
+    import io
+    import textwrap
+    import tokenize
+
+    src = textwrap.dedent(inspect.getsource(cls))
+    lines = src.splitlines()
+    comments: dict[int, str] = {}  # line (1-based) -> its comment's text
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    out: dict[str, str] = {}
+    block: list[str] = []  # the comment above the last field: it covers the uncommented fields just below it
+    for node in ast.parse(src).body[0].body:  # type: ignore[attr-defined]
+        if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
+            continue
+        above, n = [], node.lineno - 1
+        while n >= 1 and lines[n - 1].strip().startswith("#"):
+            above.insert(0, comments[n])
+            n -= 1
+        own = [comments[i] for i in range(node.lineno, node.end_lineno or node.lineno) if i in comments]
+        own += [comments[node.end_lineno]] if node.end_lineno in comments else []
+        if above:
+            block = above
+        elif not own and lines[node.lineno - 2].strip():  # right below the last field, no comment of its own
+            above = block
+        out[node.target.id] = " ".join(above + own).strip()
+    return out
+
+
+def config_keys() -> list[tuple[str, Any, str]]:
+    """(dotted key, default, help) of every config key, section by section, from the dataclasses."""
+    defaults = RunConfig()
+    out: list[tuple[str, Any, str]] = []
+    for f in dataclasses.fields(RunConfig):
+        cls = _SECTIONS.get((RunConfig, f.name))
+        if cls is None:
+            out.append((f.name, getattr(defaults, f.name), _field_help(RunConfig)[f.name]))
+            continue
+        docs = _field_help(cls)
+        section = getattr(defaults, f.name)
+        out += [
+            (f"{f.name}.{g.name}", getattr(section, g.name), docs[g.name]) for g in dataclasses.fields(cls)
+        ]
+    return out
+
+
+def format_keys() -> str:
+    """`setseq train --list-keys`: every key with its default, the toy recipe's value where it differs, and
+    its help."""
+    recipe = resolve_config(TOY_RECIPE).to_dict()
+    rows = []
+    for key, default, text in config_keys():
+        section, _, name = key.rpartition(".")
+        toy = recipe[section][name] if section else recipe[name]
+        value = (
+            yaml.safe_dump(default, default_flow_style=True, width=1000).strip().removesuffix("...").strip()
+        )
+        if toy != default:
+            value += (
+                f" (toy: {yaml.safe_dump(toy, default_flow_style=True).strip().removesuffix('...').strip()})"
+            )
+        rows.append((key, value, text))
+    width = 44
+    head = (
+        "Config keys (set as key=value after `setseq train`, or in a --config YAML), with their defaults "
+        f"(the paper's recipe; 'toy:' the toy recipe's, {TOY_RECIPE.stem}, the default on a toy model):"
+    )
+    return "\n".join([head, *(f"  {f'{k} = {v}':{width}s}  {t}" for k, v, t in rows)])
+
+
+def key_default(key: str) -> Any:
+    """The default of one dotted config key, read from the dataclasses' fields without building a
+    `RunConfig` (whose data section imports numpy): for `setseq --help`, which must start fast."""
+    section, _, name = key.rpartition(".")
+    run_fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    if not section:
+        return run_fields[name].default
+    if section in ("stage1", "stage2"):  # the two stages' defaults differ (their dropconnect)
+        return getattr(run_fields[section].default_factory(), name)  # type: ignore[misc]
+    f = {g.name: g for g in dataclasses.fields(_SECTIONS[(RunConfig, section)])}[name]
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+
+def recipe_value(recipe: Path, key: str) -> Any:
+    """The value a recipe YAML sets for a dotted key, or None where it sets none (no dataclass built)."""
+    node: Any = load_yaml(recipe)
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
