@@ -234,7 +234,7 @@ def test_eval_scores_against_the_frames_the_run_trained_on(toy_run, video, tmp_p
     )
     assert code == 0, err
     run_ref = json.loads((tmp_path / "a" / "metrics.json").read_text())
-    assert run_ref["frames"] == 9 and "the 9 frames run" in run_ref["notes"][0]  # what report shows
+    assert run_ref["frames"] == 9 and "the 9 frames run" in run_ref["reference_frames"]  # what report shows
     code, printed, err = run_cli(
         capsys,
         "eval",
@@ -250,7 +250,7 @@ def test_eval_scores_against_the_frames_the_run_trained_on(toy_run, video, tmp_p
     video_ref = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert (
         video_ref["frames"] == 13
-        and "all 13 frames" in video_ref["notes"][0]
+        and "all 13 frames" in video_ref["reference_frames"]
         and "--reference RUN" in printed
     )
     assert run_ref["videos"]["gen"]["mse"] != video_ref["videos"]["gen"]["mse"]

@@ -190,7 +190,7 @@ def evaluate(
 
     # 2. Reference and models (only those the chosen metrics need; a missing one names its download).
     ref, ref_what = reference_frames(ref_path)  # (F, H, W, 3)
-    notes: list[str] = [f"reference: {ref_what}"]
+    notes: list[str] = []
     need_clip = "clip_t" in chosen or "tc" in chosen or ("id" in chosen and not (arcface or dino))
     clip_m = models.load_clip(clip) if need_clip else None
     id_m: Any = None
@@ -209,12 +209,14 @@ def evaluate(
             notes.append(f"ID: CLIP image similarity ({clip_m.name}); no --arcface or --dino given")
     if "clip_t" in chosen and not any(per_video):
         notes.append("C-T: no --prompt given, so no text similarity")
+    notes.append(f"reference: {ref_what}")
 
     # 3. Score each video.
     ref_clip = clip_m.images(ref) if clip_m is not None else None
     ref_id = (ref_clip if id_method == "clip" else id_m.images(ref)) if id_m is not None else None
     data: dict[str, Any] = {
         "reference": str(ref_path),
+        "reference_frames": ref_what,  # which frames: a run's training clip, or all of a video's
         "frames": int(ref.shape[0]),
         "size": [int(ref.shape[1]), int(ref.shape[2])],
         "metrics": chosen,
