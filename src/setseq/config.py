@@ -7,6 +7,7 @@ is saved as `config.yaml` in the run folder; `--resume` reads it back from there
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -775,9 +776,14 @@ def key_default(key: str) -> Any:
     return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
 
 
+@functools.lru_cache(maxsize=4)
+def _recipe_data(recipe: Path) -> dict[str, Any]:
+    return load_yaml(recipe)  # (read-only: shared by every call)
+
+
 def recipe_value(recipe: Path, key: str) -> Any:
     """The value a recipe YAML sets for a dotted key, or None where it sets none (no dataclass built)."""
-    node: Any = load_yaml(recipe)
+    node: Any = _recipe_data(recipe)
     for part in key.split("."):
         node = node.get(part) if isinstance(node, dict) else None
     return node

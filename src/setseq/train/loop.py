@@ -335,15 +335,18 @@ class Progress:
     so a redirected log holds readable lines rather than a bar's carriage returns.
 
     Time left counts this stage's remaining steps at its speed so far and, in stage 1, stage 2's steps at
-    stage 1's speed: a lower bound ("at least"), since a clip costs more than a frame, by how much depends on
-    the model (on the 2-CPU toy model a stage-2 step took ~1.7x a stage-1 step; in a large DiT, compute grows
-    with the clip's tokens, ~9x for 33 frames)."""
+    stage 1's speed: a lower bound ("at least"), since a step on clips costs more than one on frames (by how
+    much depends on the model: little more on the toy model, where each step's fixed costs dominate; about the
+    clip's latent frames times more in a large DiT, where compute grows with the tokens)."""
 
     def __init__(self, ctx: StageContext, stage: int, steps: int, start: int) -> None:
         self.ctx, self.stage, self.steps, self.start = ctx, stage, steps, start
         self.bar = ctx.progress and sys.stdout.isatty() and sys.stderr.isatty()
         self.every = ctx.cfg.train.progress_every or max(1, steps // 20)
-        self.later = ctx.cfg.stage2.steps if stage == 1 else 0  # stage 2's steps, at stage 1's speed
+        # Stage 2's steps, in stage-1 steps: a clip costs at least a frame, so with a batch no smaller a step
+        # costs at least a stage-1 step, and with a smaller one at least its share of the batch.
+        s1, s2 = ctx.cfg.stage1, ctx.cfg.stage2
+        self.later = s2.steps * min(1.0, s2.batch_size / s1.batch_size) if stage == 1 else 0.0
         self.t0 = time.perf_counter()
 
     def left(self, done: int) -> float:
