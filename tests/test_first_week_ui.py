@@ -144,6 +144,8 @@ def test_misspelt_config_keys_get_a_did_you_mean(capsys, tmp_path):
     )
     code, _, err = run_cli(capsys, "train", "--out", tmp_path / "r", "regularisers.token_mask=0")
     assert_one_line_error(code, err, "did you mean 'regularizers'?")
+    code, _, err = run_cli(capsys, "train", "--out", tmp_path / "r", "--method", "dreambooht")
+    assert_one_line_error(code, err, "did you mean 'dreambooth'?")
     assert not (tmp_path / "r").exists()
 
 

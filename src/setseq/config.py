@@ -372,7 +372,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+            near = did_you_mean(str(self.method), METHODS)
+            raise ValueError(
+                f"method must be one of {', '.join(METHODS)}, got {self.method!r}{'; ' + near if near else ''}"
+            )
         seen: dict[str, int] = {}
         for i, (_, c) in enumerate(self.concepts()):
             for tok in (c.token, c.motion_token):
