@@ -56,7 +56,7 @@ def _csv(text: str) -> list[str]:
 
 
 def _show(value: Any) -> str:
-    """A default as typed on the command line: [480, 832] -> 480x832 for a size, lists comma-separated."""
+    """A default as shown in --help: a list comma-separated, an empty text quoted."""
     if isinstance(value, list):
         return ",".join(map(str, value))
     return repr(value) if value == "" else str(value)
@@ -129,7 +129,7 @@ def _add_train(sub: Any) -> None:
     t = sub.add_parser("train", help="personalize a model to one video (stage 1 + stage 2)")
     t.set_defaults(func=commands.cmd_train)
     _keyed(t, "--video", "data.video", help="the input video (any container PyAV reads)")
-    t.add_argument("--out", required=True, help="run folder (new, or empty)")
+    t.add_argument("--out", required=True, help="run folder: a new one (or one of only a run's own files)")
     _keyed(
         t,
         "--model",
