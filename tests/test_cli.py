@@ -260,7 +260,7 @@ def test_method_help_names_every_method(capsys, monkeypatch):
     assert re.findall(r"\w+", line.split("baseline:")[1].split("(")[0]) == [
         m for m in METHODS if m != "setseq"
     ]
-    assert "setseq (default)" in line
+    assert "(method; default setseq)" in line  # the config key and its default, from setseq.config
 
 
 def test_help_does_not_import_torch():
@@ -278,7 +278,17 @@ def test_help_does_not_import_torch():
 
 def test_resume_refuses_every_train_flag_it_cannot_take(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
-    takes = {"-h", "--help", "--out", "--resume", "--no-progress", "--video", "--model", "--mask"}
+    takes = {
+        "-h",
+        "--help",
+        "--out",
+        "--resume",
+        "--no-progress",
+        "--video",
+        "--model",
+        "--mask",
+        "--list-keys",
+    }
     refused = [f for f in help_flags(help_text(capsys, "train")) if f not in takes]
     assert {"--config", "--init-lora", "--method", "--class-word", "--frames"} <= set(refused)
     out = str(tmp_path / "run")

@@ -95,8 +95,18 @@ def test_comfyui_parts_at_strengths_add_up_to_merged(tmp_path, capsys, basis):
     assert not (tmp_path / "a.safetensors").exists()
     assert "a_identity.safetensors" in out and "a_motion.safetensors" in out
     s = 0.6
-    run_cli(capsys, "export", run, "--format", "diffusers", "--motion-scale", s, "--out", tmp_path / "m.st")
-    merged = load_file(str(tmp_path / "m.st"))
+    run_cli(
+        capsys,
+        "export",
+        run,
+        "--format",
+        "diffusers",
+        "--motion-scale",
+        s,
+        "--out",
+        tmp_path / "m.safetensors",
+    )
+    merged = load_file(str(tmp_path / "m.safetensors"))
     for m in WAN_MODULES:
         key = "diffusion_model." + m.replace("attn1.to_", "self_attn.").replace("attn2.to_", "cross_attn.")
         key = key.replace("out.0", "o").replace("ffn.net.0.proj", "ffn.0").replace("ffn.net.2", "ffn.2")
@@ -130,8 +140,8 @@ def test_diffusers_default_is_one_merged_file_and_parts_on_request(tmp_path, cap
         merged[f"{k}.lora_B.weight"] @ merged[f"{k}.lora_A.weight"],
     )
     # the aliases are the same files as --part
-    run_cli(capsys, "export", run, "--format", "motion", "--out", tmp_path / "alias.st")
-    alias = load_file(str(tmp_path / "alias.st"))
+    run_cli(capsys, "export", run, "--format", "motion", "--out", tmp_path / "alias.safetensors")
+    alias = load_file(str(tmp_path / "alias.safetensors"))
     assert alias.keys() == mot.keys() and all(torch.equal(alias[k], mot[k]) for k in mot)
 
 
@@ -166,13 +176,15 @@ def test_motion_part_of_a_run_without_stage2_is_refused(tmp_path, capsys, motion
 def test_bad_part_flags_are_one_line_errors(tmp_path, capsys):
     run = fake_run(tmp_path / "run")
     code, out, err = run_cli(
-        capsys, "export", run, "--format", "identity", "--part", "motion", "--out", tmp_path / "x.st"
+        capsys, "export", run, "--format", "identity", "--part", "motion", "--out", tmp_path / "x.safetensors"
     )
     assert_one_line_error(code, err, "--format diffusers --part motion")
     cog = fake_run(
         tmp_path / "cog", backbone="cogvideox", modules={"transformer_blocks.0.attn1.to_q": (8, 8)}
     )
-    code, out, err = run_cli(capsys, "export", cog, "--format", "comfyui", "--out", tmp_path / "x.st")
+    code, out, err = run_cli(
+        capsys, "export", cog, "--format", "comfyui", "--out", tmp_path / "x.safetensors"
+    )
     assert_one_line_error(code, err, "diffusers-only", "--format diffusers")
     assert not list(tmp_path.glob("x*"))
 

@@ -115,11 +115,11 @@ def test_export_asks_which_expert(a14b_run, tmp_path, capsys):
         "--expert",
         "low",
         "--out",
-        str(tmp_path / "l.st"),
+        str(tmp_path / "l.safetensors"),
     ]
     assert main(argv) == 0
     assert (
-        load_file(str(tmp_path / "l.st")).keys()
+        load_file(str(tmp_path / "l.safetensors")).keys()
         == load_file(str(a14b_run / "lora_diffusers_low_noise.safetensors")).keys()
     )
 

@@ -3,7 +3,9 @@
 Each flag is declared once, in the `_add_*` function of its subcommand, which also names the function in
 `setseq.commands` that runs it (`set_defaults(func=...)`); `main` calls that function with the parsed values
 as keyword arguments, so its parameters are the flags' `dest`s (tests/test_cli.py checks that they match).
-Nothing here imports torch: `setseq --help` is instant.
+Nothing here imports torch: `setseq --help` is instant. `--help` shows each option's default (a train flag
+that sets a config key names the key and its default, read from `setseq.config`); `setseq train --list-keys`
+lists every config key; a misspelt subcommand, flag or choice gets a "did you mean".
 User errors (`SetseqError`) are printed as one line, without a traceback, with exit status 2.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -30,9 +33,9 @@ INFER_DTYPE: dict[str, Any] = dict(
     help="auto: the run's training dtype, else bfloat16 on a GPU (float32 for the toy model and on CPU)",
 )
 FPS_HELP = "frame rate of the written video (default: the run's, i.e. its clip's; else the backbone's)"
-TOY_MODEL: dict[str, Any] = dict(
-    default="toy", help="toy model: toy (default), toy-large, or a toy model folder"
-)
+TOY_MODEL: dict[str, Any] = dict(default="toy", help="toy model: toy, toy-large, or a toy model folder")
+DEVICE: dict[str, Any] = dict(default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
+SEED: dict[str, Any] = dict(type=int, default=0, help="sampling seed (the same seed gives the same video)")
 # `train --resume` continues a run with its saved config: the only train fields it takes (--video, --model,
 # --mask: the same file or folder, moved; checked by content). Every other train flag defaults to None (the
 # overrides to []), so one that is set was given.
@@ -74,33 +77,120 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _show(value: Any) -> str:
+    """A default as shown in --help: a list comma-separated, an empty text quoted."""
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return repr(value) if value == "" else str(value)
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's defaults after each help text, without the uninformative ones (None, flags' True/False);
+    a flag that sets a config key names it, with its default and the toy recipe's where that differs."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        key = getattr(action, "config_key", None)
+        if key:
+            from setseq.config import TOY_RECIPE, key_default, recipe_value
+
+            default, toy = key_default(key), recipe_value(TOY_RECIPE, key)
+            shown = [f"default {_show(default)}"] if default not in (None, "") else []
+            if toy is not None and toy != default:
+                shown.append(f"toy recipe {_show(toy)}")
+            return f"{text} ({'; '.join([key, *shown])})".replace("%", "%%")
+        if isinstance(action.default, bool) or action.default in (None, argparse.SUPPRESS, "", []):
+            return text
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that shows defaults (`_Formatter`) and whose errors add a "did you mean" for a
+    misspelt subcommand, choice or flag."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, formatter_class=_Formatter, **kwargs)
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        from setseq.config import did_you_mean
+
+        hint = None
+        if m := re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message):
+            hint = did_you_mean(m.group(1), re.findall(r"'([^']*)'", m.group(2)))
+        elif m := re.match(r"unrecognized arguments: (.*)", message):
+            flags = [o for a in self._actions for o in a.option_strings]
+            hints = [did_you_mean(w, flags) for w in m.group(1).split() if w.startswith("-")]
+            hint = " ".join(h for h in hints if h) or None
+        super().error(f"{message}; {hint}" if hint else message)
+
+
+class _ListKeys(argparse.Action):
+    """`--list-keys`: print every config key with its default and help, then exit (as --help does)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, argparse.SUPPRESS, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from setseq.config import format_keys
+
+        try:
+            print(format_keys(), flush=True)
+        except BrokenPipeError:  # `setseq train --list-keys | head`: the reader has all it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        parser.exit()
+
+
+def _keyed(parser: argparse.ArgumentParser, flag: str, key: str, **kwargs: Any) -> None:
+    """A flag that sets the config key `key` (its --help shows the key and its default)."""
+    parser.add_argument(flag, **kwargs).config_key = key  # type: ignore[attr-defined]
+
+
 def _add_train(sub: Any) -> None:
     t = sub.add_parser("train", help="personalize a model to one video (stage 1 + stage 2)")
     t.set_defaults(func=commands.cmd_train)
-    t.add_argument("--video", help="the input video (any container PyAV reads)")
-    t.add_argument("--out", help="run folder (required; with --resume, --resume RUN names it too)")
+    _keyed(t, "--video", "data.video", help="the input video (any container PyAV reads)")
     t.add_argument(
+        "--out",
+        help="run folder: a new one (or one of only a run's own files); required, except that --resume RUN "
+        "names it",
+    )
+    _keyed(
+        t,
         "--model",
-        help="'toy' (default), or a diffusers Wan, CogVideoX, LTX-Video, HunyuanVideo, HunyuanVideo 1.5 or LTX-2 "
-        "checkpoint: local folder or hub id",
+        "model.path",
+        help="'toy', 'toy-large', or a diffusers Wan, CogVideoX, LTX-Video, HunyuanVideo, HunyuanVideo 1.5 or "
+        "LTX-2 checkpoint: local folder or hub id",
     )
-    t.add_argument(
+    _keyed(
+        t,
         "--backbone",
-        help="backbone family: toy, wan, cogvideox, ltx, hunyuan, hunyuan15, ltx2 (default: read from the --model folder's "
-        "model_index.json; wan for a hub id)",
+        "model.backbone",
+        help="backbone family: toy, wan, cogvideox, ltx, hunyuan, hunyuan15, ltx2 (given --model: read from "
+        "its folder's model_index.json; wan for a hub id)",
     )
-    t.add_argument("--token", help="concept token [v] (default sks)")
-    t.add_argument("--class-word", help="class word, e.g. person")
-    t.add_argument("--action", help="coarse action words for T_motion, e.g. 'dancing'")
-    t.add_argument("--camera", help="camera words for T_motion, e.g. 'static camera'")
-    t.add_argument("--config", help="YAML run config")
-    t.add_argument("--frames", type=int, help="clip length (4k+1 for Wan)")
-    t.add_argument("--fps", type=float, help="resample the video to this frame rate")
-    t.add_argument("--start", type=float, help="start time in seconds")
-    t.add_argument("--end", type=float, help="end time in seconds")
-    t.add_argument("--size", type=_size, help="HxW, e.g. 480x832")
+    _keyed(t, "--token", "concept.token", help="concept token [v]")
+    _keyed(t, "--class-word", "concept.class_word", help="class word, e.g. person")
+    _keyed(t, "--action", "concept.action", help="coarse action words for T_motion, e.g. 'dancing'")
+    _keyed(t, "--camera", "concept.camera", help="camera words for T_motion, e.g. 'static camera'")
     t.add_argument(
+        "--config",
+        help="a YAML run config, or a shipped recipe's name: toy-demo (the default on a toy model), "
+        "wan2.1-t2v-1.3b, wan2.1-t2v-14b",
+    )
+    t.add_argument(
+        "--list-keys", action=_ListKeys, help="print every config key with its default and help, then exit"
+    )
+    _keyed(t, "--frames", "data.frames", type=int, help="clip length (4k+1 for Wan; unset: the backbone's)")
+    _keyed(
+        t, "--fps", "data.fps", type=float, help="resample the video to this frame rate (unset: the source's)"
+    )
+    _keyed(t, "--start", "data.start", type=float, help="start time in seconds")
+    _keyed(t, "--end", "data.end", type=float, help="end time in seconds (unset: the end of the video)")
+    _keyed(t, "--size", "data.size", type=_size, help="HxW, e.g. 480x832 (unset: the backbone's)")
+    _keyed(
+        t,
         "--mask",
+        "data.mask",
         help="subject mask: a mask video or a folder of per-frame masks (white = subject), same frames and size "
         "as the video, or 'auto' to make one from --mask-prompt (setseq mask); with a mask the stages swap "
         "backgrounds (stage1.background_swap=1, stage2.background_swap=0.25) unless a mask option is set",
@@ -119,12 +209,24 @@ def _add_train(sub: Any) -> None:
         + ", ".join(RESUME_KEYS),
     )
     t.add_argument("--init-lora", help="start a NEW run from the weights of a setseq.safetensors")
-    t.add_argument(
+    _keyed(
+        t,
         "--method",
-        help=f"setseq (default) or a baseline: {', '.join(METHOD_NAMES[1:])} (same as method=...)",
+        "method",
+        help=f"setseq or a baseline: {', '.join(METHOD_NAMES[1:])}",
     )
-    t.add_argument("--no-progress", dest="progress", action="store_false")
-    t.add_argument("overrides", nargs="*", help="dotted key=value config overrides, e.g. stage1.steps=600")
+    t.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress bar: a plain line every train.progress_every steps instead (as when the output is "
+        "not a terminal)",
+    )
+    t.add_argument(
+        "overrides",
+        nargs="*",
+        help="dotted key=value config overrides, e.g. stage1.steps=600 (see --list-keys)",
+    )
 
 
 def _add_generate(sub: Any) -> None:
@@ -146,17 +248,25 @@ def _add_generate(sub: Any) -> None:
         "TI2V-5B); resized and centre-cropped to the video's size",
     )
     g.add_argument("--model", help="base model (default: the run's own model, else toy)")
-    g.add_argument("--backbone")
-    g.add_argument("--identity-scale", type=float)
-    g.add_argument("--motion-scale", type=float)
-    g.add_argument("--cfg", type=float, help="classifier-free guidance scale")
-    g.add_argument("--steps", type=int, help="sampling steps (default: the backbone's)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--size", type=_size)
-    g.add_argument("--frames", type=int)
+    g.add_argument(
+        "--backbone", help="the base model's family, when --model does not say (as train --backbone)"
+    )
+    g.add_argument(
+        "--identity-scale", type=float, help="strength of the identity LoRA (unset: the run's, 1; 0: off)"
+    )
+    g.add_argument(
+        "--motion-scale", type=float, help="strength of the motion residual (unset: the run's, 1; 0: off)"
+    )
+    g.add_argument(
+        "--cfg", type=float, help="classifier-free guidance scale (unset: the run's or backbone's)"
+    )
+    g.add_argument("--steps", type=int, help="sampling steps (unset: the backbone's)")
+    g.add_argument("--seed", **SEED)
+    g.add_argument("--size", type=_size, help="HxW, e.g. 480x832 (unset: the run's training size)")
+    g.add_argument("--frames", type=int, help="frames per video (unset: the run's clip length)")
     g.add_argument("--fps", type=float, help=FPS_HELP)
-    g.add_argument("--negative-prompt", default="")
-    g.add_argument("--device", default="auto")
+    g.add_argument("--negative-prompt", default="", help="what the guidance steers away from")
+    g.add_argument("--device", **DEVICE)
     g.add_argument("--dtype", **INFER_DTYPE)
     g.add_argument(
         "--block-swap",
@@ -184,18 +294,20 @@ def _add_compose(sub: Any) -> None:
     c.add_argument("--out", required=True, help="output .mp4")
     c.add_argument("--weights", type=lambda t: [float(v) for v in _csv(t)], help="one per run, e.g. 1,0.8")
     c.add_argument("--model", help="base model (default: the first run's)")
-    c.add_argument("--cfg", type=float, help="classifier-free guidance scale")
-    c.add_argument("--steps", type=int)
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument(
+        "--cfg", type=float, help="classifier-free guidance scale (unset: the run's or backbone's)"
+    )
+    c.add_argument("--steps", type=int, help="sampling steps (unset: the backbone's)")
+    c.add_argument("--seed", **SEED)
     c.add_argument("--fps", type=float, help=FPS_HELP)
-    c.add_argument("--device", default="auto")
+    c.add_argument("--device", **DEVICE)
     c.add_argument("--dtype", **INFER_DTYPE)
 
 
 def _add_export(sub: Any) -> None:
     e = sub.add_parser("export", help="export a run's LoRA for diffusers / ComfyUI, or one part of it")
     e.set_defaults(func=commands.cmd_export)
-    e.add_argument("run")
+    e.add_argument("run", help="a run folder, or its setseq.safetensors")
     e.add_argument(
         "--format",
         required=True,
@@ -211,16 +323,22 @@ def _add_export(sub: Any) -> None:
     e.add_argument(
         "--expert", choices=["high", "low"], help="Wan 2.2 A14B: which expert's LoRA (one file each)"
     )
-    e.add_argument("--out", required=True)
-    e.add_argument("--identity-scale", type=float)
-    e.add_argument("--motion-scale", type=float)
-    e.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    e.add_argument(
+        "--out",
+        required=True,
+        help="the .safetensors file to write (--part both: two, OUT_identity and OUT_motion)",
+    )
+    e.add_argument("--identity-scale", type=float, help="identity strength baked in (unset: the run's, 1)")
+    e.add_argument("--motion-scale", type=float, help="motion strength baked in (unset: the run's, 1)")
+    e.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="the tensors' dtype"
+    )
 
 
 def _add_info(sub: Any) -> None:
     i = sub.add_parser("info", help="print what a run holds")
     i.set_defaults(func=commands.cmd_info)
-    i.add_argument("run")
+    i.add_argument("run", help="a run folder, or a setseq.safetensors")
 
 
 def _add_demo(sub: Any) -> None:
@@ -228,8 +346,8 @@ def _add_demo(sub: Any) -> None:
         "demo", help="personalize the shipped toy model to a shipped concept and show the results"
     )
     d.set_defaults(func=commands.cmd_demo)
-    d.add_argument("--out", default="demo_out")
-    d.add_argument("--concept", default=None, help="which shipped concept (default: cyan_diamond_bounce)")
+    d.add_argument("--out", default="demo_out", help="folder for the videos, metrics and the run")
+    d.add_argument("--concept", help="which shipped concept (unset: cyan_diamond_bounce)")
     d.add_argument("--quick", action="store_true", help="a few steps only (CI)")
     d.add_argument("--model", **TOY_MODEL)
     d.add_argument(
@@ -242,7 +360,12 @@ def _add_eval(sub: Any) -> None:
     v = sub.add_parser("eval", help="score generated videos against the reference (MSE, ID, C-T, TC, motion)")
     v.set_defaults(func=commands.cmd_eval)
     v.add_argument("videos", nargs="+", help="generated videos")
-    v.add_argument("--reference", required=True, help="the original video")
+    v.add_argument(
+        "--reference",
+        required=True,
+        help="a run folder: its training clip, the frames it trained on (as `setseq report` shows them); or a "
+        "video: all its frames",
+    )
     v.add_argument("--out", required=True, help="folder for metrics.json")
     v.add_argument(
         "--prompt",
@@ -255,9 +378,9 @@ def _add_eval(sub: Any) -> None:
     v.add_argument("--dino", help="DINOv2 folder or cached hub id, for ID without faces")
     v.add_argument("--arcface", help="ArcFace .onnx file for ID on faces (needs onnxruntime)")
     v.add_argument(
-        "--metrics", type=lambda s: [m for m in s.split(",") if m], help="e.g. mse,motion (default: all)"
+        "--metrics", type=lambda s: [m for m in s.split(",") if m], help="e.g. mse,motion (unset: all)"
     )
-    v.add_argument("--no-progress", dest="progress", action="store_false")
+    v.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
 def _add_bench(sub: Any) -> None:
@@ -269,10 +392,8 @@ def _add_bench(sub: Any) -> None:
     b.add_argument("--quick", action="store_true", help="2 concepts, 1 seed, 4 + 4 steps (CI)")
     b.add_argument("--methods", type=_csv, help="comma-separated (default: all): setseq,dreambooth,...")
     b.add_argument("--concepts", type=_csv, help="comma-separated concept names (default: the whole suite)")
-    b.add_argument("--seeds", type=int, default=2, help="how many training seeds per concept (default: 2)")
-    b.add_argument(
-        "--first-seed", type=int, default=0, help="the first training seed (default: 0); e.g. 1 to add a seed"
-    )
+    b.add_argument("--seeds", type=int, default=2, help="how many training seeds per concept")
+    b.add_argument("--first-seed", type=int, default=0, help="the first training seed; e.g. 1 to add a seed")
     b.add_argument("--suite", help="concept suite JSON (default: the shipped concepts)")
     b.add_argument("--model", **TOY_MODEL)
     b.add_argument("--keep-runs", action="store_true", help="keep each run's checkpoints and cache")
@@ -370,15 +491,15 @@ def _add_mask(sub: Any) -> None:
     m.add_argument("--threshold", type=float, default=0.35, help="the detection score the subject needs")
     m.add_argument("--start", type=float, default=0.0, help="segment from this time (seconds)")
     m.add_argument("--end", type=float, help="... to this time (default: the end); other frames are black")
-    m.add_argument("--device", default="auto")
+    m.add_argument("--device", **DEVICE)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="setseq",
         description="Set-and-Sequence: personalize a text-to-video DiT to a dynamic concept from one video.",
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True)  # (each subcommand's parser is a _Parser too)
     for add in (
         _add_train,
         _add_generate,
@@ -392,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_mask,
     ):
         add(sub)
+    p.subcommands = sub.choices  # type: ignore[attr-defined]
     return p
 
 
@@ -406,8 +528,8 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict[str,
         extra = [a for a in extra if a.startswith("-")]
     takes_overrides = hasattr(args, "overrides")
     stray = [a for a in extra if not takes_overrides or a.startswith("-") or "=" not in a]
-    if stray:
-        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if stray:  # (the subcommand's parser, whose flags a "did you mean" picks from)
+        parser.subcommands[args.command].error(f"unrecognized arguments: {' '.join(stray)}")  # type: ignore[attr-defined]
     if takes_overrides:
         args.overrides = list(args.overrides) + extra
     return vars(args)

@@ -49,9 +49,10 @@ def cmd_train(
     overrides: list[str],
 ) -> Path:
     """Personalize a model to one video (stage 1 + stage 2); with `resume`, continue the run in `out`."""
-    from setseq.config import resolve_config
+    from setseq.config import resolve_train_config
     from setseq.runtime import quiet_libraries
     from setseq.train.distributed import close_processes
+    from setseq.train.outputs import check_out_folder
     from setseq.train.run import train
 
     quiet_libraries()
@@ -81,7 +82,8 @@ def cmd_train(
             if given := {k: v for k, v in values.items() if v is not None}:
                 flags[name] = given
         overrides = overrides + ([f"method={method}"] if method else [])
-        cfg = resolve_config(config, flags, overrides, mask_defaults=True)
+        check_out_folder(Path(out))  # (before the config's notes: a refusal stays one line)
+        cfg = resolve_train_config(config, flags, overrides)  # (a toy model: the toy recipe by default)
         return train(cfg, out, init_lora=init_lora, progress=progress)
     finally:
         close_processes()  # under a launcher: leave the process group before the interpreter's teardown

@@ -7,7 +7,10 @@ is saved as `config.yaml` in the run folder; `--resume` reads it back from there
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,7 +175,7 @@ class ConceptConfig:
     """The identifier tokens and the two training prompts (T_static for stage 1, T_motion for stage 2)."""
 
     token: str = "sks"  # appearance identifier [v]
-    class_word: str = "person"
+    class_word: str = "person"  # the class noun of the prompts
     motion_token: str = "zwx"  # motion identifier [u]
     action: str = ""  # coarse action words, e.g. "dancing"
     camera: str = ""  # camera words, e.g. "static camera"
@@ -180,7 +183,7 @@ class ConceptConfig:
     # Optional: also optimise the tokens' input embeddings (stage 1: token, stage 2: motion_token), saved as
     # embedding_<token>.safetensors (diffusers' textual-inversion layout). The paper's lr is 1e-5.
     train_embedding: bool = False
-    embedding_lr: float = 1e-5
+    embedding_lr: float = 1e-5  # the token embeddings' learning rate
 
     def __post_init__(self) -> None:
         for name in ("token", "class_word", "motion_token"):
@@ -213,7 +216,7 @@ class ConceptConfig:
 class LoraConfig:
     """The Set-and-Sequence LoRA layer."""
 
-    rank: int = 128
+    rank: int = 128  # the rank of the identity basis and of the motion residual
     alpha: float | None = None  # None: alpha = rank (scale 1)
     basis: str = "down"  # down: basis = down-projection, coefficients = up; up: the reverse
     targets: list[str] | None = None  # regexes on DiT module names; None: the backbone's default
@@ -238,11 +241,11 @@ class LoraConfig:
 class StageConfig:
     """One training stage: AdamW with the paper's settings."""
 
-    steps: int = 600
-    lr: float = 1e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
-    weight_decay: float = 0.01
-    grad_clip: float = 0.05
+    steps: int = 600  # optimizer steps of this stage
+    lr: float = 1e-4  # AdamW learning rate
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])  # AdamW betas
+    weight_decay: float = 0.01  # AdamW weight decay
+    grad_clip: float = 0.05  # the gradient norm is clipped to this
     batch_size: int = 8  # samples per optimizer step
     micro_batch: int | None = None  # samples per forward; batch_size / micro_batch accumulation steps
     dropconnect: float = 0.8  # drop probability on this stage's trainable coefficients
@@ -297,8 +300,8 @@ class RegularizerConfig:
     # "a {class_word}." plus "the {class_word} is {action}." when an action is given), cached, and
     # reconstructed in both stages with loss weight `prior_weight`. 0 videos: off.
     prior_videos: int = 0
-    prior_weight: float = 1.0
-    prior_prompts: list[str] | None = None
+    prior_weight: float = 1.0  # loss weight of the prior videos
+    prior_prompts: list[str] | None = None  # the prior videos' prompts; None: from class_word and action
     prior_steps: int | None = None  # sampler steps for the prior videos; None: the backbone's default
 
     def __post_init__(self) -> None:
@@ -330,8 +333,8 @@ class MultiConfig:
     camera, static_prompt). One identity basis is shared, the motion residual is learned on every clip, and
     with probability `stitch_rate` a step trains on the concepts' videos stitched side by side."""
 
-    concepts: list[dict[str, Any]] = field(default_factory=list)
-    stitch_rate: float = 0.2
+    concepts: list[dict[str, Any]] = field(default_factory=list)  # the other concepts: {video, token, ...}
+    stitch_rate: float = 0.2  # share of the steps that show two concepts' videos side by side
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.stitch_rate < 1.0:
@@ -352,25 +355,28 @@ class MultiConfig:
 class TrainConfig:
     """Logging, checkpoints, samples."""
 
-    seed: int = 0
+    seed: int = 0  # seeds the LoRA's initialisation and every step's noise, timesteps and masks
     checkpoint_every: int = 100  # optimizer steps; the end of each stage is always checkpointed
     keep_checkpoints: int = 2  # per stage
-    log_every: int = 1
+    log_every: int = 1  # optimizer steps between records of logs/loss.jsonl and TensorBoard
     sample_every: int = 0  # 0: no sample videos during training
     sample_steps: int | None = None  # None: the backbone's default
     guidance_scale: float | None = None  # samples during training and the run's default; None: the backbone's
-    tensorboard: bool = True
+    tensorboard: bool = True  # write TensorBoard events to logs/
     gradient_checkpointing: bool = (
         False  # recompute DiT blocks in backward: less activation memory, more time
     )
     # Before training: estimate each stage's peak memory and refuse a run that cannot fit the device.
     memory_check: bool = True
+    # Optimizer steps between the plain progress lines (step, loss, lr, s/step, time left) printed when the
+    # output is not a terminal or with --no-progress; 0: about 20 per stage.
+    progress_every: int = 0
 
     def __post_init__(self) -> None:
         for name in ("checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("seed", "keep_checkpoints", "sample_every"):
+        for name in ("seed", "keep_checkpoints", "sample_every", "progress_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.guidance_scale is not None and not math.isfinite(self.guidance_scale):
@@ -393,7 +399,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+            near = did_you_mean(str(self.method), METHODS)
+            raise ValueError(
+                f"method must be one of {', '.join(METHODS)}, got {self.method!r}{'; ' + near if near else ''}"
+            )
         seen: dict[str, int] = {}
         for i, (_, c) in enumerate(self.concepts()):
             for tok in (c.token, c.motion_token):
@@ -438,7 +447,11 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise SetseqError(f"unknown config key '{key}'", f"valid keys here are: {', '.join(fields)}")
+        near = did_you_mean(unknown[0], fields, f"{where}." if where else "")
+        raise SetseqError(
+            f"unknown config key '{key}'",
+            f"{near or 'valid keys here are: ' + ', '.join(fields)}; `setseq train --list-keys` lists every key",
+        )
     kwargs = {}
     defaults = cls()
     for name, value in data.items():
@@ -558,9 +571,7 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise SetseqError(f"config file {p} does not exist", "check the --config path")
+    p = find_recipe(path)
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:  # (RecursionError: absurd nesting)
@@ -582,16 +593,26 @@ def resolve_config(
     overrides: list[str] | None = None,
     *,
     mask_defaults: bool = False,
+    notes: list[str] | None = None,
 ) -> RunConfig:
-    """Defaults < YAML file < flags (a nested dict of the flags the user gave) < key=value overrides;
-    `mask_defaults` (`setseq train`): the mask options follow whether a mask is given (`mask_recipe`)."""
+    """Defaults < YAML file (a path, or a shipped recipe's name) < flags (a nested dict of the flags the user gave) < key=value overrides;
+    `mask_defaults` (`setseq train`): the mask options follow whether a mask is given (`mask_recipe`), its
+    note printed to stderr, or added to `notes` when a list is given."""
     file_data: dict[str, Any] = load_yaml(config_file) if config_file else {}
     data = file_data
     if flags:
         data = deep_merge(data, flags)
     if overrides:
         data = deep_merge(data, parse_overrides(overrides))
-    return _build(RunConfig, mask_recipe(file_data, data) if mask_defaults else data, "")
+    if not mask_defaults:
+        return _build(RunConfig, data, "")
+    said: list[str] = []
+    cfg = _build(RunConfig, mask_recipe(file_data, data, said), "")
+    if notes is not None:
+        notes += said  # the caller says them once its own checks pass (an error then stays the only line)
+    for note in said if notes is None else []:
+        print(note, file=sys.stderr)
+    return cfg
 
 
 # With a subject mask (a file or `auto`) and no mask option set, the stages use what the toy measurement
@@ -601,13 +622,11 @@ MASK_RECIPE = {"stage1": 1.0, "stage2": 0.25}
 _MASK_OPTIONS = ("background_weight", "background_swap")
 
 
-def mask_recipe(file_data: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+def mask_recipe(file_data: dict[str, Any], data: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     """`data` with the mask recipe filled in: a mask given and no stage's mask option set -> `MASK_RECIPE`'s
     swaps; no mask, and the mask options set by the config file alone (a recipe such as toy-demo.yaml, on a
     user's own video) -> those options off, with a one-line note (an option given as a flag or override
-    stays, and `check_mask` refuses it)."""
-    import sys
-
+    stays, and `check_mask` refuses it); the note is appended to `notes`."""
     stages = {n: dict(data.get(n) or {}) for n in MASK_RECIPE}
     has_mask = bool((data.get("data") or {}).get("mask"))
     if has_mask and not any(k in stages[n] for n in stages for k in _MASK_OPTIONS):
@@ -622,12 +641,213 @@ def mask_recipe(file_data: dict[str, Any], data: dict[str, Any]) -> dict[str, An
     ]
     if not from_file:
         return data
-    print(
+    notes.append(
         f"note: the config's {', '.join(f'{n}.{k}' for n, k in from_file)} need a subject mask and none was "
-        "given: they are off (pass --mask auto to make one from the class word, or --mask FILE)",
-        file=sys.stderr,
+        "given: they are off (pass --mask auto to make one from the class word, or --mask FILE)"
     )
     off = {"background_weight": 1.0, "background_swap": 0.0}
     for n, k in from_file:
         stages[n][k] = off[k]
     return {**data, **stages}
+    return _build(RunConfig, data, "")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Recipes by name, `setseq train`'s default recipe, the key listing and "did you mean"
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+#: The toy models' recipe (`setseq demo`, `setseq bench`, and `setseq train` on a toy model by default).
+TOY_RECIPE = ASSETS / "toy-demo.yaml"
+# The repository's configs/ folder: there in a source checkout (`pip install -e .`), not in a wheel.
+_REPO_CONFIGS = ASSETS.parent.parent.parent / "configs"
+
+
+def recipes() -> dict[str, Path]:
+    """The shipped recipes by name (file stem): `assets/toy-demo.yaml` and the repository's `configs/*.yaml`."""
+    found = [*ASSETS.glob("*.yaml"), *(_REPO_CONFIGS.glob("*.yaml") if _REPO_CONFIGS.is_dir() else [])]
+    return {p.stem: p for p in sorted(found)}
+
+
+def did_you_mean(word: str, choices: Any, prefix: str = "") -> str | None:
+    """'did you mean X?' for the closest of `choices` to a misspelt `word` (difflib), or None."""
+    import difflib
+
+    near = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"did you mean '{prefix}{near[0]}'?" if near else None
+
+
+def find_recipe(config: str | Path) -> Path:
+    """The YAML file of `--config`: a path, or the name of a shipped recipe (`toy-demo`, `wan2.1-t2v-1.3b`)."""
+    p = Path(config).expanduser()
+    if p.is_file():
+        return p
+    known = recipes()
+    name = p.name.removesuffix(".yaml")
+    if name in known and str(config).removesuffix(".yaml") == name:
+        return known[name]
+    near = did_you_mean(name, known)
+    raise SetseqError(
+        f"config file {config} does not exist, and no shipped recipe has that name",
+        f"{near + ' ' if near else ''}pass a YAML path, or a recipe's name: {', '.join(known)}",
+    )
+
+
+def _flag_tree(flags: dict[str, Any] | None, overrides: list[str] | None) -> dict[str, Any]:
+    """What the user set on the command line, as one nested dict (flags, then overrides over them)."""
+    return deep_merge(flags or {}, parse_overrides(overrides or []))
+
+
+def resolve_train_config(
+    config: str | Path | None,
+    flags: dict[str, Any] | None,
+    overrides: list[str] | None,
+    log: Any = print,
+) -> RunConfig:
+    """`setseq train`'s config: `resolve_config` over the recipe `config` names, or with none the model's
+    own: the toy recipe for a toy model (its rank and learning rate are sized for it; the defaults are the
+    paper's, for Wan). The mask options follow whether a mask is given (`mask_recipe`: a recipe's swaps
+    are turned off, with a note, on a video with no mask), and a prompt word the toy tokenizer does not know
+    is refused (`check_toy_words`)."""
+    user = _flag_tree(flags, overrides)
+    recipe = find_recipe(config) if config else None
+    default = recipe is None and (user.get("model") or {}).get("backbone", ModelConfig.backbone) == "toy"
+    if default:
+        log(f"recipe: {TOY_RECIPE.stem}, the toy model's (--config NAME or a YAML path picks another)")
+    notes: list[str] = []
+    cfg = resolve_config(TOY_RECIPE if default else recipe, flags, overrides, mask_defaults=True, notes=notes)
+    if cfg.model.backbone == "toy":
+        check_toy_words(cfg)
+    for note in notes:
+        print(note, file=sys.stderr)
+    return cfg
+
+
+def check_toy_words(cfg: RunConfig) -> None:
+    """Refuse a concept word the toy model's word-level tokenizer does not know: it would read it as <unk>,
+    silently the same token as every other unknown word."""
+    import json
+
+    from setseq.backbones.toy.files import toy_folder
+    from setseq.backbones.toy.tokenizer import IDENTIFIER_TOKENS
+
+    vocab_file = toy_folder(cfg.model.path) / "tokenizer" / "tokenizer.json"
+    try:
+        vocab = set(json.loads(vocab_file.read_text())["model"]["vocab"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # an unreadable toy model is refused, by name, when it loads
+    bad: dict[str, str] = {}  # unknown word -> the concept key it is in
+    for i, (_, c) in enumerate(cfg.concepts()):
+        for key in ("token", "motion_token", "class_word", "action", "camera", "static_prompt"):
+            for word in re.findall(r"\w+", (getattr(c, key) or "").lower()):
+                if word not in vocab:
+                    bad.setdefault(word, f"multi.concepts[{i - 1}].{key}" if i else f"concept.{key}")
+    if bad:
+        ids = [t for t in IDENTIFIER_TOKENS if t in vocab]
+        classes = [w for w in ("person", "object", "shape", "circle", "square", "star") if w in vocab]
+        raise SetseqError(
+            f"the toy model's tokenizer does not know {', '.join(f'{w!r} ({k})' for w, k in bad.items())}: it "
+            "would read each as <unk>",
+            f"use words it knows, e.g. --token {ids[0]} (its identifier tokens: {', '.join(ids)}) and "
+            f"--class-word {classes[0]} ({', '.join(classes)}, ...; all {len(vocab) - 3} words are in {vocab_file})",
+        )
+
+
+def _field_help(cls: type) -> dict[str, str]:
+    """Each field's help, read from the comments of the dataclass's source (declared once, there): the
+    comment lines just above the field and the comment on its own line(s)."""
+    import ast
+    import inspect
+    import io
+    import textwrap
+    import tokenize
+
+    src = textwrap.dedent(inspect.getsource(cls))
+    lines = src.splitlines()
+    comments: dict[int, str] = {}  # line (1-based) -> its comment's text
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    out: dict[str, str] = {}
+    block: list[str] = []  # the comment above the last field: it covers the uncommented fields just below it
+    for node in ast.parse(src).body[0].body:  # type: ignore[attr-defined]
+        if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
+            continue
+        above, n = [], node.lineno - 1
+        while n >= 1 and lines[n - 1].strip().startswith("#"):
+            above.insert(0, comments[n])
+            n -= 1
+        own = [comments[i] for i in range(node.lineno, node.end_lineno or node.lineno) if i in comments]
+        own += [comments[node.end_lineno]] if node.end_lineno in comments else []
+        if above:
+            block = above
+        elif not own and lines[node.lineno - 2].strip():  # right below the last field, no comment of its own
+            above = block
+        out[node.target.id] = " ".join(above + own).strip()
+    return out
+
+
+def config_keys() -> list[tuple[str, Any, str]]:
+    """(dotted key, default, help) of every config key, section by section, from the dataclasses."""
+    defaults = RunConfig()
+    out: list[tuple[str, Any, str]] = []
+    for f in dataclasses.fields(RunConfig):
+        cls = _SECTIONS.get((RunConfig, f.name))
+        if cls is None:
+            out.append((f.name, getattr(defaults, f.name), _field_help(RunConfig)[f.name]))
+            continue
+        docs = _field_help(cls)
+        section = getattr(defaults, f.name)
+        out += [
+            (f"{f.name}.{g.name}", getattr(section, g.name), docs[g.name]) for g in dataclasses.fields(cls)
+        ]
+    return out
+
+
+def format_keys() -> str:
+    """`setseq train --list-keys`: every key with its default, the toy recipe's value where it differs, and
+    its help."""
+    recipe = resolve_config(TOY_RECIPE).to_dict()
+    rows = []
+    for key, default, text in config_keys():
+        section, _, name = key.rpartition(".")
+        toy = recipe[section][name] if section else recipe[name]
+        value = (
+            yaml.safe_dump(default, default_flow_style=True, width=1000).strip().removesuffix("...").strip()
+        )
+        if toy != default:
+            value += (
+                f" (toy: {yaml.safe_dump(toy, default_flow_style=True).strip().removesuffix('...').strip()})"
+            )
+        rows.append((key, value, text))
+    width = 44
+    head = (
+        "Config keys (set as key=value after `setseq train`, or in a --config YAML), with their defaults "
+        f"(the paper's recipe; 'toy:' the toy recipe's, {TOY_RECIPE.stem}, the default on a toy model):"
+    )
+    return "\n".join([head, *(f"  {f'{k} = {v}':{width}s}  {t}" for k, v, t in rows)])
+
+
+def key_default(key: str) -> Any:
+    """The default of one dotted config key, read from the dataclasses' fields without building a
+    `RunConfig` (whose data section imports numpy): for `setseq --help`, which must start fast."""
+    section, _, name = key.rpartition(".")
+    run_fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    if not section:
+        return run_fields[name].default
+    if section in ("stage1", "stage2"):  # the two stages' defaults differ (their dropconnect)
+        return getattr(run_fields[section].default_factory(), name)  # type: ignore[misc]
+    f = {g.name: g for g in dataclasses.fields(_SECTIONS[(RunConfig, section)])}[name]
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+
+@functools.lru_cache(maxsize=4)
+def _recipe_data(recipe: Path) -> dict[str, Any]:
+    return load_yaml(recipe)  # (read-only: shared by every call)
+
+
+def recipe_value(recipe: Path, key: str) -> Any:
+    """The value a recipe YAML sets for a dotted key, or None where it sets none (no dataclass built)."""
+    node: Any = _recipe_data(recipe)
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node

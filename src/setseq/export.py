@@ -477,6 +477,18 @@ def _stage2_command(lora: SetseqLora) -> str:
     return f"setseq train --video VIDEO --model {q(str(model))} --token {q(str(lora.meta.get('token', 'sks')))} {tail}"
 
 
+def check_export_path(out: str | Path) -> None:
+    """An export is a safetensors file: refuse another suffix (`x.pt`, `x.bin`, `x.ckpt`), which tools would
+    take for a pickle, before anything is written."""
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        fixed = out.with_suffix(".safetensors") if out.suffix else out.with_name(out.name + ".safetensors")
+        raise SetseqError(
+            f"--out {out} does not end in .safetensors, but an export is a safetensors file",
+            f"name it so, e.g. --out {shlex.quote(str(fixed))}",
+        )
+
+
 def part_paths(out: str | Path, part: str) -> list[Path]:
     """The files an export writes: OUT itself, or for `both` OUT's stem + `_identity` / `_motion`."""
     out = Path(out)
@@ -583,6 +595,7 @@ def export_files(
     `_motion`. Loaded as two LoRAs at strengths (1, s) they add up to the merged export at motion scale s
     (for the default scales of 1). Everything is checked before the first file is written."""
     layout, part = resolve_format(fmt, part)
+    check_export_path(out)
     parts = ["identity", "motion"] if part == "both" else [part]
     if "motion" in parts:
         check_motion_trained(lora)  # before the identity file is written

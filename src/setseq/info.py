@@ -27,7 +27,8 @@ def describe_run(path: Path) -> tuple[str, dict[str, Any]]:
     if cfg:
         data["config"] = cfg
         m, d, c = cfg.get("model", {}), cfg.get("data", {}), cfg.get("concept", {})
-        lines.append(f"model: {m.get('backbone')} {m.get('path')} ({m.get('dtype')})")
+        family = f"{m.get('backbone')}, " if m.get("backbone") != m.get("path") else ""  # not "toy toy"
+        lines.append(f"model: {m.get('path')} ({family}{m.get('dtype')})")
         lines.append(
             f"video: {d.get('video')}  frames={d.get('frames')} fps={d.get('fps')} size={d.get('size')}"
         )

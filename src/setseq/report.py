@@ -411,48 +411,33 @@ def _short_metrics(row: dict[str, Any] | None) -> str:
 
 
 def _training_clip(run: Path, notes: list[str]) -> tuple[Any, dict[str, Any]] | None:
-    """The run's own training clip, sampled as the run sampled it (its config's fps, start and end; the frame
-    count and size it trained at), and the config's data section; None (with a note) when its video is gone."""
+    """The run's own training clip, sampled as the run sampled it (`setseq.eval.run_eval.trained_clip`, the
+    frames `setseq eval --reference RUN` compares with), and the config's data section; None with a note when
+    its video is gone."""
     import yaml
 
-    from setseq.data.video import load_clip
     from setseq.errors import SetseqError as _E
+    from setseq.eval.run_eval import trained_clip
 
     try:
-        cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
-        data = cfg.get("data") or {}
-        video = data.get("video")
-    except (OSError, yaml.YAMLError, AttributeError):
-        return None
-    if not video:
-        return None
-    if not Path(video).is_file():
-        notes.append(f"The run's training video {video} is gone: no reference clip shown.")
-        return None
-    frames, size = data.get("frames"), data.get("size")
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(run / "setseq.safetensors"), "pt") as f:
-            md = f.metadata() or {}
-        frames, size = (
-            json.loads(md.get("frames", "null")) or frames,
-            json.loads(md.get("size", "null")) or size,
-        )
-    except Exception:  # no LoRA file yet (a run still training): the config's sampling
-        pass
-    try:
-        clip = load_clip(
-            video,
-            frames=int(frames) if frames else None,
-            fps=data.get("fps"),
-            start=float(data.get("start") or 0.0),
-            end=data.get("end"),
-            size=tuple(size) if size else None,
-        )
+        clip = trained_clip(run)
     except _E as exc:
-        notes.append(f"No reference clip shown: {exc}")
+        problem = str(exc).split(". Fix:")[
+            0
+        ]  # "the run's training video X is gone", or why it cannot be read
+        gone = "is gone" in problem
+        notes.append(
+            f"{problem[0].upper()}{problem[1:]}: no reference clip shown."
+            if gone
+            else f"No reference clip shown: {exc}"
+        )
         return None
+    if clip is None:
+        return None
+    notes.append(
+        f"The reference is the {len(clip.frames)} frames the run trained on (as `setseq eval --reference RUN` scores)."
+    )
+    data = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("data") or {}
     return clip, data
 
 

@@ -1,7 +1,8 @@
 """`setseq eval`: score generated videos against the reference video with the paper's metrics + motion.
 
 1. check the inputs (reference and videos exist, one prompt or one per video, known metric names);
-2. load the reference and the metric models that the chosen metrics need (CLIP; ArcFace or DINO for ID
+2. load the reference (a run folder: the clip it trained on, sampled as it was, the frames `setseq report`
+   shows; a video: all its frames; the table and metrics.json say which) and the metric models that the chosen metrics need (CLIP; ArcFace or DINO for ID
    when given, else CLIP image similarity, said in the notes);
 3. per generated video: MSE on the video resampled to the reference's frames and size (a note says so),
    ID / C-T / TC on its own frames (resampling would repeat frames and inflate TC), motion on both videos'
@@ -23,7 +24,7 @@ from setseq.eval import metrics as M
 from setseq.eval.motion import describe_motion, motion_similarity
 from setseq.io import write_json
 
-__all__ = ["ALL_METRICS", "EvalResult", "evaluate", "format_table"]
+__all__ = ["ALL_METRICS", "EvalResult", "evaluate", "format_table", "trained_clip"]
 
 #: Metric names for --metrics, in table order.
 ALL_METRICS: tuple[str, ...] = ("mse", "id", "clip_t", "tc", "motion")
@@ -43,9 +44,15 @@ def _check_inputs(
     reference: str | Path, generated: Sequence[str | Path], prompts: Sequence[str] | None, metrics
 ) -> tuple[Path, list[Path], list[str | None], list[str]]:
     ref = Path(reference)
-    if not ref.is_file():
-        what = "is a folder" if ref.is_dir() else "does not exist"
-        raise SetseqError(f"reference video {ref} {what}", "pass the original video with --reference REF.mp4")
+    if ref.is_dir() and not (ref / "config.yaml").is_file():
+        raise SetseqError(
+            f"reference {ref} is a folder but not a setseq run (no config.yaml)",
+            "pass a run folder (its training clip) or the original video with --reference REF.mp4",
+        )
+    if not ref.exists():
+        raise SetseqError(
+            f"reference video {ref} does not exist", "pass the original video with --reference REF.mp4"
+        )
     if not generated:
         raise SetseqError(
             "no generated videos to evaluate", "list them after the options: GEN1.mp4 GEN2.mp4 ..."
@@ -73,6 +80,66 @@ def _check_inputs(
         if name not in chosen:
             chosen.append(name)
     return ref, gens, per_video, [m for m in ALL_METRICS if m in chosen]
+
+
+def trained_clip(run: Path) -> Any:
+    """The clip a run trained on (`setseq.data.video.Clip`), sampled as it was: its config's fps, start and
+    end, at the frame count and size it trained at (its LoRA's metadata; else its config's). None when the
+    run names no video; refused in one line when the video is gone or unreadable."""
+    import json
+
+    import yaml
+
+    from setseq.data.video import load_clip
+
+    try:
+        data = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("data") or {}
+        video = data.get("video")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    if not video:
+        return None
+    if not Path(video).is_file():
+        raise SetseqError(
+            f"the run's training video {video} is gone", "pass the video itself with --reference VIDEO.mp4"
+        )
+    frames, size = data.get("frames"), data.get("size")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(run / "setseq.safetensors"), "pt") as f:
+            md = f.metadata() or {}
+        frames = json.loads(md.get("frames", "null")) or frames
+        size = json.loads(md.get("size", "null")) or size
+    except Exception:  # no LoRA file yet (a run still training): the config's sampling
+        pass
+    return load_clip(
+        video,
+        frames=int(frames) if frames else None,
+        fps=data.get("fps"),
+        start=float(data.get("start") or 0.0),
+        end=data.get("end"),
+        size=tuple(size) if size else None,
+    )
+
+
+def reference_frames(ref: Path) -> tuple[Any, str]:
+    """(frames (F, H, W, 3), what they are) of `--reference`: a run's training clip, or a video's frames."""
+    from setseq.data.video import load_clip
+
+    if ref.is_dir():
+        clip = trained_clip(ref)
+        if clip is None:
+            raise SetseqError(
+                f"run {ref} names no training video", "pass the video with --reference VIDEO.mp4"
+            )
+        what = f"the {len(clip.frames)} frames run {ref} trained on (sampled as it was, as `setseq report` shows)"
+        return clip.frames, what
+    frames = load_clip(ref).frames
+    return frames, (
+        f"all {len(frames)} frames of {ref} (a run trained on a sample of them: --reference RUN compares with "
+        "those, as `setseq report` shows)"
+    )
 
 
 def _names(paths: list[Path]) -> list[str]:
@@ -120,10 +187,10 @@ def evaluate(
 
     # 1. Inputs.
     ref_path, gens, per_video, chosen = _check_inputs(reference, generated, prompts, metrics)
-    notes: list[str] = []
 
     # 2. Reference and models (only those the chosen metrics need; a missing one names its download).
-    ref = load_clip(ref_path).frames  # (F, H, W, 3)
+    ref, ref_what = reference_frames(ref_path)  # (F, H, W, 3)
+    notes: list[str] = []
     need_clip = "clip_t" in chosen or "tc" in chosen or ("id" in chosen and not (arcface or dino))
     clip_m = models.load_clip(clip) if need_clip else None
     id_m: Any = None
@@ -142,12 +209,14 @@ def evaluate(
             notes.append(f"ID: CLIP image similarity ({clip_m.name}); no --arcface or --dino given")
     if "clip_t" in chosen and not any(per_video):
         notes.append("C-T: no --prompt given, so no text similarity")
+    notes.append(f"reference: {ref_what}")
 
     # 3. Score each video.
     ref_clip = clip_m.images(ref) if clip_m is not None else None
     ref_id = (ref_clip if id_method == "clip" else id_m.images(ref)) if id_m is not None else None
     data: dict[str, Any] = {
         "reference": str(ref_path),
+        "reference_frames": ref_what,  # which frames: a run's training clip, or all of a video's
         "frames": int(ref.shape[0]),
         "size": [int(ref.shape[1]), int(ref.shape[2])],
         "metrics": chosen,

@@ -1,5 +1,6 @@
 """Shared pieces of the two stage recipes: the per-step RNG, the flow-matching step, the optimizer loop with
-progress bar, TensorBoard scalars, NaN detection, checkpoints and sample videos.
+its progress (a bar on a terminal, else plain lines), TensorBoard scalars, NaN detection, checkpoints, sample
+videos and the end-of-run summary.
 
 Randomness: every micro-step draws from a fresh `torch.Generator` seeded by (seed, stage, step, micro). A
 resumed run therefore replays exactly the same noise, timesteps, frame order and masks as an uninterrupted
@@ -11,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shlex
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -139,6 +142,7 @@ class StageContext:
     embeddings: TokenEmbeddings | None = None  # when token embeddings train
     texts: list[tuple[str, str]] = field(default_factory=list)  # (T_static, T_motion) of each concept
     procs: Processes = SINGLE  # data-parallel processes (`setseq.train.distributed`)
+    log: Callable[[str], None] = print  # the run's log: the plain progress lines go there
 
 
 def denoising_loss(
@@ -274,11 +278,12 @@ def run_stage(
         return losses
     tc = ctx.cfg.train
     model.train()
+    report = Progress(ctx, stage, sc.steps, start)
     bar = tqdm(
         total=sc.steps,
         initial=start,
         desc=f"stage {stage} ({'set' if stage == 1 else 'sequence'})",
-        disable=not ctx.progress,
+        disable=not report.bar,
         dynamic_ncols=True,
         unit="step",
     )
@@ -297,8 +302,8 @@ def run_stage(
             losses.append(total)
             done = step + 1
             bar.update(1)
-            bar.set_postfix(loss=f"{total:.4f}")
-            if done % tc.log_every == 0:
+            report.step(bar, done, total, opt.param_groups[0]["lr"])
+            if done % tc.log_every == 0 or done == sc.steps:  # (the last: the summary's final loss)
                 _log_step(ctx, stage, done, total, float(gnorm), time.perf_counter() - t0)
             if done % tc.checkpoint_every == 0 or done == sc.steps:
                 _checkpoint(ctx, stage, done, opt)
@@ -310,6 +315,80 @@ def run_stage(
         bar.close()
     model.eval()
     return losses
+
+
+def duration(seconds: float) -> str:
+    """12.3 -> '12s', 760 -> '12m40s', 7500 -> '2h05m'."""
+    s = int(round(seconds))
+    return (
+        f"{s}s"
+        if s < 60
+        else f"{s // 60}m{s % 60:02d}s"
+        if s < 3600
+        else f"{s // 3600}h{s % 3600 // 60:02d}m"
+    )
+
+
+class Progress:
+    """How a stage reports its steps: a tqdm bar when asked for and both stdout and stderr are terminals,
+    else a plain line (`line`) to the run's log every `train.progress_every` steps (and at the first and last),
+    so a redirected log holds readable lines rather than a bar's carriage returns.
+
+    Time left counts this stage's remaining steps at its speed so far and, in stage 1, stage 2's steps at
+    stage 1's speed: a lower bound ("at least"), since a step on clips costs more than one on frames (by how
+    much depends on the model: little more on the toy model, where each step's fixed costs dominate; about the
+    clip's latent frames times more in a large DiT, where compute grows with the tokens)."""
+
+    def __init__(self, ctx: StageContext, stage: int, steps: int, start: int) -> None:
+        self.ctx, self.stage, self.steps, self.start = ctx, stage, steps, start
+        self.bar = ctx.progress and sys.stdout.isatty() and sys.stderr.isatty()
+        self.every = ctx.cfg.train.progress_every or max(1, steps // 20)
+        # Stage 2's steps, in stage-1 steps: a clip costs at least a frame, so with a batch no smaller a step
+        # costs at least a stage-1 step, and with a smaller one at least its share of the batch.
+        s1, s2 = ctx.cfg.stage1, ctx.cfg.stage2
+        self.later = s2.steps * min(1.0, s2.batch_size / s1.batch_size) if stage == 1 else 0.0
+        self.t0 = time.perf_counter()
+
+    def left(self, done: int) -> float:
+        """Seconds left in this stage and the next, at this invocation's speed so far."""
+        per = (time.perf_counter() - self.t0) / max(1, done - self.start)
+        return per * (self.steps - done + self.later)
+
+    def line(self, done: int, loss: float, lr: float) -> str:
+        per = (time.perf_counter() - self.t0) / max(1, done - self.start)
+        name = "set" if self.stage == 1 else "sequence"
+        left = (
+            f"at least {duration(self.left(done))} left (both stages)"
+            if self.later
+            else f"{duration(self.left(done))} left"
+        )
+        return f"stage {self.stage} ({name}) step {done}/{self.steps}  loss {loss:.4f}  lr {lr:.2g}  {per:.3g} s/step  {left}"
+
+    def step(self, bar: Any, done: int, loss: float, lr: float) -> None:
+        if self.bar:
+            left = duration(self.left(done)) + ("+ (both stages)" if self.later else "")
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2g}", left=left)
+        elif done == self.start + 1 or done == self.steps or done % self.every == 0:
+            self.ctx.log(self.line(done, loss, lr))
+
+
+def run_summary(run_dir: Path, seconds: float, written: list[Path], resumed: bool) -> str:
+    """The end-of-run line: how long this start took, each stage's final loss (`logs/loss.jsonl`), and where
+    the outputs are."""
+    final: dict[int, float] = {}
+    try:
+        for line in (run_dir / "logs" / "loss.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            final[int(rec["stage"])] = float(rec["loss"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no log (another process, or none written): no losses to show
+    losses = ", ".join(f"stage {s} {v:.4f}" for s, v in sorted(final.items())) or "not logged"
+    files = ", ".join(p.name for p in written) or "none"
+    return (
+        f"done in {duration(seconds)}{' (this start; resumed)' if resumed else ''}; final loss: {losses}; "
+        f"outputs in {run_dir}: {files} (logs in {run_dir / 'logs'}; `setseq info {shlex.quote(str(run_dir))}` "
+        "describes the run)"
+    )
 
 
 def _accumulate(

@@ -16,10 +16,42 @@ from setseq import __version__
 from setseq import lora as L
 from setseq.backbones.base import Backbone
 from setseq.config import RunConfig
+from setseq.errors import SetseqError
 from setseq.export import export_file, load_setseq, lora_experts, save_setseq
 from setseq.infer.generate import DEFAULT_FPS
 from setseq.train.embeddings import TokenEmbeddings, save_embeddings
 from setseq.train.loop import StageContext, trainable_state
+
+#: What a run folder holds (besides `lora_*.safetensors`, `embedding_*.safetensors` and hidden temporary
+#: files): a new run may start in a folder of nothing else (a first start that failed leaves some of these).
+RUN_ENTRIES = ("config.yaml", "cache", "checkpoints", "logs", "samples", "setseq.safetensors")
+
+
+def check_out_folder(out: Path) -> None:
+    """Refuse to start a new run in a file, or in a folder that holds other things than a run's, before
+    anything is written there: the run's files would be mixed into it."""
+    import fnmatch
+    import shlex
+
+    if out.exists() and not out.is_dir():
+        raise SetseqError(f"--out {out} is a file, not a folder", "pass a new folder, e.g. --out runs/NAME")
+    if not out.is_dir():
+        return
+    ours = ("lora_*.safetensors", "embedding_*.safetensors", ".*")
+    strays = sorted(
+        p.name
+        for p in out.iterdir()
+        if p.name not in RUN_ENTRIES and not any(fnmatch.fnmatch(p.name, g) for g in ours)
+    )
+    if strays:
+        fresh = next(
+            out / f"setseq-run{i or ''}" for i in range(1000) if not (out / f"setseq-run{i or ''}").exists()
+        )
+        listed = ", ".join(strays[:3]) + (f" and {len(strays) - 3} more" if len(strays) > 3 else "")
+        raise SetseqError(
+            f"--out {out} already holds other files ({listed}), not a setseq run",
+            f"pass a new folder for the run, e.g. --out {shlex.quote(str(fresh))}",
+        )
 
 
 def tensorboard_writer(run_dir: Path, enabled: bool):

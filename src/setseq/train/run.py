@@ -17,6 +17,7 @@ and the files written (`outputs`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,10 +25,10 @@ from setseq.config import RunConfig
 from setseq.data.segment import with_auto_mask
 from setseq.train.distributed import describe_engine, parallelize
 from setseq.train.encode import check_shapes, encode_all, legacy_run_key
-from setseq.train.loop import StageContext
+from setseq.train.loop import StageContext, run_summary
 from setseq.train.memory_plan import check_memory, token_summary
 from setseq.train.methods import effective_config
-from setseq.train.outputs import sampler, tensorboard_writer, write_outputs
+from setseq.train.outputs import check_out_folder, sampler, tensorboard_writer, write_outputs
 from setseq.train.prior import base_model_prior
 from setseq.train.setup import (
     attach_lora,
@@ -57,6 +58,9 @@ def train(
     """Personalize the model to the video: stage 1 then stage 2. Returns the run folder. With `resume`, `cfg`
     is None (the run's saved config) or `setup.resumed_config`'s."""
     # 1. Set up: the folder (new or resumed), the processes, the model, the inputs (cached), the prior.
+    t0 = time.perf_counter()
+    if not resume and not (Path(out) / "config.yaml").exists():  # (a folder with a run: open_run says so)
+        check_out_folder(Path(out))
     run = open_run(cfg, Path(out), resume, log)
     cfg, procs, log, ck, cache = run.cfg, run.procs, run.log, run.checkpoint, run.path / "cache"
     with run.removed_on_failure(), procs.main_first():  # --mask auto: segmented (cached) and freed first
@@ -107,6 +111,7 @@ def train(
         embeddings=emb,
         texts=[(c.t_static, c.t_motion) for _, c in cfg.concepts()],
         procs=procs,
+        log=log,
     )
     (run.path / "logs").mkdir(parents=True, exist_ok=True)
     if procs.is_main or sharded:  # process 0 writes samples; a sharded model generates on every process
@@ -125,4 +130,5 @@ def train(
     written = write_outputs(ctx, spec, shape, emb)
     if written:
         log(f"wrote {written[0]} and {', '.join(p.name for p in written[1:])}")
+    log(run_summary(run.path, time.perf_counter() - t0, written, run.resumed))
     return run.path
