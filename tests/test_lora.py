@@ -129,6 +129,28 @@ def test_dropconnect_statistics(basis, stage, p):
     assert torch.equal(masked(u3, d3), torch.ones_like(masked(u3, d3)))
 
 
+@pytest.mark.parametrize("basis", ["down", "up"])
+def test_masked_coefficients_are_exactly_coefficient_times_mask_times_scalar(basis):
+    """The mask times its scalar is formed once per step; the coefficients it gives are bit for bit
+    coefficient * mask * (alpha / r) / (1 - p), in every forward of the step, and follow a new scale."""
+    m, layers = make(basis, rank=8)
+    lay = layers["0.ffn"]
+    with torch.no_grad():
+        for t in (lay.down, lay.up, lay.motion):
+            t.normal_(generator=torch.Generator().manual_seed(3))
+    L.set_stage(m, 1, 0.8)
+    m.train()
+    L.draw_masks(m, torch.Generator().manual_seed(0))
+    s, keep = lay.scaling, lay._keep
+    assert keep is not None
+    for identity_scale in (1.0, 1.0, 0.7):
+        lay.identity_scale = identity_scale
+        u, d = lay.factors()
+        got = u if basis == "down" else d
+        k = (s if basis == "down" else 1.0) * identity_scale / (1 - 0.8)
+        assert torch.equal(got, lay.coefficients * keep * k)
+
+
 def test_state_roundtrip_and_shape_errors():
     m, layers = make("up")
     for layer in layers.values():

@@ -100,6 +100,7 @@ class SetSeqLinear(nn.Module):
         # This step's DropConnect mask, drawn by `draw_masks` and kept until the next draw, so that a forward
         # recomputed under gradient checkpointing sees the same mask. None: a fresh mask every forward.
         self._keep: torch.Tensor | None = None
+        self._keep_scaled: tuple[float, torch.Tensor] | None = None  # (scalar, _keep * scalar), see `_scaled`
         self.merged = False
         self._merged_delta: torch.Tensor | None = None
         self.path: Path = "auto"
@@ -129,16 +130,22 @@ class SetSeqLinear(nn.Module):
     def _scaled(self, t: torch.Tensor, scale: float, trainable_here: bool) -> torch.Tensor:
         """scale * t, with this stage's DropConnect mask when `t` is its trainable coefficient matrix."""
         if self.training and trainable_here and self.dropconnect > 0.0:
-            keep = self._keep
-            if keep is None:
+            k = scale / (1.0 - self.dropconnect)  # inverted scaling folded into the scalar
+            if self._keep is None:
                 keep = dropconnect_mask(
                     t.shape, self.dropconnect, None, device=t.device, dtype=t.dtype, scaled=False
                 )
-            return t * keep * (scale / (1.0 - self.dropconnect))  # inverted scaling folded into the scalar
+                return t * keep * k
+            # The step's mask times its scalar, formed once per step (no gradient): one product with t in each
+            # forward and in backward. The same values as t * keep * k: keep is 0 or 1, so nothing rounds.
+            if self._keep_scaled is None or self._keep_scaled[0] != k:
+                self._keep_scaled = (k, self._keep * k)
+            return t * self._keep_scaled[1]
         return t * scale
 
     def draw_mask(self, generator: torch.Generator | None) -> None:
         """Draw this step's DropConnect mask for the current stage's trainable coefficients."""
+        self._keep_scaled = None
         if self.stage in (1, 2) and self.dropconnect > 0.0:
             t = self.coefficients if self.stage == 1 else self.motion
             self._keep = dropconnect_mask(
@@ -414,7 +421,7 @@ def set_stage(model: nn.Module, stage: Stage, dropconnect: float = 0.0) -> list[
     for layer in get_layers(model).values():
         layer.stage = stage
         layer.dropconnect = dropconnect if stage in (1, 2) else 0.0
-        layer._keep = None
+        layer._keep = layer._keep_scaled = None
         layer.down.requires_grad_(stage == 1)
         layer.up.requires_grad_(stage == 1)
         layer.motion.requires_grad_(stage == 2)

@@ -95,5 +95,6 @@ def load_composition(
         for w in check_compatible(lora, base.backbone.info, r):
             log(f"warning: {w}")
     n = add_weighted_sum(base.backbone.transformer, loras, weights)
+    base.run_fps = loras[0].meta.get("fps")  # the videos play at the first run's rate, as for its model
     log(f"compose: weighted sum of {len(loras)} runs (weights {weights}) merged into {n} modules")
     return base, tokens

@@ -108,6 +108,7 @@ class Personalized:
     def __init__(self, backbone: Backbone, lora: SetseqLora | None) -> None:
         self.backbone = backbone
         self.lora = lora
+        self.run_fps: float | None = None  # the frame rate of runs merged into the weights (compose)
         if lora is not None:
             # The file's own tensor names say where its LoRA goes: exact names, so no pattern from a file
             # is ever compiled (its `targets` metadata is kept as information only).
@@ -192,7 +193,7 @@ class Personalized:
                     f"--fps must be a frame rate in (0, 1000], got {opts.fps:g}", "pass e.g. --fps 16"
                 )
             return float(opts.fps)
-        run = self.lora.meta.get("fps") if self.lora is not None else None
+        run = self.lora.meta.get("fps") if self.lora is not None else self.run_fps
         return float(run) if run else DEFAULT_FPS.get(self.backbone.info.name, 16.0)
 
     def frames(self, opts: GenerateOptions) -> int | None:

@@ -151,23 +151,21 @@ def resolve_paths(cfg: RunConfig) -> RunConfig:
     multi = dataclasses.replace(
         cfg.multi, concepts=[{**c, "video": _absolute(c["video"])} for c in cfg.multi.concepts]
     )
-    _check_rate(cfg)
     return dataclasses.replace(cfg, data=data, model=model, multi=multi)
 
 
-def _check_rate(cfg: RunConfig) -> None:
-    """Refuse a `data.fps` above a video's own rate: frames would be repeated, and stage 2 would learn the
-    motion slowed down (a library caller of `load_clip` may still resample up)."""
+def warn_rate(cfg: RunConfig, log: Callable[[str], None]) -> None:
+    """Warn of a `data.fps` above a video's own rate: its frames are repeated, and stage 2 learns the motion
+    slowed down. A warning, not a refusal: a recipe's rate (Wan's configs: 16) may meet a slower video."""
     from setseq.data.video import probe_video
 
     fps = cfg.data.fps
     for video, _ in cfg.concepts() if fps else []:
         own = probe_video(video).fps  # type: ignore[arg-type]
         if own > 0 and fps > own * 1.001:
-            raise SetseqError(
-                f"--fps {fps:g} is above the {own:g} fps of video {video}: its frames would be repeated and "
-                "the motion learned slowed down",
-                f"use --fps {own:g} or lower, or leave --fps out to keep every frame",
+            log(
+                f"warning: data.fps={fps:g} is above the {own:g} fps of video {video}: each frame is repeated "
+                f"about {fps / own:.1f} times and the motion learned slowed down; --fps {own:g} keeps its own rate"
             )
 
 
@@ -243,6 +241,7 @@ def open_run(cfg: RunConfig | None, out: Path, resume: bool, log: Callable[[str]
     else:
         assert cfg is not None, "a new run needs its config"
         cfg = resolve_paths(cfg)
+        warn_rate(cfg, log)
     check_mask(cfg)  # a subject mask missing, or unusable, is refused before anything is loaded or written
     procs = init_processes(cfg.model.device)
     if not procs.is_main:
