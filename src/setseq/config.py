@@ -140,12 +140,22 @@ class DataConfig:
     mask_degrade: str | None = None
     # The plain backgrounds `stageN.background_swap` composites the subject onto (colour names; a colour too
     # close to the subject's own is skipped).
+    # With a drawn or image source (`swap_source`), the colours a background may show: one that shows another
+    # colour of the palette (as the toy detector reads it) is not used.
     swap_backgrounds: list[str] = field(
         default_factory=lambda: ["white", "gray", "green", "yellow", "blue", "purple", "black"]
     )
+    # Where the composite backgrounds come from (`setseq.data.masks.SWAP_SOURCES`): named (the plain colours of
+    # swap_backgrounds), random (plain colours), gradient (two colours blended), noise (a smooth colour
+    # texture), each drawn `swap_count` times, seeded; or textures (the images of the folder `swap_textures`).
+    swap_source: str = "named"
+    swap_count: int = 8
+    swap_textures: str | None = None
+    # Whether a composited sample's prompt names its background ("... on a {colour} background").
+    swap_named: bool = True
 
     def __post_init__(self) -> None:
-        from setseq.data.masks import SWAP_COLOURS
+        from setseq.data.masks import SWAP_COLOURS, SWAP_SOURCES
 
         unknown = [c for c in self.swap_backgrounds if c not in SWAP_COLOURS]
         if unknown or not self.swap_backgrounds:
@@ -158,6 +168,17 @@ class DataConfig:
             parse_degrade(self.mask_degrade)
         if not 0.0 <= self.mask_threshold <= 1.0:
             raise ValueError(f"data.mask_threshold must be in [0, 1], got {self.mask_threshold}")
+        if self.swap_source not in SWAP_SOURCES:
+            raise ValueError(
+                f"data.swap_source must be one of {', '.join(SWAP_SOURCES)}, got {self.swap_source!r}"
+            )
+        if self.swap_count < 1:
+            raise ValueError(f"data.swap_count must be >= 1, got {self.swap_count}")
+        if (self.swap_source == "textures") != bool(self.swap_textures):
+            raise ValueError(
+                "data.swap_textures (a folder of background images) goes with data.swap_source=textures, "
+                f"got swap_source={self.swap_source!r}, swap_textures={self.swap_textures!r}"
+            )
         if self.frames is not None and self.frames < 1:
             raise ValueError(f"data.frames must be >= 1, got {self.frames}")
         if self.fps is not None and not self.fps > 0:
@@ -237,6 +258,9 @@ class LoraConfig:
         return float(self.alpha if self.alpha is not None else self.rank)
 
 
+BACKGROUND_TARGETS = ("data", "base")
+
+
 @dataclass
 class StageConfig:
     """One training stage: AdamW with the paper's settings."""
@@ -254,8 +278,15 @@ class StageConfig:
     # background of `data.swap_backgrounds`, its prompt ending "on a {colour} background". Both need data.mask.
     background_weight: float = 1.0
     background_swap: float = 0.0
+    # The loss target off the subject (needs data.mask): data (the video's, as everywhere) or base (the frozen
+    # base model's own prediction, the LoRA off, no gradient), so the LoRA learns nothing about any background.
+    background_target: str = "data"
 
     def __post_init__(self) -> None:
+        if self.background_target not in BACKGROUND_TARGETS:
+            raise ValueError(
+                f"background_target must be one of {', '.join(BACKGROUND_TARGETS)}, got {self.background_target!r}"
+            )
         if not 0.0 <= self.background_weight <= 1.0:
             raise ValueError(f"background_weight must be in [0, 1], got {self.background_weight}")
         if not 0.0 <= self.background_swap <= 1.0:

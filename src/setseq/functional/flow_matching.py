@@ -108,6 +108,17 @@ def regression_loss(
     return per_sample.mean()
 
 
+def background_target(
+    target: torch.Tensor, base_prediction: torch.Tensor, subject: torch.Tensor
+) -> torch.Tensor:
+    """The regression target that leaves the background to the base model (`stageN.background_target=base`):
+    the data's `target` on the subject, the frozen model's own `base_prediction` off it, blended by the
+    subject's share of each position (`subject`, broadcastable, in [0, 1]). The base prediction carries no
+    gradient: off the subject the LoRA is only pulled back to the base model."""
+    s = subject.to(target.device, torch.float32)
+    return s * target.float() + (1.0 - s) * base_prediction.detach().float()
+
+
 def flow_matching_loss(
     prediction: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, weight: torch.Tensor | None = None
 ) -> torch.Tensor:

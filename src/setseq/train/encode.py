@@ -24,7 +24,15 @@ from setseq.data.cache import (
     save_cache,
     weights_stamp,
 )
-from setseq.data.masks import composite, latent_weights, load_mask, mask_sha256, swap_colours_for, swap_prompt
+from setseq.data.masks import (
+    SWAP_COLOURS,
+    composite_over,
+    latent_weights,
+    load_mask,
+    mask_sha256,
+    swap_backgrounds,
+    swap_prompt,
+)
 from setseq.errors import SetseqError
 
 
@@ -105,7 +113,7 @@ def encode_concept(
     frames, h, w = check_shapes(cfg, bb)
     canon, short = _concept_key(cfg, bb)
     path = cache_dir / f"{short}.safetensors"
-    pool = list(cfg.data.swap_backgrounds)
+    pool = _swap_pool(cfg)
     cached = load_cache(path, canon, short, pool)
     if cached is not None:
         log(f"cache: reusing {path}")
@@ -219,16 +227,34 @@ def _load_clip(cfg: RunConfig, video: Path, shape: tuple[int, int, int], frame_m
 
 
 def _mask_key(cfg: RunConfig) -> dict[str, Any]:
-    """The cache-key fields of the subject mask and of the background swaps the run needs."""
+    """The cache-key fields of the subject mask and of the background swaps the run needs (the source's
+    fields only when they are not the defaults: caches made before them keep their key)."""
     if not cfg.data.mask:
         return {}
-    return {
-        "mask_sha256": mask_sha256(cfg.data.mask),
-        **({"mask_degrade": cfg.data.mask_degrade} if cfg.data.mask_degrade else {}),
+    d = cfg.data
+    key: dict[str, Any] = {
+        "mask_sha256": mask_sha256(d.mask),
+        **({"mask_degrade": d.mask_degrade} if d.mask_degrade else {}),
         "swap_frames": cfg.stage1.background_swap > 0,
         "swap_clip": cfg.stage2.background_swap > 0,
-        "swap_backgrounds": list(cfg.data.swap_backgrounds),
+        "swap_backgrounds": list(d.swap_backgrounds),
     }
+    if d.swap_source != "named" or not d.swap_named:
+        key |= {"swap_source": d.swap_source, "swap_named": d.swap_named}
+        if d.swap_source in ("random", "gradient", "noise"):
+            key["swap_count"] = d.swap_count
+        if d.swap_source == "textures":
+            key["swap_textures_sha256"] = mask_sha256(d.swap_textures)
+    return key
+
+
+def _swap_pool(cfg: RunConfig) -> list[str]:
+    """The names a cache file's swap indices point into: the named colours, or every palette name and ""
+    (a background not named in its prompt)."""
+    d = cfg.data
+    if d.swap_source == "named" and d.swap_named:
+        return list(d.swap_backgrounds)
+    return [*SWAP_COLOURS, ""]  # (the palette names every background by: `setseq.data.masks`)
 
 
 def _encode_subject(
@@ -241,30 +267,33 @@ def _encode_subject(
     enc.subject_set, enc.subject_clip = latent_weights(mask, enc.set_latents.shape, enc.clip_latents.shape)
     if not (cfg.stage1.background_swap > 0 or cfg.stage2.background_swap > 0):
         return
-    names = swap_colours_for(frames, mask, list(cfg.data.swap_backgrounds))
-    if not names:
+    backgrounds = swap_backgrounds(cfg.data, frames, mask)
+    if not backgrounds:
         raise SetseqError(
             "every colour of data.swap_backgrounds is too close to the subject's own to keep it visible",
             "add other colours to data.swap_backgrounds",
         )
     want_set, want_clip = cfg.stage1.background_swap > 0, cfg.stage2.background_swap > 0
     sets, clips = [], []
-    with torch.no_grad():  # encode only what a stage swaps: a clip per colour is costly on a real VAE
-        for colour in names:
-            x = to_tensor(composite(frames, mask, colour))  # (F, 3, H, W)
+    with torch.no_grad():  # encode only what a stage swaps: a clip per background is costly on a real VAE
+        for bg in backgrounds:
+            x = to_tensor(composite_over(frames, mask, bg.image))  # (F, 3, H, W)
             if want_set:
                 sets.append(
                     torch.cat([bb.encode_video(x[i : i + 1].unsqueeze(0)) for i in range(x.shape[0])]).cpu()
                 )
             if want_clip:
                 clips.append(bb.encode_video(x.unsqueeze(0)).cpu())
+    names = [bg.name for bg in backgrounds]
     enc.swap_names = names
     enc.swap_set = torch.stack(sets) if want_set else None
     enc.swap_clip = torch.stack(clips) if want_clip else None
     with torch.no_grad():
         enc.swap_static = [bb.encode_prompt([swap_prompt(cfg.concept.t_static, c)]).to("cpu") for c in names]
         enc.swap_motion = [bb.encode_prompt([swap_prompt(cfg.concept.t_motion, c)]).to("cpu") for c in names]
-    log(f"subject mask: backgrounds swapped to {', '.join(names)}")
+    shown = ", ".join(n or "(not named)" for n in names)
+    src = "" if cfg.data.swap_source == "named" else f"{len(names)} {cfg.data.swap_source} backgrounds: "
+    log(f"subject mask: backgrounds swapped to {src}{shown}")
 
 
 def _encode_pixels(bb: Backbone, x: torch.Tensor, t_static: str, t_motion: str, key: str) -> EncodedConcept:

@@ -9,13 +9,14 @@ one, without depending on how many random numbers earlier steps consumed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,9 @@ class Batch:
     element_weights: torch.Tensor | None = None
     # An image-to-video DiT's first-frame condition of each sample (stage 2 on the clip); None: dropped
     image: ImageCondition | None = None
+    # (B, 1, f, h, w) the subject's share of each latent position, when the target off the subject is the
+    # frozen base model's prediction (`stageN.background_target=base`); None: the data's target everywhere
+    subject: torch.Tensor | None = None
 
 
 def stack_latents(latents: list[torch.Tensor]) -> torch.Tensor:
@@ -105,7 +109,12 @@ def with_prior(batch: Batch, latents: torch.Tensor, prompt: PromptEmbeds, weight
     ew = batch.element_weights
     if ew is not None:  # the prior's videos have no mask: every position counts
         ew = torch.cat([ew, torch.ones((k, *ew.shape[1:]), dtype=ew.dtype)])
-    return Batch(lat, cat_prompts(batch.prompt, prompt), w, texts=batch.texts, element_weights=ew)
+    subj = batch.subject
+    if subj is not None:  # ... and every position is the data's (the base model's own video)
+        subj = torch.cat([subj, torch.ones((k, *subj.shape[1:]), dtype=subj.dtype)])
+    return Batch(
+        lat, cat_prompts(batch.prompt, prompt), w, texts=batch.texts, element_weights=ew, subject=subj
+    )
 
 
 def swap_draw(concept: EncodedConcept, p: float, gen: torch.Generator) -> int | None:
@@ -179,20 +188,37 @@ def denoising_loss(
         fresh = encode_prompt(list(batch.texts)).to(prompt.embeds.device)
         prompt = cat_prompts(fresh, rest) if n < prompt.embeds.shape[0] else fresh
     prompt = token_mask(prompt, token_mask_p, gen).to(backbone.device)
-    image = {} if batch.image is None else {"image": batch.image}  # only an image-to-video DiT gets one
+    extra: dict[str, Any] = {} if batch.image is None else {"image": batch.image}  # an image-to-video DiT's
     if self_conditioning_p > 0.0:
         use = (torch.rand(x0.shape[0], generator=gen) < self_conditioning_p).to(backbone.device)
         with torch.no_grad():
             estimate = fm.x0_from_velocity(
-                noisy, backbone.predict(noisy, sigmas, prompt, **image).float(), sigmas
+                noisy, backbone.predict(noisy, sigmas, prompt, **extra).float(), sigmas
             )
-        self_cond = estimate * use.reshape(-1, *([1] * (x0.ndim - 1))).to(estimate.dtype)
-        pred = backbone.predict(noisy, sigmas, prompt, self_cond=self_cond, **image)
-    else:
-        pred = backbone.predict(noisy, sigmas, prompt, **image)
+        extra["self_cond"] = estimate * use.reshape(-1, *([1] * (x0.ndim - 1))).to(estimate.dtype)
+    pred = backbone.predict(noisy, sigmas, prompt, **extra)
     weights = None if batch.weights is None else batch.weights.to(backbone.device)
     target = training_target(backbone, x0, noise, sigmas)
+    if batch.subject is not None:  # off the subject, the frozen base model's own prediction is the target
+        with torch.no_grad(), lora_off(backbone.transformer):
+            base = backbone.predict(noisy, sigmas, prompt, **extra)
+        target = fm.background_target(target, base, batch.subject)
     return fm.regression_loss(pred, target, weights, batch.element_weights)
+
+
+@contextlib.contextmanager
+def lora_off(model: torch.nn.Module) -> Iterator[None]:
+    """Every LoRA layer of `model` at scale 0 (the base model's own forward) within the block; the scales
+    are restored after."""
+    layers = list(L.get_layers(model).values())
+    scales = [(layer.identity_scale, layer.motion_scale) for layer in layers]
+    for layer in layers:
+        layer.identity_scale = layer.motion_scale = 0.0
+    try:
+        yield
+    finally:
+        for layer, (i, m) in zip(layers, scales):
+            layer.identity_scale, layer.motion_scale = i, m
 
 
 def make_optimizer(params: list, sc: StageConfig) -> torch.optim.AdamW:

@@ -31,7 +31,7 @@ def effective_config(cfg):
         return cfg
     rep = dataclasses.replace
     # The subject-mask options (background weight and swap) are setseq's regularization: off for baselines.
-    plain = {"background_weight": 1.0, "background_swap": 0.0}
+    plain = {"background_weight": 1.0, "background_swap": 0.0, "background_target": "data"}
     if cfg.method == "two_stage":
         return rep(
             cfg,
@@ -54,8 +54,16 @@ def effective_config(cfg):
 
 
 def uses_mask(cfg) -> bool:
-    """Whether a (effective) config's stages use the subject mask: a background weight below 1 or swaps."""
-    return any(sc.background_weight < 1.0 or sc.background_swap > 0.0 for sc in (cfg.stage1, cfg.stage2))
+    """Whether a (effective) config's stages use the subject mask: a background weight below 1, swaps, or the
+    base model's target off the subject."""
+    return any(
+        sc.background_weight < 1.0 or sc.background_swap > 0.0 or sc.background_target != "data"
+        for sc in (cfg.stage1, cfg.stage2)
+    )
+
+
+def _fmt(v: float | str) -> str:
+    return v if isinstance(v, str) else f"{v:g}"
 
 
 def check_mask(cfg) -> None:
@@ -67,11 +75,12 @@ def check_mask(cfg) -> None:
             for opt, v, off in (
                 ("background_weight", sc.background_weight, 1.0),
                 ("background_swap", sc.background_swap, 0.0),
+                ("background_target", sc.background_target, "data"),
             ):
                 if v != off:
                     raise SetseqError(
-                        f"{n}.{opt}={v:g} needs a subject mask of the video",
-                        f"pass --mask MASK (a mask video or a folder of per-frame masks), or set {n}.{opt}={off:g}",
+                        f"{n}.{opt}={_fmt(v)} needs a subject mask of the video",
+                        f"pass --mask MASK (a mask video or a folder of per-frame masks), or set {n}.{opt}={_fmt(off)}",
                     )
         return
     if cfg.multi.concepts:
@@ -90,3 +99,7 @@ def check_mask(cfg) -> None:
             "a subject mask (data.mask) is given but no stage uses it",
             "set stage1.background_weight (e.g. 0.1) or stage1.background_swap (e.g. 0.5), or drop --mask",
         )
+    if any(sc.background_swap > 0 for sc in (eff.stage1, eff.stage2)):
+        from setseq.data.masks import check_swap_source
+
+        check_swap_source(cfg.data)  # a background source that yields nothing

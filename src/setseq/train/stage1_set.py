@@ -74,11 +74,17 @@ def train_stage1(ctx: StageContext, resume: C.Checkpoint | None = None) -> list[
                         lat[j], prompts[j] = concepts[c].swap_set[k, i : i + 1], concepts[c].swap_static[k]
                         if texts is not None:
                             texts[j] = swap_prompt(texts[j], concepts[c].swap_names[k])
-            ew = None
-            if sc.background_weight < 1.0:
+            ew, subj = None, None
+            if sc.background_weight < 1.0 or sc.background_target == "base":
                 subj = torch.cat([concepts[c].subject_set[i : i + 1] for c, i in zip(which, idx)])
+            if sc.background_weight < 1.0:
                 ew = background_weighted(subj, sc.background_weight)
-            batch = Batch(torch.cat(lat), stack_prompts(prompts), texts=texts, element_weights=ew)
+            base = (
+                subj if sc.background_target == "base" else None
+            )  # off the subject: the base model's target
+            batch = Batch(
+                torch.cat(lat), stack_prompts(prompts), texts=texts, element_weights=ew, subject=base
+            )
         if ctx.prior is not None:  # prior preservation: as many base-model samples, with their class prompts
             lat, prompt = ctx.prior.clips(micro, gen) if on_clip else ctx.prior.frames(micro, gen)
             batch = with_prior(batch, lat, prompt, ctx.cfg.regularizers.prior_weight)

@@ -48,10 +48,15 @@ def train_stage2(ctx: StageContext, resume: C.Checkpoint | None = None) -> list[
                     lat[j], prompts[j] = c.swap_clip[k], c.swap_motion[k]
                     if texts is not None:
                         texts[j] = swap_prompt(texts[j], c.swap_names[k])
-        ew = None
+        ew, subj = None, None
+        if sc.background_weight < 1.0 or sc.background_target == "base":
+            subj = torch.cat([c.subject_clip for c in which])
         if sc.background_weight < 1.0:
-            ew = background_weighted(torch.cat([c.subject_clip for c in which]), sc.background_weight)
-        batch = Batch(stack_latents(lat), stack_prompts(prompts), texts=texts, element_weights=ew)
+            ew = background_weighted(subj, sc.background_weight)
+        base = subj if sc.background_target == "base" else None  # off the subject: the base model's target
+        batch = Batch(
+            stack_latents(lat), stack_prompts(prompts), texts=texts, element_weights=ew, subject=base
+        )
         if which[0].clip_image is not None:  # an image-to-video DiT: each clip conditioned on its first frame
             batch.image = stack_images([c.clip_image for c in which])  # type: ignore[misc]
         if ctx.prior is not None:  # prior preservation: as many base-model class videos
