@@ -650,7 +650,7 @@ def resolve_config(
 # supports (BENCHMARKS.md, "Edits" and "stage 2 swaps"): every stage-1 frame and a quarter of the stage-2
 # clips composited onto plain backgrounds.
 MASK_RECIPE = {"stage1": 1.0, "stage2": 0.25}
-_MASK_OPTIONS = ("background_weight", "background_swap")
+_MASK_OPTIONS = ("background_weight", "background_swap", "background_target")
 
 
 def mask_recipe(file_data: dict[str, Any], data: dict[str, Any], notes: list[str]) -> dict[str, Any]:
@@ -664,11 +664,14 @@ def mask_recipe(file_data: dict[str, Any], data: dict[str, Any], notes: list[str
         return {**data, **{n: {**stages[n], "background_swap": v} for n, v in MASK_RECIPE.items()}}
     if has_mask or (data.get("multi") or {}).get("concepts"):
         return data
-    from_file = [
+    off = {"background_weight": 1.0, "background_swap": 0.0, "background_target": "data"}
+    from_file = [  # the options the file alone turns on (a flag or override that does is the user's)
         (n, k)
         for n in stages
         for k in _MASK_OPTIONS
-        if k in (file_data.get(n) or {}) and stages[n].get(k) == (file_data.get(n) or {}).get(k)
+        if k in (file_data.get(n) or {})
+        and stages[n].get(k) == (file_data.get(n) or {}).get(k)
+        and stages[n][k] != off[k]
     ]
     if not from_file:
         return data
@@ -676,11 +679,9 @@ def mask_recipe(file_data: dict[str, Any], data: dict[str, Any], notes: list[str
         f"note: the config's {', '.join(f'{n}.{k}' for n, k in from_file)} need a subject mask and none was "
         "given: they are off (pass --mask auto to make one from the class word, or --mask FILE)"
     )
-    off = {"background_weight": 1.0, "background_swap": 0.0}
     for n, k in from_file:
         stages[n][k] = off[k]
     return {**data, **stages}
-    return _build(RunConfig, data, "")
 
 
 # ----------------------------------------------------------------------------------------------------------
