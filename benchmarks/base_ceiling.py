@@ -97,6 +97,14 @@ def main() -> None:
         print(line(f"kind {kind}", [r for r in rows if r["kind"] == kind]))
     for g in EDIT_GROUPS:
         print(line(f"group {g} (the recipe's palette)", [r for r in rows if r["group"] == g]))
+    print("\nper concept and group, over its seeds (the recipe's palette):")
+    print("| edits | n | followed % | kept % | colour kept % | success % | followed and colour kept % |")
+    print("|---|---|---|---|---|---|---|")
+    for name in dict.fromkeys(r["concept"] for r in rows):
+        for g in EDIT_GROUPS:
+            mine = [r for r in rows if r["concept"] == name and r["group"] == g]
+            if mine:
+                print(line(f"{name} {g}", mine))
     print(f"\nceilings cached in {cache.path}")
 
 
