@@ -14,7 +14,8 @@ a fresh mask every training step (drawn once per step by `draw_masks`, so a forw
 gradient checkpointing sees the same one), and no mask at inference. The motion residual starts at zero,
 so stage 2 starts exactly at the stage-1 model.
 
-Two ways to apply the layer, same values and gradients (`lora.path`), each one custom autograd op:
+Two ways to apply the layer, same values and gradients (`lora.path`), each one custom autograd op (a forward
+with nothing to differentiate runs the same math without it):
 
     per-token  y = W x + U (D x)                       three matmuls over the tokens (peft's way), the low-rank
                one accumulated into W x in place; backward: h = g U once, dU = g^T (D x) from the forward's
@@ -195,20 +196,17 @@ class SetSeqLinear(nn.Module):
         if off:
             return self.base(x)
         u, d = self.factors()
+        grads = torch.is_grad_enabled()
+        need = dict(
+            need_x=grads and x.requires_grad,
+            need_u=grads and u.requires_grad,
+            need_d=grads and d.requires_grad,
+        )
         path = self.path
         if path == "auto":
-            grads = torch.is_grad_enabled()
-            path = choose_path(
-                x.numel() // x.shape[-1],
-                d.shape[1],
-                u.shape[0],
-                d.shape[0],
-                need_x=grads and x.requires_grad,
-                need_u=grads and u.requires_grad,
-                need_d=grads and d.requires_grad,
-            )
+            path = choose_path(x.numel() // x.shape[-1], d.shape[1], u.shape[0], d.shape[0], **need)
         w, b = self.base.weight, self.base.bias
-        if not (torch.is_grad_enabled() and (x.requires_grad or u.requires_grad or d.requires_grad)):
+        if not any(need.values()):
             # Nothing to differentiate (inference, the self-conditioning pass): the same math without an
             # autograd op around it, whose overhead is a large part of a small layer's forward.
             if path == "fused":
@@ -356,7 +354,7 @@ def _check_path(path: str) -> None:
 
 
 def set_path(model: nn.Module, path: Path) -> None:
-    """How every layer is applied: "fused", "per_token", or "auto" (the cheaper for each forward: `choose_path`)."""
+    """How every layer is applied: "fused", "per_token", or "auto" (the cheaper per forward, `choose_path`)."""
     _check_path(path)
     for layer in get_layers(model).values():
         layer.path = path
