@@ -228,8 +228,12 @@ def test_choose_path_switches_where_the_multiply_adds_cross(shape, need, switch)
 
 
 def test_auto_path_follows_the_tokens_and_the_gradients_needed(monkeypatch):
-    """A layer on `auto` asks `choose_path` with its forward's token count and what needs a gradient."""
+    """A layer on `auto` asks `choose_path` with its forward's token count and what needs a gradient, and
+    runs the op it names (with no gradient needed, the same math without an autograd op)."""
     m, layers = make("down")
+    asked: list[tuple] = []
+    choose = L.choose_path
+    monkeypatch.setattr(L, "choose_path", lambda n, *a, **k: asked.append((n, k)) or choose(n, *a, **k))
     calls: list[str] = []
     for cls, name in ((L.FusedLinear, "fused"), (L.PerTokenLinear, "per_token")):
         monkeypatch.setattr(cls, "apply", lambda *a, name=name: calls.append(name) or a[0].new_zeros(()))
@@ -238,15 +242,38 @@ def test_auto_path_follows_the_tokens_and_the_gradients_needed(monkeypatch):
     lay(torch.randn(17, 16, requires_grad=True))
     lay(torch.randn(2, 9, 16, requires_grad=True))
     assert calls == ["per_token", "fused"]
-    with torch.no_grad():  # inference goes fused from 16 * 5 / 9 = 8.9 tokens
+    assert asked == [(n, dict(need_x=True, need_u=True, need_d=True)) for n in (17, 18)]
+    with torch.no_grad():  # inference goes fused from 16 * 5 / 9 = 8.9 tokens, outside any autograd op
         lay(torch.randn(8, 16))
         lay(torch.randn(9, 16))
-    assert calls[2:] == ["per_token", "fused"]
+    assert calls == ["per_token", "fused"]
+    assert asked[2:] == [(n, dict(need_x=False, need_u=False, need_d=False)) for n in (8, 9)]
+    L.set_stage(m, 2)  # the residual only: no dD
+    lay(torch.randn(4, 16, requires_grad=True))
+    assert asked[-1] == (4, dict(need_x=True, need_u=True, need_d=False))
     L.set_path(m, "per_token")
     lay(torch.randn(4, 100, 16, requires_grad=True))
-    assert calls[-1] == "per_token"
+    assert calls[-1] == "per_token" and len(asked) == 5
     with pytest.raises(SetseqError, match="lora.path"):
         L.set_path(m, "fast")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("path", ["per_token", "fused"])
+def test_no_grad_forward_matches_the_autograd_ops(path):
+    """With nothing to differentiate the layer computes outside its autograd op: the same output."""
+    m, layers = make("down")
+    lay = layers["0.ffn"]
+    with torch.no_grad():
+        lay.up.normal_(std=0.3, generator=torch.Generator().manual_seed(1))
+    L.set_stage(m, 1, dropconnect=0.5)
+    L.set_path(m, path)
+    m.train()
+    L.draw_masks(m, torch.Generator().manual_seed(2))
+    x = torch.randn(3, 5, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        plain = lay(x)
+    op = lay(x.clone().requires_grad_(True)).detach()
+    assert torch.allclose(plain, op, rtol=0, atol=1e-6 * float(op.abs().max())) and float(op.abs().max()) > 0
 
 
 @pytest.mark.parametrize("stage", [1, 2, 0])

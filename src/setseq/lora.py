@@ -14,7 +14,8 @@ a fresh mask every training step (drawn once per step by `draw_masks`, so a forw
 gradient checkpointing sees the same one), and no mask at inference. The motion residual starts at zero,
 so stage 2 starts exactly at the stage-1 model.
 
-Two ways to apply the layer, same values and gradients (`lora.path`), each one custom autograd op:
+Two ways to apply the layer, same values and gradients (`lora.path`), each one custom autograd op (a forward
+with nothing to differentiate runs the same math without it):
 
     per-token  y = W x + U (D x)                       three matmuls over the tokens (peft's way), the low-rank
                one accumulated into W x in place; backward: h = g U once, dU = g^T (D x) from the forward's
@@ -195,21 +196,25 @@ class SetSeqLinear(nn.Module):
         if off:
             return self.base(x)
         u, d = self.factors()
+        grads = torch.is_grad_enabled()
+        need = dict(
+            need_x=grads and x.requires_grad,
+            need_u=grads and u.requires_grad,
+            need_d=grads and d.requires_grad,
+        )
         path = self.path
         if path == "auto":
-            grads = torch.is_grad_enabled()
-            path = choose_path(
-                x.numel() // x.shape[-1],
-                d.shape[1],
-                u.shape[0],
-                d.shape[0],
-                need_x=grads and x.requires_grad,
-                need_u=grads and u.requires_grad,
-                need_d=grads and d.requires_grad,
-            )
+            path = choose_path(x.numel() // x.shape[-1], d.shape[1], u.shape[0], d.shape[0], **need)
+        w, b = self.base.weight, self.base.bias
+        if not any(need.values()):
+            # Nothing to differentiate (inference, the self-conditioning pass): the same math without an
+            # autograd op around it, whose overhead is a large part of a small layer's forward.
+            if path == "fused":
+                return F.linear(x, _effective_weight(w, u, d, None, x.dtype, x.device), b)
+            return _per_token(x, w, b, u, d)[0]
         if path == "fused":
-            return FusedLinear.apply(x, self.base.weight, self.base.bias, u, d, None)
-        return PerTokenLinear.apply(x, self.base.weight, self.base.bias, u, d)
+            return FusedLinear.apply(x, w, b, u, d, None)
+        return PerTokenLinear.apply(x, w, b, u, d)
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -291,6 +296,19 @@ def choose_path(
     return "fused" if fused < per_token else "per_token"
 
 
+def _per_token(x, weight, bias, u, d) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """y = x W^T + b + (x D^T) U^T, the low-rank product in U's dtype (float32) accumulated into the frozen
+    output in place (a bf16 base: rounded once into it); also x and D x as (N, in) and (N, r)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    h = x2.to(d.dtype) @ d.t()  # (N, r)
+    y = F.linear(x2, weight, bias)
+    if y.dtype == u.dtype:
+        y.addmm_(h, u.t())
+    else:
+        y.add_((h @ u.t()).to(y.dtype))
+    return y.reshape(*x.shape[:-1], y.shape[-1]), x2, h
+
+
 class PerTokenLinear(torch.autograd.Function):
     """y = x W^T + b + (x D^T) U^T with W, b frozen; gradients for x, U, D as needed. The low-rank product
     is computed in U's dtype (float32) and accumulated into the frozen output in place, and h = g U serves
@@ -299,17 +317,11 @@ class PerTokenLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, u, d):  # type: ignore[override]
         need_x, _, _, need_u, need_d = ctx.needs_input_grad[:5]
-        x2 = x.reshape(-1, x.shape[-1])
-        h = x2.to(d.dtype) @ d.t()  # (N, r)
-        y = F.linear(x2, weight, bias)
-        if y.dtype == u.dtype:
-            y.addmm_(h, u.t())
-        else:  # bf16 base, float32 LoRA: the low-rank product in float32, rounded once into the output
-            y.add_((h @ u.t()).to(y.dtype))
+        y, x2, h = _per_token(x, weight, bias, u, d)
         # Only what the needed gradients read: x for dD, D x for dU, W for dx.
         ctx.save_for_backward(x2 if need_d else None, h if need_u else None, weight if need_x else None, u, d)
         ctx.x_shape = x.shape
-        return y.reshape(*x.shape[:-1], y.shape[-1])
+        return y
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
@@ -342,7 +354,7 @@ def _check_path(path: str) -> None:
 
 
 def set_path(model: nn.Module, path: Path) -> None:
-    """How every layer is applied: "fused", "per_token", or "auto" (the cheaper for each forward: `choose_path`)."""
+    """How every layer is applied: "fused", "per_token", or "auto" (the cheaper per forward, `choose_path`)."""
     _check_path(path)
     for layer in get_layers(model).values():
         layer.path = path
