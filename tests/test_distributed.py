@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from setseq.demo import CONCEPT_DIR
 from setseq.errors import SetseqError
 from setseq.testing import assert_close_to_scale
 from setseq.train.distributed import SINGLE, check_split
@@ -110,7 +111,10 @@ def test_a_rendezvous_that_times_out_is_one_line(tmp_path):
     env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}
     env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "SETSEQ_RENDEZVOUS_TIMEOUT_S": "3"}
     env |= {"PYTHONWARNINGS": "ignore"}
-    argv = [sys.executable, "-m", "setseq.cli", "train", "--video", "x.mp4", "--out", str(tmp_path / "r")]
+    video = (
+        CONCEPT_DIR / "cyan_diamond_bounce.mp4"
+    )  # (a real video: the rendezvous comes after the inputs' checks)
+    argv = [sys.executable, "-m", "setseq.cli", "train", "--video", str(video), "--out", str(tmp_path / "r")]
     proc = subprocess.run([*argv, "model.device=cpu"], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "could not join the others at 127.0.0.1" in proc.stderr

@@ -106,6 +106,9 @@ class _Renderer:
         self.truth |= {caption(target_spec(spec, e)): target_spec(spec, e) for e in suite}  # the ceiling's
         self.spec, self.colour = spec, colour
 
+    def fps(self, opts):
+        return 8.0  # the toy model's rate
+
     def generate(self, prompt, opts):
         spec = _recolour(self.truth.get(prompt, self.spec), self.colour)
         frames = render(spec, 9, 32, seed=2)

@@ -258,23 +258,26 @@ class FusedLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, u, d, scale):  # type: ignore[override]
-        ctx.save_for_backward(x, weight, u, d, scale)
+        _, _, _, need_u, need_d = ctx.needs_input_grad[:5]
+        x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+        # Only what the needed gradients read: x for dD, D x (N, r) for dU (not x when D is frozen).
+        h = x2.to(u.dtype) @ d.t() if need_u and u is not None else None
+        ctx.save_for_backward(x2 if need_d else None, h, weight, u, d, scale)
         return F.linear(x, _effective_weight(weight, u, d, scale, x.dtype, x.device), bias)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
-        x, weight, u, d, scale = ctx.saved_tensors
+        x2, h, weight, u, d, scale = ctx.saved_tensors
         need_x, _, _, need_u, need_d = ctx.needs_input_grad[:5]
         gx = gu = gd = None
         if need_x:
             gx = g @ _effective_weight(weight, u, d, scale, g.dtype, g.device)
         if (need_u or need_d) and u is not None:
             g2 = g.reshape(-1, g.shape[-1]).to(u.dtype)  # (N, out)
-            x2 = x.reshape(-1, x.shape[-1]).to(u.dtype)  # (N, in)
             if need_u:
-                gu = g2.t() @ (x2 @ d.t())  # (out, r)
+                gu = g2.t() @ h  # (out, r)
             if need_d:
-                gd = (g2 @ u).t() @ x2  # (r, in)
+                gd = (g2 @ u).t() @ x2.to(u.dtype)  # (r, in)
         return gx, None, None, gu, gd, None
 
 
