@@ -26,7 +26,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 def one_line_error(capsys, code: int, *needles: str) -> str:
     err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
+    # (a run's notes, e.g. the toy recipe's swaps turned off for want of a mask, may come before the error)
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("note: ")]
     assert code == 2 and len(lines) == 1 and lines[-1].startswith("setseq: error:"), err
     for n in needles:
         assert n in lines[-1], (n, lines[-1])
@@ -261,6 +262,11 @@ MENTIONS = {
     "setseq/info.py:describe_run",  # "pass the --out folder of `setseq train`"
     "setseq/report.py:find_inputs",  # "pass the folder that `setseq train --out` ... wrote"
     "setseq/report.py:build_report",  # the page's title, "pass the one `setseq eval` wrote"
+    "setseq/cli.py:_add_eval",  # help: "the frames it trained on (as `setseq report` shows them)"
+    "setseq/cli.py:_add_train",  # help: "'auto' to make one from --mask-prompt (setseq mask)"
+    "setseq/config.py:format_keys",  # the listing's head: "set as key=value after `setseq train`"
+    "setseq/eval/run_eval.py:reference_frames",  # "as `setseq report` shows"
+    "setseq/report.py:_training_clip",  # "as `setseq eval --reference RUN` scores"
 }
 COMMAND = re.compile(r"setseq (train|generate|compose|export|info|demo|eval|bench|report|mask)\b")
 
@@ -353,12 +359,37 @@ def test_every_suggested_command_works_when_pasted(base, run, tmp_path, monkeypa
     assert config(run)["stage2"]["lr"] == 0.001 and "stage2-000003" in checkpoints(run)
     covered.add("setseq/train/checkpoint.py:lower_lr_advice")
 
+    # The end-of-run summary names where the outputs are -> `setseq info RUN` on them.
+    summary = [ln for ln in capsys.readouterr().out.splitlines() if "`setseq info" in ln]
+    assert len(summary) == 1, summary
+    pasted(capsys, summary[0])
+    covered.add("setseq/train/loop.py:run_summary")
+
+    # A misspelt config key -> the listing of every key.
+    line = one_line_error(
+        capsys, main(["train", "--out", str(tmp_path / "k"), "stage1.stepz=3"]), "--list-keys"
+    )
+    (listing,) = re.findall(r"`(setseq [^`]+)`", line)
+    with pytest.raises(SystemExit) as exited:  # (--list-keys exits as --help does)
+        main(shlex.split(listing)[1:])
+    assert exited.value.code in (0, None) and "stage1.steps" in capsys.readouterr().out
+    covered.add("setseq/config.py:_build")
+
     # A one-stage run has no motion part -> train stage 2 on it, from its own config.
     one = tmp_path / "one stage"
     assert main([*new, "--out", str(one), "--method", "dreambooth", "stage2.steps=1"]) == 0
     capsys.readouterr()
     code = main(
-        ["export", str(one), "--format", "diffusers", "--part", "motion", "--out", str(tmp_path / "m.st")]
+        [
+            "export",
+            str(one),
+            "--format",
+            "diffusers",
+            "--part",
+            "motion",
+            "--out",
+            str(tmp_path / "m.safetensors"),
+        ]
     )
     pasted(capsys, one_line_error(capsys, code, "no motion part"))
     code = main(
@@ -370,7 +401,7 @@ def test_every_suggested_command_works_when_pasted(base, run, tmp_path, monkeypa
             "--part",
             "motion",
             "--out",
-            str(tmp_path / "m.st"),
+            str(tmp_path / "m.safetensors"),
         ]
     )
     assert code == 0

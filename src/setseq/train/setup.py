@@ -132,7 +132,8 @@ def _local_model(path: str) -> bool:
 def resolve_paths(cfg: RunConfig) -> RunConfig:
     """`cfg` with its input files (videos, subject mask) and a local model folder stored absolute; a video or
     mask that does not exist is refused in one line."""
-    for what, flag, path in (("video", "--video", cfg.data.video), ("subject mask", "--mask", cfg.data.mask)):
+    mask = None if cfg.data.mask == "auto" else cfg.data.mask  # (auto: made by `setseq.data.segment`)
+    for what, flag, path in (("video", "--video", cfg.data.video), ("subject mask", "--mask", mask)):
         if path and not Path(path).expanduser().exists():
             raise SetseqError(f"{what} {path} does not exist", f"check the {flag} path")
     for i, c in enumerate(cfg.multi.concepts):
@@ -143,7 +144,7 @@ def resolve_paths(cfg: RunConfig) -> RunConfig:
     data = dataclasses.replace(
         cfg.data,
         video=cfg.data.video and _absolute(cfg.data.video),
-        mask=cfg.data.mask and _absolute(cfg.data.mask),
+        mask=mask and _absolute(mask) or cfg.data.mask,
     )
     model = cfg.model
     if _local_model(model.path):
@@ -193,7 +194,7 @@ def resumed_config(
     cfg = resolve_config(out / "config.yaml", flags, overrides)
     for what, flag, path, given in (
         ("video", "--video", cfg.data.video, video),
-        ("subject mask", "--mask", cfg.data.mask, mask),
+        ("subject mask", "--mask", None if cfg.data.mask == "auto" else cfg.data.mask, mask),
         ("model folder", "--model", cfg.model.path if names_folder(cfg.model.path) else None, model),
     ):
         if not path or Path(path).expanduser().exists():
