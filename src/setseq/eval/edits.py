@@ -331,7 +331,7 @@ def summarize_groups(
 
     out: dict[str, dict[str, Any]] = {}
     for g in EDIT_GROUPS:
-        names = [n for n in scores if groups.get(n) == g]
+        names = [n for n, group in groups.items() if group == g and n in scores]  # (in the suite's order)
         if not names:
             continue
         mine = [scores[n] for n in names]
