@@ -46,7 +46,8 @@ def test_flop_count_matches_torch_counter(tiny_wan_dir):
         out = bb.predict(noisy, torch.full((2,), 0.5), prompt.expand(2))
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as bwd:
         out.square().mean().backward()
-    assert ours["forward"] == pytest.approx(fwd.get_total_flops(), rel=0.02)
+    # torch's forward also holds the LoRA's own products (U D, and D x kept for dU), which ours leaves out
+    assert 0.95 * fwd.get_total_flops() <= ours["forward"] <= fwd.get_total_flops()
     # torch's backward also holds the LoRA's own gradient products (ours leaves them out): a little above ours
     assert 0.9 * bwd.get_total_flops() <= ours["backward"] <= bwd.get_total_flops()
     assert ours["backward"] > 0.5 * ours["forward"]
