@@ -77,3 +77,24 @@ def raw_avi(path, w, h, declare=None):
         b[j + 40 : j + 48] = struct.pack("<II", *declare)
         path.write_bytes(bytes(b))
     return path
+
+
+def cyan_demo_config(tmp_path, *overrides: str, mask: bool = True):
+    """The toy recipe on the demo's concept (cyan_diamond_bounce), no TensorBoard or memory check, with the
+    concept's exact mask written under `tmp_path` unless `mask` is False."""
+    import dataclasses
+
+    from setseq.config import resolve_config
+    from setseq.demo import CONCEPT_DIR, DEMO_CONFIG, concept_mask
+
+    name = "cyan_diamond_bounce"
+    cfg = resolve_config(
+        DEMO_CONFIG,
+        {"data": {"video": str(CONCEPT_DIR / f"{name}.mp4")}},
+        ["concept.class_word=diamond", "train.tensorboard=false", "train.memory_check=false", *overrides],
+    )
+    if mask:
+        cfg = dataclasses.replace(
+            cfg, data=dataclasses.replace(cfg.data, mask=str(concept_mask(name, tmp_path / "m")))
+        )
+    return cfg

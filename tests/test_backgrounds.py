@@ -12,17 +12,18 @@ import torch
 from PIL import Image
 
 from setseq import lora as L
-from setseq.config import DataConfig, resolve_config
+from setseq.config import DataConfig
 from setseq.data.masks import SWAP_COLOURS, SWAP_SOURCES, counts_as, swap_backgrounds
 from setseq.data.synthetic import BG_COLOURS, BG_SHADES, CONCEPTS, render_mask
 from setseq.data.video import load_clip
-from setseq.demo import CONCEPT_DIR, DEMO_CONFIG, concept_mask
+from setseq.demo import CONCEPT_DIR
 from setseq.errors import SetseqError
 from setseq.eval.edits import edit_backgrounds
 from setseq.eval.toy_detect import _MASK_THRESHOLD, detect_background
 from setseq.functional import flow_matching as fm
 from setseq.train.loop import Batch, denoising_loss, lora_off, step_generator
 from setseq.train.run import train
+from tests.helpers import cyan_demo_config
 
 NAME = "cyan_diamond_bounce"
 VIDEO = CONCEPT_DIR / f"{NAME}.mp4"
@@ -30,17 +31,7 @@ HELD_OUT = edit_backgrounds(CONCEPTS[NAME])  # the colours cyan's edits ask for
 PALETTE = [c for c in DataConfig().swap_backgrounds if c not in HELD_OUT]  # what the bench composites onto
 
 
-def _cfg(tmp_path, *overrides, mask=True):
-    cfg = resolve_config(
-        DEMO_CONFIG,
-        {"data": {"video": str(VIDEO)}},
-        ["concept.class_word=diamond", "train.tensorboard=false", "train.memory_check=false", *overrides],
-    )
-    if mask:
-        cfg = dataclasses.replace(
-            cfg, data=dataclasses.replace(cfg.data, mask=str(concept_mask(NAME, tmp_path / "m")))
-        )
-    return cfg
+_cfg = cyan_demo_config
 
 
 def _video_and_mask():

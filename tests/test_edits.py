@@ -203,11 +203,8 @@ def test_grouping_never_counts_a_composited_colour_as_unseen(tmp_path):
     within the detector's tolerance of an edit's background counts as that background."""
     from setseq.bench import _run_config, load_suite
     from setseq.ceiling import composited_colours
-    from setseq.eval.edits import COLOUR_TOLERANCE, EDIT_GROUPS, edit_group, group_edits
-    from setseq.eval.toy_detect import _MASK_THRESHOLD
-
-    assert COLOUR_TOLERANCE == _MASK_THRESHOLD  # the grouping's tolerance is the detector's
     from setseq.data.synthetic import BG_COLOURS
+    from setseq.eval.edits import EDIT_GROUPS, edit_group, group_edits
 
     for concept in load_suite():
         spec = CONCEPTS[concept.name]

@@ -11,30 +11,20 @@ import pytest
 import torch
 from PIL import Image
 
-from setseq.config import resolve_config
 from setseq.data.masks import composite, latent_weights, load_mask, swap_colours_for
 from setseq.data.synthetic import CONCEPTS, render_mask
 from setseq.data.video import load_clip, write_video
-from setseq.demo import CONCEPT_DIR, DEMO_CONFIG, concept_mask
+from setseq.demo import CONCEPT_DIR, concept_mask
 from setseq.errors import SetseqError
 from setseq.functional import flow_matching as fm
 from setseq.train.run import train
+from tests.helpers import cyan_demo_config
 
 NAME = "cyan_diamond_bounce"
 VIDEO = CONCEPT_DIR / f"{NAME}.mp4"
 
 
-def _cfg(tmp_path, *overrides, mask=True):
-    cfg = resolve_config(
-        DEMO_CONFIG,
-        {"data": {"video": str(VIDEO)}},
-        ["concept.class_word=diamond", "train.tensorboard=false", "train.memory_check=false", *overrides],
-    )
-    if mask:
-        cfg = dataclasses.replace(
-            cfg, data=dataclasses.replace(cfg.data, mask=str(concept_mask(NAME, tmp_path / "m")))
-        )
-    return cfg
+_cfg = cyan_demo_config
 
 
 def test_mask_folder_and_video_read_back_the_exact_mask(tmp_path):

@@ -40,14 +40,13 @@ from setseq.data.synthetic import (
     BG_COLOURS,
     BG_SHADES,
     HELD_OUT_MOTION,
-    MIN_COLOUR_DISTANCE,
     ConceptSpec,
     Motion,
     colour_distance,
     is_compatible,
     motion_phrase,
 )
-from setseq.eval.toy_detect import detect_sprite
+from setseq.eval.toy_detect import _MASK_THRESHOLD, detect_sprite
 
 __all__ = [
     "COLOUR_TOLERANCE",
@@ -73,8 +72,8 @@ EDIT_KINDS: tuple[str, ...] = ("background", "pattern", "motion", "context")
 #: The groups an edit falls in for a run (`edit_group`); "seen" is reported but never a success.
 EDIT_GROUPS: tuple[str, ...] = ("seen", "unseen", "motion")
 #: Two colours closer than this (RGB euclidean) are one colour to the toy detector: it is the threshold below
-#: which `setseq.eval.toy_detect` reads a pixel as the background colour (its `_MASK_THRESHOLD`).
-COLOUR_TOLERANCE: float = 0.45 * MIN_COLOUR_DISTANCE
+#: which `setseq.eval.toy_detect` reads a pixel as the background colour (taken from it, not restated).
+COLOUR_TOLERANCE: float = _MASK_THRESHOLD
 #: Background colours in the order the suite takes them (white first: the demo's historic edit).
 _BG_ORDER = ("white", "green", "yellow", "gray", "blue", "purple", "black")
 _PATTERN_WORD = {"stripes": "striped", "checker": "checkered"}

@@ -375,13 +375,16 @@ class Progress:
         self.later = s2.steps * min(1.0, s2.batch_size / s1.batch_size) if stage == 1 else 0.0
         self.t0 = time.perf_counter()
 
+    def per_step(self, done: int) -> float:
+        """Seconds per step of this invocation so far."""
+        return (time.perf_counter() - self.t0) / max(1, done - self.start)
+
     def left(self, done: int) -> float:
         """Seconds left in this stage and the next, at this invocation's speed so far."""
-        per = (time.perf_counter() - self.t0) / max(1, done - self.start)
-        return per * (self.steps - done + self.later)
+        return self.per_step(done) * (self.steps - done + self.later)
 
     def line(self, done: int, loss: float, lr: float) -> str:
-        per = (time.perf_counter() - self.t0) / max(1, done - self.start)
+        per = self.per_step(done)
         name = "set" if self.stage == 1 else "sequence"
         left = (
             f"at least {duration(self.left(done))} left (both stages)"
