@@ -12,6 +12,7 @@ from setseq import lora as L
 from setseq.config import resolve_config
 from setseq.export import load_setseq
 from setseq.train import checkpoint as C
+from setseq.train.recipe import Recipe
 from setseq.train.run import train
 
 OVERRIDES = [
@@ -106,7 +107,7 @@ def _killed_at_stage1_step2(run_dir, tmp_path):
 
 def test_resume_equals_uninterrupted(run_dir, tmp_path):
     copy = _killed_at_stage1_step2(run_dir, tmp_path)
-    train(None, copy, resume=True, progress=False, log=lambda s: None)  # type: ignore[arg-type]
+    Recipe.from_run(copy, progress=False, log=lambda s: None).setup().train()
     a, b = load_file(str(run_dir / "setseq.safetensors")), load_file(str(copy / "setseq.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
@@ -121,7 +122,7 @@ def test_resume_accepts_the_cache_key_of_a_run_started_before_stable_fingerprint
 
     from setseq.backbones.registry import load_backbone
     from setseq.errors import SetseqError
-    from setseq.train.encode import legacy_run_key
+    from setseq.train.legacy import legacy_run_key
 
     copy = _killed_at_stage1_step2(run_dir, tmp_path)
     state = copy / "checkpoints" / "stage1-000002" / "state.json"
@@ -132,10 +133,10 @@ def test_resume_accepts_the_cache_key_of_a_run_started_before_stable_fingerprint
     assert legacy is not None and legacy != recorded["cache_key"]
     state.write_text(json.dumps({**recorded, "cache_key": "0123456789abcdef0123"}))
     with pytest.raises(SetseqError, match="changed since"):
-        train(None, copy, resume=True, progress=False, log=lambda s: None)  # type: ignore[arg-type]
+        Recipe.from_run(copy, progress=False, log=lambda s: None).setup().train()
     state.write_text(json.dumps({**recorded, "cache_key": legacy}))
     lines: list[str] = []
-    train(None, copy, resume=True, progress=False, log=lines.append)  # type: ignore[arg-type]
+    Recipe.from_run(copy, progress=False, log=lines.append).setup().train()
     assert any("cache key is in the form from before 2026-12-02" in line for line in lines)
     a, b = load_file(str(run_dir / "setseq.safetensors")), load_file(str(copy / "setseq.safetensors"))
     for k in a:
@@ -158,7 +159,7 @@ def test_resume_after_the_model_folder_moved(run_dir, tiny_wan_dir, tmp_path):
     data["model"]["path"] = str(tmp_path / "gone")
     conf.write_text(yaml.safe_dump(data))
     with pytest.raises(SetseqError, match="is not here") as err:
-        train(None, copy, resume=True, progress=False, log=lambda s: None)
+        Recipe.from_run(copy, progress=False, log=lambda s: None).setup().train()
     assert "--model" in str(err.value)
     cfg = resumed_config(copy, model=str(moved))  # what `setseq train --resume RUN --model NEW` does
     train(cfg, copy, resume=True, progress=False, log=lambda s: None)

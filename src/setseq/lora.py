@@ -48,9 +48,10 @@ A merged export keeps the same rank: basis down gives `U = s (s_id U1 + s_mot U2
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -455,6 +456,20 @@ def set_scales(model: nn.Module, identity: float = 1.0, motion: float = 1.0) -> 
     for layer in get_layers(model).values():
         layer.identity_scale = float(identity)
         layer.motion_scale = float(motion)
+
+
+@contextlib.contextmanager
+def switched_off(model: nn.Module) -> Iterator[None]:
+    """Every layer of `model` at scale 0 within the block (each skips its LoRA: the base model's own
+    forward, bit for bit); the scales are restored after."""
+    layers = list(get_layers(model).values())
+    scales = [(layer.identity_scale, layer.motion_scale) for layer in layers]
+    set_scales(model, 0.0, 0.0)
+    try:
+        yield
+    finally:
+        for layer, (i, m) in zip(layers, scales):
+            layer.identity_scale, layer.motion_scale = i, m
 
 
 def merge(model: nn.Module) -> None:

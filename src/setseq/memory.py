@@ -39,6 +39,17 @@ from setseq.prompts import PromptEmbeds
 GiB = float(1 << 30)
 
 
+@dataclass(frozen=True)
+class Engine:
+    """How torch's engine holds the DiT, as `setseq.train.distributed.parallelize` returns it: what the memory
+    estimate needs to know of FSDP2, handed to it (nothing is read back off the model)."""
+
+    sharded: bool = False  # FSDP2 holds the DiT's base weights (fully_shard across processes, or offload)
+    offloaded: bool = False  # ... in host memory (model.fsdp_offload): no base weight stays on the device
+    gathered: int = 1  # blocks whole on the device at once (1 + model.fsdp_prefetch)
+    param_dtype: torch.dtype | None = None  # what they are gathered in (None: as stored, fp8 included)
+
+
 @dataclass
 class MemoryEstimate:
     """Bytes of one training step's peak, by part."""
@@ -202,9 +213,11 @@ def estimate_training_memory(
     dropconnect: float,
     gradient_checkpointing: bool,
     self_conditioning: bool = False,
+    engine: Engine = Engine(),
 ) -> MemoryEstimate:
     """Estimate the peak bytes of one training step of `stage` at `micro_batch` samples of `latent_shape`
-    (C, f, h, w), with the prompt embeddings of one sample. Nothing of this touches the real weights."""
+    (C, f, h, w), with the prompt embeddings of one sample. `engine`: how FSDP2 holds the DiT, if it does.
+    Nothing of this touches the real weights."""
     device = backbone.device
     real = backbone.transformer
     meta = meta_copy(real, spec)
@@ -222,7 +235,7 @@ def estimate_training_memory(
     # Backward works through one block at a time: its activations' gradients (and, under checkpointing, the
     # block's activations rebuilt by the recompute) live beside the kept ones.
     transient = (2 if gradient_checkpointing else 1) * block_max + trace.largest
-    transient += _weights_in_flight(backbone)
+    transient += _weights_in_flight(backbone, engine)
     weights = sum(
         _bytes_on(getattr(backbone, name, None), device) for name in ("text_encoder", "vae")
     ) + _bytes_on(real, device)
@@ -235,7 +248,7 @@ def estimate_training_memory(
     return MemoryEstimate(tokens, weights, lora_bytes, activations, transient)
 
 
-def _weights_in_flight(backbone) -> int:
+def _weights_in_flight(backbone, engine: Engine) -> int:
     """Base weights that exist whole on the device only while their layer or block runs: a block-swapped
     linear's copy, or FSDP2's gathered blocks."""
     real, device = backbone.transformer, backbone.device
@@ -258,7 +271,7 @@ def _weights_in_flight(backbone) -> int:
     in_units = {id(p) for u in units for p in u.parameters()}
     # Gathered in the MixedPrecisionPolicy's param dtype when one is set, else as stored (fp8 base weights: 1
     # byte each).
-    cast = getattr(real, "fsdp_param_dtype", None)
+    cast = engine.param_dtype
 
     def whole_bytes(params) -> int:
         return sum(
@@ -267,9 +280,7 @@ def _weights_in_flight(backbone) -> int:
             if isinstance(p, DTensor)
         )
 
-    gathered = getattr(real, "fsdp_gathered", 1) * max(
-        (whole_bytes(u.parameters()) for u in units), default=0
-    )
+    gathered = engine.gathered * max((whole_bytes(u.parameters()) for u in units), default=0)
     for root in (m for m in fsdp if id(m) not in inner):
         gathered += whole_bytes(p for p in root.parameters() if id(p) not in in_units)
     return swapped + gathered

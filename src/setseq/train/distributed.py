@@ -38,6 +38,7 @@ CPU offload in one process, on a one-process group (`_offload`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import os
 import warnings
@@ -48,6 +49,7 @@ import torch
 
 from setseq.config import ModelConfig
 from setseq.errors import SetseqError
+from setseq.memory import Engine
 
 
 @dataclass(frozen=True)
@@ -97,8 +99,9 @@ class Processes:
 SINGLE = Processes()
 
 
-def parallelize(model: torch.nn.Module, procs: Processes, mc: ModelConfig | None = None) -> None:
-    """Hand `model` (the DiT, LoRA injected) to torch's distributed engine. A no-op in one process.
+def parallelize(model: torch.nn.Module, procs: Processes, mc: ModelConfig | None = None) -> Engine:
+    """Hand `model` (the DiT, LoRA injected) to torch's distributed engine; returns how it holds the DiT (what
+    the memory estimate needs, `memory.Engine`). A no-op in one process.
 
     Without `model.fsdp`: FSDP2's `replicate` (DDP's successor) on the LoRA parameters: their gradients are
     all-reduced in backward, overlapped with it. The frozen base weights are left out (`ignored_params`):
@@ -121,10 +124,9 @@ def parallelize(model: torch.nn.Module, procs: Processes, mc: ModelConfig | None
     With `model.fsdp_offload` (one process): `fully_shard` as above on a one-process mesh, with FSDP2's
     `CPUOffloadPolicy` (`_offload`)."""
     if mc is not None and mc.fsdp_offload:
-        _offload(model, procs, mc)
-        return
+        return _offload(model, procs, mc)
     if procs.world == 1:
-        return
+        return Engine()
     try:  # FSDP2's replicate and the reduction settings used here are recent (tested with torch 2.13)
         from torch.distributed._composable.replicate_with_fsdp import replicate
         from torch.distributed.device_mesh import init_device_mesh
@@ -142,14 +144,17 @@ def parallelize(model: torch.nn.Module, procs: Processes, mc: ModelConfig | None
     device = procs.device or torch.device("cpu")
     if mc is not None and mc.fsdp:
         whole, buffers = _as_process_0(model, procs)
-        _fully_shard(model, init_device_mesh(device.type, (procs.world,), mesh_dim_names=("shard",)), mc)
+        engine = _fully_shard(
+            model, init_device_mesh(device.type, (procs.world,), mesh_dim_names=("shard",)), mc
+        )
         _fill_from_process_0(model, whole, buffers, procs, device)
-        return
+        return engine
     lora = {id(p) for layer in L.get_layers(model).values() for p in (layer.down, layer.up, layer.motion)}
     ignored = {p for p in model.parameters() if id(p) not in lora}
     mesh = init_device_mesh(device.type, (procs.world,), mesh_dim_names=("replicate",))
     replicate(model, mesh=mesh, ignored_params=ignored)
     _sum_reductions(model, unused_as_zero=True)
+    return Engine()
 
 
 def _as_process_0(
@@ -218,7 +223,7 @@ def _fill_from_process_0(
             del full
 
 
-def _offload(model: torch.nn.Module, procs: Processes, mc: ModelConfig) -> None:
+def _offload(model: torch.nn.Module, procs: Processes, mc: ModelConfig) -> Engine:
     """FSDP2's CPUOffloadPolicy in one process, the alternative to block swap (`setseq.offload`) for a DiT
     larger than the card: every base weight of the DiT (in the units of `model.fsdp`) stays in host memory,
     pinned on a GPU, and is copied to the device while its block runs (prefetched `model.fsdp_prefetch` blocks
@@ -239,11 +244,11 @@ def _offload(model: torch.nn.Module, procs: Processes, mc: ModelConfig) -> None:
     lora = [p for layer in L.get_layers(model).values() for p in (layer.down, layer.up, layer.motion)]
     mesh = init_device_mesh(device.type, (1,), mesh_dim_names=("offload",))
     policy = CPUOffloadPolicy(pin_memory=device.type == "cuda")
-    _fully_shard(model, mesh, mc, offload_policy=policy, ignored_params=set(lora))
+    engine = _fully_shard(model, mesh, mc, offload_policy=policy, ignored_params=set(lora))
     with torch.no_grad():
         for p in lora:
             p.data = p.data.to(device)
-    model.fsdp_offloaded = True  # read by the memory estimate: no base weight stays on the device
+    return dataclasses.replace(engine, offloaded=True)  # no base weight stays on the device
 
 
 def _fully_shard(
@@ -252,7 +257,7 @@ def _fully_shard(
     mc: ModelConfig,
     offload_policy=None,
     ignored_params: set[torch.nn.Parameter] | None = None,
-) -> None:
+) -> Engine:
     """FSDP2 on `model`: each block of each DiT a unit, then the DiT itself; see `parallelize`.
 
     Wan 2.2 A14B's two experts are two DiTs, each its own FSDP2 root (the pipeline calls each directly when
@@ -298,9 +303,8 @@ def _fully_shard(
     # A diffusers DiT returns a view (its unpatchify); FSDP2 warns that an in-place op on it would skip the
     # backward gather. The backbones use it out of place (the tests compare gradients with the plain DiT's).
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
-    model.fsdp_gathered = 1 + mc.fsdp_prefetch  # blocks whole at once (read by the memory estimate)
-    model.fsdp_param_dtype = policy.param_dtype  # what they are gathered in (None: as stored, fp8 included)
     _sum_reductions(model, unused_as_zero=False)
+    return Engine(sharded=True, gathered=1 + mc.fsdp_prefetch, param_dtype=policy.param_dtype)
 
 
 def describe_engine(model: torch.nn.Module, procs: Processes, mc: ModelConfig) -> str:

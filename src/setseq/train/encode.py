@@ -67,7 +67,7 @@ def encode_all(
 ) -> tuple[EncodedConcept, list[EncodedConcept], list[EncodedConcept], str]:
     """The encoded concept(s) of `cfg` (through the cache): (first, all, stitched pairs, cache key)."""
     concepts, keys = [], []
-    for one in _concept_configs(cfg):  # multi-concept: every concept, and the stitched neighbours (i, i+1)
+    for one in concept_configs(cfg):  # multi-concept: every concept, and the stitched neighbours (i, i+1)
         enc, k = encode_concept(one, bb, cache, log)
         concepts.append(enc)
         keys.append(k)
@@ -75,26 +75,17 @@ def encode_all(
     if n_concepts > 1 and cfg.multi.stitch_rate > 0:
         pairs = [(i, (i + 1) % n_concepts) for i in range(n_concepts if n_concepts > 2 else 1)]
         stitched = [encode_stitched(cfg, bb, pair, cache, log) for pair in pairs]
-    return concepts[0], concepts, stitched, _run_key(keys)
+    return concepts[0], concepts, stitched, run_key(keys)
 
 
-def legacy_run_key(cfg: RunConfig, bb: Backbone) -> str | None:
-    """The run's cache key as setseq computed it before 2026-12-02 (over the legacy fingerprint, with the model
-    folder's path among the fields), recorded in the checkpoints of a run started then: `--resume` accepts it.
-    Nothing is encoded (the video files are hashed again)."""
-    if bb.info.legacy_fingerprint is None:
-        return None
-    return _run_key([_concept_key(one, bb, legacy=True)[1] for one in _concept_configs(cfg)])
-
-
-def _concept_configs(cfg: RunConfig) -> list[RunConfig]:
+def concept_configs(cfg: RunConfig) -> list[RunConfig]:
     """The single-concept config of each concept of `cfg` (itself when it has one)."""
     if not cfg.multi.concepts:
         return [cfg]
     return [concept_config(cfg, i) for i in range(len(cfg.concepts()))]
 
 
-def _run_key(keys: list[str]) -> str:
+def run_key(keys: list[str]) -> str:
     """A run's cache key from its concepts' keys."""
     return keys[0] if len(keys) == 1 else cache_key({"concepts": keys})[1]
 
@@ -111,7 +102,7 @@ def encode_concept(
     if not video.is_file():
         raise SetseqError(f"video {video} does not exist", "check the --video path")
     frames, h, w = check_shapes(cfg, bb)
-    canon, short = _concept_key(cfg, bb)
+    canon, short = concept_key(cfg, bb)
     path = cache_dir / f"{short}.safetensors"
     pool = _swap_pool(cfg)
     cached = load_cache(path, canon, short, pool)
@@ -136,7 +127,7 @@ def encode_concept(
     return enc, short
 
 
-def _concept_key(cfg: RunConfig, bb: Backbone, legacy: bool = False) -> tuple[str, str]:
+def concept_key(cfg: RunConfig, bb: Backbone, legacy: bool = False) -> tuple[str, str]:
     """The cache key of one concept's encoding (canonical JSON, short hash); `legacy`: as before 2026-12-02."""
     fields = {
         **_sampling_key(cfg, bb, check_shapes(cfg, bb), cfg.concept.t_static, cfg.concept.t_motion, legacy),

@@ -1,6 +1,7 @@
-"""Shared pieces of the two stage recipes: the per-step RNG, the flow-matching step, the optimizer loop with
-its progress (a bar on a terminal, else plain lines), TensorBoard scalars, NaN detection, checkpoints, sample
-videos and the end-of-run summary.
+"""The pieces both stages share, as functions of their inputs (the recipe object, `setseq.train.recipe`, runs
+them): the per-step RNG, the micro-batch of a stage's samples (background swap, subject weights, prior
+samples), the denoising loss, the optimizer, the progress report (a bar on a terminal, else plain lines) and
+the end-of-run summary.
 
 Randomness: every micro-step draws from a fresh `torch.Generator` seeded by (seed, stage, step, micro). A
 resumed run therefore replays exactly the same noise, timesteps, frame order and masks as an uninterrupted
@@ -9,35 +10,27 @@ one, without depending on how many random numbers earlier steps consumed.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import math
 import shlex
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from setseq import lora as L
 from setseq.backbones.base import Backbone, noisy_latents, training_target
 from setseq.config import RunConfig, StageConfig
 from setseq.data.cache import EncodedConcept
-from setseq.dtensors import local
-from setseq.errors import SetseqError
+from setseq.data.masks import swap_prompt
 from setseq.functional import flow_matching as fm
 from setseq.functional.regularizers import token_mask
 from setseq.io import disk_error, write_text
-from setseq.prompts import ImageCondition, PromptEmbeds, cat_prompts, stack_images
-from setseq.train import checkpoint as C
-from setseq.train.distributed import SINGLE, Processes, sync_gradients
-from setseq.train.embeddings import DELTA_KEY, TokenEmbeddings
-from setseq.train.prior import PriorData
+from setseq.prompts import ImageCondition, PromptEmbeds, cat_prompts, stack_images, stack_prompts
 
 
 def step_generator(seed: int, stage: int, step: int, micro: int = 0) -> torch.Generator:
@@ -131,27 +124,57 @@ def background_weighted(subject: torch.Tensor, background_weight: float) -> torc
     return background_weight + (1.0 - background_weight) * subject
 
 
-@dataclass
-class StageContext:
-    """What a recipe needs; built once by `setseq.train.run.train`."""
+# One sample of a micro-batch: a concept and one of its frames (stage 1), or None: its clip (stage 2 and the
+# one-stage baselines).
+Sample = tuple[EncodedConcept, int | None]
 
-    cfg: RunConfig
-    backbone: Backbone
-    data: EncodedConcept
-    run_dir: Path
-    writer: Any = None  # TensorBoard SummaryWriter or None
-    log_file: Path | None = None
-    progress: bool = True
-    extra_state: dict[str, Any] = field(default_factory=dict)  # recorded in every checkpoint (cache key, ...)
-    on_sample: Callable[[int, int], None] | None = None
-    prior: PriorData | None = None  # when prior preservation is on
-    concepts: list[EncodedConcept] = field(default_factory=list)  # every concept (multi-concept runs)
-    stitched: list[EncodedConcept] = field(default_factory=list)  # stitched concept pairs
-    self_conditioning: float = 0.0  # resolved probability (see `setseq.train.setup.self_conditioning_p`)
-    embeddings: TokenEmbeddings | None = None  # when token embeddings train
-    texts: list[tuple[str, str]] = field(default_factory=list)  # (T_static, T_motion) of each concept
-    procs: Processes = SINGLE  # data-parallel processes (`setseq.train.distributed`)
-    log: Callable[[str], None] = print  # the run's log: the plain progress lines go there
+
+def _view(c: EncodedConcept, frame: int | None, swap: int | None) -> tuple[torch.Tensor, PromptEmbeds]:
+    """A sample's latents (1, C, f, h, w) and prompt, on its own background (`swap` None) or swapped one."""
+    if frame is None:
+        return (c.clip_latents, c.motion) if swap is None else (c.swap_clip[swap], c.swap_motion[swap])
+    if swap is None:
+        return c.set_latents[frame : frame + 1], c.static
+    return c.swap_set[swap, frame : frame + 1], c.swap_static[swap]
+
+
+def sample_batch(
+    samples: list[Sample],
+    texts: list[str] | None,
+    sc: StageConfig,
+    gen: torch.Generator,
+    subject_aware: bool = True,
+) -> Batch:
+    """The micro-batch of `samples`, both stages' logic written once. With `subject_aware` (the Set-and-Sequence
+    stages; not the one-stage baselines on the clip): each sample shown on a swapped plain background with
+    probability `stageN.background_swap` (drawn from `gen`, its text's background words swapped too), the loss
+    weighted off the subject (`background_weight`), and the base model's target there (`background_target`).
+    An image-to-video DiT's clips carry their own first frame; single frames drop it."""
+    views = [_view(c, f, None) for c, f in samples]
+    lat, prompts = [v[0] for v in views], [v[1] for v in views]
+    if subject_aware and sc.background_swap > 0:
+        for j, (c, f) in enumerate(samples):
+            k = swap_draw(c, sc.background_swap, gen)
+            if k is not None:
+                lat[j], prompts[j] = _view(c, f, k)
+                if texts is not None:
+                    texts[j] = swap_prompt(texts[j], c.swap_names[k])
+    subject = None
+    if subject_aware and (sc.background_weight < 1.0 or sc.background_target == "base"):
+        subject = torch.cat([c.subject_clip if f is None else c.subject_set[f : f + 1] for c, f in samples])
+    weights = (
+        background_weighted(subject, sc.background_weight)
+        if subject_aware and sc.background_weight < 1.0
+        else None
+    )
+    base = subject if sc.background_target == "base" else None  # off the subject: the base model's target
+    batch = Batch(
+        stack_latents(lat), stack_prompts(prompts), texts=texts, element_weights=weights, subject=base
+    )
+    first, frame = samples[0]
+    if frame is None and first.clip_image is not None:
+        batch.image = stack_images([c.clip_image for c, _ in samples])
+    return batch
 
 
 def denoising_loss(
@@ -206,19 +229,7 @@ def denoising_loss(
     return fm.regression_loss(pred, target, weights, batch.element_weights)
 
 
-@contextlib.contextmanager
-def lora_off(model: torch.nn.Module) -> Iterator[None]:
-    """Every LoRA layer of `model` at scale 0 (the base model's own forward) within the block; the scales
-    are restored after."""
-    layers = list(L.get_layers(model).values())
-    scales = [(layer.identity_scale, layer.motion_scale) for layer in layers]
-    for layer in layers:
-        layer.identity_scale = layer.motion_scale = 0.0
-    try:
-        yield
-    finally:
-        for layer, (i, m) in zip(layers, scales):
-            layer.identity_scale, layer.motion_scale = i, m
+lora_off = L.switched_off  # (the name the tests and `denoising_loss` know)
 
 
 def make_optimizer(params: list, sc: StageConfig) -> torch.optim.AdamW:
@@ -231,22 +242,6 @@ def trainable_state(model: torch.nn.Module, stage: int) -> dict[str, torch.Tenso
     if stage == 2:
         state |= L.motion_state(model)
     return state
-
-
-def _finite(params: list[torch.nn.Parameter]) -> bool:
-    """Whether this process's part of every parameter is finite."""
-    return bool(torch.stack([torch.isfinite(local(p)).all() for p in params]).all()) if params else True
-
-
-def _blow_up(ctx: StageContext, stage: int, step: int, what: str) -> SetseqError:
-    """The message for a non-finite loss, gradient or weight: it names the newest checkpoint whose weights
-    are all finite (checkpoints of non-finite weights are never written, see `checkpoint.save_checkpoint`)."""
-    last = C.latest_checkpoint(ctx.run_dir, finite=True)
-    keep = f"the last good checkpoint is {last.path}" if last else "no checkpoint was written yet"
-    return SetseqError(
-        f"{what} at stage {stage} step {step + 1}; training stopped and {keep}",
-        C.lower_lr_advice(ctx.run_dir, stage, (ctx.cfg.stage1 if stage == 1 else ctx.cfg.stage2).lr),
-    )
 
 
 def trim_log(path: Path, stage: int, step: int) -> None:
@@ -274,75 +269,6 @@ def trim_log(path: Path, stage: int, step: int) -> None:
         write_text(path, new)
 
 
-def run_stage(
-    ctx: StageContext,
-    stage: int,
-    sc: StageConfig,
-    params: list[torch.nn.Parameter],
-    make_batch: Callable[[int, int, torch.Generator], Batch],
-    resume: C.Checkpoint | None = None,
-) -> list[float]:
-    """The optimizer loop of one stage. `make_batch(step, micro, gen)` gives each micro-batch.
-
-    Returns the per-step losses of this invocation."""
-    model = ctx.backbone.transformer
-    emb = ctx.embeddings
-    groups: list[dict[str, Any]] = [{"params": params}] if params else []
-    if emb is not None:  # the concept tokens' embedding offsets, at their own lr and without weight decay
-        groups.append({"params": [emb.delta], "lr": emb.lr, "weight_decay": 0.0})
-        emb.train_rows(emb.stage_rows[stage])
-        params = [*params, emb.delta]
-    opt = make_optimizer(groups, sc)
-    start = 0
-    if resume is not None and resume.stage == stage:
-        C.restore_optimizer(opt, resume.optimizer(), resume.state["param_groups"])
-        start = resume.step
-    losses: list[float] = []
-    if ctx.log_file is not None:
-        trim_log(ctx.log_file, stage, start)
-    if start >= sc.steps:
-        return losses
-    tc = ctx.cfg.train
-    model.train()
-    report = Progress(ctx, stage, sc.steps, start)
-    bar = tqdm(
-        total=sc.steps,
-        initial=start,
-        desc=f"stage {stage} ({'set' if stage == 1 else 'sequence'})",
-        disable=not report.bar,
-        dynamic_ncols=True,
-        unit="step",
-    )
-    t0 = time.perf_counter()
-    try:
-        for step in range(start, sc.steps):
-            opt.zero_grad(set_to_none=True)
-            total = _accumulate(ctx, stage, sc, step, make_batch)
-            gnorm = torch.nn.utils.clip_grad_norm_(params, sc.grad_clip)
-            if not torch.isfinite(gnorm):  # before the update: the weights are still those of the last step
-                raise _blow_up(ctx, stage, step, f"the gradient norm became {float(gnorm)}")
-            opt.step()
-            # A huge step can overflow the weights while loss and gradients were finite.
-            if not ctx.procs.all_true(_finite(params)):
-                raise _blow_up(ctx, stage, step, "the weights became non-finite")
-            losses.append(total)
-            done = step + 1
-            bar.update(1)
-            report.step(bar, done, total, opt.param_groups[0]["lr"])
-            if done % tc.log_every == 0 or done == sc.steps:  # (the last: the summary's final loss)
-                _log_step(ctx, stage, done, total, float(gnorm), time.perf_counter() - t0)
-            if done % tc.checkpoint_every == 0 or done == sc.steps:
-                _checkpoint(ctx, stage, done, opt)
-            if ctx.on_sample is not None and tc.sample_every and done % tc.sample_every == 0:
-                model.eval()
-                ctx.on_sample(stage, done)
-                model.train()
-    finally:
-        bar.close()
-    model.eval()
-    return losses
-
-
 def duration(seconds: float) -> str:
     """12.3 -> '12s', 760 -> '12m40s', 7500 -> '2h05m'."""
     s = int(round(seconds))
@@ -365,13 +291,14 @@ class Progress:
     much depends on the model: little more on the toy model, where each step's fixed costs dominate; about the
     clip's latent frames times more in a large DiT, where compute grows with the tokens)."""
 
-    def __init__(self, ctx: StageContext, stage: int, steps: int, start: int) -> None:
-        self.ctx, self.stage, self.steps, self.start = ctx, stage, steps, start
-        self.bar = ctx.progress and sys.stdout.isatty() and sys.stderr.isatty()
-        self.every = ctx.cfg.train.progress_every or max(1, steps // 20)
+    def __init__(self, cfg: RunConfig, stage: int, start: int, bar: bool, log: Callable[[str], None]) -> None:
+        self.stage, self.start, self.log = stage, start, log
+        self.steps = steps = (cfg.stage1 if stage == 1 else cfg.stage2).steps
+        self.bar = bar and sys.stdout.isatty() and sys.stderr.isatty()
+        self.every = cfg.train.progress_every or max(1, steps // 20)
         # Stage 2's steps, in stage-1 steps: a clip costs at least a frame, so with a batch no smaller a step
         # costs at least a stage-1 step, and with a smaller one at least its share of the batch.
-        s1, s2 = ctx.cfg.stage1, ctx.cfg.stage2
+        s1, s2 = cfg.stage1, cfg.stage2
         self.later = s2.steps * min(1.0, s2.batch_size / s1.batch_size) if stage == 1 else 0.0
         self.t0 = time.perf_counter()
 
@@ -398,7 +325,7 @@ class Progress:
             left = duration(self.left(done)) + ("+ (both stages)" if self.later else "")
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2g}", left=left)
         elif done == self.start + 1 or done == self.steps or done % self.every == 0:
-            self.ctx.log(self.line(done, loss, lr))
+            self.log(self.line(done, loss, lr))
 
 
 def run_summary(run_dir: Path, seconds: float, written: list[Path], resumed: bool) -> str:
@@ -418,82 +345,3 @@ def run_summary(run_dir: Path, seconds: float, written: list[Path], resumed: boo
         f"outputs in {run_dir}: {files} (logs in {run_dir / 'logs'}; `setseq info {shlex.quote(str(run_dir))}` "
         "describes the run)"
     )
-
-
-def _accumulate(
-    ctx: StageContext,
-    stage: int,
-    sc: StageConfig,
-    step: int,
-    make_batch: Callable[[int, int, torch.Generator], Batch],
-) -> float:
-    """Forward and backward of this process's micro-batches of `step`; returns the step's loss, summed over
-    the processes (their gradients are summed by the engine, `distributed.parallelize`). A non-finite loss on
-    any process stops every process, with the step named."""
-    model, procs, emb = ctx.backbone.transformer, ctx.procs, ctx.embeddings
-    last_mine = max(m for m in range(sc.accumulation) if procs.mine(m))
-    seed = ctx.cfg.train.seed
-    expert = step_expert(ctx.backbone, seed, stage, step) if ctx.cfg.model.step_routing else None
-    total, bad = 0.0, None
-    for micro in range(sc.accumulation):
-        if not procs.mine(micro):  # another process's share of the step
-            continue
-        gen = step_generator(seed, stage, step, micro)
-        L.draw_masks(model, gen)
-        loss = denoising_loss(
-            ctx.backbone,
-            make_batch(step, micro, gen),
-            gen,
-            ctx.cfg.regularizers.token_mask,
-            ctx.self_conditioning,
-            ctx.backbone.encode_prompt if emb is not None else None,
-            expert,
-        )
-        if not torch.isfinite(loss):
-            bad = loss.item() if bad is None else bad
-            if procs.world == 1:
-                break
-            # Several processes: go on, so that every one runs the same forwards and backwards (the
-            # engine's collectives); the summed loss below is then non-finite and all stop together.
-        sync_gradients(model, micro == last_mine)  # the engine reduces in the last backward only
-        (loss / sc.accumulation).backward()
-        total += loss.item() / sc.accumulation
-    total = procs.sum_scalar(float("nan") if bad is not None else total)
-    if bad is not None or not math.isfinite(total):
-        raise _blow_up(ctx, stage, step, f"the loss became {bad if bad is not None else total}")
-    return total
-
-
-def _log_step(ctx: StageContext, stage: int, done: int, loss: float, gnorm: float, elapsed: float) -> None:
-    """The step's loss and gradient norm to TensorBoard and `logs/loss.jsonl` (process 0)."""
-    if ctx.writer is not None:
-        ctx.writer.add_scalar(f"stage{stage}/loss", loss, done)
-        ctx.writer.add_scalar(f"stage{stage}/grad_norm", gnorm, done)
-    if ctx.log_file is None:
-        return
-    record = {"stage": stage, "step": done, "loss": loss, "grad_norm": gnorm, "elapsed_s": round(elapsed, 3)}
-    try:
-        with open(ctx.log_file, "a") as f:
-            f.write(json.dumps(record) + "\n")
-    except OSError as exc:
-        raise disk_error(ctx.log_file, exc) from None
-
-
-def _checkpoint(ctx: StageContext, stage: int, done: int, opt: torch.optim.Optimizer) -> None:
-    """A checkpoint after step `done`. Every process takes part in gathering sharded state (whole tensors);
-    process 0 writes it."""
-    emb = ctx.embeddings
-    lora = trainable_state(ctx.backbone.transformer, stage) | (
-        {DELTA_KEY: emb.delta.detach()} if emb is not None else {}
-    )
-    opt_state = C.optimizer_tensors(opt)
-    if ctx.procs.is_main:
-        C.save_checkpoint(
-            ctx.run_dir,
-            stage,
-            done,
-            lora,
-            opt_state,
-            {"config": ctx.cfg.to_dict(), "processes": ctx.procs.world, **ctx.extra_state},
-            keep=ctx.cfg.train.keep_checkpoints,
-        )

@@ -16,7 +16,14 @@ from setseq.config import ON_CLIP, RunConfig
 from setseq.data.cache import EncodedConcept
 from setseq.dtensors import local
 from setseq.errors import SetseqError
-from setseq.memory import GiB, MemoryEstimate, device_memory, estimate_training_memory, tokens_per_sample
+from setseq.memory import (
+    Engine,
+    GiB,
+    MemoryEstimate,
+    device_memory,
+    estimate_training_memory,
+    tokens_per_sample,
+)
 from setseq.runtime import visible_gpus
 
 # (flags, applicable, micro-batch, checkpointing, bytes saved by fp8 / block swap)
@@ -43,8 +50,10 @@ def check_memory(
     data: EncodedConcept,
     self_conditioning: bool,
     log: Callable[[str], None],
+    engine: Engine = Engine(),
 ) -> None:
-    """Log each stage's estimated peak memory; refuse (naming the flag that fits) when it exceeds the device."""
+    """Log each stage's estimated peak memory; refuse (naming the flag that fits) when it exceeds the device.
+    `engine`: how FSDP2 holds the DiT, if it does (`distributed.parallelize`)."""
     # Prior preservation adds as many class samples as the micro-batch has (train/stage*.py, with_prior).
     per_sample = 2 if cfg.regularizers.prior_videos else 1
 
@@ -63,6 +72,7 @@ def check_memory(
             dropconnect=sc.dropconnect,
             gradient_checkpointing=ckpt,
             self_conditioning=self_conditioning,
+            engine=engine,
         )
 
     capacity = device_memory(torch.device(bb.device))
@@ -77,7 +87,9 @@ def check_memory(
         fix = next(
             (
                 flags
-                for flags, applicable, m, c, saved in _remedies(cfg, bb, stage, micro, floor, capacity)
+                for flags, applicable, m, c, saved in _remedies(
+                    cfg, bb, stage, micro, floor, capacity, engine
+                )
                 if applicable and estimate(stage, m, c).total - saved <= HEADROOM * capacity
             ),
             "lower --frames or --size (or train on a larger device); train.memory_check=false skips this check",
@@ -88,19 +100,18 @@ def check_memory(
         )
 
 
-def _fp8_saving(bb: Backbone) -> int:
+def _fp8_saving(bb: Backbone, engine: Engine) -> int:
     """Device bytes fp8 base weights would save: the targeted weights at 1 byte instead of their own width.
     Under FSDP2 each process holds its shard of them (`local`; none under model.fsdp_offload, which keeps them
     in host memory), plus the blocks gathered at once."""
     saving = 0
-    if not getattr(bb.transformer, "fsdp_offloaded", False):
+    if not engine.offloaded:
         saving = sum(
             local(lay.base.weight).numel() * (lay.base.weight.element_size() - 1)
             for lay in L.get_layers(bb.transformer).values()
         )
-    gathered = getattr(bb.transformer, "fsdp_gathered", 0)  # set only where FSDP2 sharded the DiT
-    if gathered:
-        saving += gathered * max(
+    if engine.sharded:  # the blocks FSDP2 holds whole at once
+        saving += engine.gathered * max(
             (
                 sum(
                     lay.base.weight.numel() * (lay.base.weight.element_size() - 1)
@@ -114,13 +125,13 @@ def _fp8_saving(bb: Backbone) -> int:
 
 
 def _remedies(
-    cfg: RunConfig, bb: Backbone, stage: int, micro: int, floor: int, capacity: int
+    cfg: RunConfig, bb: Backbone, stage: int, micro: int, floor: int, capacity: int, engine: Engine
 ) -> Iterator[Remedy]:
     """What could make stage `stage` fit, cheapest first. `floor`: its estimate at micro-batch 1 with
     checkpointing (0 on the CPU)."""
     name = f"stage{stage}"
     ckpt = cfg.train.gradient_checkpointing
-    fp8_saving = _fp8_saving(bb)
+    fp8_saving = _fp8_saving(bb, engine)
     yield ("set train.gradient_checkpointing=true", not ckpt, micro, True, 0)
     yield (f"set {name}.micro_batch=1 (gradient accumulation keeps batch_size)", micro > 1, 1, ckpt, 0)
     yield (

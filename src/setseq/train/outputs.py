@@ -5,11 +5,9 @@ and ComfyUI's layouts; and reading a run folder's config back."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from setseq import __version__
@@ -18,9 +16,9 @@ from setseq.backbones.base import Backbone
 from setseq.config import RunConfig
 from setseq.errors import SetseqError
 from setseq.export import export_file, load_setseq, lora_experts, save_setseq
-from setseq.infer.generate import DEFAULT_FPS
+from setseq.train.distributed import Processes
 from setseq.train.embeddings import TokenEmbeddings, save_embeddings
-from setseq.train.loop import StageContext, trainable_state
+from setseq.train.loop import trainable_state
 
 #: What a run folder holds (besides `lora_*.safetensors`, `embedding_*.safetensors` and hidden temporary
 #: files): a new run may start in a folder of nothing else (a first start that failed leaves some of these).
@@ -63,33 +61,6 @@ def tensorboard_writer(run_dir: Path, enabled: bool):
     except ImportError:  # tensorboard is optional at run time
         return None
     return SummaryWriter(str(run_dir / "logs"))
-
-
-def sampler(ctx: StageContext, frames: int, h: int, w: int, write: bool = True) -> Callable[[int, int], None]:
-    """`on_sample(stage, step)`: a video of the stage's prompt, written to `samples/` (when `write`)."""
-
-    fps = run_fps(ctx.cfg) or DEFAULT_FPS.get(ctx.backbone.info.name, 16.0)
-
-    def sample(stage: int, step: int) -> None:
-        from setseq.data.video import from_tensor, write_video
-
-        prompt = ctx.cfg.concept.t_static if stage == 1 else ctx.cfg.concept.t_motion
-        with torch.no_grad():
-            video = ctx.backbone.generate(
-                prompt,
-                frames=frames,
-                height=h,
-                width=w,
-                steps=ctx.cfg.train.sample_steps,
-                guidance_scale=ctx.cfg.train.guidance_scale,
-                seed=ctx.cfg.train.seed,
-            )
-        if write:
-            write_video(ctx.run_dir / "samples" / f"stage{stage}-{step:06d}.mp4", from_tensor(video), fps=fps)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()  # release sampling memory before training resumes
-
-    return sample
 
 
 def run_fps(cfg: RunConfig) -> float | None:
@@ -139,12 +110,17 @@ def lora_metadata(
 
 
 def write_outputs(
-    ctx: StageContext, spec: L.LoraSpec, shape: tuple[int, int, int], embeddings: TokenEmbeddings | None
+    cfg: RunConfig,
+    bb: Backbone,
+    run_dir: Path,
+    procs: Processes,
+    spec: L.LoraSpec,
+    shape: tuple[int, int, int],
+    embeddings: TokenEmbeddings | None,
 ) -> list[Path]:
     """setseq's own file, then the merged LoRA in diffusers' and ComfyUI's layouts (one file per expert of
     Wan 2.2 A14B), and the token embeddings if they trained. Every process takes part (sharded tensors are
     gathered); process 0 alone writes, the others wait for it. Returns the files written (process 0)."""
-    cfg, bb, run_dir, procs = ctx.cfg, ctx.backbone, ctx.run_dir, ctx.procs
     final = trainable_state(bb.transformer, 2)
     if not procs.is_main:
         procs.barrier()  # returns once process 0 has written them

@@ -90,7 +90,7 @@ def prepare_prior(
     """Generate (or read from the cache) the prior videos; None when prior preservation is off. `save`: write
     generated videos to the cache (off on the processes other than 0 of a sharded model).
 
-    Must run before the LoRA is injected: the prior is the *base* model's."""
+    The prior is the *base* model's: any LoRA layers must be switched off (`base_model_prior`)."""
     rc = cfg.regularizers
     if rc.prior_videos == 0 or rc.prior_weight == 0:
         return None
@@ -148,21 +148,22 @@ def base_model_prior(
     log: Callable[[str], None],
     progress: bool,
     procs: Processes,
+    sharded: bool,
 ) -> PriorData | None:
-    """The prior videos of the base model alone, for (frames, height, width) = `shape`.
+    """The prior videos of the base model alone, for (frames, height, width) = `shape`, generated with every
+    LoRA layer switched off (each skips its LoRA: the base model's forward, bit for bit).
 
-    One process, or data parallel: called before the LoRA exists; process 0 generates and caches, then the
-    others read its cache. Sharded (FSDP2, `model.fsdp` with several processes): called once the DiT is
-    sharded, since every process runs each block together; the LoRA is switched off meanwhile, process 0
-    alone saves, and the others then read what it saved (the same videos)."""
+    Not sharded (one process, or data parallel): process 0 generates and caches, then the others read its
+    cache. Sharded by FSDP2 (`sharded`: `model.fsdp` with several processes, or `model.fsdp_offload`): every
+    process runs each block together, so all generate; process 0 alone saves, and the others then read what
+    it saved (the same videos)."""
     frames, h, w = shape
     progress = progress and procs.is_main
-    if not (cfg.model.fsdp and procs.world > 1):
-        with procs.main_first():
+    if not sharded:
+        with procs.main_first(), L.switched_off(bb.transformer):
             return prepare_prior(cfg, bb, frames, h, w, cache_dir, log, progress)
-    L.set_scales(bb.transformer, 0.0, 0.0)  # the base model alone (the layers skip the LoRA)
-    prior = prepare_prior(cfg, bb, frames, h, w, cache_dir, log, progress, save=procs.is_main)
-    L.set_scales(bb.transformer, 1.0, 1.0)
+    with L.switched_off(bb.transformer):
+        prior = prepare_prior(cfg, bb, frames, h, w, cache_dir, log, progress, save=procs.is_main)
     procs.barrier()
     if not procs.is_main and prior is not None:  # the same videos as process 0's, from its cache
         prior = prepare_prior(cfg, bb, frames, h, w, cache_dir, log, False)

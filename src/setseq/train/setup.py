@@ -68,7 +68,7 @@ class RunFolder:
 
     def check_cache_key(self, key: str, legacy: Callable[[], str | None] = lambda: None) -> None:
         """A resumed run must see the same inputs as when it started. `legacy`: the key as computed before
-        2026-12-02 (`encode.legacy_run_key`), which a run started then recorded. A model folder pointed to
+        2026-12-02 (`legacy.legacy_run_key`), which a run started then recorded. A model folder pointed to
         again (`--resume --model`) whose weight files only carry other dates (copied) passes: the same
         architecture (its fingerprint) and everything else alike."""
         was = None if self.checkpoint is None else self.checkpoint.state.get("cache_key")
@@ -103,7 +103,7 @@ def _same_but_weight_dates(cache: Path, was: str, key: str) -> bool:
 
 
 def cache_fields(cache: Path, key: str) -> dict[str, Any] | None:
-    """The key fields a cache file of `cache` was written for (`encode._concept_key`), None if unreadable."""
+    """The key fields a cache file of `cache` was written for (`encode.concept_key`), None if unreadable."""
     import json
 
     from safetensors import SafetensorError, safe_open
