@@ -12,7 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_wan_dir(tmp_path_factory):
     """A tiny random Wan T2V checkpoint in diffusers layout, built from config (no download)."""
-    from setseq.testing import build_tiny_wan
+    from setseq.backbones.wan import build_tiny_wan
 
     return build_tiny_wan(tmp_path_factory.mktemp("tiny_wan") / "model")
 

@@ -18,49 +18,34 @@ import pytest
 import torch
 
 from setseq import lora as L
-from setseq.backbones.base import noisy_latents, training_target
-from setseq.backbones.registry import guess_backbone, load_backbone
+from setseq.backbones.base import TinyModel
+from setseq.backbones.registry import families, guess_backbone, load_backbone
 from setseq.config import resolve_config
 from setseq.export import load_setseq
 from setseq.train import checkpoint as C
-from setseq.train import run as run_module
+from setseq.train import recipe as recipe_module
 from setseq.train.run import train
 from setseq.train.setup import load_model
 from tests.helpers import TINY_TRAINING
 
 
 @dataclass(frozen=True)
-class Family:
-    name: str  # table id
+class Row:
     backbone: str  # registry name
-    builder: str  # setseq.testing builder ("" for the shared tiny Wan fixture)
-    pipeline: str  # the diffusers pipeline class that must load our LoRA
-    frames: int
-    size: tuple[int, int]
-    modules_per_run: int  # LoRA-carrying linears in the tiny model
-    # False where diffusers gives the pipeline no LoRA loader yet (HunyuanVideo 1.5: diffusers#14420): the
-    # file is then loaded by the DiT's own `load_lora_adapter(file, prefix="transformer")`
-    pipeline_loads_lora: bool = True
+    tiny: TinyModel  # the family's tiny model (its file's `FAMILY.tiny`)
+
+    @property
+    def name(self) -> str:
+        return self.tiny.name
 
 
-FAMILIES = [
-    Family("wan", "wan", "", "WanPipeline", 9, (32, 32), 2 * (4 + 4 + 2)),
-    Family("wan22_ti2v", "wan", "build_tiny_wan22_ti2v", "WanPipeline", 9, (32, 32), 2 * (4 + 4 + 2)),
-    # Wan 2.1 I2V: attn2 also has the CLIP image projections; generation starts from an image
-    Family("wan_i2v", "wan", "build_tiny_wan_i2v", "WanImageToVideoPipeline", 9, (32, 32), 2 * (4 + 6 + 2)),
-    Family("cogvideox", "cogvideox", "build_tiny_cogvideox", "CogVideoXPipeline", 9, (32, 32), 2 * (4 + 2)),
-    Family("ltx", "ltx", "build_tiny_ltx", "LTXPipeline", 9, (64, 64), 2 * (4 + 4 + 2)),
-    Family("hunyuan", "hunyuan", "build_tiny_hunyuan", "HunyuanVideoPipeline", 9, (32, 32), 12 + 5),
-    Family("ltx2", "ltx2", "build_tiny_ltx2", "LTX2Pipeline", 9, (64, 64), 2 * (4 + 4 + 2)),
-    Family(
-        "hunyuan15", "hunyuan15", "build_tiny_hunyuan15", "HunyuanVideo15Pipeline", 9, (32, 48), 12 + 8, False
-    ),
-]
+# Every registered family's tiny models: a family added to the registry joins the table.
+FAMILIES = [Row(f.name, t) for f in families() for t in f.tiny]
 
 
 @dataclass
 class Trained:
-    family: Family
+    family: Row
     model_dir: str
     run_dir: object
     backbone: object  # the model `setseq train` trained, as it left it
@@ -68,28 +53,29 @@ class Trained:
 
 @pytest.fixture(scope="module", params=FAMILIES, ids=[f.name for f in FAMILIES])
 def trained(request, tmp_path_factory) -> Trained:
-    from setseq import testing
     from setseq.data.video import write_video
     from tests.helpers import moving_square_video
 
-    fam: Family = request.param
+    fam: Row = request.param
     root = tmp_path_factory.mktemp(fam.name)
-    if fam.builder:
-        model_dir = getattr(testing, fam.builder)(root / "model")
-    else:
+    if fam.name == "wan":  # (the session's shared tiny Wan)
         model_dir = request.getfixturevalue("tiny_wan_dir")
+    else:
+        model_dir = fam.tiny.build(root / "model")
     video = root / "clip.mp4"
-    write_video(video, moving_square_video(13, (fam.size[0] + 8, fam.size[1] + 16)), fps=8)
+    write_video(video, moving_square_video(13, (fam.tiny.size[0] + 8, fam.tiny.size[1] + 16)), fps=8)
     # No backbone named: the family comes from the folder's model_index.json, as with `--model FOLDER`.
     assert guess_backbone(str(model_dir)) == fam.backbone
     flags = {
         "model": {"backbone": fam.backbone, "path": str(model_dir)},
-        "data": {"video": str(video), "frames": fam.frames, "size": list(fam.size)},
+        "data": {"video": str(video), "frames": fam.tiny.frames, "size": list(fam.tiny.size)},
     }
     run = root / "run"
     models = []
     with pytest.MonkeyPatch.context() as mp:  # keep the trained model, to compare its frozen weights
-        mp.setattr(run_module, "load_model", lambda *a, **k: models.append(load_model(*a, **k)) or models[-1])
+        mp.setattr(
+            recipe_module, "load_model", lambda *a, **k: models.append(load_model(*a, **k)) or models[-1]
+        )
         train(resolve_config(None, flags, TINY_TRAINING), run, progress=False, log=lambda s: None)
     return Trained(fam, str(model_dir), run, models[0])
 
@@ -97,7 +83,7 @@ def trained(request, tmp_path_factory) -> Trained:
 def test_exactly_the_intended_parameters_change(trained):
     bb = load_backbone(trained.family.backbone, trained.model_dir)
     L.inject(bb.transformer, L.LoraSpec(4, 4.0, "down", bb.info.lora_targets), seed=0)
-    assert len(L.get_layers(bb.transformer)) == trained.family.modules_per_run
+    assert len(L.get_layers(bb.transformer)) == trained.family.tiny.lora_modules
     init = L.identity_state(bb.transformer)
     ck = trained.run_dir / "checkpoints"
     s1 = C.read_checkpoint(ck / "stage1-000002").lora()
@@ -119,12 +105,12 @@ def test_generate_shape(trained):
     from setseq.infer.generate import GenerateOptions, Personalized
 
     pm = Personalized.load(trained.run_dir, log=lambda s: None)
-    h, w = trained.family.size
+    h, w = trained.family.tiny.size
     image = None
     if pm.backbone.info.image == "required":  # an image-to-video model starts from a first frame
         image = (torch.arange(h * w * 3) % 251).reshape(h, w, 3).to(torch.uint8).numpy()
     video = pm.generate("a sks person", GenerateOptions(steps=2, seed=1, image=image))
-    assert video.shape == (trained.family.frames, 3, h, w)
+    assert video.shape == (trained.family.tiny.frames, 3, h, w)
     assert torch.isfinite(video).all()
 
 
@@ -133,9 +119,9 @@ def test_diffusers_load_lora_weights_reproduces_our_forward(trained):
 
     ours = Personalized.load(trained.run_dir, log=lambda s: None).backbone
     fresh = load_backbone(trained.family.backbone, trained.model_dir)  # a freshly loaded pipeline
-    assert type(fresh.pipe).__name__ == trained.family.pipeline
+    assert type(fresh.pipe).__name__ == trained.family.tiny.pipeline
     path = str(trained.run_dir / "lora_diffusers.safetensors")
-    if trained.family.pipeline_loads_lora:
+    if trained.family.tiny.pipeline_loads_lora:
         fresh.pipe.load_lora_weights(path)
         unload = fresh.pipe.unload_lora_weights
     else:
@@ -148,12 +134,12 @@ def test_diffusers_load_lora_weights_reproduces_our_forward(trained):
     sig = ours.sample_sigmas(2, generator=g)
     prompt = ours.encode_prompt(["a sks person in zwx motion", "a sks person"])
     with torch.no_grad():
-        x = noisy_latents(ours, x0, noise, sig)
+        x = ours.noisy(x0, noise, sig)
         mine = ours.predict(x, sig, prompt)
         ref = fresh.predict(x, sig, prompt)
         unload()
         base = fresh.predict(x, sig, prompt)
-    assert mine.shape == training_target(ours, x0, noise, sig).shape
+    assert mine.shape == ours.training_target(x0, noise, sig).shape
     assert (
         mine - base
     ).abs().max() > 1e-4  # the LoRA does something (and was loaded: no silent "No LoRA keys")
@@ -192,7 +178,7 @@ def test_guess_backbone_reads_model_index(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_cogvideox(tmp_path_factory):
-    from setseq.testing import build_tiny_cogvideox
+    from setseq.backbones.cogvideox import build_tiny_cogvideox
 
     return load_backbone("cogvideox", str(build_tiny_cogvideox(tmp_path_factory.mktemp("cog") / "model")))
 
@@ -243,8 +229,8 @@ def test_cogvideox_15_temporal_patch_pads_single_frames(tiny_cogvideox):
 
 def test_hunyuan_token_masking_removes_dropped_tokens(tmp_path):
     """The DiT reads the mask as a length: a token dropped mid-prompt must act as if it were not there."""
+    from setseq.backbones.hunyuan import build_tiny_hunyuan
     from setseq.prompts import PromptEmbeds
-    from setseq.testing import build_tiny_hunyuan
 
     bb = load_backbone("hunyuan", str(build_tiny_hunyuan(tmp_path / "model")))
     p = bb.encode_prompt(["a sks person dancing"])
@@ -321,8 +307,8 @@ def test_hunyuan15_forward_is_the_pipelines_dit_call(tmp_path):
     for a prompt with quoted text (ByT5 tokens), one without, and a token dropped by token masking."""
     from diffusers import HunyuanVideo15Transformer3DModel
 
+    from setseq.backbones.hunyuan15 import build_tiny_hunyuan15
     from setseq.prompts import PromptEmbeds
-    from setseq.testing import build_tiny_hunyuan15
 
     bb = load_backbone("hunyuan15", str(build_tiny_hunyuan15(tmp_path / "model")))
     p = bb.encode_prompt(['a sks dog holding a sign that says "hello"', "a sks dog"])
@@ -359,8 +345,8 @@ def test_fingerprint_is_the_models_not_where_or_how_it_was_loaded(tiny_wan_dir, 
     import shutil
 
     from setseq.backbones.toy.files import load_toy_components, toy_fingerprint
+    from setseq.backbones.wan import build_tiny_wan
     from setseq.export import SetseqLora, check_compatible
-    from setseq.testing import build_tiny_wan
 
     moved = tmp_path / "moved"
     shutil.copytree(tiny_wan_dir, moved)
@@ -387,28 +373,16 @@ def test_fingerprint_is_the_models_not_where_or_how_it_was_loaded(tiny_wan_dir, 
     assert toy_fingerprint(toy, legacy=True) != toy_fingerprint(load_toy_components("toy"), legacy=True)
 
 
-@pytest.mark.parametrize(
-    "family,builder",
-    [
-        ("wan", "build_tiny_wan22_ti2v"),
-        ("wan", "build_tiny_wan_i2v"),
-        ("cogvideox", "build_tiny_cogvideox"),
-        ("ltx", "build_tiny_ltx"),
-        ("hunyuan", "build_tiny_hunyuan"),
-        ("ltx2", "build_tiny_ltx2"),
-        ("hunyuan15", "build_tiny_hunyuan15"),
-    ],
-)
-def test_every_family_loads_with_its_dit_on_the_meta_device(family, builder, tmp_path):
+@pytest.mark.parametrize("row", [r for r in FAMILIES if r.name != "wan"], ids=lambda r: r.name)
+def test_every_family_loads_with_its_dit_on_the_meta_device(row, tmp_path):
     """`dit_on_meta` (the processes other than 0 under model.fsdp): every family's backbone is built around a
     DiT whose parameters are on the meta device (its weights unread), with the fingerprint of the real one."""
-    from setseq import testing
     from setseq.backbones.base import dit_on_meta
 
-    folder = getattr(testing, builder)(tmp_path / "m")
-    real = load_backbone(family, str(folder))
+    folder = row.tiny.build(tmp_path / "m")
+    real = load_backbone(row.backbone, str(folder))
     with dit_on_meta():
-        empty = load_backbone(family, str(folder))
+        empty = load_backbone(row.backbone, str(folder))
     assert {p.device.type for p in empty.transformer.parameters()} == {"meta"}
     assert {p.device.type for p in real.transformer.parameters()} == {"cpu"}
     assert empty.info.fingerprint == real.info.fingerprint

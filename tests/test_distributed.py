@@ -155,7 +155,7 @@ def test_two_processes_match_one_on_wan22_a14b(clip_mp4, tmp_path):
     """Wan 2.2 A14B's two experts under data parallel (FSDP2 replicate): each sample runs only its timestep's
     expert, so a process may leave an expert's LoRA untouched in a step; its gradient counts as zero there and
     the two processes still give one process's LoRA."""
-    from setseq.testing import build_tiny_wan
+    from setseq.backbones.wan import build_tiny_wan
 
     model = build_tiny_wan(tmp_path / "a14b", two_experts=True)
     one, two = tmp_path / "one", tmp_path / "two"

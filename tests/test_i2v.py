@@ -1,4 +1,4 @@
-"""Image-to-video on a tiny random Wan 2.1 I2V pipeline built from config (`setseq.testing.build_tiny_wan_i2v`):
+"""Image-to-video on a tiny random Wan 2.1 I2V pipeline built from config (`setseq.backbones.wan.build_tiny_wan_i2v`):
 `setseq generate RUN --model I2V --image PNG`, with and without a run's LoRA, and every bad `--image` refused in
 one line with nothing written.
 
@@ -71,7 +71,7 @@ def _copying_dit(transformer: torch.nn.Module, k: float = 1e4, rate: float = 4.0
 
 @pytest.fixture(scope="module")
 def i2v_dir(tmp_path_factory):
-    from setseq.testing import build_tiny_wan_i2v
+    from setseq.backbones.wan import build_tiny_wan_i2v
 
     return build_tiny_wan_i2v(tmp_path_factory.mktemp("tiny_i2v") / "model", heads=HEADS, head_dim=HEAD_DIM)
 
@@ -94,9 +94,9 @@ def copying_dir(i2v_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def t2v_run(tmp_path_factory):
     """A run trained (2 + 2 steps) on the tiny T2V Wan of the I2V model's size: the LoRA users bring to I2V."""
+    from setseq.backbones.wan import build_tiny_wan
     from setseq.config import resolve_config
     from setseq.data.video import write_video
-    from setseq.testing import build_tiny_wan
     from setseq.train.run import train
     from tests.helpers import TINY_TRAINING, moving_square_video
 
@@ -391,7 +391,7 @@ def test_what_i2v_training_does_not_build_is_refused_before_writing(i2v_dir, cli
 def test_wan22_ti2v_takes_an_image_too(tmp_path):
     """Wan 2.2 TI2V-5B is one model for both tasks: with an image, WanImageToVideoPipeline runs on its components
     (the first latent frame pinned to the image's latent); without, plain text-to-video."""
-    from setseq.testing import build_tiny_wan22_ti2v
+    from setseq.backbones.wan import build_tiny_wan22_ti2v
 
     pm = Personalized.load(None, str(build_tiny_wan22_ti2v(tmp_path / "m")), log=lambda s: None)
     assert pm.backbone.info.image == "optional"

@@ -30,7 +30,7 @@ OVERRIDES = [
 
 @pytest.fixture(scope="module")
 def a14b_dir(tmp_path_factory):
-    from setseq.testing import build_tiny_wan
+    from setseq.backbones.wan import build_tiny_wan
 
     return build_tiny_wan(tmp_path_factory.mktemp("a14b") / "model", two_experts=True)
 

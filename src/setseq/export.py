@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import shlex
 import unicodedata
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from setseq.backbones.base import BackboneInfo
-from setseq.backbones.wan import EXPERTS  # module-name prefixes of a two-expert LoRA (Wan 2.2 A14B)
+from setseq.backbones.registry import families, family
 from setseq.errors import SetseqError
 from setseq.io import atomic_path
 
@@ -282,92 +281,20 @@ def merged_factors(
     return identity_scale * down + motion_scale * motion, s * up
 
 
-# diffusers Wan module name -> original Wan (ComfyUI) name, inside blocks.N.
-_COMFY_WAN = [
-    (r"\.attn1\.to_q$", ".self_attn.q"),
-    (r"\.attn1\.to_k$", ".self_attn.k"),
-    (r"\.attn1\.to_v$", ".self_attn.v"),
-    (r"\.attn1\.to_out\.0$", ".self_attn.o"),
-    (r"\.attn2\.to_q$", ".cross_attn.q"),
-    (r"\.attn2\.to_k$", ".cross_attn.k"),
-    (r"\.attn2\.to_v$", ".cross_attn.v"),
-    (r"\.attn2\.to_out\.0$", ".cross_attn.o"),
-    (r"\.attn2\.add_k_proj$", ".cross_attn.k_img"),
-    (r"\.attn2\.add_v_proj$", ".cross_attn.v_img"),
-    (r"\.ffn\.net\.0\.proj$", ".ffn.0"),
-    (r"\.ffn\.net\.2$", ".ffn.2"),
-]
-
-
-def comfyui_module_name(module: str) -> str:
-    """ComfyUI's name (the original Wan layout) of a diffusers Wan module."""
-    for pat, rep in _COMFY_WAN:
-        if re.search(pat, module):
-            return re.sub(pat, rep, module)
-    raise SetseqError(
-        f"no ComfyUI name is known for module '{module}'", "export with --format diffusers instead"
-    )
-
-
-# ComfyUI's LTX-Video DiT (comfy/ldm/lightricks/model.py) names its blocks as diffusers does
-# (transformer_blocks.N.attn1.to_q, .ff.net.0.proj, ...): its generic loader maps diffusion_model.<module>.
-# Its LTX-2 DiT (comfy/ldm/lightricks/av_model.py, LTXAV) names the video stream's attn1 / attn2 / ff the same;
-# comfy/lora.py maps <module> and diffusion_model.<module> for LTXV and LTXAV alike, and diffusers'
-# LTX2Pipeline.load_lora_weights reads this layout too (Lightricks' own LTX-2 LoRAs use it).
-_COMFY_LTX = re.compile(r"^transformer_blocks\.\d+\.(attn1|attn2)\.(to_q|to_k|to_v|to_out\.0)$|"
-                        r"^transformer_blocks\.\d+\.ff\.net\.(0\.proj|2)$")  # fmt: skip
-
-# ComfyUI's HunyuanVideo (comfy/ldm/hunyuan_video/model.py, blocks from comfy/ldm/flux/layers.py) fuses
-# q, k, v into one `qkv` linear (rows [q; k; v]), and a single block's q, k, v and MLP input into `linear1`
-# (rows [q; k; v; mlp]). diffusers module (inside the block) -> (ComfyUI module, its slot in the fused rows).
-_COMFY_HUNYUAN_DOUBLE = {
-    "attn.to_q": ("img_attn.qkv", 0),
-    "attn.to_k": ("img_attn.qkv", 1),
-    "attn.to_v": ("img_attn.qkv", 2),
-    "attn.to_out.0": ("img_attn.proj", 0),
-    "attn.add_q_proj": ("txt_attn.qkv", 0),
-    "attn.add_k_proj": ("txt_attn.qkv", 1),
-    "attn.add_v_proj": ("txt_attn.qkv", 2),
-    "attn.to_add_out": ("txt_attn.proj", 0),
-    "ff.net.0.proj": ("img_mlp.0", 0),
-    "ff.net.2": ("img_mlp.2", 0),
-    "ff_context.net.0.proj": ("txt_mlp.0", 0),
-    "ff_context.net.2": ("txt_mlp.2", 0),
-}
-_COMFY_HUNYUAN_SINGLE = {
-    "attn.to_q": ("linear1", 0),
-    "attn.to_k": ("linear1", 1),
-    "attn.to_v": ("linear1", 2),
-    "proj_mlp": ("linear1", 3),
-    "proj_out": ("linear2", 0),
-}
-_FUSED_SLOTS = {"img_attn.qkv": 3, "txt_attn.qkv": 3, "linear1": 4}
-
-#: Families whose LoRA setseq writes in ComfyUI's layout (the toy model is a Wan DiT).
-COMFYUI_FAMILIES = ("wan", "toy", "ltx", "hunyuan", "ltx2", "hunyuan15")
-# ComfyUI runs HunyuanVideo 1.5 on its HunyuanVideo model (comfy/ldm/hunyuan_video/model.py: the same flux
-# DoubleStreamBlock, no single blocks; diffusion-pipe trains its HunyuanVideo 1.5 LoRAs on it): same names.
-_COMFY_HUNYUAN = ("hunyuan", "hunyuan15")
-
-
 def _comfyui_slot(backbone: str, module: str) -> tuple[str, int]:
-    """(ComfyUI module name, slot in its fused weight) of one diffusers module of `backbone`."""
-    if backbone in ("wan", "toy"):
-        return comfyui_module_name(module), 0
-    if backbone in ("ltx", "ltx2") and _COMFY_LTX.match(module):
-        return module, 0
-    if backbone in _COMFY_HUNYUAN:
-        m = re.match(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)$", module)
-        if m:
-            double = m.group(1) == "transformer_blocks"
-            table = _COMFY_HUNYUAN_DOUBLE if double else _COMFY_HUNYUAN_SINGLE
-            if m.group(3) in table:
-                name, slot = table[m.group(3)]
-                return f"{'double_blocks' if double else 'single_blocks'}.{m.group(2)}.{name}", slot
-    raise SetseqError(
-        f"no ComfyUI name is known for module '{module}' of the '{backbone}' backbone",
-        "export with --format diffusers instead",
-    )
+    """(ComfyUI module name, slot in its fused weight) of one diffusers module of `backbone`: its family's
+    names (`Family.comfyui`)."""
+    names = family(backbone).comfyui
+    if names is None:
+        raise SetseqError(
+            f"setseq writes no ComfyUI layout for the '{backbone}' backbone", "export with --format diffusers"
+        )
+    return names(module)
+
+
+def comfyui_families() -> list[str]:
+    """The families whose LoRA setseq writes in ComfyUI's layout."""
+    return [f.name for f in families() if f.comfyui is not None]
 
 
 def comfyui_layout(
@@ -385,7 +312,7 @@ def comfyui_layout(
         groups.setdefault(name, {})[slot] = ab
     out: dict[str, torch.Tensor] = {}
     for name, parts in groups.items():
-        n = _FUSED_SLOTS.get(name.split(".", 2)[-1], 1) if backbone in _COMFY_HUNYUAN else 1
+        n = family(backbone).comfyui_fused.get(name.split(".", 2)[-1], 1)
         if name.endswith(".qkv") and len(parts) < n:
             # q, k and v are equally wide, so a part the LoRA leaves out is a zero LoRA of the others' shape
             # (HunyuanVideo 1.5's last block has no text-query LoRA)
@@ -407,9 +334,12 @@ def comfyui_layout(
 
 
 def lora_experts(lora: SetseqLora) -> list[str]:
-    """The experts a LoRA carries layers for (`EXPERTS` prefixes), or [] for a one-DiT LoRA."""
+    """The experts a LoRA carries layers for (a family's `Family.experts` prefixes), or [] for a one-DiT LoRA."""
     heads = {m.split(".", 1)[0] for m in lora.modules}
-    return [e for e in EXPERTS if e in heads] if heads <= set(EXPERTS) else []
+    for experts in (f.experts for f in families() if f.experts):
+        if heads <= set(experts):
+            return [e for e in experts if e in heads]
+    return []
 
 
 #: What an export holds: both parts merged into one LoRA, one part, or each part in its own file.
@@ -522,7 +452,7 @@ def export_tensors(
     if expert is not None and not experts:
         raise SetseqError(f"this LoRA has no experts, so --expert {expert} does not apply", "drop --expert")
     backbone = str(lora.meta.get("backbone"))
-    if fmt == "comfyui" and backbone not in COMFYUI_FAMILIES:
+    if fmt == "comfyui" and backbone not in comfyui_families():
         raise SetseqError(
             f"the '{backbone}' family is diffusers-only: ComfyUI's loader has no key map for its LoRAs",
             "use --format diffusers (pipe.load_lora_weights)",

@@ -70,6 +70,13 @@ FP8_MAX = 448.0  # largest finite float8_e4m3fn
 Stage = Literal[1, 2, 0]  # 0 = inference (nothing trainable, no mask)
 
 
+class HostLinear(nn.Linear):
+    """A frozen linear whose weight stays in host memory (`setseq.offload.StreamedLinear`): `compute_device` is
+    where its inputs, and the parameters of a LoRA injected on it, live."""
+
+    compute_device: torch.device
+
+
 class SetSeqLinear(nn.Module):
     """A frozen `nn.Linear` plus the identity LoRA and the motion residual. See the module docstring."""
 
@@ -85,7 +92,10 @@ class SetSeqLinear(nn.Module):
         self.basis = basis
         out_f, in_f = base.out_features, base.in_features
         # A block-swapped linear (setseq.offload) keeps its weight on the host; its LoRA lives on the device.
-        dev, dt = getattr(base, "compute_device", base.weight.device), base.weight.dtype
+        dev, dt = (
+            base.compute_device if isinstance(base, HostLinear) else base.weight.device,
+            base.weight.dtype,
+        )
         # peft's default init: down-projection Kaiming-uniform, up-projection zero, so dW starts at 0.
         self.down = nn.Parameter(torch.empty(rank, in_f, device=dev, dtype=torch.float32))  # D1 (r, in)
         bound = 1.0 / math.sqrt(in_f)

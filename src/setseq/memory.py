@@ -136,21 +136,19 @@ def tokens_per_sample(transformer: torch.nn.Module, latent_shape: tuple[int, ...
     return -(-f // pt) * (h // ph) * (w // pw)
 
 
-def meta_copy(transformer: nn.Module, spec: L.LoraSpec | None) -> nn.Module:
-    """The same DiT class and config on the meta device, with the same LoRA layers (none without `spec`)."""
-    like = getattr(transformer, "meta_like", None)  # a module of several DiTs builds its own copy
-    from_config = getattr(type(transformer), "from_config", None)
-    if like is not None:
-        meta = like()
-    elif from_config is None:
-        raise SetseqError(
-            f"cannot estimate memory for {type(transformer).__name__}: it is not a diffusers model",
-            "set train.memory_check=false",
-        )
-    else:
-        dtype = next(transformer.parameters()).dtype
-        with torch.device("meta"):
-            meta = from_config(transformer.config).to(dtype)
+def meta_diffusers(transformer: nn.Module) -> nn.Module:
+    """A diffusers DiT's class and config on the meta device, in its dtype (`Backbone.meta_transformer` of the
+    diffusers families and the toy model)."""
+    dtype = next(transformer.parameters()).dtype
+    with torch.device("meta"):
+        return type(transformer).from_config(transformer.config).to(dtype)
+
+
+def meta_copy(backbone, spec: L.LoraSpec | None) -> nn.Module:
+    """The backbone's DiT (class and config) on the meta device, with the same LoRA layers (none without
+    `spec`): `Backbone.meta_transformer`, which a module of several DiTs builds its own way."""
+    transformer = backbone.transformer
+    meta = backbone.meta_transformer()
     # Each parameter in the real one's dtype: a bf16 diffusers DiT keeps some modules in fp32
     # (`_keep_in_fp32_modules`), so a copy cast to one dtype would not run like it (or at all).
     real = {n.replace(".base.", "."): p.dtype for n, p in transformer.named_parameters()}
@@ -220,7 +218,7 @@ def estimate_training_memory(
     Nothing of this touches the real weights."""
     device = backbone.device
     real = backbone.transformer
-    meta = meta_copy(real, spec)
+    meta = meta_copy(backbone, spec)
     L.set_stage(meta, stage, dropconnect=dropconnect)  # type: ignore[arg-type]
     meta.train()
     lora_params = [p for layer in L.get_layers(meta).values() for p in (layer.down, layer.up, layer.motion)]
@@ -236,9 +234,9 @@ def estimate_training_memory(
     # block's activations rebuilt by the recompute) live beside the kept ones.
     transient = (2 if gradient_checkpointing else 1) * block_max + trace.largest
     transient += _weights_in_flight(backbone, engine)
-    weights = sum(
-        _bytes_on(getattr(backbone, name, None), device) for name in ("text_encoder", "vae")
-    ) + _bytes_on(real, device)
+    weights = sum(_bytes_on(module, device) for module in (backbone.text_encoder, backbone.vae)) + _bytes_on(
+        real, device
+    )
     # The real DiT's bytes include its fp32 LoRA parameters when it already carries them; those are counted in
     # lora_bytes, so take them out here.
     weights -= 4 * sum(

@@ -31,12 +31,10 @@ from setseq.memory import transformer_blocks
 HOST = torch.device("cpu")
 
 
-class StreamedLinear(nn.Linear):
+class StreamedLinear(L.HostLinear):
     """A frozen `nn.Linear` whose weight stays on the host, applied through `lora.FusedLinear`, which copies it
     to the input's device inside the op. Same parameters and module name as the linear it replaces, so LoRA
     targets, state dicts and exports see an ordinary linear; a `SetSeqLinear` injected on it keeps it as base."""
-
-    compute_device: torch.device
 
     @classmethod
     def take_over(cls, linear: nn.Linear, device: torch.device) -> StreamedLinear:

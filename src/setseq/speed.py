@@ -28,7 +28,9 @@ across them by FSDP2 when P > 1 (or replicated, `--replicate`), and reports its 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -39,194 +41,27 @@ import torch
 from torch import nn
 
 from setseq import lora as L
-from setseq.backbones.base import Backbone
+from setseq import offload
+from setseq.backbones.base import Backbone, BenchShape
+from setseq.backbones.registry import families, family
+from setseq.config import ModelConfig, RunConfig
 from setseq.errors import SetseqError
+from setseq.memory import PeakMemory, meta_copy, meta_inputs, running_on_meta, tokens_per_sample
 from setseq.prompts import PromptEmbeds
+from setseq.train.distributed import SINGLE, parallelize
+from setseq.train.loop import Batch, make_optimizer
+from setseq.train.recipe import Recipe
 
 
-@dataclass(frozen=True)
-class Shape:
-    """A real DiT architecture: its family's backbone, its diffusers class and config, and its text inputs."""
-
-    family: str
-    cls: str
-    config: dict[str, Any]
-    latent_channels: int
-    text_len: int
-    text_dim: int
-    pooled_dim: int | None = None
-    layer_keys: tuple[str, ...] = ("num_layers",)
-    note: str = ""
+def _shapes() -> dict[str, BenchShape]:
+    """Every family's bench shapes (`Family.shapes`), by name."""
+    return {name: shape for fam in families() for name, shape in fam.shapes.items()}
 
 
-def _wan(heads: int, ffn: int, layers: int, note: str) -> Shape:
-    """A Wan 2.1 T2V DiT (head dim 128, UMT5-XXL text of 512 x 4096)."""
-    config = dict(
-        patch_size=(1, 2, 2), attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096,
-        freq_dim=256, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
-        num_attention_heads=heads, ffn_dim=ffn, num_layers=layers,
-    )  # fmt: skip
-    return Shape("wan", "WanTransformer3DModel", config, 16, 512, 4096, note=note)
+SHAPES = _shapes()
 
 
-SHAPES: dict[str, Shape] = {
-    "wan-1.3b": _wan(12, 8960, 30, "Wan 2.1 T2V 1.3B"),
-    "wan-14b": _wan(40, 13824, 40, "Wan 2.1 T2V 14B (one expert of Wan 2.2 A14B has the same shape)"),
-    "cogvideox-5b": Shape(
-        "cogvideox",
-        "CogVideoXTransformer3DModel",
-        dict(
-            num_attention_heads=48,
-            attention_head_dim=64,
-            in_channels=16,
-            out_channels=16,
-            time_embed_dim=512,
-            text_embed_dim=4096,
-            num_layers=42,
-            sample_width=90,
-            sample_height=60,
-            sample_frames=49,
-            patch_size=2,
-            temporal_compression_ratio=4,
-            max_text_seq_length=226,
-            use_rotary_positional_embeddings=True,
-            use_learned_positional_embeddings=False,
-        ),  # fmt: skip
-        16,
-        226,
-        4096,
-        note="CogVideoX-5B",
-    ),
-    "ltx": Shape(
-        "ltx",
-        "LTXVideoTransformer3DModel",
-        dict(
-            in_channels=128,
-            out_channels=128,
-            patch_size=1,
-            patch_size_t=1,
-            num_attention_heads=32,
-            attention_head_dim=64,
-            cross_attention_dim=2048,
-            num_layers=28,
-            caption_channels=4096,
-        ),  # fmt: skip
-        128,
-        128,
-        4096,
-        note="LTX-Video 0.9 (2B)",
-    ),
-    "hunyuan": Shape(
-        "hunyuan",
-        "HunyuanVideoTransformer3DModel",
-        dict(
-            in_channels=16,
-            out_channels=16,
-            num_attention_heads=24,
-            attention_head_dim=128,
-            num_layers=20,
-            num_single_layers=40,
-            num_refiner_layers=2,
-            mlp_ratio=4.0,
-            patch_size=2,
-            patch_size_t=1,
-            guidance_embeds=True,
-            text_embed_dim=4096,
-            pooled_projection_dim=768,
-            rope_axes_dim=(16, 56, 56),
-        ),  # fmt: skip
-        16,
-        256,
-        4096,
-        pooled_dim=768,
-        layer_keys=("num_layers", "num_single_layers"),
-        note="HunyuanVideo (13B)",
-    ),
-    # The transformer/config.json of Lightricks/LTX-2 (diffusers layout; the rest are the class's defaults):
-    # 18.9B, the model card's "19B" (ltx-2-19b-dev), video stream and audio stream together. Text: the
-    # connectors' video output, 1024 tokens of Gemma 3's width.
-    "ltx-2": Shape(
-        "ltx2",
-        "LTX2VideoTransformer3DModel",
-        dict(
-            in_channels=128,
-            out_channels=128,
-            patch_size=1,
-            patch_size_t=1,
-            num_layers=48,
-            rope_type="split",
-            num_attention_heads=32,
-            attention_head_dim=128,
-            cross_attention_dim=4096,
-            caption_channels=3840,
-            audio_in_channels=128,
-            audio_out_channels=128,
-            audio_num_attention_heads=32,
-            audio_attention_head_dim=64,
-            audio_cross_attention_dim=2048,
-        ),  # fmt: skip
-        128,
-        1024,
-        3840,
-        note="LTX-2 (19B: video 14B + audio 5B; trained video only)",
-    ),
-    # The config of hunyuanvideo-community/HunyuanVideo-1.5-480p_t2v (diffusers'
-    # scripts/convert_hunyuan_video1_5_to_diffusers.py, TRANSFORMER_CONFIGS["480p_t2v"]; the 720p one differs only
-    # in target_size): 8.3B parameters (model card). Text: Qwen2.5-VL's 1000 tokens (3584 wide) and ByT5's 256
-    # (1472 wide) side by side, every token valid: the longest prompt, quoting 256 bytes of text to render.
-    "hunyuan-1.5": Shape(
-        "hunyuan15",
-        "HunyuanVideo15Transformer3DModel",
-        dict(
-            in_channels=65,
-            out_channels=32,
-            num_attention_heads=16,
-            attention_head_dim=128,
-            num_layers=54,
-            num_refiner_layers=2,
-            mlp_ratio=4.0,
-            patch_size=1,
-            patch_size_t=1,
-            qk_norm="rms_norm",
-            text_embed_dim=3584,
-            text_embed_2_dim=1472,
-            image_embed_dim=1152,
-            rope_theta=256.0,
-            rope_axes_dim=(16, 56, 56),
-            target_size=640,
-            task_type="t2v",
-        ),  # fmt: skip
-        32,
-        1000 + 256,
-        3584,
-        note="HunyuanVideo 1.5 (8.3B, 480p T2V)",
-    ),
-}
-
-# family -> (tiny pipeline builder in setseq.testing, diffusers pipeline class, backbone class)
-_FAMILIES = {
-    "wan": ("build_tiny_wan", "WanPipeline", "setseq.backbones.wan:WanBackbone"),
-    "cogvideox": (
-        "build_tiny_cogvideox",
-        "CogVideoXPipeline",
-        "setseq.backbones.cogvideox:CogVideoXBackbone",
-    ),
-    "ltx": ("build_tiny_ltx", "LTXPipeline", "setseq.backbones.ltx:LTXBackbone"),
-    "hunyuan": (
-        "build_tiny_hunyuan",
-        "HunyuanVideoPipeline",
-        "setseq.backbones.hunyuan:HunyuanVideoBackbone",
-    ),
-    "ltx2": ("build_tiny_ltx2", "LTX2Pipeline", "setseq.backbones.ltx2:LTX2Backbone"),
-    "hunyuan15": (
-        "build_tiny_hunyuan15",
-        "HunyuanVideo15Pipeline",
-        "setseq.backbones.hunyuan15:HunyuanVideo15Backbone",
-    ),
-}
-
-
-def shape_config(name: str, layers: int | None = None) -> tuple[Shape, dict[str, Any]]:
+def shape_config(name: str, layers: int | None = None) -> tuple[BenchShape, dict[str, Any]]:
     if name not in SHAPES:
         raise SetseqError(f"unknown shape {name!r}", f"use one of: {', '.join(SHAPES)}")
     shape = SHAPES[name]
@@ -239,7 +74,7 @@ def shape_config(name: str, layers: int | None = None) -> tuple[Shape, dict[str,
 
 def count_parameters(name: str, layers: int | None = None) -> int:
     """Parameters of the named DiT (built on the meta device: no memory)."""
-    import diffusers
+    import diffusers  # (seconds to import: only when a shape is built)
 
     shape, cfg = shape_config(name, layers)
     with torch.device("meta"):
@@ -260,25 +95,21 @@ def build_backbone(
     `block_swap`: built on the host and the last N blocks' linear weights left there (setseq.offload);
     `dit_on_host`: the whole DiT left on the host (for FSDP2 to offload, `model.fsdp_offload`);
     `dit_on_meta`: the DiT on the meta device (an FSDP2 process other than 0, which receives its shards)."""
-    import importlib
-
-    import diffusers
-
-    from setseq import offload, testing
+    import diffusers  # (seconds to import: only when a shape is built)
 
     target, device = device, (offload.HOST if block_swap or dit_on_host else device)
 
     shape, cfg = shape_config(name, layers)
-    builder, pipe_cls, bb_path = _FAMILIES[shape.family]
-    mod, _, cls = bb_path.partition(":")
+    fam = family(shape.family)
+    assert fam.backbone is not None and fam.tiny, f"the {fam.name} family has bench shapes but no tiny model"
     torch.manual_seed(0)
     with torch.device("meta" if dit_on_meta else device):
-        transformer = getattr(diffusers, shape.cls)(**cfg)
+        transformer = getattr(diffusers, shape.cls)(**cfg)  # (the diffusers class the shape names)
     transformer.to(dtype).requires_grad_(False).eval()
     with tempfile.TemporaryDirectory() as tmp:
-        kwargs = {} if shape.family == "wan" else {"latent_channels": shape.latent_channels}
-        getattr(testing, builder)(tmp, **kwargs)
-        pipe = getattr(diffusers, pipe_cls).from_pretrained(
+        # The family's tiny pipeline, with the real-size DiT in place of its tiny one.
+        fam.tiny[0].build(tmp, latent_channels=shape.latent_channels)
+        pipe = fam.backbone.pipeline_for(tmp).from_pretrained(
             tmp, transformer=None if dit_on_meta else transformer, use_safetensors=True
         )
     pipe.to(device)
@@ -287,13 +118,13 @@ def build_backbone(
     for m in pipe.components.values():
         if isinstance(m, nn.Module):
             m.requires_grad_(False)
-    bb = getattr(importlib.import_module(mod), cls)(pipe, f"shape:{name}", device, dtype)
+    bb = fam.backbone(pipe, f"shape:{name}", device, dtype)
     if dit_on_host:
         offload.place_around_dit(bb, target)
     return offload.swap_and_place(bb, block_swap, target) if block_swap else bb
 
 
-def random_prompt(shape: Shape, device: torch.device, dtype: torch.dtype) -> PromptEmbeds:
+def random_prompt(shape: BenchShape, device: torch.device, dtype: torch.dtype) -> PromptEmbeds:
     g = torch.Generator().manual_seed(0)
     embeds = torch.randn(1, shape.text_len, shape.text_dim, generator=g).to(device, dtype)
     mask = torch.ones(1, shape.text_len, dtype=torch.bool, device=device)
@@ -345,9 +176,7 @@ def step_flops(
     DiT's forward, plus the backward to the inputs of each linear and attention that gradients flow through
     (nothing flows into the text and time embedders). Counted on a meta-device copy with the same LoRA layers;
     the LoRA's own products are left out."""
-    from setseq.memory import meta_copy, meta_inputs, running_on_meta
-
-    meta = meta_copy(bb.transformer, spec)
+    meta = meta_copy(bb, spec)
     L.set_stage(meta, stage)  # type: ignore[arg-type]
     layers = L.get_layers(meta).values()
     bases = {id(layer.base) for layer in layers}
@@ -443,25 +272,26 @@ def time_steps(
     """(median seconds of one optimizer step, peak bytes) for `stage` on `micro_batch` random latents.
     On CPU the peak is the tensors' (weights, LoRA, AdamW state, the batch, and the step's own peak), or with
     `rss` the process's peak resident memory over the timed steps (`peak_rss`)."""
-    from setseq.memory import PeakMemory
-    from setseq.train.loop import Batch, denoising_loss, step_generator
-
     model = bb.transformer
-    params = L.set_stage(model, stage, dropconnect=0.8 if stage == 1 else 0.5)  # type: ignore[arg-type]
+    # The recipe's own optimizer step at the default settings (AdamW, clipping, DropConnect, token masking),
+    # every micro-batch of `micro_batch` samples.
+    default = RunConfig()
+    cfg = dataclasses.replace(
+        default,
+        stage1=dataclasses.replace(default.stage1, batch_size=micro_batch, micro_batch=None),
+        stage2=dataclasses.replace(default.stage2, batch_size=micro_batch, micro_batch=None),
+    )
+    sc = cfg.stage1 if stage == 1 else cfg.stage2
+    recipe = Recipe.for_steps(bb, cfg)
+    params = L.set_stage(model, stage, sc.dropconnect)  # type: ignore[arg-type]
     model.train()
-    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.01)
+    opt = make_optimizer(params, sc)
     g = torch.Generator().manual_seed(stage)
     batch = Batch(torch.randn(micro_batch, *lat, generator=g), prompt.expand(micro_batch))
     dev = bb.device
 
     def one(i: int) -> None:
-        gen = step_generator(0, stage, i)
-        L.draw_masks(model, gen)
-        opt.zero_grad(set_to_none=True)
-        loss = denoising_loss(bb, batch, gen, 0.1)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 0.05)
-        opt.step()
+        recipe.step(stage, i, opt, params, lambda step, micro, gen: batch)
 
     for i in range(warmup):
         one(i)
@@ -502,8 +332,7 @@ def reset_peak_rss() -> None:
 
 def peak_rss() -> int:
     """The process's peak resident memory in bytes since `reset_peak_rss` (getrusage: kB on Linux)."""
-    import resource
-    import sys
+    import resource  # (POSIX only: imported where it is used)
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
@@ -574,9 +403,6 @@ def _bench_model(
     bb = build_backbone(name, z.device, z.dtype, z.layers, block_swap, dit_on_host=fsdp_offload)
     spec = with_lora(bb, rank, fp8, gradient_checkpointing)
     if fsdp_offload:
-        from setseq.config import ModelConfig
-        from setseq.train.distributed import SINGLE, parallelize
-
         family = shape_config(name, z.layers)[0].family
         parallelize(
             bb.transformer, SINGLE, ModelConfig(family, name, device=str(z.device), fsdp_offload=True)
@@ -606,8 +432,6 @@ def run_shape_bench(
     """Build the named architecture and time stage-1 and stage-2 steps at each frame count; prints a table.
     `fsdp_offload`: the DiT's weights in host memory, copied in by FSDP2 (`model.fsdp_offload`), the
     alternative to `block_swap`. (The same steps in several launched processes: `setseq.speed_procs`.)"""
-    from setseq.memory import tokens_per_sample
-
     z = bench_sizes(device, dtype, frames, size, layers)
     dev, dt, height, width = z.device, z.dtype, z.height, z.width
     shape, _ = shape_config(name, z.layers)

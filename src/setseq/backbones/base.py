@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import difflib
 import hashlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
+import numpy as np
 import torch
 
 from setseq.errors import SetseqError
@@ -79,32 +81,74 @@ def config_hash(obj: Any, digits: int) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:digits]
 
 
-@runtime_checkable
-class Backbone(Protocol):
-    """What a text-to-video backbone provides to the recipes. One implementation per model family."""
+class Backbone:
+    """What a text-to-video backbone provides to training, generation, memory planning and export: one subclass
+    per model family (`setseq.backbones.diffusers_backbone.DiffusersBackbone` for diffusers pipelines). Every
+    hook the package calls is declared here, with its default; nothing is probed with `getattr`. A family
+    overrides the hooks that differ; a public name a family defines that no base declares (a misspelt hook,
+    which would silently fall back to the default) is refused when the class is made (`__init_subclass__`).
+    A family's own helpers start with `_`; public methods of its own that no caller reaches through the
+    protocol are listed (`class ToyBackbone(Backbone, own=("generate_batch",))`). A shared base that declares
+    more hooks says so: `class DiffusersBackbone(Backbone, declares_hooks=True)`."""
 
     info: BackboneInfo
     transformer: torch.nn.Module  # the DiT; LoRA layers are injected into its linears
     device: torch.device
     dtype: torch.dtype  # compute dtype of the frozen weights
+    # The frozen text encoder and its tokenizer (token embeddings train through them: `train.embeddings`) and
+    # the video codec (its bytes count in the memory estimate); None where a family has none.
+    text_encoder: torch.nn.Module | None = None
+    tokenizer: Any = None
+    vae: torch.nn.Module | None = None
+    # Several experts (Wan 2.2 A14B, whose DiT runs each sample on the expert of its noise level): each
+    # expert's (name, lowest sigma, highest sigma); None: one DiT. Per-step expert routing
+    # (`setseq.train.loop.step_expert`, `model.expert_routing`) uses it with `sigma_share` and `sample_sigmas`.
+    expert_sigmas: tuple[tuple[str, float, float], ...] | None = None
 
+    def __init_subclass__(
+        cls, declares_hooks: bool = False, own: tuple[str, ...] = (), **kwargs: Any
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        if declares_hooks:
+            return
+        declared = {
+            n for base in cls.__mro__[1:] for n in (*vars(base), *vars(base).get("__annotations__", {}))
+        }
+        for name in vars(cls):
+            if name.startswith("_") or name in declared or name in own:
+                continue
+            near = difflib.get_close_matches(name, sorted(n for n in declared if not n.startswith("_")), 1)
+            raise TypeError(
+                f"{cls.__name__}.{name} is not a hook of the backbone protocol"
+                + (f" (did you mean {near[0]!r}?)" if near else "")
+                + f": declare it in {cls.__mro__[1].__name__} with its default, or name a helper of the family "
+                f"_{name}"
+            )
+
+    # -- required: what every family implements -----------------------------------------------------------------
     def encode_prompt(self, prompts: list[str]) -> PromptEmbeds:
         """Encode prompts with the frozen text encoder."""
-        ...
+        raise NotImplementedError
 
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         """(B, F, 3, H, W) in [-1, 1] -> normalised latents (B, C, f, h, w). F == 1 gives a 1-frame latent."""
-        ...
+        raise NotImplementedError
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents (B, C, f, h, w) -> video (B, F, 3, H, W) in [-1, 1]."""
-        ...
+        raise NotImplementedError
 
-    def sample_sigmas(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_sigmas(
+        self,
+        batch: int,
+        generator: torch.Generator | None = None,
+        between: tuple[float, float] | None = None,
+    ) -> torch.Tensor:
         """Training noise levels (B,) in [0, 1), drawn the way the backbone was trained. For flow-matching
-        backbones this is sigma itself; a backbone with its own objective (see `noisy_latents`) defines what
-        it means (CogVideoX: the DDPM timestep t / num_train_timesteps)."""
-        ...
+        backbones this is sigma itself; a backbone with its own objective (`noisy`, `training_target`) defines
+        what it means (CogVideoX: the DDPM timestep t / num_train_timesteps). `between=(lo, hi)`: only sigmas
+        in that range, distributed as the rest are there (one expert's, `expert_sigmas`)."""
+        raise NotImplementedError
 
     def predict(
         self,
@@ -114,12 +158,10 @@ class Backbone(Protocol):
         self_cond: torch.Tensor | None = None,
         image: ImageCondition | None = None,
     ) -> torch.Tensor:
-        """The DiT's prediction for noisy latents at sigmas (B,), in the parameterisation of
-        `training_target(backbone, ...)`: the flow-matching velocity noise - x0 unless the backbone says
-        otherwise (CogVideoX: v = sqrt(abar_t) noise - sqrt(1 - abar_t) x0). `image`: the first-frame
-        condition of an image-to-video DiT (`info.image == "required"`, which also defines
-        `image_condition(video) -> ImageCondition`); None there means no first frame (the condition dropped)."""
-        ...
+        """The DiT's prediction for noisy latents at sigmas (B,), in the parameterisation of `training_target`.
+        `image`: the first-frame condition of an image-to-video DiT (`info.image == "required"`); None there
+        means no first frame (the condition dropped)."""
+        raise NotImplementedError
 
     def generate(
         self,
@@ -133,12 +175,63 @@ class Backbone(Protocol):
         guidance_scale: float | None = None,
         seed: int = 0,
         progress: bool = False,
+        image: np.ndarray | None = None,
     ) -> torch.Tensor:
-        """Text-to-video with classifier-free guidance. Returns (F, 3, H, W) in [-1, 1], on CPU.
+        """Text-to-video with classifier-free guidance. Returns (F, 3, H, W) in [-1, 1], on CPU. steps /
+        guidance_scale None: the backbone's own defaults. `image`: the first frame, (H, W, 3) uint8 at the
+        video's size, for a backbone whose `info.image` is not "none" (`check_image_input` refuses it else)."""
+        raise NotImplementedError
 
-        steps / guidance_scale None: the backbone's own defaults. A backbone whose `info.image` is not "none"
-        also takes `image=`, the first frame as (H, W, 3) uint8 at the video's size (see `setseq.backbones.wan`)."""
-        ...
+    # -- hooks with defaults ---------------------------------------------------------------------------------------
+    def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask (B, L) on the device, as `encode_prompt` tokenises."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its tokenisation")
+
+    def noisy(self, x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+        """x_t for training at the backbone's `sample_sigmas`: the flow-matching interpolant by default (Wan,
+        LTX, HunyuanVideo, toy); a family trained otherwise overrides it with `training_target`."""
+        return fm.interpolate(x0, noise, sigmas)
+
+    def training_target(self, x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+        """What `predict` regresses onto (MSE): the flow-matching velocity noise - x0 by default."""
+        return fm.velocity_target(x0, noise)
+
+    def sigma_share(self, lo: float, hi: float) -> float:
+        """The share of `sample_sigmas`' draws that fall in [lo, hi] (a backbone of experts: see
+        `expert_sigmas`); by default the draws are uniform."""
+        return max(0.0, min(hi, 1.0) - max(lo, 0.0))
+
+    def image_condition(self, video: torch.Tensor) -> ImageCondition:
+        """The first-frame condition of a clip (B, F, 3, H, W) for an image-to-video DiT (`info.image` is
+        "required"), cached with the latents."""
+        raise NotImplementedError(f"{type(self).__name__} takes no first-frame condition")
+
+    def dropped_condition(self, noisy: torch.Tensor) -> ImageCondition:
+        """The condition of no first frame, for noisy latents (B, C, f, h, w) of an image-to-video DiT."""
+        raise NotImplementedError(f"{type(self).__name__} takes no first-frame condition")
+
+    def text_embeddings(self) -> torch.nn.Embedding | None:
+        """The text encoder's input embedding table (token embeddings train offsets of its rows,
+        `setseq.train.embeddings`); None where the backbone has no text encoder and tokenizer to train through."""
+        if self.text_encoder is None or self.tokenizer is None:
+            return None
+        return self.text_encoder.get_input_embeddings()  # (a transformers model)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each DiT block's activations in backward (`train.gradient_checkpointing`); refused in one
+        line where the DiT cannot."""
+        raise SetseqError(
+            f"the {self.info.name} DiT does not support gradient checkpointing",
+            "set train.gradient_checkpointing=false",
+        )
+
+    def meta_transformer(self) -> torch.nn.Module:
+        """The same DiT (class and config) on the meta device, without weights: what the memory estimate
+        traces (`setseq.memory.meta_copy`)."""
+        raise SetseqError(
+            f"cannot estimate memory for {type(self.transformer).__name__}: it is not a diffusers model",
+            "set train.memory_check=false",
+        )
 
 
 def check_image_input(info: BackboneInfo, given: bool) -> None:
@@ -155,36 +248,6 @@ def check_image_input(info: BackboneInfo, given: bool) -> None:
             f"{info.model_id} is an image-to-video model: it needs a first frame",
             "pass --image PATH (a PNG or JPEG), or use a text-to-video model",
         )
-
-
-# The training objective. Flow matching (Wan, LTX, HunyuanVideo, toy) is the default; a backbone trained with
-# another objective defines two optional methods with the same signature, and the recipes use these helpers:
-#     noisy(x0, noise, sigmas) -> x_t            the forward process at the backbone's `sample_sigmas`
-#     training_target(x0, noise, sigmas) -> y    what `predict` regresses onto (MSE)
-# They are optional (not Protocol members) so that flow-matching backbones need not spell out the default.
-
-
-# Several experts (Wan 2.2 A14B, whose DiT runs each sample on the expert of its noise level) add, optionally:
-#     expert_sigmas: ((name, lowest, highest), ...)       each expert's range of sigmas (None: one DiT)
-#     sigma_share(lo, hi) -> float                         the share of `sample_sigmas`' draws in [lo, hi]
-#     sample_sigmas(batch, generator, between=(lo, hi))    draws within that range only, distributed as there
-# Per-step expert routing (`setseq.train.loop.step_expert`, `model.expert_routing`) uses them.
-
-
-def noisy_latents(
-    backbone: Backbone, x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor
-) -> torch.Tensor:
-    """x_t for training: the backbone's own forward process if it has one, else the flow-matching interpolant."""
-    own = getattr(backbone, "noisy", None)
-    return own(x0, noise, sigmas) if own is not None else fm.interpolate(x0, noise, sigmas)
-
-
-def training_target(
-    backbone: Backbone, x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor
-) -> torch.Tensor:
-    """The regression target of `predict`: the backbone's own if it has one, else the velocity noise - x0."""
-    own = getattr(backbone, "training_target", None)
-    return own(x0, noise, sigmas) if own is not None else fm.velocity_target(x0, noise)
 
 
 _DIT_ON_META = contextvars.ContextVar("setseq_dit_on_meta", default=False)
@@ -272,19 +335,54 @@ def load_diffusers_pipeline(
 
 
 BackboneLoader = Callable[[str, torch.device, torch.dtype], Backbone]
-_REGISTRY: dict[str, BackboneLoader] = {}
 
 
-def register_backbone(name: str) -> Callable[[BackboneLoader], BackboneLoader]:
-    """Decorator: register a loader `(model_id, device, dtype) -> Backbone` under `name`."""
+@dataclass(frozen=True)
+class BenchShape:
+    """A real DiT architecture of a family, for `setseq bench --shape NAME` (`setseq.speed`): its diffusers
+    class and config, and its text inputs. Built with random weights, no download."""
 
-    def deco(fn: BackboneLoader) -> BackboneLoader:
-        _REGISTRY[name] = fn
-        return fn
+    family: str
+    cls: str  # the diffusers DiT class
+    config: dict[str, Any]
+    latent_channels: int
+    text_len: int
+    text_dim: int
+    pooled_dim: int | None = None
+    layer_keys: tuple[str, ...] = ("num_layers",)  # the config keys `--layers` sets
+    note: str = ""
 
-    return deco
+
+@dataclass(frozen=True)
+class TinyModel:
+    """A tiny random model of a family, built from config (no download): a row of the shared backbone test
+    table (`tests/test_backbones.py`), and what the bench builds its real-size DiT's pipeline around."""
+
+    name: str  # the table row's id
+    build: Callable[..., Any]  # (folder, seed=0, **kw) -> the folder, in the family's checkpoint layout
+    pipeline: str  # the diffusers pipeline class that must load the exported LoRA
+    frames: int
+    size: tuple[int, int]  # (height, width) trained at
+    lora_modules: int  # the linears that carry LoRA by default
+    # False where diffusers gives the pipeline no LoRA loader (the DiT's `load_lora_adapter` is used instead)
+    pipeline_loads_lora: bool = True
 
 
-def registered_loaders() -> dict[str, BackboneLoader]:
-    """The loaders registered so far, by name (see `setseq.backbones.registry` for the built-in families)."""
-    return dict(_REGISTRY)
+@dataclass(frozen=True)
+class Family:
+    """Everything the package knows of one model family, defined in the family's own file as `FAMILY` and
+    listed by one line of `setseq.backbones.registry.BUILTIN` (or `registry.register(FAMILY)`)."""
+
+    name: str  # registry name, `--backbone`
+    load: BackboneLoader
+    # model_index.json `_class_name`s of the family's checkpoints (`registry.guess_backbone`)
+    pipelines: tuple[str, ...] = ()
+    # A diffusers module name -> (ComfyUI's module name, its slot in a weight ComfyUI fuses); None: setseq
+    # writes no ComfyUI layout for the family (`setseq.export.comfyui_layout`)
+    comfyui: Callable[[str], tuple[str, int]] | None = None
+    comfyui_fused: dict[str, int] = field(default_factory=dict)  # fused ComfyUI linear (suffix) -> parts
+    experts: tuple[str, ...] = ()  # module-name prefixes of a LoRA over several experts (Wan 2.2 A14B)
+    shapes: dict[str, BenchShape] = field(default_factory=dict)  # `setseq bench --shape` names
+    tiny: tuple[TinyModel, ...] = ()
+    # The class the bench wraps around a real-size DiT: cls(pipe, model_id, device, dtype) (a diffusers family)
+    backbone: type | None = None

@@ -3,7 +3,7 @@
 
 - Objective: CogVideoX is *not* flow matching. It is a DDPM with v-prediction (`CogVideoXDDIMScheduler` /
   `CogVideoXDPMScheduler`, `prediction_type="v_prediction"`, zero-terminal-SNR betas with an SNR shift). So this
-  backbone defines its own forward process and target (see `setseq.backbones.base.noisy_latents`):
+  backbone defines its own forward process and target (hooks of `setseq.backbones.base.Backbone`):
   `sample_sigmas` draws an integer timestep t uniformly from [0, num_train_timesteps) and returns t / T;
   `noisy` is sqrt(abar_t) x0 + sqrt(1 - abar_t) noise; `training_target` is v = sqrt(abar_t) noise - sqrt(1 -
   abar_t) x0 (noise for an epsilon-prediction scheduler), with abar = the scheduler's own `alphas_cumprod`;
@@ -30,12 +30,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from setseq.backbones.base import register_backbone
+from setseq.backbones.base import BenchShape, Family, TinyModel
 from setseq.backbones.diffusers_backbone import DiffusersBackbone, plain_config
+from setseq.backbones.tiny import TINY_WORDS, build_word_tokenizer, tiny_t5
 from setseq.errors import SetseqError
 from setseq.functional import v_prediction as vp
 from setseq.prompts import PromptEmbeds
@@ -110,8 +112,16 @@ class CogVideoXBackbone(DiffusersBackbone):
     def _abar(self, sigmas: torch.Tensor) -> torch.Tensor:
         return self.alphas_cumprod[self._timesteps(sigmas)]  # (B,)
 
-    def sample_sigmas(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """t / T for integer DDPM timesteps t drawn uniformly from [0, T) (T = num_train_timesteps)."""
+    def sample_sigmas(
+        self,
+        batch: int,
+        generator: torch.Generator | None = None,
+        between: tuple[float, float] | None = None,
+    ) -> torch.Tensor:
+        """t / T for integer DDPM timesteps t drawn uniformly from [0, T) (T = num_train_timesteps). One DiT:
+        no expert's range (`between`) to draw within."""
+        if between is not None:
+            raise SetseqError("CogVideoX is one DiT: it has no expert's range of timesteps", "drop between=")
         t = vp.sample_timesteps(batch, self.num_train_timesteps, generator)
         return (t.float() / self.num_train_timesteps).to(self.device)
 
@@ -152,4 +162,83 @@ class CogVideoXBackbone(DiffusersBackbone):
         return out[:, pad:].permute(0, 2, 1, 3, 4).float()
 
 
-load_cogvideox = register_backbone("cogvideox")(CogVideoXBackbone.load)
+# -- the tiny test model (random weights, built from config). diffusers and transformers are imported inside:
+# they take seconds, and only tests and benchmarks build one.
+def build_tiny_cogvideox(
+    folder: str | Path, seed: int = 0, *, layers: int = 2, latent_channels: int = 4
+) -> Path:
+    """Write a tiny random CogVideoX T2V pipeline (5B-style: rotary positions, no learned positional
+    embeddings) with CogVideoX-2B's real v-prediction DDIM scheduler config (zero-terminal-SNR, SNR shift 3).
+
+    Sizes after diffusers' `tests/pipelines/cogvideo/test_cogvideox.py`: VAE stride 8 spatial / 4 temporal,
+    4 latent channels, patch 2; head dim 16 so the 3D rotary split (t 4, h 6, w 6) is whole."""
+    from diffusers import (
+        AutoencoderKLCogVideoX,
+        CogVideoXDDIMScheduler,
+        CogVideoXPipeline,
+        CogVideoXTransformer3DModel,
+    )
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    max_text = 16
+    tokenizer = build_word_tokenizer(TINY_WORDS, max_length=max_text)
+    text_encoder = tiny_t5(len(tokenizer))
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=latent_channels, out_channels=latent_channels,
+        time_embed_dim=8,
+        text_embed_dim=32, num_layers=layers, sample_width=4, sample_height=4, sample_frames=9, patch_size=2,
+        temporal_compression_ratio=4, max_text_seq_length=max_text, use_rotary_positional_embeddings=True,
+    ).eval()  # fmt: skip
+    blocks = ("CogVideoXDownBlock3D",) * 4
+    vae = AutoencoderKLCogVideoX(
+        in_channels=3, out_channels=3, down_block_types=blocks, up_block_types=("CogVideoXUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8), latent_channels=latent_channels, layers_per_block=1, norm_num_groups=2,
+        temporal_compression_ratio=4,
+    ).eval()  # fmt: skip
+    scheduler = CogVideoXDDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        prediction_type="v_prediction", rescale_betas_zero_snr=True, set_alpha_to_one=True,
+        snr_shift_scale=3.0, timestep_spacing="trailing",
+    )  # fmt: skip
+    pipe = CogVideoXPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+FAMILY = Family(
+    "cogvideox",
+    CogVideoXBackbone.load,
+    pipelines=("CogVideoXPipeline",),
+    shapes={
+        "cogvideox-5b": BenchShape(
+            "cogvideox",
+            "CogVideoXTransformer3DModel",
+            dict(
+                num_attention_heads=48,
+                attention_head_dim=64,
+                in_channels=16,
+                out_channels=16,
+                time_embed_dim=512,
+                text_embed_dim=4096,
+                num_layers=42,
+                sample_width=90,
+                sample_height=60,
+                sample_frames=49,
+                patch_size=2,
+                temporal_compression_ratio=4,
+                max_text_seq_length=226,
+                use_rotary_positional_embeddings=True,
+                use_learned_positional_embeddings=False,
+            ),  # fmt: skip
+            16,
+            226,
+            4096,
+            note="CogVideoX-5B",
+        )
+    },
+    tiny=(TinyModel("cogvideox", build_tiny_cogvideox, "CogVideoXPipeline", 9, (32, 32), 2 * (4 + 2)),),
+    backbone=CogVideoXBackbone,
+)

@@ -15,7 +15,7 @@ A family file (`wan.py`, `cogvideox.py`, `ltx.py`, `hunyuan.py`) holds only what
 - `forward`: the DiT call (timestep convention, packing, rotary positions, extra inputs);
 - where the family differs from the default: `encode_prompt`, `fingerprint_configs`, `vae_decode`,
   `pipeline_kwargs`, `guidance_kwargs`, `image_pipeline`, `pipeline_for`; a family with another objective overrides
-  `sample_sigmas` and adds `noisy` / `training_target` (see `setseq.backbones.base.noisy_latents`).
+  `sample_sigmas` and adds `noisy` / `training_target` (hooks of `setseq.backbones.base.Backbone`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from setseq.backbones.base import (
+    Backbone,
     BackboneInfo,
     architecture,
     check_image_input,
@@ -34,6 +35,8 @@ from setseq.backbones.base import (
 )
 from setseq.errors import SetseqError
 from setseq.functional import flow_matching as fm
+from setseq.memory import meta_diffusers
+from setseq.offload import dits
 from setseq.prompts import ImageCondition, PromptEmbeds
 
 
@@ -48,7 +51,7 @@ def plain_config(cfg) -> dict:
     return {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
 
 
-class DiffusersBackbone:
+class DiffusersBackbone(Backbone, declares_hooks=True):
     """A diffusers text-to-video pipeline behind the `Backbone` protocol; subclassed once per family."""
 
     name: ClassVar[str]  # registry name, `info.name`
@@ -122,6 +125,14 @@ class DiffusersBackbone:
         c = self.transformer.config
         blocks = c.num_layers if layers is None else layers
         return blocks * c.num_attention_heads * c.attention_head_dim < 4096 * 8
+
+    def meta_transformer(self) -> torch.nn.Module:
+        return meta_diffusers(self.transformer)
+
+    def enable_gradient_checkpointing(self) -> None:
+        if not all(dit._supports_gradient_checkpointing for dit in dits(self.transformer)):
+            super().enable_gradient_checkpointing()  # (refused)
+        self.transformer.enable_gradient_checkpointing()
 
     def vae_decode(self, z: torch.Tensor) -> torch.Tensor:
         """Un-normalised latents (B, C, f, h, w) in the VAE's dtype -> video (B, 3, F, H, W)."""

@@ -31,12 +31,15 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from setseq.backbones.base import register_backbone
+from setseq.backbones.base import BenchShape, Family, TinyModel
 from setseq.backbones.diffusers_backbone import DiffusersBackbone
+from setseq.backbones.tiny import TINY_WORDS, build_word_tokenizer
 from setseq.errors import SetseqError
 from setseq.prompts import PromptEmbeds
 
@@ -143,4 +146,143 @@ class HunyuanVideoBackbone(DiffusersBackbone):
         return out.float()
 
 
-load_hunyuan = register_backbone("hunyuan")(HunyuanVideoBackbone.load)
+# -- the tiny test model (random weights, built from config). diffusers and transformers are imported inside:
+# they take seconds, and only tests and benchmarks build one.
+def build_tiny_hunyuan(
+    folder: str | Path, seed: int = 0, *, layers: int = 1, latent_channels: int = 4
+) -> Path:
+    """Write a tiny random HunyuanVideo T2V pipeline: a tiny `LlamaModel` and `CLIPTextModel` with word-level
+    tokenizers built in code, a tiny `AutoencoderKLHunyuanVideo` (stride 8 spatial, 4 temporal), a
+    guidance-embedding `HunyuanVideoTransformer3DModel` with dual- and single-stream blocks.
+
+    Sizes after diffusers' `tests/pipelines/hunyuan_video/test_hunyuan_video.py`. The word-level Llama
+    tokenizer has none of Llama-3's chat tokens, so `setseq.backbones.hunyuan` uses the plain "{}" prompt
+    template for it (crop 0), as diffusers' own test does."""
+    from diffusers import (
+        AutoencoderKLHunyuanVideo,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideoPipeline,
+        HunyuanVideoTransformer3DModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    tokenizer = build_word_tokenizer(TINY_WORDS, max_length=256)
+    tokenizer_2 = build_word_tokenizer(TINY_WORDS, max_length=77)
+    text_encoder = LlamaModel(
+        LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=16, intermediate_size=37, num_attention_heads=4,
+            num_key_value_heads=4, num_hidden_layers=2, pad_token_id=0, eos_token_id=1, bos_token_id=1,
+            max_position_embeddings=512, hidden_act="silu",
+        )
+    ).eval()  # fmt: skip
+    text_encoder_2 = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer_2), hidden_size=8, intermediate_size=37, num_attention_heads=4,
+            num_hidden_layers=2, max_position_embeddings=77, pad_token_id=0, eos_token_id=1, bos_token_id=1,
+            projection_dim=8, hidden_act="gelu",
+        )
+    ).eval()  # fmt: skip
+    transformer = HunyuanVideoTransformer3DModel(
+        in_channels=latent_channels, out_channels=latent_channels, num_attention_heads=2, attention_head_dim=10,
+        num_layers=layers,
+        num_single_layers=layers, num_refiner_layers=1, patch_size=1, patch_size_t=1, guidance_embeds=True,
+        text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4),
+    ).eval()  # fmt: skip
+    vae = AutoencoderKLHunyuanVideo(
+        in_channels=3, out_channels=3, latent_channels=latent_channels,
+        down_block_types=("HunyuanVideoDownBlock3D",) * 4, up_block_types=("HunyuanVideoUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8), layers_per_block=1, act_fn="silu", norm_num_groups=4,
+        scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4,
+        mid_block_add_attention=True,
+    ).eval()  # fmt: skip
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=7.0)
+    pipe = HunyuanVideoPipeline(
+        text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae, scheduler=scheduler,
+        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+    )  # fmt: skip
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+# -- ComfyUI's names -------------------------------------------------------------------------------------------
+# ComfyUI's HunyuanVideo (comfy/ldm/hunyuan_video/model.py, blocks from comfy/ldm/flux/layers.py) fuses
+# q, k, v into one `qkv` linear (rows [q; k; v]), and a single block's q, k, v and MLP input into `linear1`
+# (rows [q; k; v; mlp]). diffusers module (inside the block) -> (ComfyUI module, its slot in the fused rows).
+_COMFY_HUNYUAN_DOUBLE = {
+    "attn.to_q": ("img_attn.qkv", 0),
+    "attn.to_k": ("img_attn.qkv", 1),
+    "attn.to_v": ("img_attn.qkv", 2),
+    "attn.to_out.0": ("img_attn.proj", 0),
+    "attn.add_q_proj": ("txt_attn.qkv", 0),
+    "attn.add_k_proj": ("txt_attn.qkv", 1),
+    "attn.add_v_proj": ("txt_attn.qkv", 2),
+    "attn.to_add_out": ("txt_attn.proj", 0),
+    "ff.net.0.proj": ("img_mlp.0", 0),
+    "ff.net.2": ("img_mlp.2", 0),
+    "ff_context.net.0.proj": ("txt_mlp.0", 0),
+    "ff_context.net.2": ("txt_mlp.2", 0),
+}
+_COMFY_HUNYUAN_SINGLE = {
+    "attn.to_q": ("linear1", 0),
+    "attn.to_k": ("linear1", 1),
+    "attn.to_v": ("linear1", 2),
+    "proj_mlp": ("linear1", 3),
+    "proj_out": ("linear2", 0),
+}
+COMFYUI_FUSED = {"img_attn.qkv": 3, "txt_attn.qkv": 3, "linear1": 4}
+
+
+def comfyui_slot(module: str) -> tuple[str, int]:
+    """(ComfyUI module name, slot in its fused weight) of a diffusers HunyuanVideo module."""
+    m = re.match(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)$", module)
+    if m:
+        double = m.group(1) == "transformer_blocks"
+        table = _COMFY_HUNYUAN_DOUBLE if double else _COMFY_HUNYUAN_SINGLE
+        if m.group(3) in table:
+            name, slot = table[m.group(3)]
+            return f"{'double_blocks' if double else 'single_blocks'}.{m.group(2)}.{name}", slot
+    raise SetseqError(
+        f"no ComfyUI name is known for module '{module}' of a HunyuanVideo model",
+        "export with --format diffusers instead",
+    )
+
+
+FAMILY = Family(
+    "hunyuan",
+    HunyuanVideoBackbone.load,
+    pipelines=("HunyuanVideoPipeline",),
+    comfyui=comfyui_slot,
+    comfyui_fused=COMFYUI_FUSED,
+    shapes={
+        "hunyuan": BenchShape(
+            "hunyuan",
+            "HunyuanVideoTransformer3DModel",
+            dict(
+                in_channels=16,
+                out_channels=16,
+                num_attention_heads=24,
+                attention_head_dim=128,
+                num_layers=20,
+                num_single_layers=40,
+                num_refiner_layers=2,
+                mlp_ratio=4.0,
+                patch_size=2,
+                patch_size_t=1,
+                guidance_embeds=True,
+                text_embed_dim=4096,
+                pooled_projection_dim=768,
+                rope_axes_dim=(16, 56, 56),
+            ),  # fmt: skip
+            16,
+            256,
+            4096,
+            pooled_dim=768,
+            layer_keys=("num_layers", "num_single_layers"),
+            note="HunyuanVideo (13B)",
+        )
+    },
+    tiny=(TinyModel("hunyuan", build_tiny_hunyuan, "HunyuanVideoPipeline", 9, (32, 32), 12 + 5),),
+    backbone=HunyuanVideoBackbone,
+)

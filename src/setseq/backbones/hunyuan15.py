@@ -40,13 +40,16 @@ CFG-distilled T2V checkpoints) in diffusers layout. The image-to-video checkpoin
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from setseq.backbones.base import register_backbone
+from setseq.backbones.base import BenchShape, Family, TinyModel
 from setseq.backbones.diffusers_backbone import DiffusersBackbone
+from setseq.backbones.hunyuan import COMFYUI_FUSED, comfyui_slot
+from setseq.backbones.tiny import TINY_WORDS, build_word_tokenizer, tiny_t5
 from setseq.errors import SetseqError
 from setseq.prompts import PromptEmbeds
 
@@ -220,4 +223,116 @@ class HunyuanVideo15Backbone(DiffusersBackbone):
         return out.float()
 
 
-load_hunyuan15 = register_backbone("hunyuan15")(HunyuanVideo15Backbone.load)
+# -- the tiny test model (random weights, built from config). diffusers and transformers are imported inside:
+# they take seconds, and only tests and benchmarks build one.
+# HunyuanVideo15Pipeline crops this many tokens of its chat template (`prompt_template_encode_start_idx`).
+HUNYUAN15_TEMPLATE_TOKENS = 108
+
+
+def build_tiny_hunyuan15(
+    folder: str | Path, seed: int = 0, *, layers: int = 2, latent_channels: int = 4
+) -> Path:
+    """Write a tiny random HunyuanVideo 1.5 T2V pipeline (`HunyuanVideo15Pipeline`): a tiny
+    `Qwen2_5_VLTextModel` with a word-level tokenizer built in code, a tiny ByT5 (`T5EncoderModel`, its
+    `ByT5Tokenizer` needs no files), a tiny `AutoencoderKLHunyuanVideo15` with the real strides (16 spatial,
+    4 temporal), a text-to-video `HunyuanVideo15Transformer3DModel` (2 x latent + 1 input channels), CFG 6.
+
+    Sizes after diffusers' `tests/pipelines/hunyuan_video1_5/test_hunyuan_1_5.py`. The word-level
+    tokenizer's chat template puts the system message in exactly `HUNYUAN15_TEMPLATE_TOKENS` tokens, the
+    prefix the pipeline crops (Qwen2.5's real template is that long too), then the prompt and an end token.
+    The last VAE level is 64 wide so that its channel grouping (width / 2 x latent channels) is whole for
+    the real 32 latent channels too (`setseq bench --shape hunyuan-1.5` builds its VAE here)."""
+    from diffusers import (
+        AutoencoderKLHunyuanVideo15,
+        ClassifierFreeGuidance,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideo15Pipeline,
+        HunyuanVideo15Transformer3DModel,
+    )
+    from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    tokenizer = build_word_tokenizer(TINY_WORDS, max_length=2048)
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}"
+        f"{{{{ 'the ' * {HUNYUAN15_TEMPLATE_TOKENS} }}}}"
+        "{% else %}{{ m['content'] }} </s>{% endif %}{% endfor %}"
+    )
+    text_encoder = Qwen2_5_VLTextModel(
+        Qwen2_5_VLTextConfig(
+            vocab_size=len(tokenizer), hidden_size=16, intermediate_size=16, num_hidden_layers=3, bos_token_id=1,
+            num_attention_heads=2, num_key_value_heads=2, pad_token_id=0, eos_token_id=1, rope_theta=1e6,
+            rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+        )
+    ).eval()  # fmt: skip
+    tokenizer_2 = ByT5Tokenizer()
+    text_encoder_2 = tiny_t5(len(tokenizer_2), d_model=8)
+    transformer = HunyuanVideo15Transformer3DModel(
+        in_channels=2 * latent_channels + 1, out_channels=latent_channels, num_attention_heads=2,
+        attention_head_dim=8, num_layers=layers, num_refiner_layers=1, mlp_ratio=2.0, patch_size=1,
+        patch_size_t=1, text_embed_dim=16, text_embed_2_dim=8, image_embed_dim=12, rope_axes_dim=(2, 2, 4),
+        target_size=32, task_type="t2v",
+    ).eval()  # fmt: skip
+    vae = AutoencoderKLHunyuanVideo15(
+        in_channels=3, out_channels=3, latent_channels=latent_channels, block_out_channels=(8, 8, 8, 64),
+        layers_per_block=1, spatial_compression_ratio=16, temporal_compression_ratio=4,
+        downsample_match_channel=False, upsample_match_channel=False,
+    ).eval()  # fmt: skip
+    pipe = HunyuanVideo15Pipeline(
+        text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0), text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2, guider=ClassifierFreeGuidance(guidance_scale=6.0),
+    )  # fmt: skip
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+# The config of hunyuanvideo-community/HunyuanVideo-1.5-480p_t2v (diffusers'
+# scripts/convert_hunyuan_video1_5_to_diffusers.py, TRANSFORMER_CONFIGS["480p_t2v"]; the 720p one differs only
+# in target_size): 8.3B parameters (model card). Text: Qwen2.5-VL's 1000 tokens (3584 wide) and ByT5's 256
+# (1472 wide) side by side, every token valid: the longest prompt, quoting 256 bytes of text to render.
+FAMILY = Family(
+    "hunyuan15",
+    HunyuanVideo15Backbone.load,
+    # text-to-video only (HunyuanVideo15ImageToVideoPipeline: refused)
+    pipelines=("HunyuanVideo15Pipeline",),
+    # ComfyUI runs HunyuanVideo 1.5 on its HunyuanVideo model (comfy/ldm/hunyuan_video/model.py: the same flux
+    # DoubleStreamBlock, no single blocks; diffusion-pipe trains its HunyuanVideo 1.5 LoRAs on it): same names.
+    comfyui=comfyui_slot,
+    comfyui_fused=COMFYUI_FUSED,
+    shapes={
+        "hunyuan-1.5": BenchShape(
+            "hunyuan15",
+            "HunyuanVideo15Transformer3DModel",
+            dict(
+                in_channels=65,
+                out_channels=32,
+                num_attention_heads=16,
+                attention_head_dim=128,
+                num_layers=54,
+                num_refiner_layers=2,
+                mlp_ratio=4.0,
+                patch_size=1,
+                patch_size_t=1,
+                qk_norm="rms_norm",
+                text_embed_dim=3584,
+                text_embed_2_dim=1472,
+                image_embed_dim=1152,
+                rope_theta=256.0,
+                rope_axes_dim=(16, 56, 56),
+                target_size=640,
+                task_type="t2v",
+            ),  # fmt: skip
+            32,
+            1000 + 256,
+            3584,
+            note="HunyuanVideo 1.5 (8.3B, 480p T2V)",
+        )
+    },
+    # diffusers gives HunyuanVideo15Pipeline no LoRA loader yet (diffusers#14420)
+    tiny=(
+        TinyModel("hunyuan15", build_tiny_hunyuan15, "HunyuanVideo15Pipeline", 9, (32, 48), 12 + 8, False),
+    ),
+    backbone=HunyuanVideo15Backbone,
+)

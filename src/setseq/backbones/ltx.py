@@ -26,12 +26,16 @@
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from setseq.backbones.base import register_backbone
+from setseq.backbones.base import BenchShape, Family, TinyModel
 from setseq.backbones.diffusers_backbone import DiffusersBackbone
+from setseq.backbones.tiny import TINY_WORDS, build_word_tokenizer, tiny_t5
+from setseq.errors import SetseqError
 from setseq.prompts import PromptEmbeds
 
 LTX_LORA_TARGETS = (
@@ -70,8 +74,8 @@ class LTXBackbone(DiffusersBackbone):
     vae_fp32 = True  # LTXPipeline casts latents to the VAE's dtype before decoding
     default_steps, default_guidance = 50, 3.0
     text_length = 128  # LTXPipeline's default text length
-    native_size = (512, 704, 161)  # LTXPipeline's default height, width, frames
-    shift_defaults = LTX_SHIFT_DEFAULTS
+    _native_size = (512, 704, 161)  # LTXPipeline's default height, width, frames
+    _shift_defaults = LTX_SHIFT_DEFAULTS
 
     def setup(self, model_id: str) -> dict[str, Any]:
         vcfg, tcfg, scfg = self.vae.config, self.transformer.config, self.pipe.scheduler.config
@@ -83,9 +87,9 @@ class LTXBackbone(DiffusersBackbone):
         self.patch, self.patch_t = int(tcfg.patch_size), int(tcfg.patch_size_t)
         self.rope_scale = (st / FRAME_RATE, ss, ss)
         # The pipeline's default size; tiny test models default to a tiny size.
-        height, width, frames = (64, 64, 9) if self.is_tiny() else self.native_size
+        height, width, frames = (64, 64, 9) if self.is_tiny() else self._native_size
         tokens = ((frames - 1) // st + 1) * (height // ss) * (width // ss)
-        self.sigma_shift = resolution_shift(scfg, tokens, self.shift_defaults)
+        self.sigma_shift = resolution_shift(scfg, tokens, self._shift_defaults)
         return dict(
             height=height,
             width=width,
@@ -130,4 +134,94 @@ class LTXBackbone(DiffusersBackbone):
         return out.float()
 
 
-load_ltx = register_backbone("ltx")(LTXBackbone.load)
+# -- the tiny test model (random weights, built from config). diffusers and transformers are imported inside:
+# they take seconds, and only tests and benchmarks build one.
+def ltx_scheduler():
+    """The scheduler of LTX-Video 0.9 and LTX-2: a resolution-dependent shift (mu from the token count)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05, base_image_seq_len=1024,
+        max_image_seq_len=4096, shift_terminal=0.1,
+    )  # fmt: skip
+
+
+def build_tiny_ltx(folder: str | Path, seed: int = 0, *, layers: int = 2, latent_channels: int = 8) -> Path:
+    """Write a tiny random LTX-Video T2V pipeline whose VAE has LTX's real strides (32 spatial, 8 temporal:
+    a 4x4 pixel patch and three spatio-temporal downsamplings), 8 latent channels, patch 1.
+
+    Transformer after diffusers' `tests/pipelines/ltx/test_ltx.py`."""
+    from diffusers import AutoencoderKLLTXVideo, LTXPipeline, LTXVideoTransformer3DModel
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    tokenizer = build_word_tokenizer(TINY_WORDS, max_length=32)
+    text_encoder = tiny_t5(len(tokenizer))
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=latent_channels, out_channels=latent_channels, patch_size=1, patch_size_t=1, num_attention_heads=4,
+        attention_head_dim=8, cross_attention_dim=32, num_layers=layers, caption_channels=32,
+    ).eval()  # fmt: skip
+    scaling = (True, True, True, False)
+    vae = AutoencoderKLLTXVideo(
+        latent_channels=latent_channels, block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+        spatio_temporal_scaling=scaling, decoder_spatio_temporal_scaling=scaling,
+        layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1), patch_size=4,
+        patch_size_t=1, encoder_causal=True, decoder_causal=False,
+    ).eval()  # fmt: skip
+    scheduler = ltx_scheduler()
+    pipe = LTXPipeline(
+        scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+# -- ComfyUI's names -------------------------------------------------------------------------------------------
+# ComfyUI's LTX-Video DiT (comfy/ldm/lightricks/model.py) names its blocks as diffusers does
+# (transformer_blocks.N.attn1.to_q, .ff.net.0.proj, ...): its generic loader maps diffusion_model.<module>.
+# Its LTX-2 DiT (comfy/ldm/lightricks/av_model.py, LTXAV) names the video stream's attn1 / attn2 / ff the same;
+# comfy/lora.py maps <module> and diffusion_model.<module> for LTXV and LTXAV alike, and diffusers'
+# LTX2Pipeline.load_lora_weights reads this layout too (Lightricks' own LTX-2 LoRAs use it).
+_COMFY_LTX = re.compile(r"^transformer_blocks\.\d+\.(attn1|attn2)\.(to_q|to_k|to_v|to_out\.0)$|"
+                        r"^transformer_blocks\.\d+\.ff\.net\.(0\.proj|2)$")  # fmt: skip
+
+
+def comfyui_slot(module: str) -> tuple[str, int]:
+    """(ComfyUI module name, slot) of a diffusers LTX-Video / LTX-2 module: the same name."""
+    if not _COMFY_LTX.match(module):
+        raise SetseqError(
+            f"no ComfyUI name is known for module '{module}' of an LTX model",
+            "export with --format diffusers instead",
+        )
+    return module, 0
+
+
+FAMILY = Family(
+    "ltx",
+    LTXBackbone.load,
+    pipelines=("LTXPipeline",),
+    comfyui=comfyui_slot,
+    shapes={
+        "ltx": BenchShape(
+            "ltx",
+            "LTXVideoTransformer3DModel",
+            dict(
+                in_channels=128,
+                out_channels=128,
+                patch_size=1,
+                patch_size_t=1,
+                num_attention_heads=32,
+                attention_head_dim=64,
+                cross_attention_dim=2048,
+                num_layers=28,
+                caption_channels=4096,
+            ),  # fmt: skip
+            128,
+            128,
+            4096,
+            note="LTX-Video 0.9 (2B)",
+        )
+    },
+    tiny=(TinyModel("ltx", build_tiny_ltx, "LTXPipeline", 9, (64, 64), 2 * (4 + 4 + 2)),),
+    backbone=LTXBackbone,
+)

@@ -41,13 +41,15 @@ layout. **Video only**: the audio branch stays frozen and untouched, and generat
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from setseq.backbones.base import register_backbone
+from setseq.backbones.base import BenchShape, Family, TinyModel
 from setseq.backbones.diffusers_backbone import plain_config
-from setseq.backbones.ltx import LTXBackbone
+from setseq.backbones.ltx import LTXBackbone, comfyui_slot, ltx_scheduler
+from setseq.backbones.tiny import TINY_WORDS, build_word_tokenizer
 from setseq.prompts import PromptEmbeds
 
 FRAME_RATE = 24.0  # LTX2Pipeline's default frame_rate: the DiT's RoPE time unit, in training and sampling
@@ -67,8 +69,8 @@ class LTX2Backbone(LTXBackbone):
     name, label, pipeline_class = "ltx2", "LTX-2", "LTX2Pipeline"
     default_steps, default_guidance = 30, 3.0  # LTX2Pipeline's defaults
     text_length = TEXT_LENGTH
-    native_size = (512, 768, 121)  # LTX2Pipeline's default height, width, frames
-    shift_defaults = LTX2_SHIFT_DEFAULTS
+    _native_size = (512, 768, 121)  # LTX2Pipeline's default height, width, frames
+    _shift_defaults = LTX2_SHIFT_DEFAULTS
 
     def setup(self, model_id: str) -> dict[str, Any]:
         fields = super().setup(model_id)  # latent normalisation, strides, default size, shift, LoRA targets
@@ -146,4 +148,122 @@ class LTX2Backbone(LTXBackbone):
         return out.float()
 
 
-load_ltx2 = register_backbone("ltx2")(LTX2Backbone.load)
+# -- the tiny test model (random weights, built from config). diffusers and transformers are imported inside:
+# they take seconds, and only tests and benchmarks build one.
+def build_tiny_ltx2(folder: str | Path, seed: int = 0, *, layers: int = 2, latent_channels: int = 4) -> Path:
+    """Write a tiny random LTX-2 T2V pipeline (`LTX2Pipeline`): a tiny `Gemma3ForConditionalGeneration` (its
+    config built in code, with a word-level tokenizer), text connectors with learned registers (as LTX-2's), a
+    video VAE with LTX-2's real strides (32 spatial, 8 temporal: a 4x4 pixel patch and three spatio-temporal
+    downsamplings), and the audio parts (audio VAE, vocoder, the DiT's audio stream) that video-only training
+    leaves frozen.
+
+    DiT, connectors, audio VAE and vocoder after diffusers' `tests/pipelines/ltx2/testing_utils.py`; the
+    scheduler is LTX-2's (resolution-dependent shift)."""
+    from diffusers import (
+        AutoencoderKLLTX2Audio,
+        AutoencoderKLLTX2Video,
+        LTX2Pipeline,
+        LTX2VideoTransformer3DModel,
+    )
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3TextConfig,
+        SiglipVisionConfig,
+    )
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    tokenizer = build_word_tokenizer(TINY_WORDS, max_length=32)  # 32 text tokens: 4 x the 8 registers
+    text = Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=8, max_position_embeddings=64, sliding_window=16, pad_token_id=0,
+        eos_token_id=1, bos_token_id=1,
+    )  # fmt: skip
+    vision = SiglipVisionConfig(
+        hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, image_size=16, patch_size=8
+    )  # fmt: skip
+    text_encoder = Gemma3ForConditionalGeneration(
+        Gemma3Config(text_config=text.to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4)
+    ).eval()
+    width = text.hidden_size  # Gemma's width: the connectors' and the DiT's caption channels
+    connectors = LTX2TextConnectors(
+        caption_channels=width, text_proj_in_factor=text.num_hidden_layers + 1,
+        video_connector_num_attention_heads=2, video_connector_attention_head_dim=8, video_connector_num_layers=1,
+        video_connector_num_learnable_registers=8, audio_connector_num_attention_heads=2,
+        audio_connector_attention_head_dim=8, audio_connector_num_layers=1, audio_connector_num_learnable_registers=8,
+        connector_rope_base_seq_len=32, rope_double_precision=False, rope_type="split",
+    )  # fmt: skip
+    transformer = LTX2VideoTransformer3DModel(
+        in_channels=latent_channels, out_channels=latent_channels, num_attention_heads=2, attention_head_dim=8,
+        cross_attention_dim=16, audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=2,
+        audio_attention_head_dim=4, audio_cross_attention_dim=8, num_layers=layers, caption_channels=width,
+        rope_double_precision=False, rope_type="split",
+    ).eval()  # fmt: skip
+    vae = AutoencoderKLLTX2Video(
+        latent_channels=latent_channels, block_out_channels=(8, 8, 8), decoder_block_out_channels=(8, 8, 8),
+        down_block_types=("LTX2VideoDownBlock3D",) * 3, layers_per_block=(1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1), spatio_temporal_scaling=(True, True, True),
+        decoder_spatio_temporal_scaling=(True, True, True), decoder_inject_noise=(False,) * 4,
+        downsample_type=("spatiotemporal",) * 3, upsample_type=("spatiotemporal",) * 3,
+        upsample_residual=(False,) * 3, upsample_factor=(1, 1, 1), patch_size=4, patch_size_t=1,
+        encoder_causal=True, decoder_causal=False,
+    ).eval()  # fmt: skip
+    audio_vae = AutoencoderKLLTX2Audio(
+        base_channels=4, output_channels=2, ch_mult=(1,), num_res_blocks=1, attn_resolutions=None, in_channels=2,
+        resolution=32, latent_channels=2, norm_type="pixel", causality_axis="height", dropout=0.0,
+        mid_block_add_attention=False, sample_rate=16000, mel_hop_length=160, is_causal=True, mel_bins=8,
+    ).eval()  # fmt: skip
+    vocoder = LTX2Vocoder(
+        in_channels=audio_vae.config.output_channels * audio_vae.config.mel_bins, hidden_channels=32,
+        out_channels=2, upsample_kernel_sizes=[4, 4], upsample_factors=[2, 2], resnet_kernel_sizes=[3],
+        resnet_dilations=[[1, 3, 5]], leaky_relu_negative_slope=0.1, output_sampling_rate=16000,
+    ).eval()  # fmt: skip
+    pipe = LTX2Pipeline(
+        scheduler=ltx_scheduler(), vae=vae, audio_vae=audio_vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        connectors=connectors, transformer=transformer, vocoder=vocoder,
+    )  # fmt: skip
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+# The transformer/config.json of Lightricks/LTX-2 (diffusers layout; the rest are the class's defaults):
+# 18.9B, the model card's "19B" (ltx-2-19b-dev), video stream and audio stream together. Text: the
+# connectors' video output, 1024 tokens of Gemma 3's width.
+FAMILY = Family(
+    "ltx2",
+    LTX2Backbone.load,
+    pipelines=("LTX2Pipeline",),  # LTX-2: video only (the audio branch frozen)
+    comfyui=comfyui_slot,  # (ComfyUI's LTXAV names the video stream's layers as LTX-Video's)
+    shapes={
+        "ltx-2": BenchShape(
+            "ltx2",
+            "LTX2VideoTransformer3DModel",
+            dict(
+                in_channels=128,
+                out_channels=128,
+                patch_size=1,
+                patch_size_t=1,
+                num_layers=48,
+                rope_type="split",
+                num_attention_heads=32,
+                attention_head_dim=128,
+                cross_attention_dim=4096,
+                caption_channels=3840,
+                audio_in_channels=128,
+                audio_out_channels=128,
+                audio_num_attention_heads=32,
+                audio_attention_head_dim=64,
+                audio_cross_attention_dim=2048,
+            ),  # fmt: skip
+            128,
+            1024,
+            3840,
+            note="LTX-2 (19B: video 14B + audio 5B; trained video only)",
+        )
+    },
+    tiny=(TinyModel("ltx2", build_tiny_ltx2, "LTX2Pipeline", 9, (64, 64), 2 * (4 + 4 + 2)),),
+    backbone=LTX2Backbone,
+)

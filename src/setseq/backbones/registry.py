@@ -1,76 +1,100 @@
-"""Which backbone a model is, and loading it: the built-in families, the registry's loaders, and the family
-of a model folder from its `model_index.json`. Above the families (it imports them, lazily: diffusers takes
-seconds to import and `setseq --help` must stay fast); the families register into `base`'s registry."""
+"""Which backbone a model is, and loading it. One line per built-in family (`BUILTIN`: its name and the one
+file that defines it as `FAMILY`); a family defined elsewhere (a plug-in, a test's fake family) joins with
+`register(FAMILY)`. The family files are imported when first asked for (`families`): they import torch, and
+`setseq --help` (`family_names`) must stay fast."""
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
 import torch
 
-from setseq.backbones.base import Backbone, registered_loaders
+from setseq.backbones.base import Backbone, Family
+from setseq.backbones.toy.files import SHIPPED_TOY_MODELS
 from setseq.errors import SetseqError
+
+# registry name -> the module that defines its `FAMILY`
+BUILTIN = {
+    "wan": "setseq.backbones.wan",
+    "cogvideox": "setseq.backbones.cogvideox",
+    "ltx": "setseq.backbones.ltx",
+    "hunyuan": "setseq.backbones.hunyuan",
+    "ltx2": "setseq.backbones.ltx2",
+    "hunyuan15": "setseq.backbones.hunyuan15",
+    "toy": "setseq.backbones.toy",
+}
+_REGISTERED: dict[str, Family] = {}
+
+
+def register(family: Family) -> Family:
+    """Add (or replace) a family by its name."""
+    _REGISTERED[family.name] = family
+    return family
+
+
+def unregister(name: str) -> None:
+    """Remove a family `register` added (a test's fake family)."""
+    _REGISTERED.pop(name, None)
+
+
+def family_names() -> list[str]:
+    """Every family's registry name, without importing any family (for help texts)."""
+    return sorted({*BUILTIN, *_REGISTERED})
+
+
+def families() -> list[Family]:
+    """Every family, built-in ones first (in `BUILTIN`'s order)."""
+    for name, module in BUILTIN.items():
+        if name not in _REGISTERED:
+            register(importlib.import_module(module).FAMILY)
+    return [_REGISTERED[n] for n in [*BUILTIN, *sorted(set(_REGISTERED) - set(BUILTIN))]]
+
+
+def family(name: str) -> Family:
+    """The family registered as `name`; an unknown one is refused in one line."""
+    known = {f.name: f for f in families()}
+    if name not in known:
+        raise SetseqError(f"unknown backbone '{name}'", f"use one of: {', '.join(sorted(known))}")
+    return known[name]
 
 
 def registered_backbones() -> list[str]:
-    _import_builtin()
-    return sorted(registered_loaders())
-
-
-def _import_builtin() -> None:
-    # Imported lazily so that `setseq --help` stays fast (diffusers takes seconds to import).
-    from setseq.backbones import cogvideox, hunyuan, hunyuan15, ltx, ltx2, toy, wan  # noqa: F401
-
-
-# diffusers pipeline class (model_index.json `_class_name`) -> backbone family
-PIPELINE_FAMILIES = {
-    "WanPipeline": "wan",
-    "WanImageToVideoPipeline": "wan",  # Wan 2.1 I2V (CLIP image_encoder), Wan 2.2 I2V A14B: generation only
-    "CogVideoXPipeline": "cogvideox",
-    "LTXPipeline": "ltx",
-    "HunyuanVideoPipeline": "hunyuan",
-    "LTX2Pipeline": "ltx2",  # LTX-2: video only (the audio branch frozen)
-    "HunyuanVideo15Pipeline": "hunyuan15",  # text-to-video only (HunyuanVideo15ImageToVideoPipeline: refused)
-}
+    return sorted(f.name for f in families())
 
 
 def guess_backbone(model_id: str) -> str:
     """The backbone family of a model id when the user names none: 'toy' for a shipped toy model or a toy
-    model folder (it holds toy_config.json); for a diffusers folder, the family of the pipeline class named in
-    its model_index.json; else 'wan' (the first real family, e.g. for a hub id)."""
-    from setseq.backbones.toy import SHIPPED_TOY_MODELS
-
+    model folder (it holds toy_config.json); for a diffusers folder, the family whose pipeline class its
+    model_index.json names; else 'wan' (the first real family, e.g. for a hub id)."""
     if model_id in SHIPPED_TOY_MODELS or (Path(model_id) / "toy_config.json").is_file():
         return "toy"
     index = Path(model_id) / "model_index.json"
-    if index.is_file():
-        try:
-            cls = json.loads(index.read_text()).get("_class_name")
-        except (OSError, ValueError, AttributeError):
-            cls = None
-        if not isinstance(cls, str):  # unreadable: let the loader report what is wrong with the folder
-            return "wan"
-        if cls in PIPELINE_FAMILIES:
-            return PIPELINE_FAMILIES[cls]
-        raise SetseqError(
-            f"{model_id} holds a {cls[:80]!r} pipeline, which setseq does not support",
-            f"use a checkpoint of one of: {', '.join(sorted(PIPELINE_FAMILIES))}, "
-            "or name the family with --backbone",
-        )
-    return "wan"
+    if not index.is_file():
+        return "wan"
+    try:
+        cls = json.loads(index.read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        cls = None
+    if not isinstance(cls, str):  # unreadable: let the loader report what is wrong with the folder
+        return "wan"
+    by_pipeline = {p: f.name for f in families() for p in f.pipelines}
+    if cls in by_pipeline:
+        return by_pipeline[cls]
+    raise SetseqError(
+        f"{model_id} holds a {cls[:80]!r} pipeline, which setseq does not support",
+        f"use a checkpoint of one of: {', '.join(sorted(by_pipeline))}, or name the family with --backbone",
+    )
 
 
 def load_backbone(
     name: str, model_id: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> Backbone:
     """Load a backbone by registry name from a local folder or hub id."""
-    _import_builtin()
-    loaders = registered_loaders()
-    if name not in loaders:
-        raise SetseqError(f"unknown backbone '{name}'", f"use one of: {', '.join(sorted(loaders))}")
+    fam = family(name)
     try:
-        return loaders[name](model_id, torch.device(device), dtype)
+        return fam.load(model_id, torch.device(device), dtype)
     except SetseqError:
         raise
     except (AttributeError, KeyError, TypeError, ValueError, OSError, RuntimeError) as exc:

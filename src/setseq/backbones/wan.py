@@ -32,14 +32,18 @@ the VAE's `latents_mean` / `latents_std`, exactly as `WanPipeline` un-normalises
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from setseq.backbones.base import register_backbone
+from setseq.backbones.base import BenchShape, Family, TinyModel
 from setseq.backbones.diffusers_backbone import DiffusersBackbone
+from setseq.backbones.tiny import TINY_WORDS, build_word_tokenizer, tiny_umt5
 from setseq.errors import SetseqError
 from setseq.prompts import ImageCondition, PromptEmbeds
 
@@ -122,8 +126,7 @@ def expert_sigmas(boundary: float) -> tuple[tuple[str, float, float], ...]:
 class WanBackbone(DiffusersBackbone):
     """Wan (T2V, TI2V-5B, I2V) behind the `Backbone` protocol."""
 
-    # Wan 2.2 A14B: each expert's range of training sigmas (`expert_sigmas`); None for one DiT.
-    expert_sigmas: tuple[tuple[str, float, float], ...] | None = None
+    _i2v_pipe: Any = None  # TI2V-5B's image-to-video pipeline over the same components, made when first asked
 
     name, label, pipeline_class = "wan", "Wan", "WanPipeline"
     vae_fp32 = True  # upcasting the VAE is the usual advice for Wan's VAE
@@ -135,7 +138,7 @@ class WanBackbone(DiffusersBackbone):
         # An I2V DiT takes the image condition as extra input channels: it cannot run on a latent alone.
         self.image_to_video = type(pipe).__name__ == "WanImageToVideoPipeline"
         targets, self.expert_meta = WAN_LORA_TARGETS, None
-        if getattr(pipe, "transformer_2", None) is not None:  # Wan 2.2 A14B
+        if pipe.components.get("transformer_2") is not None:  # Wan 2.2 A14B
             ratio = pipe.config.get("boundary_ratio")
             if ratio is None:
                 raise SetseqError(
@@ -178,13 +181,15 @@ class WanBackbone(DiffusersBackbone):
     def fingerprint_configs(self) -> list[dict]:
         return super().fingerprint_configs() + ([self.expert_meta] if self.expert_meta else [])
 
+    def meta_transformer(self) -> nn.Module:
+        if isinstance(self.transformer, WanExperts):  # (two DiTs: each built on the meta device)
+            return self.transformer.meta_like()
+        return super().meta_transformer()
+
     @classmethod
     def pipeline_for(cls, model_id: str) -> type:
         """`WanImageToVideoPipeline` when the checkpoint's model_index.json names it, else `WanPipeline`. A hub
         id's model_index.json is read through diffusers (the hub cache, else a download of that one file)."""
-        import json
-        from pathlib import Path
-
         from diffusers import WanImageToVideoPipeline, WanPipeline
 
         index = Path(model_id) / "model_index.json"
@@ -276,7 +281,7 @@ class WanBackbone(DiffusersBackbone):
 
     def _condition_shapes(self, f: int, lh: int, lw: int) -> tuple[tuple, tuple | None]:
         z = int(self.vae.config.z_dim)
-        enc = getattr(self.pipe, "image_encoder", None)
+        enc = self.pipe.components.get("image_encoder")
         if enc is None:
             return (1, self.temporal_scale + z, f, lh, lw), None
         vc = enc.config
@@ -296,7 +301,7 @@ class WanBackbone(DiffusersBackbone):
         if given:
             mask[:, :, 0] = 1.0  # the first latent frame (the first pixel frame, repeated 4x) is given
         tokens = None
-        enc = getattr(self.pipe, "image_encoder", None)
+        enc = self.pipe.components.get("image_encoder")
         if enc is not None:
             from PIL import Image
 
@@ -321,7 +326,7 @@ class WanBackbone(DiffusersBackbone):
         image encoder: `expand_timesteps` pins the first latent frame to the image's latent instead)."""
         from diffusers import WanImageToVideoPipeline
 
-        if getattr(self, "_i2v_pipe", None) is None:
+        if self._i2v_pipe is None:
             c = self.pipe.components
             self._i2v_pipe = WanImageToVideoPipeline(
                 tokenizer=c["tokenizer"], text_encoder=c["text_encoder"], vae=c["vae"], scheduler=c["scheduler"],
@@ -332,4 +337,233 @@ class WanBackbone(DiffusersBackbone):
 
 
 # Loads T2V, TI2V-5B or I2V (the pipeline class its model_index.json names).
-load_wan = register_backbone("wan")(WanBackbone.load)
+
+
+# -- the tiny test model (random weights, built from config). diffusers and transformers are imported inside:
+# they take seconds, and only tests and benchmarks build one.
+def build_tiny_wan(
+    folder: str | Path,
+    seed: int = 0,
+    *,
+    layers: int = 2,
+    heads: int = 2,
+    head_dim: int = 12,
+    two_experts: bool = False,
+    latent_channels: int = 16,
+) -> Path:
+    """Write a tiny random Wan 2.1-style T2V pipeline to `folder` (diffusers layout, safetensors).
+    `two_experts`: Wan 2.2 A14B's layout instead, a high-noise `transformer` and a low-noise `transformer_2`
+    switched at `boundary_ratio` 0.875 of the timesteps. `latent_channels`: the VAE's (the bench's real-size
+    DiT takes Wan's 16)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    tokenizer = build_word_tokenizer(TINY_WORDS)
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=len(tokenizer),
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    ).eval()
+    vae = AutoencoderKLWan(
+        base_dim=3,
+        z_dim=latent_channels,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+    ).eval()
+
+    def dit() -> WanTransformer3DModel:
+        return WanTransformer3DModel(
+            patch_size=(1, 2, 2),
+            num_attention_heads=heads,
+            attention_head_dim=head_dim,
+            in_channels=latent_channels,
+            out_channels=latent_channels,
+            text_dim=32,
+            freq_dim=32,
+            ffn_dim=32,
+            num_layers=layers,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            rope_max_seq_len=32,
+        ).eval()
+
+    transformer = dit()
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
+    )
+    experts = {"transformer_2": dit(), "boundary_ratio": 0.875} if two_experts else {}
+    pipe = WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=scheduler,
+        **experts,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def build_tiny_wan22_ti2v(folder: str | Path, seed: int = 0, *, layers: int = 2) -> Path:
+    """Write a tiny random Wan 2.2 TI2V-5B-style T2V pipeline: the 48-channel residual VAE with a 2x2 pixel
+    patch (spatial stride 16, temporal 4) and `expand_timesteps=True` (one timestep per latent patch).
+
+    Config after diffusers' `tests/pipelines/wan/test_wan_22.py` (Wan225BPipelineFastTests)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    tokenizer = build_word_tokenizer(TINY_WORDS)
+    text_encoder = tiny_umt5(len(tokenizer))
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=48, in_channels=12, out_channels=12, is_residual=True, patch_size=2,
+        latents_mean=[0.0] * 48, latents_std=[1.0] * 48, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+        scale_factor_spatial=16, scale_factor_temporal=4, temperal_downsample=[False, True, True],
+    ).eval()  # fmt: skip
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=48, out_channels=48,
+        text_dim=32, freq_dim=32, ffn_dim=32, num_layers=layers, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+    ).eval()  # fmt: skip
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0
+    )
+    pipe = WanPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler,
+        transformer_2=None, boundary_ratio=None, expand_timesteps=True,
+    )  # fmt: skip
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def build_tiny_wan_i2v(
+    folder: str | Path, seed: int = 0, *, layers: int = 2, heads: int = 2, head_dim: int = 12
+) -> Path:
+    """Write a tiny random Wan 2.1 I2V pipeline (`WanImageToVideoPipeline`) to `folder`: the tiny Wan T2V
+    parts, plus a tiny `CLIPVisionModel` image encoder and a `CLIPImageProcessor` (32x32), both made in code,
+    and a DiT that takes the image condition the way Wan 2.1 I2V does: 36 input channels (16 noisy latent +
+    4 first-frame mask + 16 condition latent), `image_dim` = the encoder's width, and `added_kv_proj_dim` so
+    each block's cross-attention has the image key/value projections (`attn2.add_k_proj` / `add_v_proj`).
+
+    Sizes after diffusers' `tests/pipelines/wan/test_wan_image_to_video.py`."""
+    from diffusers import (
+        AutoencoderKLWan,
+        UniPCMultistepScheduler,
+        WanImageToVideoPipeline,
+        WanTransformer3DModel,
+    )
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+    )
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    tokenizer = build_word_tokenizer(TINY_WORDS)
+    text_encoder = tiny_umt5(len(tokenizer))
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    ).eval()
+    image_width = 8  # the CLIP encoder's hidden size: the DiT's image_dim
+    image_encoder = CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=image_width, projection_dim=image_width, num_hidden_layers=2, num_attention_heads=2,
+            image_size=32, intermediate_size=16, patch_size=4,
+        )
+    ).eval()  # fmt: skip
+    image_processor = CLIPImageProcessor(crop_size=32, size=32)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim, in_channels=36,
+        out_channels=16, text_dim=32, freq_dim=32, ffn_dim=32, num_layers=layers, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32, image_dim=image_width,
+        added_kv_proj_dim=heads * head_dim,
+    ).eval()  # fmt: skip
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
+    )
+    pipe = WanImageToVideoPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+        image_processor=image_processor, image_encoder=image_encoder, transformer=transformer,
+    )  # fmt: skip
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+# -- ComfyUI's names -------------------------------------------------------------------------------------------
+# diffusers Wan module name -> original Wan (ComfyUI) name, inside blocks.N.
+_COMFY_WAN = [
+    (r"\.attn1\.to_q$", ".self_attn.q"),
+    (r"\.attn1\.to_k$", ".self_attn.k"),
+    (r"\.attn1\.to_v$", ".self_attn.v"),
+    (r"\.attn1\.to_out\.0$", ".self_attn.o"),
+    (r"\.attn2\.to_q$", ".cross_attn.q"),
+    (r"\.attn2\.to_k$", ".cross_attn.k"),
+    (r"\.attn2\.to_v$", ".cross_attn.v"),
+    (r"\.attn2\.to_out\.0$", ".cross_attn.o"),
+    (r"\.attn2\.add_k_proj$", ".cross_attn.k_img"),
+    (r"\.attn2\.add_v_proj$", ".cross_attn.v_img"),
+    (r"\.ffn\.net\.0\.proj$", ".ffn.0"),
+    (r"\.ffn\.net\.2$", ".ffn.2"),
+]
+
+
+def comfyui_module_name(module: str) -> str:
+    """ComfyUI's name (the original Wan layout) of a diffusers Wan module."""
+    for pat, rep in _COMFY_WAN:
+        if re.search(pat, module):
+            return re.sub(pat, rep, module)
+    raise SetseqError(
+        f"no ComfyUI name is known for module '{module}'", "export with --format diffusers instead"
+    )
+
+
+def comfyui_slot(module: str) -> tuple[str, int]:
+    """(ComfyUI module name, slot) of a diffusers Wan module: ComfyUI fuses none of Wan's linears."""
+    return comfyui_module_name(module), 0
+
+
+# -- bench shapes ------------------------------------------------------------------------------------------------
+def _wan_shape(heads: int, ffn: int, layers: int, note: str) -> BenchShape:
+    """A Wan 2.1 T2V DiT (head dim 128, UMT5-XXL text of 512 x 4096)."""
+    config = dict(
+        patch_size=(1, 2, 2), attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096,
+        freq_dim=256, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+        num_attention_heads=heads, ffn_dim=ffn, num_layers=layers,
+    )  # fmt: skip
+    return BenchShape("wan", "WanTransformer3DModel", config, 16, 512, 4096, note=note)
+
+
+FAMILY = Family(
+    "wan",
+    WanBackbone.load,
+    # Wan 2.1 I2V (CLIP image_encoder), Wan 2.2 I2V A14B: generation only
+    pipelines=("WanPipeline", "WanImageToVideoPipeline"),
+    comfyui=comfyui_slot,
+    experts=EXPERTS,
+    shapes={
+        "wan-1.3b": _wan_shape(12, 8960, 30, "Wan 2.1 T2V 1.3B"),
+        "wan-14b": _wan_shape(
+            40, 13824, 40, "Wan 2.1 T2V 14B (one expert of Wan 2.2 A14B has the same shape)"
+        ),
+    },
+    tiny=(
+        TinyModel("wan", build_tiny_wan, "WanPipeline", 9, (32, 32), 2 * (4 + 4 + 2)),
+        TinyModel("wan22_ti2v", build_tiny_wan22_ti2v, "WanPipeline", 9, (32, 32), 2 * (4 + 4 + 2)),
+        # Wan 2.1 I2V: attn2 also has the CLIP image projections; generation starts from an image
+        TinyModel("wan_i2v", build_tiny_wan_i2v, "WanImageToVideoPipeline", 9, (32, 32), 2 * (4 + 6 + 2)),
+    ),
+    backbone=WanBackbone,
+)

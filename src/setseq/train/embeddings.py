@@ -16,27 +16,24 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from setseq.backbones.base import Backbone
 from setseq.errors import SetseqError
 from setseq.io import atomic_path
 
 DELTA_KEY = "text_embedding.delta"
 
 
-def _embedding_module(backbone) -> torch.nn.Embedding:
-    enc = getattr(backbone, "text_encoder", None)
-    if (
-        enc is None
-        or not hasattr(enc, "get_input_embeddings")
-        or getattr(backbone, "tokenizer", None) is None
-    ):
+def _embedding_module(backbone: Backbone) -> torch.nn.Embedding:
+    table = backbone.text_embeddings()
+    if table is None:
         raise SetseqError(
             f"the {backbone.info.name} backbone exposes no text encoder embedding table to optimise",
             "set concept.train_embedding=false (and do not use method=textual_inversion) with this backbone",
         )
-    return enc.get_input_embeddings()
+    return table
 
 
-def token_id(backbone, token: str) -> int:
+def token_id(backbone: Backbone, token: str) -> int:
     """The one vocabulary id of a concept token; a token the tokenizer splits into pieces is refused."""
     ids = backbone.tokenizer(token, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
@@ -44,7 +41,7 @@ def token_id(backbone, token: str) -> int:
             f"the concept token '{token}' is {len(ids)} tokens for this text encoder's tokenizer",
             "choose an identifier that is a single token of the tokenizer (e.g. sks), or set concept.train_embedding=false",
         )
-    unk = getattr(backbone.tokenizer, "unk_token_id", None)
+    unk = backbone.tokenizer.unk_token_id  # (a transformers tokenizer: None when it has no unknown token)
     if unk is not None and ids[0] == unk:
         raise SetseqError(
             f"the concept token '{token}' is unknown to this tokenizer", "choose a token of its vocabulary"
@@ -55,7 +52,7 @@ def token_id(backbone, token: str) -> int:
 class TokenEmbeddings:
     """Trainable offsets of the concept tokens' input embeddings, added by a forward hook."""
 
-    def __init__(self, backbone, tokens: list[str], lr: float) -> None:
+    def __init__(self, backbone: Backbone, tokens: list[str], lr: float) -> None:
         self.module = _embedding_module(backbone)
         self.tokens = list(tokens)
         self.ids = [token_id(backbone, t) for t in tokens]

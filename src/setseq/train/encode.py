@@ -295,5 +295,5 @@ def _encode_pixels(bb: Backbone, x: torch.Tensor, t_static: str, t_motion: str, 
         static, motion = bb.encode_prompt([t_static]), bb.encode_prompt([t_motion])
     enc = EncodedConcept(set_lat, clip_lat, static.to("cpu"), motion.to("cpu"), key)
     if bb.info.image == "required":
-        enc.clip_image = bb.image_condition(x.unsqueeze(0))  # type: ignore[attr-defined]
+        enc.clip_image = bb.image_condition(x.unsqueeze(0))
     return enc

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from setseq import lora as L
-from setseq.backbones.base import Backbone, noisy_latents, training_target
+from setseq.backbones.base import Backbone
 from setseq.config import RunConfig, StageConfig
 from setseq.data.cache import EncodedConcept
 from setseq.data.masks import swap_prompt
@@ -49,11 +49,10 @@ def step_expert(backbone: Backbone, seed: int, stage: int, step: int) -> tuple[f
     distribution of a sample's sigma is the backbone's own, while every process runs the same expert, so
     FSDP2 gathers the same blocks on all of them. A step's samples no longer mix experts: each expert's
     LoRA is stepped in the share of the steps that falls to it, with the whole batch."""
-    experts = getattr(backbone, "expert_sigmas", None)
+    experts = backbone.expert_sigmas
     if not experts:
         return None
-    share = backbone.sigma_share  # type: ignore[attr-defined]  (a backbone of experts has it)
-    shares = torch.tensor([share(lo, hi) for _, lo, hi in experts], dtype=torch.float64)
+    shares = torch.tensor([backbone.sigma_share(lo, hi) for _, lo, hi in experts], dtype=torch.float64)
     pick = int(torch.multinomial(shares, 1, generator=step_generator(seed, stage, step, -1)))
     return experts[pick][1], experts[pick][2]
 
@@ -189,19 +188,15 @@ def denoising_loss(
     """One denoising loss on a batch: noise, timesteps, token masks and self-conditioning drawn from `gen`.
     `sigma_range`: the timesteps drawn within it only (one expert's, `step_expert`).
 
-    Flow matching (velocity target) unless the backbone defines its own forward process and target
-    (`noisy` / `training_target`, e.g. CogVideoX's v-prediction DDPM): see `setseq.backbones.base`.
+    The backbone's forward process and target (`Backbone.noisy` / `training_target`): flow matching (velocity
+    target) unless its family says otherwise (e.g. a v-prediction DDPM).
     Self-conditioning (FIT): each sample, with probability `self_conditioning_p`, gets the model's own x0
     estimate from a first, gradient-free pass as its self-conditioning input; the others get zeros.
     With `encode_prompt` (token embeddings training), the batch's `texts` are encoded here, with gradients."""
     x0 = batch.latents.to(backbone.device, torch.float32)
     noise = torch.randn(x0.shape, generator=gen).to(backbone.device)
-    if sigma_range is None:
-        sigmas = backbone.sample_sigmas(x0.shape[0], generator=gen)
-    else:  # (a backbone of several experts takes the range: see `step_expert`)
-        draw = backbone.sample_sigmas
-        sigmas = draw(x0.shape[0], generator=gen, between=sigma_range)  # type: ignore[call-arg]
-    noisy = noisy_latents(backbone, x0, noise, sigmas)
+    sigmas = backbone.sample_sigmas(x0.shape[0], generator=gen, between=sigma_range)
+    noisy = backbone.noisy(x0, noise, sigmas)
     prompt = batch.prompt
     if encode_prompt is not None and batch.texts:
         n = len(batch.texts)
@@ -221,7 +216,7 @@ def denoising_loss(
         extra["self_cond"] = estimate * use.reshape(-1, *([1] * (x0.ndim - 1))).to(estimate.dtype)
     pred = backbone.predict(noisy, sigmas, prompt, **extra)
     weights = None if batch.weights is None else batch.weights.to(backbone.device)
-    target = training_target(backbone, x0, noise, sigmas)
+    target = backbone.training_target(x0, noise, sigmas)
     if batch.subject is not None:  # off the subject, the frozen base model's own prediction is the target
         with torch.no_grad(), lora_off(backbone.transformer):
             base = backbone.predict(noisy, sigmas, prompt, **extra)

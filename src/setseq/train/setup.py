@@ -347,10 +347,8 @@ def describe_placement(cfg: RunConfig, bb: Backbone, procs: Processes, log: Call
             f"({sum(w.numel() * w.element_size() for w in host) / GiB:.2f} GiB) stay in host memory, "
             f"copied to {bb.device} layer by layer"
         )
-    experts = getattr(bb, "expert_sigmas", None)
-    if experts:
-        share = bb.sigma_share  # type: ignore[attr-defined]  (a backbone of experts has it)
-        shares = ", ".join(f"{name} {share(lo, hi):.2f}" for name, lo, hi in experts)
+    if bb.expert_sigmas:
+        shares = ", ".join(f"{name} {bb.sigma_share(lo, hi):.2f}" for name, lo, hi in bb.expert_sigmas)
         routing = "step" if cfg.model.step_routing else "sample"
         how = "one per step for every sample" if routing == "step" else "each sample by its timestep"
         given = cfg.model.expert_routing
@@ -430,12 +428,7 @@ def attach_lora(
     from the checkpoint being resumed or from `--init-lora`."""
     model = bb.transformer
     if cfg.train.gradient_checkpointing:
-        if not getattr(model, "_supports_gradient_checkpointing", False):
-            raise SetseqError(
-                f"the {bb.info.name} DiT does not support gradient checkpointing",
-                "set train.gradient_checkpointing=false",
-            )
-        model.enable_gradient_checkpointing()
+        bb.enable_gradient_checkpointing()  # (refused in one line where the DiT cannot)
     L.inject(model, spec, seed=cfg.train.seed)
     layers = L.get_layers(model)
     n_params = sum(p.numel() for layer in layers.values() for p in (layer.down, layer.up))

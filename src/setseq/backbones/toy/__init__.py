@@ -25,11 +25,12 @@ from setseq.backbones.toy.files import (
     shipped_toy_with_fingerprint,
     toy_folder,
 )
-from setseq.backbones.toy.model import ToyBackbone, load_toy
+from setseq.backbones.toy.model import FAMILY, ToyBackbone, load_toy
 from setseq.backbones.toy.tokenizer import IDENTIFIER_TOKENS
 
 __all__ = [
     "DEFAULT_TOY_CONFIG",
+    "FAMILY",
     "IDENTIFIER_TOKENS",
     "REQUIRED_FILES",
     "SHIPPED_TOY_MODELS",

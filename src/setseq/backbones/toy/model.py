@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import torch
 
-from setseq.backbones.base import BackboneInfo, register_backbone
+from setseq.backbones.base import Backbone, BackboneInfo, Family
 from setseq.backbones.toy.config import codec_name
 from setseq.backbones.toy.files import RESTORE_HINT, ToyComponents, load_toy_components, toy_fingerprint
 from setseq.backbones.toy.pixel_codec import PixelCodec
 from setseq.backbones.toy.sampler import euler_cfg_sample, seeded_noise
 from setseq.backbones.toy.tokenizer import IDENTIFIER_TOKENS
 from setseq.backbones.toy.vae_codec import VaeCodec
+from setseq.backbones.wan import comfyui_slot
 from setseq.errors import SetseqError
 from setseq.functional.flow_matching import sample_sigmas as _draw_sigmas
+from setseq.functional.flow_matching import sigma_share
+from setseq.memory import meta_diffusers
 from setseq.prompts import ImageCondition, PromptEmbeds
 
 
@@ -32,7 +35,7 @@ def _move(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> 
     return module.to(device) if current == dtype else module.to(device, dtype)
 
 
-class ToyBackbone:
+class ToyBackbone(Backbone, own=("generate_batch",)):  # (batched generation: scripts/eval_toy.py)
     """The toy model behind the `Backbone` protocol. Frozen on construction (`requires_grad=False`)."""
 
     def __init__(
@@ -121,7 +124,7 @@ class ToyBackbone:
         if h % self.cell or w % self.cell:
             raise SetseqError(f"video size {h}x{w} is not a multiple of {self.cell}", "resize the video")
 
-    def latent_frames(self, frames: int) -> int:
+    def _latent_frames(self, frames: int) -> int:
         """Latent frames of a `frames`-frame video (a temporal VAE keeps the first frame and halves the rest)."""
         return 1 + (frames - 1) // self.temporal
 
@@ -149,7 +152,12 @@ class ToyBackbone:
         grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"))  # (2, h, w)
         return grid[None, :, None].expand(b, 2, f, h, w)
 
-    def sample_sigmas(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_sigmas(
+        self,
+        batch: int,
+        generator: torch.Generator | None = None,
+        between: tuple[float, float] | None = None,
+    ) -> torch.Tensor:
         """Training noise levels, drawn exactly as the toy model was pretrained."""
         return _draw_sigmas(
             batch,
@@ -157,7 +165,12 @@ class ToyBackbone:
             weighting=str(self.config["sigma_weighting"]),
             generator=generator,
             device=self.device,
+            between=between,
         )
+
+    def sigma_share(self, lo: float, hi: float) -> float:
+        shift, weighting = float(self.config["sigma_shift"]), str(self.config["sigma_weighting"])
+        return sigma_share(lo, hi, shift=shift, weighting=weighting)
 
     def predict(
         self,
@@ -193,6 +206,12 @@ class ToyBackbone:
         return out
 
     @torch.no_grad()
+    def meta_transformer(self) -> torch.nn.Module:
+        return meta_diffusers(self.transformer)  # (a diffusers WanTransformer3DModel)
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.transformer.enable_gradient_checkpointing()
+
     def generate_batch(
         self,
         prompts: list[str],
@@ -243,7 +262,7 @@ class ToyBackbone:
         if len(seeds) != len(prompts):
             raise SetseqError(f"{len(seeds)} seeds for {len(prompts)} prompts")
         # 2. initial noise, one generator per sample
-        shape = (self.latent_channels, self.latent_frames(frames), height // self.cell, width // self.cell)
+        shape = (self.latent_channels, self._latent_frames(frames), height // self.cell, width // self.cell)
         noise = seeded_noise(shape, seeds)
         # 3. sample
         lat = euler_cfg_sample(
@@ -289,7 +308,6 @@ class ToyBackbone:
         )[0]
 
 
-@register_backbone("toy")
 def load_toy(
     model_id: str = "toy", device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> ToyBackbone:
@@ -297,3 +315,8 @@ def load_toy(
     (`SHIPPED_TOY_MODELS`); any other id is a local toy model folder."""
     components = load_toy_components(model_id)
     return ToyBackbone(components, model_id=model_id, device=device, dtype=dtype)
+
+
+# The toy model is a Wan DiT: its LoRA has Wan's ComfyUI names. Its tiny models are built by
+# `build_toy_components` (tests/conftest.py's tiny_toy_dir); it has no diffusers pipeline, no bench shape.
+FAMILY = Family("toy", load_toy, comfyui=comfyui_slot)
