@@ -75,6 +75,7 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     """The DiT's transformer blocks: the members of its top-level ModuleLists (`blocks`, `transformer_blocks`,
     and HunyuanVideo's `single_transformer_blocks`), which is what gradient checkpointing wraps; for a module
     holding several DiTs (Wan 2.2 A14B's experts), those of each."""
+    # (heavy to import: loaded where used)
     from diffusers import ModelMixin
 
     dits = [m for m in model.modules() if isinstance(m, ModelMixin)] or [model]

@@ -58,6 +58,7 @@ class SwapPlan:
 
 def dits(transformer: nn.Module) -> list[nn.Module]:
     """The DiTs in `transformer`: itself, or each expert of Wan 2.2 A14B (modules that hold the blocks)."""
+    # (heavy to import: loaded where used)
     from diffusers import ModelMixin
 
     return [
@@ -167,6 +168,7 @@ def load_backbone_swapped(
     name: str, model_id: str, device: torch.device, dtype: torch.dtype, block_swap: int
 ):
     """`load_backbone`, with the last `block_swap` blocks' linear weights left in host memory (0: plain)."""
+    # (here, not at the top: the registry imports the families, whose shared base imports this module)
     from setseq.backbones.registry import load_backbone
 
     if not block_swap:

@@ -21,14 +21,24 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
+from setseq import offload
+from setseq.config import ModelConfig
 from setseq.errors import SetseqError
-
-if TYPE_CHECKING:
-    from setseq.speed import BenchSizes
+from setseq.memory import tokens_per_sample
+from setseq.runtime import quiet_libraries, visible_gpus
+from setseq.speed import (
+    BenchSizes,
+    build_backbone,
+    latent_shape,
+    random_prompt,
+    shape_config,
+    time_steps,
+    with_lora,
+)
+from setseq.train.distributed import close_processes, init_processes, launched_world, parallelize
 
 
 @dataclass
@@ -57,6 +67,25 @@ def held_bytes(device: torch.device) -> int:
         return 0
 
 
+def _describe(
+    name: str, procs: int, z: BenchSizes, rank: int, ckpt: bool, fp8: bool, replicate: bool, env: dict
+) -> str:
+    """The bench's first line: the shape, the processes and how the engine holds the DiT, the settings."""
+    note = shape_config(name, z.layers)[0].note
+    if procs == 1:
+        engine = "one process, nothing sharded"
+    elif replicate:
+        engine = "the DiT replicated, LoRA gradients all-reduced (FSDP2's replicate)"
+    else:
+        engine = "the DiT sharded by FSDP2 (model.fsdp=true)"
+    return (
+        f"{name}: {note}" + (f"; built with {z.layers} layers" if z.layers else "") + f"; {procs} "
+        f"process(es) on {z.device.type}, {engine}; {z.dtype}; LoRA rank {rank}; {z.height}x{z.width}; "
+        f"gradient checkpointing {'on' if ckpt else 'off'}; fp8 {'on' if fp8 else 'off'}"
+        + (f"; {env['OMP_NUM_THREADS']} thread(s) each" if z.device.type == "cpu" else "")
+    )
+
+
 def run_in_processes(
     name: str,
     procs: int,
@@ -79,9 +108,6 @@ def run_in_processes(
     once (a fixed `MALLOC_MMAP_THRESHOLD_`; by default it keeps up to 32 MiB blocks for reuse), so that
     resident memory follows the live tensors: else the blocks FSDP2 gathers and frees stay resident after
     each step. Refused: fewer than one process, more processes than GPUs."""
-    from setseq.runtime import visible_gpus
-    from setseq.speed import shape_config
-
     if procs < 1:
         raise SetseqError(f"--procs {procs}: the bench needs at least one process", "use --procs 1 or more")
     if z.device.type == "cuda" and procs > visible_gpus():
@@ -89,7 +115,6 @@ def run_in_processes(
             f"--procs {procs} but {visible_gpus()} GPU(s) are visible (one process per GPU)",
             f"use --procs {visible_gpus()} or fewer, or --device cpu",
         )
-    shape, _ = shape_config(name, z.layers)
     settings = dict(
         name=name, device=str(z.device), dtype=str(z.dtype).removeprefix("torch."), frames=z.frames,
         size=[z.height, z.width], layers=z.layers, rank=rank, rows=z.rows(stage1_batch, stage2_batch),
@@ -100,18 +125,7 @@ def run_in_processes(
     if z.device.type == "cpu":  # the cores shared out (torchrun would give each process one thread)
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // procs))
         env["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
-    if procs == 1:
-        engine = "one process, nothing sharded"
-    elif replicate:
-        engine = "the DiT replicated, LoRA gradients all-reduced (FSDP2's replicate)"
-    else:
-        engine = "the DiT sharded by FSDP2 (model.fsdp=true)"
-    log(
-        f"{name}: {shape.note}" + (f"; built with {z.layers} layers" if z.layers else "") + f"; {procs} "
-        f"process(es) on {z.device.type}, {engine}; {z.dtype}; LoRA rank {rank}; {z.height}x{z.width}; "
-        f"gradient checkpointing {'on' if gradient_checkpointing else 'off'}; fp8 {'on' if fp8 else 'off'}"
-        + (f"; {env['OMP_NUM_THREADS']} thread(s) each" if z.device.type == "cpu" else "")
-    )
+    log(_describe(name, procs, z, rank, gradient_checkpointing, fp8, replicate, env))
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "settings.json").write_text(json.dumps(settings))
         argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs)]
@@ -144,13 +158,6 @@ def run_in_processes(
 def _process_bench(folder: Path) -> None:
     """One process of `run_in_processes` (started by torchrun): join the others, build the DiT, hand it to the
     engine when there are several, time each row, and write `rank{N}.json` into `folder`."""
-    from setseq import offload
-    from setseq.config import ModelConfig
-    from setseq.memory import tokens_per_sample
-    from setseq.runtime import quiet_libraries
-    from setseq.speed import build_backbone, latent_shape, random_prompt, shape_config, time_steps, with_lora
-    from setseq.train.distributed import close_processes, init_processes, launched_world, parallelize
-
     quiet_libraries()
     s = json.loads((folder / "settings.json").read_text())
     dt, sharded = getattr(torch, s["dtype"]), launched_world() > 1 and s["fsdp"]

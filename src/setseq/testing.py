@@ -72,6 +72,7 @@ def build_tiny_grounding_dino(folder: str | Path, seed: int = 0, size: int = 64)
     processor (the PIL image processor, a word-level BERT tokenizer), saved to `folder` as a hub checkpoint
     is: `from_pretrained(folder)` loads it the same way. Its boxes and scores are random but fixed by
     `seed`; a test picks `threshold` 0 (every box passes) or 1 (none does)."""
+    # (heavy to import: loaded where used)
     from transformers import (
         BertTokenizer,
         GroundingDinoConfig,
@@ -79,6 +80,8 @@ def build_tiny_grounding_dino(folder: str | Path, seed: int = 0, size: int = 64)
         GroundingDinoProcessor,
         SwinConfig,
     )
+
+    # (heavy to import: loaded where used)
     from transformers.models.grounding_dino.image_processing_pil_grounding_dino import (
         GroundingDinoImageProcessorPil,
     )
@@ -119,6 +122,7 @@ def build_tiny_sam2_video(folder: str | Path, seed: int = 0, size: int = 64) -> 
     """A random-weight SAM 2 video model (`Sam2VideoModel`: tiny Hiera, one memory-attention layer) at
     `size` x `size` input, saved to `folder` as a hub checkpoint is. Its object-score head is set to say
     "present" (bias +10) so that tracking yields masks on every frame, random in shape but fixed by `seed`."""
+    # (heavy to import: loaded where used)
     from transformers import Sam2VideoConfig, Sam2VideoModel
 
     s = size
@@ -156,6 +160,7 @@ def build_tiny_sam3_video(folder: str | Path, seed: int = 0, size: int = 112) ->
     tiny tracker) and its processor (a character-level CLIP tokenizer), saved to `folder` as a hub checkpoint
     is. Its detection thresholds are 0 and its hot start off, so random detections are tracked. Needs
     torchvision (transformers' SAM 3 does)."""
+    # (heavy to import: loaded where used)
     from transformers import CLIPTokenizer, Sam3VideoConfig, Sam3VideoModel, Sam3VideoProcessor
     from transformers.models.sam2_video.video_processing_sam2_video import Sam2VideoVideoProcessor
     from transformers.models.sam3 import configuration_sam3 as c

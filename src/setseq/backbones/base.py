@@ -13,8 +13,11 @@ import contextvars
 import difflib
 import hashlib
 import json
+import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -269,6 +272,7 @@ def dit_on_meta(enabled: bool = True) -> Iterator[None]:
 
 def _empty_dits(pipeline_cls: type, model_id: str) -> dict[str, torch.nn.Module]:
     """The pipeline's DiT components, built from their configs with parameters on the meta device."""
+    # (heavy to import: loaded where used)
     import diffusers
     from accelerate import init_empty_weights
 
@@ -297,10 +301,6 @@ def load_diffusers_pipeline(
     and in eval mode on `device`. `vae_fp32` keeps the VAE in fp32 for families whose pipeline casts latents to
     the VAE's dtype before decoding. Inside `dit_on_meta`, the DiT's weights are not read (its parameters are
     on the meta device). Failures become one-line errors that name the fix."""
-    import os
-    import warnings
-    from pathlib import Path
-
     local = Path(model_id)
     if local.exists() and not (local / "model_index.json").is_file():
         raise SetseqError(
@@ -382,6 +382,9 @@ class Family:
     comfyui: Callable[[str], tuple[str, int]] | None = None
     comfyui_fused: dict[str, int] = field(default_factory=dict)  # fused ComfyUI linear (suffix) -> parts
     experts: tuple[str, ...] = ()  # module-name prefixes of a LoRA over several experts (Wan 2.2 A14B)
+    # The frame rate its videos play at when nothing else says (a base model alone, a run from before runs
+    # recorded theirs): its model card's or diffusers' export example's
+    fps: float = 16.0
     shapes: dict[str, BenchShape] = field(default_factory=dict)  # `setseq bench --shape` names
     tiny: tuple[TinyModel, ...] = ()
     # The class the bench wraps around a real-size DiT: cls(pipe, model_id, device, dtype) (a diffusers family)

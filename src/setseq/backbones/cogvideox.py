@@ -172,6 +172,7 @@ def build_tiny_cogvideox(
 
     Sizes after diffusers' `tests/pipelines/cogvideo/test_cogvideox.py`: VAE stride 8 spatial / 4 temporal,
     4 latent channels, patch 2; head dim 16 so the 3D rotary split (t 4, h 6, w 6) is whole."""
+    # (heavy to import: loaded where used)
     from diffusers import (
         AutoencoderKLCogVideoX,
         CogVideoXDDIMScheduler,
@@ -211,6 +212,7 @@ def build_tiny_cogvideox(
 FAMILY = Family(
     "cogvideox",
     CogVideoXBackbone.load,
+    fps=8.0,
     pipelines=("CogVideoXPipeline",),
     shapes={
         "cogvideox-5b": BenchShape(

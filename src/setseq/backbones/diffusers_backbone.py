@@ -6,7 +6,8 @@ pipeline, the latent normalisation formula and the VAE round trip, flow-matching
 family's shift, the self-conditioning refusal, generation through the pipeline (the `--image` checks
 included), T5 tokenisation, the fingerprint, the tiny-model check.
 
-A family file (`wan.py`, `cogvideox.py`, `ltx.py`, `hunyuan.py`) holds only what differs:
+A family file (`wan.py`, `ltx.py`, `hunyuan.py`, ...: `registry.BUILTIN`) holds only what differs, and its
+`FAMILY` record (ComfyUI names, bench shapes, tiny model):
 - class attributes: registry `name`, `label` (the family in messages), `pipeline_class`, `vae_fp32`, the
   generation defaults, `text_length`, whether the pipeline takes the negative prompt;
 - `setup(model_id)`: read the configs, refuse what the family does not support, set the latent
@@ -15,7 +16,7 @@ A family file (`wan.py`, `cogvideox.py`, `ltx.py`, `hunyuan.py`) holds only what
 - `forward`: the DiT call (timestep convention, packing, rotary positions, extra inputs);
 - where the family differs from the default: `encode_prompt`, `fingerprint_configs`, `vae_decode`,
   `pipeline_kwargs`, `guidance_kwargs`, `image_pipeline`, `pipeline_for`; a family with another objective overrides
-  `sample_sigmas` and adds `noisy` / `training_target` (hooks of `setseq.backbones.base.Backbone`).
+  `sample_sigmas`, `noisy` and `training_target` (hooks of `setseq.backbones.base.Backbone`).
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class DiffusersBackbone(Backbone, declares_hooks=True):
     @classmethod
     def pipeline_for(cls, model_id: str) -> type:
         """The pipeline class that loads `model_id` (Wan picks its image-to-video one from model_index.json)."""
+        # (heavy to import: loaded where used)
         import diffusers
 
         return getattr(diffusers, cls.pipeline_class)
@@ -168,8 +170,8 @@ class DiffusersBackbone(Backbone, declares_hooks=True):
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> PromptEmbeds:
-        """T5 as CogVideoX's and LTX's pipelines run it: no mask to the encoder, its own output at pad
-        positions; the mask marks the real tokens (for token masking)."""
+        """T5 as the pipelines that do not mask it run it (LTX-Video's, ...): no mask to the encoder, its own
+        output at pad positions; the mask marks the real tokens (for token masking)."""
         ids, mask = self.tokenize(prompts)
         hidden = self.text_encoder(ids)[0].float()  # (B, L, D)
         return PromptEmbeds(hidden, mask.bool())

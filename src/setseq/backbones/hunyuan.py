@@ -57,6 +57,7 @@ PLAIN_TEMPLATE = {"template": "{}", "crop_start": 0}
 
 def _prompt_template(tokenizer) -> dict:
     """HunyuanVideo's chat template if the tokenizer has Llama-3's header tokens, else the plain one."""
+    # (heavy to import: loaded where used)
     from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
 
     tid = tokenizer.convert_tokens_to_ids("<|start_header_id|>")
@@ -158,12 +159,15 @@ def build_tiny_hunyuan(
     Sizes after diffusers' `tests/pipelines/hunyuan_video/test_hunyuan_video.py`. The word-level Llama
     tokenizer has none of Llama-3's chat tokens, so `setseq.backbones.hunyuan` uses the plain "{}" prompt
     template for it (crop 0), as diffusers' own test does."""
+    # (heavy to import: loaded where used)
     from diffusers import (
         AutoencoderKLHunyuanVideo,
         FlowMatchEulerDiscreteScheduler,
         HunyuanVideoPipeline,
         HunyuanVideoTransformer3DModel,
     )
+
+    # (heavy to import: loaded where used)
     from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
 
     folder = Path(folder)
@@ -252,6 +256,7 @@ def comfyui_slot(module: str) -> tuple[str, int]:
 FAMILY = Family(
     "hunyuan",
     HunyuanVideoBackbone.load,
+    fps=15.0,
     pipelines=("HunyuanVideoPipeline",),
     comfyui=comfyui_slot,
     comfyui_fused=COMFYUI_FUSED,

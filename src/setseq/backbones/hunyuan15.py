@@ -70,6 +70,7 @@ def _t2v_forward(
     """`HunyuanVideo15T2VTransformer.forward`: diffusers' own for the pipeline's call (with `image_embeds`);
     for setseq's (text-to-video, no image embedding) the same computation with no data-dependent shapes
     (`attention_kwargs` unused: setseq's LoRA layers carry their own scales)."""
+    # (heavy to import: loaded where used)
     from diffusers import HunyuanVideo15Transformer3DModel
     from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
@@ -105,6 +106,7 @@ def _t2v_forward(
 def t2v_transformer_class() -> type:
     """diffusers' HunyuanVideo 1.5 DiT with `_t2v_forward`: same weights and module names, only the class
     differs. Made on first use, so that importing this module does not import diffusers."""
+    # (heavy to import: loaded where used)
     from diffusers import HunyuanVideo15Transformer3DModel
 
     return type(
@@ -242,6 +244,7 @@ def build_tiny_hunyuan15(
     prefix the pipeline crops (Qwen2.5's real template is that long too), then the prompt and an end token.
     The last VAE level is 64 wide so that its channel grouping (width / 2 x latent channels) is whole for
     the real 32 latent channels too (`setseq bench --shape hunyuan-1.5` builds its VAE here)."""
+    # (heavy to import: loaded where used)
     from diffusers import (
         AutoencoderKLHunyuanVideo15,
         ClassifierFreeGuidance,
@@ -249,6 +252,8 @@ def build_tiny_hunyuan15(
         HunyuanVideo15Pipeline,
         HunyuanVideo15Transformer3DModel,
     )
+
+    # (heavy to import: loaded where used)
     from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel
 
     folder = Path(folder)
@@ -295,6 +300,7 @@ def build_tiny_hunyuan15(
 FAMILY = Family(
     "hunyuan15",
     HunyuanVideo15Backbone.load,
+    fps=24.0,
     # text-to-video only (HunyuanVideo15ImageToVideoPipeline: refused)
     pipelines=("HunyuanVideo15Pipeline",),
     # ComfyUI runs HunyuanVideo 1.5 on its HunyuanVideo model (comfy/ldm/hunyuan_video/model.py: the same flux

@@ -59,6 +59,7 @@ def resolution_shift(scheduler_config: dict, tokens: int, defaults: dict[str, fl
     or with `use_dynamic_shifting` exp(mu), mu the pipeline's `calculate_shift` of the token count (linear
     between `base_shift` at `base_image_seq_len` and `max_shift` at `max_image_seq_len`; the exponential time
     shift at mu is the SD3 shift exp(mu)). `defaults`: the pipeline's values for keys the config lacks."""
+    # (heavy to import: loaded where used)
     from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift
 
     if not scheduler_config.get("use_dynamic_shifting", False):
@@ -112,6 +113,7 @@ class LTXBackbone(DiffusersBackbone):
         return {"frame_rate": FRAME_RATE}
 
     def forward(self, noisy: torch.Tensor, sigmas: torch.Tensor, prompt: PromptEmbeds) -> torch.Tensor:
+        # (heavy to import: loaded where used)
         from diffusers import LTXPipeline
 
         _, _, f, h, w = noisy.shape
@@ -138,6 +140,7 @@ class LTXBackbone(DiffusersBackbone):
 # they take seconds, and only tests and benchmarks build one.
 def ltx_scheduler():
     """The scheduler of LTX-Video 0.9 and LTX-2: a resolution-dependent shift (mu from the token count)."""
+    # (heavy to import: loaded where used)
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     return FlowMatchEulerDiscreteScheduler(
@@ -151,6 +154,7 @@ def build_tiny_ltx(folder: str | Path, seed: int = 0, *, layers: int = 2, latent
     a 4x4 pixel patch and three spatio-temporal downsamplings), 8 latent channels, patch 1.
 
     Transformer after diffusers' `tests/pipelines/ltx/test_ltx.py`."""
+    # (heavy to import: loaded where used)
     from diffusers import AutoencoderKLLTXVideo, LTXPipeline, LTXVideoTransformer3DModel
 
     folder = Path(folder)
@@ -199,6 +203,7 @@ def comfyui_slot(module: str) -> tuple[str, int]:
 FAMILY = Family(
     "ltx",
     LTXBackbone.load,
+    fps=25.0,
     pipelines=("LTXPipeline",),
     comfyui=comfyui_slot,
     shapes={

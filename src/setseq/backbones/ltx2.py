@@ -119,6 +119,7 @@ class LTX2Backbone(LTXBackbone):
 
     # -- diffusion -------------------------------------------------------------------------------------------
     def forward(self, noisy: torch.Tensor, sigmas: torch.Tensor, prompt: PromptEmbeds) -> torch.Tensor:
+        # (heavy to import: loaded where used)
         from diffusers import LTX2Pipeline
 
         b, _, f, h, w = noisy.shape
@@ -159,12 +160,15 @@ def build_tiny_ltx2(folder: str | Path, seed: int = 0, *, layers: int = 2, laten
 
     DiT, connectors, audio VAE and vocoder after diffusers' `tests/pipelines/ltx2/testing_utils.py`; the
     scheduler is LTX-2's (resolution-dependent shift)."""
+    # (heavy to import: loaded where used)
     from diffusers import (
         AutoencoderKLLTX2Audio,
         AutoencoderKLLTX2Video,
         LTX2Pipeline,
         LTX2VideoTransformer3DModel,
     )
+
+    # (heavy to import: loaded where used)
     from diffusers.pipelines.ltx2 import LTX2TextConnectors
     from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
     from transformers import (
@@ -235,6 +239,7 @@ def build_tiny_ltx2(folder: str | Path, seed: int = 0, *, layers: int = 2, laten
 FAMILY = Family(
     "ltx2",
     LTX2Backbone.load,
+    fps=24.0,
     pipelines=("LTX2Pipeline",),  # LTX-2: video only (the audio branch frozen)
     comfyui=comfyui_slot,  # (ComfyUI's LTXAV names the video stream's layers as LTX-Video's)
     shapes={

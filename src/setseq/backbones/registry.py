@@ -98,7 +98,7 @@ def load_backbone(
     except SetseqError:
         raise
     except (AttributeError, KeyError, TypeError, ValueError, OSError, RuntimeError) as exc:
-        # e.g. a Wan folder loaded with --backbone cogvideox: the configs do not fit the family's classes.
+        # e.g. a Wan folder loaded as another family: the configs do not fit the family's classes.
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise SetseqError(
             f"cannot load '{model_id}' as a {name} model ({type(exc).__name__}: {first})",

@@ -14,6 +14,7 @@ TINY_WORDS = (
 
 def build_word_tokenizer(words: list[str] | tuple[str, ...], max_length: int = 64):
     """A word-level `PreTrainedTokenizerFast` (pad <pad>, eos </s>, unk <unk>), built in code."""
+    # (heavy to import: loaded where used)
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -37,6 +38,7 @@ def build_word_tokenizer(words: list[str] | tuple[str, ...], max_length: int = 6
 
 def tiny_umt5(vocab_size: int):
     """A tiny random UMT5 text encoder (2 layers, width 32), the Wan families' text encoder in tests."""
+    # (heavy to import: loaded where used)
     from transformers import UMT5Config, UMT5EncoderModel
 
     return UMT5EncoderModel(
@@ -48,6 +50,7 @@ def tiny_umt5(vocab_size: int):
 
 
 def tiny_t5(vocab_size: int, d_model: int = 32):
+    # (heavy to import: loaded where used)
     from transformers import T5Config, T5EncoderModel
 
     return T5EncoderModel(

@@ -190,6 +190,7 @@ class WanBackbone(DiffusersBackbone):
     def pipeline_for(cls, model_id: str) -> type:
         """`WanImageToVideoPipeline` when the checkpoint's model_index.json names it, else `WanPipeline`. A hub
         id's model_index.json is read through diffusers (the hub cache, else a download of that one file)."""
+        # (heavy to import: loaded where used)
         from diffusers import WanImageToVideoPipeline, WanPipeline
 
         index = Path(model_id) / "model_index.json"
@@ -197,6 +198,7 @@ class WanBackbone(DiffusersBackbone):
             if index.is_file():
                 cls_name = json.loads(index.read_text()).get("_class_name")
             elif not Path(model_id).exists():
+                # (heavy to import: loaded where used)
                 from diffusers import DiffusionPipeline
 
                 cls_name = DiffusionPipeline.load_config(model_id).get("_class_name")
@@ -303,6 +305,7 @@ class WanBackbone(DiffusersBackbone):
         tokens = None
         enc = self.pipe.components.get("image_encoder")
         if enc is not None:
+            # (heavy to import: loaded where used)
             from PIL import Image
 
             px = pixels.permute(0, 2, 3, 1)  # (B, H, W, 3)
@@ -316,6 +319,7 @@ class WanBackbone(DiffusersBackbone):
     def image_pipeline(self, image: np.ndarray) -> tuple[Any, dict[str, Any]]:
         """An I2V model's own pipeline, or TI2V-5B's components in `WanImageToVideoPipeline`; the first frame as
         a PIL image: what both the CLIP processor and the VAE preprocessing of the pipeline expect."""
+        # (heavy to import: loaded where used)
         from PIL import Image
 
         pipe = self.pipe if self.image_to_video else self._ti2v_pipeline()
@@ -324,6 +328,7 @@ class WanBackbone(DiffusersBackbone):
     def _ti2v_pipeline(self):
         """Wan 2.2 TI2V-5B in image-to-video mode: `WanImageToVideoPipeline` on the same components (no CLIP
         image encoder: `expand_timesteps` pins the first latent frame to the image's latent instead)."""
+        # (heavy to import: loaded where used)
         from diffusers import WanImageToVideoPipeline
 
         if self._i2v_pipe is None:
@@ -355,6 +360,7 @@ def build_tiny_wan(
     `two_experts`: Wan 2.2 A14B's layout instead, a high-noise `transformer` and a low-noise `transformer_2`
     switched at `boundary_ratio` 0.875 of the timesteps. `latent_channels`: the VAE's (the bench's real-size
     DiT takes Wan's 16)."""
+    # (heavy to import: loaded where used)
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -421,6 +427,7 @@ def build_tiny_wan22_ti2v(folder: str | Path, seed: int = 0, *, layers: int = 2)
     patch (spatial stride 16, temporal 4) and `expand_timesteps=True` (one timestep per latent patch).
 
     Config after diffusers' `tests/pipelines/wan/test_wan_22.py` (Wan225BPipelineFastTests)."""
+    # (heavy to import: loaded where used)
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 
     folder = Path(folder)
@@ -458,12 +465,15 @@ def build_tiny_wan_i2v(
     each block's cross-attention has the image key/value projections (`attn2.add_k_proj` / `add_v_proj`).
 
     Sizes after diffusers' `tests/pipelines/wan/test_wan_image_to_video.py`."""
+    # (heavy to import: loaded where used)
     from diffusers import (
         AutoencoderKLWan,
         UniPCMultistepScheduler,
         WanImageToVideoPipeline,
         WanTransformer3DModel,
     )
+
+    # (heavy to import: loaded where used)
     from transformers import (
         CLIPImageProcessor,
         CLIPVisionConfig,

@@ -19,12 +19,15 @@ import torch
 
 from setseq import lora as L
 from setseq.backbones.base import Backbone, check_image_input
-from setseq.backbones.registry import guess_backbone
+from setseq.backbones.registry import families, guess_backbone
 from setseq.backbones.toy.files import SHIPPED_TOY_MODELS, shipped_toy_with_fingerprint
+from setseq.data.image import fit_image
+from setseq.data.video import from_tensor, write_contact_sheet, write_video
 from setseq.errors import SetseqError
 from setseq.export import SetseqLora, check_compatible, load_setseq
 from setseq.offload import load_backbone_swapped
 from setseq.runtime import DTYPES, resolve_device
+from setseq.train.embeddings import load_embeddings
 
 
 def pick_dtype(dtype: str, meta: dict, backbone: str, device: torch.device) -> str:
@@ -38,17 +41,11 @@ def pick_dtype(dtype: str, meta: dict, backbone: str, device: torch.device) -> s
     return "bfloat16" if device.type == "cuda" and backbone != "toy" else "float32"
 
 
-# The frame rate a backbone's videos play at when nothing else says (a base model alone, a run from before
-# runs recorded theirs): its model card's or diffusers' export example's.
-DEFAULT_FPS = {
-    "toy": 8.0,
-    "wan": 16.0,
-    "cogvideox": 8.0,
-    "ltx": 25.0,
-    "hunyuan": 15.0,
-    "hunyuan15": 24.0,
-    "ltx2": 24.0,
-}
+def default_fps(backbone: str) -> float:
+    """The frame rate a backbone's videos play at when nothing else says (`Family.fps`); 16 for a family
+    that is not registered here."""
+    known = {f.name: f.fps for f in families()}
+    return known.get(backbone, 16.0)
 
 
 def names_folder(model_id: str) -> bool:
@@ -169,8 +166,6 @@ class Personalized:
                 log(f"warning: {w}")
             # learned token embeddings (concept.train_embedding / method=textual_inversion) beside the LoRA
             folder = Path(run) if Path(run).is_dir() else Path(run).parent  # type: ignore[arg-type]
-            from setseq.train.embeddings import load_embeddings
-
             tokens = load_embeddings(bb, folder)
             if tokens:
                 log(f"token embeddings: {', '.join(tokens)} from {folder}")
@@ -194,7 +189,7 @@ class Personalized:
                 )
             return float(opts.fps)
         run = self.lora.meta.get("fps") if self.lora is not None else self.run_fps
-        return float(run) if run else DEFAULT_FPS.get(self.backbone.info.name, 16.0)
+        return float(run) if run else default_fps(self.backbone.info.name)
 
     def frames(self, opts: GenerateOptions) -> int | None:
         """The videos' frame count: `opts.frames`, else the run's clip length (None: the backbone's default);
@@ -221,8 +216,6 @@ class Personalized:
     ) -> np.ndarray | None:
         """`opts.image` fitted to the video's size, or None for text-to-video; refuses an image the model cannot
         take (a text-to-video-only model, a size it cannot make) and a missing one that it needs."""
-        from setseq.data.image import fit_image
-
         info = self.backbone.info
         check_image_input(info, opts.image is not None)
         if opts.image is None:
@@ -280,8 +273,6 @@ def generate_to_files(
     model: Personalized, prompts: list[str], opts: GenerateOptions, out: str | Path, progress: bool = True
 ) -> list[GeneratedVideo]:
     """Generate each prompt; write `<out>` (mp4) and `<out>.png` (contact sheet), numbered if several."""
-    from setseq.data.video import from_tensor, write_contact_sheet, write_video
-
     if not prompts:
         raise SetseqError("no prompt was given", 'pass --prompt "a sks person ..."')
     paths = output_paths(Path(out), len(prompts))

@@ -47,9 +47,12 @@ from dataclasses import dataclass
 
 import torch
 
+from setseq import lora as L
 from setseq.config import ModelConfig
 from setseq.errors import SetseqError
-from setseq.memory import Engine
+from setseq.memory import Engine, transformer_blocks
+from setseq.offload import dits
+from setseq.runtime import resolve_device
 
 
 @dataclass(frozen=True)
@@ -138,8 +141,6 @@ def parallelize(model: torch.nn.Module, procs: Processes, mc: ModelConfig | None
             f"training in several processes needs FSDP2's replicate, which torch {torch.__version__} lacks",
             "install the torch setseq is tested with (2.13), or train in one process",
         ) from None
-
-    from setseq import lora as L
 
     device = procs.device or torch.device("cpu")
     if mc is not None and mc.fsdp:
@@ -234,9 +235,6 @@ def _offload(model: torch.nn.Module, procs: Processes, mc: ModelConfig) -> Engin
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy
 
-    from setseq import lora as L
-    from setseq.runtime import resolve_device
-
     assert procs.world == 1, "refused in setseq.train.setup.load_model"
     device = procs.device or resolve_device(mc.device)
     if not torch.distributed.is_initialized():
@@ -267,9 +265,6 @@ def _fully_shard(
     `setseq.train.loop.step_expert`) is allowed, which gives every sample of a step, on every process, the
     same expert. An expert a step does not run then gathers nothing, and its LoRA has no gradient that step."""
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
-
-    from setseq.memory import transformer_blocks
-    from setseq.offload import dits
 
     experts = dits(model)
     if len(experts) > 1 and not mc.step_routing and mesh.size() > 1:
@@ -354,6 +349,7 @@ def init_processes(device: str) -> Processes:
     `device` is `model.device`; each GPU process trains on its own GPU (its local rank)."""
     if launched_world() == 1:
         return SINGLE
+    # (heavy to import: loaded where used)
     from accelerate import PartialState
 
     cpu = device == "cpu" or not torch.cuda.is_available()

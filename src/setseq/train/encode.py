@@ -24,6 +24,7 @@ from setseq.data.cache import (
     save_cache,
     weights_stamp,
 )
+from setseq.data.degrade import degrade, parse_degrade
 from setseq.data.masks import (
     SWAP_COLOURS,
     composite_over,
@@ -33,6 +34,7 @@ from setseq.data.masks import (
     swap_backgrounds,
     swap_prompt,
 )
+from setseq.data.video import load_clip, to_tensor
 from setseq.errors import SetseqError
 
 
@@ -94,8 +96,6 @@ def encode_concept(
     cfg: RunConfig, bb: Backbone, cache_dir: Path, log: Callable[[str], None]
 ) -> tuple[EncodedConcept, str]:
     """Decode the video, then encode frames, clip and prompts once; cached on disk by content key."""
-    from setseq.data.video import to_tensor
-
     if not cfg.data.video:
         raise SetseqError("no training video was given", "pass --video clip.mp4")
     video = Path(cfg.data.video)
@@ -115,8 +115,6 @@ def encode_concept(
     if cfg.data.mask:
         mask = load_mask(cfg.data.mask, video, clip, fps=cfg.data.fps, start=cfg.data.start, end=cfg.data.end)
         if cfg.data.mask_degrade:  # an experiment on imperfect masks (BENCHMARKS.md)
-            from setseq.data.degrade import degrade, parse_degrade
-
             mask, iou = degrade(mask, *parse_degrade(cfg.data.mask_degrade))
             log(f"subject mask: degraded ({cfg.data.mask_degrade}), IoU {iou:.3f} with the given mask")
     enc = _encode_pixels(bb, to_tensor(clip.frames), cfg.concept.t_static, cfg.concept.t_motion, short)
@@ -153,8 +151,6 @@ def encode_stitched(
 ) -> EncodedConcept:
     """Two concepts' clips side by side (the first on the left) with the prompts "A and B", encoded and
     cached like a concept: the multi-concept training's stitched videos."""
-    from setseq.data.video import to_tensor
-
     frames, h, w = check_shapes(cfg, bb)
     a, b = (concept_config(cfg, i) for i in pair)
     t_static = f"{a.concept.t_static} and {b.concept.t_static}"
@@ -203,8 +199,6 @@ def _sampling_key(
 
 def _load_clip(cfg: RunConfig, video: Path, shape: tuple[int, int, int], frame_multiple: int):
     """The video sampled as the run's config says, at (frames, height, width)."""
-    from setseq.data.video import load_clip
-
     frames, h, w = shape
     return load_clip(
         video,
@@ -253,8 +247,6 @@ def _encode_subject(
 ) -> None:
     """Add the subject's latent weights to `enc`, and the subject over each swap background where a stage
     swaps backgrounds (frames for stage 1, the clip for stage 2)."""
-    from setseq.data.video import to_tensor
-
     enc.subject_set, enc.subject_clip = latent_weights(mask, enc.set_latents.shape, enc.clip_latents.shape)
     if not (cfg.stage1.background_swap > 0 or cfg.stage2.background_swap > 0):
         return

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 
 from setseq.config import METHODS
+from setseq.data.masks import check_swap_source
 from setseq.errors import SetseqError
 
 
@@ -100,6 +101,4 @@ def check_mask(cfg) -> None:
             "set stage1.background_weight (e.g. 0.1) or stage1.background_swap (e.g. 0.5), or drop --mask",
         )
     if any(sc.background_swap > 0 for sc in (eff.stage1, eff.stage2)):
-        from setseq.data.masks import check_swap_source
-
         check_swap_source(cfg.data)  # a background source that yields nothing

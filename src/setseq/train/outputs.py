@@ -5,6 +5,8 @@ and ComfyUI's layouts; and reading a run folder's config back."""
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from setseq import __version__
 from setseq import lora as L
 from setseq.backbones.base import Backbone
 from setseq.config import RunConfig
+from setseq.data.video import probe_video
 from setseq.errors import SetseqError
 from setseq.export import export_file, load_setseq, lora_experts, save_setseq
 from setseq.train.distributed import Processes
@@ -28,9 +31,6 @@ RUN_ENTRIES = ("config.yaml", "cache", "checkpoints", "logs", "samples", "setseq
 def check_out_folder(out: Path) -> None:
     """Refuse to start a new run in a file, or in a folder that holds other things than a run's, before
     anything is written there: the run's files would be mixed into it."""
-    import fnmatch
-    import shlex
-
     if out.exists() and not out.is_dir():
         raise SetseqError(f"--out {out} is a file, not a folder", "pass a new folder, e.g. --out runs/NAME")
     if not out.is_dir():
@@ -66,9 +66,6 @@ def tensorboard_writer(run_dir: Path, enabled: bool):
 def run_fps(cfg: RunConfig) -> float | None:
     """The frame rate of the run's clip: the rate it was sampled at (data.fps), else its video's own; None
     when the video declares none. Every video the run writes, and those generated with it, play at it."""
-    from setseq.data.video import probe_video
-    from setseq.errors import SetseqError
-
     if cfg.data.fps:
         return float(cfg.data.fps)
     try:

@@ -40,7 +40,7 @@ from setseq.data.segment import with_auto_mask
 from setseq.data.video import from_tensor, write_video
 from setseq.dtensors import local
 from setseq.errors import SetseqError
-from setseq.infer.generate import DEFAULT_FPS
+from setseq.infer.generate import default_fps
 from setseq.io import disk_error
 from setseq.memory import Engine
 from setseq.train import checkpoint as C
@@ -416,7 +416,7 @@ class Recipe:
                 seed=cfg.train.seed,
             )
         if self.procs.is_main:
-            fps = run_fps(cfg) or DEFAULT_FPS.get(self.backbone.info.name, 16.0)
+            fps = run_fps(cfg) or default_fps(self.backbone.info.name)
             write_video(self.out / "samples" / f"stage{stage}-{step:06d}.mp4", from_tensor(video), fps=fps)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # release sampling memory before training resumes

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import shlex
 import shutil
 from collections.abc import Callable, Iterator
@@ -14,12 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from setseq import lora as L
 from setseq import offload
-from setseq.backbones.base import Backbone
-from setseq.config import ONE_STAGE, RunConfig, resolve_config
-from setseq.data.cache import EncodedConcept
+from setseq.backbones.base import Backbone, dit_on_meta
+from setseq.backbones.registry import load_backbone
+from setseq.backbones.toy.files import SHIPPED_TOY_MODELS
+from setseq.config import METHODS, ONE_STAGE, RunConfig, resolve_config
+from setseq.data.cache import EncodedConcept, file_sha256
+from setseq.data.video import probe_video
 from setseq.errors import SetseqError
 from setseq.export import check_compatible, load_setseq
 from setseq.infer.generate import names_folder
@@ -104,10 +109,6 @@ def _same_but_weight_dates(cache: Path, was: str, key: str) -> bool:
 
 def cache_fields(cache: Path, key: str) -> dict[str, Any] | None:
     """The key fields a cache file of `cache` was written for (`encode.concept_key`), None if unreadable."""
-    import json
-
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(cache / f"{key}.safetensors"), framework="pt") as f:
             fields = json.loads((f.metadata() or {})["setseq_cache_key"])
@@ -124,8 +125,6 @@ def _absolute(path: str) -> str:
 
 def _local_model(path: str) -> bool:
     """Whether `model.path` names a local folder (not a shipped toy model's name, not a hub id)."""
-    from setseq.backbones.toy.files import SHIPPED_TOY_MODELS
-
     return path not in SHIPPED_TOY_MODELS and Path(path).expanduser().exists()
 
 
@@ -158,8 +157,6 @@ def resolve_paths(cfg: RunConfig) -> RunConfig:
 def warn_rate(cfg: RunConfig, log: Callable[[str], None]) -> None:
     """Warn of a `data.fps` above a video's own rate: its frames are repeated, and stage 2 learns the motion
     slowed down. A warning, not a refusal: a recipe's rate (Wan's configs: 16) may meet a slower video."""
-    from setseq.data.video import probe_video
-
     fps = cfg.data.fps
     for video, _ in cfg.concepts() if fps else []:
         own = probe_video(video).fps  # type: ignore[arg-type]
@@ -216,8 +213,6 @@ def resumed_config(
 def _check_same_video(out: Path, video: str) -> None:
     """`--resume --video`: refuse, before anything loads, a video whose content is not the run's (the content
     hash its latest checkpoint's cache file recorded; nothing to compare with before the first checkpoint)."""
-    from setseq.data.cache import file_sha256
-
     ck = C.latest_checkpoint(out)
     fields = cache_fields(out / "cache", str(ck.state.get("cache_key"))) if ck is not None else None
     if not fields or "video_sha256" not in fields or not Path(video).expanduser().is_file():
@@ -299,9 +294,6 @@ def load_model(cfg: RunConfig, device: torch.device | None = None, procs: Proces
                 "model.fsdp=true cannot be combined with model.block_swap",
                 "use model.fsdp=true alone (it shards the weights across the processes), or drop it",
             )
-        from setseq.backbones.base import dit_on_meta
-        from setseq.backbones.registry import load_backbone
-
         with dit_on_meta(m.fsdp and not procs.is_main):  # the others' weights come from process 0's
             bb = load_backbone(m.backbone, m.path, offload.HOST, DTYPES[m.dtype])
         offload.place_around_dit(bb, device or resolve_device(m.device))
@@ -477,8 +469,6 @@ def describe_training(
     log: Callable[[str], None],
 ) -> None:
     """The method, the concepts and the regularizers this run trains with."""
-    from setseq.config import METHODS
-
     if len(concepts) > 1:
         log(
             f"multi-concept: {len(concepts)} concepts ({', '.join(c.token for _, c in cfg.concepts())}), "

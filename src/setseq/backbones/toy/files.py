@@ -37,6 +37,7 @@ from setseq.backbones.toy.config import (
 )
 from setseq.backbones.toy.tokenizer import EOS, PAD, UNK, build_tokenizer, toy_vocabulary
 from setseq.errors import SetseqError
+from setseq.io import write_json
 
 TOY_SHIPPED_FOLDER = Path(__file__).resolve().parents[2] / "assets" / "toy"
 # The toy models shipped with setseq, by name: "toy" (the default: 4-layer DiT, trained from scratch in ~60 min
@@ -82,6 +83,7 @@ class ToyComponents:
 
 def build_toy_vae(config: dict[str, Any]):
     """A random-weight `AutoencoderKLWan` of the toy config's VAE architecture (unit latent statistics)."""
+    # (heavy to import: loaded where used)
     from diffusers import AutoencoderKLWan
 
     z = int(config["vae"]["z_dim"])
@@ -92,6 +94,7 @@ def build_toy_components(
     config: dict[str, Any] | None = None, seed: int = 0, words: list[str] | None = None
 ) -> ToyComponents:
     """Random-weight toy model from a config (see `DEFAULT_TOY_CONFIG`), seeded. Shared by training and tests."""
+    # (heavy to import: loaded where used)
     from diffusers import WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -155,8 +158,6 @@ def save_toy_model(
     folder: str | Path, components: ToyComponents, extra: dict[str, Any] | None = None
 ) -> Path:
     """Write a toy model folder (safetensors + JSON only). `extra` is merged into toy_config.json (e.g. step)."""
-    from setseq.io import write_json
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     components.transformer.save_pretrained(folder / "transformer", safe_serialization=True)
@@ -200,6 +201,7 @@ def _check_folder(folder: Path, config: dict[str, Any] | None = None) -> None:
 
 def load_toy_components(model_id: str = "toy") -> ToyComponents:
     """Read a toy model folder ("toy" = the shipped one). Raises `SetseqError` naming any missing file."""
+    # (heavy to import: loaded where used)
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import PreTrainedTokenizerFast, UMT5EncoderModel
 

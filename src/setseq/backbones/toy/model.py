@@ -319,4 +319,4 @@ def load_toy(
 
 # The toy model is a Wan DiT: its LoRA has Wan's ComfyUI names. Its tiny models are built by
 # `build_toy_components` (tests/conftest.py's tiny_toy_dir); it has no diffusers pipeline, no bench shape.
-FAMILY = Family("toy", load_toy, comfyui=comfyui_slot)
+FAMILY = Family("toy", load_toy, comfyui=comfyui_slot, fps=8.0)

@@ -4,6 +4,7 @@ self-conditioning."""
 from __future__ import annotations
 
 import torch
+from tqdm.auto import tqdm
 
 from setseq.backbones.base import Backbone
 from setseq.functional.flow_matching import shift_sigmas, x0_from_velocity
@@ -42,8 +43,6 @@ def euler_cfg_sample(
     x0_prev = torch.zeros_like(torch.cat([lat, lat]) if use_cfg else lat)
     it = range(steps)
     if progress:
-        from tqdm.auto import tqdm
-
         it = tqdm(it, desc="toy generate", leave=False)
     for i in it:
         s, s_next = sig[i], sig[i + 1]

@@ -6,6 +6,8 @@ appear in pre-training captions, plus the generic words of the recipes' prompts.
 
 from __future__ import annotations
 
+from setseq.data.synthetic import caption_words
+
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 # Rare identifier tokens for personalization ("a sks circle ... in zwx motion"): in the vocabulary, never in
 # pre-training captions, so their embeddings carry no prior meaning.
@@ -25,8 +27,6 @@ def toy_vocabulary(words: list[str] | tuple[str, ...] | None = None) -> list[str
 
     `words` defaults to the synthetic caption vocabulary (`setseq.data.synthetic.caption_words()`)."""
     if words is None:
-        from setseq.data.synthetic import caption_words
-
         words = caption_words()
     vocab = {w.lower() for w in words} | set(IDENTIFIER_TOKENS) | set(GENERIC_WORDS)
     vocab -= {PAD, EOS, UNK, ""}
@@ -35,6 +35,7 @@ def toy_vocabulary(words: list[str] | tuple[str, ...] | None = None) -> list[str
 
 def build_tokenizer(vocab: list[str]):
     """Word-level tokenizer: lowercase, split on whitespace and punctuation, unknown words -> `<unk>`, `</s>` appended."""
+    # (heavy to import: loaded where used)
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
