@@ -122,13 +122,14 @@ def test_resume_accepts_the_cache_key_of_a_run_started_before_stable_fingerprint
 
     from setseq.backbones.registry import load_backbone
     from setseq.errors import SetseqError
-    from setseq.train.legacy import legacy_run_key
+    from setseq.legacy import legacy_run_key
+    from setseq.train.encode import run_fields
 
     copy = _killed_at_stage1_step2(run_dir, tmp_path)
     state = copy / "checkpoints" / "stage1-000002" / "state.json"
     cfg = resolve_config(copy / "config.yaml")
     bb = load_backbone("wan", cfg.model.path)
-    legacy = legacy_run_key(cfg, bb)
+    legacy = legacy_run_key(bb.info, run_fields(cfg, bb))
     recorded = json.loads(state.read_text())
     assert legacy is not None and legacy != recorded["cache_key"]
     state.write_text(json.dumps({**recorded, "cache_key": "0123456789abcdef0123"}))

@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import difflib
-import hashlib
-import json
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -77,11 +75,6 @@ def architecture(config: Any) -> Any:
     if isinstance(config, (list, tuple)):
         return [architecture(v) for v in config]
     return config
-
-
-def config_hash(obj: Any, digits: int) -> str:
-    """`digits` hex digits of the SHA-256 of `obj` as canonical JSON."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:digits]
 
 
 class Backbone:

@@ -31,20 +31,21 @@ from setseq.backbones.base import (
     BackboneInfo,
     architecture,
     check_image_input,
-    config_hash,
     load_diffusers_pipeline,
 )
+from setseq.data.cache import config_hash
 from setseq.errors import SetseqError
 from setseq.functional import flow_matching as fm
+from setseq.legacy import legacy_fingerprint
 from setseq.memory import meta_diffusers
 from setseq.offload import dits
 from setseq.prompts import ImageCondition, PromptEmbeds
 
 
-def fingerprint(configs: list[dict], legacy: bool = False) -> str:
+def fingerprint(configs: list[dict]) -> str:
     """Architecture identity: a hash of the component configs (LoRA compatibility, part of cache keys), less
-    how they were loaded (`architecture`); `legacy`: as computed before 2026-12-02, over the configs as loaded."""
-    return config_hash(configs if legacy else architecture(configs), 16)
+    how they were loaded (`architecture`)."""
+    return config_hash(architecture(configs), 16)
 
 
 def plain_config(cfg) -> dict:
@@ -86,7 +87,7 @@ class DiffusersBackbone(Backbone, declares_hooks=True):
             model_id=model_id,
             fingerprint=fingerprint(configs := self.fingerprint_configs()),
             supports_self_conditioning=False,
-            legacy_fingerprint=fingerprint(configs, legacy=True),
+            legacy_fingerprint=legacy_fingerprint(configs, 16),
             **fields,
         )
 

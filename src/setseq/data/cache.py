@@ -45,6 +45,16 @@ def weights_stamp(model_id: str) -> str:
     return h.hexdigest()[:16]
 
 
+def config_hash(obj: Any, digits: int) -> str:
+    """`digits` hex digits of the SHA-256 of `obj` as canonical JSON."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:digits]
+
+
+def run_key(keys: list[str]) -> str:
+    """A run's cache key from its concepts' keys."""
+    return keys[0] if len(keys) == 1 else cache_key({"concepts": keys})[1]
+
+
 def cache_key(fields: dict[str, Any]) -> tuple[str, str]:
     """(canonical JSON of the key fields, short hash used as the file name)."""
     canon = json.dumps({"cache_version": CACHE_VERSION, **fields}, sort_keys=True, default=str)

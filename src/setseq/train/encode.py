@@ -21,6 +21,7 @@ from setseq.data.cache import (
     encode_latents,
     file_sha256,
     load_cache,
+    run_key,
     save_cache,
     weights_stamp,
 )
@@ -87,11 +88,6 @@ def concept_configs(cfg: RunConfig) -> list[RunConfig]:
     return [concept_config(cfg, i) for i in range(len(cfg.concepts()))]
 
 
-def run_key(keys: list[str]) -> str:
-    """A run's cache key from its concepts' keys."""
-    return keys[0] if len(keys) == 1 else cache_key({"concepts": keys})[1]
-
-
 def encode_concept(
     cfg: RunConfig, bb: Backbone, cache_dir: Path, log: Callable[[str], None]
 ) -> tuple[EncodedConcept, str]:
@@ -125,17 +121,24 @@ def encode_concept(
     return enc, short
 
 
-def concept_key(cfg: RunConfig, bb: Backbone, legacy: bool = False) -> tuple[str, str]:
-    """The cache key of one concept's encoding (canonical JSON, short hash); `legacy`: as before 2026-12-02."""
-    fields = {
-        **_sampling_key(cfg, bb, check_shapes(cfg, bb), cfg.concept.t_static, cfg.concept.t_motion, legacy),
+def concept_fields(cfg: RunConfig, bb: Backbone) -> dict[str, Any]:
+    """The fields of one concept's cache key."""
+    return {
+        **_sampling_key(cfg, bb, check_shapes(cfg, bb), cfg.concept.t_static, cfg.concept.t_motion),
         "backbone": bb.info.name,
         "video_sha256": file_sha256(Path(cfg.data.video)),
         **_mask_key(cfg),  # nothing without a mask: caches made before masks existed keep their key
     }
-    if legacy:  # the model folder's path: a moved folder made another key
-        fields["model"] = bb.info.model_id
-    return cache_key(fields)
+
+
+def run_fields(cfg: RunConfig, bb: Backbone) -> list[dict[str, Any]]:
+    """The cache-key fields of each concept of the run."""
+    return [concept_fields(one, bb) for one in concept_configs(cfg)]
+
+
+def concept_key(cfg: RunConfig, bb: Backbone) -> tuple[str, str]:
+    """The cache key of one concept's encoding (canonical JSON, short hash)."""
+    return cache_key(concept_fields(cfg, bb))
 
 
 def concept_config(cfg: RunConfig, index: int) -> RunConfig:
@@ -180,12 +183,11 @@ def _sampling_key(
     shape: tuple[int, int, int],
     t_static: str,
     t_motion: str,
-    legacy: bool = False,
 ) -> dict[str, Any]:
     """The cache-key fields every encoding shares: the model, how the video is sampled, and the prompts."""
     frames, h, w = shape
     return {
-        "fingerprint": bb.info.legacy_fingerprint if legacy else bb.info.fingerprint,
+        "fingerprint": bb.info.fingerprint,
         "weights": weights_stamp(bb.info.model_id),
         "size": [h, w],
         "frames": frames,

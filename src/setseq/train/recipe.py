@@ -42,12 +42,12 @@ from setseq.dtensors import local
 from setseq.errors import SetseqError
 from setseq.infer.generate import default_fps
 from setseq.io import disk_error
+from setseq.legacy import legacy_run_key
 from setseq.memory import Engine
 from setseq.train import checkpoint as C
 from setseq.train.distributed import SINGLE, Processes, describe_engine, parallelize, sync_gradients
 from setseq.train.embeddings import DELTA_KEY, TokenEmbeddings
-from setseq.train.encode import check_shapes, encode_all
-from setseq.train.legacy import legacy_run_key
+from setseq.train.encode import check_shapes, encode_all, run_fields
 from setseq.train.loop import (
     Batch,
     Progress,
@@ -185,7 +185,8 @@ class Recipe:
             self.data, self.concepts, self.stitched, self.cache_key = encode_all(
                 self.cfg, bb, cache, self.log
             )
-        run.check_cache_key(self.cache_key, lambda: legacy_run_key(self.cfg, bb))  # (before config.yaml)
+        # (before config.yaml is written again; a run started before 2026-12-02 recorded the legacy form)
+        run.check_cache_key(self.cache_key, lambda: legacy_run_key(bb.info, run_fields(self.cfg, bb)))
         run.write_config(run.cfg)
         self.texts = [(c.t_static, c.t_motion) for _, c in self.cfg.concepts()]
 

@@ -73,7 +73,7 @@ class RunFolder:
 
     def check_cache_key(self, key: str, legacy: Callable[[], str | None] = lambda: None) -> None:
         """A resumed run must see the same inputs as when it started. `legacy`: the key as computed before
-        2026-12-02 (`legacy.legacy_run_key`), which a run started then recorded. A model folder pointed to
+        2026-12-02 (`setseq.legacy.legacy_run_key`), which a run started then recorded. A model folder pointed to
         again (`--resume --model`) whose weight files only carry other dates (copied) passes: the same
         architecture (its fingerprint) and everything else alike."""
         was = None if self.checkpoint is None else self.checkpoint.state.get("cache_key")

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from setseq.backbones.base import architecture, config_hash
+from setseq.backbones.base import architecture
 from setseq.backbones.toy.config import (
     DEFAULT_TOY_CONFIG,
     TOY_FORMAT_VERSION,
@@ -36,8 +36,10 @@ from setseq.backbones.toy.config import (
     latent_channels,
 )
 from setseq.backbones.toy.tokenizer import EOS, PAD, UNK, build_tokenizer, toy_vocabulary
+from setseq.data.cache import config_hash
 from setseq.errors import SetseqError
 from setseq.io import write_json
+from setseq.legacy import legacy_fingerprint
 
 TOY_SHIPPED_FOLDER = Path(__file__).resolve().parents[2] / "assets" / "toy"
 # The toy models shipped with setseq, by name: "toy" (the default: 4-layer DiT, trained from scratch in ~60 min
@@ -241,8 +243,8 @@ def load_toy_components(model_id: str = "toy") -> ToyComponents:
 
 def toy_fingerprint(components: ToyComponents, legacy: bool = False) -> str:
     """12 hex digits over every config and the vocabulary (the transformer weights enter by `weights_sha`), less
-    how the configs were loaded (`architecture`: the folder, library version, dtype); `legacy`: as computed
-    before 2026-12-02, when they counted (so the same model had another fingerprint in every install)."""
+    how the configs were loaded (`architecture`: the folder, library version, dtype); `legacy`: the form of
+    `setseq.legacy` (before 2026-12-02, when they counted)."""
     configs = {
         "toy": components.config,
         "transformer": dict(components.transformer.config),
@@ -250,7 +252,9 @@ def toy_fingerprint(components: ToyComponents, legacy: bool = False) -> str:
         "vae": dict(components.vae.config) if components.vae is not None else None,
     }
     vocab = sorted(components.tokenizer.get_vocab().items())
-    return config_hash({**(configs if legacy else architecture(configs)), "vocab": vocab}, 12)
+    if legacy:
+        return legacy_fingerprint({**configs, "vocab": vocab}, 12)
+    return config_hash({**architecture(configs), "vocab": vocab}, 12)
 
 
 def shipped_toy_with_fingerprint(fingerprint: str | None, skip: str | None = None) -> str | None:
