@@ -246,7 +246,6 @@ class Personalized:
             )
         default_cfg = self.lora.meta.get("guidance_scale") if self.lora else None
         height, width = self.size(opts)
-        extra = {} if image is None else {"image": image}  # only image-taking backbones know the keyword
         return self.backbone.generate(
             prompt,
             opts.negative_prompt,
@@ -257,7 +256,7 @@ class Personalized:
             guidance_scale=default_cfg if opts.guidance_scale is None else opts.guidance_scale,
             seed=opts.seed,
             progress=progress,
-            **extra,
+            image=image,
         )
 
 

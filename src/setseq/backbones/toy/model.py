@@ -13,9 +13,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from setseq.backbones.base import Backbone, BackboneInfo, Family
+from setseq.backbones.base import Backbone, BackboneInfo, Family, check_image_input
 from setseq.backbones.toy.config import codec_name
 from setseq.backbones.toy.files import RESTORE_HINT, ToyComponents, load_toy_components, toy_fingerprint
 from setseq.backbones.toy.pixel_codec import PixelCodec
@@ -291,10 +292,13 @@ class ToyBackbone(Backbone, own=("generate_batch",)):  # (batched generation: sc
         guidance_scale: float | None = None,
         seed: int = 0,
         progress: bool = False,
+        image: np.ndarray | None = None,
     ) -> torch.Tensor:
         """Text-to-video with CFG: (F, 3, H, W) in [-1, 1] on CPU, deterministic for a seed.
 
-        steps / guidance_scale None -> the model's measured defaults (`toy_config.json`)."""
+        steps / guidance_scale None -> the model's measured defaults (`toy_config.json`). A first frame
+        (`image`) is refused: the toy model is text-to-video only."""
+        check_image_input(self.info, image is not None)
         return self.generate_batch(
             [prompt],
             negative_prompt,
