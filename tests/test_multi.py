@@ -81,25 +81,17 @@ def _enc(value: float, width: int, frames: int = 3) -> EncodedConcept:
 def test_concepts_alternate_and_stitched_videos_come_at_the_configured_rate(monkeypatch, stage):
     from setseq.train import stage1_set, stage2_sequence
     from setseq.train.loop import step_generator
+    from setseq.train.recipe import Recipe
 
     module = stage1_set if stage == 1 else stage2_sequence
     captured = {}
-    monkeypatch.setattr(
-        module, "run_stage", lambda ctx, st, sc, params, mb, resume: captured.setdefault("mb", mb)
-    )
     monkeypatch.setattr(module.L, "set_stage", lambda *a, **k: [])
     cfg = resolve_config(None, None, ["multi.stitch_rate=0.2", f"stage{stage}.batch_size=4"])
     a, b, ab = _enc(1.0, 2), _enc(2.0, 2), _enc(3.0, 4)
-    ctx = SimpleNamespace(
-        cfg=cfg,
-        data=a,
-        concepts=[a, b],
-        stitched=[ab],
-        prior=None,
-        texts=[],
-        backbone=SimpleNamespace(transformer=None),
-    )
-    (stage1_set.train_stage1 if stage == 1 else stage2_sequence.train_stage2)(ctx)
+    recipe = Recipe.for_steps(SimpleNamespace(transformer=None), cfg)  # type: ignore[arg-type]
+    recipe.data, recipe.concepts, recipe.stitched, recipe.prior, recipe.texts = a, [a, b], [ab], None, []
+    monkeypatch.setattr(recipe, "run_stage", lambda st, params, mb, resume: captured.setdefault("mb", mb))
+    (stage1_set.train_stage1 if stage == 1 else stage2_sequence.train_stage2)(recipe)
     make_batch = captured["mb"]
     n, stitched = 2000, 0
     for step in range(n):

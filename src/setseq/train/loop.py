@@ -158,15 +158,14 @@ def sample_batch(
                 lat[j], prompts[j] = _view(c, f, k)
                 if texts is not None:
                     texts[j] = swap_prompt(texts[j], c.swap_names[k])
-    subject = None
+    weights = base = None
     if subject_aware and (sc.background_weight < 1.0 or sc.background_target == "base"):
+        # (B, 1, f, h, w) the subject's share of each latent position
         subject = torch.cat([c.subject_clip if f is None else c.subject_set[f : f + 1] for c, f in samples])
-    weights = (
-        background_weighted(subject, sc.background_weight)
-        if subject_aware and sc.background_weight < 1.0
-        else None
-    )
-    base = subject if sc.background_target == "base" else None  # off the subject: the base model's target
+        if sc.background_weight < 1.0:
+            weights = background_weighted(subject, sc.background_weight)
+        if sc.background_target == "base":  # off the subject: the base model's target
+            base = subject
     batch = Batch(
         stack_latents(lat), stack_prompts(prompts), texts=texts, element_weights=weights, subject=base
     )

@@ -158,17 +158,14 @@ class Recipe:
 
     def _inputs(self) -> None:
         """The folder (new or resumed), the processes, the model, the resolved config, the encoded inputs."""
-        if (
-            not self.resuming and not (self.out / "config.yaml").exists()
-        ):  # (a folder with a run: open_run says)
+        # (a folder that holds a run: `open_run` says so, naming --resume)
+        if not self.resuming and not (self.out / "config.yaml").exists():
             check_out_folder(self.out)
         self.run = run = open_run(self.given, self.out, self.resuming, self.log)
         self.procs, self.log = run.procs, run.log
         cache = run.path / "cache"
-        with (
-            run.removed_on_failure(),
-            self.procs.main_first(),
-        ):  # --mask auto: segmented (cached), freed first
+        # --mask auto: segmented (and cached) by process 0, the segmenter freed before the DiT loads
+        with run.removed_on_failure(), self.procs.main_first():
             masked = with_auto_mask(run.cfg, cache, self.log)
         self.backbone = bb = load_model(run.cfg, self.procs.device, self.procs)
         describe_placement(run.cfg, bb, self.procs, self.log)
@@ -178,10 +175,7 @@ class Recipe:
         self.cfg = split_across(effective_config(masked), self.procs.world, self.log)
         self.self_conditioning = self_conditioning_p(self.cfg, bb)
         check_token_training(self.cfg, bb, self.procs)
-        with (
-            run.removed_on_failure(),
-            self.procs.main_first(),
-        ):  # process 0 encodes; the others read its cache
+        with run.removed_on_failure(), self.procs.main_first():  # process 0 encodes; the others read it
             self.data, self.concepts, self.stitched, self.cache_key = encode_all(
                 self.cfg, bb, cache, self.log
             )
