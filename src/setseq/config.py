@@ -7,7 +7,9 @@ is saved as `config.yaml` in the run folder; `--resume` reads it back from there
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
+import json
 import math
 import re
 import sys
@@ -149,6 +151,7 @@ class DataConfig:
     swap_named: bool = True
 
     def __post_init__(self) -> None:
+        # (here, not at the top: setseq.data.masks loads numpy, which `setseq train --help` must not)
         from setseq.data.masks import SWAP_COLOURS, SWAP_SOURCES
 
         unknown = [c for c in self.swap_backgrounds if c not in SWAP_COLOURS]
@@ -157,7 +160,7 @@ class DataConfig:
                 f"data.swap_backgrounds must name some of {', '.join(SWAP_COLOURS)}, got {self.swap_backgrounds}"
             )
         if self.mask_degrade is not None:
-            from setseq.data.degrade import parse_degrade
+            from setseq.data.degrade import parse_degrade  # (torch: not at --help, see above)
 
             parse_degrade(self.mask_degrade)
         if not 0.0 <= self.mask_threshold <= 1.0:
@@ -674,8 +677,6 @@ def recipes() -> dict[str, Path]:
 
 def did_you_mean(word: str, choices: Any, prefix: str = "") -> str | None:
     """'did you mean X?' for the closest of `choices` to a misspelt `word` (difflib), or None."""
-    import difflib
-
     near = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f"did you mean '{prefix}{near[0]}'?" if near else None
 
@@ -729,8 +730,7 @@ def resolve_train_config(
 def check_toy_words(cfg: RunConfig) -> None:
     """Refuse a concept word the toy model's word-level tokenizer does not know: it would read it as <unk>,
     silently the same token as every other unknown word."""
-    import json
-
+    # (here: the toy backbone package loads torch, which `setseq train --help` must not)
     from setseq.backbones.toy.files import toy_folder
     from setseq.backbones.toy.tokenizer import IDENTIFIER_TOKENS
 
@@ -759,6 +759,7 @@ def check_toy_words(cfg: RunConfig) -> None:
 def _field_help(cls: type) -> dict[str, str]:
     """Each field's help, read from the comments of the dataclass's source (declared once, there): the
     comment lines just above the field and the comment on its own line(s)."""
+    # (here: only `--list-keys` reads the dataclasses' source; `setseq train --help` starts without them)
     import ast
     import inspect
     import io
