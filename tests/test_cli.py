@@ -320,3 +320,11 @@ def test_train_flags_become_config_sections():
     )
     del fields["func"], fields["command"]
     assert config_flags(cmd_train, fields) == {"data": {"frames": 9, "size": [32, 48]}, "method": "lora1"}
+
+
+@pytest.mark.parametrize("flag, bad, near", [("--part", "identiy", "identity"), ("--expert", "hgh", "high")])
+def test_an_optional_choice_keeps_its_choices(capsys, flag, bad, near):
+    with pytest.raises(SystemExit) as e:
+        main(["export", "r", "--format", "comfyui", flag, bad, "--out", "o"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"invalid choice: '{bad}'" in err and f"did you mean '{near}'?" in err

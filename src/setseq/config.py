@@ -515,7 +515,7 @@ def _field_kinds(cls: type) -> dict[str, type]:
     kinds = {}
     for name, hint in typing.get_type_hints(cls).items():
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if isinstance(hint, types.UnionType) and len(args) == 1:
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
             hint = args[0]
         hint = typing.get_origin(hint) or hint
         kinds[name] = hint if hint in (bool, int, float, str, list) else object

@@ -77,7 +77,7 @@ def flag_params(func: Callable[..., Any]) -> list[tuple[str, Any, Arg]]:
         if typing.get_origin(hint) is not typing.Annotated:
             raise TypeError(f"{func.__name__}({name}): annotate it as Annotated[type, Arg(...)]")
         kind, arg = hint.__origin__, hint.__metadata__[0]
-        if isinstance(kind, types.UnionType):  # `X | None` -> X
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `X | None` -> X
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         out.append((name, kind, arg))
     return out
