@@ -330,7 +330,6 @@ def pretrain_text_encoder(model: ToyBackbone, rng: np.random.Generator, minutes:
 def add_coordinate_channels(components: ToyComponents, coord_channels: int = 2) -> ToyComponents:
     """Give a model trained without coordinate planes (`--init-from` a first-design folder) their input
     channels, zero-initialised: the same function until trained."""
-
     old = components.transformer
     have = int(components.config.get("coord_channels", 0))
     if have == coord_channels:
