@@ -87,7 +87,7 @@ TrainAction = Annotated[
 TrainCamera = Annotated[
     str | None, Arg("camera words for T_motion, e.g. 'static camera'", None, key="concept.camera")
 ]
-TrainConfig = Annotated[
+TrainConfigFile = Annotated[
     str | None,
     Arg(
         "a YAML run config, or a shipped recipe's name: toy-demo (the default on a toy model), "
@@ -172,7 +172,7 @@ def cmd_train(
     class_word: Annotated[str | None, Arg("class word, e.g. person", None, key="concept.class_word")],
     action: TrainAction,
     camera: TrainCamera,
-    config: TrainConfig,
+    config: TrainConfigFile,
     frames: TrainFrames,
     fps: TrainFps,
     start: Annotated[float | None, Arg("start time in seconds", None, key="data.start")],
