@@ -28,6 +28,10 @@ import statistics
 import time
 
 import torch
+from diffusers import WanTransformer3DModel
+from torch.utils.flop_counter import FlopCounterMode
+
+from setseq import lora as L
 
 TARGETS = (
     r"^blocks\.\d+\.attn1\.(to_q|to_k|to_v|to_out\.0)$",
@@ -38,8 +42,6 @@ VARIANTS = ("floor", "setseq", "peft", "full")
 
 
 def build(args):
-    from diffusers import WanTransformer3DModel
-
     torch.manual_seed(0)
     heads, head_dim = args.heads, args.head_dim
     return WanTransformer3DModel(
@@ -62,15 +64,13 @@ def trainable(model, variant: str, stage: int, rank: int) -> tuple[torch.nn.Modu
     """The model with the variant's adapter (none for floor and full) and its trainable parameters."""
     model.requires_grad_(False)
     if variant == "setseq":
-        from setseq import lora as L
-
         L.inject(model, L.LoraSpec(rank, rank, "down", TARGETS))
         params = L.set_stage(model, stage, 0.8 if stage == 1 else 0.5)  # type: ignore[arg-type]
         for layer in L.get_layers(model).values():  # stage 2 starts from a trained identity
             layer.up.data.normal_(std=0.01)
         return model, params
     if variant == "peft":
-        from peft import LoraConfig, inject_adapter_in_model
+        from peft import LoraConfig, inject_adapter_in_model  # (peft: a dev-only dependency, this row only)
 
         names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
         targets = [n for n in names if any(re.search(p, n) for p in TARGETS)]
@@ -109,8 +109,6 @@ def worker(variant: str, stage: int, args_dict: dict, conn) -> None:
 
     def step() -> None:
         if variant == "setseq":  # a fresh DropConnect mask every step, as training draws it
-            from setseq import lora as L
-
             L.draw_masks(model, mask_gen)
         if opt is not None:
             opt.zero_grad(set_to_none=True)
@@ -136,7 +134,6 @@ def worker(variant: str, stage: int, args_dict: dict, conn) -> None:
                 torch.cuda.synchronize()
             times.append(clock() - t0)
         conn.send(times)
-    from torch.utils.flop_counter import FlopCounterMode
 
     # torch counts addmm but not its in-place form, which setseq's per-token op accumulates with
     with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addmm_: _addmm_flops}) as counter:

@@ -30,9 +30,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from setseq.bench_tables import groups_table, headline, headline_table, summarize_groups
 from setseq.ceiling import CeilingCache, ceiling_key, composited_colours, model_fingerprint, suite_fingerprint
+from setseq.config import resolve_config
 from setseq.data.synthetic import CONCEPTS
 from setseq.eval import edits as E
 
@@ -74,10 +76,6 @@ def load(args: list[str]) -> dict[tuple[str, str, int], dict]:
 
 def _from_row_file(path: Path) -> dict:
     """A bench folder's row, with the colours its run composited onto (from its config)."""
-    import yaml
-
-    from setseq.config import resolve_config
-
     saved = json.loads(path.read_text())
     row = dict(saved["row"])
     if "composited" not in row and isinstance(saved.get("config"), str):

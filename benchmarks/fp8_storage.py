@@ -23,8 +23,12 @@ import sys
 from collections.abc import Callable
 
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
+from diffusers.hooks import apply_layerwise_casting
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
 
 from setseq import lora as L
 
@@ -46,15 +50,13 @@ def setseq_fp8(m: nn.Module) -> nn.Module:
 
 def diffusers_layerwise(m: nn.Module) -> nn.Module:
     """diffusers' layerwise casting: the weight stored as float8_e4m3fn (no scale), cast to bf16 per forward."""
-    from diffusers.hooks import apply_layerwise_casting
-
     apply_layerwise_casting(m, storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
     return m
 
 
 def torchao_weight_only(m: nn.Module) -> nn.Module:
     """torchao's `Float8WeightOnlyConfig`: a Float8Tensor weight (float8 with per-row scales)."""
-    from torchao.quantization import Float8WeightOnlyConfig, quantize_
+    from torchao.quantization import Float8WeightOnlyConfig, quantize_  # (torchao: optional, this row only)
 
     quantize_(m, Float8WeightOnlyConfig())
     return m
@@ -104,10 +106,6 @@ def _step(m: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, in
 
 
 def _shards(rank: int, world: int, port: int, way: str, result) -> None:
-    import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:

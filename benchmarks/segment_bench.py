@@ -22,9 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from setseq.data.segment import SegmenterSpec, load_segmenter
+from setseq.testing import SEGMENT_WORDS, build_tiny_grounding_dino, build_tiny_sam2_video
+
 
 def _real_size_models(root: Path) -> tuple[Path, Path]:
     """SAM 2.1 hiera-large's shapes and a default Grounding DINO, random weights, saved as checkpoints."""
+    # (transformers is imported here, as in setseq.data.segment: only the real-size run builds these)
     from transformers import (
         BertTokenizer,
         GroundingDinoConfig,
@@ -36,8 +40,6 @@ def _real_size_models(root: Path) -> tuple[Path, Path]:
     from transformers.models.grounding_dino.image_processing_pil_grounding_dino import (
         GroundingDinoImageProcessorPil,
     )
-
-    from setseq.testing import SEGMENT_WORDS
 
     hiera = dict(
         model_type="sam2_hiera_det_model", hidden_size=144, num_attention_heads=2,
@@ -68,7 +70,6 @@ def main() -> None:
     p.add_argument("--detector")
     p.add_argument("--tiny", action="store_true", help="the tests' tiny models (a smoke run)")
     a = p.parse_args()
-    from setseq.data.segment import SegmenterSpec, load_segmenter
 
     h, w = (int(v) for v in a.size.split("x"))
     rng = np.random.default_rng(0)
@@ -78,8 +79,6 @@ def main() -> None:
         if a.segmenter:
             sam, det = Path(a.segmenter), Path(a.detector)
         elif a.tiny:
-            from setseq.testing import build_tiny_grounding_dino, build_tiny_sam2_video
-
             sam, det = build_tiny_sam2_video(root / "sam"), build_tiny_grounding_dino(root / "det")
         else:
             sam, det = _real_size_models(root)

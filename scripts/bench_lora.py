@@ -85,7 +85,7 @@ def main() -> None:
         rows["floor (frozen layer) train"] = timed(fwd_bwd(base), args.repeats, dev)
         rows["floor (frozen layer) infer"] = timed(infer(base), args.repeats, dev)
 
-        from peft import LoraConfig, inject_adapter_in_model
+        from peft import LoraConfig, inject_adapter_in_model  # (peft: a dev-only dependency, this row only)
 
         holder = nn.Sequential(nn.Linear(args.width, args.width)).to(dev, dtype)
         holder.requires_grad_(False)

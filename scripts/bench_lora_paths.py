@@ -45,7 +45,7 @@ def variants(in_f: int, out_f: int, rank: int, stage: int) -> dict[str, nn.Modul
     torch.manual_seed(0)
     out: dict[str, nn.Module] = {"floor": nn.Linear(in_f, out_f).requires_grad_(False)}
     if stage == 1:
-        from peft import LoraConfig, inject_adapter_in_model
+        from peft import LoraConfig, inject_adapter_in_model  # (peft: a dev-only dependency, this row only)
 
         holder = nn.Sequential(nn.Linear(in_f, out_f)).requires_grad_(False)
         holder = inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=["0"]), holder)

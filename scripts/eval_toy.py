@@ -19,14 +19,17 @@ detected family equals the true one otherwise.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from setseq.backbones.toy import load_toy, load_toy_components
+from setseq.backbones.toy import load_toy, load_toy_components, toy_folder
 from setseq.data import synthetic as S
 from setseq.eval.toy_detect import detect_background, detect_motion, detect_sprite
 from setseq.io import write_json
@@ -100,89 +103,101 @@ def summarize(rows: list[dict]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) if rows else float("nan") for k in METRICS}
 
 
+@dataclass
+class Sampler:
+    """The sampler settings scored: the flags', else the model's stored defaults."""
+
+    steps: int
+    guidance_scale: float
+    shift: float
+    self_conditioning: bool
+
+    @classmethod
+    def of(cls, model: Any, args: argparse.Namespace) -> Sampler:
+        cfg = model.config
+        return cls(
+            steps=args.steps or int(cfg["sample_steps"]),
+            guidance_scale=float(cfg["guidance_scale"] if args.guidance is None else args.guidance),
+            shift=float(cfg["sample_shift"] if args.shift is None else args.shift),
+            self_conditioning=not args.no_self_cond and bool(cfg["sample_self_cond"]),
+        )
+
+
+def score_set(model: Any, specs: list, sampler: Sampler, args: argparse.Namespace) -> tuple[dict, list[dict]]:
+    """(summary, per-prompt rows) of one prompt set: the generated videos, and as yardsticks the real
+    renders and the real renders through the model's codec, read by the same detectors."""
+    rows, real_rows, codec_rows = [], [], []
+    for i in range(0, len(specs), args.batch):
+        chunk = specs[i : i + args.batch]
+        videos = model.generate_batch(
+            [S.caption(s) for s in chunk],
+            seeds=[args.seed + i + j for j in range(len(chunk))],
+            **dataclasses.asdict(sampler),
+        )
+        reals = [
+            S.render(spec, frames=model.info.frames, size=model.info.height, seed=args.seed + i + j)
+            for j, spec in enumerate(chunk)
+        ]
+        real_t = torch.from_numpy(np.stack(reals)).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
+        through = model.decode_latents(model.encode_video(real_t)).clamp(-1.0, 1.0)
+        for spec, video, real, coded in zip(chunk, videos, reals, through):
+            rows.append(score(spec, to_uint8(video)) | {"prompt": S.caption(spec)})
+            real_rows.append(score(spec, real))
+            codec_rows.append(score(spec, to_uint8(coded)))
+    summary = {
+        "n": len(specs),
+        "generated": summarize(rows),
+        "real_renders": summarize(real_rows),
+        "real_through_codec": summarize(codec_rows),
+    }
+    return summary, rows
+
+
+def print_table(model: Any, sampler: Sampler, results: dict, passed: dict[str, bool], elapsed: float) -> None:
+    """Each metric for each set (generated, real, through the codec), and the gate's verdict."""
+    print(
+        f"toy model {model.info.model_id} ({model.info.fingerprint}): steps {sampler.steps}, guidance "
+        f"{sampler.guidance_scale}, shift {sampler.shift}, self-cond {sampler.self_conditioning}; {elapsed:.0f} s"
+    )
+    print(
+        f"{'metric':<15}" + "".join(f"{n + ' gen':>18}{n + ' real':>18}{n + ' codec':>18}" for n in results)
+    )
+    for k in METRICS:
+        line = f"{k:<15}"
+        for r in results.values():
+            line += (
+                f"{r['generated'][k]:>18.1%}{r['real_renders'][k]:>18.1%}{r['real_through_codec'][k]:>18.1%}"
+            )
+        print(line)
+    gate = results["gate_simple"]["generated"]
+    verdicts = [f"{k} {gate[k]:.1%} >= {v:.0%} {'PASS' if passed[k] else 'FAIL'}" for k, v in GATE.items()]
+    print("gate (gate_simple, generated): " + ", ".join(verdicts))
+    print("GATE " + ("PASSED" if all(passed.values()) else "FAILED"))
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
     model = load_toy(args.model)
-    cfg = model.config
-    steps = args.steps or int(cfg["sample_steps"])
-    guidance = float(cfg["guidance_scale"] if args.guidance is None else args.guidance)
-    shift = float(cfg["sample_shift"] if args.shift is None else args.shift)
-    self_cond = not args.no_self_cond and bool(cfg["sample_self_cond"])
+    sampler = Sampler.of(model, args)
     sets = {
         "gate_simple": prompt_set(args.seed, args.n, True),
         "full": prompt_set(args.seed + 1, args.n_full, False),
     }
-
     results: dict[str, dict] = {}
     per_prompt: dict[str, list] = {}
     for name, specs in sets.items():
-        rows, real_rows, codec_rows = [], [], []
-        for i in range(0, len(specs), args.batch):
-            chunk = specs[i : i + args.batch]
-            videos = model.generate_batch(
-                [S.caption(s) for s in chunk],
-                seeds=[args.seed + i + j for j in range(len(chunk))],
-                steps=steps,
-                guidance_scale=guidance,
-                shift=shift,
-                self_conditioning=self_cond,
-            )
-            reals = [
-                S.render(spec, frames=model.info.frames, size=model.info.height, seed=args.seed + i + j)
-                for j, spec in enumerate(chunk)
-            ]
-            real_t = torch.from_numpy(np.stack(reals)).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
-            through = model.decode_latents(model.encode_video(real_t)).clamp(-1.0, 1.0)
-            for spec, video, real, coded in zip(chunk, videos, reals, through):
-                rows.append(score(spec, to_uint8(video)) | {"prompt": S.caption(spec)})
-                real_rows.append(score(spec, real))
-                codec_rows.append(score(spec, to_uint8(coded)))
-        results[name] = {
-            "n": len(specs),
-            "generated": summarize(rows),
-            "real_renders": summarize(real_rows),
-            "real_through_codec": summarize(codec_rows),
-        }
-        per_prompt[name] = rows
-
+        results[name], per_prompt[name] = score_set(model, specs, sampler, args)
     gate = results["gate_simple"]["generated"]
     passed = {k: gate[k] >= v for k, v in GATE.items()}
     elapsed = time.time() - t0
-
-    # table
-    print(
-        f"toy model {model.info.model_id} ({model.info.fingerprint}): steps {steps}, guidance {guidance}, "
-        f"shift {shift}, self-cond {self_cond}; {elapsed:.0f} s"
-    )
-    header = f"{'metric':<15}" + "".join(f"{n + ' gen':>18}{n + ' real':>18}{n + ' codec':>18}" for n in sets)
-    print(header)
-    for k in METRICS:
-        line = f"{k:<15}"
-        for n in sets:
-            r = results[n]
-            line += (
-                f"{r['generated'][k]:>18.1%}{r['real_renders'][k]:>18.1%}{r['real_through_codec'][k]:>18.1%}"
-            )
-        print(line)
-    print(
-        "gate (gate_simple, generated): "
-        + ", ".join(
-            f"{k} {gate[k]:.1%} >= {v:.0%} {'PASS' if passed[k] else 'FAIL'}" for k, v in GATE.items()
-        )
-    )
-    print("GATE " + ("PASSED" if all(passed.values()) else "FAILED"))
+    print_table(model, sampler, results, passed, elapsed)
 
     report = {
         "model": model.info.model_id,
         "fingerprint": model.info.fingerprint,
-        "sampler": {
-            "steps": steps,
-            "guidance_scale": guidance,
-            "shift": shift,
-            "self_conditioning": self_cond,
-        },
+        "sampler": dataclasses.asdict(sampler),
         "prompt_seed": args.seed,
         "prompt_sets": {
             "gate_simple": "sample_spec(simple=True, allow_held_out=False): solid sprite, plain background, no dynamics",
@@ -194,8 +209,7 @@ def main() -> None:
         "seconds": round(elapsed, 1),
         "per_prompt": per_prompt,
     }
-    from setseq.backbones.toy import toy_folder
-
+    json.dumps(report)  # fail loudly here rather than in a consumer if anything is not serialisable
     folder = toy_folder(args.model)
     if not args.no_json:
         path = Path(args.json) if args.json else folder / "eval_toy.json"
@@ -205,11 +219,13 @@ def main() -> None:
         target = folder / "toy_config.json"
         comps_cfg = load_toy_components(args.model).config
         comps_cfg.update(
-            sample_steps=steps, guidance_scale=guidance, sample_shift=shift, sample_self_cond=self_cond
+            sample_steps=sampler.steps,
+            guidance_scale=sampler.guidance_scale,
+            sample_shift=sampler.shift,
+            sample_self_cond=sampler.self_conditioning,
         )
         write_json(target, comps_cfg)
         print(f"stored sampler defaults in {target}")
-    json.dumps(report)  # fail loudly here rather than in a consumer if anything is not serialisable
 
 
 if __name__ == "__main__":

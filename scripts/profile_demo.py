@@ -42,7 +42,7 @@ def main() -> None:
     p.add_argument("--stage2-steps", type=int, default=None, help="default: the demo recipe's")
     args = p.parse_args()
     torch.set_num_threads(1)
-    start = time.process_time()
+    start = time.process_time()  # (the imports below are here: their time is one of the figures)
     import setseq.config as config
     import setseq.data.video as video
     import setseq.demo as demo

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
 from setseq.backbones.toy import (
     IDENTIFIER_TOKENS,
@@ -329,8 +330,6 @@ def pretrain_text_encoder(model: ToyBackbone, rng: np.random.Generator, minutes:
 def add_coordinate_channels(components: ToyComponents, coord_channels: int = 2) -> ToyComponents:
     """Give a model trained without coordinate planes (`--init-from` a first-design folder) their input
     channels, zero-initialised: the same function until trained."""
-    from diffusers import WanTransformer3DModel
-
     old = components.transformer
     have = int(components.config.get("coord_channels", 0))
     if have == coord_channels:
@@ -360,28 +359,34 @@ def lr_at(elapsed: float, budget: float, args: argparse.Namespace) -> float:
     return args.lr_min + 0.5 * (args.lr - args.lr_min) * (1.0 + math.cos(math.pi * frac))
 
 
-def main() -> None:
-    args = parse_args()
-    # 1. setup
-    threads = ThreadChooser(args.threads)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # logs live outside the model folder while it is being swapped; each save copies them in
-    log_dir = Path(tempfile.mkdtemp(prefix="setseq_train_toy_"))
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_txt = open(log_dir / "train_log.txt", "w")
-    log_jsonl = open(log_dir / "train_log.jsonl", "w")
+class RunLog:
+    """Lines printed and kept in train_log.txt, records in train_log.jsonl. The logs live outside the model
+    folder while it is being swapped in; each save copies them in."""
 
-    def log(msg: str, record: dict | None = None) -> None:
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="setseq_train_toy_"))
+        self.txt = open(self.dir / "train_log.txt", "w")
+        self.jsonl = open(self.dir / "train_log.jsonl", "w")
+
+    def __call__(self, msg: str, record: dict | None = None) -> None:
         print(msg, flush=True)
-        log_txt.write(msg + "\n")
-        log_txt.flush()
+        self.txt.write(msg + "\n")
+        self.txt.flush()
         if record is not None:
-            log_jsonl.write(json.dumps(record) + "\n")
-            log_jsonl.flush()
+            self.jsonl.write(json.dumps(record) + "\n")
+            self.jsonl.flush()
 
+    def close(self) -> None:
+        self.txt.close()
+        self.jsonl.close()
+
+
+def build_model(
+    args: argparse.Namespace, rng: np.random.Generator, log: RunLog
+) -> tuple[ToyComponents, ToyBackbone]:
+    """The toy model to train: a fresh one (or `--init-from`'s weights), its codec (`--vae` or the pixel
+    codec, whose statistics are measured on rendered clips), and its text encoder (pretrained on caption
+    parsing and frozen with `--text-pretrain-minutes`)."""
     mean, std = pixel_statistics(rng, args)
     cfg = toy_config(
         height=args.size,
@@ -397,10 +402,8 @@ def main() -> None:
         },
         text_encoder={"num_layers": args.text_layers},
     )
-    if args.vae:
-        from diffusers import AutoencoderKLWan
-
-        vae = AutoencoderKLWan.from_pretrained(args.vae, use_safetensors=True).eval()
+    vae = AutoencoderKLWan.from_pretrained(args.vae, use_safetensors=True).eval() if args.vae else None
+    if vae is not None:
         cfg["codec"] = "vae"
         cfg["vae"] = {k: dict(vae.config)[k] for k in cfg["vae"]}
     else:
@@ -414,13 +417,14 @@ def main() -> None:
         )
     else:
         comps = build_toy_components(cfg, seed=args.seed)
-    if args.vae:
+    if vae is not None:
         comps.vae = vae
     if args.text_pretrain_minutes > 0:  # a fresh encoder, even when the DiT starts from --init-from
         fresh = build_toy_components(comps.config, seed=args.seed + 1)
         comps.text_encoder, comps.tokenizer = fresh.text_encoder, fresh.tokenizer
-    model = ToyBackbone(comps, model_id=str(out), freeze=False)
-    model.vae.requires_grad_(False) if model.vae is not None else None
+    model = ToyBackbone(comps, model_id=str(Path(args.out)), freeze=False)
+    if model.vae is not None:
+        model.vae.requires_grad_(False)
     model.transformer.train()
     model.text_encoder.train()
     if args.text_pretrain_minutes > 0:
@@ -428,6 +432,20 @@ def main() -> None:
         args.freeze_text = True
     if args.freeze_text:
         model.text_encoder.requires_grad_(False)
+    n_tr = sum(p.numel() for p in model.transformer.parameters())
+    n_te = sum(p.numel() for p in model.text_encoder.parameters())
+    log(
+        f"toy training: transformer {n_tr / 1e6:.2f}M params, text encoder {n_te / 1e6:.2f}M "
+        f"({'frozen' if args.freeze_text else 'trained'}), pixel mean {mean} std {std}",
+        {"event": "start", "args": vars(args), "transformer_params": n_tr, "text_encoder_params": n_te},
+    )
+    return comps, model
+
+
+def make_optimizer(
+    model: ToyBackbone, args: argparse.Namespace
+) -> tuple[list[torch.nn.Parameter], torch.optim.Optimizer, list[torch.Tensor]]:
+    """(trainable params, AdamW with no weight decay on biases and norms, their EMA copies)."""
     params = [p for m in (model.transformer, model.text_encoder) for p in m.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -436,14 +454,129 @@ def main() -> None:
         lr=args.lr,
         betas=(0.9, 0.99),
     )
-    ema = [p.detach().clone() for p in params]
-    n_tr = sum(p.numel() for p in model.transformer.parameters())
-    n_te = sum(p.numel() for p in model.text_encoder.parameters())
+    return params, opt, [p.detach().clone() for p in params]
+
+
+def save_model(
+    out: Path,
+    comps: ToyComponents,
+    model: ToyBackbone,
+    ema_of: dict[int, torch.Tensor],
+    extra: dict,
+    log: RunLog,
+) -> None:
+    """The EMA weights (`ema_of`: id(live param) -> its EMA) into a copy of the model, written to a
+    temporary folder with the logs (and an earlier eval of `out`), then swapped in for `out`."""
+    snap = copy.deepcopy(comps)
+    snap_params = [p for m in (snap.transformer, snap.text_encoder) for p in m.parameters()]
+    live = [p for m in (model.transformer, model.text_encoder) for p in m.parameters()]
+    with torch.no_grad():
+        for sp, lp in zip(snap_params, live):
+            sp.copy_(ema_of.get(id(lp), lp.detach()))
+    snap.transformer.eval()
+    snap.text_encoder.eval()
+    tmp = out.parent / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_toy_model(tmp, snap, extra=extra)
+    for name in ("train_log.txt", "train_log.jsonl"):
+        shutil.copy2(log.dir / name, tmp / name)
+    for p in ("eval_toy.json", "eval_toy.txt"):
+        if (out / p).exists():
+            shutil.copy2(out / p, tmp / p)
+    old = out.parent / f".{out.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    final = extra["final"]
     log(
-        f"toy training: transformer {n_tr / 1e6:.2f}M params, text encoder {n_te / 1e6:.2f}M "
-        f"({'frozen' if args.freeze_text else 'trained'}), pixel mean {mean} std {std}",
-        {"event": "start", "args": vars(args), "transformer_params": n_tr, "text_encoder_params": n_te},
+        f"saved {'final' if final else 'checkpoint'} (EMA) to {out} at step {extra['step']}",
+        {"event": "save", "step": extra["step"]},
     )
+
+
+def training_batch(
+    model: ToyBackbone, pool: LatentPool | None, rng: np.random.Generator, args: argparse.Namespace, step: int
+) -> tuple[torch.Tensor, list[str], bool]:
+    """(x0, captions, image step?): a batch of clips, or of single frames as 1-frame videos, from the latent
+    pool (refreshed every `--refresh-every` steps) or rendered and pixel-encoded."""
+    image = bool(rng.random() < args.image_frac)
+    n = args.image_batch if image else args.batch
+    if pool is None:
+        video, captions = sample_batch(
+            rng, n, args.frames, args.size, args.simple_frac, args.empty_prompt, image
+        )
+        return model.encode_video(video), captions, image  # (B, 48, F, 8, 8)
+    if step and step % args.refresh_every == 0:
+        pool.refresh()
+    x0, captions = pool.batch(n, image)  # (B, 8, 5, 8, 8) or (B, 8, 1, 8, 8)
+    return x0, captions, image
+
+
+def flow_matching_step(
+    model: ToyBackbone,
+    x0: torch.Tensor,
+    captions: list[str],
+    rng: np.random.Generator,
+    args: argparse.Namespace,
+) -> torch.Tensor:
+    """The flow-matching loss of one batch, with self-conditioning on `--self-cond` of the steps."""
+    noise = torch.randn_like(x0)
+    sigmas = model.sample_sigmas(x0.shape[0])
+    noisy = interpolate(x0, noise, sigmas)
+    prompt = model.encode_prompt(captions)
+    self_cond = None
+    if rng.random() < args.self_cond:
+        # FIT / RIN self-conditioning: a first pass with zeros gives an x0 estimate, fed back detached.
+        with torch.no_grad():
+            detached = type(prompt)(prompt.embeds.detach(), prompt.mask)
+            self_cond = x0_from_velocity(noisy, model.predict(noisy, sigmas, detached), sigmas)
+    pred = model.predict(noisy, sigmas, prompt, self_cond=self_cond)
+    return flow_matching_loss(pred, x0, noise)
+
+
+def log_window(
+    log: RunLog,
+    step: int,
+    elapsed: float,
+    lr: float,
+    window: dict,
+    gnorm: float,
+    s_per_step: float,
+    threads: ThreadChooser,
+) -> None:
+    """One progress line and record: the mean video and image losses since the last one."""
+    rec = {
+        "event": "train",
+        "step": step,
+        "elapsed_s": round(elapsed, 1),
+        "lr": lr,
+        "loss_video": float(np.mean(window["video"])) if window["video"] else None,
+        "loss_image": float(np.mean(window["image"])) if window["image"] else None,
+        "grad_norm": float(gnorm),
+        "s_per_step": round(s_per_step, 3),
+        "threads": torch.get_num_threads(),
+        "s_per_video_step_by_threads": {k: round(v, 3) for k, v in threads.est.items()},
+    }
+    log(
+        f"step {step:6d}  {elapsed / 60:6.2f} min  lr {lr:.2e}  loss video {rec['loss_video'] or float('nan'):.4f}"
+        f"  image {rec['loss_image'] or float('nan'):.4f}  gnorm {float(gnorm):.3f}  {rec['s_per_step']:.3f} s/step  threads {rec['threads']} {rec['s_per_video_step_by_threads']}",
+        rec,
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    # 1. setup
+    threads = ThreadChooser(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = RunLog()
+    comps, model = build_model(args, rng, log)
+    params, opt, ema = make_optimizer(model, args)
     pool = None
     if args.vae:
         t_pool = time.time()
@@ -453,18 +586,6 @@ def main() -> None:
         )
 
     def save(step: int, elapsed: float, final: bool) -> None:
-        # EMA weights into a copy of the model, written to a temporary folder, then swapped in.
-        snap = copy.deepcopy(comps)
-        snap_params = [p for m in (snap.transformer, snap.text_encoder) for p in m.parameters()]
-        live = [p for m in (model.transformer, model.text_encoder) for p in m.parameters()]
-        ema_of = {id(p): e for p, e in zip(params, ema)}
-        with torch.no_grad():
-            for sp, lp in zip(snap_params, live):
-                sp.copy_(ema_of.get(id(lp), lp.detach()))
-        snap.transformer.eval()
-        snap.text_encoder.eval()
-        tmp = out.parent / f".{out.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
         extra = {
             "step": step,
             "minutes": round(elapsed / 60.0, 2),
@@ -472,30 +593,13 @@ def main() -> None:
             "ema": args.ema,
             "args": vars(args),
         }
-        save_toy_model(tmp, snap, extra=extra)
-        for name in ("train_log.txt", "train_log.jsonl"):
-            shutil.copy2(log_dir / name, tmp / name)
-        keep = [p for p in ("eval_toy.json", "eval_toy.txt") if (out / p).exists()]
-        for p in keep:
-            shutil.copy2(out / p, tmp / p)
-        old = out.parent / f".{out.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-        log(
-            f"saved {'final' if final else 'checkpoint'} (EMA) to {out} at step {step}",
-            {"event": "save", "step": step},
-        )
+        save_model(out, comps, model, {id(p): e for p, e in zip(params, ema)}, extra, log)
 
     # 2. train
     budget = args.minutes * 60.0
-    start = time.time()
-    last_ckpt = start
+    start = last_ckpt = t_window = time.time()
     step = 0
     window: dict[str, list[float]] = {"video": [], "image": []}
-    t_window = time.time()
     while True:
         elapsed = time.time() - start
         if elapsed >= budget or (args.max_steps and step >= args.max_steps):
@@ -504,29 +608,8 @@ def main() -> None:
         for group in opt.param_groups:
             group["lr"] = lr
         t_step = time.time()
-        image = bool(rng.random() < args.image_frac)
-        n = args.image_batch if image else args.batch
-        if pool is not None:
-            if step and step % args.refresh_every == 0:
-                pool.refresh()
-            x0, captions = pool.batch(n, image)  # (B, 8, 5, 8, 8) or (B, 8, 1, 8, 8)
-        else:
-            video, captions = sample_batch(
-                rng, n, args.frames, args.size, args.simple_frac, args.empty_prompt, image
-            )
-            x0 = model.encode_video(video)  # (B, 48, F, 8, 8)
-        noise = torch.randn_like(x0)
-        sigmas = model.sample_sigmas(n)
-        noisy = interpolate(x0, noise, sigmas)
-        prompt = model.encode_prompt(captions)
-        self_cond = None
-        if rng.random() < args.self_cond:
-            # FIT / RIN self-conditioning: a first pass with zeros gives an x0 estimate, fed back detached.
-            with torch.no_grad():
-                detached = type(prompt)(prompt.embeds.detach(), prompt.mask)
-                self_cond = x0_from_velocity(noisy, model.predict(noisy, sigmas, detached), sigmas)
-        pred = model.predict(noisy, sigmas, prompt, self_cond=self_cond)
-        loss = flow_matching_loss(pred, x0, noise)
+        x0, captions, image = training_batch(model, pool, rng, args, step)
+        loss = flow_matching_step(model, x0, captions, rng, args)
         if not torch.isfinite(loss):
             raise RuntimeError(f"non-finite loss at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -540,28 +623,10 @@ def main() -> None:
         window["image" if image else "video"].append(loss.item())
         if not image:
             threads.record(time.time() - t_step)
-
         if step % args.log_every == 0:
-            elapsed = time.time() - start
-            rec = {
-                "event": "train",
-                "step": step,
-                "elapsed_s": round(elapsed, 1),
-                "lr": lr,
-                "loss_video": float(np.mean(window["video"])) if window["video"] else None,
-                "loss_image": float(np.mean(window["image"])) if window["image"] else None,
-                "grad_norm": float(gnorm),
-                "s_per_step": round((time.time() - t_window) / args.log_every, 3),
-                "threads": torch.get_num_threads(),
-                "s_per_video_step_by_threads": {k: round(v, 3) for k, v in threads.est.items()},
-            }
-            log(
-                f"step {step:6d}  {elapsed / 60:6.2f} min  lr {lr:.2e}  loss video {rec['loss_video'] or float('nan'):.4f}"
-                f"  image {rec['loss_image'] or float('nan'):.4f}  gnorm {float(gnorm):.3f}  {rec['s_per_step']:.3f} s/step  threads {rec['threads']} {rec['s_per_video_step_by_threads']}",
-                rec,
-            )
-            window = {"video": [], "image": []}
-            t_window = time.time()
+            s_per_step = (time.time() - t_window) / args.log_every
+            log_window(log, step, time.time() - start, lr, window, float(gnorm), s_per_step, threads)
+            window, t_window = {"video": [], "image": []}, time.time()
         if time.time() - last_ckpt > args.ckpt_minutes * 60.0:
             save(step, time.time() - start, final=False)
             last_ckpt = time.time()
@@ -574,8 +639,7 @@ def main() -> None:
     )
     save(step, elapsed, final=True)
     # 4. cleanup
-    log_txt.close()
-    log_jsonl.close()
+    log.close()
 
 
 if __name__ == "__main__":

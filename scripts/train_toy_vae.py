@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKLWan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_toy import sample_batch  # noqa: E402  (same data as the DiT)
@@ -104,13 +105,8 @@ def colour_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return ((mean_rec - mean_x).abs() * has).sum() / (has.sum() * 3).clamp_min(1.0)
 
 
-def main() -> None:
-    args = parse_args()
-    from diffusers import AutoencoderKLWan
-
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
+def build_vae(args: argparse.Namespace) -> AutoencoderKLWan:
+    """A fresh VAE of `VAE_CONFIG`, or `--init-from`'s; with `--decoder-only` its encoder frozen."""
     if args.decoder_only and not args.init_from:
         raise SystemExit("--decoder-only needs --init-from DIR (the VAE whose encoder stays frozen)")
     if args.init_from:
@@ -122,6 +118,72 @@ def main() -> None:
         for mod in (vae.encoder, vae.quant_conv):
             mod.requires_grad_(False)
             mod.eval()
+    return vae
+
+
+def vae_loss(vae: AutoencoderKLWan, rng: np.random.Generator, args: argparse.Namespace) -> torch.Tensor:
+    """One step's loss: weighted reconstruction (+ KL, + colour) on clips and on single frames (frames only
+    for a frame-wise VAE)."""
+    loss_total = torch.zeros(())
+    frame_wise = VAE_CONFIG["scale_factor_temporal"] == 1
+    for image in (True,) if frame_wise else (False, True):
+        n = args.image_batch if image else args.batch
+        video, _ = sample_batch(rng, n, args.frames, args.size, args.simple_frac, 0.0, image)
+        x = video.permute(0, 2, 1, 3, 4)  # (B, 3, F, H, W)
+        if args.decoder_only:
+            with torch.no_grad():
+                dist = vae.encode(x).latent_dist
+        else:
+            dist = vae.encode(x).latent_dist
+        z = dist.sample()
+        rec = decode_unclamped(vae, z)
+        w = weights(x, args.fg_weight)
+        err = rec - x
+        recon = (w * (err.pow(2) + 0.5 * err.abs())).mean() / w.mean()
+        loss_total = loss_total + recon
+        if not args.decoder_only:
+            loss_total = loss_total + args.kl * dist.kl().mean() / x[0].numel()
+        if args.colour_weight:
+            loss_total = loss_total + args.colour_weight * colour_loss(rec, x)
+    return loss_total
+
+
+def latent_statistics(
+    vae: AutoencoderKLWan, rng: np.random.Generator, args: argparse.Namespace
+) -> tuple[list[float], list[float], float]:
+    """(mean, std) per channel of the posterior means over rendered clips, for normalisation, and the pixel
+    error of the clamped, real decode path, for the log."""
+    vae.eval()
+    mus = []
+    with torch.no_grad():
+        for _ in range(8):
+            video, _ = sample_batch(rng, 32, args.frames, args.size, args.simple_frac, 0.0, False)
+            if VAE_CONFIG["scale_factor_temporal"] == 1:  # frame-wise: frames as 1-frame videos
+                video = video.reshape(-1, 1, *video.shape[2:])
+            mus.append(vae.encode(video.permute(0, 2, 1, 3, 4)).latent_dist.mode())
+        mu = torch.cat(mus)
+        rec = vae.decode(mus[-1]).sample
+        mse = float((rec - video.permute(0, 2, 1, 3, 4)).pow(2).mean())
+    return mu.mean(dim=(0, 2, 3, 4)).tolist(), mu.std(dim=(0, 2, 3, 4)).tolist(), mse
+
+
+def save_vae(vae: AutoencoderKLWan, out: Path, log_lines: list[str]) -> None:
+    """The VAE and its log into a temporary folder, then swapped in for `out`."""
+    tmp = out.parent / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    vae.save_pretrained(tmp, safe_serialization=True)
+    (tmp / "train_log.txt").write_text("\n".join(log_lines) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    print(f"wrote {out}")
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    vae = build_vae(args)
     trained = [p for p in vae.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
     out = Path(args.out)
@@ -146,27 +208,7 @@ def main() -> None:
         lr *= min(1.0, (step + 1) / 50)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss_total = torch.zeros(())
-        frame_wise = VAE_CONFIG["scale_factor_temporal"] == 1
-        for image in (True,) if frame_wise else (False, True):
-            n = args.image_batch if image else args.batch
-            video, _ = sample_batch(rng, n, args.frames, args.size, args.simple_frac, 0.0, image)
-            x = video.permute(0, 2, 1, 3, 4)  # (B, 3, F, H, W)
-            if args.decoder_only:
-                with torch.no_grad():
-                    dist = vae.encode(x).latent_dist
-            else:
-                dist = vae.encode(x).latent_dist
-            z = dist.sample()
-            rec = decode_unclamped(vae, z)
-            w = weights(x, args.fg_weight)
-            err = rec - x
-            recon = (w * (err.pow(2) + 0.5 * err.abs())).mean() / w.mean()
-            loss_total = loss_total + recon
-            if not args.decoder_only:
-                loss_total = loss_total + args.kl * dist.kl().mean() / x[0].numel()
-            if args.colour_weight:
-                loss_total = loss_total + args.colour_weight * colour_loss(rec, x)
+        loss_total = vae_loss(vae, rng, args)
         opt.zero_grad(set_to_none=True)
         loss_total.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(trained, 1.0)
@@ -182,33 +224,13 @@ def main() -> None:
             )
             hist = []
 
-    # latent statistics (posterior means) for normalisation
-    vae.eval()
-    mus = []
-    with torch.no_grad():
-        for _ in range(8):
-            video, _ = sample_batch(rng, 32, args.frames, args.size, args.simple_frac, 0.0, False)
-            if VAE_CONFIG["scale_factor_temporal"] == 1:  # frame-wise: frames as 1-frame videos
-                video = video.reshape(-1, 1, *video.shape[2:])
-            mus.append(vae.encode(video.permute(0, 2, 1, 3, 4)).latent_dist.mode())
-            # pixel error of the clamped, real decode path, for the log
-        mu = torch.cat(mus)
-        rec = vae.decode(mus[-1]).sample
-        mse = float((rec - video.permute(0, 2, 1, 3, 4)).pow(2).mean())
-    mean = mu.mean(dim=(0, 2, 3, 4)).tolist()
-    std = mu.std(dim=(0, 2, 3, 4)).tolist()
+    mean, std, mse = latent_statistics(vae, rng, args)
     if not args.decoder_only:  # a frozen encoder keeps the stored statistics (the DiT was trained with them)
         vae.register_to_config(
             latents_mean=[round(v, 5) for v in mean], latents_std=[round(v, 5) for v in std]
         )
     log(f"done: {step} steps in {(time.time() - start) / 60:.1f} min; eval MSE {mse:.5f}; latents std {std}")
-    tmp = out.parent / f".{out.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    vae.save_pretrained(tmp, safe_serialization=True)
-    (tmp / "train_log.txt").write_text("\n".join(log_lines) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    print(f"wrote {out}")
+    save_vae(vae, out, log_lines)
 
 
 if __name__ == "__main__":

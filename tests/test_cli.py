@@ -299,3 +299,32 @@ def test_resume_refuses_every_train_flag_it_cannot_take(tmp_path, capsys, monkey
         assert "other flags are not allowed" in err and f"(got {flag})" in err, (flag, err)
     main(["train", "--resume", "--out", out, "--no-progress"])
     assert "other flags are not allowed" not in capsys.readouterr().err
+
+
+def test_each_flag_that_sets_a_config_key_names_a_real_key():
+    from setseq.cli import COMMANDS
+    from setseq.config import config_keys
+    from setseq.flags import flag_params
+
+    keys = {k for k, _, _ in config_keys()}
+    named = [arg.key for func in COMMANDS for _, _, arg in flag_params(func) if arg.key]
+    assert "data.frames" in named and set(named) <= keys, set(named) - keys
+
+
+def test_train_flags_become_config_sections():
+    from setseq.commands import cmd_train
+    from setseq.flags import config_flags
+
+    fields = _parse(
+        build_parser(), ["train", "--out", "o", "--frames", "9", "--size", "32x48", "--method", "lora1"]
+    )
+    del fields["func"], fields["command"]
+    assert config_flags(cmd_train, fields) == {"data": {"frames": 9, "size": [32, 48]}, "method": "lora1"}
+
+
+@pytest.mark.parametrize("flag, bad, near", [("--part", "identiy", "identity"), ("--expert", "hgh", "high")])
+def test_an_optional_choice_keeps_its_choices(capsys, flag, bad, near):
+    with pytest.raises(SystemExit) as e:
+        main(["export", "r", "--format", "comfyui", flag, bad, "--out", "o"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"invalid choice: '{bad}'" in err and f"did you mean '{near}'?" in err

@@ -78,3 +78,23 @@ def test_parse_overrides_types():
         "d": [1, 2],
         "e": True,
     }
+
+
+@pytest.mark.parametrize(
+    "override, kind",
+    [
+        ("data.frames=nine", "int"),  # an optional int: its type read from the annotation, `int | None`
+        ("data.mask_prompt=3", "str"),
+        ("lora.targets=attn", "list"),
+        ("train.tensorboard=1", "bool"),
+        ("stage1.micro_batch=true", "int"),  # a bool is not an int
+    ],
+)
+def test_a_value_of_the_wrong_type_is_refused_by_its_annotation(override, kind):
+    with pytest.raises(SetseqError, match=rf"config key '{override.split('=')[0]}' must be {kind}, got"):
+        resolve_config(None, None, [override])
+
+
+def test_numbers_are_read_as_the_annotation_says():
+    cfg = resolve_config(None, None, ["stage1.lr='1e-3'", "lora.alpha=2", "data.fps=12", "data.end=null"])
+    assert cfg.stage1.lr == 1e-3 and cfg.lora.alpha == 2 and cfg.data.fps == 12 and cfg.data.end is None

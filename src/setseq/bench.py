@@ -17,16 +17,21 @@ the default is the 10 concepts shipped in `assets/concepts/`.
 
 from __future__ import annotations
 
+import itertools
 import json
+import multiprocessing
 import os
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import yaml
 
 from setseq.bench_tables import (
     COLUMNS,
@@ -41,8 +46,27 @@ from setseq.bench_tables import (
     write_markdown,
 )
 from setseq.ceiling import CeilingCache, composited_colours, model_fingerprint
+from setseq.config import METHODS, resolve_config
+from setseq.data.synthetic import CONCEPTS
+from setseq.data.video import from_tensor, load_clip, write_video
+from setseq.demo import DEMO_CONFIG, with_concept_mask
 from setseq.errors import SetseqError
+from setseq.eval import toy_metrics as M
+from setseq.eval.edits import (
+    ceiling_share,
+    edit_suite,
+    group_edits,
+    judge_kept,
+    score_edit,
+    shape_reproduced,
+    summarize_edits,
+)
+from setseq.eval.edits import summarize_groups as summarize_edit_groups  # (bench_tables has its own)
+from setseq.eval.metrics import mse
+from setseq.infer.generate import GenerateOptions, Personalized
 from setseq.io import write_json
+from setseq.runtime import quiet_libraries
+from setseq.train.run import train
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_SUITE = ASSETS / "concepts" / "concepts.json"
@@ -78,8 +102,6 @@ def load_suite(path: str | Path | None = None, names: list[str] | None = None) -
         entry = index[name]
         if not isinstance(entry, dict) or "file" not in entry or "shape" not in entry:
             raise SetseqError(f"concept {name!r} in {path} needs 'file' and 'shape'", "fix the suite file")
-        from setseq.data.synthetic import CONCEPTS
-
         if name not in CONCEPTS:  # the edit shots and their scores need the concept's true attributes
             raise SetseqError(
                 f"concept {name!r} of the suite {path} is not a toy-world concept with known ground truth",
@@ -117,9 +139,6 @@ def _reusable(here: Path, key: dict) -> dict | None:
 def _same_config(saved: object, current: str) -> bool:
     """Whether a run's saved config YAML is the config `current` (YAML) resolves to, both read by this
     version of setseq: a config field added since the run was made takes its default on both sides."""
-    import yaml
-
-    from setseq.config import resolve_config
 
     if not isinstance(saved, str):
         return False
@@ -146,13 +165,6 @@ def _trained(run_dir: Path, config_yaml: str, method: str) -> bool:
 def _score(run_dir: Path, concept: Concept, model: str, gen_steps: int | None, out: Path) -> dict:
     """Generate the reproduction and the concept's edit suite (`setseq.eval.edits`), and score them: the
     reproduction for MSE, appearance, TC and motion; every edit for adherence, identity, kept and motion."""
-    from setseq.data.synthetic import CONCEPTS
-    from setseq.data.video import from_tensor, load_clip, write_video
-    from setseq.eval import toy_metrics as M
-    from setseq.eval.edits import edit_suite, score_edit, shape_reproduced, summarize_edits
-    from setseq.eval.metrics import mse
-    from setseq.infer.generate import GenerateOptions, Personalized
-
     pm = Personalized.load(run_dir, log=lambda s: None)
     meta = pm.lora.meta if pm.lora is not None else {}
     token, motion_token = str(meta.get("token", "sks")), str(meta.get("motion_token", "zwx"))
@@ -217,9 +229,6 @@ class _Job:
 
 def _worker_init(threads: int) -> None:
     """A bench worker process: the libraries' chatter off, and its share of the CPU threads."""
-    import torch
-
-    from setseq.runtime import quiet_libraries
 
     quiet_libraries()
     torch.set_num_threads(threads)
@@ -227,8 +236,6 @@ def _worker_init(threads: int) -> None:
 
 def _run_one(job: _Job) -> tuple[dict, str]:
     """Train (or find trained) and score one run; writes its row file. Returns the row and a note."""
-    from setseq.train.run import train
-
     t = time.perf_counter()
     run_dir = job.here / "run"
     note = ""
@@ -269,9 +276,6 @@ def _execute(
             slots[k] = row
             report(k, row, note)
     else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
         threads = max(1, (os.cpu_count() or 1) // jobs)
         log(f"running {min(jobs, len(todo))} runs at a time, {threads} thread(s) each")
         ctx = multiprocessing.get_context("spawn")
@@ -293,8 +297,6 @@ def _execute(
 
 
 def _check_options(methods: list[str], seeds: int, first_seed: int, jobs: int) -> None:
-    from setseq.config import METHODS
-
     for m in methods:
         if m not in METHODS:
             raise SetseqError(f"unknown method {m!r}", f"use some of: {', '.join(METHODS)}")
@@ -309,9 +311,6 @@ def _check_options(methods: list[str], seeds: int, first_seed: int, jobs: int) -
 def _run_config(method: str, concept: Concept, seed: int, model: str, extra: list[str], masks: Path):
     """The demo recipe for one (method, concept, seed), with the concept's exact mask where the method uses
     one (written under `masks`)."""
-    from setseq.config import resolve_config
-    from setseq.demo import DEMO_CONFIG, with_concept_mask
-
     cfg = resolve_config(
         DEMO_CONFIG,
         {"data": {"video": str(concept.video)}},
@@ -331,10 +330,6 @@ def _shape_reproduced(row: dict, here: Path) -> bool:
     held it) from its reproduced video."""
     if "shape_reproduced" in row:
         return bool(row["shape_reproduced"])
-    from setseq.data.synthetic import CONCEPTS
-    from setseq.data.video import load_clip
-    from setseq.eval.edits import shape_reproduced
-
     video = here / "reproduced.mp4"
     return video.is_file() and shape_reproduced(load_clip(video).frames, CONCEPTS[row["concept"]])
 
@@ -350,17 +345,6 @@ def _add_groups(
     for the colours its training composited onto), beside the base model's ceiling on the same edits (at the
     run's seed: cached, computed with the base model loaded once where missing; judged by the run's own rule
     for the shape, `judge_kept`), and the headline share."""
-    from setseq.data.synthetic import CONCEPTS
-    from setseq.data.video import load_clip
-    from setseq.eval.edits import (
-        ceiling_share,
-        edit_suite,
-        group_edits,
-        judge_kept,
-        summarize_groups,
-    )
-    from setseq.infer.generate import Personalized
-
     base: list[Any] = []
 
     def pipeline() -> Any:  # the base model, loaded once and only if a ceiling is missing from the cache
@@ -385,7 +369,7 @@ def _add_groups(
         ceiling = {n: judge_kept(s, spec, shape_reproduced=shape_ok) for n, s in entry["edits"].items()}
         composited = composited_colours(cfg)
         suite = edit_suite("sks", "zwx", concept.shape, spec)  # the edits' names hold no token
-        groups = summarize_groups(row["edits"], group_edits(suite, composited), ceiling)
+        groups = summarize_edit_groups(row["edits"], group_edits(suite, composited), ceiling)
         row |= {"composited": composited, "groups": groups, "unseen_share": ceiling_share(groups)}
         row["shape_reproduced"] = shape_ok
 
@@ -421,8 +405,6 @@ def run_bench(
     that many runs at a time in worker processes, splitting the CPU threads between them (a small model
     uses 2 cores better as 2 one-thread runs than as one two-thread run); the figures are the same.
     """
-    from setseq.config import METHODS
-
     methods = methods or list(METHODS)
     _check_options(methods, seeds, first_seed, jobs)
     suite_concepts = load_suite(suite, concepts)
@@ -430,47 +412,15 @@ def run_bench(
         suite_concepts, seeds = suite_concepts[:2], 1
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    extra = list(overrides or [])
-    if quick:
-        extra = ["stage1.steps=4", "stage2.steps=4", *extra]
-    extra += ["train.tensorboard=false", "train.checkpoint_every=100000", "train.keep_checkpoints=1"]
+    extra = _bench_overrides(quick, overrides)
     gen_steps = 4 if quick else None
     t0 = time.perf_counter()
-    weights = model_fingerprint(model)
     # Seed-major: a bench stopped early holds every concept's comparison at the first seeds.
-    plan = [
-        (seed, concept, method)
-        for seed in range(first_seed, first_seed + seeds)
-        for concept in suite_concepts
-        for method in methods
-    ]
-    total = len(plan)
-    slots: list[dict | None] = [None] * total
-    todo: list[tuple[int, _Job]] = []
-    cfgs: list[Any] = []
-    reused = 0
-
-    def report(k: int, row: dict, note: str) -> None:
-        took = note or f"{row['seconds']:.0f} s"
-        log(
-            f"[{k + 1}/{total}] {row['method']:10s} {row['concept']:24s} seed {row['seed']}: "
-            + " ".join(f"{c} {row[c]:.3f}" for c in COLUMNS)
-            + f"  ({took})"
-        )
-
-    for k, (seed, concept, method) in enumerate(plan):
-        here = out / "runs" / method / f"{concept.name}-seed{seed}"
-        cfg = _run_config(method, concept, seed, model, extra, out / "masks" / concept.name)
-        cfgs.append(cfg)
-        key = {"config": cfg.to_yaml(), "gen_steps": gen_steps, "weights": weights}
-        row = None if fresh else _reusable(here, key)
-        if row is not None:
-            reused += 1
-            slots[k] = row
-            report(k, row, "reused from an earlier bench")
-        else:
-            todo.append((k, _Job(method, concept, seed, here, cfg, key, model, gen_steps, fresh, keep_runs)))
-
+    plan = list(itertools.product(range(first_seed, first_seed + seeds), suite_concepts, methods))
+    report = _reporter(len(plan), log)
+    slots: list[dict | None] = [None] * len(plan)
+    cfgs, todo = _reuse_or_queue(plan, out, model, extra, gen_steps, fresh, keep_runs, slots, report)
+    reused = len(plan) - len(todo)
     _execute(todo, slots, jobs, report, log)
     done = [
         (r, plan[k][1], cfgs[k], out / "runs" / plan[k][2] / f"{plan[k][1].name}-seed{plan[k][0]}")
@@ -479,10 +429,7 @@ def run_bench(
     ]
     _add_groups(done, CeilingCache(ceiling_cache), model, gen_steps, log)
     rows = [r for r, *_ in done]
-    summary = summarize(rows)
-    kinds = summarize_kinds(rows)
-    groups, heads = summarize_groups(rows), headline(rows)
-    verdicts = checks(summary) + ceiling_checks(groups, heads)
+    tables, verdicts = _tables(rows)
     result = {
         "quick": quick,
         "model": model,
@@ -494,10 +441,7 @@ def run_bench(
         "rows": rows,
         "reused": reused,
         "jobs": jobs,
-        "summary": summary,
-        "kinds": kinds,
-        "groups": groups,
-        "headline": heads,
+        **tables,
         "ceiling_cache": str(CeilingCache(ceiling_cache).path),
         "checks": [{"claim": c, "holds": v} for c, v in verdicts],
         "paired": {m: paired(rows, "setseq", m) for m in methods if m != "setseq" and "setseq" in methods},
@@ -506,3 +450,63 @@ def run_bench(
     write_json(out / "bench.json", result)
     log(write_markdown(out / "bench.md", result, verdicts))
     return result
+
+
+def _bench_overrides(quick: bool, overrides: list[str] | None) -> list[str]:
+    """The overrides of every run: --quick's steps, the user's, then what a bench run has no use for
+    (TensorBoard, resume points before a stage's end, old checkpoints)."""
+    extra = ["stage1.steps=4", "stage2.steps=4"] if quick else []
+    extra += list(overrides or [])
+    return extra + ["train.tensorboard=false", "train.checkpoint_every=100000", "train.keep_checkpoints=1"]
+
+
+def _reporter(total: int, log: Callable[[str], None]) -> Callable[[int, dict, str], None]:
+    """report(k, row, note): one line per finished (or reused) run, its scores and time."""
+
+    def report(k: int, row: dict, note: str) -> None:
+        took = note or f"{row['seconds']:.0f} s"
+        log(
+            f"[{k + 1}/{total}] {row['method']:10s} {row['concept']:24s} seed {row['seed']}: "
+            + " ".join(f"{c} {row[c]:.3f}" for c in COLUMNS)
+            + f"  ({took})"
+        )
+
+    return report
+
+
+def _reuse_or_queue(
+    plan: list[tuple[int, Concept, str]],
+    out: Path,
+    model: str,
+    extra: list[str],
+    gen_steps: int | None,
+    fresh: bool,
+    keep_runs: bool,
+    slots: list[dict | None],
+    report: Callable[[int, dict, str], None],
+) -> tuple[list[Any], list[tuple[int, _Job]]]:
+    """Each planned run's config, and the jobs to train: a run `out` already holds with the same settings
+    (config, generation steps, model weights) fills its slot in `slots` instead, unless `fresh`."""
+    weights = model_fingerprint(model)
+    cfgs: list[Any] = []
+    todo: list[tuple[int, _Job]] = []
+    for k, (seed, concept, method) in enumerate(plan):
+        here = out / "runs" / method / f"{concept.name}-seed{seed}"
+        cfg = _run_config(method, concept, seed, model, extra, out / "masks" / concept.name)
+        cfgs.append(cfg)
+        key = {"config": cfg.to_yaml(), "gen_steps": gen_steps, "weights": weights}
+        row = None if fresh else _reusable(here, key)
+        if row is not None:
+            slots[k] = row
+            report(k, row, "reused from an earlier bench")
+        else:
+            todo.append((k, _Job(method, concept, seed, here, cfg, key, model, gen_steps, fresh, keep_runs)))
+    return cfgs, todo
+
+
+def _tables(rows: list[dict]) -> tuple[dict[str, Any], list[tuple[str, bool]]]:
+    """bench.json's tables (per method, per kind of concept, edit groups, headline), and the claims checked."""
+    summary = summarize(rows)
+    groups, heads = summarize_groups(rows), headline(rows)
+    tables = {"summary": summary, "kinds": summarize_kinds(rows), "groups": groups, "headline": heads}
+    return tables, checks(summary) + ceiling_checks(groups, heads)

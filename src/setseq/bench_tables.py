@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from setseq.eval.edits import EDIT_GROUPS, EDIT_KINDS
 from setseq.io import atomic_path
 
 #: Scores of the reproduction (the concept re-generated from its own prompt) ...
@@ -40,8 +41,6 @@ def summarize(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
 
 def summarize_kinds(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
     """{method: {edit kind: {"followed", "kept", "success"}}}: the share of each kind's edits, over every run."""
-    from setseq.eval.edits import EDIT_KINDS
-
     out: dict[str, dict[str, dict[str, float]]] = {}
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method and isinstance(r.get("kinds"), dict)]
@@ -58,8 +57,6 @@ def summarize_kinds(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
 
 def kinds_table(kinds: dict[str, dict[str, dict[str, float]]]) -> str:
     """Per method and edit kind: followed / kept / success, as percentages."""
-    from setseq.eval.edits import EDIT_KINDS
-
     lines = ["| method | " + " | ".join(EDIT_KINDS) + " |", "|" + "---|" * (len(EDIT_KINDS) + 1)]
     for method, by_kind in kinds.items():
         cells = [
@@ -213,8 +210,6 @@ def _pool(entries: list[dict], key: str) -> float | None:
 def summarize_groups(rows: list[dict]) -> dict[str, dict[str, dict[str, Any]]]:
     """{method: {group: {"n" (edits), share and `ceiling_` share of each figure}}} pooled over its runs'
     edits (rows scored before the groups existed are left out)."""
-    from setseq.eval.edits import EDIT_GROUPS
-
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r["groups"] for r in rows if r["method"] == method and isinstance(r.get("groups"), dict)]
@@ -258,8 +253,6 @@ def _pct(v: float | None) -> str:
 
 def groups_table(groups: dict[str, dict[str, dict[str, Any]]]) -> str:
     """Per method and group: n edits, then % kept and % success, each with the base model's beside it."""
-    from setseq.eval.edits import EDIT_GROUPS
-
     lines = [
         "| method | " + " | ".join(f"{g}: n, kept (base), success (base)" for g in EDIT_GROUPS) + " |",
         "|" + "---|" * (len(EDIT_GROUPS) + 1),

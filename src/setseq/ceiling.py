@@ -23,8 +23,16 @@ from typing import Any
 
 import numpy as np
 
+from setseq import lora as L
+from setseq.backbones.toy.files import toy_folder
+from setseq.data.cache import file_sha256
+from setseq.data.synthetic import CONCEPTS, caption
+from setseq.data.video import from_tensor
 from setseq.errors import SetseqError
+from setseq.eval.edits import composited_palette, edit_suite, score_edit, shape_reproduced, target_spec
+from setseq.infer.generate import GenerateOptions
 from setseq.io import write_json
+from setseq.train.methods import effective_config
 
 __all__ = [
     "CEILING_VERSION",
@@ -52,9 +60,6 @@ def composited_colours(cfg: Any) -> list[str]:
     """The plain colours a run of `cfg` composites the concept onto (`setseq.eval.edits.composited_palette`):
     its `data.swap_backgrounds` when a stage of the config its method runs with
     (`setseq.train.methods.effective_config`: the baselines swap nothing) swaps backgrounds, else none."""
-    from setseq.eval.edits import composited_palette
-    from setseq.train.methods import effective_config
-
     eff = effective_config(cfg)
     return composited_palette(
         eff.data.swap_backgrounds, (eff.stage1.background_swap, eff.stage2.background_swap)
@@ -63,9 +68,6 @@ def composited_colours(cfg: Any) -> list[str]:
 
 def model_fingerprint(model: str) -> str:
     """A hash of the toy model folder's weight files' contents (a retrained model gets a new ceiling)."""
-    from setseq.backbones.toy.files import toy_folder
-    from setseq.data.cache import file_sha256
-
     folder = toy_folder(model)
     h = hashlib.sha256()
     for f in sorted(folder.rglob("*.safetensors")) if folder.is_dir() else []:
@@ -75,9 +77,6 @@ def model_fingerprint(model: str) -> str:
 
 def _base_prompts(spec, shape: str) -> list[tuple[Any, str]]:
     """(edit, the full caption of what it should show) for every edit of the concept's suite."""
-    from setseq.data.synthetic import caption
-    from setseq.eval.edits import edit_suite, target_spec
-
     return [(e, caption(target_spec(spec, e))) for e in edit_suite("sks", "zwx", shape, spec)]
 
 
@@ -95,8 +94,6 @@ def ceiling_key(model_fp: str, concept: str, seed: int, steps: int | None, suite
 def check_no_lora(pm: Any) -> None:
     """Refuse a pipeline that carries a LoRA: the ceiling is the base model's, and a LoRA left attached by
     mistake (loaded from a run, or injected into its transformer, even at scale 0) would make it the method's."""
-    from setseq import lora as L
-
     layers = L.get_layers(pm.backbone.transformer)
     peft = [n for n, m in pm.backbone.transformer.named_modules() if hasattr(m, "lora_A")]
     if getattr(pm, "lora", None) is not None or layers or peft:
@@ -118,11 +115,6 @@ def base_ceiling(
 ) -> dict[str, Any]:
     """Generate and score the concept's edit suite with the base model `pm` (a `Personalized` with no LoRA)
     from full captions. Returns {"shape_reproduced", "edits": {edit name: score (with its "base_prompt")}}."""
-    from setseq.data.synthetic import caption
-    from setseq.data.video import from_tensor
-    from setseq.eval.edits import score_edit, shape_reproduced
-    from setseq.infer.generate import GenerateOptions
-
     check_no_lora(pm)
     opts = GenerateOptions(seed=seed, steps=steps)
     own = from_tensor(pm.generate(caption(spec), opts))
@@ -175,8 +167,6 @@ class CeilingCache:
     ) -> dict[str, Any]:
         """The ceiling of `concept` at this sampling seed and steps on `model`: from the file, or computed with
         `pipeline()` (the base model, loaded only when needed) and added to the file."""
-        from setseq.data.synthetic import CONCEPTS
-
         spec = CONCEPTS[concept]
         key = ceiling_key(model_fingerprint(model), concept, seed, steps, suite_fingerprint(spec, shape))
         entry = self.get(key)

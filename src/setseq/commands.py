@@ -1,117 +1,282 @@
-"""What each `setseq` subcommand does: one typed function per subcommand.
+"""What each `setseq` subcommand does: one typed function per subcommand, whose parameters are its flags.
 
-`setseq.cli` declares the flags (names, types, defaults, help) and calls these functions with the parsed
-values as keyword arguments, so each parameter is a flag's `dest` and has no default of its own.
-Heavy imports (torch, diffusers) happen inside the functions so that `setseq --help` is instant.
+Each parameter declares its flag once, in its `Annotated` type (`setseq.flags.Arg`: help, default, config
+key); the first line of the docstring is the subcommand's help. `setseq.cli` builds the parser from these
+signatures and calls the function with the parsed values as keyword arguments.
+The imports of torch, diffusers and the modules that load them sit inside the functions: `setseq --help`
+imports this module and must stay instant.
 """
-
-from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from setseq.errors import SetseqError
+from setseq.flags import RESUME_KEYS, Arg, config_flags, csv_of, parse_csv, parse_size
+from setseq.names import FAMILY_NAMES, METHODS, SHAPE_NAMES
+
+# Flags several subcommands share, word for word.
+Seed = Annotated[int, Arg("sampling seed (the same seed gives the same video)", 0)]
+Device = Annotated[str, Arg("auto (a GPU when there is one), cpu, cuda or cuda:N", "auto")]
+InferDtype = Annotated[
+    Literal["auto", "float32", "bfloat16", "float16"],
+    Arg(
+        "auto: the run's training dtype, else bfloat16 on a GPU (float32 for the toy model and on CPU)",
+        "auto",
+    ),
+]
+Fps = Annotated[
+    float | None,
+    Arg("frame rate of the written video (default: the run's, i.e. its clip's; else the backbone's)", None),
+]
+Cfg = Annotated[float | None, Arg("classifier-free guidance scale (unset: the run's or backbone's)", None)]
+SampleSteps = Annotated[int | None, Arg("sampling steps (unset: the backbone's)", None)]
+ToyModel = Annotated[str, Arg("toy model: toy, toy-large, or a toy model folder", "toy")]
+CeilingCache = Annotated[
+    str | None,
+    Arg(
+        "JSON file of the base model's ceilings, read and extended (default ~/.cache/setseq/base_ceiling.json)",
+        None,
+    ),
+]
+Run = Annotated[str, Arg("a run folder, or its setseq.safetensors", positional=True)]
+BlockSwap = Annotated[
+    int,
+    Arg(
+        "keep the linear weights of the DiT's last N blocks in host memory (a model larger than the GPU)",
+        0,
+        metavar="N",
+    ),
+]
 
 
-def _model_flags(model: str | None, backbone: str | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if model is not None:
-        out["path"] = model
-        from setseq.backbones.registry import guess_backbone
-
-        out["backbone"] = backbone or guess_backbone(model)
-    elif backbone is not None:
-        out["backbone"] = backbone
-    return out
+# cmd_train's flags that take more than a line to declare (the shorter ones are declared in place).
+TrainVideo = Annotated[
+    str | None, Arg("the input video (any container PyAV reads)", None, key="data.video", resume=True)
+]
+TrainOut = Annotated[
+    str | None,
+    Arg(
+        "run folder: a new one (or one of only a run's own files); required, except that --resume RUN names it",
+        None,
+        resume=True,
+    ),
+]
+TrainModel = Annotated[
+    str | None,
+    Arg(
+        "'toy', 'toy-large', or a diffusers Wan, CogVideoX, LTX-Video, HunyuanVideo, HunyuanVideo 1.5 or "
+        "LTX-2 checkpoint: local folder or hub id",
+        None,
+        key="model.path",
+        resume=True,
+    ),
+]
+TrainBackbone = Annotated[
+    str | None,
+    Arg(
+        f"backbone family: {', '.join(FAMILY_NAMES)} (given --model: read from its folder's "
+        "model_index.json; wan for a hub id)",
+        None,
+        key="model.backbone",
+    ),
+]
+TrainAction = Annotated[
+    str | None, Arg("coarse action words for T_motion, e.g. 'dancing'", None, key="concept.action")
+]
+TrainCamera = Annotated[
+    str | None, Arg("camera words for T_motion, e.g. 'static camera'", None, key="concept.camera")
+]
+TrainConfigFile = Annotated[
+    str | None,
+    Arg(
+        "a YAML run config, or a shipped recipe's name: toy-demo (the default on a toy model), "
+        "wan2.1-t2v-1.3b, wan2.1-t2v-14b",
+        None,
+    ),
+]
+TrainFrames = Annotated[
+    int | None, Arg("clip length (4k+1 for Wan; unset: the backbone's)", None, key="data.frames")
+]
+TrainFps = Annotated[
+    float | None, Arg("resample the video to this frame rate (unset: the source's)", None, key="data.fps")
+]
+TrainEnd = Annotated[
+    float | None, Arg("end time in seconds (unset: the end of the video)", None, key="data.end")
+]
+TrainSize = Annotated[
+    list[int] | None,
+    Arg("HxW, e.g. 480x832 (unset: the backbone's)", None, key="data.size", type=parse_size),
+]
+TrainMask = Annotated[
+    str | None,
+    Arg(
+        "subject mask: a mask video or a folder of per-frame masks (white = subject), same frames and size "
+        "as the video, or 'auto' to make one from --mask-prompt (setseq mask); with a mask the stages swap "
+        "backgrounds (stage1.background_swap=1, stage2.background_swap=0.25) unless a mask option is set",
+        None,
+        key="data.mask",
+        resume=True,
+    ),
+]
+TrainMaskPrompt = Annotated[
+    str | None,
+    Arg(
+        "--mask auto: the word that names the subject (default: the class word)",
+        None,
+        key="data.mask_prompt",
+    ),
+]
+TrainResume = Annotated[
+    str | bool,
+    Arg(
+        "continue the run in RUN (or --out) exactly (optimizer, step, RNG); takes --video, --model and "
+        f"--mask to point to moved inputs (checked to be the same), and the overrides {', '.join(RESUME_KEYS)}",
+        False,
+        resume=True,
+        nargs="?",
+        const=True,
+        metavar="RUN",
+    ),
+]
+TrainMethod = Annotated[
+    str | None, Arg(f"setseq or a baseline: {', '.join(list(METHODS)[1:])}", None, key="method")
+]
+TrainProgress = Annotated[
+    bool,
+    Arg(
+        "no progress bar: a plain line every train.progress_every steps instead (as when the output is "
+        "not a terminal)",
+        True,
+        flag="--no-progress",
+        resume=True,
+    ),
+]
+TrainOverrides = Annotated[
+    list[str],
+    Arg(
+        "dotted key=value config overrides, e.g. stage1.steps=600 (see --list-keys)",
+        positional=True,
+        nargs="*",
+    ),
+]
 
 
 def cmd_train(
     *,
-    out: str,
-    video: str | None,
-    model: str | None,
-    backbone: str | None,
-    token: str | None,
-    class_word: str | None,
-    action: str | None,
-    camera: str | None,
-    config: str | None,
-    frames: int | None,
-    fps: float | None,
-    start: float | None,
-    end: float | None,
-    size: list[int] | None,
-    mask: str | None,
-    mask_prompt: str | None,
-    resume: bool,
-    init_lora: str | None,
-    method: str | None,
-    progress: bool,
-    overrides: list[str],
+    video: TrainVideo,
+    out: TrainOut,
+    model: TrainModel,
+    backbone: TrainBackbone,
+    token: Annotated[str | None, Arg("concept token [v]", None, key="concept.token")],
+    class_word: Annotated[str | None, Arg("class word, e.g. person", None, key="concept.class_word")],
+    action: TrainAction,
+    camera: TrainCamera,
+    config: TrainConfigFile,
+    frames: TrainFrames,
+    fps: TrainFps,
+    start: Annotated[float | None, Arg("start time in seconds", None, key="data.start")],
+    end: TrainEnd,
+    size: TrainSize,
+    mask: TrainMask,
+    mask_prompt: TrainMaskPrompt,
+    resume: TrainResume,
+    init_lora: Annotated[str | None, Arg("start a NEW run from the weights of a setseq.safetensors", None)],
+    method: TrainMethod,
+    progress: TrainProgress,
+    overrides: TrainOverrides,
 ) -> Path:
-    """Personalize a model to one video (stage 1 + stage 2); with `resume`, continue the run in `out`."""
+    """Personalize a model to one video (stage 1 + stage 2).
+
+    With `resume`, continue the run in `out`: `setseq.cli` has refused every flag and override it does not
+    take. Each other flag that was given sets its config key (`Arg.key`), under the `key=value` overrides.
+    """
+    flags = config_flags(cmd_train, locals())  # (first: locals() holds the parameters alone)
     from setseq.config import resolve_train_config
     from setseq.runtime import quiet_libraries
     from setseq.train.distributed import close_processes
     from setseq.train.outputs import check_out_folder
-    from setseq.train.run import train
 
     quiet_libraries()
     try:
-        if resume:  # main has refused every other flag, and every override --resume does not take
+        if resume:
             from setseq.train.setup import resumed_config
 
             cfg = resumed_config(Path(out), video=video, model=model, mask=mask, overrides=overrides)
-            return train(cfg, out, resume=True, progress=progress)
-        flags: dict[str, Any] = {}
-        if m := _model_flags(model, backbone):
-            flags["model"] = m
-        sections = {
-            "data": dict(
-                video=video,
-                frames=frames,
-                fps=fps,
-                start=start,
-                end=end,
-                size=size,
-                mask=mask,
-                mask_prompt=mask_prompt,
-            ),  # fmt: skip
-            "concept": dict(token=token, class_word=class_word, action=action, camera=camera),
-        }
-        for name, values in sections.items():
-            if given := {k: v for k, v in values.items() if v is not None}:
-                flags[name] = given
-        overrides = overrides + ([f"method={method}"] if method else [])
+            return _run_training(cfg, out, resume=True, progress=progress)
+        if model is not None and backbone is None:
+            from setseq.backbones.registry import guess_backbone
+
+            flags["model"]["backbone"] = guess_backbone(model)
         check_out_folder(Path(out))  # (before the config's notes: a refusal stays one line)
         cfg = resolve_train_config(config, flags, overrides)  # (a toy model: the toy recipe by default)
-        return train(cfg, out, init_lora=init_lora, progress=progress)
+        return _run_training(cfg, out, init_lora=init_lora, progress=progress)
     finally:
         close_processes()  # under a launcher: leave the process group before the interpreter's teardown
 
 
+def _run_training(
+    cfg: Any, out: str, *, resume: bool = False, init_lora: str | None = None, progress: bool
+) -> Path:
+    """The one call from the command line into training, a new run or a resumed one (LEAD: the place where
+    `Recipe(cfg)` / `Recipe.from_run(out)` of branch r32core goes)."""
+    from setseq.train.run import train
+
+    if resume:
+        return train(cfg, out, resume=True, progress=progress)
+    return train(cfg, out, init_lora=init_lora, progress=progress)
+
+
 def cmd_generate(
     *,
-    run: str | None,
-    prompts: list[str],
-    out: str,
-    image: str | None,
-    model: str | None,
-    backbone: str | None,
-    identity_scale: float | None,
-    motion_scale: float | None,
-    cfg: float | None,
-    steps: int | None,
-    seed: int,
-    size: list[int] | None,
-    frames: int | None,
-    fps: float | None,
-    negative_prompt: str,
-    device: str,
-    dtype: str,
-    block_swap: int,
+    run: Annotated[
+        str | None,
+        Arg(
+            "run folder or setseq.safetensors (omit for the base model alone)",
+            None,
+            positional=True,
+            nargs="?",
+        ),
+    ],
+    prompts: Annotated[
+        list[str], Arg("prompt (repeat for several)", flag="--prompt", action="append", metavar="PROMPT")
+    ],
+    out: Annotated[str, Arg("output .mp4 (a .png contact sheet is written beside it)")],
+    image: Annotated[
+        str | None,
+        Arg(
+            "first frame (PNG, JPEG) for image-to-video: needs an image-to-video --model (Wan I2V, Wan 2.2 "
+            "TI2V-5B); resized and centre-cropped to the video's size",
+            None,
+        ),
+    ],
+    model: Annotated[str | None, Arg("base model (default: the run's own model, else toy)", None)],
+    backbone: Annotated[
+        str | None, Arg("the base model's family, when --model does not say (as train --backbone)", None)
+    ],
+    identity_scale: Annotated[
+        float | None, Arg("strength of the identity LoRA (unset: the run's, 1; 0: off)", None)
+    ],
+    motion_scale: Annotated[
+        float | None, Arg("strength of the motion residual (unset: the run's, 1; 0: off)", None)
+    ],
+    cfg: Cfg,
+    steps: SampleSteps,
+    seed: Seed,
+    size: Annotated[
+        list[int] | None, Arg("HxW, e.g. 480x832 (unset: the run's training size)", None, type=parse_size)
+    ],
+    frames: Annotated[int | None, Arg("frames per video (unset: the run's clip length)", None)],
+    fps: Fps,
+    negative_prompt: Annotated[str, Arg("what the guidance steers away from", "")],
+    device: Device,
+    dtype: InferDtype,
+    block_swap: BlockSwap,
 ) -> list[Path]:
-    """Generate videos with a run's LoRA on its model, or with the base model alone; with `image`, from that
-    first frame on an image-to-video model."""
+    """Generate videos with a run (or the base model alone).
+
+    The run's LoRA on its model, or the base model alone; with `image`, from that first frame on an
+    image-to-video model."""
     from setseq.infer.generate import GenerateOptions, Personalized, generate_to_files
     from setseq.runtime import quiet_libraries
 
@@ -143,19 +308,25 @@ def cmd_generate(
 
 def cmd_compose(
     *,
-    runs: list[str],
-    prompts: list[str],
-    out: str,
-    weights: list[float] | None,
-    model: str | None,
-    cfg: float | None,
-    steps: int | None,
-    seed: int,
-    fps: float | None,
-    device: str,
-    dtype: str,
+    runs: Annotated[
+        list[str],
+        Arg("one multi-concept run, or several runs (their LoRAs are summed)", positional=True, nargs="+"),
+    ],
+    prompts: Annotated[
+        list[str],
+        Arg("a prompt naming two or more concept tokens", flag="--prompt", action="append", metavar="PROMPT"),
+    ],
+    out: Annotated[str, Arg("output .mp4")],
+    weights: Annotated[list[float] | None, Arg("one per run, e.g. 1,0.8", None, type=csv_of(float))],
+    model: Annotated[str | None, Arg("base model (default: the first run's)", None)],
+    cfg: Cfg,
+    steps: SampleSteps,
+    seed: Seed,
+    fps: Fps,
+    device: Device,
+    dtype: InferDtype,
 ) -> list[Path]:
-    """Generate with several concepts: one jointly trained run, or a weighted sum of separate runs."""
+    """Generate several concepts together: a jointly trained run, or a weighted sum of runs."""
     from setseq.infer.compose import load_composition
     from setseq.infer.generate import GenerateOptions, generate_to_files
     from setseq.runtime import quiet_libraries
@@ -179,17 +350,33 @@ def cmd_compose(
 
 def cmd_export(
     *,
-    run: str,
-    format: str,
-    part: str | None,
-    expert: str | None,
-    out: str,
-    identity_scale: float | None,
-    motion_scale: float | None,
-    dtype: str,
+    run: Run,
+    format: Annotated[
+        Literal["diffusers", "comfyui", "identity", "motion"],
+        Arg("key layout; identity / motion are aliases of diffusers --part identity / motion"),
+    ],
+    part: Annotated[
+        Literal["merged", "identity", "motion", "both"] | None,
+        Arg(
+            "merged: identity + motion in one LoRA (diffusers' default); identity or motion alone; both: two "
+            "files OUT_identity and OUT_motion, to load as two LoRAs with their own strengths (comfyui's default)",
+            None,
+        ),
+    ],
+    expert: Annotated[
+        Literal["high", "low"] | None, Arg("Wan 2.2 A14B: which expert's LoRA (one file each)", None)
+    ],
+    out: Annotated[
+        str, Arg("the .safetensors file to write (--part both: two, OUT_identity and OUT_motion)")
+    ],
+    identity_scale: Annotated[float | None, Arg("identity strength baked in (unset: the run's, 1)", None)],
+    motion_scale: Annotated[float | None, Arg("motion strength baked in (unset: the run's, 1)", None)],
+    dtype: Annotated[Literal["float32", "bfloat16", "float16"], Arg("the tensors' dtype", "float32")],
 ) -> list[Path]:
-    """Export a run's LoRA for diffusers or ComfyUI: identity and motion merged, one part, or both parts as
-    two files (ComfyUI's default; Wan 2.2 A14B: one `expert` per file)."""
+    """Export a run's LoRA for diffusers / ComfyUI, or one part of it.
+
+    Identity and motion merged, one part, or both parts as two files (ComfyUI's default; Wan 2.2 A14B: one
+    `expert` per file)."""
     import torch
 
     from setseq.export import export_files, load_setseq, resolve_format
@@ -212,8 +399,8 @@ def cmd_export(
     return paths
 
 
-def cmd_info(*, run: str) -> dict[str, Any]:
-    """Print what a run folder (or a setseq.safetensors file) holds."""
+def cmd_info(*, run: Run) -> dict[str, Any]:
+    """Print what a run holds (a run folder, or a setseq.safetensors file)."""
     from setseq.info import describe_run
 
     text, data = describe_run(Path(run))
@@ -222,9 +409,16 @@ def cmd_info(*, run: str) -> dict[str, Any]:
 
 
 def cmd_demo(
-    *, out: str, concept: str | None, quick: bool, model: str, ceiling_cache: str | None
+    *,
+    out: Annotated[str, Arg("folder for the videos, metrics and the run", "demo_out")],
+    concept: Annotated[str | None, Arg("which shipped concept (unset: cyan_diamond_bounce)", None)],
+    quick: Annotated[bool, Arg("a few steps only (CI)", False)],
+    model: ToyModel,
+    ceiling_cache: CeilingCache,
 ) -> dict[str, Any]:
-    """Personalize the shipped toy model to a shipped concept, generate, score, and write the videos."""
+    """Personalize the shipped toy model to a shipped concept and show the results.
+
+    Trains, generates, scores and writes the videos."""
     from setseq.demo import run_demo
     from setseq.runtime import quiet_libraries
 
@@ -234,17 +428,34 @@ def cmd_demo(
 
 def cmd_eval(
     *,
-    videos: list[str],
-    reference: str,
-    out: str,
-    prompts: list[str] | None,
-    clip: str | None,
-    dino: str | None,
-    arcface: str | None,
-    metrics: list[str] | None,
-    progress: bool,
+    videos: Annotated[list[str], Arg("generated videos", positional=True, nargs="+")],
+    reference: Annotated[
+        str,
+        Arg(
+            "a run folder: its training clip, the frames it trained on (as `setseq report` shows them); or a "
+            "video: all its frames"
+        ),
+    ],
+    out: Annotated[str, Arg("folder for metrics.json")],
+    prompts: Annotated[
+        list[str] | None,
+        Arg(
+            "edit prompt for C-T: one for all videos, or one per video",
+            None,
+            flag="--prompt",
+            action="append",
+            metavar="PROMPT",
+        ),
+    ],
+    clip: Annotated[str | None, Arg("CLIP folder or cached hub id (default ~/.cache/setseq/clip)", None)],
+    dino: Annotated[str | None, Arg("DINOv2 folder or cached hub id, for ID without faces", None)],
+    arcface: Annotated[str | None, Arg("ArcFace .onnx file for ID on faces (needs onnxruntime)", None)],
+    metrics: Annotated[list[str] | None, Arg("e.g. mse,motion (unset: all)", None, type=parse_csv)],
+    progress: Annotated[bool, Arg("no progress bar", True, flag="--no-progress")],
 ) -> Path:
-    """Score generated videos against the reference: MSE, ID, C-T, TC (the paper's) and motion (ours)."""
+    """Score generated videos against the reference (MSE, ID, C-T, TC, motion).
+
+    MSE, ID, C-T and TC are the paper's metrics, motion is ours."""
     from setseq.eval.run_eval import evaluate
     from setseq.runtime import quiet_libraries
 
@@ -252,38 +463,91 @@ def cmd_eval(
     return evaluate(reference, videos, out, prompts, clip, dino, arcface, metrics, progress=progress).path
 
 
+# cmd_bench's flags that take more than a line to declare (the shorter ones are declared in place).
+BenchMethods = Annotated[
+    list[str] | None, Arg(f"comma-separated (default: all): {','.join(METHODS)}", None, type=parse_csv)
+]
+BenchConcepts = Annotated[
+    list[str] | None,
+    Arg("comma-separated concept names (default: the whole suite)", None, type=parse_csv),
+]
+BenchJobs = Annotated[
+    int,
+    Arg("train this many runs at a time, the CPU threads split between them (2 on 2 cores: ~1.5x)", 1),
+]
+BenchFresh = Annotated[
+    bool,
+    Arg(
+        "train every run again (default: reuse the runs --out already holds with the same settings)",
+        False,
+    ),
+]
+BenchOverrides = Annotated[
+    list[str], Arg("config overrides for every run, e.g. stage1.steps=200", positional=True, nargs="*")
+]
+BenchShape = Annotated[
+    str | None,
+    Arg(
+        f"instead: time training steps of a real-size DiT with random weights ({', '.join(SHAPE_NAMES)})",
+        None,
+    ),
+]
+BenchFsdpOffload = Annotated[
+    bool,
+    Arg("--shape: model.fsdp_offload=true (every DiT weight in host memory, copied in by FSDP2)", False),
+]
+BenchProcs = Annotated[
+    int | None,
+    Arg(
+        "--shape: launch P processes (torchrun) that each time the steps, the DiT sharded across them "
+        "(model.fsdp=true) when P > 1; step time and peak memory per process",
+        None,
+        metavar="P",
+    ),
+]
+BenchReplicate = Annotated[
+    bool,
+    Arg(
+        "--procs: each process holds the whole DiT and the LoRA gradients are all-reduced (FSDP2's "
+        "replicate, model.fsdp=false) instead of sharding it",
+        False,
+    ),
+]
+
+
 def cmd_bench(
     *,
-    out: str,
-    quick: bool,
-    methods: list[str] | None,
-    concepts: list[str] | None,
-    seeds: int,
-    first_seed: int,
-    suite: str | None,
-    model: str,
-    keep_runs: bool,
-    jobs: int,
-    fresh: bool,
-    ceiling_cache: str | None,
-    overrides: list[str],
-    shape: str | None,
-    device: str,
-    frames: list[int] | None,
-    size: list[int] | None,
-    layers: int | None,
-    rank: int,
-    steps: int,
-    gradient_checkpointing: bool,
-    fp8: bool,
-    block_swap: int,
-    fsdp_offload: bool,
-    procs: int | None,
-    replicate: bool,
+    out: Annotated[str, Arg("folder for bench.json, bench.md and the videos", "bench_out")],
+    quick: Annotated[bool, Arg("2 concepts, 1 seed, 4 + 4 steps (CI)", False)],
+    methods: BenchMethods,
+    concepts: BenchConcepts,
+    seeds: Annotated[int, Arg("how many training seeds per concept", 2)],
+    first_seed: Annotated[int, Arg("the first training seed; e.g. 1 to add a seed", 0)],
+    suite: Annotated[str | None, Arg("concept suite JSON (default: the shipped concepts)", None)],
+    model: ToyModel,
+    keep_runs: Annotated[bool, Arg("keep each run's checkpoints and cache", False)],
+    jobs: BenchJobs,
+    fresh: BenchFresh,
+    ceiling_cache: CeilingCache,
+    overrides: BenchOverrides,
+    shape: BenchShape,
+    device: Annotated[str, Arg("--shape: cuda (480x832, 33 and 81 frames) or cpu (small)", "auto")],
+    frames: Annotated[list[int] | None, Arg("--shape: e.g. 33,81", None, type=csv_of(int))],
+    size: Annotated[list[int] | None, Arg("--shape: HxW, e.g. 480x832", None, type=parse_size)],
+    layers: Annotated[int | None, Arg("--shape: build with this many blocks (default: all; cpu: 2)", None)],
+    rank: Annotated[int | None, Arg("--shape: LoRA rank", None, key="lora.rank")],
+    steps: Annotated[int, Arg("--shape: timed steps per row (after 2 warm-up)", 5)],
+    gradient_checkpointing: Annotated[bool, Arg("--shape: checkpoint every block", False)],
+    fp8: Annotated[bool, Arg("--shape: fp8 base weights (model.fp8)", False)],
+    block_swap: Annotated[int, Arg("--shape: model.block_swap=N (host-resident blocks)", 0, metavar="N")],
+    fsdp_offload: BenchFsdpOffload,
+    procs: BenchProcs,
+    replicate: BenchReplicate,
 ) -> None:
-    """The ablation table (`setseq.bench`); with `shape`, the step times of a real-size DiT (`setseq.speed`),
+    """The method and the paper's baselines x toy concepts x seeds: the ablation table.
+
+    The table is `setseq.bench`'s; with `shape`, the step times of a real-size DiT instead (`setseq.speed`),
     in `procs` launched processes when given."""
-    from setseq.errors import SetseqError
     from setseq.runtime import quiet_libraries
 
     if procs is not None and not shape:
@@ -292,6 +556,10 @@ def cmd_bench(
         raise SetseqError("--replicate is a way to run --procs", "add --procs P, or drop --replicate")
     quiet_libraries()
     if shape:
+        if rank is None:  # (the default is the config's, declared once there)
+            from setseq.config import key_default
+
+            rank = key_default("lora.rank")
         _shape_bench(
             shape, device=device, frames=frames, size=size, layers=layers, rank=rank, steps=steps,
             gradient_checkpointing=gradient_checkpointing, fp8=fp8, block_swap=block_swap,
@@ -335,7 +603,6 @@ def _shape_bench(
 ) -> None:
     """`setseq bench --shape`: the step times of a real-size DiT (`setseq.speed`), in `procs` launched
     processes when given (`setseq.speed_procs`)."""
-    from setseq.errors import SetseqError
 
     if procs is not None:
         if block_swap or fsdp_offload:
@@ -372,8 +639,20 @@ def _shape_bench(
         close_processes()  # the one-process group of --fsdp-offload
 
 
-def cmd_report(*, run: str, out: str, videos: str | None, metrics: str | None) -> Path:
-    """Write a self-contained HTML page: the videos side by side in sync, metrics, loss curves, config."""
+def cmd_report(
+    *,
+    run: Annotated[str, Arg("a run folder, or a demo folder (with run/ and the videos)", positional=True)],
+    out: Annotated[str, Arg("the .html file to write")],
+    videos: Annotated[
+        str | None, Arg("folder with the videos (default: the demo folder, or the run's samples/)", None)
+    ],
+    metrics: Annotated[
+        str | None, Arg("metrics.json to show (default: VIDEOS/metrics.json if present)", None)
+    ],
+) -> Path:
+    """Write a self-contained HTML report of a run or a demo folder.
+
+    The videos side by side in sync, metrics, loss curves, config."""
     from setseq.report import build_report
 
     path = build_report(run, out, videos=videos, metrics=metrics)
@@ -383,19 +662,34 @@ def cmd_report(*, run: str, out: str, videos: str | None, metrics: str | None) -
 
 def cmd_mask(
     *,
-    video: str,
-    prompt: str,
-    out: str,
-    segmenter: str,
-    detector: str,
-    threshold: float,
-    start: float,
-    end: float | None,
-    device: str,
+    video: Annotated[str, Arg("the video to segment", positional=True)],
+    prompt: Annotated[str, Arg("the word that names the subject, e.g. person, dog")],
+    out: Annotated[
+        str, Arg("a folder of per-frame PNG masks (lossless), or a .mp4/.mkv mask video: what --mask takes")
+    ],
+    segmenter: Annotated[
+        str,
+        Arg(
+            "SAM 2 / 2.1 video (with --detector), or SAM 3 video: local folder or hub id",
+            "facebook/sam2.1-hiera-large",
+        ),
+    ],
+    detector: Annotated[
+        str,
+        Arg(
+            "Grounding DINO: the prompt's first box, for a SAM 2 segmenter",
+            "IDEA-Research/grounding-dino-base",
+        ),
+    ],
+    threshold: Annotated[float, Arg("the detection score the subject needs", 0.35)],
+    start: Annotated[float, Arg("segment from this time (seconds)", 0.0)],
+    end: Annotated[float | None, Arg("... to this time (default: the end); other frames are black", None)],
+    device: Device,
 ) -> Path:
-    """Make a subject mask of `video` from a word: per-frame PNGs (or a mask video), what `--mask` takes."""
+    """Make a subject mask of a video from a word (text-prompted video segmentation).
+
+    Per-frame PNGs (or a mask video): what `train --mask` takes."""
     from setseq.data.segment import SegmenterSpec, write_mask
-    from setseq.errors import SetseqError
     from setseq.runtime import quiet_libraries, resolve_device
 
     if not 0.0 <= threshold <= 1.0:

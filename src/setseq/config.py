@@ -7,10 +7,14 @@ is saved as `config.yaml` in the run folder; `--resume` reads it back from there
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
+import json
 import math
 import re
 import sys
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,19 +22,11 @@ from typing import Any
 import yaml
 
 from setseq.errors import SetseqError
+from setseq.names import METHODS
 
 #: How a LoRA layer is applied (see setseq.lora): the one list the config and the layer check against.
 LORA_PATHS: tuple[str, ...] = ("auto", "fused", "per_token")
 
-# `method`: setseq or a baseline of the paper, each a change of the config (`setseq.train.methods`).
-METHODS: dict[str, str] = {
-    "setseq": "Set-and-Sequence: identity on the frames, then a motion residual on the clip",
-    "dreambooth": "DreamBooth-LoRA: one LoRA trained on the video in one stage",
-    "lora1": "DreamBooth-LoRA with rank 1 (the paper's LoRA-1)",
-    "two_stage": "the two stages without regularization",
-    "dreammix": "DreamMix-style: one stage, alternating single frames and the clip",
-    "textual_inversion": "textual inversion: only the concept tokens' embeddings, on the video",
-}
 # The largest learning rate accepted. Far larger ones overflow float32 inside AdamW's step (lr / bias
 # correction, ~3e38) with a traceback; up to here a rate that blows training up stops it with the checkpointed
 # one-line message (`train.loop`).
@@ -43,7 +39,7 @@ ON_CLIP = ("dreambooth", "lora1", "textual_inversion")  # one-stage modes that t
 class ModelConfig:
     """Which base model to personalize."""
 
-    backbone: str = "toy"  # registry name: toy, wan, cogvideox, ltx, hunyuan, hunyuan15, ltx2
+    backbone: str = "toy"  # the family's name in the backbone registry (`setseq train --help` lists them)
     path: str = "toy"  # local folder or hub id ("toy" is the shipped toy model)
     dtype: str = "float32"  # float32 | bfloat16 | float16: compute dtype of the frozen weights
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -155,6 +151,7 @@ class DataConfig:
     swap_named: bool = True
 
     def __post_init__(self) -> None:
+        # (here, not at the top: setseq.data.masks loads numpy, which `setseq train --help` must not)
         from setseq.data.masks import SWAP_COLOURS, SWAP_SOURCES
 
         unknown = [c for c in self.swap_backgrounds if c not in SWAP_COLOURS]
@@ -163,7 +160,7 @@ class DataConfig:
                 f"data.swap_backgrounds must name some of {', '.join(SWAP_COLOURS)}, got {self.swap_backgrounds}"
             )
         if self.mask_degrade is not None:
-            from setseq.data.degrade import parse_degrade
+            from setseq.data.degrade import parse_degrade  # (torch: not at --help, see above)
 
             parse_degrade(self.mask_degrade)
         if not 0.0 <= self.mask_threshold <= 1.0:
@@ -484,14 +481,10 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
             f"{near or 'valid keys here are: ' + ', '.join(fields)}; `setseq train --list-keys` lists every key",
         )
     kwargs = {}
-    defaults = cls()
     for name, value in data.items():
         key = f"{where}.{name}" if where else name
         sub = _SECTIONS.get((cls, name))
-        if sub is None:
-            default = getattr(defaults, name)
-            value = _check_type(key, value, _NUMERIC_OPTIONAL.get(name) if default is None else default)
-        kwargs[name] = _build(sub, value, key) if sub else value
+        kwargs[name] = _build(sub, value, key) if sub else _check_type(key, value, _field_kinds(cls)[name])
     if cls is RunConfig:
         defaults = RunConfig()
         for stage in ("stage1", "stage2"):
@@ -507,65 +500,47 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
         ) from None
 
 
+# The sections of a run config: its fields whose type is a config dataclass (read from the annotations).
 _SECTIONS: dict[tuple[type, str], type] = {
-    (RunConfig, "model"): ModelConfig,
-    (RunConfig, "data"): DataConfig,
-    (RunConfig, "concept"): ConceptConfig,
-    (RunConfig, "lora"): LoraConfig,
-    (RunConfig, "stage1"): StageConfig,
-    (RunConfig, "stage2"): StageConfig,
-    (RunConfig, "regularizers"): RegularizerConfig,
-    (RunConfig, "train"): TrainConfig,
-    (RunConfig, "multi"): MultiConfig,
+    (RunConfig, name): hint
+    for name, hint in typing.get_type_hints(RunConfig).items()
+    if dataclasses.is_dataclass(hint)
 }
 
 
-def _check_type(where: str, value: Any, default: Any) -> Any:
+@functools.cache
+def _field_kinds(cls: type) -> dict[str, type]:
+    """Each field's type as `_check_type` checks it, read from the dataclass's annotations: `X | None` -> X,
+    `list[...]` -> list; a type it does not check (Any) -> object."""
+    kinds = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+            hint = args[0]
+        hint = typing.get_origin(hint) or hint
+        kinds[name] = hint if hint in (bool, int, float, str, list) else object
+    return kinds
+
+
+def _check_type(where: str, value: Any, kind: type) -> Any:
     """The value, with YAML 1.1's string '1e-4' read as a number; values of the wrong type are rejected."""
-    if value is None or default is None:
+    if value is None or kind is object:
         return value
-    if isinstance(default, float) and not isinstance(default, bool) and isinstance(value, str):
+    if kind is float and isinstance(value, str):
         try:
             value = float(value)
         except ValueError:
             pass
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, str):
-        ok = isinstance(value, str)
-    elif isinstance(default, list):
-        ok = isinstance(value, list)
+    if kind in (int, float):  # (an int is a float here; a bool is neither)
+        ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
     else:
-        ok = True
+        ok = isinstance(value, kind)
     if not ok:
         raise SetseqError(
-            f"config key '{where}' must be {type(default).__name__}, got {value!r}",
+            f"config key '{where}' must be {kind.__name__}, got {value!r}",
             "fix the value in the YAML or the override",
         )
     return value
-
-
-# Fields whose default is None but which hold numbers.
-_NUMERIC_OPTIONAL = {
-    "sample_steps": 0,
-    "guidance_scale": 0.0,
-    "frames": 0,
-    "fps": 0.0,
-    "end": 0.0,
-    "alpha": 0.0,
-    "micro_batch": 0,
-    "size": [],
-    "targets": [],
-    "video": "",
-    "static_prompt": "",
-    "self_conditioning": 0.0,
-    "prior_prompts": [],
-    "prior_steps": 0,
-}
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -702,8 +677,6 @@ def recipes() -> dict[str, Path]:
 
 def did_you_mean(word: str, choices: Any, prefix: str = "") -> str | None:
     """'did you mean X?' for the closest of `choices` to a misspelt `word` (difflib), or None."""
-    import difflib
-
     near = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f"did you mean '{prefix}{near[0]}'?" if near else None
 
@@ -757,8 +730,7 @@ def resolve_train_config(
 def check_toy_words(cfg: RunConfig) -> None:
     """Refuse a concept word the toy model's word-level tokenizer does not know: it would read it as <unk>,
     silently the same token as every other unknown word."""
-    import json
-
+    # (here: the toy backbone package loads torch, which `setseq train --help` must not)
     from setseq.backbones.toy.files import toy_folder
     from setseq.backbones.toy.tokenizer import IDENTIFIER_TOKENS
 
@@ -787,6 +759,7 @@ def check_toy_words(cfg: RunConfig) -> None:
 def _field_help(cls: type) -> dict[str, str]:
     """Each field's help, read from the comments of the dataclass's source (declared once, there): the
     comment lines just above the field and the comment on its own line(s)."""
+    # (here: only `--list-keys` reads the dataclasses' source; `setseq train --help` starts without them)
     import ast
     import inspect
     import io

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -22,13 +23,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from setseq.data.synthetic import ConceptSpec
+from setseq.ceiling import CeilingCache, composited_colours
+from setseq.config import DataConfig, resolve_config
+from setseq.data.synthetic import CONCEPTS, ConceptSpec, render_mask
+from setseq.data.video import from_tensor, load_clip, write_video
 from setseq.errors import SetseqError
+from setseq.eval import toy_metrics as M
 from setseq.eval.edits import (
     Edit,
     ceiling_share,
+    edit_backgrounds,
     edit_suite,
     group_edits,
     judge_kept,
@@ -37,7 +44,11 @@ from setseq.eval.edits import (
     summarize_edits,
     summarize_groups,
 )
+from setseq.eval.metrics import mse
+from setseq.infer.generate import GenerateOptions, Personalized
 from setseq.io import atomic_path, write_json
+from setseq.train.methods import effective_config, uses_mask
+from setseq.train.run import train
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 CONCEPT_DIR = ASSETS / "concepts"
@@ -82,10 +93,6 @@ def shots(token: str, motion_token: str, shape: str, caption: str, spec: Concept
 def concept_mask(name: str, folder: Path) -> Path:
     """Write the exact subject mask of the shipped concept `name` (the toy world knows it) as one PNG per
     frame into `folder` (`data.mask`); returns the folder."""
-    from PIL import Image
-
-    from setseq.data.synthetic import CONCEPTS, render_mask
-
     index = json.loads((CONCEPT_DIR / "concepts.json").read_text())
     entry = index[name]
     masks = render_mask(CONCEPTS[name], int(entry.get("frames", 9)), int(entry.get("size", 32)))
@@ -102,13 +109,6 @@ def with_concept_mask(cfg, name: str, folder: Path):
     Background swaps then composite onto the default plain colours *other than* those the concept's edit
     suite asks for (`setseq.eval.edits.edit_backgrounds`), so the edits are scored on backgrounds training
     never showed; a `data.swap_backgrounds` set in the config is kept as given."""
-    import dataclasses
-
-    from setseq.config import DataConfig
-    from setseq.data.synthetic import CONCEPTS
-    from setseq.eval.edits import edit_backgrounds
-    from setseq.train.methods import effective_config, uses_mask
-
     if not uses_mask(effective_config(cfg)):
         return cfg
     data = dataclasses.replace(cfg.data, mask=str(concept_mask(name, folder)))
@@ -122,8 +122,6 @@ def with_concept_mask(cfg, name: str, folder: Path):
 
 def _label_sheet(path: Path, rows: list[tuple[str, np.ndarray]], scale: int = 3) -> None:
     """A PNG grid: one labelled row of frames per video."""
-    from PIL import Image, ImageDraw
-
     label_w, gap = 240, 2
     f, h, w, _ = rows[0][1].shape
     H, W = h * scale, w * scale
@@ -162,13 +160,6 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the whole demo into `out`; returns the metrics written to `out/metrics.json`. The base model's
     ceiling is read from (or computed once into) the JSON file `ceiling_cache` (`setseq.ceiling.CeilingCache`)."""
-    from setseq.ceiling import CeilingCache
-    from setseq.config import resolve_config
-    from setseq.data.synthetic import CONCEPTS
-    from setseq.data.video import from_tensor, load_clip, write_video
-    from setseq.infer.generate import GenerateOptions, Personalized
-    from setseq.train.run import train
-
     t0 = time.perf_counter()
     name, entry = _shipped_concept(concept)
     spec = CONCEPTS[name]
@@ -178,19 +169,7 @@ def run_demo(
     log(f"demo: concept '{name}' ({entry['caption']}), video {video}")
 
     # 1-2. Personalize: stage 1 (frames) and stage 2 (clip).
-    # The recipe's steps and settings as they are; left out is what a demo run has no use for, as it starts
-    # from scratch every time: resume points before the end of each stage (always checkpointed) and
-    # TensorBoard events (the losses are in run/logs/loss.jsonl).
-    overrides = [
-        f"concept.class_word={shape}",
-        f"model.path={model}",
-        f"train.checkpoint_every={NO_INTERMEDIATE_CHECKPOINTS}",
-        "train.tensorboard=false",
-    ]
-    if quick:
-        overrides += ["stage1.steps=4", "stage2.steps=4"]
-    cfg = resolve_config(DEMO_CONFIG, {"data": {"video": str(video)}}, overrides)
-    cfg = with_concept_mask(cfg, name, out / "mask")  # the recipe's subject mask: exact in the toy world
+    cfg = _demo_config(name, video, shape, model, quick, out / "mask")
     run_dir = train(cfg, out / "run", log=log)
     t_train = time.perf_counter() - t0
 
@@ -225,9 +204,7 @@ def run_demo(
         if sc is not None and shot.edit is not None:
             edit_scores[shot.edit.name] = sc
         rows.append((label, frames))
-    results["edits"] = summarize_edits(edit_scores)
-    results["edits"]["groups"] = summarize_groups(edit_scores, groups, ceiling)
-    results["edits"]["headline"] = ceiling_share(results["edits"]["groups"])
+    results["edits"] = _edits_summary(edit_scores, groups, ceiling)
     results["edits_order"] = list(edit_scores)
 
     # 4. Contact sheet and metrics.
@@ -239,14 +216,40 @@ def run_demo(
     return results
 
 
+def _demo_config(name: str, video: Path, shape: str, model: str, quick: bool, mask_folder: Path) -> Any:
+    """The demo recipe on the concept's video, with its exact subject mask (the toy world knows it).
+
+    The recipe's steps and settings as they are; left out is what a demo run has no use for, as it starts
+    from scratch every time: resume points before the end of each stage (always checkpointed) and
+    TensorBoard events (the losses are in run/logs/loss.jsonl)."""
+    overrides = [
+        f"concept.class_word={shape}",
+        f"model.path={model}",
+        f"train.checkpoint_every={NO_INTERMEDIATE_CHECKPOINTS}",
+        "train.tensorboard=false",
+    ]
+    if quick:
+        overrides += ["stage1.steps=4", "stage2.steps=4"]
+    cfg = resolve_config(DEMO_CONFIG, {"data": {"video": str(video)}}, overrides)
+    return with_concept_mask(cfg, name, mask_folder)
+
+
+def _edits_summary(
+    edit_scores: dict[str, dict[str, Any]], groups: dict[str, str], ceiling: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """The edits' scores summed up: overall, by group against the base model's ceiling, and the headline."""
+    summary = summarize_edits(edit_scores)
+    summary["groups"] = summarize_groups(edit_scores, groups, ceiling)
+    summary["headline"] = ceiling_share(summary["groups"])
+    return summary
+
+
 def _groups_and_ceiling(
     cfg, plan: list[Shot], name: str, reference: np.ndarray, model: str, steps, cache, base, log
 ):
     """The colours the run composited onto, its edits' groups, and the base model's edits from full captions
     at the run's seed (`setseq.ceiling`, from `cache` or computed with `base()`), to be judged by the run's own
     rule for the shape once its reproduction is drawn."""
-    from setseq.ceiling import composited_colours
-
     composited = composited_colours(cfg)
     groups = group_edits([s.edit for s in plan if s.edit is not None], composited)
     shape = cfg.concept.class_word
@@ -258,8 +261,6 @@ def _groups_and_ceiling(
 
 def _shipped_concept(concept: str | None) -> tuple[str, dict[str, str]]:
     """The named shipped concept (default: `DEFAULT_CONCEPT`) and its entry in concepts.json."""
-    from setseq.data.synthetic import CONCEPTS
-
     index_file = CONCEPT_DIR / "concepts.json"
     index = json.loads(index_file.read_text()) if index_file.is_file() else {}
     name = concept or (DEFAULT_CONCEPT if DEFAULT_CONCEPT in index else next(iter(index), None))
@@ -281,9 +282,6 @@ def _score_shot(
 ) -> tuple[dict[str, Any], str, dict[str, Any] | None]:
     """One shot's metrics against the reference, its contact-sheet label, and its edit score (an edit shot):
     an edit's group (`groups`) and the base model's result on it (`ceiling`) are recorded and labelled."""
-    from setseq.eval import toy_metrics as M
-    from setseq.eval.metrics import mse
-
     motion = M.sprite_motion_fidelity(frames, reference)
     entry = {
         "prompt": shot.prompt,

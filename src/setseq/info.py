@@ -6,13 +6,12 @@ from pathlib import Path
 from typing import Any
 
 from setseq.errors import SetseqError
+from setseq.export import load_setseq
+from setseq.train import checkpoint as C
+from setseq.train.outputs import read_run_config
 
 
 def describe_run(path: Path) -> tuple[str, dict[str, Any]]:
-    from setseq.export import load_setseq
-    from setseq.train import checkpoint as C
-    from setseq.train.outputs import read_run_config
-
     if not path.exists():
         raise SetseqError(f"{path} does not exist", "pass a run folder or a setseq.safetensors file")
     data: dict[str, Any] = {"path": str(path)}

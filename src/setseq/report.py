@@ -35,9 +35,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from tqdm.auto import tqdm
 
+from setseq.data.masks import load_mask
+from setseq.data.video import load_clip, probe_video, write_contact_sheet, write_video
 from setseq.errors import SetseqError
+from setseq.eval.run_eval import trained_clip
 from setseq.io import write_text
 
 __all__ = ["ReportInputs", "build_report", "find_inputs", "loss_plot_png", "read_losses", "render_html"]
@@ -174,7 +178,7 @@ def read_losses(path: Path) -> dict[int, list[tuple[int, float]]]:
 
 def loss_plot_png(losses: dict[int, list[tuple[int, float]]]) -> bytes:
     """One PNG with a panel per stage: the loss per step and its moving average."""
-    import matplotlib
+    import matplotlib  # (here: the Agg backend must be chosen before pyplot is imported, and only a report plots)
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
@@ -207,8 +211,6 @@ def loss_plot_png(losses: dict[int, list[tuple[int, float]]]) -> bytes:
 
 def _playable(path: Path, tmp: Path) -> tuple[bytes, str]:
     """The video's bytes and MIME type, re-encoded when browsers cannot play its codec."""
-    from setseq.data.video import load_clip, probe_video, write_video
-
     info = probe_video(path)
     suffix = path.suffix.lower()
     if info.codec in BROWSER_CODECS and suffix in _MIME:
@@ -414,14 +416,9 @@ def _training_clip(run: Path, notes: list[str]) -> tuple[Any, dict[str, Any]] | 
     """The run's own training clip, sampled as the run sampled it (`setseq.eval.run_eval.trained_clip`, the
     frames `setseq eval --reference RUN` compares with), and the config's data section; None with a note when
     its video is gone."""
-    import yaml
-
-    from setseq.errors import SetseqError as _E
-    from setseq.eval.run_eval import trained_clip
-
     try:
         clip = trained_clip(run)
-    except _E as exc:
+    except SetseqError as exc:
         problem = str(exc).split(". Fix:")[
             0
         ]  # "the run's training video X is gone", or why it cannot be read
@@ -443,8 +440,6 @@ def _training_clip(run: Path, notes: list[str]) -> tuple[Any, dict[str, Any]] | 
 
 def _reference_clip(clip: Any, tmp: Path) -> Path:
     """The training clip as a video in `tmp`."""
-    from setseq.data.video import write_video
-
     out = tmp / "reference.mp4"
     write_video(out, clip.frames, fps=clip.fps or clip.source_fps or 8.0)
     return out
@@ -469,17 +464,13 @@ def mask_overlay(frames: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def _mask_parts(run: Path, clip: Any, data: dict[str, Any], tmp: Path, notes: list[str]):
     """(the overlay clip, a one-row contact sheet PNG) of the run's subject mask on its training clip, so the
     user checks the mask before trusting the run; None when the run has no mask (a note when it is gone)."""
-    from setseq.data.masks import load_mask
-    from setseq.data.video import write_contact_sheet, write_video
-    from setseq.errors import SetseqError as _E
-
     path = _run_mask(run, data)
     if path is None:
         return None
     try:
         start, end = float(data.get("start") or 0.0), data.get("end")
         mask = load_mask(path, data["video"], clip, fps=data.get("fps"), start=start, end=end)
-    except _E as exc:
+    except SetseqError as exc:
         notes.append(f"No subject mask shown: {exc}")
         return None
     over = mask_overlay(clip.frames, mask)
@@ -498,8 +489,6 @@ def build_report(
     progress: bool = True,
 ) -> Path:
     """Write the HTML report of a demo or run folder to `out` (atomically); returns `out`."""
-    from setseq.data.video import probe_video
-
     inputs = find_inputs(path, videos, metrics)
     out = Path(out)
     notes: list[str] = []

@@ -8,7 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
+from setseq.data.video import resize_center_crop
 from setseq.errors import SetseqError
 
 __all__ = ["fit_image", "read_image"]
@@ -19,8 +21,6 @@ MAX_PIXELS = 8192 * 8192  # larger images are refused (PIL's decompression-bomb 
 def read_image(path: str | Path) -> np.ndarray:
     """The image at `path` as (H, W, 3) uint8 RGB (alpha dropped, greyscale and palette images converted).
     Refused in one line: missing, a folder, empty, unreadable, not an image (or truncated), or implausibly large."""
-    from PIL import Image, UnidentifiedImageError
-
     p = Path(path)
     if not p.exists():
         raise SetseqError(f"image {p} does not exist", "check the --image path")
@@ -60,8 +60,6 @@ def fit_image(image: np.ndarray, size: tuple[int, int], multiple: int, model: st
     """`image` (H, W, 3) uint8 resized to cover `size` (H, W) and centre-cropped to it, as the training video is;
     with a note saying what was done. A size the model cannot take (not a multiple of `multiple`, the VAE
     stride times the patch) is refused: the video and its first frame have one size."""
-    from setseq.data.video import resize_center_crop
-
     h, w = (int(v) for v in size)
     if h % multiple or w % multiple:
         fit = (max(multiple, h // multiple * multiple), max(multiple, w // multiple * multiple))

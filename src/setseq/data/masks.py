@@ -19,6 +19,10 @@ and the demo leave out the colours the concept's edits ask for, so that "unseen"
 counts as every named colour the toy detector could read it as (`counts_as`: the background colour its vote
 would pick, and every colour within its tolerance), and a background with a pixel that counts as a
 left-out colour, or that comes closer than `MIN_SUBJECT_DISTANCE` to the subject's mean colour, is not used.
+
+torch, PyAV, PIL and `setseq.data.video` / `setseq.data.cache` are imported inside the functions that read or
+resize masks: checking a config (`setseq.config.DataConfig`) imports this module for its colour names, and
+`setseq train --list-keys` must start without torch.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+from setseq.data.synthetic import BG_COLOURS, BG_SHADES
 from setseq.errors import SetseqError
+from setseq.eval.toy_detect import _MASK_THRESHOLD as TOLERANCE
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -276,8 +282,6 @@ class Background:
 def _palette() -> tuple[list[str], np.ndarray, np.ndarray]:
     """Every colour name a background may be read as (the detector's background colours and the swap
     colours): names, each one's colour and its pattern shade (its colour when it has none), (K, 3)."""
-    from setseq.data.synthetic import BG_COLOURS, BG_SHADES
-
     names = list(dict.fromkeys([*BG_COLOURS, *SWAP_COLOURS]))
     rgb = {**BG_COLOURS, **SWAP_COLOURS}
     cols = np.array([rgb[n] for n in names], np.float32)
@@ -296,9 +300,6 @@ def counts_as(pixels: np.ndarray) -> set[str]:
     detector's vote picks for it (the nearest of its background colours and their pattern shades), and every
     colour of the palette within the detector's tolerance of it (distance to the colour-to-shade segment
     below the detector's background threshold)."""
-    from setseq.data.synthetic import BG_COLOURS, BG_SHADES
-    from setseq.eval.toy_detect import _MASK_THRESHOLD as TOLERANCE
-
     v = np.asarray(pixels, np.float32).reshape(-1, 3)
     bg = list(BG_COLOURS)
     vote = _nearest_name(

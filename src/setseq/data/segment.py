@@ -17,6 +17,8 @@ SAM 2's frames are prepared here (resized to its square input, ImageNet-normalis
 and its box is written into the session as the processor writes it: transformers' `Sam2VideoProcessor` needs
 torchvision, which setseq does not depend on (PyPI's torchvision does not load beside torch's CPU wheel).
 SAM 3's model itself needs torchvision (`roi_align`), so that path asks for it by name.
+transformers is imported inside the functions that build or run a segmenter: `setseq train` imports this
+module on every run, and only a run with `--mask auto` segments.
 
 `segment_video` writes one mask image per source frame (at the video's size), which `setseq.data.masks.
 load_mask` then samples with the video's own frame indices, size and crop: `setseq mask` and `--mask auto`
@@ -26,6 +28,7 @@ fingerprint, the prompt and the threshold) make the same file.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import json
@@ -37,8 +40,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
 
+from setseq.data.cache import cache_key, file_sha256, weights_stamp
+from setseq.data.masks import _source_frames
+from setseq.data.video import load_clip, probe_video, write_video
 from setseq.errors import SetseqError
+from setseq.io import write_json
+from setseq.runtime import resolve_device
 
 DEFAULT_SEGMENTER = "facebook/sam2.1-hiera-large"
 DEFAULT_DETECTOR = "IDEA-Research/grounding-dino-base"
@@ -114,8 +125,6 @@ def _config_hash(cfg: dict[str, Any]) -> str:
 def fingerprint(spec: SegmenterSpec) -> dict[str, Any]:
     """What makes the masks: the models' configs (not their paths), their weights' stamps (`weights_stamp`:
     a local folder's weight files, a hub id itself) and the threshold. Reads configs only."""
-    from setseq.data.cache import weights_stamp
-
     kind, seg, det = _kind(spec)
     out: dict[str, Any] = {
         "kind": kind,
@@ -153,8 +162,6 @@ class Segmenter:
     def segment(self, frames: np.ndarray, prompt: str) -> np.ndarray:
         """(F, H, W, 3) uint8 -> the subject's mask (F, H, W) float32 in [0, 1]; refused in one line when
         the prompt is found in no frame."""
-        import torch
-
         with torch.no_grad():
             if self.kind == "sam3":
                 return _segment_sam3(self, frames, prompt)
@@ -162,8 +169,6 @@ class Segmenter:
 
     def close(self) -> None:
         """Free the models (and the GPU memory they held) before the DiT loads."""
-        import torch
-
         self.models.clear()
         gc.collect()
         if torch.cuda.is_available():
@@ -172,8 +177,6 @@ class Segmenter:
 
 def load_segmenter(spec: SegmenterSpec, device: Any) -> Segmenter:
     """The models of `spec` on `device`, eval mode, float32."""
-    import torch
-
     kind, _, _ = _kind(spec)
     seg = Segmenter(spec, kind, torch.device(device))
     if kind == "sam3":
@@ -211,8 +214,6 @@ def _nothing_found(prompt: str, n: int) -> SetseqError:
 def detect_box(seg: Segmenter, frame: np.ndarray, prompt: str) -> tuple[list[float], float] | None:
     """Grounding DINO's best box (x0, y0, x1, y1 in pixels) for `prompt` in one frame, and its score; None
     when no box reaches the threshold."""
-    from PIL import Image
-
     proc, det = seg.models["det_processor"], seg.models["detector"]
     text = prompt.strip().lower().rstrip(".") + "."  # its processor's convention: lower case, ending "."
     inputs = proc(images=Image.fromarray(frame), text=text, return_tensors="pt").to(seg.device)
@@ -233,8 +234,6 @@ def detect_box(seg: Segmenter, frame: np.ndarray, prompt: str) -> tuple[list[flo
 def _sam2_session(model: Any, frames: np.ndarray, device: Any):
     """A `Sam2VideoInferenceSession` of `frames`, prepared as `Sam2VideoVideoProcessor` prepares them
     (bilinear resize to the square input, 1/255, ImageNet mean and std), the frames kept in host memory."""
-    import torch
-    import torch.nn.functional as F
     from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
     from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
 
@@ -260,9 +259,6 @@ def _sam2_session(model: Any, frames: np.ndarray, device: Any):
 def _segment_sam2(seg: Segmenter, frames: np.ndarray, prompt: str) -> np.ndarray:
     """Grounding DINO's box on the first frame (of `_DETECT_TRIES` evenly spaced) that shows the subject,
     SAM 2's mask of it, tracked forward to the end and back to the start."""
-    import torch
-    import torch.nn.functional as F
-
     n = len(frames)
     tries = sorted(set(np.linspace(0, n - 1, min(n, _DETECT_TRIES)).round().astype(int).tolist()))
     found = None
@@ -302,8 +298,6 @@ def _segment_sam2(seg: Segmenter, frames: np.ndarray, prompt: str) -> np.ndarray
 
 def _segment_sam3(seg: Segmenter, frames: np.ndarray, prompt: str) -> np.ndarray:
     """SAM 3 video with the word as its prompt; the object with the largest summed score is the subject."""
-    import torch
-
     proc, model = seg.models["processor"], seg.models["model"]
     session = proc.init_video_session(
         video=list(frames),
@@ -349,8 +343,6 @@ def check_coverage(mask: np.ndarray, prompt: str, indices: list[int] | None = No
 
 def _downscale(frames: np.ndarray) -> np.ndarray:
     """Frames with their longest side at most `MAX_SIDE` (the aspect kept), for the segmenter."""
-    from PIL import Image
-
     h, w = frames.shape[1:3]
     k = MAX_SIDE / max(h, w)
     if k >= 1:
@@ -369,9 +361,6 @@ def segment_video(
 ) -> tuple[np.ndarray, list[int], int]:
     """Segment every source frame of `video` in [start, end): (masks (K, h, w) float32 at the segmenter's
     size, their source frame indices, the video's frame count). Coverage is checked."""
-    from setseq.data.masks import _source_frames
-    from setseq.data.video import load_clip
-
     clip = load_clip(video, start=start, end=end)
     masks = seg.segment(_downscale(clip.frames), prompt)
     check_coverage(masks, prompt, clip.indices)
@@ -383,8 +372,6 @@ def write_mask_folder(
 ) -> Path:
     """One PNG per source frame (000000.png ...), white = the subject, at `size` (H, W); frames outside
     `indices` black. Written into a temporary folder, then renamed: never half-written."""
-    from PIL import Image
-
     out = Path(folder)
     if out.exists():
         raise SetseqError(f"{out} already exists", "choose another --out, or remove it")
@@ -420,8 +407,6 @@ def write_mask(
 ) -> Path:
     """`setseq mask`: the subject mask of `video` as a folder of per-frame PNGs (or a video when `out` ends
     in a video suffix), with the video's frame count and size: what `--mask` takes."""
-    from setseq.data.video import probe_video, write_video
-
     info = probe_video(video)  # a bad video is refused before a model is loaded
     target = Path(out)
     is_video = target.suffix.lower() in (".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v")
@@ -438,7 +423,6 @@ def write_mask(
     else:
         with tempfile.TemporaryDirectory() as d:
             folder = write_mask_folder(Path(d) / "m", masks, indices, n, size)
-            from PIL import Image
 
             frames = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.iterdir())]
             write_video(target, np.stack(frames), fps=info.fps or 8.0)
@@ -456,8 +440,6 @@ def mask_key(
 ) -> tuple[str, str]:
     """The cache key of an automatic mask: the video's content, the time range, the segmenter's
     fingerprint and the prompt (canonical JSON, short hash)."""
-    from setseq.data.cache import cache_key, file_sha256
-
     return cache_key(
         {
             "kind": "subject_mask",
@@ -496,8 +478,6 @@ def auto_mask_folder(
         return folder
     if folder.exists():  # images without their key: a killed run's leftover
         shutil.rmtree(folder)
-    from setseq.data.video import probe_video
-    from setseq.io import write_json
 
     info = probe_video(video)
     log(f"mask: segmenting '{prompt}' in {Path(video).name} ({spec.segmenter})")
@@ -518,10 +498,6 @@ def auto_mask_folder(
 def with_auto_mask(cfg: Any, cache_dir: Path, log: Callable[[str], None] = print) -> Any:
     """`cfg` (a RunConfig) with `data.mask: auto` replaced by its mask folder (`auto_mask_folder`, segmented
     once and cached, the segmenter freed); any other config unchanged."""
-    import dataclasses
-
-    from setseq.runtime import resolve_device
-
     if cfg.data.mask != "auto":
         return cfg
     video = cfg.data.video

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from setseq.data.masks import SWAP_COLOURS
 from setseq.data.synthetic import (
     BG_COLOURS,
     BG_SHADES,
@@ -46,6 +47,7 @@ from setseq.data.synthetic import (
     is_compatible,
     motion_phrase,
 )
+from setseq.eval import toy_metrics as M
 from setseq.eval.toy_detect import _MASK_THRESHOLD, detect_sprite
 
 __all__ = [
@@ -204,8 +206,6 @@ def score_edit(
 
     ``reference`` is the concept's video, ``spec`` its ground truth, ``shape_reproduced`` whether the run's
     unedited reproduction shows the concept's shape (see the module's docstring for ``kept``)."""
-    from setseq.eval import toy_metrics as M
-
     adherence = M.edit_adherence(video, edit.requested)
     got = detect_sprite(video)
     motion = float(M.sprite_motion_fidelity(video, reference)["similarity"]) if edit.keeps_motion else None
@@ -282,8 +282,6 @@ def composited_palette(swap_backgrounds: Iterable[str], swap_rates: Iterable[flo
 
 def _rgb(colour: str | RGB) -> RGB:
     if isinstance(colour, str):
-        from setseq.data.masks import SWAP_COLOURS
-
         if colour not in SWAP_COLOURS:
             raise ValueError(f"unknown composite colour {colour!r}; expected one of {tuple(SWAP_COLOURS)}")
         return SWAP_COLOURS[colour]

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from setseq.data.video import resize_center_crop
 from setseq.errors import SetseqError
 
 __all__ = [
@@ -95,7 +96,7 @@ def _resolve(spec: str | None, kind: str, flag: str, also: str) -> Path:
             )
         return p
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # (only to fetch a missing model)
 
         try:
             return Path(snapshot_download(spec, local_files_only=True))
@@ -168,8 +169,6 @@ class DinoEmbedder:
 
 def centre_square(frames: np.ndarray, size: int) -> np.ndarray:
     """(F, H, W, 3) uint8 -> (F, size, size, 3): the centre square of each frame, resized (bicubic)."""
-    from setseq.data.video import resize_center_crop
-
     return np.stack([resize_center_crop(f, (size, size)) for f in frames])
 
 
@@ -204,7 +203,10 @@ _ALSO_DINO = "or leave --dino out (ID then uses CLIP image similarity)"
 
 def load_clip(spec: str | None = None) -> ClipEmbedder:
     """CLIP from a folder or a cached hub id (default: ~/.cache/setseq/clip, then openai/clip-vit-base-patch32)."""
-    from transformers import CLIPModel, CLIPProcessor
+    from transformers import (  # (transformers: loaded only by the metrics that use it)
+        CLIPModel,
+        CLIPProcessor,
+    )
 
     path = _resolve(spec, "clip", "--clip", _ALSO_CLIP)
     model = _load(CLIPModel.from_pretrained, path, "clip", "--clip", _ALSO_CLIP)
@@ -228,7 +230,7 @@ def load_arcface(path: str | os.PathLike[str]) -> ArcFaceEmbedder:
     if not p.is_file():
         raise SetseqError(f"--arcface {p} does not exist or is not a file", ARCFACE_HINT)
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # (an optional dependency: ID on faces only)
     except ImportError:
         raise SetseqError(
             "--arcface needs onnxruntime, which is not installed",

@@ -12,15 +12,20 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+from safetensors import safe_open
 from tqdm.auto import tqdm
 
+from setseq.data.video import load_clip
 from setseq.errors import SetseqError
 from setseq.eval import metrics as M
+from setseq.eval import models
 from setseq.eval.motion import describe_motion, motion_similarity
 from setseq.io import write_json
 
@@ -86,12 +91,6 @@ def trained_clip(run: Path) -> Any:
     """The clip a run trained on (`setseq.data.video.Clip`), sampled as it was: its config's fps, start and
     end, at the frame count and size it trained at (its LoRA's metadata; else its config's). None when the
     run names no video; refused in one line when the video is gone or unreadable."""
-    import json
-
-    import yaml
-
-    from setseq.data.video import load_clip
-
     try:
         data = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("data") or {}
         video = data.get("video")
@@ -105,8 +104,6 @@ def trained_clip(run: Path) -> Any:
         )
     frames, size = data.get("frames"), data.get("size")
     try:
-        from safetensors import safe_open
-
         with safe_open(str(run / "setseq.safetensors"), "pt") as f:
             md = f.metadata() or {}
         frames = json.loads(md.get("frames", "null")) or frames
@@ -125,8 +122,6 @@ def trained_clip(run: Path) -> Any:
 
 def reference_frames(ref: Path) -> tuple[Any, str]:
     """(frames (F, H, W, 3), what they are) of `--reference`: a run's training clip, or a video's frames."""
-    from setseq.data.video import load_clip
-
     if ref.is_dir():
         clip = trained_clip(ref)
         if clip is None:
@@ -169,6 +164,93 @@ def format_table(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class _Scorers:
+    """The models the chosen metrics need, and the reference as they see it."""
+
+    clip: Any  # CLIP (image and text embeddings), or None
+    id: Any  # the identity model (ArcFace, DINOv2, or the CLIP above), or None
+    id_method: str | None  # arcface | dino | clip
+    ref_clip: Any = None  # the reference frames' CLIP embeddings
+    ref_id: Any = None  # ... and identity embeddings
+    ref_motion: Any = None  # the reference's point tracks (setseq.eval.motion)
+
+
+def _load_scorers(
+    chosen: list[str], clip: str | None, dino: str | None, arcface: str | None, notes: list[str]
+) -> _Scorers:
+    """Load only the models the chosen metrics need (a missing one names its download); say which ID model
+    is used in `notes`."""
+    need_clip = "clip_t" in chosen or "tc" in chosen or ("id" in chosen and not (arcface or dino))
+    clip_m = models.load_clip(clip) if need_clip else None
+    if "id" not in chosen:
+        return _Scorers(clip_m, None, None)
+    if arcface:
+        id_m = models.load_arcface(arcface)
+        notes.append(f"ID: ArcFace ({Path(id_m.name).name}) on each frame's centre square, no face detection")
+        return _Scorers(clip_m, id_m, "arcface")
+    if dino or (models.default_dir("dino") / "config.json").is_file():
+        id_m = models.load_dino(dino)
+        notes.append(f"ID: DINOv2 image similarity ({id_m.name}); no --arcface given")
+        return _Scorers(clip_m, id_m, "dino")
+    notes.append(f"ID: CLIP image similarity ({clip_m.name}); no --arcface or --dino given")
+    return _Scorers(clip_m, clip_m, "clip")
+
+
+def _see_reference(sc: _Scorers, ref: Any, chosen: list[str]) -> None:
+    """The reference's embeddings and motion, once, for every video."""
+    sc.ref_clip = sc.clip.images(ref) if sc.clip is not None else None
+    if sc.id is not None:
+        sc.ref_id = sc.ref_clip if sc.id_method == "clip" else sc.id.images(ref)
+    sc.ref_motion = describe_motion(ref) if "motion" in chosen else None
+
+
+def _score_video(gen: Any, ref: Any, prompt: str | None, sc: _Scorers, chosen: list[str]) -> dict[str, Any]:
+    """One generated video's metrics (gen, ref: (F, H, W, 3) uint8)."""
+    row: dict[str, Any] = {}
+    if "mse" in chosen:
+        row["mse"] = M.mse(gen, ref)
+    emb = sc.clip.images(gen) if sc.clip is not None else None
+    if "id" in chosen:
+        g_id = emb if sc.id_method == "clip" else sc.id.images(gen)
+        row["id"] = M.identity_similarity(g_id, sc.ref_id)
+    if "clip_t" in chosen:
+        row["clip_t"] = M.text_similarity(emb, sc.clip.texts([prompt])) if prompt else None
+    if "tc" in chosen:
+        row["tc"] = M.temporal_consistency(emb)
+    if "motion" in chosen:
+        mo = motion_similarity(gen, sc.ref_motion)
+        row.update(motion=mo["similarity"], motion_distance=mo["distance"], motion_static=mo["static"])
+    return row
+
+
+def _header(
+    ref_path: Path, ref_what: str, ref: Any, chosen: list[str], sc: _Scorers, notes: list[str]
+) -> dict:
+    """metrics.json's fields beside the videos' rows."""
+    return {
+        "reference": str(ref_path),
+        "reference_frames": ref_what,  # which frames: a run's training clip, or all of a video's
+        "frames": int(ref.shape[0]),
+        "size": [int(ref.shape[1]), int(ref.shape[2])],
+        "metrics": chosen,
+        "models": {
+            "clip": sc.clip.name if sc.clip else None,
+            "id": sc.id.name if sc.id else None,
+            "motion": "Lucas-Kanade point tracks (setseq.eval.motion; no model)"
+            if "motion" in chosen
+            else None,
+        },
+        "id_method": sc.id_method,
+        "reference_tc": M.temporal_consistency(sc.ref_clip)
+        if sc.ref_clip is not None and "tc" in chosen
+        else None,
+        "notes": notes,
+        "order": [],  # the videos in the order given (json sorts the keys of "videos")
+        "videos": {},
+    }
+
+
 def evaluate(
     reference: str | Path,
     generated: Sequence[str | Path],
@@ -182,64 +264,25 @@ def evaluate(
     log: Callable[[str], None] = print,
 ) -> EvalResult:
     """Score `generated` videos against `reference`; write ``out/metrics.json``; print a table."""
-    from setseq.data.video import load_clip
-    from setseq.eval import models
-
     # 1. Inputs.
     ref_path, gens, per_video, chosen = _check_inputs(reference, generated, prompts, metrics)
 
     # 2. Reference and models (only those the chosen metrics need; a missing one names its download).
     ref, ref_what = reference_frames(ref_path)  # (F, H, W, 3)
     notes: list[str] = []
-    need_clip = "clip_t" in chosen or "tc" in chosen or ("id" in chosen and not (arcface or dino))
-    clip_m = models.load_clip(clip) if need_clip else None
-    id_m: Any = None
-    id_method = None
-    if "id" in chosen:
-        if arcface:
-            id_m, id_method = models.load_arcface(arcface), "arcface"
-            notes.append(
-                f"ID: ArcFace ({Path(id_m.name).name}) on each frame's centre square, no face detection"
-            )
-        elif dino or (models.default_dir("dino") / "config.json").is_file():
-            id_m, id_method = models.load_dino(dino), "dino"
-            notes.append(f"ID: DINOv2 image similarity ({id_m.name}); no --arcface given")
-        else:
-            id_m, id_method = clip_m, "clip"
-            notes.append(f"ID: CLIP image similarity ({clip_m.name}); no --arcface or --dino given")
+    sc = _load_scorers(chosen, clip, dino, arcface, notes)
     if "clip_t" in chosen and not any(per_video):
         notes.append("C-T: no --prompt given, so no text similarity")
     notes.append(f"reference: {ref_what}")
 
     # 3. Score each video.
-    ref_clip = clip_m.images(ref) if clip_m is not None else None
-    ref_id = (ref_clip if id_method == "clip" else id_m.images(ref)) if id_m is not None else None
-    data: dict[str, Any] = {
-        "reference": str(ref_path),
-        "reference_frames": ref_what,  # which frames: a run's training clip, or all of a video's
-        "frames": int(ref.shape[0]),
-        "size": [int(ref.shape[1]), int(ref.shape[2])],
-        "metrics": chosen,
-        "models": {
-            "clip": clip_m.name if clip_m else None,
-            "id": id_m.name if id_m else None,
-            "motion": "Lucas-Kanade point tracks (setseq.eval.motion; no model)"
-            if "motion" in chosen
-            else None,
-        },
-        "id_method": id_method,
-        "reference_tc": M.temporal_consistency(ref_clip) if ref_clip is not None and "tc" in chosen else None,
-        "notes": notes,
-        "order": [],  # the videos in the order given (json sorts the keys of "videos")
-        "videos": {},
-    }
-    ref_motion = describe_motion(ref) if "motion" in chosen else None
+    _see_reference(sc, ref, chosen)
+    data = _header(ref_path, ref_what, ref, chosen, sc, notes)
     names = _names(gens)
     bar = tqdm(list(zip(names, gens, per_video)), desc="eval", unit="video", disable=not progress)
     for name, path, prompt in bar:
         bar.set_postfix_str(name)
         gen = load_clip(path).frames
-        row: dict[str, Any] = {"path": str(path), "prompt": prompt, "frames": int(gen.shape[0])}
         if gen.shape[:3] != ref.shape[:3] and ("mse" in chosen):
             note = (
                 f"{name}: {gen.shape[0]} frames {gen.shape[1]}x{gen.shape[2]} vs the reference's "
@@ -248,22 +291,8 @@ def evaluate(
             )
             notes.append(note)
             log(f"note: {note}")
-        if "mse" in chosen:
-            row["mse"] = M.mse(gen, ref)
-        emb = clip_m.images(gen) if clip_m is not None else None
-        if "id" in chosen:
-            g_id = emb if id_method == "clip" else id_m.images(gen)
-            row["id"] = M.identity_similarity(g_id, ref_id)
-        if "clip_t" in chosen:
-            row["clip_t"] = M.text_similarity(emb, clip_m.texts([prompt])) if prompt else None
-        if "tc" in chosen:
-            row["tc"] = M.temporal_consistency(emb)
-        if "motion" in chosen:
-            mo = motion_similarity(gen, ref_motion)
-            row["motion"] = mo["similarity"]
-            row["motion_distance"] = mo["distance"]
-            row["motion_static"] = mo["static"]
-        data["videos"][name] = row
+        row = {"path": str(path), "prompt": prompt, "frames": int(gen.shape[0])}
+        data["videos"][name] = row | _score_video(gen, ref, prompt, sc, chosen)
         data["order"].append(name)
 
     # 4. Table and metrics.json.
