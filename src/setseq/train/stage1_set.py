@@ -16,6 +16,7 @@ import torch
 from setseq import lora as L
 from setseq.config import ON_CLIP
 from setseq.data.masks import swap_prompt
+from setseq.functional import flow_matching as fm
 from setseq.prompts import stack_images, stack_prompts
 from setseq.train import checkpoint as C
 from setseq.train.loop import (
@@ -82,6 +83,14 @@ def train_stage1(ctx: StageContext, resume: C.Checkpoint | None = None) -> list[
             base = (
                 subj if sc.background_target == "base" else None
             )  # off the subject: the base model's target
+            if base is not None and sc.background_band >= 0:  # ... only beyond a band around its path: the
+                # union over every frame of the video (its set's frames, as one (1, 1, F, h, w) clip)
+                base = torch.cat(
+                    [
+                        fm.subject_band(concepts[c].subject_set.transpose(0, 2), sc.background_band)[:, :, :1]
+                        for c in which
+                    ]
+                )
             batch = Batch(
                 torch.cat(lat), stack_prompts(prompts), texts=texts, element_weights=ew, subject=base
             )

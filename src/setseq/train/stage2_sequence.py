@@ -13,6 +13,7 @@ import torch
 
 from setseq import lora as L
 from setseq.data.masks import swap_prompt
+from setseq.functional import flow_matching as fm
 from setseq.prompts import stack_images, stack_prompts
 from setseq.train import checkpoint as C
 from setseq.train.loop import (
@@ -54,6 +55,8 @@ def train_stage2(ctx: StageContext, resume: C.Checkpoint | None = None) -> list[
         if sc.background_weight < 1.0:
             ew = background_weighted(subj, sc.background_weight)
         base = subj if sc.background_target == "base" else None  # off the subject: the base model's target
+        if base is not None and sc.background_band >= 0:  # ... only beyond a band around the subject's path
+            base = fm.subject_band(base, sc.background_band)
         batch = Batch(
             stack_latents(lat), stack_prompts(prompts), texts=texts, element_weights=ew, subject=base
         )
