@@ -1,12 +1,13 @@
 """Which colour the sprite is drawn in on backgrounds training never showed (issue #29's diagnosis).
 
     python benchmarks/unseen_colour_probe.py base "sks diamond,cyan diamond,diamond"   # the base model, no LoRA
-    python benchmarks/unseen_colour_probe.py RUN_DIR [N]     # a trained run: prompt wording, scales, guidance
+    python benchmarks/unseen_colour_probe.py RUN_DIR [N [SEEDS]]  # a trained run: wording, scales, guidance
 
 `base`: each subject phrase as "a {phrase} on a {colour} background" over six plain backgrounds, 2 seeds.
 A run folder: its concept prompt (and variants: identity scale, motion scale, no motion words, the colour word
-added, guidance 8; the first N of them) on green, yellow and white (cyan's unseen edits), 2 seeds. Prints the
-detected sprite colours (`setseq.eval.toy_detect.detect_sprite`).
+added, guidance 8; the first N of them) on green, yellow and white (cyan's unseen edits), SEEDS sampling seeds
+(default 2). Prints the detected sprite colours (`setseq.eval.toy_detect.detect_sprite`), in all and per
+background.
 """
 
 from __future__ import annotations
@@ -29,13 +30,18 @@ CASES = [  # (prompt, identity scale, motion scale, guidance)
 ]
 
 
-def colours(pm: Personalized, prompt: str, backgrounds: tuple[str, ...], opts: dict) -> Counter:
+def colours(
+    pm: Personalized, prompt: str, backgrounds: tuple[str, ...], opts: dict, seeds: int = 2
+) -> tuple[Counter, dict[str, list]]:
+    """The sprite colours over every background and seed, and per background (in seed order)."""
     got: Counter = Counter()
+    per: dict[str, list] = {}
     for bg in backgrounds:
-        for seed in range(2):
+        for seed in range(seeds):
             video = from_tensor(pm.generate(prompt.format(bg=bg), GenerateOptions(seed=seed, **opts)))
-            got[detect_sprite(video)["colour"]] += 1
-    return got
+            per.setdefault(bg, []).append(detect_sprite(video)["colour"])
+            got[per[bg][-1]] += 1
+    return got, per
 
 
 def main() -> None:
@@ -43,15 +49,20 @@ def main() -> None:
         pm = Personalized.load(None, "toy", log=lambda s: None)
         for subject in sys.argv[2].split(","):
             for bg in ("green", "yellow", "white", "gray", "blue", "black"):
-                got = colours(pm, f"a {subject} on a {{bg}} background", (bg,), {})
+                got, _ = colours(pm, f"a {subject} on a {{bg}} background", (bg,), {})
                 print(f"{subject!r:28} on {bg:7}: {dict(got)}", flush=True)
         return
     pm = Personalized.load(sys.argv[1], log=lambda s: None)
     n = int(sys.argv[2]) if len(sys.argv) > 2 else None
+    seeds = int(sys.argv[3]) if len(sys.argv) > 3 else 2
     for text, ids, ms, g in CASES[:n]:
         opts = {"identity_scale": ids, "motion_scale": ms, "guidance_scale": g}
-        got = colours(pm, text, ("green", "yellow", "white"), opts)
-        print(f"{text:55} id {ids} motion {ms} cfg {g}: cyan {got['cyan']}/6 {dict(got)}", flush=True)
+        got, per = colours(pm, text, ("green", "yellow", "white"), opts, seeds)
+        total = sum(got.values())
+        print(
+            f"{text:55} id {ids} motion {ms} cfg {g}: cyan {got['cyan']}/{total} {dict(got)} {per}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

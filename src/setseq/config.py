@@ -278,11 +278,19 @@ class StageConfig:
     # The loss target off the subject (needs data.mask): data (the video's, as everywhere) or base (the frozen
     # base model's own prediction, the LoRA off, no gradient), so the LoRA learns nothing about any background.
     background_target: str = "data"
+    # With background_target=base: -1, the frozen model's target wherever the subject is not in that frame;
+    # k >= 0, the data's target kept on the subject's path (its positions in any frame of the clip) widened
+    # by k latent cells, the frozen model's beyond it (`functional.flow_matching.subject_band`).
+    background_band: int = -1
 
     def __post_init__(self) -> None:
         if self.background_target not in BACKGROUND_TARGETS:
             raise ValueError(
                 f"background_target must be one of {', '.join(BACKGROUND_TARGETS)}, got {self.background_target!r}"
+            )
+        if self.background_band < -1:
+            raise ValueError(
+                f"background_band must be -1 (off) or >= 0 latent cells, got {self.background_band}"
             )
         if not 0.0 <= self.background_weight <= 1.0:
             raise ValueError(f"background_weight must be in [0, 1], got {self.background_weight}")

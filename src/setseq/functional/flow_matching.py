@@ -7,6 +7,7 @@ DiT predicts the velocity v = noise - x0. The DiT's timestep input is sigma * 10
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def _expand(sigmas: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -117,6 +118,20 @@ def background_target(
     gradient: off the subject the LoRA is only pulled back to the base model."""
     s = subject.to(target.device, torch.float32)
     return s * target.float() + (1.0 - s) * base_prediction.detach().float()
+
+
+def subject_band(subject: torch.Tensor, cells: int) -> torch.Tensor:
+    """Where the data's target is kept under `stageN.background_band` (`cells` >= 0): every latent position
+    within `cells` cells (Chebyshev distance, in space) of the subject in ANY frame of the clip, as 1 at every
+    frame, else 0. `subject` (B, 1, f, h, w) is the subject's share of each position. Taking the union over the
+    clip's frames keeps the data's "the subject is not here" along the subject's path, which the frozen
+    model's target alone loses (BENCHMARKS.md, issue #29: reproduced motion 0.40 with it in stage 2)."""
+    if cells < 0:
+        raise ValueError(f"background_band must be >= 0 cells, got {cells}")
+    path = (subject.float() > 0).float().amax(2, keepdim=True)  # (B, 1, 1, h, w): the subject's path
+    k = 2 * cells + 1
+    band = F.max_pool3d(path, (1, k, k), stride=1, padding=(0, cells, cells))
+    return band.expand_as(subject).to(subject.dtype)
 
 
 def flow_matching_loss(

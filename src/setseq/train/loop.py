@@ -137,6 +137,14 @@ def _view(c: EncodedConcept, frame: int | None, swap: int | None) -> tuple[torch
     return c.swap_set[swap, frame : frame + 1], c.swap_static[swap]
 
 
+def _band(samples: list[Sample], subject: torch.Tensor, cells: int) -> torch.Tensor:
+    """`stageN.background_band`: the data's target kept within `cells` latent cells of the subject's path, the
+    union over the video's frames (a single frame's band is its whole set's, taken as one clip)."""
+    if samples[0][1] is None:  # clips: the path over each clip's own frames
+        return fm.subject_band(subject, cells)
+    return torch.cat([fm.subject_band(c.subject_set.transpose(0, 2), cells)[:, :, :1] for c, _ in samples])
+
+
 def sample_batch(
     samples: list[Sample],
     texts: list[str] | None,
@@ -165,7 +173,7 @@ def sample_batch(
         if sc.background_weight < 1.0:
             weights = background_weighted(subject, sc.background_weight)
         if sc.background_target == "base":  # off the subject: the base model's target
-            base = subject
+            base = subject if sc.background_band < 0 else _band(samples, subject, sc.background_band)
     batch = Batch(
         stack_latents(lat), stack_prompts(prompts), texts=texts, element_weights=weights, subject=base
     )
