@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sys
 
-from setseq.bench_tables import COLUMNS, HIGHER_IS_BETTER, checks
+from setseq.tools.bench_tables import COLUMNS, HIGHER_IS_BETTER, checks
 
 METHODS = ["setseq", "dreambooth", "lora1", "two_stage", "dreammix", "textual_inversion"]
 ONE_STAGE = ["dreambooth", "lora1", "dreammix", "textual_inversion"]

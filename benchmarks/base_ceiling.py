@@ -1,5 +1,5 @@
 """What the base toy model draws when each edit of the bench's suite is asked in words alone: a thin CLI over
-`setseq.ceiling` (the bench's and the demo's ceiling column, issue #29).
+`setseq.tools.ceiling` (the bench's and the demo's ceiling column, issue #29).
 
 For every concept and sampling seed, the base model (no LoRA) is prompted with the full caption of what each
 edited video should show ("a pink cross zigzagging right on a green background") and scored as the bench scores
@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from setseq.bench import _run_config, load_suite
-from setseq.ceiling import CeilingCache, composited_colours
 from setseq.data.synthetic import CONCEPTS
 from setseq.data.video import load_clip
 from setseq.eval.edits import EDIT_GROUPS, EDIT_KINDS, edit_suite, group_edits
 from setseq.infer.generate import Personalized
+from setseq.tools.bench import _run_config, load_suite
+from setseq.tools.ceiling import CeilingCache, composited_colours
 
 FIGURES = ("followed", "kept", "colour_kept", "success", "colour_success")
 

@@ -16,7 +16,7 @@ a run was scored before that column existed.
 
 Then every run's edits in the three groups of issue #29 (seen: a background its training composited onto;
 unseen; motion), each beside the base model's ceiling on the same edits from `--ceiling-cache` (the JSON of
-`setseq.ceiling`; "-" where it holds no ceiling for a run's concept and seed), and the headline: unseen-background
+`setseq.tools.ceiling`; "-" where it holds no ceiling for a run's concept and seed), and the headline: unseen-background
 success as a share of the ceiling, per concept. A run's composites come from its config (a bench folder), its
 row's "composited" (a record saved since), or, in a record saved before, its label: "heldout" with "swap" = the
 default colours less the edit colours, "swap" alone = every default colour, anything else = none (those labels
@@ -32,11 +32,17 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from setseq.bench_tables import groups_table, headline, headline_table, summarize_groups
-from setseq.ceiling import CeilingCache, ceiling_key, composited_colours, model_fingerprint, suite_fingerprint
 from setseq.config import resolve_config
 from setseq.data.synthetic import CONCEPTS
 from setseq.eval import edits as E
+from setseq.tools.bench_tables import groups_table, headline, headline_table, summarize_groups
+from setseq.tools.ceiling import (
+    CeilingCache,
+    ceiling_key,
+    composited_colours,
+    model_fingerprint,
+    suite_fingerprint,
+)
 
 EDIT_KINDS = ("background", "pattern", "motion", "context")
 COLS = (

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from setseq.data.segment import SegmenterSpec, load_segmenter
-from setseq.testing import SEGMENT_WORDS, build_tiny_grounding_dino, build_tiny_sam2_video
+from setseq.tools.testing import SEGMENT_WORDS, build_tiny_grounding_dino, build_tiny_sam2_video
 
 
 def _real_size_models(root: Path) -> tuple[Path, Path]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sys
 
-from setseq.bench_tables import COLUMNS, checks, paired, summarize, table
+from setseq.tools.bench_tables import COLUMNS, checks, paired, summarize, table
 
 
 def load(args: list[str]) -> list[dict]:

@@ -13,10 +13,10 @@ import argparse
 import json
 
 from setseq.data.video import from_tensor, load_clip
-from setseq.demo import CONCEPT_DIR
 from setseq.eval import toy_metrics as M
 from setseq.infer.generate import GenerateOptions, Personalized
 from setseq.runtime import quiet_libraries
+from setseq.tools.demo import CONCEPT_DIR
 
 
 def main() -> None:

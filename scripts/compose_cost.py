@@ -18,15 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from setseq.bench import Concept, load_suite
 from setseq.config import resolve_config
 from setseq.data.video import from_tensor, load_clip
-from setseq.demo import DEMO_CONFIG, with_concept_mask
 from setseq.eval import toy_metrics as M
 from setseq.eval.metrics import mse
 from setseq.export import load_setseq
 from setseq.infer.compose import load_composition
 from setseq.infer.generate import GenerateOptions, Personalized
+from setseq.tools.bench import Concept, load_suite
+from setseq.tools.demo import DEMO_CONFIG, with_concept_mask
 from setseq.train.run import train
 
 # Every run: no TensorBoard, no resume points before a stage's end, one checkpoint kept.

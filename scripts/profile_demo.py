@@ -45,12 +45,12 @@ def main() -> None:
     start = time.process_time()  # (the imports below are here: their time is one of the figures)
     import setseq.config as config
     import setseq.data.video as video
-    import setseq.demo as demo
     import setseq.infer.generate as generate
+    import setseq.tools.demo as demo
     import setseq.train.loop as loop
     import setseq.train.run as run
 
-    SPENT["import setseq.demo"] = time.process_time() - start
+    SPENT["import setseq.tools.demo"] = time.process_time() - start
     steps = [f"stage{i}.steps={n}" for i, n in ((1, args.stage1_steps), (2, args.stage2_steps)) if n]
     resolve = config.resolve_config
     config.resolve_config = lambda path, data, overrides: resolve(path, data, [*overrides, *steps])

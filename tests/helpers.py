@@ -85,7 +85,7 @@ def cyan_demo_config(tmp_path, *overrides: str, mask: bool = True):
     import dataclasses
 
     from setseq.config import resolve_config
-    from setseq.demo import CONCEPT_DIR, DEMO_CONFIG, concept_mask
+    from setseq.tools.demo import CONCEPT_DIR, DEMO_CONFIG, concept_mask
 
     name = "cyan_diamond_bounce"
     cfg = resolve_config(

@@ -16,11 +16,11 @@ from setseq.config import DataConfig
 from setseq.data.masks import SWAP_COLOURS, SWAP_SOURCES, counts_as, swap_backgrounds
 from setseq.data.synthetic import BG_COLOURS, BG_SHADES, CONCEPTS, render_mask
 from setseq.data.video import load_clip
-from setseq.demo import CONCEPT_DIR
 from setseq.errors import SetseqError
 from setseq.eval.edits import edit_backgrounds
 from setseq.eval.toy_detect import _MASK_THRESHOLD, detect_background
 from setseq.functional import flow_matching as fm
+from setseq.tools.demo import CONCEPT_DIR
 from setseq.train.loop import Batch, denoising_loss, lora_off, step_generator
 from setseq.train.run import train
 from tests.helpers import cyan_demo_config

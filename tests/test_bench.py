@@ -9,11 +9,11 @@ import os
 import pytest
 import torch
 
-from setseq.bench import load_suite
-from setseq.bench_tables import COLUMNS, checks, paired, summarize, table
 from setseq.cli import main
 from setseq.config import METHODS
 from setseq.errors import SetseqError
+from setseq.tools.bench import load_suite
+from setseq.tools.bench_tables import COLUMNS, checks, paired, summarize, table
 
 
 @pytest.fixture(scope="module")
@@ -259,9 +259,9 @@ def test_ceiling_refuses_a_model_with_a_lora_left_attached(tiny_toy_dir):
     """The ceiling column is the base model's: a LoRA left attached changes what is drawn, and the ceiling
     refuses such a model (even with the LoRA switched off) instead of reporting the LoRA's figures."""
     from setseq import lora as L
-    from setseq.ceiling import base_ceiling, check_no_lora
     from setseq.data.synthetic import CONCEPTS, caption, render
     from setseq.infer.generate import GenerateOptions
+    from setseq.tools.ceiling import base_ceiling, check_no_lora
 
     spec = CONCEPTS["red_star_bounce"]
     reference = render(spec, 9, 32)
@@ -287,8 +287,8 @@ def test_ceiling_refuses_a_model_with_a_lora_left_attached(tiny_toy_dir):
 def test_ceiling_is_computed_once_per_key_and_cached_on_disk(tmp_path):
     """Computed once per (model, concept, seed, steps, suite), then read from the file (a stand-in model that
     draws each caption's truth: the caching, not the model, is under test)."""
-    from setseq.ceiling import CeilingCache
     from setseq.data.synthetic import CONCEPTS, render
+    from setseq.tools.ceiling import CeilingCache
     from tests.test_edits import _Renderer
 
     pm = _Renderer(CONCEPTS["red_star_bounce"], "red")
@@ -315,7 +315,13 @@ def test_ceiling_is_computed_once_per_key_and_cached_on_disk(tmp_path):
 
 
 def test_group_tables_pool_runs_and_show_a_missing_ceiling_as_a_dash():
-    from setseq.bench_tables import ceiling_checks, groups_table, headline, headline_table, summarize_groups
+    from setseq.tools.bench_tables import (
+        ceiling_checks,
+        groups_table,
+        headline,
+        headline_table,
+        summarize_groups,
+    )
 
     def row(method, concept, seed, s, cs, motion_kept=1.0):
         g = {"unseen": {"n": 4, "success": s, "ceiling_success": cs, "kept": s, "ceiling_kept": cs}}

@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from setseq.demo import run_demo
+from setseq.tools.demo import run_demo
 
 
 def test_demo_quick(tmp_path):

@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from setseq.demo import CONCEPT_DIR
 from setseq.errors import SetseqError
-from setseq.testing import assert_close_to_scale
+from setseq.tools.demo import CONCEPT_DIR
+from setseq.tools.testing import assert_close_to_scale
 from setseq.train.distributed import SINGLE, check_split
 
 ARGS = [

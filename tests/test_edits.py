@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from setseq.bench import Concept, _score
 from setseq.data.synthetic import CONCEPTS, caption, render
-from setseq.demo import CONCEPT_DIR
 from setseq.eval.edits import EDIT_KINDS, edit_suite, score_edit, summarize_edits, target_spec
+from setseq.tools.bench import Concept, _score
+from setseq.tools.demo import CONCEPT_DIR
 
 
 def _recolour(spec, colour):
@@ -146,7 +146,7 @@ def test_demo_metrics_and_sheet_tell_a_kept_concept_from_a_lost_one(tmp_path, mo
 
     import setseq.infer.generate as G
     import setseq.train.run as R
-    from setseq.demo import DEFAULT_CONCEPT, run_demo
+    from setseq.tools.demo import DEFAULT_CONCEPT, run_demo
 
     spec = CONCEPTS[DEFAULT_CONCEPT]
     monkeypatch.setattr(R, "train", lambda cfg, out, **k: Path(out))
@@ -180,8 +180,8 @@ def test_swaps_never_show_an_edit_background(tmp_path):
     """The bench's and demo's background swaps composite onto the default colours minus every background the
     concept's edit suite asks for: a kept concept is one that survived a background training never showed.
     A palette set in the config is kept as given."""
-    from setseq.bench import _run_config, load_suite
     from setseq.eval.edits import edit_backgrounds
+    from setseq.tools.bench import _run_config, load_suite
 
     for concept in load_suite():
         cfg = _run_config("setseq", concept, 0, "toy", [], tmp_path / "masks")
@@ -201,10 +201,10 @@ def test_grouping_never_counts_a_composited_colour_as_unseen(tmp_path):
     """With a recipe's palette (the bench's: edit colours held out; and the default one, which composites onto
     every edit colour), an edit whose background is a composited colour is "seen", whatever its kind; a colour
     within the detector's tolerance of an edit's background counts as that background."""
-    from setseq.bench import _run_config, load_suite
-    from setseq.ceiling import composited_colours
     from setseq.data.synthetic import BG_COLOURS
     from setseq.eval.edits import EDIT_GROUPS, edit_group, group_edits
+    from setseq.tools.bench import _run_config, load_suite
+    from setseq.tools.ceiling import composited_colours
 
     for concept in load_suite():
         spec = CONCEPTS[concept.name]
@@ -235,9 +235,9 @@ def test_grouping_never_counts_a_composited_colour_as_unseen(tmp_path):
 
 
 def test_nothing_is_seen_without_swaps(tmp_path):
-    from setseq.bench import _run_config, load_suite
-    from setseq.ceiling import composited_colours
     from setseq.eval.edits import group_edits
+    from setseq.tools.bench import _run_config, load_suite
+    from setseq.tools.ceiling import composited_colours
 
     cyan = load_suite(names=["cyan_diamond_bounce"])[0]
     suite = edit_suite("sks", "zwx", cyan.shape, CONCEPTS[cyan.name])

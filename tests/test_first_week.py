@@ -255,17 +255,17 @@ def test_a_reader_that_closes_early_gets_no_traceback(base):
 # below) is either pasted and run by `test_every_suggested_command_works_when_pasted`, or named here as a
 # mention of a command rather than a command to run.
 MENTIONS = {
-    "setseq/bench_tables.py:write_markdown",  # a table's title
-    "setseq/demo.py:_prepare_out",  # "made by setseq demo", "not a setseq demo folder"
+    "setseq/tools/bench_tables.py:write_markdown",  # a table's title
+    "setseq/tools/demo.py:_prepare_out",  # "made by setseq demo", "not a setseq demo folder"
     "setseq/export.py:load_setseq",  # "re-export it from its run with `setseq export`"
     "setseq/export.py:_bad_meta",
     "setseq/info.py:describe_run",  # "pass the --out folder of `setseq train`"
-    "setseq/report.py:find_inputs",  # "pass the folder that `setseq train --out` ... wrote"
-    "setseq/report.py:build_report",  # the page's title, "pass the one `setseq eval` wrote"
+    "setseq/tools/report.py:find_inputs",  # "pass the folder that `setseq train --out` ... wrote"
+    "setseq/tools/report.py:build_report",  # the page's title, "pass the one `setseq eval` wrote"
     "setseq/commands.py:cmd_eval",  # --reference's help: "the frames it trained on (as `setseq report` shows them)"
     "setseq/config.py:format_keys",  # the listing's head: "set as key=value after `setseq train`"
     "setseq/eval/run_eval.py:reference_frames",  # "as `setseq report` shows"
-    "setseq/report.py:_training_clip",  # "as `setseq eval --reference RUN` scores"
+    "setseq/tools/report.py:_training_clip",  # "as `setseq eval --reference RUN` scores"
 }
 COMMAND = re.compile(r"setseq (train|generate|compose|export|info|demo|eval|bench|report|mask)\b")
 

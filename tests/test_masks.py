@@ -14,9 +14,9 @@ from PIL import Image
 from setseq.data.masks import composite, latent_weights, load_mask, swap_colours_for
 from setseq.data.synthetic import CONCEPTS, render_mask
 from setseq.data.video import load_clip, write_video
-from setseq.demo import CONCEPT_DIR, concept_mask
 from setseq.errors import SetseqError
 from setseq.functional import flow_matching as fm
+from setseq.tools.demo import CONCEPT_DIR, concept_mask
 from setseq.train.run import train
 from tests.helpers import cyan_demo_config
 

@@ -16,7 +16,7 @@ from setseq import offload
 from setseq.backbones.registry import load_backbone
 from setseq.errors import SetseqError
 from setseq.memory import flash_attention_on_meta, meta_inputs
-from setseq.testing import assert_close_to_scale
+from setseq.tools.testing import assert_close_to_scale
 
 META = torch.device("meta")
 

@@ -1477,7 +1477,7 @@ def test_outputs_stay_in_their_folder(trained, tiny_wan_dir, video, tmp_path, ca
 
 
 def test_demo_writes_only_inside_out(tiny_toy_dir, tmp_path):
-    from setseq.demo import run_demo
+    from setseq.tools.demo import run_demo
 
     out = tmp_path / "demo"
     with WriteAudit() as audit:

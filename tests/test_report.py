@@ -21,7 +21,7 @@ from setseq.cli import main
 from setseq.data.synthetic import CONCEPTS, Appearance, ConceptSpec, Motion, render
 from setseq.data.video import write_contact_sheet, write_video
 from setseq.errors import SetseqError
-from setseq.report import build_report, find_inputs, read_losses
+from setseq.tools.report import build_report, find_inputs, read_losses
 
 CONFIG = """model:
   backbone: toy

@@ -17,7 +17,7 @@ from setseq.errors import SetseqError
 @pytest.fixture(scope="module")
 def tiny_seg(tmp_path_factory):
     """(segmenter folder, detector folder) of tiny random SAM 2 video and Grounding DINO models."""
-    from setseq.testing import build_tiny_grounding_dino, build_tiny_sam2_video
+    from setseq.tools.testing import build_tiny_grounding_dino, build_tiny_sam2_video
 
     root = tmp_path_factory.mktemp("tiny_seg")
     return build_tiny_sam2_video(root / "sam2"), build_tiny_grounding_dino(root / "gdino")
@@ -96,7 +96,7 @@ def test_coverage_refusals_name_the_frame():
 
 
 def test_mask_key_changes_with_segmenter_prompt_video_only(tiny_seg, video, tmp_path):
-    from setseq.testing import build_tiny_sam2_video
+    from setseq.tools.testing import build_tiny_sam2_video
 
     base = S.mask_key(video, "square", spec(tiny_seg), 0.0, None)
     assert S.mask_key(video, "square", spec(tiny_seg), 0.0, None) == base
@@ -139,7 +139,7 @@ def test_degraded_masks_reach_the_iou_they_claim(kind):
 
 def test_mask_recipe(tmp_path, capsys):
     from setseq.config import resolve_config
-    from setseq.demo import DEMO_CONFIG
+    from setseq.tools.demo import DEMO_CONFIG
 
     with_mask = resolve_config(None, {"data": {"mask": "auto"}}, mask_defaults=True)
     assert (with_mask.stage1.background_swap, with_mask.stage2.background_swap) == (1.0, 0.25)
@@ -200,7 +200,7 @@ def test_report_shows_the_subject_mask(video, tmp_path):
     import yaml
     from PIL import Image
 
-    from setseq.report import build_report
+    from setseq.tools.report import build_report
     from tests.helpers import moving_square_video
 
     frames = moving_square_video(13, (40, 56))
@@ -221,7 +221,7 @@ def test_report_shows_the_subject_mask(video, tmp_path):
 
 
 def test_mask_overlay_keeps_the_subject_and_dims_the_rest():
-    from setseq.report import mask_overlay
+    from setseq.tools.report import mask_overlay
 
     frames = np.full((2, 4, 4, 3), 200, np.uint8)
     m = np.zeros((2, 4, 4), np.float32)
@@ -251,7 +251,7 @@ def test_mask_degrade_reaches_training_and_the_cache_key(tmp_path):
 
     from setseq.backbones.registry import load_backbone
     from setseq.config import resolve_config
-    from setseq.demo import CONCEPT_DIR, DEMO_CONFIG, concept_mask
+    from setseq.tools.demo import CONCEPT_DIR, DEMO_CONFIG, concept_mask
     from setseq.train.encode import encode_concept
 
     video = CONCEPT_DIR / "cyan_diamond_bounce.mp4"
@@ -283,7 +283,7 @@ def _torchvision_loads() -> bool:
 
 @pytest.mark.skipif(not _torchvision_loads(), reason="transformers' SAM 3 needs torchvision")
 def test_sam3_video_segments_from_the_word_itself(tmp_path):
-    from setseq.testing import build_tiny_sam3_video
+    from setseq.tools.testing import build_tiny_sam3_video
 
     folder = build_tiny_sam3_video(tmp_path / "sam3")
     spec = S.SegmenterSpec(str(folder), "unused: SAM 3 has no detector", 0.0)

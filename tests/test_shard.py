@@ -15,7 +15,7 @@ from test_distributed import _free_port, _losses, _train
 
 from setseq import lora as L
 from setseq.dtensors import whole
-from setseq.testing import assert_close_to_scale
+from setseq.tools.testing import assert_close_to_scale
 
 
 def _units_check(rank: int, world: int, port: int, folder: str, a14b: str, errors) -> None:
@@ -123,7 +123,7 @@ def _fp8_check(rank: int, world: int, port: int, folder: str, errors) -> None:
 
     from setseq.backbones.registry import load_backbone
     from setseq.config import ModelConfig
-    from setseq.testing import assert_close_to_scale
+    from setseq.tools.testing import assert_close_to_scale
     from setseq.train.distributed import Processes, parallelize
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

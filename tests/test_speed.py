@@ -10,8 +10,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from setseq import lora as L
 from setseq.backbones.registry import load_backbone
 from setseq.errors import SetseqError
-from setseq.speed import SHAPES, bench_sizes, count_parameters, latent_shape, run_shape_bench, step_flops
-from setseq.speed_procs import run_in_processes
+from setseq.tools.speed import (
+    SHAPES,
+    bench_sizes,
+    count_parameters,
+    latent_shape,
+    run_shape_bench,
+    step_flops,
+)
+from setseq.tools.speed_procs import run_in_processes
 
 # Parameters of the published checkpoints' DiTs, in billions (model cards / config.json of each; LTX-2: the
 # model card's 19B, ltx-2-19b-dev).
@@ -100,7 +107,7 @@ def test_shape_bench_with_fsdp_offload_on_cpu():
     DiT FSDP2 holds, each block a unit."""
     from torch.distributed.fsdp import FSDPModule
 
-    from setseq import speed
+    from setseq.tools import speed
     from setseq.train.distributed import close_processes
 
     built = []

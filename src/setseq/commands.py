@@ -419,8 +419,8 @@ def cmd_demo(
     """Personalize the shipped toy model to a shipped concept and show the results.
 
     Trains, generates, scores and writes the videos."""
-    from setseq.demo import run_demo
     from setseq.runtime import quiet_libraries
+    from setseq.tools.demo import run_demo
 
     quiet_libraries()
     return run_demo(Path(out), concept=concept, quick=quick, model=model, ceiling_cache=ceiling_cache)
@@ -546,7 +546,7 @@ def cmd_bench(
 ) -> None:
     """The method and the paper's baselines x toy concepts x seeds: the ablation table.
 
-    The table is `setseq.bench`'s; with `shape`, the step times of a real-size DiT instead (`setseq.speed`),
+    The table is `setseq.tools.bench`'s; with `shape`, the step times of a real-size DiT instead (`setseq.tools.speed`),
     in `procs` launched processes when given."""
     from setseq.runtime import quiet_libraries
 
@@ -566,7 +566,7 @@ def cmd_bench(
             fsdp_offload=fsdp_offload, procs=procs, replicate=replicate,
         )  # fmt: skip
         return
-    from setseq.bench import run_bench
+    from setseq.tools.bench import run_bench
 
     run_bench(
         out,
@@ -601,8 +601,8 @@ def _shape_bench(
     procs: int | None,
     replicate: bool,
 ) -> None:
-    """`setseq bench --shape`: the step times of a real-size DiT (`setseq.speed`), in `procs` launched
-    processes when given (`setseq.speed_procs`)."""
+    """`setseq bench --shape`: the step times of a real-size DiT (`setseq.tools.speed`), in `procs` launched
+    processes when given (`setseq.tools.speed_procs`)."""
 
     if procs is not None:
         if block_swap or fsdp_offload:
@@ -611,8 +611,8 @@ def _shape_bench(
                 f"--procs times the DiT sharded or replicated across processes, which is not combined with {flag}",
                 f"drop {flag}, or --procs",
             )
-        from setseq.speed import bench_sizes
-        from setseq.speed_procs import run_in_processes
+        from setseq.tools.speed import bench_sizes
+        from setseq.tools.speed_procs import run_in_processes
 
         z = bench_sizes(device, None, frames, size, layers)
         run_in_processes(
@@ -626,7 +626,7 @@ def _shape_bench(
             replicate=replicate,
         )
         return
-    from setseq.speed import run_shape_bench
+    from setseq.tools.speed import run_shape_bench
     from setseq.train.distributed import close_processes
 
     try:
@@ -653,7 +653,7 @@ def cmd_report(
     """Write a self-contained HTML report of a run or a demo folder.
 
     The videos side by side in sync, metrics, loss curves, config."""
-    from setseq.report import build_report
+    from setseq.tools.report import build_report
 
     path = build_report(run, out, videos=videos, metrics=metrics)
     print(f"wrote {path}")

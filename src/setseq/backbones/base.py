@@ -332,7 +332,7 @@ BackboneLoader = Callable[[str, torch.device, torch.dtype], Backbone]
 
 @dataclass(frozen=True)
 class BenchShape:
-    """A real DiT architecture of a family, for `setseq bench --shape NAME` (`setseq.speed`): its diffusers
+    """A real DiT architecture of a family, for `setseq bench --shape NAME` (`setseq.tools.speed`): its diffusers
     class and config, and its text inputs. Built with random weights, no download."""
 
     family: str

@@ -123,7 +123,7 @@ class DiffusersBackbone(Backbone, declares_hooks=True):
         return [plain_config(tcfg), plain_config(vcfg), self.text_encoder.config.to_dict()]
 
     def is_tiny(self, layers: int | None = None) -> bool:
-        """A test-sized DiT (`setseq.testing`), which defaults to a tiny video size instead of the family's
+        """A test-sized DiT (`setseq.tools.testing`), which defaults to a tiny video size instead of the family's
         native one. `layers`: its blocks, when they are not just `config.num_layers`."""
         c = self.transformer.config
         blocks = c.num_layers if layers is None else layers

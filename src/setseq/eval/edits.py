@@ -24,7 +24,7 @@ For a given run, every edit falls in one of three groups (:func:`edit_group`, is
 is a colour the run's training composited the concept onto, :func:`composited_colours`: reported, never counted
 as success in the headline), "unseen" (a new plain or patterned background) and "motion" (other motions and the
 context edit, on a background training never composited). :func:`summarize_groups` gives each group's figures
-beside the base model's own on the same edits (its ceiling, `setseq.ceiling`).
+beside the base model's own on the same edits (its ceiling, `setseq.tools.ceiling`).
 """
 
 from __future__ import annotations
@@ -272,7 +272,7 @@ RGB = tuple[int, int, int]
 
 def composited_palette(swap_backgrounds: Iterable[str], swap_rates: Iterable[float]) -> list[str]:
     """The plain colours a run's training composited the concept onto, from its `data.swap_backgrounds` and
-    the `background_swap` rates of its stages as its method runs them (`setseq.ceiling.composited_colours`
+    the `background_swap` rates of its stages as its method runs them (`setseq.tools.ceiling.composited_colours`
     reads both from a config): the whole palette when any rate is above 0, else none.
 
     The whole palette counts, even a colour `swap_colours_for` skipped as too close to the subject: counting

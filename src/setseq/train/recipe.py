@@ -143,7 +143,7 @@ class Recipe:
     @classmethod
     def for_steps(cls, backbone: Backbone, cfg: RunConfig) -> Recipe:
         """A recipe around a loaded backbone (LoRA injected) with no run folder: for `step` alone (the speed
-        bench, `setseq.speed.time_steps`)."""
+        bench, `setseq.tools.speed.time_steps`)."""
         recipe = cls(cfg, Path("."), progress=False, log=lambda s: None)
         recipe.cfg, recipe.backbone = cfg, backbone
         return recipe

@@ -21,7 +21,7 @@ For each stage and each frame count it times full optimizer steps through the tr
 On CUDA the default shapes are the paper's: 480x832, 33 and 81 frames, stage 1 on 8 frames, stage 2 on one
 clip. On CPU (`--device cpu`) the same architecture runs at small shapes with few layers.
 
-`--procs P` (`setseq.speed_procs`): torchrun starts P processes, each times the same steps with the DiT sharded
+`--procs P` (`setseq.tools.speed_procs`): torchrun starts P processes, each times the same steps with the DiT sharded
 across them by FSDP2 when P > 1 (or replicated, `--replicate`), and reports its step time and memory.
 """
 
@@ -431,7 +431,7 @@ def run_shape_bench(
 ) -> list[StepResult]:
     """Build the named architecture and time stage-1 and stage-2 steps at each frame count; prints a table.
     `fsdp_offload`: the DiT's weights in host memory, copied in by FSDP2 (`model.fsdp_offload`), the
-    alternative to `block_swap`. (The same steps in several launched processes: `setseq.speed_procs`.)"""
+    alternative to `block_swap`. (The same steps in several launched processes: `setseq.tools.speed_procs`.)"""
     z = bench_sizes(device, dtype, frames, size, layers)
     dev, dt, height, width = z.device, z.dtype, z.height, z.width
     shape, _ = shape_config(name, z.layers)

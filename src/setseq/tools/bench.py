@@ -33,23 +33,9 @@ import numpy as np
 import torch
 import yaml
 
-from setseq.bench_tables import (
-    COLUMNS,
-    EDIT_COLUMNS,
-    ceiling_checks,
-    checks,
-    headline,
-    paired,
-    summarize,
-    summarize_groups,
-    summarize_kinds,
-    write_markdown,
-)
-from setseq.ceiling import CeilingCache, composited_colours, model_fingerprint
 from setseq.config import METHODS, resolve_config
 from setseq.data.synthetic import CONCEPTS
 from setseq.data.video import from_tensor, load_clip, write_video
-from setseq.demo import DEMO_CONFIG, with_concept_mask
 from setseq.errors import SetseqError
 from setseq.eval import toy_metrics as M
 from setseq.eval.edits import (
@@ -66,6 +52,20 @@ from setseq.eval.metrics import mse
 from setseq.infer.generate import GenerateOptions, Personalized
 from setseq.io import write_json
 from setseq.runtime import quiet_libraries
+from setseq.tools.bench_tables import (
+    COLUMNS,
+    EDIT_COLUMNS,
+    ceiling_checks,
+    checks,
+    headline,
+    paired,
+    summarize,
+    summarize_groups,
+    summarize_kinds,
+    write_markdown,
+)
+from setseq.tools.ceiling import CeilingCache, composited_colours, model_fingerprint
+from setseq.tools.demo import DEMO_CONFIG, with_concept_mask
 from setseq.train.run import train
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -395,7 +395,7 @@ def run_bench(
 
     Each run's edits are also reported in groups (`setseq.eval.edits.summarize_groups`) beside the base
     model's ceiling on the same edits, read from (or computed once into) the JSON file `ceiling_cache`
-    (default `setseq.ceiling.default_cache_path()`); the headline is success on unseen backgrounds as a share
+    (default `setseq.tools.ceiling.default_cache_path()`); the headline is success on unseen backgrounds as a share
     of that ceiling, per concept and averaged.
 
     A run already finished in `out` with the same settings (its resolved config and generation steps) is

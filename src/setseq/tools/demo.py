@@ -8,7 +8,7 @@
 4. a labelled contact sheet (each edit marked kept or LOST, with its group: a background training composited
    onto ("seen"), a new one ("unseen"), or a motion edit), and `metrics.json` scored by the toy world's
    detectors: every edit for adherence and for the concept kept, and their summary under "edits", by group
-   beside the base model's own rate on the same edits from their full captions (its ceiling, `setseq.ceiling`,
+   beside the base model's own rate on the same edits from their full captions (its ceiling, `setseq.tools.ceiling`,
    cached) and the headline: success on unseen backgrounds as a share of that ceiling.
 """
 
@@ -26,7 +26,6 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from setseq.ceiling import CeilingCache, composited_colours
 from setseq.config import DataConfig, resolve_config
 from setseq.data.synthetic import CONCEPTS, ConceptSpec, render_mask
 from setseq.data.video import from_tensor, load_clip, write_video
@@ -47,6 +46,7 @@ from setseq.eval.edits import (
 from setseq.eval.metrics import mse
 from setseq.infer.generate import GenerateOptions, Personalized
 from setseq.io import atomic_path, write_json
+from setseq.tools.ceiling import CeilingCache, composited_colours
 from setseq.train.methods import effective_config, uses_mask
 from setseq.train.run import train
 
@@ -159,7 +159,7 @@ def run_demo(
     log=print,
 ) -> dict[str, Any]:
     """Run the whole demo into `out`; returns the metrics written to `out/metrics.json`. The base model's
-    ceiling is read from (or computed once into) the JSON file `ceiling_cache` (`setseq.ceiling.CeilingCache`)."""
+    ceiling is read from (or computed once into) the JSON file `ceiling_cache` (`setseq.tools.ceiling.CeilingCache`)."""
     t0 = time.perf_counter()
     name, entry = _shipped_concept(concept)
     spec = CONCEPTS[name]
@@ -248,7 +248,7 @@ def _groups_and_ceiling(
     cfg, plan: list[Shot], name: str, reference: np.ndarray, model: str, steps, cache, base, log
 ):
     """The colours the run composited onto, its edits' groups, and the base model's edits from full captions
-    at the run's seed (`setseq.ceiling`, from `cache` or computed with `base()`), to be judged by the run's own
+    at the run's seed (`setseq.tools.ceiling`, from `cache` or computed with `base()`), to be judged by the run's own
     rule for the shape once its reproduction is drawn."""
     composited = composited_colours(cfg)
     groups = group_edits([s.edit for s in plan if s.edit is not None], composited)

@@ -1,12 +1,12 @@
 """`setseq bench --shape NAME --procs P`: the speed bench's timed steps in P processes that torch's launcher
 (`torch.distributed.run`, i.e. torchrun) starts, each reporting its own step time and memory.
 
-Each process builds the same DiT (`setseq.speed.build_backbone`; sharded, the processes other than 0 on the
+Each process builds the same DiT (`setseq.tools.speed.build_backbone`; sharded, the processes other than 0 on the
 meta device, to receive their shards of process 0's) and hands it to the training engine exactly as `setseq
 train` does (`setseq.train.distributed.parallelize`): sharded by FSDP2 (`model.fsdp=true`, the default here),
 or replicated with its LoRA gradients all-reduced (FSDP2's `replicate`, `--replicate`), optionally with fp8
 base weights (`--fp8`, stored in fp8 and gathered in fp8 under FSDP2). Each process trains its own
-micro-batch (the global batch is P times it), as data-parallel training does. `python -m setseq.speed_procs
+micro-batch (the global batch is P times it), as data-parallel training does. `python -m setseq.tools.speed_procs
 FOLDER` is one process; the settings travel in FOLDER/settings.json and each process's rows come back in
 FOLDER/rank{N}.json.
 """
@@ -29,7 +29,7 @@ from setseq.config import ModelConfig
 from setseq.errors import SetseqError
 from setseq.memory import tokens_per_sample
 from setseq.runtime import quiet_libraries, visible_gpus
-from setseq.speed import (
+from setseq.tools.speed import (
     BenchSizes,
     build_backbone,
     latent_shape,
@@ -101,9 +101,9 @@ def run_in_processes(
     stage2_batch: int = 1,
     log: Callable[[str], None] = print,
 ) -> list[ProcessStep]:
-    """Time the rows of `setseq.speed.run_shape_bench` in each of `procs` launched processes; prints a row per
+    """Time the rows of `setseq.tools.speed.run_shape_bench` in each of `procs` launched processes; prints a row per
     process. CUDA: the allocator's peak; CPU: the peak resident memory over the timed steps
-    (`setseq.speed.peak_rss`) and what each process held before them (`held_bytes`). On CPU the cores are
+    (`setseq.tools.speed.peak_rss`) and what each process held before them (`held_bytes`). On CPU the cores are
     split between the processes, and glibc's malloc returns every freed block over 128 KiB to the system at
     once (a fixed `MALLOC_MMAP_THRESHOLD_`; by default it keeps up to 32 MiB blocks for reuse), so that
     resident memory follows the live tensors: else the blocks FSDP2 gathers and frees stay resident after
@@ -130,7 +130,11 @@ def run_in_processes(
         (Path(tmp) / "settings.json").write_text(json.dumps(settings))
         argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs)]
         proc = subprocess.run(
-            [*argv, "-m", "setseq.speed_procs", tmp], env=env, capture_output=True, text=True, check=False
+            [*argv, "-m", "setseq.tools.speed_procs", tmp],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         reports = [Path(tmp) / f"rank{r}.json" for r in range(procs)]
         done = [json.loads(f.read_text()) for f in reports if f.is_file()]

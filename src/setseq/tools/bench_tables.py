@@ -1,4 +1,4 @@
-"""The bench's figures (`setseq bench`, `setseq.bench`): the columns each run is scored on, their summaries
+"""The bench's figures (`setseq bench`, `setseq.tools.bench`): the columns each run is scored on, their summaries
 over runs (mean, standard deviation, count; per kind of edit), the checks of the claims, setseq against each
 method run by run, and the tables of `bench.md`."""
 
