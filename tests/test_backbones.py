@@ -21,6 +21,7 @@ from setseq import lora as L
 from setseq.backbones.base import TinyModel
 from setseq.backbones.registry import families, guess_backbone, load_backbone
 from setseq.config import resolve_config
+from setseq.errors import SetseqError
 from setseq.export import load_setseq
 from setseq.train import checkpoint as C
 from setseq.train import recipe as recipe_module
@@ -253,7 +254,7 @@ LTX2_AUDIO = re.compile(r"audio|a2v|v2a|av_cross_attn")
 
 
 @pytest.mark.parametrize(
-    "trained", [f for f in FAMILIES if f.backbone == "ltx2"], ids=["ltx2"], indirect=True
+    "trained", [f for f in FAMILIES if f.backbone == "ltx2"], ids=lambda r: r.name, indirect=True
 )
 def test_ltx2_trains_video_only(trained):
     """After stage 1 + 2 on LTX-2 the audio branch carries no LoRA and every weight of it (the DiT's audio stream
@@ -299,6 +300,49 @@ def test_ltx2_trains_video_only(trained):
         )  # alpha = rank
         mine = Personalized.load(trained.run_dir, log=lambda s: None).backbone.predict(x, sig, prompt)
         torch.testing.assert_close(ours.predict(x, sig, prompt), mine, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "trained", [f for f in FAMILIES if f.name == "skyreels_v2"], ids=["skyreels_v2"], indirect=True
+)
+def test_skyreels_v2_comfyui_export_loads_as_wan_in_its_pipeline(trained):
+    """SkyReels V2's ComfyUI export is Wan's original layout (ComfyUI runs it on its Wan model): loaded through
+    `SkyReelsV2Pipeline`'s own loader (which converts that layout), it predicts what our run predicts."""
+    from setseq.export import export_tensors
+    from setseq.infer.generate import Personalized
+
+    comfy = export_tensors(load_setseq(trained.run_dir), "comfyui", part="merged")
+    assert {k.split(".", 1)[0] for k in comfy} == {"diffusion_model"}
+    assert any(".self_attn.q." in k for k in comfy) and not any(".attn1." in k for k in comfy)
+    ours = load_backbone("skyreels_v2", trained.model_dir)
+    assert type(ours.pipe).__name__ == "SkyReelsV2Pipeline"
+    ours.pipe.load_lora_weights({k: v for k, v in comfy.items() if not k.endswith(".alpha")})  # alpha = rank
+    prompt = ours.encode_prompt(["a sks person in zwx motion"])
+    g = torch.Generator().manual_seed(0)
+    x, sig = torch.randn(1, *_clip_latent_shape(trained), generator=g), torch.tensor([0.6])
+    with torch.no_grad():
+        mine = Personalized.load(trained.run_dir, log=lambda s: None).backbone.predict(x, sig, prompt)
+        torch.testing.assert_close(ours.predict(x, sig, prompt), mine, rtol=1e-4, atol=1e-5)
+
+
+def test_skyreels_v2_diffusion_forcing_is_refused_in_one_line(tmp_path):
+    """A diffusion-forcing folder is refused by its pipeline class, naming what is supported; a DiT with the
+    fps embedding those checkpoints use is refused when it loads."""
+    from diffusers import SkyReelsV2DiffusionForcingPipeline, SkyReelsV2Pipeline
+
+    from setseq.backbones.skyreels_v2 import build_tiny_skyreels_v2
+
+    folder = build_tiny_skyreels_v2(tmp_path / "t2v")
+    df = tmp_path / "df"
+    pipe = SkyReelsV2Pipeline.from_pretrained(folder)
+    SkyReelsV2DiffusionForcingPipeline(**pipe.components).save_pretrained(df, safe_serialization=True)
+    with pytest.raises(SetseqError, match="SkyReelsV2DiffusionForcingPipeline.*SkyReelsV2Pipeline"):
+        guess_backbone(str(df))
+    cfg = json.loads((folder / "transformer" / "config.json").read_text())
+    (folder / "transformer" / "config.json").write_text(json.dumps(cfg | {"inject_sample_info": True}))
+    with pytest.raises(SetseqError, match="diffusion-forcing") as err:
+        load_backbone("skyreels_v2", str(folder))
+    assert "\n" not in str(err.value)
 
 
 def test_hunyuan15_forward_is_the_pipelines_dit_call(tmp_path):

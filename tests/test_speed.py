@@ -30,6 +30,9 @@ PUBLISHED = {
     "hunyuan": 12.82,
     "ltx-2": 19.0,
     "hunyuan-1.5": 8.33,  # "8.3B" on tencent/HunyuanVideo-1.5's model card
+    "ltx-2.5": 18.92,  # LTX-2's dimensions with the 2.5 switches (the published 2.5 config not read here)
+    "skyreels-v2-1.3b": 1.42,  # Wan 2.1 1.3B's shape
+    "skyreels-v2-14b": 14.29,  # Wan 2.1 14B's shape
 }
 
 
@@ -62,7 +65,7 @@ def test_flop_count_matches_torch_counter(tiny_wan_dir):
 
 # The widest (width 3072-5120) take 15-50 s each on 2 cores even with one block, HunyuanVideo 1.5 (its 1256 text
 # tokens through a 2048-wide block and token refiner) about 70 s: in the slow run.
-HEAVY = {"wan-14b", "cogvideox-5b", "hunyuan", "ltx-2", "hunyuan-1.5"}
+HEAVY = {"wan-14b", "cogvideox-5b", "hunyuan", "ltx-2", "ltx-2.5", "hunyuan-1.5", "skyreels-v2-14b"}
 
 
 @pytest.mark.parametrize(

@@ -151,7 +151,24 @@ class LTX2Backbone(LTXBackbone):
 
 # -- the tiny test model (random weights, built from config). diffusers and transformers are imported inside:
 # they take seconds, and only tests and benchmarks build one.
-def build_tiny_ltx2(folder: str | Path, seed: int = 0, *, layers: int = 2, latent_channels: int = 4) -> Path:
+# LTX-2.5 is LTX-2's DiT (`LTX2VideoTransformer3DModel`) with these switches on (the 2.3 ones too: gated
+# attention, cross-attention modulation, the connectors' per-modality projections in place of prompt
+# embeddings): a config of this family, not another one. The K/V modulation apart from the timestep and the
+# keyframe position embedding (which LTX2Pipeline's text-to-video call does not pass) change no hook.
+LTX25_SWITCHES = dict(
+    gated_attn=True, cross_attn_mod=True, audio_gated_attn=True, audio_cross_attn_mod=True,
+    use_prompt_embeddings=False, ff_bias=False, use_prompt_adaln_single=False, use_keyframes_abs_pos_embedding=True,
+)  # fmt: skip
+
+
+def build_tiny_ltx25(folder: str | Path, seed: int = 0, *, layers: int = 2) -> Path:
+    """Write a tiny random LTX-2.5 T2V pipeline: `build_tiny_ltx2` with LTX-2.5's switches."""
+    return build_tiny_ltx2(folder, seed, layers=layers, version="2.5")
+
+
+def build_tiny_ltx2(
+    folder: str | Path, seed: int = 0, *, layers: int = 2, latent_channels: int = 4, version: str = "2"
+) -> Path:
     """Write a tiny random LTX-2 T2V pipeline (`LTX2Pipeline`): a tiny `Gemma3ForConditionalGeneration` (its
     config built in code, with a word-level tokenizer), text connectors with learned registers (as LTX-2's), a
     video VAE with LTX-2's real strides (32 spatial, 8 temporal: a 4x4 pixel patch and three spatio-temporal
@@ -178,7 +195,7 @@ def build_tiny_ltx2(folder: str | Path, seed: int = 0, *, layers: int = 2, laten
         SiglipVisionConfig,
     )
 
-    folder = Path(folder)
+    folder, v25 = Path(folder), version == "2.5"
     torch.manual_seed(seed)
     tokenizer = build_word_tokenizer(TINY_WORDS, max_length=32)  # 32 text tokens: 4 x the 8 registers
     text = Gemma3TextConfig(
@@ -197,14 +214,15 @@ def build_tiny_ltx2(folder: str | Path, seed: int = 0, *, layers: int = 2, laten
         caption_channels=width, text_proj_in_factor=text.num_hidden_layers + 1,
         video_connector_num_attention_heads=2, video_connector_attention_head_dim=8, video_connector_num_layers=1,
         video_connector_num_learnable_registers=8, audio_connector_num_attention_heads=2,
-        audio_connector_attention_head_dim=8, audio_connector_num_layers=1, audio_connector_num_learnable_registers=8,
+        audio_connector_attention_head_dim=4 if v25 else 8, audio_connector_num_layers=1, audio_connector_num_learnable_registers=8,
         connector_rope_base_seq_len=32, rope_double_precision=False, rope_type="split",
+        **(dict(per_modality_projections=True, video_hidden_dim=16, audio_hidden_dim=8) if v25 else {}),
     )  # fmt: skip
     transformer = LTX2VideoTransformer3DModel(
         in_channels=latent_channels, out_channels=latent_channels, num_attention_heads=2, attention_head_dim=8,
         cross_attention_dim=16, audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=2,
         audio_attention_head_dim=4, audio_cross_attention_dim=8, num_layers=layers, caption_channels=width,
-        rope_double_precision=False, rope_type="split",
+        rope_double_precision=False, rope_type="split", **(LTX25_SWITCHES if v25 else {}),
     ).eval()  # fmt: skip
     vae = AutoencoderKLLTX2Video(
         latent_channels=latent_channels, block_out_channels=(8, 8, 8), decoder_block_out_channels=(8, 8, 8),
@@ -267,8 +285,40 @@ FAMILY = Family(
             1024,
             3840,
             note="LTX-2 (19B: video 14B + audio 5B; trained video only)",
-        )
+        ),
+        # LTX-2's dimensions with the 2.5 switches (18.9B): the published 2.5 config.json was not read (no hub
+        # here). Its text: the connectors' per-modality projection to the DiT's width.
+        "ltx-2.5": BenchShape(
+            "ltx2",
+            "LTX2VideoTransformer3DModel",
+            dict(
+                in_channels=128,
+                out_channels=128,
+                patch_size=1,
+                patch_size_t=1,
+                num_layers=48,
+                rope_type="split",
+                num_attention_heads=32,
+                attention_head_dim=128,
+                cross_attention_dim=4096,
+                caption_channels=3840,
+                audio_in_channels=128,
+                audio_out_channels=128,
+                audio_num_attention_heads=32,
+                audio_attention_head_dim=64,
+                audio_cross_attention_dim=2048,
+                **LTX25_SWITCHES,
+            ),  # fmt: skip
+            128,
+            1024,
+            4096,
+            note="LTX-2.5 (LTX-2's dimensions with the 2.5 switches; trained video only)",
+        ),
     },
-    tiny=(TinyModel("ltx2", build_tiny_ltx2, "LTX2Pipeline", 9, (64, 64), 2 * (4 + 4 + 2)),),
+    tiny=(
+        TinyModel("ltx2", build_tiny_ltx2, "LTX2Pipeline", 9, (64, 64), 2 * (4 + 4 + 2)),
+        # (LTX-2.5's attn1 / attn2 `to_gate_logits` stay out: the same 20 linears)
+        TinyModel("ltx25", build_tiny_ltx25, "LTX2Pipeline", 9, (64, 64), 2 * (4 + 4 + 2)),
+    ),
     backbone=LTX2Backbone,
 )

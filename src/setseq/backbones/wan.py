@@ -127,6 +127,7 @@ class WanBackbone(DiffusersBackbone):
     """Wan (T2V, TI2V-5B, I2V) behind the `Backbone` protocol."""
 
     _i2v_pipe: Any = None  # TI2V-5B's image-to-video pipeline over the same components, made when first asked
+    _i2v_class = "WanImageToVideoPipeline"  # the image-to-video pipeline a model_index.json may name
 
     name, label, pipeline_class = "wan", "Wan", "WanPipeline"
     vae_fp32 = True  # upcasting the VAE is the usual advice for Wan's VAE
@@ -136,7 +137,7 @@ class WanBackbone(DiffusersBackbone):
     def setup(self, model_id: str) -> dict[str, Any]:
         pipe = self.pipe
         # An I2V DiT takes the image condition as extra input channels: it cannot run on a latent alone.
-        self.image_to_video = type(pipe).__name__ == "WanImageToVideoPipeline"
+        self.image_to_video = type(pipe).__name__ == self._i2v_class
         targets, self.expert_meta = WAN_LORA_TARGETS, None
         if pipe.components.get("transformer_2") is not None:  # Wan 2.2 A14B
             ratio = pipe.config.get("boundary_ratio")
@@ -188,25 +189,23 @@ class WanBackbone(DiffusersBackbone):
 
     @classmethod
     def pipeline_for(cls, model_id: str) -> type:
-        """`WanImageToVideoPipeline` when the checkpoint's model_index.json names it, else `WanPipeline`. A hub
-        id's model_index.json is read through diffusers (the hub cache, else a download of that one file)."""
+        """The image-to-video pipeline (`WanImageToVideoPipeline`) when the checkpoint's model_index.json names
+        it, else the text-to-video one (`WanPipeline`). A hub id's model_index.json is read through diffusers
+        (the hub cache, else a download of that one file)."""
         # (heavy to import: loaded where used)
-        from diffusers import WanImageToVideoPipeline, WanPipeline
+        import diffusers
 
         index = Path(model_id) / "model_index.json"
         try:
             if index.is_file():
                 cls_name = json.loads(index.read_text()).get("_class_name")
             elif not Path(model_id).exists():
-                # (heavy to import: loaded where used)
-                from diffusers import DiffusionPipeline
-
-                cls_name = DiffusionPipeline.load_config(model_id).get("_class_name")
+                cls_name = diffusers.DiffusionPipeline.load_config(model_id).get("_class_name")
             else:
                 cls_name = None
-        except Exception:  # unreadable or unreachable: WanPipeline's loader reports what is wrong
+        except Exception:  # unreadable or unreachable: the text-to-video loader reports what is wrong
             cls_name = None
-        return WanImageToVideoPipeline if cls_name == "WanImageToVideoPipeline" else WanPipeline
+        return getattr(diffusers, cls._i2v_class if cls_name == cls._i2v_class else cls.pipeline_class)
 
     # -- text ------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -546,7 +545,7 @@ def comfyui_slot(module: str) -> tuple[str, int]:
 
 
 # -- bench shapes ------------------------------------------------------------------------------------------------
-def _wan_shape(heads: int, ffn: int, layers: int, note: str) -> BenchShape:
+def wan_shape(heads: int, ffn: int, layers: int, note: str) -> BenchShape:
     """A Wan 2.1 T2V DiT (head dim 128, UMT5-XXL text of 512 x 4096)."""
     config = dict(
         patch_size=(1, 2, 2), attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096,
@@ -564,8 +563,8 @@ FAMILY = Family(
     comfyui=comfyui_slot,
     experts=EXPERTS,
     shapes={
-        "wan-1.3b": _wan_shape(12, 8960, 30, "Wan 2.1 T2V 1.3B"),
-        "wan-14b": _wan_shape(
+        "wan-1.3b": wan_shape(12, 8960, 30, "Wan 2.1 T2V 1.3B"),
+        "wan-14b": wan_shape(
             40, 13824, 40, "Wan 2.1 T2V 14B (one expert of Wan 2.2 A14B has the same shape)"
         ),
     },
