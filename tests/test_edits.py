@@ -145,11 +145,11 @@ def test_demo_metrics_and_sheet_tell_a_kept_concept_from_a_lost_one(tmp_path, mo
     import json
 
     import setseq.infer.generate as G
-    import setseq.train.run as R
+    from setseq.tools import demo as D
     from setseq.tools.demo import DEFAULT_CONCEPT, run_demo
 
     spec = CONCEPTS[DEFAULT_CONCEPT]
-    monkeypatch.setattr(R, "train", lambda cfg, out, **k: Path(out))
+    monkeypatch.setattr(D, "train", lambda cfg, out, **k: Path(out))
     results = {}
     for label, colour in (("kept", spec.appearance.colour), ("lost", "blue")):
         monkeypatch.setattr(

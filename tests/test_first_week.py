@@ -307,7 +307,7 @@ def pasted(capsys, line: str, **fill: str) -> int:
 
 
 def test_every_suggested_command_works_when_pasted(base, run, tmp_path, monkeypatch, capsys):
-    from setseq.train import loop
+    from setseq.train import recipe  # (the recipe calls the loss and the optimizer by these names)
 
     root, _ = base
     covered = set()
@@ -341,18 +341,18 @@ def test_every_suggested_command_works_when_pasted(base, run, tmp_path, monkeypa
     covered.add("setseq/train/setup.py:resumed_config")
 
     # The loss blows up -> resume from the last good checkpoint at a lower learning rate.
-    real = loop.denoising_loss
+    real = recipe.denoising_loss
 
     def nan_at_stage2(backbone, batch, *a, **k):
         loss = real(backbone, batch, *a, **k)
         return loss * float("nan") if batch.latents.shape[2] > 1 else loss  # the clip: stage 2
 
-    monkeypatch.setattr(loop, "denoising_loss", nan_at_stage2)
+    monkeypatch.setattr(recipe, "denoising_loss", nan_at_stage2)
     capsys.readouterr()
     line = one_line_error(
         capsys, main(["train", "--resume", str(run), "stage2.steps=3", "--no-progress"]), "loss became nan"
     )
-    monkeypatch.setattr(loop, "denoising_loss", real)
+    monkeypatch.setattr(recipe, "denoising_loss", real)
     assert "stage2.lr=0.001" in line  # a tenth of TINY_TRAINING's 1e-2
     pasted(capsys, line)
     assert config(run)["stage2"]["lr"] == 0.001 and "stage2-000003" in checkpoints(run)

@@ -874,9 +874,9 @@ class _Counter:
     """Wraps the flow-matching step: counts calls, and at call `at` returns `fault(loss, params)`."""
 
     def __init__(self, at, fault):
-        from setseq.train import loop
+        from setseq.train import recipe  # (the recipe calls the loss and the optimizer by these names)
 
-        self.real, self.at, self.fault, self.calls = loop.denoising_loss, at, fault, 0
+        self.real, self.at, self.fault, self.calls = recipe.denoising_loss, at, fault, 0
 
     def __call__(self, backbone, batch, gen, *args):
         self.calls += 1
@@ -923,10 +923,10 @@ def _train_in_process(model, video, out, steps=4, extra=()):
     ids=["inf", "-inf", "nan-stage2", "inf-gradient"],
 )
 def test_non_finite_stops_within_one_step(tiny_wan_dir, video, tmp_path, monkeypatch, where, fault, needle):
-    from setseq.train import loop
+    from setseq.train import recipe  # (the recipe calls the loss and the optimizer by these names)
 
     step = _Counter(where, fault)
-    monkeypatch.setattr(loop, "denoising_loss", step)
+    monkeypatch.setattr(recipe, "denoising_loss", step)
     out = tmp_path / "run"
     with pytest.raises(SetseqError) as e:
         _train_in_process(tiny_wan_dir, video, out)
@@ -947,9 +947,9 @@ def progress_of(ck):
 
 def test_weights_overflow_is_not_checkpointed(tiny_wan_dir, video, tmp_path, monkeypatch):
     """Loss and gradients finite, but the update overflows the weights: stopped before that checkpoint."""
-    from setseq.train import loop
+    from setseq.train import recipe  # (the recipe calls the loss and the optimizer by these names)
 
-    real = loop.make_optimizer
+    real = recipe.make_optimizer
     calls = []
 
     def make(params, sc):
@@ -966,7 +966,7 @@ def test_weights_overflow_is_not_checkpointed(tiny_wan_dir, video, tmp_path, mon
         opt.step = overflowing_step
         return opt
 
-    monkeypatch.setattr(loop, "make_optimizer", make)
+    monkeypatch.setattr(recipe, "make_optimizer", make)
     out = tmp_path / "run"
     with pytest.raises(SetseqError, match="the weights became non-finite at stage 1 step 3") as e:
         _train_in_process(tiny_wan_dir, video, out)
@@ -1103,10 +1103,10 @@ def test_read_only_real(trained, small_fs, capsys):
 
 def test_disk_fills_during_training_real(tiny_wan_dir, video, small_fs, monkeypatch, capsys):
     """The disk fills up at stage 1 step 3: a one-line error, the checkpoints before it intact, no temp."""
-    from setseq.train import loop
+    from setseq.train import recipe  # (the recipe calls the loss and the optimizer by these names)
 
     step = _Counter(3, lambda loss, ps: (fill(small_fs), loss)[1])
-    monkeypatch.setattr(loop, "denoising_loss", step)
+    monkeypatch.setattr(recipe, "denoising_loss", step)
     out = small_fs / "run"
     code, _, err = run_cli(capsys, *train_argv(tiny_wan_dir, video, out, steps=4))
     assert assert_clean_exit(code, err, "no space left") == "refused"

@@ -172,8 +172,8 @@ def test_shape_bench_in_launched_processes_on_cpu(procs, replicate, fp8):
 def test_procs_refusals_are_one_line(capsys, monkeypatch):
     """--procs below 1, more processes than GPUs, without --shape, or with --block-swap or --fsdp-offload;
     --replicate without --procs; --block-swap with --fsdp-offload."""
-    from setseq import runtime
     from setseq.cli import main
+    from setseq.tools import speed_procs
 
     def one_line(argv: list[str], *needles: str) -> None:
         assert main(argv) == 2
@@ -188,5 +188,5 @@ def test_procs_refusals_are_one_line(capsys, monkeypatch):
     one_line(["bench", "--shape", "wan-1.3b", "--block-swap", "1", "--fsdp-offload"], "two ways", "two runs")
     one_line(["bench", "--shape", "wan-1.3b", "--replicate"], "--replicate", "--procs")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(runtime, "visible_gpus", lambda: 1)
+    monkeypatch.setattr(speed_procs, "visible_gpus", lambda: 1)
     one_line(["bench", "--shape", "wan-1.3b", "--device", "cuda", "--procs", "2"], "1 GPU(s)", "--procs 1")
