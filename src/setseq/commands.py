@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from setseq.errors import SetseqError
 from setseq.flags import RESUME_KEYS, Arg, config_flags, csv_of, parse_csv, parse_size
-from setseq.names import FAMILY_NAMES, METHODS, SHAPE_NAMES
+from setseq.names import FAMILIES, METHODS
 
 # Flags several subcommands share, word for word.
 Seed = Annotated[int, Arg("sampling seed (the same seed gives the same video)", 0)]
@@ -65,8 +65,7 @@ TrainOut = Annotated[
 TrainModel = Annotated[
     str | None,
     Arg(
-        "'toy', 'toy-large', or a diffusers Wan, CogVideoX, LTX-Video, HunyuanVideo, HunyuanVideo 1.5 or "
-        "LTX-2 checkpoint: local folder or hub id",
+        "'toy', 'toy-large', or a diffusers checkpoint of a family --backbone names: local folder or hub id",
         None,
         key="model.path",
         resume=True,
@@ -75,7 +74,7 @@ TrainModel = Annotated[
 TrainBackbone = Annotated[
     str | None,
     Arg(
-        f"backbone family: {', '.join(FAMILY_NAMES)} (given --model: read from its folder's "
+        f"backbone family: {', '.join(FAMILIES)} (given --model: read from its folder's "
         "model_index.json; wan for a hub id)",
         None,
         key="model.backbone",
@@ -488,7 +487,8 @@ BenchOverrides = Annotated[
 BenchShape = Annotated[
     str | None,
     Arg(
-        f"instead: time training steps of a real-size DiT with random weights ({', '.join(SHAPE_NAMES)})",
+        "instead: time training steps of a real-size DiT with random weights, a family's published "
+        "architecture by name (e.g. wan-14b, ltx-2; a name it does not know lists them all)",
         None,
     ),
 ]

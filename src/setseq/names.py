@@ -13,16 +13,16 @@ METHODS: dict[str, str] = {
     "textual_inversion": "textual inversion: only the concept tokens' embeddings, on the video",
 }
 
-# ---- LEAD: wire these two to the backbone registry once it exposes its families (branch r32core); they are
-# the only place the command line names them (train/generate --backbone, --model, bench --shape).
-FAMILY_NAMES: tuple[str, ...] = ("toy", "wan", "cogvideox", "ltx", "hunyuan", "hunyuan15", "ltx2")
-SHAPE_NAMES: tuple[str, ...] = (
-    "wan-1.3b",
-    "wan-14b",
-    "cogvideox-5b",
-    "ltx",
-    "hunyuan",
-    "hunyuan-1.5",
-    "ltx-2",
-)
-# ----
+# The built-in backbone families: registry name -> the module that defines its `FAMILY`, one line a family
+# (`setseq.backbones.registry.BUILTIN`). Kept here, where nothing is imported, so that `setseq --help` names the
+# families without importing torch; the family files themselves are imported when first asked for.
+FAMILIES: dict[str, str] = {
+    "wan": "setseq.backbones.wan",
+    "cogvideox": "setseq.backbones.cogvideox",
+    "ltx": "setseq.backbones.ltx",
+    "hunyuan": "setseq.backbones.hunyuan",
+    "ltx2": "setseq.backbones.ltx2",
+    "hunyuan15": "setseq.backbones.hunyuan15",
+    "skyreels_v2": "setseq.backbones.skyreels_v2",
+    "toy": "setseq.backbones.toy",
+}

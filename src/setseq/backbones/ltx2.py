@@ -166,6 +166,31 @@ def build_tiny_ltx25(folder: str | Path, seed: int = 0, *, layers: int = 2) -> P
     return build_tiny_ltx2(folder, seed, layers=layers, version="2.5")
 
 
+def _tiny_ltx2_dit(width: int, factor: int, layers: int, latent_channels: int, v25: bool) -> tuple[Any, Any]:
+    """The tiny text connectors and DiT of `build_tiny_ltx2` (LTX-2.5's: its switches, the connectors'
+    per-modality projections)."""
+    # (heavy to import: loaded where used)
+    from diffusers import LTX2VideoTransformer3DModel
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+
+    connectors = LTX2TextConnectors(
+        caption_channels=width, text_proj_in_factor=factor,
+        video_connector_num_attention_heads=2, video_connector_attention_head_dim=8, video_connector_num_layers=1,
+        video_connector_num_learnable_registers=8, audio_connector_num_attention_heads=2,
+        audio_connector_attention_head_dim=4 if v25 else 8, audio_connector_num_layers=1,
+        audio_connector_num_learnable_registers=8, connector_rope_base_seq_len=32, rope_double_precision=False,
+        rope_type="split",
+        **(dict(per_modality_projections=True, video_hidden_dim=16, audio_hidden_dim=8) if v25 else {}),
+    ).eval()  # fmt: skip
+    transformer = LTX2VideoTransformer3DModel(
+        in_channels=latent_channels, out_channels=latent_channels, num_attention_heads=2, attention_head_dim=8,
+        cross_attention_dim=16, audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=2,
+        audio_attention_head_dim=4, audio_cross_attention_dim=8, num_layers=layers, caption_channels=width,
+        rope_double_precision=False, rope_type="split", **(LTX25_SWITCHES if v25 else {}),
+    ).eval()  # fmt: skip
+    return connectors, transformer
+
+
 def build_tiny_ltx2(
     folder: str | Path, seed: int = 0, *, layers: int = 2, latent_channels: int = 4, version: str = "2"
 ) -> Path:
@@ -182,11 +207,9 @@ def build_tiny_ltx2(
         AutoencoderKLLTX2Audio,
         AutoencoderKLLTX2Video,
         LTX2Pipeline,
-        LTX2VideoTransformer3DModel,
     )
 
     # (heavy to import: loaded where used)
-    from diffusers.pipelines.ltx2 import LTX2TextConnectors
     from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
     from transformers import (
         Gemma3Config,
@@ -210,20 +233,7 @@ def build_tiny_ltx2(
         Gemma3Config(text_config=text.to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4)
     ).eval()
     width = text.hidden_size  # Gemma's width: the connectors' and the DiT's caption channels
-    connectors = LTX2TextConnectors(
-        caption_channels=width, text_proj_in_factor=text.num_hidden_layers + 1,
-        video_connector_num_attention_heads=2, video_connector_attention_head_dim=8, video_connector_num_layers=1,
-        video_connector_num_learnable_registers=8, audio_connector_num_attention_heads=2,
-        audio_connector_attention_head_dim=4 if v25 else 8, audio_connector_num_layers=1, audio_connector_num_learnable_registers=8,
-        connector_rope_base_seq_len=32, rope_double_precision=False, rope_type="split",
-        **(dict(per_modality_projections=True, video_hidden_dim=16, audio_hidden_dim=8) if v25 else {}),
-    )  # fmt: skip
-    transformer = LTX2VideoTransformer3DModel(
-        in_channels=latent_channels, out_channels=latent_channels, num_attention_heads=2, attention_head_dim=8,
-        cross_attention_dim=16, audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=2,
-        audio_attention_head_dim=4, audio_cross_attention_dim=8, num_layers=layers, caption_channels=width,
-        rope_double_precision=False, rope_type="split", **(LTX25_SWITCHES if v25 else {}),
-    ).eval()  # fmt: skip
+    connectors, transformer = _tiny_ltx2_dit(width, text.num_hidden_layers + 1, layers, latent_channels, v25)
     vae = AutoencoderKLLTX2Video(
         latent_channels=latent_channels, block_out_channels=(8, 8, 8), decoder_block_out_channels=(8, 8, 8),
         down_block_types=("LTX2VideoDownBlock3D",) * 3, layers_per_block=(1, 1, 1, 1),

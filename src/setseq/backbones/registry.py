@@ -1,7 +1,7 @@
-"""Which backbone a model is, and loading it. One line per built-in family (`BUILTIN`: its name and the one
-file that defines it as `FAMILY`); a family defined elsewhere (a plug-in, a test's fake family) joins with
-`register(FAMILY)`. The family files are imported when first asked for (`families`): they import torch, and
-`setseq --help` (`family_names`) must stay fast."""
+"""Which backbone a model is, and loading it. One line per built-in family (`BUILTIN`, kept in `setseq.names`:
+its name and the one file that defines it as `FAMILY`); a family defined elsewhere (a plug-in, a test's fake
+family) joins with `register(FAMILY)`. The family files are imported when first asked for (`families`): they
+import torch, and `setseq --help` names the families without it."""
 
 from __future__ import annotations
 
@@ -14,18 +14,9 @@ import torch
 from setseq.backbones.base import Backbone, Family
 from setseq.backbones.toy.files import SHIPPED_TOY_MODELS
 from setseq.errors import SetseqError
+from setseq.names import FAMILIES
 
-# registry name -> the module that defines its `FAMILY`
-BUILTIN = {
-    "wan": "setseq.backbones.wan",
-    "cogvideox": "setseq.backbones.cogvideox",
-    "ltx": "setseq.backbones.ltx",
-    "hunyuan": "setseq.backbones.hunyuan",
-    "ltx2": "setseq.backbones.ltx2",
-    "hunyuan15": "setseq.backbones.hunyuan15",
-    "skyreels_v2": "setseq.backbones.skyreels_v2",
-    "toy": "setseq.backbones.toy",
-}
+BUILTIN = FAMILIES  # registry name -> the module that defines its `FAMILY` (in `setseq.names`)
 _REGISTERED: dict[str, Family] = {}
 
 
