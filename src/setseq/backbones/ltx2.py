@@ -264,6 +264,12 @@ def build_tiny_ltx2(
 # The transformer/config.json of Lightricks/LTX-2 (diffusers layout; the rest are the class's defaults):
 # 18.9B, the model card's "19B" (ltx-2-19b-dev), video stream and audio stream together. Text: the
 # connectors' video output, 1024 tokens of Gemma 3's width.
+LTX2_DIMS = dict(
+    in_channels=128, out_channels=128, patch_size=1, patch_size_t=1, num_layers=48, rope_type="split",
+    num_attention_heads=32, attention_head_dim=128, cross_attention_dim=4096, caption_channels=3840,
+    audio_in_channels=128, audio_out_channels=128, audio_num_attention_heads=32, audio_attention_head_dim=64,
+    audio_cross_attention_dim=2048,
+)  # fmt: skip
 FAMILY = Family(
     "ltx2",
     LTX2Backbone.load,
@@ -274,56 +280,23 @@ FAMILY = Family(
         "ltx-2": BenchShape(
             "ltx2",
             "LTX2VideoTransformer3DModel",
-            dict(
-                in_channels=128,
-                out_channels=128,
-                patch_size=1,
-                patch_size_t=1,
-                num_layers=48,
-                rope_type="split",
-                num_attention_heads=32,
-                attention_head_dim=128,
-                cross_attention_dim=4096,
-                caption_channels=3840,
-                audio_in_channels=128,
-                audio_out_channels=128,
-                audio_num_attention_heads=32,
-                audio_attention_head_dim=64,
-                audio_cross_attention_dim=2048,
-            ),  # fmt: skip
+            LTX2_DIMS,
             128,
             1024,
             3840,
             note="LTX-2 (19B: video 14B + audio 5B; trained video only)",
-        ),
+        ),  # fmt: skip
         # LTX-2's dimensions with the 2.5 switches (18.9B): the published 2.5 config.json was not read (no hub
         # here). Its text: the connectors' per-modality projection to the DiT's width.
         "ltx-2.5": BenchShape(
             "ltx2",
             "LTX2VideoTransformer3DModel",
-            dict(
-                in_channels=128,
-                out_channels=128,
-                patch_size=1,
-                patch_size_t=1,
-                num_layers=48,
-                rope_type="split",
-                num_attention_heads=32,
-                attention_head_dim=128,
-                cross_attention_dim=4096,
-                caption_channels=3840,
-                audio_in_channels=128,
-                audio_out_channels=128,
-                audio_num_attention_heads=32,
-                audio_attention_head_dim=64,
-                audio_cross_attention_dim=2048,
-                **LTX25_SWITCHES,
-            ),  # fmt: skip
+            LTX2_DIMS | LTX25_SWITCHES,
             128,
             1024,
             4096,
             note="LTX-2.5 (LTX-2's dimensions with the 2.5 switches; trained video only)",
-        ),
+        ),  # fmt: skip
     },
     tiny=(
         TinyModel("ltx2", build_tiny_ltx2, "LTX2Pipeline", 9, (64, 64), 2 * (4 + 4 + 2)),
