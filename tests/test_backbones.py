@@ -314,7 +314,7 @@ def test_skyreels_v2_comfyui_export_loads_as_wan_in_its_pipeline(trained):
     comfy = export_tensors(load_setseq(trained.run_dir), "comfyui", part="merged")
     assert {k.split(".", 1)[0] for k in comfy} == {"diffusion_model"}
     assert any(".self_attn.q." in k for k in comfy) and not any(".attn1." in k for k in comfy)
-    ours = load_backbone("skyreels_v2", trained.model_dir)
+    ours = load_backbone("skyreels-v2", trained.model_dir)
     assert type(ours.pipe).__name__ == "SkyReelsV2Pipeline"
     ours.pipe.load_lora_weights({k: v for k, v in comfy.items() if not k.endswith(".alpha")})  # alpha = rank
     prompt = ours.encode_prompt(["a sks person in zwx motion"])
@@ -341,7 +341,7 @@ def test_skyreels_v2_diffusion_forcing_is_refused_in_one_line(tmp_path):
     cfg = json.loads((folder / "transformer" / "config.json").read_text())
     (folder / "transformer" / "config.json").write_text(json.dumps(cfg | {"inject_sample_info": True}))
     with pytest.raises(SetseqError, match="diffusion-forcing") as err:
-        load_backbone("skyreels_v2", str(folder))
+        load_backbone("skyreels-v2", str(folder))
     assert "\n" not in str(err.value)
 
 

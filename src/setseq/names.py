@@ -23,6 +23,6 @@ FAMILIES: dict[str, str] = {
     "hunyuan": "setseq.backbones.hunyuan",
     "ltx2": "setseq.backbones.ltx2",
     "hunyuan15": "setseq.backbones.hunyuan15",
-    "skyreels_v2": "setseq.backbones.skyreels_v2",
+    "skyreels-v2": "setseq.backbones.skyreels_v2",
     "toy": "setseq.backbones.toy",
 }

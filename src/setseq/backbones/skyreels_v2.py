@@ -28,7 +28,7 @@ from setseq.errors import SetseqError
 class SkyReelsV2Backbone(WanBackbone):
     """SkyReels V2 (T2V, I2V): Wan's hooks, SkyReels V2's pipelines."""
 
-    name, label, pipeline_class = "skyreels_v2", "SkyReels V2", "SkyReelsV2Pipeline"
+    name, label, pipeline_class = "skyreels-v2", "SkyReels V2", "SkyReelsV2Pipeline"
     _i2v_class = "SkyReelsV2ImageToVideoPipeline"
     # SkyReelsV2Pipeline's own defaults: 544x960, 97 frames, guidance 6.0 (its docstring's 50 steps)
     default_steps, default_guidance = 50, 6.0
@@ -93,7 +93,7 @@ def build_tiny_skyreels_v2_i2v(folder: str | Path, seed: int = 0, *, layers: int
 
 
 FAMILY = Family(
-    "skyreels_v2",
+    "skyreels-v2",
     SkyReelsV2Backbone.load,
     fps=24.0,  # SkyReelsV2Pipeline's export example
     pipelines=("SkyReelsV2Pipeline", "SkyReelsV2ImageToVideoPipeline"),
