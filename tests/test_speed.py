@@ -30,6 +30,7 @@ PUBLISHED = {
     "hunyuan": 12.82,
     "ltx-2": 19.0,
     "hunyuan-1.5": 8.33,  # "8.3B" on tencent/HunyuanVideo-1.5's model card
+    "sana-video-2b": 2.06,  # SANA-Video_2B_480p_diffusers' transformer config (mlp_ratio 3), counted
 }
 
 

@@ -15,7 +15,7 @@ A family file (`wan.py`, `ltx.py`, `hunyuan.py`, ...: `registry.BUILTIN`) holds 
   `BackboneInfo` fields that differ (default size, multiples, image input, LoRA targets, extra);
 - `forward`: the DiT call (timestep convention, packing, rotary positions, extra inputs);
 - where the family differs from the default: `encode_prompt`, `fingerprint_configs`, `vae_decode`,
-  `pipeline_kwargs`, `guidance_kwargs`, `image_pipeline`, `pipeline_for`; a family with another objective overrides
+  `pipeline_kwargs`, `guidance_kwargs`, `clip_kwargs`, `image_pipeline`, `pipeline_for`; a family with another objective overrides
   `sample_sigmas`, `noisy` and `training_target` (hooks of `setseq.backbones.base.Backbone`).
 """
 
@@ -150,6 +150,14 @@ class DiffusersBackbone(Backbone, declares_hooks=True):
         pipeline takes neither: its guider holds the scale)."""
         return {"guidance_scale": guidance_scale, "max_sequence_length": self.text_length}
 
+    def clip_kwargs(self, frames: int, negative_prompt: str) -> dict[str, Any]:
+        """The pipeline-call arguments for the clip length and the negative prompt (Sana Video's pipeline calls
+        the first `frames` and wants "" for no negative prompt, not None)."""
+        kwargs: dict[str, Any] = {"num_frames": frames}
+        if self.negative_prompt:
+            kwargs["negative_prompt"] = negative_prompt or None
+        return kwargs
+
     def image_pipeline(self, image: np.ndarray) -> tuple[Any, dict[str, Any]]:
         """The pipeline and its extra arguments for image-to-video (a family whose `info.image` is not "none")."""
         raise NotImplementedError(f"{type(self).__name__} takes no first frame")
@@ -262,14 +270,12 @@ class DiffusersBackbone(Backbone, declares_hooks=True):
         frame, (H, W, 3) uint8 already at the video's size, for a model whose `info.image` is not "none"."""
         check_image_input(self.info, image is not None)
         pipe, extra = (self.pipe, {}) if image is None else self.image_pipeline(image)
-        if self.negative_prompt:
-            extra["negative_prompt"] = negative_prompt or None
+        extra.update(self.clip_kwargs(frames or self.info.frames, negative_prompt))
         pipe.set_progress_bar_config(disable=not progress)
         out = pipe(
             prompt=prompt,
             height=height or self.info.height,
             width=width or self.info.width,
-            num_frames=frames or self.info.frames,
             num_inference_steps=steps or self.default_steps,
             generator=torch.Generator(device="cpu").manual_seed(seed),
             output_type="pt",

@@ -23,6 +23,7 @@ BUILTIN = {
     "hunyuan": "setseq.backbones.hunyuan",
     "ltx2": "setseq.backbones.ltx2",
     "hunyuan15": "setseq.backbones.hunyuan15",
+    "sana-video": "setseq.backbones.sana_video",
     "toy": "setseq.backbones.toy",
 }
 _REGISTERED: dict[str, Family] = {}
