@@ -21,6 +21,8 @@ A family file (`wan.py`, `ltx.py`, `hunyuan.py`, ...: `registry.BUILTIN`) holds 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -51,6 +53,26 @@ def fingerprint(configs: list[dict]) -> str:
 def plain_config(cfg) -> dict:
     """A diffusers config without its private keys (`_class_name`, `_diffusers_version`, ...)."""
     return {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
+
+
+def index_class_name(model_id: str) -> str | None:
+    """The `_class_name` of a checkpoint's model_index.json (a hub id's read through diffusers: the hub cache, else
+    a download of that one file); None when it cannot be read (the loader then says what is wrong). For a family
+    whose `pipeline_for` picks or refuses by it."""
+    index = Path(model_id) / "model_index.json"
+    try:
+        if index.is_file():
+            name = json.loads(index.read_text()).get("_class_name")
+        elif not Path(model_id).exists():
+            # (heavy to import: loaded where used)
+            from diffusers import DiffusionPipeline
+
+            name = DiffusionPipeline.load_config(model_id).get("_class_name")
+        else:
+            name = None
+    except Exception:  # unreadable or unreachable: from_pretrained reports it
+        return None
+    return name if isinstance(name, str) else None
 
 
 class DiffusersBackbone(Backbone, declares_hooks=True):

@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from setseq.backbones.base import BenchShape, Family, TinyModel
-from setseq.backbones.diffusers_backbone import DiffusersBackbone
+from setseq.backbones.diffusers_backbone import DiffusersBackbone, index_class_name
 from setseq.backbones.tiny import TINY_WORDS, build_word_tokenizer
 from setseq.errors import SetseqError
 from setseq.prompts import PromptEmbeds
@@ -57,33 +56,18 @@ def default_instruction() -> tuple[str, ...]:
     # (heavy to import: loaded where used)
     from diffusers import SanaVideoPipeline
 
-    return tuple(inspect.signature(SanaVideoPipeline.__call__).parameters["complex_human_instruction"].default)
-
-
-def _index_class(model_id: str) -> str | None:
-    """The `_class_name` of a checkpoint's model_index.json (a hub id's read through diffusers); None when it
-    cannot be read (the loader then says what is wrong)."""
-    index = Path(model_id) / "model_index.json"
-    try:
-        if index.is_file():
-            name = json.loads(index.read_text()).get("_class_name")
-        elif not Path(model_id).exists():
-            # (heavy to import: loaded where used)
-            from diffusers import DiffusionPipeline
-
-            name = DiffusionPipeline.load_config(model_id).get("_class_name")
-        else:
-            name = None
-    except Exception:  # unreadable or unreachable: from_pretrained reports it
-        return None
-    return name if isinstance(name, str) else None
+    return tuple(
+        inspect.signature(SanaVideoPipeline.__call__).parameters["complex_human_instruction"].default
+    )
 
 
 class SanaVideoBackbone(DiffusersBackbone):
     """Sana Video T2V behind the `Backbone` protocol."""
 
     name, label, pipeline_class = "sana-video", "Sana Video", PIPELINE
-    vae_fp32 = True  # the pipeline casts latents to the VAE's dtype before decoding (diffusers' example: fp32)
+    vae_fp32 = (
+        True  # the pipeline casts latents to the VAE's dtype before decoding (diffusers' example: fp32)
+    )
     default_steps, default_guidance = 50, 6.0  # SanaVideoPipeline's defaults
     text_length = TEXT_LENGTH
 
@@ -94,7 +78,7 @@ class SanaVideoBackbone(DiffusersBackbone):
         # (heavy to import: loaded where used)
         import diffusers
 
-        found = _index_class(model_id)
+        found = index_class_name(model_id)
         if found == I2V_PIPELINE:
             raise SetseqError(
                 f"{model_id} is a Sana Video image-to-video checkpoint ({I2V_PIPELINE}); setseq supports Sana "
@@ -197,7 +181,9 @@ class SanaVideoBackbone(DiffusersBackbone):
             timestep=sigmas.to(self.device).float() * 1000.0,
             return_dict=False,
         )[0]
-        return out[:, : noisy.shape[1]].float()  # (a learned-sigma DiT's second half dropped, as the pipeline)
+        return out[
+            :, : noisy.shape[1]
+        ].float()  # (a learned-sigma DiT's second half dropped, as the pipeline)
 
 
 # -- the tiny test model (random weights, built from config). diffusers and transformers are imported inside:
@@ -210,7 +196,12 @@ def build_tiny_sana_video(
     VAE of `build_tiny_wan` (8x space, 4x time), a `SanaVideoTransformer3DModel` of width 24, and the flow
     DPM-Solver (shift 8), as `SanaVideoPipeline` is built."""
     # (heavy to import: loaded where used)
-    from diffusers import AutoencoderKLWan, DPMSolverMultistepScheduler, SanaVideoPipeline, SanaVideoTransformer3DModel
+    from diffusers import (
+        AutoencoderKLWan,
+        DPMSolverMultistepScheduler,
+        SanaVideoPipeline,
+        SanaVideoTransformer3DModel,
+    )
     from transformers import Gemma2Config, Gemma2Model
 
     folder = Path(folder)
@@ -256,10 +247,20 @@ FAMILY = Family(
             "sana-video",
             "SanaVideoTransformer3DModel",
             dict(
-                in_channels=16, out_channels=16, num_attention_heads=20, attention_head_dim=112, num_layers=20,
-                num_cross_attention_heads=20, cross_attention_head_dim=112, cross_attention_dim=2240,
-                caption_channels=2304, mlp_ratio=3.0, patch_size=(1, 2, 2), sample_size=30,
-                qk_norm="rms_norm_across_heads", rope_max_seq_len=1024,
+                in_channels=16,
+                out_channels=16,
+                num_attention_heads=20,
+                attention_head_dim=112,
+                num_layers=20,
+                num_cross_attention_heads=20,
+                cross_attention_head_dim=112,
+                cross_attention_dim=2240,
+                caption_channels=2304,
+                mlp_ratio=3.0,
+                patch_size=(1, 2, 2),
+                sample_size=30,
+                qk_norm="rms_norm_across_heads",
+                rope_max_seq_len=1024,
             ),  # fmt: skip
             16,
             TEXT_LENGTH,
