@@ -27,15 +27,21 @@ def bb(tiny_dir):
     return load_backbone("sana-video", str(tiny_dir))
 
 
+def pipeline_embeds(bb, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The embeddings and mask `SanaVideoPipeline` gives its DiT for `prompts` (its default instruction)."""
+    embeds, mask, _, _ = bb.pipe.encode_prompt(
+        prompts, do_classifier_free_guidance=False, max_sequence_length=bb.text_length,
+        complex_human_instruction=bb.instruction,
+    )  # fmt: skip
+    return embeds, mask
+
+
 def test_prompt_mask_marks_the_prompts_own_tokens(bb):
     """Of the tokens the pipeline keeps (the instruction's tail, the prompt, padding), the mask marks the
     prompt's words only; the embeddings are the pipeline's own, with the padding rows zeroed."""
     prompts = ["A sks dog running in the park", "a red car"]
     p = bb.encode_prompt(prompts)
-    ref, ref_mask, _, _ = bb.pipe.encode_prompt(
-        prompts, do_classifier_free_guidance=False, max_sequence_length=bb.text_length,
-        complex_human_instruction=bb.instruction,
-    )  # fmt: skip
+    ref, ref_mask = pipeline_embeds(bb, prompts)
     assert p.embeds.shape == ref.shape == (2, bb.text_length, 16)
     torch.testing.assert_close(p.embeds, ref.float() * ref_mask[..., None])
     # The tiny tokenizer has one token a word and appends </s>; the pipeline keeps the first token of
@@ -50,10 +56,7 @@ def test_forward_is_the_pipelines_dit_call(bb):
     token masking drops leaves the attention: the same as masking it in the pipeline's call."""
     prompts = ["a sks dog running", "a red car"]
     p = bb.encode_prompt(prompts)
-    ref, ref_mask, _, _ = bb.pipe.encode_prompt(
-        prompts, do_classifier_free_guidance=False, max_sequence_length=bb.text_length,
-        complex_human_instruction=bb.instruction,
-    )  # fmt: skip
+    ref, ref_mask = pipeline_embeds(bb, prompts)
     g = torch.Generator().manual_seed(0)
     x, sig = torch.randn(2, 16, 3, 4, 4, generator=g), torch.tensor([0.3, 0.8])
 
