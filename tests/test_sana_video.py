@@ -101,9 +101,14 @@ def _relabelled(tiny_dir, folder, class_name: str) -> str:
 
 def test_image_to_video_checkpoint_is_refused_in_one_line(tiny_dir, tmp_path):
     """The I2V pipeline runs on the same components, but pins the first frame with a per-token timestep, which
-    setseq's image condition does not express: the folder is recognised as Sana Video, then refused."""
+    setseq's image condition does not express: refused by `--model` alone (naming the supported pipelines) and
+    with `--backbone sana-video` (naming Sana Video's text-to-video one)."""
     folder = _relabelled(tiny_dir, tmp_path / "i2v", "SanaImageToVideoPipeline")
-    assert guess_backbone(folder) == "sana-video"
+    with pytest.raises(
+        SetseqError, match=r"'SanaImageToVideoPipeline'.*not support.*SanaVideoPipeline"
+    ) as err:
+        guess_backbone(folder)
+    assert "\n" not in str(err.value)
     with pytest.raises(SetseqError) as err:
         load_backbone("sana-video", folder)
     msg = str(err.value)

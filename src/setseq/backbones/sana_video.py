@@ -239,8 +239,9 @@ FAMILY = Family(
     "sana-video",
     SanaVideoBackbone.load,
     fps=16.0,  # diffusers' example exports at 16 fps
-    # text-to-video; the image-to-video one is recognised to be refused in one line (`pipeline_for`)
-    pipelines=(PIPELINE, I2V_PIPELINE),
+    # text-to-video only: SanaImageToVideoPipeline is refused, by `--model` alone as any unsupported pipeline
+    # is, and with `--backbone sana-video` by `pipeline_for`
+    pipelines=(PIPELINE,),
     comfyui=None,  # no native Sana Video model in ComfyUI: no key names to write (diffusers-only)
     shapes={
         "sana-video-2b": BenchShape(
