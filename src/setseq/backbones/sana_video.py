@@ -8,11 +8,13 @@ express).
   sigma * 1000): the flow DPM-Solver (`prediction_type="flow_prediction"`) reads the output so. Training sigmas:
   u uniform, then the scheduler's `flow_shift`.
 - Latents: the pipeline's un-normalisation inverted, (z - latents_mean) / latents_std, with the Wan VAE's config
-  values (or the LTX-2 VAE's buffers, which the pipeline also takes); strides are the pipeline's.
+  values (or the LTX-2 VAE's buffers, which the pipeline also takes: untested here, no tiny build has it; the
+  2B 480p checkpoint's VAE is Wan's); strides are the pipeline's.
 - Text: Gemma 2 through the pipeline's own `encode_prompt`, with the pipeline's default "complex human
   instruction" prepended (as generation runs it, and as SimpleTuner trains Sana Video), so training sees the
   conditioning that `SanaVideoPipeline(...)` gives a user's prompt. The pipeline keeps the first token and the
-  last `max_sequence_length - 1` (300) of instruction + prompt: the tail of the instruction, the prompt, padding.
+  last 299 (`max_sequence_length` 300, less one) of instruction + prompt: the instruction's tail, the prompt,
+  padding.
   `PromptEmbeds.mask` marks the prompt's own tokens (token masking drops only those); padding rows are zeroed
   (the DiT masks them: the output does not change), and the DiT's attention mask is the non-zero rows, so a
   token that token masking drops leaves the attention too.
@@ -22,7 +24,7 @@ express).
   (`use_resolution_binning=False`: the pipeline would otherwise snap the size to an aspect-ratio bin and resize
   back), with `frames=` (the pipeline's name for the clip length).
 - ComfyUI: no native Sana Video model in ComfyUI (`comfy/ldm` has no Sana, and ComfyUI's Sana image request is
-  open), so there are no key names to write: the export is diffusers-only.
+  open, Comfy-Org/ComfyUI#6136), so there are no key names to write: the export is diffusers-only.
 """
 
 from __future__ import annotations
@@ -44,9 +46,10 @@ PIPELINE, I2V_PIPELINE = "SanaVideoPipeline", "SanaImageToVideoPipeline"
 TEXT_LENGTH = 300  # SanaVideoPipeline's default max_sequence_length
 # Every linear of self-attention (attn1) and cross-attention (attn2) in the DiT blocks; the FFN has none.
 SANA_VIDEO_LORA_TARGETS = (r"^transformer_blocks\.\d+\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$",)
-# The pipeline's default size for its checkpoints' `sample_size` (its aspect-ratio bins, 0.57: 9:16 landscape)
+# The default size for a checkpoint's `sample_size`: the pipeline's aspect-ratio bin of height / width 0.57
+# (16:9 landscape) at 480p (its default 480x832) and 720p
 NATIVE_SIZE = {30: (480, 832), 22: (704, 1280)}
-# The VAEs whose latents the pipeline un-normalises with a mean and std (any other: mean 0, std 1)
+# The VAEs whose latents the pipeline un-normalises with a mean and std (another VAE is refused)
 _VAES = ("AutoencoderKLWan", "AutoencoderKLLTX2Video")
 
 
