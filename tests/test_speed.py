@@ -33,6 +33,7 @@ PUBLISHED = {
     "ltx-2.5": 18.92,  # LTX-2's dimensions with the 2.5 switches (the published 2.5 config not read here)
     "skyreels-v2-1.3b": 1.42,  # Wan 2.1 1.3B's shape
     "skyreels-v2-14b": 14.29,  # Wan 2.1 14B's shape
+    "sana-video-2b": 2.06,  # SANA-Video_2B_480p_diffusers' transformer config (mlp_ratio 3), counted
 }
 
 

@@ -24,5 +24,6 @@ FAMILIES: dict[str, str] = {
     "ltx2": "setseq.backbones.ltx2",
     "hunyuan15": "setseq.backbones.hunyuan15",
     "skyreels-v2": "setseq.backbones.skyreels_v2",
+    "sana-video": "setseq.backbones.sana_video",
     "toy": "setseq.backbones.toy",
 }

@@ -15,12 +15,14 @@ A family file (`wan.py`, `ltx.py`, `hunyuan.py`, ...: `registry.BUILTIN`) holds 
   `BackboneInfo` fields that differ (default size, multiples, image input, LoRA targets, extra);
 - `forward`: the DiT call (timestep convention, packing, rotary positions, extra inputs);
 - where the family differs from the default: `encode_prompt`, `fingerprint_configs`, `vae_decode`,
-  `pipeline_kwargs`, `guidance_kwargs`, `image_pipeline`, `pipeline_for`; a family with another objective overrides
+  `pipeline_kwargs`, `guidance_kwargs`, `clip_kwargs`, `image_pipeline`, `pipeline_for`; a family with another objective overrides
   `sample_sigmas`, `noisy` and `training_target` (hooks of `setseq.backbones.base.Backbone`).
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -51,6 +53,26 @@ def fingerprint(configs: list[dict]) -> str:
 def plain_config(cfg) -> dict:
     """A diffusers config without its private keys (`_class_name`, `_diffusers_version`, ...)."""
     return {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
+
+
+def index_class_name(model_id: str) -> str | None:
+    """The `_class_name` of a checkpoint's model_index.json (a hub id's read through diffusers: the hub cache, else
+    a download of that one file); None when it cannot be read (the loader then says what is wrong). For a family
+    whose `pipeline_for` picks or refuses by it."""
+    index = Path(model_id) / "model_index.json"
+    try:
+        if index.is_file():
+            name = json.loads(index.read_text()).get("_class_name")
+        elif not Path(model_id).exists():
+            # (heavy to import: loaded where used)
+            from diffusers import DiffusionPipeline
+
+            name = DiffusionPipeline.load_config(model_id).get("_class_name")
+        else:
+            name = None
+    except Exception:  # unreadable or unreachable: from_pretrained reports it
+        return None
+    return name if isinstance(name, str) else None
 
 
 class DiffusersBackbone(Backbone, declares_hooks=True):
@@ -149,6 +171,14 @@ class DiffusersBackbone(Backbone, declares_hooks=True):
         """The pipeline-call arguments that set the guidance scale and the text length (HunyuanVideo 1.5's
         pipeline takes neither: its guider holds the scale)."""
         return {"guidance_scale": guidance_scale, "max_sequence_length": self.text_length}
+
+    def clip_kwargs(self, frames: int, negative_prompt: str) -> dict[str, Any]:
+        """The pipeline-call arguments for the clip length and the negative prompt (Sana Video's pipeline calls
+        the first `frames` and wants "" for no negative prompt, not None)."""
+        kwargs: dict[str, Any] = {"num_frames": frames}
+        if self.negative_prompt:
+            kwargs["negative_prompt"] = negative_prompt or None
+        return kwargs
 
     def image_pipeline(self, image: np.ndarray) -> tuple[Any, dict[str, Any]]:
         """The pipeline and its extra arguments for image-to-video (a family whose `info.image` is not "none")."""
@@ -262,14 +292,12 @@ class DiffusersBackbone(Backbone, declares_hooks=True):
         frame, (H, W, 3) uint8 already at the video's size, for a model whose `info.image` is not "none"."""
         check_image_input(self.info, image is not None)
         pipe, extra = (self.pipe, {}) if image is None else self.image_pipeline(image)
-        if self.negative_prompt:
-            extra["negative_prompt"] = negative_prompt or None
+        extra.update(self.clip_kwargs(frames or self.info.frames, negative_prompt))
         pipe.set_progress_bar_config(disable=not progress)
         out = pipe(
             prompt=prompt,
             height=height or self.info.height,
             width=width or self.info.width,
-            num_frames=frames or self.info.frames,
             num_inference_steps=steps or self.default_steps,
             generator=torch.Generator(device="cpu").manual_seed(seed),
             output_type="pt",

@@ -32,7 +32,6 @@ the VAE's `latents_mean` / `latents_std`, exactly as `WanPipeline` un-normalises
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ import torch
 from torch import nn
 
 from setseq.backbones.base import BenchShape, Family, TinyModel
-from setseq.backbones.diffusers_backbone import DiffusersBackbone
+from setseq.backbones.diffusers_backbone import DiffusersBackbone, index_class_name
 from setseq.backbones.tiny import TINY_WORDS, build_word_tokenizer, tiny_umt5
 from setseq.errors import SetseqError
 from setseq.prompts import ImageCondition, PromptEmbeds
@@ -195,16 +194,7 @@ class WanBackbone(DiffusersBackbone):
         # (heavy to import: loaded where used)
         import diffusers
 
-        index = Path(model_id) / "model_index.json"
-        try:
-            if index.is_file():
-                cls_name = json.loads(index.read_text()).get("_class_name")
-            elif not Path(model_id).exists():
-                cls_name = diffusers.DiffusionPipeline.load_config(model_id).get("_class_name")
-            else:
-                cls_name = None
-        except Exception:  # unreadable or unreachable: the text-to-video loader reports what is wrong
-            cls_name = None
+        cls_name = index_class_name(model_id)
         return getattr(diffusers, cls._i2v_class if cls_name == cls._i2v_class else cls.pipeline_class)
 
     # -- text ------------------------------------------------------------------------------------------------
