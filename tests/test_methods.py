@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from setseq.backbones.base import BackboneInfo
+from setseq.backbones.base import Backbone, BackboneInfo
 from setseq.config import METHODS, resolve_config
 from setseq.errors import SetseqError
 from setseq.functional import flow_matching as fm
@@ -30,15 +30,16 @@ TOY_OVERRIDES = [
 ]
 
 
-class RecordingBackbone:
-    """A flow-matching backbone whose DiT is a fixed linear map; it records what `predict` received."""
+class RecordingBackbone(Backbone):
+    """A flow-matching backbone whose DiT is a fixed linear map; it records what `predict` received (the
+    protocol's defaults for the rest: flow matching's `noisy` and `training_target`)."""
 
     def __init__(self, self_cond: bool = True) -> None:
         self.device, self.dtype = torch.device("cpu"), torch.float32
         self.info = BackboneInfo("rec", "rec", "0", 8, 8, 1, 4, 8, supports_self_conditioning=self_cond)
         self.calls: list[torch.Tensor | None] = []
 
-    def sample_sigmas(self, batch: int, generator=None) -> torch.Tensor:
+    def sample_sigmas(self, batch: int, generator=None, between=None) -> torch.Tensor:
         return torch.rand(batch, generator=generator).clamp(0.05, 0.95)
 
     def predict(self, noisy, sigmas, prompt, self_cond=None):

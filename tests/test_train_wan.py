@@ -74,9 +74,9 @@ def test_outputs_and_metadata(run_dir):
 
 
 def test_exactly_the_intended_parameters_change(run_dir, tiny_wan_dir):
-    from setseq.backbones.wan import load_wan
+    from setseq.backbones.wan import WanBackbone
 
-    bb = load_wan(str(tiny_wan_dir), torch.device("cpu"), torch.float32)
+    bb = WanBackbone.load(str(tiny_wan_dir), torch.device("cpu"), torch.float32)
     L.inject(bb.transformer, L.LoraSpec(4, 4.0, "down", bb.info.lora_targets), seed=0)
     init = L.identity_state(bb.transformer)
     s1 = C.read_checkpoint(run_dir / "checkpoints" / "stage1-000003").lora()
@@ -262,12 +262,12 @@ def test_init_lora_starts_a_new_run_from_weights(run_dir, tiny_wan_dir, tmp_path
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_wan_dir):
-    from setseq.backbones.wan import load_wan
+    from setseq.backbones.wan import WanBackbone
     from setseq.train.loop import Batch, denoising_loss
 
     grads = []
     for ckpt in (False, True):
-        bb = load_wan(str(tiny_wan_dir), torch.device("cpu"), torch.float32)
+        bb = WanBackbone.load(str(tiny_wan_dir), torch.device("cpu"), torch.float32)
         L.inject(bb.transformer, L.LoraSpec(4, 4.0, "down", bb.info.lora_targets), seed=0)
         params = L.set_stage(bb.transformer, 1, 0.8)
         for layer in L.get_layers(bb.transformer).values():
@@ -286,10 +286,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_wan_dir):
 
 
 def test_tokens_per_sample_matches_the_dit(tiny_wan_dir):
-    from setseq.backbones.wan import load_wan
+    from setseq.backbones.wan import WanBackbone
     from setseq.memory import tokens_per_sample
 
-    bb = load_wan(str(tiny_wan_dir), torch.device("cpu"), torch.float32)
+    bb = WanBackbone.load(str(tiny_wan_dir), torch.device("cpu"), torch.float32)
     seen = {}
     handle = bb.transformer.blocks[0].register_forward_hook(lambda m, a, o: seen.update(n=a[0].shape[1]))
     x = torch.randn(1, 16, 3, 4, 6)

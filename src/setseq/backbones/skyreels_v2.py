@@ -63,7 +63,9 @@ def _as_skyreels(wan_folder: Path, folder: Path, i2v: bool) -> Path:
     # (heavy to import: loaded where used)
     import diffusers
 
-    wan = (diffusers.WanImageToVideoPipeline if i2v else diffusers.WanPipeline).from_pretrained(wan_folder)
+    wan = (diffusers.WanImageToVideoPipeline if i2v else diffusers.WanPipeline).from_pretrained(
+        wan_folder, use_safetensors=True
+    )
     config = {k: v for k, v in wan.transformer.config.items() if not k.startswith("_")}
     dit = diffusers.SkyReelsV2Transformer3DModel.from_config(config).eval()
     dit.load_state_dict(wan.transformer.state_dict(), strict=True)

@@ -330,9 +330,6 @@ class WanBackbone(DiffusersBackbone):
         return self._i2v_pipe
 
 
-# Loads T2V, TI2V-5B or I2V (the pipeline class its model_index.json names).
-
-
 # -- the tiny test model (random weights, built from config). diffusers and transformers are imported inside:
 # they take seconds, and only tests and benchmarks build one.
 def build_tiny_wan(

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import yaml
 
-from setseq.config import METHODS, resolve_config
+from setseq.config import ASSETS, METHODS, resolve_config
 from setseq.data.synthetic import CONCEPTS
 from setseq.data.video import from_tensor, load_clip, write_video
 from setseq.errors import SetseqError
@@ -68,7 +68,6 @@ from setseq.tools.ceiling import CeilingCache, composited_colours, model_fingerp
 from setseq.tools.demo import DEMO_CONFIG, with_concept_mask
 from setseq.train.run import train
 
-ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_SUITE = ASSETS / "concepts" / "concepts.json"
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from setseq.config import DataConfig, resolve_config
+from setseq.config import ASSETS, TOY_RECIPE, DataConfig, resolve_config
 from setseq.data.synthetic import CONCEPTS, ConceptSpec, render_mask
 from setseq.data.video import from_tensor, load_clip, write_video
 from setseq.errors import SetseqError
@@ -50,9 +50,8 @@ from setseq.tools.ceiling import CeilingCache, composited_colours
 from setseq.train.methods import effective_config, uses_mask
 from setseq.train.run import train
 
-ASSETS = Path(__file__).resolve().parent / "assets"
 CONCEPT_DIR = ASSETS / "concepts"
-DEMO_CONFIG = ASSETS / "toy-demo.yaml"
+DEMO_CONFIG = TOY_RECIPE
 MARKER = ".setseq-demo"
 #: The demo's concept: of the shipped ones, one whose look and motion the default toy model gets wrong from
 #: its caption on every seed measured (BENCHMARKS.md, "Demo"), so the run shows what personalization adds.
