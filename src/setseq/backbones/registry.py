@@ -23,6 +23,7 @@ BUILTIN = {
     "hunyuan": "setseq.backbones.hunyuan",
     "ltx2": "setseq.backbones.ltx2",
     "hunyuan15": "setseq.backbones.hunyuan15",
+    "kandinsky5": "setseq.backbones.kandinsky5",
     "toy": "setseq.backbones.toy",
 }
 _REGISTERED: dict[str, Family] = {}
