@@ -30,6 +30,7 @@ PUBLISHED = {
     "hunyuan": 12.82,
     "ltx-2": 19.0,
     "hunyuan-1.5": 8.33,  # "8.3B" on tencent/HunyuanVideo-1.5's model card
+    "kandinsky5-lite": 2.01,  # "2B" on kandinskylab/Kandinsky-5.0-T2V-Lite-sft-5s-Diffusers' model card
 }
 
 

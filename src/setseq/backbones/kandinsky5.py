@@ -46,6 +46,7 @@ import torch.nn.functional as F
 
 from setseq.backbones.base import BenchShape, Family, TinyModel
 from setseq.backbones.diffusers_backbone import DiffusersBackbone
+from setseq.backbones.hunyuan import tiny_hunyuan_vae
 from setseq.backbones.tiny import TINY_WORDS, build_word_tokenizer
 from setseq.errors import SetseqError
 from setseq.prompts import PromptEmbeds
@@ -204,7 +205,9 @@ class Kandinsky5Backbone(DiffusersBackbone):
         out = torch.cat(outs)[torch.argsort(torch.cat(order))]  # back to the batch's order
         return out.permute(0, 4, 1, 2, 3).float()  # (B, C, f, h, w)
 
-    def _dit(self, x: torch.Tensor, text: torch.Tensor, pooled: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _dit(
+        self, x: torch.Tensor, text: torch.Tensor, pooled: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
         """One DiT call as the pipeline makes it: x (B, f, h, w, C_in), text (B, L, D) -> (B, f, h, w, C)."""
         _, f, h, w, _ = x.shape
         _, ph, pw = self.transformer.config.patch_size
@@ -253,19 +256,24 @@ def build_tiny_kandinsky5(
     `visual_cond` DiT (2 x latent + 1 input channels, as the released T2V configs) with its modulation re-drawn
     (`redraw_modulation`), shift 5.
 
-    The word-level tokenizer splits the pipeline's system template into 148 tokens, not Qwen's 128, so the
-    crop at 128 keeps the template's last 20 words before the prompt: the DiT sees them as prompt tokens, in
-    the pipeline's generation and in setseq's training alike."""
+    The word-level tokenizer splits the part of the pipeline's system template before the prompt into 140
+    tokens, not Qwen's 128, so the crop at 128 keeps its last 12 before the prompt (and, as with Qwen, the
+    end-of-turn tokens after it): the DiT sees them as prompt tokens, in the pipeline's generation and in
+    setseq's training alike."""
     # (heavy to import: loaded where used)
     from diffusers import (
-        AutoencoderKLHunyuanVideo,
         FlowMatchEulerDiscreteScheduler,
         Kandinsky5T2VPipeline,
         Kandinsky5Transformer3DModel,
     )
 
     # (heavy to import: loaded where used)
-    from transformers import CLIPTextConfig, CLIPTextModel, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+    )
 
     folder = Path(folder)
     torch.manual_seed(seed)
@@ -281,7 +289,9 @@ def build_tiny_kandinsky5(
         spatial_merge_size=1, temporal_patch_size=1, in_chans=3,
     )  # fmt: skip
     text_encoder = Qwen2_5_VLForConditionalGeneration(
-        Qwen2_5_VLConfig(text_config=text, vision_config=vision, pad_token_id=0, eos_token_id=1, bos_token_id=1)
+        Qwen2_5_VLConfig(
+            text_config=text, vision_config=vision, pad_token_id=0, eos_token_id=1, bos_token_id=1
+        )
     ).eval()
     text_encoder_2 = CLIPTextModel(
         CLIPTextConfig(
@@ -290,13 +300,7 @@ def build_tiny_kandinsky5(
             projection_dim=8,
         )
     ).eval()  # fmt: skip
-    vae = AutoencoderKLHunyuanVideo(
-        in_channels=3, out_channels=3, latent_channels=latent_channels,
-        down_block_types=("HunyuanVideoDownBlock3D",) * 4, up_block_types=("HunyuanVideoUpBlock3D",) * 4,
-        block_out_channels=(8, 8, 8, 8), layers_per_block=1, act_fn="silu", norm_num_groups=4,
-        scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4,
-        mid_block_add_attention=True,
-    ).eval()  # fmt: skip
+    vae = tiny_hunyuan_vae(latent_channels)  # HunyuanVideo's VAE
     transformer = Kandinsky5Transformer3DModel(
         in_visual_dim=latent_channels, out_visual_dim=latent_channels, in_text_dim=16, in_text_dim2=8, time_dim=16,
         patch_size=(1, 2, 2), model_dim=32, ff_dim=64, num_text_blocks=1, num_visual_blocks=layers,
