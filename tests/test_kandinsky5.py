@@ -178,3 +178,34 @@ def test_comfyui_names_are_the_diffusers_modules_under_diffusion_model(tiny_dir,
         base = bb.predict(x, sig, prompt)
     assert (preds[0] - base).abs().max() > 1e-4
     torch.testing.assert_close(preds[1], preds[0], rtol=0, atol=0)
+
+
+def test_nabla_checkpoints_train_and_sample_with_full_attention(tiny_dir, tmp_path):
+    """A NABLA checkpoint (the 10 s and Pro configs): setseq's DiT call and its pipeline's sampling pass no
+    sparse parameters (flex attention has no backward on the CPU), so a LoRA trains through it on the CPU and
+    it samples at sizes NABLA's 8 x 8 patch blocks could not take."""
+    from setseq import lora as L
+
+    folder = tmp_path / "nabla"
+    shutil.copytree(tiny_dir, folder)
+    cfg = json.loads((folder / "transformer" / "config.json").read_text())
+    cfg.update(
+        attention_type="nabla", attention_P=0.9, attention_wT=11, attention_wH=3, attention_wW=3,
+        attention_add_sta=True, attention_method="topcdf",
+    )  # fmt: skip
+    (folder / "transformer" / "config.json").write_text(json.dumps(cfg))
+    bb = load_backbone("kandinsky5", str(folder))
+    assert bb.info.extra["attention"] == "nabla" and bb.info.spatial_multiple == 16
+    assert bb.pipe.get_sparse_params(torch.zeros(1, 2, 16, 16, 9), "cpu") is None
+    L.inject(bb.transformer, L.LoraSpec(4, 4.0, "down", bb.info.lora_targets), seed=0)
+    L.set_stage(bb.transformer, 1)
+    p = bb.encode_prompt(["a sks dog"])
+    x, sig = torch.randn(1, 4, 2, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([0.5])
+    bb.predict(x, sig, p).square().mean().backward()
+    ups = [layer.up for layer in L.get_layers(bb.transformer).values()]
+    assert len(ups) == 20 and all(u.grad is not None and float(u.grad.abs().max()) > 0 for u in ups)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            bb.predict(x, sig, p), _pipeline_call(bb, x, *bb.pipe.encode_prompt("a sks dog")[:2], sig)
+        )
+    assert bb.generate("a sks dog", frames=5, height=32, width=48, steps=1).shape == (5, 3, 32, 48)

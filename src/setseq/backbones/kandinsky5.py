@@ -10,8 +10,16 @@ concatenated condition setseq's `ImageCondition` carries.
 - DiT call, as `Kandinsky5T2VPipeline.__call__` makes it: latents channels-last (B, f, h, w, C); with
   `visual_cond` (every released T2V config) 2C + 1 input channels, the latents then a condition latent and a
   condition mask, both zeros for text-to-video; RoPE positions `arange` over latent frames and patches and over
-  the text tokens; the pipeline's RoPE `scale_factor` for the pixel size (`_get_scale_factor`); its sparse
-  NABLA parameters where the config asks for NABLA attention (the 10 s and Pro checkpoints), else none.
+  the text tokens; the pipeline's RoPE `scale_factor` for the pixel size (`_get_scale_factor`); no sparse
+  attention parameters.
+- NABLA checkpoints (`attention_type: nabla`: the 10 s Lite and the Pro ones): setseq trains and samples them
+  with full attention (the backbone's pipeline gets a `get_sparse_params` that answers None). NABLA is a
+  block-sparse approximation of that attention (per block of 64 queries, the key blocks that hold the share
+  `attention_P` of its block-pooled attention, plus a local window); diffusers runs it through flex attention,
+  which has no backward on the CPU and needs `torch.compile` to fit a real clip on a GPU, neither of which
+  setseq's training does. The LoRA loads into diffusers' pipeline unchanged, which then samples with NABLA
+  (set up as diffusers' docs say: `pipe.transformer.set_attention_backend("flex")`, and compiled): how well a
+  LoRA trained under full attention carries over there was not measured, nor was either run at real size.
 - Text: Qwen2.5-VL's last hidden states after the pipeline's system template (its first 128 tokens cropped)
   and CLIP's pooled output (`PromptEmbeds.pooled`), both through the pipeline's own `encode_prompt`, one prompt
   at a time: the DiT takes **no text mask**, so the pipeline's padding of a batch to its longest prompt would
@@ -24,7 +32,7 @@ concatenated condition setseq's `ImageCondition` carries.
 - Latents: the VAE's posterior mean times `scaling_factor` (no shift), as the pipeline divides before decoding;
   the VAE is HunyuanVideo's (8x space, 4x time, causal: one frame encodes to one latent frame, so stage 1
   uses that latent as is), tiled for real checkpoints as a 121-frame decode needs it. Clips of 4k+1 frames,
-  sides multiples of 16 (of 128 under NABLA attention, which works on 8x8 blocks of 2x2 patches).
+  sides multiples of 16 (diffusers' NABLA sampling also needs multiples of 128: 8x8 blocks of 2x2 patches).
 - LoRA targets: the visual blocks' self-attention and cross-attention (`to_query`, `to_key`, `to_value`,
   `out_layer`) and FFN (`feed_forward.in_layer` / `out_layer`): 10 linears a block. Not the text blocks (the
   text stream), the modulation linears (kept in fp32 by diffusers), nor the embeddings and output layer.
@@ -97,6 +105,11 @@ def check_pipeline(model_id: str, cls: str | None) -> None:
     )
 
 
+def _no_sparse_params(sample: torch.Tensor, device: torch.device) -> None:
+    """`Kandinsky5T2VPipeline.get_sparse_params` for full attention (a NABLA checkpoint in setseq)."""
+    return None
+
+
 def _kept(mask: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Groups of samples with as many kept tokens: (sample indices, their kept tokens' columns (n, k), in
     order). A sample that keeps none keeps its first column (a zero row): the DiT needs one text token. On the
@@ -135,7 +148,10 @@ class Kandinsky5Backbone(DiffusersBackbone):
         self.sigma_shift = float(self.pipe.scheduler.config.get("shift", 1.0))
         self.vae_stride = int(vcfg.spatial_compression_ratio)
         pt, ph, _ = (int(p) for p in tcfg.patch_size)
-        nabla = tcfg.attention_type == "nabla"
+        if tcfg.attention_type == "nabla":
+            # Full attention in setseq's training and generation (see the module's docstring): the pipeline
+            # then passes the DiT no sparse parameters.
+            self.pipe.get_sparse_params = _no_sparse_params
         if self.is_tiny():
             height, width, frames = 32, 32, 9
         else:  # the pipeline's defaults
@@ -146,8 +162,7 @@ class Kandinsky5Backbone(DiffusersBackbone):
             width=width,
             frames=frames,
             frame_multiple=int(vcfg.temporal_compression_ratio) * pt,
-            # NABLA's fractal token order groups 8 x 8 patches (`get_sparse_params`)
-            spatial_multiple=self.vae_stride * ph * (8 if nabla else 1),
+            spatial_multiple=self.vae_stride * ph,
             lora_targets=LORA_TARGETS,
             extra={
                 "flow_shift": self.sigma_shift,
@@ -211,9 +226,6 @@ class Kandinsky5Backbone(DiffusersBackbone):
         """One DiT call as the pipeline makes it: x (B, f, h, w, C_in), text (B, L, D) -> (B, f, h, w, C)."""
         _, f, h, w, _ = x.shape
         _, ph, pw = self.transformer.config.patch_size
-        sparse = None
-        if self.transformer.config.attention_type == "nabla":
-            sparse = self.pipe.get_sparse_params(x, self.device)
         return self.transformer(
             hidden_states=x,
             encoder_hidden_states=text,
@@ -226,7 +238,7 @@ class Kandinsky5Backbone(DiffusersBackbone):
             ],
             text_rope_pos=torch.arange(text.shape[1], device=self.device),
             scale_factor=self.pipe._get_scale_factor(h * self.vae_stride, w * self.vae_stride),
-            sparse_params=sparse,
+            sparse_params=None,  # full attention, NABLA checkpoints too
             return_dict=True,  # (with False diffusers returns the bare tensor, not a tuple)
         ).sample
 
