@@ -31,6 +31,7 @@ PUBLISHED = {
     "ltx-2": 19.0,
     "hunyuan-1.5": 8.33,  # "8.3B" on tencent/HunyuanVideo-1.5's model card
     "kandinsky5-lite": 2.01,  # "2B" on kandinskylab/Kandinsky-5.0-T2V-Lite-sft-5s-Diffusers' model card
+    "kandinsky5-pro": 19.31,  # "19B" on kandinskylab/Kandinsky-5.0-T2V-Pro-sft-5s' model card
 }
 
 
@@ -63,7 +64,7 @@ def test_flop_count_matches_torch_counter(tiny_wan_dir):
 
 # The widest (width 3072-5120) take 15-50 s each on 2 cores even with one block, HunyuanVideo 1.5 (its 1256 text
 # tokens through a 2048-wide block and token refiner) about 70 s: in the slow run.
-HEAVY = {"wan-14b", "cogvideox-5b", "hunyuan", "ltx-2", "hunyuan-1.5"}
+HEAVY = {"wan-14b", "cogvideox-5b", "hunyuan", "ltx-2", "hunyuan-1.5", "kandinsky5-pro"}
 
 
 @pytest.mark.parametrize(

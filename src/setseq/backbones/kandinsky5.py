@@ -333,8 +333,9 @@ def comfyui_slot(module: str) -> tuple[str, int]:
 
 
 # Kandinsky 5.0 T2V Lite (ai-forever/Kandinsky-5 configs/config_5s_sft.yaml; diffusers'
-# kandinskylab/Kandinsky-5.0-T2V-Lite-sft-5s-Diffusers): 2.0B parameters. Text: 256 Qwen2.5-VL tokens (the
-# reference config's text length, a long prompt), 3584 wide, and CLIP ViT-L's 768-wide pooled embedding.
+# kandinskylab/Kandinsky-5.0-T2V-Lite-sft-5s-Diffusers): 2.0B parameters; Pro (configs/
+# k5_pro_t2v_5s_sft_hd_parallel.yaml, less its NABLA settings): 19.3B. Text: 256 Qwen2.5-VL tokens (the
+# reference configs' text length, a long prompt), 3584 wide, and CLIP ViT-L's 768-wide pooled embedding.
 FAMILY = Family(
     "kandinsky5",
     Kandinsky5Backbone.load,
@@ -365,7 +366,31 @@ FAMILY = Family(
             pooled_dim=768,
             layer_keys=("num_visual_blocks",),
             note="Kandinsky 5.0 T2V Lite (2B)",
-        )
+        ),
+        "kandinsky5-pro": BenchShape(
+            "kandinsky5",
+            "Kandinsky5Transformer3DModel",
+            dict(
+                in_visual_dim=16,
+                out_visual_dim=16,
+                in_text_dim=3584,
+                in_text_dim2=768,
+                time_dim=1024,
+                patch_size=(1, 2, 2),
+                model_dim=4096,
+                ff_dim=16384,
+                num_text_blocks=4,
+                num_visual_blocks=60,
+                axes_dims=(32, 48, 48),
+                visual_cond=True,
+            ),
+            16,
+            256,
+            3584,
+            pooled_dim=768,
+            layer_keys=("num_visual_blocks",),
+            note="Kandinsky 5.0 T2V Pro (19B; NABLA when sampled, full attention as setseq trains it)",
+        ),
     },
     tiny=(TinyModel("kandinsky5", build_tiny_kandinsky5, T2V_PIPELINE, 9, (32, 48), 2 * 10),),
     backbone=Kandinsky5Backbone,
