@@ -116,7 +116,8 @@ def _as(tiny_dir, tmp_path, class_name: str):
 def test_image_to_video_and_look_alike_checkpoints_are_refused_in_one_line(tiny_dir, tmp_path, capsys):
     """Kandinsky5I2VPipeline (its components are the T2V ones: only the class name tells) and a folder naming
     a pipeline no family has: refused whether the family is guessed from the folder or named, by `setseq
-    train` in one line that names the supported pipeline."""
+    train` in one line that names the supported pipeline. And textual inversion, which has no tokenizer to
+    train through here."""
     assert guess_backbone(str(tiny_dir)) == "kandinsky5"
     i2v, fake = (
         _as(tiny_dir, tmp_path, "Kandinsky5I2VPipeline"),
@@ -142,6 +143,13 @@ def test_image_to_video_and_look_alike_checkpoints_are_refused_in_one_line(tiny_
         code, _, err = run_cli(capsys, "train", "--model", folder, *named, "--video", video, "--out", out)
         assert_one_line_error(code, err, needle, "Kandinsky5T2VPipeline")
         assert not out.exists()
+    # textual inversion: no tokenizer to train through (a template and two encoders), refused in one line
+    code, _, err = run_cli(
+        capsys, "train", "--model", tiny_dir, "--video", video, "--out", tmp_path / "ti", "--frames", "9",
+        "--size", "32x48", "--method", "textual_inversion",
+    )  # fmt: skip
+    assert_one_line_error(code, err, "exposes no text encoder embedding table", "train_embedding=false")
+    assert not (tmp_path / "ti").exists()
 
 
 def test_comfyui_names_are_the_diffusers_modules_under_diffusion_model(tiny_dir, tmp_path):
