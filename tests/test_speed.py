@@ -34,6 +34,8 @@ PUBLISHED = {
     "skyreels-v2-1.3b": 1.42,  # Wan 2.1 1.3B's shape
     "skyreels-v2-14b": 14.29,  # Wan 2.1 14B's shape
     "sana-video-2b": 2.06,  # SANA-Video_2B_480p_diffusers' transformer config (mlp_ratio 3), counted
+    "kandinsky5-lite": 2.01,  # "2B" on kandinskylab/Kandinsky-5.0-T2V-Lite-sft-5s-Diffusers' model card
+    "kandinsky5-pro": 19.31,  # "19B" on kandinskylab/Kandinsky-5.0-T2V-Pro-sft-5s' model card
 }
 
 
@@ -66,7 +68,16 @@ def test_flop_count_matches_torch_counter(tiny_wan_dir):
 
 # The widest (width 3072-5120) take 15-50 s each on 2 cores even with one block, HunyuanVideo 1.5 (its 1256 text
 # tokens through a 2048-wide block and token refiner) about 70 s: in the slow run.
-HEAVY = {"wan-14b", "cogvideox-5b", "hunyuan", "ltx-2", "ltx-2.5", "hunyuan-1.5", "skyreels-v2-14b"}
+HEAVY = {
+    "wan-14b",
+    "cogvideox-5b",
+    "hunyuan",
+    "ltx-2",
+    "ltx-2.5",
+    "hunyuan-1.5",
+    "skyreels-v2-14b",
+    "kandinsky5-pro",
+}
 
 
 @pytest.mark.parametrize(

@@ -25,5 +25,6 @@ FAMILIES: dict[str, str] = {
     "hunyuan15": "setseq.backbones.hunyuan15",
     "skyreels-v2": "setseq.backbones.skyreels_v2",
     "sana-video": "setseq.backbones.sana_video",
+    "kandinsky5": "setseq.backbones.kandinsky5",
     "toy": "setseq.backbones.toy",
 }

@@ -149,6 +149,21 @@ class HunyuanVideoBackbone(DiffusersBackbone):
 
 # -- the tiny test model (random weights, built from config). diffusers and transformers are imported inside:
 # they take seconds, and only tests and benchmarks build one.
+def tiny_hunyuan_vae(latent_channels: int = 4):
+    """A tiny random `AutoencoderKLHunyuanVideo` with the real strides (8 spatial, 4 temporal) and scaling factor:
+    HunyuanVideo's VAE, which Kandinsky 5 uses too."""
+    # (heavy to import: loaded where used)
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    return AutoencoderKLHunyuanVideo(
+        in_channels=3, out_channels=3, latent_channels=latent_channels,
+        down_block_types=("HunyuanVideoDownBlock3D",) * 4, up_block_types=("HunyuanVideoUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8), layers_per_block=1, act_fn="silu", norm_num_groups=4,
+        scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4,
+        mid_block_add_attention=True,
+    ).eval()  # fmt: skip
+
+
 def build_tiny_hunyuan(
     folder: str | Path, seed: int = 0, *, layers: int = 1, latent_channels: int = 4
 ) -> Path:
@@ -161,7 +176,6 @@ def build_tiny_hunyuan(
     template for it (crop 0), as diffusers' own test does."""
     # (heavy to import: loaded where used)
     from diffusers import (
-        AutoencoderKLHunyuanVideo,
         FlowMatchEulerDiscreteScheduler,
         HunyuanVideoPipeline,
         HunyuanVideoTransformer3DModel,
@@ -194,13 +208,7 @@ def build_tiny_hunyuan(
         num_single_layers=layers, num_refiner_layers=1, patch_size=1, patch_size_t=1, guidance_embeds=True,
         text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4),
     ).eval()  # fmt: skip
-    vae = AutoencoderKLHunyuanVideo(
-        in_channels=3, out_channels=3, latent_channels=latent_channels,
-        down_block_types=("HunyuanVideoDownBlock3D",) * 4, up_block_types=("HunyuanVideoUpBlock3D",) * 4,
-        block_out_channels=(8, 8, 8, 8), layers_per_block=1, act_fn="silu", norm_num_groups=4,
-        scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4,
-        mid_block_add_attention=True,
-    ).eval()  # fmt: skip
+    vae = tiny_hunyuan_vae(latent_channels)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=7.0)
     pipe = HunyuanVideoPipeline(
         text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae, scheduler=scheduler,

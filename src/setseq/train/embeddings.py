@@ -35,6 +35,7 @@ def _embedding_module(backbone: Backbone) -> torch.nn.Embedding:
 
 def token_id(backbone: Backbone, token: str) -> int:
     """The one vocabulary id of a concept token; a token the tokenizer splits into pieces is refused."""
+    _embedding_module(backbone)  # a backbone with no tokenizer and table to train through: refused first
     ids = backbone.tokenizer(token, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
         raise SetseqError(
