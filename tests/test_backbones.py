@@ -63,7 +63,7 @@ def trained(request, tmp_path_factory) -> Trained:
     else:
         model_dir = fam.tiny.build(root / "model")
     video = root / "clip.mp4"
-    write_video(video, moving_square_video(13, (fam.tiny.size[0] + 8, fam.tiny.size[1] + 16)), fps=8)
+    write_video(video, moving_square_video(max(13, fam.tiny.frames), (fam.tiny.size[0] + 8, fam.tiny.size[1] + 16)), fps=8)
     # No backbone named: the family comes from the folder's model_index.json, as with `--model FOLDER`.
     assert guess_backbone(str(model_dir)) == fam.backbone
     flags = {
