@@ -149,17 +149,16 @@ def _read_index(model_id: str) -> dict | None:
     return data
 
 
-def _load_pipeline(model_id: str, dtype: torch.dtype, transformer: Any = None):
+def _load_pipeline(model_id: str, dtype: torch.dtype, transformer: Any = None, load_dit: bool = True):
     """The t2va modular pipeline of a local folder or hub id, its components loaded in `dtype` (the DiT too:
-    its fp32 heads stay fp32, `_keep_in_fp32_modules`); `transformer`: a DiT to use instead of the folder's. In
-    `dit_on_meta`, the DiT is built from its config on the meta device."""
+    its fp32 heads stay fp32, `_keep_in_fp32_modules`); `transformer`: a DiT to use instead of the folder's;
+    `load_dit=False`: none (the caller sets one)."""
     # (heavy to import: loaded where used)
-    from diffusers import MiniMaxH3ModularPipeline, ModularPipeline
+    from diffusers import ModularPipeline
 
     index = _read_index(model_id)
-    if transformer is None and _DIT_ON_META.get():
-        transformer = _empty_dits(MiniMaxH3ModularPipeline, model_id)["transformer"]
-    names = [c for c in COMPONENTS if not (c == "transformer" and transformer is not None)]
+    load_dit = load_dit and transformer is None
+    names = [c for c in COMPONENTS if c != "transformer" or load_dit]
     if index is None or (Path(model_id) / "processor").is_dir():
         names.append("processor")
     try:
@@ -199,8 +198,15 @@ class MiniMaxH3Backbone(DiffusersBackbone):
 
     @classmethod
     def load(cls, model_id: str, device: torch.device, dtype: torch.dtype) -> MiniMaxH3Backbone:
-        pipe = _load_pipeline(str(model_id), dtype)  # (the VAE keeps its own fp32 modules, as diffusers loads it)
+        # (heavy to import: loaded where used)
+        from diffusers import MiniMaxH3ModularPipeline
+
+        # In `dit_on_meta`, the DiT is built from its config with parameters on the meta device, set after `to`.
+        empty = _empty_dits(MiniMaxH3ModularPipeline, model_id) if _DIT_ON_META.get() else {}
+        pipe = _load_pipeline(str(model_id), dtype, load_dit=not empty)  # (the VAE keeps its own fp32 modules)
         pipe.to(device)
+        if empty:
+            pipe.update_components(transformer=empty["transformer"])
         for m in pipe.components.values():
             if isinstance(m, torch.nn.Module):
                 m.requires_grad_(False)
