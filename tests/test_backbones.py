@@ -63,7 +63,11 @@ def trained(request, tmp_path_factory) -> Trained:
     else:
         model_dir = fam.tiny.build(root / "model")
     video = root / "clip.mp4"
-    write_video(video, moving_square_video(max(13, fam.tiny.frames), (fam.tiny.size[0] + 8, fam.tiny.size[1] + 16)), fps=8)
+    write_video(
+        video,
+        moving_square_video(max(13, fam.tiny.frames), (fam.tiny.size[0] + 8, fam.tiny.size[1] + 16)),
+        fps=8,
+    )
     # No backbone named: the family comes from the folder's model_index.json, as with `--model FOLDER`.
     assert guess_backbone(str(model_dir)) == fam.backbone
     flags = {
@@ -321,7 +325,9 @@ def _h3_joint_call(bb, prompt, x, t: float, n_audio: int):
         torch.ones(text.shape[1]), f, h, w, n_audio, patch, 2, 2, 0
     )
     ts, idx = MiniMaxH3SetTimestepsStep.build_row_timesteps(vid, aud, 0, 0, text.shape[1], t, t, 1.0, 1.0)
-    audio = torch.randn(1, 2 * n_audio, bb.transformer.config.audio_in_channels, generator=torch.Generator().manual_seed(3))
+    audio = torch.randn(
+        1, 2 * n_audio, bb.transformer.config.audio_in_channels, generator=torch.Generator().manual_seed(3)
+    )
     return bb.transformer(
         hidden_states=patchify_video_latents(x, patch)[None], audio_hidden_states=audio, encoder_hidden_states=text,
         timestep=ts, timestep_indices=idx, token_tags=tags, position_ids=pos.float(), video_indices=vid,
@@ -370,18 +376,21 @@ def test_minimax_h3_trains_video_only(trained):
             video0, audio0 = _h3_joint_call(ours, prompt, x, 0.4, n_audio=5)
         assert (audio - audio0).abs().max() > 1e-4 * audio0.abs().max()  # the shared blocks' LoRA moves audio
         assert (video - video0).abs().max() > 1e-4 * video0.abs().max()
-        assert torch.equal(audio0, _h3_joint_call(fresh, prompt, x, 0.4, n_audio=5)[1])  # base audio untouched
+        # the base model's audio output is untouched
+        assert torch.equal(audio0, _h3_joint_call(fresh, prompt, x, 0.4, n_audio=5)[1])
         for n, p in fresh.transformer.named_parameters():
             if H3_AUDIO.search(n):
                 p.add_(torch.randn(p.shape, generator=g))
-        assert torch.equal(fresh.predict(x, sig, prompt), ref)  # no audio rows: the audio weights are not read
+        # no audio rows in training: the audio weights are not read
+        assert torch.equal(fresh.predict(x, sig, prompt), ref)
 
         lora = load_setseq(trained.run_dir)
         comfy = export_tensors(lora, "comfyui", part="merged")
         assert {k.split(".", 1)[0] for k in comfy} == {"diffusion_model"}
         assert any(".attn.qkv_proj." in k for k in comfy) and any(".mlp.fc1." in k for k in comfy)
         plain = export_tensors(lora, "diffusers", part="merged")
-        converted = MiniMaxH3ModularPipeline.lora_state_dict(dict(comfy))  # diffusers' original-layout converter
+        # diffusers' own converter of the original layout
+        converted = MiniMaxH3ModularPipeline.lora_state_dict(dict(comfy))
         mods = {k[: -len(".lora_A.weight")] for k in plain if k.endswith(".lora_A.weight")}
         assert {k[: -len(".lora_A.weight")] for k in converted if k.endswith(".lora_A.weight")} == mods
         for m in mods:

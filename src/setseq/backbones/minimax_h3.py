@@ -81,7 +81,8 @@ WORKFLOW = "t2va"
 COMPONENTS = ("transformer", "vae", "audio_vae", "text_encoder", "tokenizer", "scheduler", "audio_scheduler")
 FPS = 24.0  # the model's fixed frame rate
 PIXEL_MEAN, PIXEL_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet: the video VAE's pixel space
-CHUNK_FRAMES, CHUNK_LATENTS = 17, 5  # the VAE's clip_length / tokens_chunk_size: 17n + 5 frames -> 5n + 2 latents
+# the VAE's clip_length / tokens_chunk_size: 17n + 5 frames -> 5n + 2 latent frames
+CHUNK_FRAMES, CHUNK_LATENTS = 17, 5
 MIN_FRAMES, MAX_FRAMES = 124, 362  # generation: 5 to 15 s at 24 fps, aligned to 17n + 5
 VIDEO_TAG, TEXT_TAG, AUDIO_TAG = 0, 1, 2  # the DiT's per-row modality tags (its AdaLN table rows)
 LORA_TARGETS = (
@@ -173,7 +174,9 @@ def _load_pipeline(model_id: str, dtype: torch.dtype, transformer: Any = None, l
             "download it first (hf download MiniMaxAI/MiniMax-H3 --local-dir DIR) and pass the folder",
         ) from None
     if type(pipe).__name__ != PIPELINE:
-        raise SetseqError(f"{model_id} loads as {type(pipe).__name__}, not {PIPELINE}", "use a MiniMax H3 checkpoint")
+        raise SetseqError(
+            f"{model_id} loads as {type(pipe).__name__}, not {PIPELINE}", "use a MiniMax H3 checkpoint"
+        )
     if transformer is not None:
         pipe.update_components(transformer=transformer)
     failed = [c for c in names if getattr(pipe, c, None) is None]  # load_components only warns
@@ -203,7 +206,8 @@ class MiniMaxH3Backbone(DiffusersBackbone):
 
         # In `dit_on_meta`, the DiT is built from its config with parameters on the meta device, set after `to`.
         empty = _empty_dits(MiniMaxH3ModularPipeline, model_id) if _DIT_ON_META.get() else {}
-        pipe = _load_pipeline(str(model_id), dtype, load_dit=not empty)  # (the VAE keeps its own fp32 modules)
+        # (the VAE keeps its own fp32 modules, as diffusers loads it)
+        pipe = _load_pipeline(str(model_id), dtype, load_dit=not empty)
         pipe.to(device)
         if empty:
             pipe.update_components(transformer=empty["transformer"])
@@ -261,7 +265,9 @@ class MiniMaxH3Backbone(DiffusersBackbone):
         for prompt in prompts:
             ids = self.pipe.tokenizer(prompt, add_special_tokens=False)["input_ids"]
             if not ids:
-                raise SetseqError("MiniMax H3 needs a non-empty prompt", "give every prompt at least one word")
+                raise SetseqError(
+                    "MiniMax H3 needs a non-empty prompt", "give every prompt at least one word"
+                )
             rows.append(
                 get_qwen3vl_prompt_embeds(
                     self.text_encoder, self.pipe.processor, ids, {}, self.pipe.text_encoder_layer,
@@ -326,7 +332,9 @@ class MiniMaxH3Backbone(DiffusersBackbone):
         pt, ph, pw = self.patch
         x = noisy.to(self.device, self.dtype)
         embeds, mask = prompt.embeds.to(self.device, self.dtype), prompt.mask.to(self.device)
-        audio = torch.zeros(1, 0, int(self.transformer.config.audio_in_channels), device=self.device, dtype=self.dtype)
+        audio = torch.zeros(
+            1, 0, int(self.transformer.config.audio_in_channels), device=self.device, dtype=self.dtype
+        )
         outs = []
         for i in range(b):
             text = embeds[i : i + 1] if mask.is_meta else embeds[i : i + 1, mask[i]]  # the kept tokens only
@@ -456,7 +464,9 @@ def _tiny_text_encoder(tokenizer):
     return Qwen3VLForConditionalGeneration(config).eval()
 
 
-def build_tiny_minimax_h3(folder: str | Path, seed: int = 0, *, layers: int = 2, latent_channels: int = 24) -> Path:
+def build_tiny_minimax_h3(
+    folder: str | Path, seed: int = 0, *, layers: int = 2, latent_channels: int = 24
+) -> Path:
     """Write a tiny random MiniMax H3 t2va pipeline (`MiniMaxH3ModularPipeline`, `modular_model_index.json`): a
     word-level tokenizer with Qwen's vision tokens, a tiny Qwen3-VL, the video VAE with H3's real geometry (16x
     in space, 17n + 5 frames -> 5n + 2 latents, 24 channels), a tiny audio VAE, a tiny DiT and the two
@@ -521,9 +531,20 @@ FAMILY = Family(
             "minimax-h3",
             "MiniMaxH3Transformer3DModel",
             dict(
-                num_attention_heads=56, attention_head_dim=128, hidden_size=5376, num_layers=50, num_refiner_layers=2,
-                ffn_dim=14336, in_channels=24, audio_in_channels=32, patch_size=(1, 2, 2), text_dim=5120,
-                freq_dim=256, time_embed_hidden_dim=5376, time_embed_dim=2688, rope_freq_dim=16,
+                num_attention_heads=56,
+                attention_head_dim=128,
+                hidden_size=5376,
+                num_layers=50,
+                num_refiner_layers=2,
+                ffn_dim=14336,
+                in_channels=24,
+                audio_in_channels=32,
+                patch_size=(1, 2, 2),
+                text_dim=5120,
+                freq_dim=256,
+                time_embed_hidden_dim=5376,
+                time_embed_dim=2688,
+                rope_freq_dim=16,
             ),  # fmt: skip
             24,
             256,
