@@ -15,7 +15,16 @@ METHODS: dict[str, str] = {
 
 # ---- LEAD: wire these two to the backbone registry once it exposes its families (branch r32core); they are
 # the only place the command line names them (train/generate --backbone, --model, bench --shape).
-FAMILY_NAMES: tuple[str, ...] = ("toy", "wan", "cogvideox", "ltx", "hunyuan", "hunyuan15", "ltx2")
+FAMILY_NAMES: tuple[str, ...] = (
+    "toy",
+    "wan",
+    "cogvideox",
+    "ltx",
+    "hunyuan",
+    "hunyuan15",
+    "ltx2",
+    "minimax-h3",
+)
 SHAPE_NAMES: tuple[str, ...] = (
     "wan-1.3b",
     "wan-14b",
@@ -24,5 +33,6 @@ SHAPE_NAMES: tuple[str, ...] = (
     "hunyuan",
     "hunyuan-1.5",
     "ltx-2",
+    "minimax-h3",
 )
 # ----
