@@ -97,14 +97,21 @@ def test_token_masking_removes_the_token(h3):
         assert (h3.predict(x, sig, dropped) - h3.predict(x, sig, p)).abs().max() > 1e-6
 
 
+def test_shorter_clips_are_the_start_of_the_shortest_it_makes(h3, capsys):
+    """A training clip's length (22) is the first 22 frames of the 124 the model makes with the same seed."""
+    short = h3.generate("a dog", frames=22, steps=2, seed=3)
+    assert "making 124 and keeping the first 22" in capsys.readouterr().err
+    full = h3.generate("a dog", frames=124, steps=2, seed=3)
+    assert short.shape == (22, 3, 32, 32) and full.shape == (124, 3, 32, 32)
+    torch.testing.assert_close(short, full[:22])
+
+
 def test_shapes_it_refuses(h3):
     with pytest.raises(SetseqError, match=r"17n\+5 frames .* not 13.*--frames 22"):
         h3.encode_video(torch.zeros(1, 13, 3, 32, 32))
     assert h3.encode_video(torch.zeros(1, 39, 3, 32, 32)).shape[2] == 12  # 17n + 5 -> 5n + 2
-    with pytest.raises(SetseqError, match=r"124 to 362 frames .* not 22.*--frames 124"):
-        h3.generate("a dog", frames=22, steps=1)
-    with pytest.raises(SetseqError, match="--frames 141"):
-        h3.generate("a dog", frames=130, steps=1)
+    with pytest.raises(SetseqError, match=r"at most 362 frames .* not 400.*--frames 362"):
+        h3.generate("a dog", frames=400, steps=1)
     with pytest.raises(SetseqError, match="no negative prompt"):
         h3.generate("a dog", "blurry", steps=1)
     with pytest.raises(SetseqError, match="text-to-video model"):

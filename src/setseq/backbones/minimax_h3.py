@@ -41,7 +41,8 @@
   clips of 17n + 5 frames give 5n + 2 latent frames (22 -> 7); one frame gives one latent frame (stage 1). The
   base protocol's `frame_multiple * k + 1` rule cannot state 17n + 5, so `info.frame_multiple` is 1 and
   `encode_video` refuses other lengths in one line. Generation: 5 to 15 s at 24 fps, i.e. 124 to 362 frames of
-  the form 17n + 5 (`generate` refuses others in one line).
+  the form 17n + 5; `generate` makes the shortest such clip that holds the frames asked and keeps those (a
+  run's samples and prior videos at the training clip's length), with a note.
 - LoRA targets: the shared blocks' attention `transformer_blocks.N.attn.{to_q,to_k,to_v,to_out.0}` and SwiGLU
   FFN `ff.net.{0.proj,2}`. Not the text refiner (`token_refiner`), the modulation table (`adaln_proj`), the
   embedders or the heads.
@@ -55,6 +56,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -370,41 +372,49 @@ class MiniMaxH3Backbone(DiffusersBackbone):
         image: np.ndarray | None = None,
     ) -> torch.Tensor:
         """Text-to-video through the t2va modular pipeline (which also denoises a soundtrack, dropped here);
-        (F, 3, H, W) in [-1, 1] on the CPU."""
+        (F, 3, H, W) in [-1, 1] on the CPU. The model makes 5 to 15 s clips of 17n + 5 frames: `frames` it
+        cannot make (a training clip's 22 or 39, for a run's sample videos, its prior videos or `setseq
+        generate` on the run's clip length) are the first frames of the shortest clip it makes that holds
+        them, with a note on stderr."""
         check_image_input(self.info, image is not None)
-        _check_generation(frames or self.info.frames, negative_prompt, guidance_scale)
+        want = frames or self.info.frames
+        make = _clip_to_make(want, negative_prompt, guidance_scale)
+        if make != want:
+            print(
+                f"note: MiniMax H3 makes {MIN_FRAMES} to {MAX_FRAMES} frames of the form 17n+5: making {make} "
+                f"and keeping the first {want}",
+                file=sys.stderr,
+            )
         self.pipe.set_progress_bar_config(disable=not progress)
         out = self.pipe(
             prompt=prompt,
             height=height or self.info.height,
             width=width or self.info.width,
-            num_frames=frames or self.info.frames,
+            num_frames=make,
             num_inference_steps=steps or self.default_steps,
             generator=torch.Generator(device="cpu").manual_seed(seed),
             output_type="pt",
             output="videos",
         )  # (1, F, 3, H, W) in [0, 1]
         video = out[0] if isinstance(out, (list, tuple)) else out
-        return (video[0].float().cpu() * 2.0 - 1.0).clamp(-1, 1)
+        return (video[0, :want].float().cpu() * 2.0 - 1.0).clamp(-1, 1)
 
 
-def _check_generation(frames: int, negative_prompt: str, guidance_scale: float | None) -> None:
-    """Refuse, in one line, what the guidance-distilled, 5-15 s model cannot make."""
+def _clip_to_make(frames: int, negative_prompt: str, guidance_scale: float | None) -> int:
+    """The clip length to generate for `frames` (the shortest of 17n + 5 frames, 124 to 362, that holds them);
+    refuses, in one line, what the guidance-distilled, 5-15 s model cannot make."""
     if negative_prompt:
         raise SetseqError(
             "MiniMax H3 is guidance-distilled: it takes no negative prompt", "drop --negative-prompt"
         )
     if guidance_scale not in (None, 1.0):
+        raise SetseqError("MiniMax H3 is guidance-distilled: it takes no guidance scale", "drop --cfg")
+    if not 1 <= frames <= MAX_FRAMES:
         raise SetseqError(
-            "MiniMax H3 is guidance-distilled: it takes no guidance scale", "drop --guidance-scale"
+            f"MiniMax H3 makes at most {MAX_FRAMES} frames (15 s at 24 fps), not {frames}",
+            f"use --frames {MAX_FRAMES}",
         )
-    if not MIN_FRAMES <= frames <= MAX_FRAMES or frames % CHUNK_FRAMES != CHUNK_LATENTS:
-        fit = min(max(aligned_frames(frames), MIN_FRAMES), MAX_FRAMES)
-        raise SetseqError(
-            f"MiniMax H3 makes 5 to 15 s at 24 fps: {MIN_FRAMES} to {MAX_FRAMES} frames of the form 17n+5, "
-            f"not {frames}",
-            f"use --frames {fit}",
-        )
+    return max(aligned_frames(frames), MIN_FRAMES)
 
 
 # -- ComfyUI: the original checkpoint's names ----------------------------------------------------------------
@@ -552,6 +562,7 @@ FAMILY = Family(
             note="MiniMax H3 (33.1B, trained video only); --frames counts LATENT frames here (37 = 124 frames)",
         )
     },
-    tiny=(TinyModel("minimax-h3", build_tiny_minimax_h3, PIPELINE, MIN_FRAMES, (32, 32), 12),),
+    # trained on 22-frame clips (7 latent frames); generation makes 124 and keeps the first 22
+    tiny=(TinyModel("minimax-h3", build_tiny_minimax_h3, PIPELINE, 22, (32, 32), 12),),
     backbone=MiniMaxH3Backbone,
 )
