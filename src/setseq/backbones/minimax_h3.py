@@ -31,11 +31,10 @@
   guidance: the checkpoint is guidance-distilled (one forward per sampling step).
 - Audio: the only audio-only weights of the DiT are `audio_proj_in` and `audio_proj_out`; every block is shared
   by text, video and audio rows. Training runs with no audio rows (LTX-2's video-only mode; Lightricks'
-  `with_audio: false`), so those two, the audio VAE and the audio scheduler are bit-identical after training and
-  get no gradient, and the LoRA sits on no audio-only module. **But the LoRA's blocks are shared**: at
+  `with_audio: false`), so those two and the audio VAE are bit-identical after training and get no gradient, and the LoRA sits on no audio-only module. **But the LoRA's blocks are shared**: at
   generation the pipeline denoises a soundtrack beside the video through the same LoRA-carrying attention and
-  FFN, so the soundtrack changes with the LoRA (`tests/test_minimax_h3.py` shows both). Generation keeps the
-  video only.
+  FFN, so the soundtrack changes with the LoRA, while the base model's stays as it was (both shown by
+  `tests/test_backbones.py::test_minimax_h3_trains_video_only`). Generation keeps the video only.
 - Latents: pixels ImageNet-normalised over [0, 1]; the VAE posterior mean, then (z - latents_mean) / latents_std
   per channel (24 channels), no scaling factor; 16x in space (sides multiples of 32 with the 2x2 patch). Time:
   clips of 17n + 5 frames give 5n + 2 latent frames (22 -> 7); one frame gives one latent frame (stage 1). The
@@ -49,7 +48,7 @@
 - ComfyUI (`comfy/ldm/minimax/model.py`) uses the original checkpoint's names: `blocks.N.attn.qkv_proj` (q, k, v
   fused row-wise), `attn.out_proj`, `mlp.fc1` (SwiGLU halves as [gate; value], where diffusers' `ff.net.0.proj`
   holds [value; gate]: `comfyui_rows` swaps the halves of lora_B) and `mlp.fc2`; checked offline through
-  diffusers' own converter of that layout (`tests/test_minimax_h3.py`).
+  diffusers' own converter of that layout (`test_minimax_h3_trains_video_only`).
 """
 
 from __future__ import annotations
