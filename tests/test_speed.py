@@ -30,6 +30,7 @@ PUBLISHED = {
     "hunyuan": 12.82,
     "ltx-2": 19.0,
     "hunyuan-1.5": 8.33,  # "8.3B" on tencent/HunyuanVideo-1.5's model card
+    "minimax-h3": 33.1,  # MiniMaxAI/MiniMax-H3's 61.7 GiB bf16 transformer partition (diffusers' docs) / 2 bytes
 }
 
 
@@ -62,7 +63,7 @@ def test_flop_count_matches_torch_counter(tiny_wan_dir):
 
 # The widest (width 3072-5120) take 15-50 s each on 2 cores even with one block, HunyuanVideo 1.5 (its 1256 text
 # tokens through a 2048-wide block and token refiner) about 70 s: in the slow run.
-HEAVY = {"wan-14b", "cogvideox-5b", "hunyuan", "ltx-2", "hunyuan-1.5"}
+HEAVY = {"wan-14b", "cogvideox-5b", "hunyuan", "ltx-2", "hunyuan-1.5", "minimax-h3"}
 
 
 @pytest.mark.parametrize(
