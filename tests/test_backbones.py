@@ -64,7 +64,11 @@ def trained(request, tmp_path_factory) -> Trained:
     else:
         model_dir = fam.tiny.build(root / "model")
     video = root / "clip.mp4"
-    write_video(video, moving_square_video(13, (fam.tiny.size[0] + 8, fam.tiny.size[1] + 16)), fps=8)
+    write_video(
+        video,
+        moving_square_video(max(13, fam.tiny.frames), (fam.tiny.size[0] + 8, fam.tiny.size[1] + 16)),
+        fps=8,
+    )
     # No backbone named: the family comes from the folder's model_index.json, as with `--model FOLDER`.
     assert guess_backbone(str(model_dir)) == fam.backbone
     flags = {
@@ -343,6 +347,104 @@ def test_skyreels_v2_diffusion_forcing_is_refused_in_one_line(tmp_path):
     with pytest.raises(SetseqError, match="diffusion-forcing") as err:
         load_backbone("skyreels-v2", str(folder))
     assert "\n" not in str(err.value)
+
+
+# MiniMax H3's only audio-only DiT weights: its audio input projection and output head.
+H3_AUDIO = re.compile(r"audio")
+
+
+def _h3_joint_call(bb, prompt, x, t: float, n_audio: int):
+    """MiniMax H3's DiT called as the pipeline calls it at generation, `n_audio` audio latents (x 2 stereo
+    rows) beside the video rows: (video rows, audio rows)."""
+    from diffusers.modular_pipelines.minimax_h3.before_denoise import (
+        MiniMaxH3PrepareLayoutStep,
+        MiniMaxH3SetTimestepsStep,
+        patchify_video_latents,
+    )
+
+    text = prompt.embeds[:, prompt.mask[0]]
+    _, c, f, h, w = x.shape
+    patch = tuple(bb.transformer.config.patch_size)
+    pos, tags, vid, aud, txt, _, _ = MiniMaxH3PrepareLayoutStep.build_packed_sequence(
+        torch.ones(text.shape[1]), f, h, w, n_audio, patch, 2, 2, 0
+    )
+    ts, idx = MiniMaxH3SetTimestepsStep.build_row_timesteps(vid, aud, 0, 0, text.shape[1], t, t, 1.0, 1.0)
+    audio = torch.randn(
+        1, 2 * n_audio, bb.transformer.config.audio_in_channels, generator=torch.Generator().manual_seed(3)
+    )
+    return bb.transformer(
+        hidden_states=patchify_video_latents(x, patch)[None], audio_hidden_states=audio, encoder_hidden_states=text,
+        timestep=ts, timestep_indices=idx, token_tags=tags, position_ids=pos.float(), video_indices=vid,
+        audio_indices=aud, text_indices=txt, return_dict=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "trained", [f for f in FAMILIES if f.backbone == "minimax-h3"], ids=["minimax-h3"], indirect=True
+)
+def test_minimax_h3_trains_video_only(trained):
+    """After stage 1 + 2 on MiniMax H3: no LoRA on an audio-only module; the audio-only weights (the DiT's audio
+    projection and head, the audio VAE) bit-identical to a fresh load, with no gradient; they do not move the
+    video prediction (training has no audio rows). What the LoRA on the shared blocks does change: the audio
+    rows' output when audio rows are present, as at generation (so the generated soundtrack changes), while the
+    base model's audio output is untouched (LoRA switched off: bit-identical to a fresh model's). The ComfyUI
+    export (original names: fused qkv_proj, fc1 halves swapped) goes through diffusers' own converter of that
+    layout to exactly our modules' deltas, and loads into the modular pipeline with our prediction."""
+    from diffusers import MiniMaxH3ModularPipeline
+
+    from setseq.export import export_tensors
+    from setseq.infer.generate import Personalized
+
+    bb, fresh = trained.backbone, load_backbone("minimax-h3", trained.model_dir)
+    assert not [n for n in L.get_layers(bb.transformer) if H3_AUDIO.search(n)]
+    assert not [m for m in load_setseq(trained.run_dir).modules if H3_AUDIO.search(m)]
+
+    def audio_weights(b) -> dict[str, torch.Tensor]:
+        dit = {f"dit.{n}": t for n, t in b.transformer.state_dict().items() if H3_AUDIO.search(n)}
+        return dit | {f"audio_vae.{n}": t for n, t in b.pipe.audio_vae.state_dict().items()}
+
+    after, base = audio_weights(bb), audio_weights(fresh)
+    assert after.keys() == base.keys() and len(base) > 20
+    assert [k for k in base if not torch.equal(after[k], base[k])] == []
+    params = (p for n, p in bb.transformer.named_parameters() if H3_AUDIO.search(n))
+    assert not any(p.requires_grad or p.grad is not None for p in params)
+
+    prompt = fresh.encode_prompt(["a sks person in zwx motion"])
+    g = torch.Generator().manual_seed(0)
+    x, sig = torch.randn(1, *_clip_latent_shape(trained), generator=g), torch.tensor([0.6])
+    ours = Personalized.load(trained.run_dir, log=lambda s: None).backbone
+    with torch.no_grad():
+        ref = fresh.predict(x, sig, prompt)
+        video, audio = _h3_joint_call(ours, prompt, x, 0.4, n_audio=5)
+        with L.switched_off(ours.transformer):
+            video0, audio0 = _h3_joint_call(ours, prompt, x, 0.4, n_audio=5)
+        assert (audio - audio0).abs().max() > 1e-4 * audio0.abs().max()  # the shared blocks' LoRA moves audio
+        assert (video - video0).abs().max() > 1e-4 * video0.abs().max()
+        # the base model's audio output is untouched
+        assert torch.equal(audio0, _h3_joint_call(fresh, prompt, x, 0.4, n_audio=5)[1])
+        for n, p in fresh.transformer.named_parameters():
+            if H3_AUDIO.search(n):
+                p.add_(torch.randn(p.shape, generator=g))
+        # no audio rows in training: the audio weights are not read
+        assert torch.equal(fresh.predict(x, sig, prompt), ref)
+
+        lora = load_setseq(trained.run_dir)
+        comfy = export_tensors(lora, "comfyui", part="merged")
+        assert {k.split(".", 1)[0] for k in comfy} == {"diffusion_model"}
+        assert any(".attn.qkv_proj." in k for k in comfy) and any(".mlp.fc1." in k for k in comfy)
+        plain = export_tensors(lora, "diffusers", part="merged")
+        # diffusers' own converter of the original layout
+        converted = MiniMaxH3ModularPipeline.lora_state_dict(dict(comfy))
+        mods = {k[: -len(".lora_A.weight")] for k in plain if k.endswith(".lora_A.weight")}
+        assert {k[: -len(".lora_A.weight")] for k in converted if k.endswith(".lora_A.weight")} == mods
+        for m in mods:
+            want = plain[f"{m}.lora_B.weight"] @ plain[f"{m}.lora_A.weight"]
+            got = converted[f"{m}.lora_B.weight"] @ converted[f"{m}.lora_A.weight"]
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * float(want.abs().max()))
+        h3 = load_backbone("minimax-h3", trained.model_dir)
+        h3.pipe.load_lora_weights(comfy)
+        mine = ours.predict(x, sig, prompt)
+        torch.testing.assert_close(h3.predict(x, sig, prompt), mine, rtol=1e-4, atol=1e-5)
 
 
 def test_hunyuan15_forward_is_the_pipelines_dit_call(tmp_path):

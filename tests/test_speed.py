@@ -36,6 +36,7 @@ PUBLISHED = {
     "sana-video-2b": 2.06,  # SANA-Video_2B_480p_diffusers' transformer config (mlp_ratio 3), counted
     "kandinsky5-lite": 2.01,  # "2B" on kandinskylab/Kandinsky-5.0-T2V-Lite-sft-5s-Diffusers' model card
     "kandinsky5-pro": 19.31,  # "19B" on kandinskylab/Kandinsky-5.0-T2V-Pro-sft-5s' model card
+    "minimax-h3": 33.1,  # MiniMaxAI/MiniMax-H3's 61.7 GiB bf16 transformer partition (diffusers' docs) / 2 bytes
 }
 
 
@@ -69,15 +70,9 @@ def test_flop_count_matches_torch_counter(tiny_wan_dir):
 # The widest (width 3072-5120) take 15-50 s each on 2 cores even with one block, HunyuanVideo 1.5 (its 1256 text
 # tokens through a 2048-wide block and token refiner) about 70 s: in the slow run.
 HEAVY = {
-    "wan-14b",
-    "cogvideox-5b",
-    "hunyuan",
-    "ltx-2",
-    "ltx-2.5",
-    "hunyuan-1.5",
-    "skyreels-v2-14b",
-    "kandinsky5-pro",
-}
+    "wan-14b", "cogvideox-5b", "hunyuan", "ltx-2", "ltx-2.5", "hunyuan-1.5", "skyreels-v2-14b", "kandinsky5-pro",
+    "minimax-h3",
+}  # fmt: skip
 
 
 @pytest.mark.parametrize(

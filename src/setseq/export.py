@@ -326,6 +326,8 @@ def comfyui_layout(
             )
         a = torch.cat([parts[i][0] for i in range(n)], dim=0)  # (k*r, in)
         b = torch.block_diag(*[parts[i][1] for i in range(n)])  # (sum out, k*r)
+        if family(backbone).comfyui_rows is not None:  # ComfyUI orders this weight's rows otherwise
+            b = family(backbone).comfyui_rows(name, b)
         key = f"diffusion_model.{name}"
         out[f"{key}.lora_A.weight"] = a.contiguous()
         out[f"{key}.lora_B.weight"] = b.contiguous()

@@ -26,5 +26,6 @@ FAMILIES: dict[str, str] = {
     "skyreels-v2": "setseq.backbones.skyreels_v2",
     "sana-video": "setseq.backbones.sana_video",
     "kandinsky5": "setseq.backbones.kandinsky5",
+    "minimax-h3": "setseq.backbones.minimax_h3",
     "toy": "setseq.backbones.toy",
 }

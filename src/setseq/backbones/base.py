@@ -374,6 +374,9 @@ class Family:
     # writes no ComfyUI layout for the family (`setseq.export.comfyui_layout`)
     comfyui: Callable[[str], tuple[str, int]] | None = None
     comfyui_fused: dict[str, int] = field(default_factory=dict)  # fused ComfyUI linear (suffix) -> parts
+    # (ComfyUI module name, lora_B (out, r) in diffusers' row order) -> lora_B in ComfyUI's row order, where the
+    # two order a weight's rows differently (MiniMax H3's fc1: [gate; value]); None: the same order
+    comfyui_rows: Callable[[str, torch.Tensor], torch.Tensor] | None = None
     experts: tuple[str, ...] = ()  # module-name prefixes of a LoRA over several experts (Wan 2.2 A14B)
     # The frame rate its videos play at when nothing else says (a base model alone, a run from before runs
     # recorded theirs): its model card's or diffusers' export example's

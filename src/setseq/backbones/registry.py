@@ -59,10 +59,12 @@ def registered_backbones() -> list[str]:
 def guess_backbone(model_id: str) -> str:
     """The backbone family of a model id when the user names none: 'toy' for a shipped toy model or a toy
     model folder (it holds toy_config.json); for a diffusers folder, the family whose pipeline class its
-    model_index.json names; else 'wan' (the first real family, e.g. for a hub id)."""
+    model_index.json (or, for a modular-only pipeline, modular_model_index.json) names; else 'wan' (the first real family, e.g. for a hub id)."""
     if model_id in SHIPPED_TOY_MODELS or (Path(model_id) / "toy_config.json").is_file():
         return "toy"
     index = Path(model_id) / "model_index.json"
+    if not index.is_file():  # a modular-only pipeline (MiniMax H3) has only its modular index
+        index = Path(model_id) / "modular_model_index.json"
     if not index.is_file():
         return "wan"
     try:
