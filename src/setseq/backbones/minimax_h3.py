@@ -166,8 +166,11 @@ def _load_pipeline(model_id: str, dtype: torch.dtype, transformer: Any = None, l
     try:
         with warnings.catch_warnings():  # diffusers 0.42 renames torch_dtype; older releases only know it
             warnings.simplefilter("ignore", FutureWarning)
-            pipe = ModularPipeline.from_pretrained(model_id, workflow=WORKFLOW)
-            pipe.load_components(names=names, torch_dtype=dtype)
+            # (the index holds no weights; the components load from safetensors only, no remote code)
+            pipe = ModularPipeline.from_pretrained(
+                model_id, workflow=WORKFLOW, trust_remote_code=False, use_safetensors=True
+            )
+            pipe.load_components(names=names, torch_dtype=dtype, use_safetensors=True)
     except (OSError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise SetseqError(
