@@ -336,6 +336,21 @@ def comfyui_slot(module: str) -> tuple[str, int]:
 # kandinskylab/Kandinsky-5.0-T2V-Lite-sft-5s-Diffusers): 2.0B parameters; Pro (configs/
 # k5_pro_t2v_5s_sft_hd_parallel.yaml, less its NABLA settings): 19.3B. Text: 256 Qwen2.5-VL tokens (the
 # reference configs' text length, a long prompt), 3584 wide, and CLIP ViT-L's 768-wide pooled embedding.
+def _k5_shape(
+    time_dim: int, width: int, ff: int, text_blocks: int, blocks: int, axes: tuple[int, int, int], note: str
+) -> BenchShape:
+    """A Kandinsky 5.0 T2V DiT (16 latent channels, Qwen2.5-VL text of 256 x 3584, CLIP pooled 768)."""
+    config = dict(
+        in_visual_dim=16, out_visual_dim=16, in_text_dim=3584, in_text_dim2=768, time_dim=time_dim,
+        patch_size=(1, 2, 2), model_dim=width, ff_dim=ff, num_text_blocks=text_blocks, num_visual_blocks=blocks,
+        axes_dims=axes, visual_cond=True,
+    )  # fmt: skip
+    return BenchShape(
+        "kandinsky5", "Kandinsky5Transformer3DModel", config, 16, 256, 3584, pooled_dim=768,
+        layer_keys=("num_visual_blocks",), note=note,
+    )  # fmt: skip
+
+
 FAMILY = Family(
     "kandinsky5",
     Kandinsky5Backbone.load,
@@ -343,54 +358,16 @@ FAMILY = Family(
     pipelines=(T2V_PIPELINE,),  # text-to-video only (Kandinsky5I2VPipeline: refused)
     comfyui=comfyui_slot,
     shapes={
-        "kandinsky5-lite": BenchShape(
-            "kandinsky5",
-            "Kandinsky5Transformer3DModel",
-            dict(
-                in_visual_dim=16,
-                out_visual_dim=16,
-                in_text_dim=3584,
-                in_text_dim2=768,
-                time_dim=512,
-                patch_size=(1, 2, 2),
-                model_dim=1792,
-                ff_dim=7168,
-                num_text_blocks=2,
-                num_visual_blocks=32,
-                axes_dims=(16, 24, 24),
-                visual_cond=True,
-            ),
-            16,
-            256,
-            3584,
-            pooled_dim=768,
-            layer_keys=("num_visual_blocks",),
-            note="Kandinsky 5.0 T2V Lite (2B)",
-        ),
-        "kandinsky5-pro": BenchShape(
-            "kandinsky5",
-            "Kandinsky5Transformer3DModel",
-            dict(
-                in_visual_dim=16,
-                out_visual_dim=16,
-                in_text_dim=3584,
-                in_text_dim2=768,
-                time_dim=1024,
-                patch_size=(1, 2, 2),
-                model_dim=4096,
-                ff_dim=16384,
-                num_text_blocks=4,
-                num_visual_blocks=60,
-                axes_dims=(32, 48, 48),
-                visual_cond=True,
-            ),
-            16,
-            256,
-            3584,
-            pooled_dim=768,
-            layer_keys=("num_visual_blocks",),
-            note="Kandinsky 5.0 T2V Pro (19B; NABLA when sampled, full attention as setseq trains it)",
-        ),
+        "kandinsky5-lite": _k5_shape(512, 1792, 7168, 2, 32, (16, 24, 24), "Kandinsky 5.0 T2V Lite (2B)"),
+        "kandinsky5-pro": _k5_shape(
+            1024,
+            4096,
+            16384,
+            4,
+            60,
+            (32, 48, 48),
+            "Kandinsky 5.0 T2V Pro (19B; NABLA when sampled, full attention as setseq trains it)",
+        ),  # fmt: skip
     },
     tiny=(TinyModel("kandinsky5", build_tiny_kandinsky5, T2V_PIPELINE, 9, (32, 48), 2 * 10),),
     backbone=Kandinsky5Backbone,
