@@ -45,7 +45,6 @@ concatenated condition setseq's `ImageCondition` carries.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from setseq.backbones.base import BenchShape, Family, TinyModel
-from setseq.backbones.diffusers_backbone import DiffusersBackbone
+from setseq.backbones.diffusers_backbone import DiffusersBackbone, index_class_name
 from setseq.backbones.hunyuan import tiny_hunyuan_vae
 from setseq.backbones.tiny import TINY_WORDS, build_word_tokenizer
 from setseq.errors import SetseqError
@@ -67,25 +66,6 @@ LORA_TARGETS = (
     r"^visual_transformer_blocks\.\d+\.(self_attention|cross_attention)\.(to_query|to_key|to_value|out_layer)$",
     r"^visual_transformer_blocks\.\d+\.feed_forward\.(in_layer|out_layer)$",
 )
-
-
-def _class_name(model_id: str) -> str | None:
-    """The `_class_name` of a checkpoint's model_index.json (a hub id's read through diffusers); None where it
-    cannot be read (the loader then reports what is wrong)."""
-    index = Path(model_id) / "model_index.json"
-    try:
-        if index.is_file():
-            name = json.loads(index.read_text()).get("_class_name")
-        elif not Path(model_id).exists():
-            # (heavy to import: loaded where used)
-            from diffusers import DiffusionPipeline
-
-            name = DiffusionPipeline.load_config(model_id).get("_class_name")
-        else:
-            return None
-    except Exception:  # unreadable or unreachable: Kandinsky5T2VPipeline's loader reports what is wrong
-        return None
-    return name if isinstance(name, str) else None
 
 
 def check_pipeline(model_id: str, cls: str | None) -> None:
@@ -136,7 +116,7 @@ class Kandinsky5Backbone(DiffusersBackbone):
 
     @classmethod
     def pipeline_for(cls, model_id: str) -> type:
-        check_pipeline(model_id, _class_name(model_id))
+        check_pipeline(model_id, index_class_name(model_id))
         return super().pipeline_for(model_id)
 
     def setup(self, model_id: str) -> dict[str, Any]:
