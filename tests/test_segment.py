@@ -271,6 +271,47 @@ def test_mask_degrade_reaches_training_and_the_cache_key(tmp_path):
     # A dilated mask: every latent cell weighs the subject at least as much, and some more.
     assert (dilated.subject_set >= exact.subject_set - 1e-6).all()
     assert float(dilated.subject_set.sum()) > 1.2 * float(exact.subject_set.sum())
+    # The halo handled on top: eroded by a pixel, a third cache file, and the subject's weight shrinks back.
+    lines = []
+    handled = dataclasses.replace(cfg, data=dataclasses.replace(worse.data, mask_erode=1))
+    eroded, key3 = encode_concept(handled, bb, tmp_path / "cache", lines.append)
+    assert key3 not in (key, key2) and any("eroded 1 px" in x for x in lines), lines
+    assert float(eroded.subject_set.sum()) < float(dilated.subject_set.sum())
+
+
+def test_edge_erodes_and_feathers():
+    """`edge` shrinks a mask by whole pixels (not from the frame's border) and softens its edge in [0, 1]."""
+    from setseq.data.degrade import edge
+
+    m = np.zeros((2, 9, 9), np.float32)
+    m[:, 2:7, 2:7] = 1  # a 5x5 square
+    assert edge(m) is not m and np.array_equal(edge(m), m)
+    one = edge(m, erode=1)
+    assert one.sum() == 2 * 9 and (one[:, 3:6, 3:6] == 1).all()  # 3x3 left
+    assert edge(m, erode=3).sum() == 0
+    side = np.zeros((1, 6, 6), np.float32)
+    side[:, :, :3] = 1  # touching the left border: eroded from the right only
+    assert (
+        np.array_equal(edge(side, erode=1)[0, :, :2], np.ones((6, 2)))
+        and edge(side, erode=1)[0, :, 2].sum() == 0
+    )
+    soft = edge(m, feather=1.0)
+    assert 0.0 <= soft.min() and soft.max() <= 1.0 and soft[0, 4, 4] > 0.95
+    assert 0.0 < soft[0, 1, 4] < 0.5 < soft[0, 2, 4] < 1.0  # the edge blended over a pixel or two
+    assert abs(float(soft.sum()) - float(m.sum())) < 0.02 * float(m.sum())  # the blur keeps the area
+
+
+def test_edge_options_are_checked():
+    """Negative pixels are refused by the config, and shaping a mask that was not given is refused in one line."""
+    from setseq.config import resolve_config
+    from setseq.train.methods import check_mask
+
+    with pytest.raises(SetseqError, match="mask_erode and data.mask_feather are pixels"):
+        resolve_config(None, {}, ["data.mask_erode=-1"])
+    cfg = resolve_config(None, {}, ["data.mask_feather=1.5"])
+    with pytest.raises(SetseqError, match="shape a subject mask, and none was given") as e:
+        check_mask(cfg)
+    assert "--mask auto" in str(e.value)
 
 
 def _torchvision_loads() -> bool:

@@ -134,6 +134,11 @@ class DataConfig:
     # Experiments on imperfect masks (BENCHMARKS.md): "KIND:IOU" degrades the mask as sampled for training
     # (`setseq.data.degrade`: dilate, erode, shift, blur or drop) to that IoU with the given one.
     mask_degrade: str | None = None
+    # A real mask's halo (a ring of the old background around the subject) goes into every composite. Before
+    # the mask is composited and weighted: `mask_erode` shrinks it by that many pixels (of the training size),
+    # `mask_feather` blends its edge over a Gaussian of that many pixels (`setseq.data.degrade.edge`).
+    mask_erode: int = 0
+    mask_feather: float = 0.0
     # The plain backgrounds `stageN.background_swap` composites the subject onto (colour names; a colour too
     # close to the subject's own is skipped).
     # With a drawn or image source (`swap_source`), the colours a background may show: one that shows another
@@ -163,6 +168,11 @@ class DataConfig:
             from setseq.data.degrade import parse_degrade  # (torch: not at --help, see above)
 
             parse_degrade(self.mask_degrade)
+        if self.mask_erode < 0 or self.mask_feather < 0:
+            raise ValueError(
+                f"data.mask_erode and data.mask_feather are pixels, 0 or more, got {self.mask_erode} and "
+                f"{self.mask_feather}"
+            )
         if not 0.0 <= self.mask_threshold <= 1.0:
             raise ValueError(f"data.mask_threshold must be in [0, 1], got {self.mask_threshold}")
         if self.swap_source not in SWAP_SOURCES:

@@ -5,6 +5,9 @@ Five ways, each with one strength found by bisection until the (soft) IoU with t
 target: `dilate` (a halo of old background), `erode` (the subject's edge lost), `shift` (the mask lags the
 subject, sub-pixel), `blur` (a soft halo) and `drop` (the tracker loses some frames and holds the last
 mask it had). IoU of soft masks: sum(min(a, b)) / sum(max(a, b)) (the usual IoU when both are 0/1).
+
+And what a run can do about a real mask's halo (`data.mask_erode`, `data.mask_feather`, `edge`): shrink the
+mask by whole pixels, and blend its edge softly, before it is composited and weighted.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 KINDS = ("dilate", "erode", "shift", "blur", "drop")
+
+__all__ = ["KINDS", "degrade", "edge", "parse_degrade", "soft_iou"]
 
 
 def soft_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -106,3 +111,18 @@ def parse_degrade(text: str) -> tuple[str, float]:
             f"data.mask_degrade must be KIND:IOU with KIND one of {', '.join(KINDS)}, got {text!r}"
         )
     return kind, value
+
+
+def edge(mask: np.ndarray, erode: int = 0, feather: float = 0.0) -> np.ndarray:
+    """`mask` (F, H, W) with a halo handled: shrunk by `erode` pixels (a pixel keeps the least of itself and
+    its 4 neighbours, `erode` times: a subject touching the frame's edge is not eaten from that side), then
+    its edge blended over a Gaussian of `feather` pixels. float32 in [0, 1]; (0, 0) leaves it as it is."""
+    m = np.asarray(mask, np.float32)
+    for _ in range(int(erode)):
+        p = np.pad(m, ((0, 0), (1, 1), (1, 1)), mode="edge")
+        m = np.minimum.reduce(
+            [p[:, 1:-1, 1:-1], p[:, :-2, 1:-1], p[:, 2:, 1:-1], p[:, 1:-1, :-2], p[:, 1:-1, 2:]]
+        )
+    if feather > 0:
+        m = np.clip(_gauss(m, float(feather)), 0.0, 1.0)
+    return m.astype(np.float32)

@@ -25,7 +25,7 @@ from setseq.data.cache import (
     save_cache,
     weights_stamp,
 )
-from setseq.data.degrade import degrade, parse_degrade
+from setseq.data.degrade import degrade, edge, parse_degrade
 from setseq.data.masks import (
     SWAP_COLOURS,
     composite_over,
@@ -113,6 +113,9 @@ def encode_concept(
         if cfg.data.mask_degrade:  # an experiment on imperfect masks (BENCHMARKS.md)
             mask, iou = degrade(mask, *parse_degrade(cfg.data.mask_degrade))
             log(f"subject mask: degraded ({cfg.data.mask_degrade}), IoU {iou:.3f} with the given mask")
+        if cfg.data.mask_erode or cfg.data.mask_feather:
+            mask = edge(mask, cfg.data.mask_erode, cfg.data.mask_feather)
+            log(f"subject mask: eroded {cfg.data.mask_erode} px, feathered {cfg.data.mask_feather:g} px")
     enc = _encode_pixels(bb, to_tensor(clip.frames), cfg.concept.t_static, cfg.concept.t_motion, short)
     if mask is not None:
         _encode_subject(cfg, bb, enc, clip.frames, mask, log)
@@ -222,6 +225,8 @@ def _mask_key(cfg: RunConfig) -> dict[str, Any]:
     key: dict[str, Any] = {
         "mask_sha256": mask_sha256(d.mask),
         **({"mask_degrade": d.mask_degrade} if d.mask_degrade else {}),
+        **({"mask_erode": d.mask_erode} if d.mask_erode else {}),
+        **({"mask_feather": d.mask_feather} if d.mask_feather else {}),
         "swap_frames": cfg.stage1.background_swap > 0,
         "swap_clip": cfg.stage2.background_swap > 0,
         "swap_backgrounds": list(d.swap_backgrounds),

@@ -71,6 +71,11 @@ def check_mask(cfg) -> None:
     """One-line refusals of a subject mask that is missing where a stage needs it, or given where nothing
     can use it (a baseline method, a multi-concept run, no stage asking for it)."""
     eff = effective_config(cfg)
+    if not cfg.data.mask and (cfg.data.mask_erode or cfg.data.mask_feather):
+        raise SetseqError(
+            "data.mask_erode / data.mask_feather shape a subject mask, and none was given",
+            "pass --mask MASK (or --mask auto), or leave data.mask_erode and data.mask_feather out",
+        )
     if not cfg.data.mask:
         for n, sc in (("stage1", eff.stage1), ("stage2", eff.stage2)):
             for opt, v, off in (
