@@ -10,7 +10,7 @@ ceilings go into the JSON cache that `setseq bench --ceiling-cache` and `setseq 
 over all of them in the groups the recipe's runs see (seen: a colour the recipe composites onto; unseen; motion).
 
     python benchmarks/base_ceiling.py [--seeds 2] [--concepts a,b] [--model toy] \\
-        [--cache benchmarks/base_ceiling.json] [--steps N]
+        [--cache src/setseq/assets/toy/base_ceiling.json] [--steps N]
 
 Each concept's line is printed as soon as it is done (9 generations a seed; minutes on 2 CPU cores).
 """

@@ -5,7 +5,7 @@
     python benchmarks/edit_table.py "setseq=/work/b22/base" "setseq swap0.5=/work/b22/swap1" \\
         "setseq swap0.5=/work/b22/swap1b" "dreambooth=/work/b22/db" --save benchmarks/edits_toy_default.json
     python benchmarks/edit_table.py benchmarks/edits_toy_default.json      # the saved record again
-    python benchmarks/edit_table.py benchmarks/edits_toy_default.json --ceiling-cache benchmarks/base_ceiling.json \
+    python benchmarks/edit_table.py benchmarks/edits_toy_default.json --ceiling-cache src/setseq/assets/toy/base_ceiling.json \
         [--seed 0]
 
 Reads every finished run's `row.json` (so a bench still running contributes what it has finished), and prints,

@@ -356,3 +356,30 @@ def test_group_tables_pool_runs_and_show_a_missing_ceiling_as_a_dash():
         "setseq unseen-background success >= 70% of the base model's on every concept": False,
         "setseq motion edits keep the concept in >= 80%": True,
     }
+
+
+def test_the_shipped_ceilings_cover_the_demo_and_the_bench():
+    """The package's ceilings (`setseq.tools.ceiling.SHIPPED`) hold the shipped toy model's on every concept of
+    the bench's suite (the demo's among them) at seeds 0 and 1 and the full sampling steps, under today's key: a first demo or bench reads them and
+    generates nothing. If the toy model or the edit suite changes, this fails: refresh the file with
+    `python benchmarks/base_ceiling.py --seeds 2 --cache src/setseq/assets/toy/base_ceiling.json --concepts ...`."""
+    from pathlib import Path
+
+    from setseq.tools.ceiling import SHIPPED, CeilingCache
+    from setseq.tools.demo import DEFAULT_CONCEPT
+
+    def never():
+        raise AssertionError("the ceiling was computed, not read from the shipped file")
+
+    cache = CeilingCache(Path("/nonexistent/ceiling.json"), shipped=SHIPPED)
+    suite = load_suite()
+    assert DEFAULT_CONCEPT in [c.name for c in suite]
+    for c in suite:
+        for seed in (0, 1):
+            got = cache.ceiling(c.name, c.shape, None, model="toy", seed=seed, steps=None, pipeline=never)
+            assert got["concept"] == c.name and len(got["edits"]) == 8
+    # Without the shipped file the same cache computes.
+    with pytest.raises(AssertionError, match="computed"):
+        CeilingCache(Path("/nonexistent/ceiling.json"), shipped=None).ceiling(
+            DEFAULT_CONCEPT, "diamond", None, model="toy", seed=0, steps=None, pipeline=never
+        )
