@@ -146,10 +146,13 @@ def test_demo_metrics_and_sheet_tell_a_kept_concept_from_a_lost_one(tmp_path, mo
 
     import setseq.infer.generate as G
     from setseq.tools import demo as D
+    from setseq.tools.ceiling import CeilingCache
     from setseq.tools.demo import DEFAULT_CONCEPT, run_demo
 
     spec = CONCEPTS[DEFAULT_CONCEPT]
     monkeypatch.setattr(D, "train", lambda cfg, out, **k: Path(out))
+    # The ceiling from the stand-in model too: the package's shipped ceilings are the real toy model's.
+    monkeypatch.setattr(D, "CeilingCache", lambda path: CeilingCache(path, shipped=None))
     results = {}
     for label, colour in (("kept", spec.appearance.colour), ("lost", "blue")):
         monkeypatch.setattr(
