@@ -360,9 +360,10 @@ def test_group_tables_pool_runs_and_show_a_missing_ceiling_as_a_dash():
 
 def test_the_shipped_ceilings_cover_the_demo_and_the_bench():
     """The package's ceilings (`setseq.tools.ceiling.SHIPPED`) hold the shipped toy model's on every concept of
-    the bench's suite (the demo's among them) at seeds 0 and 1 and the full sampling steps, under today's key: a first demo or bench reads them and
-    generates nothing. If the toy model or the edit suite changes, this fails: refresh the file with
-    `python benchmarks/base_ceiling.py --seeds 2 --cache src/setseq/assets/toy/base_ceiling.json --concepts ...`."""
+    the bench's suite (the demo's among them) at seeds 0 and 1 and the full sampling steps, under today's key:
+    a first demo or bench reads them and generates nothing. If the toy model or the edit suite changes, this
+    fails: refresh the file with `python benchmarks/base_ceiling.py --seeds 2 --cache
+    src/setseq/assets/toy/base_ceiling.json --concepts ...`."""
     from pathlib import Path
 
     from setseq.tools.ceiling import SHIPPED, CeilingCache
