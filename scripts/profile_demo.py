@@ -5,7 +5,7 @@
 CPU time, not wall time, so that a machine shared with other work gives the same figures; one thread, so they
 add up. The stages' steps can be cut (the demo recipe's 600 + 900 otherwise) and the training-step rows then
 scaled by hand; every other phase runs as in the demo. The phases are timed by wrapping the functions the demo
-calls (the training steps, checkpoints and logs of `setseq.train.loop`, the model load, generation, scoring,
+calls (the training steps, checkpoints and logs of `setseq.train.recipe.Recipe`, the model load, generation, scoring,
 the contact sheet and the mp4 writes); "train (all)" includes the first four.
 """
 
@@ -47,19 +47,19 @@ def main() -> None:
     import setseq.data.video as video
     import setseq.infer.generate as generate
     import setseq.tools.demo as demo
-    import setseq.train.loop as loop
-    import setseq.train.run as run
+    import setseq.train.recipe as recipe
+    from setseq.train.recipe import Recipe
 
     SPENT["import setseq.tools.demo"] = time.process_time() - start
     steps = [f"stage{i}.steps={n}" for i, n in ((1, args.stage1_steps), (2, args.stage2_steps)) if n]
-    resolve = config.resolve_config
-    config.resolve_config = lambda path, data, overrides: resolve(path, data, [*overrides, *steps])
+    resolve = config.resolve_config  # (the demo holds its own name for it, and for `train`)
+    demo.resolve_config = lambda path, data, overrides: resolve(path, data, [*overrides, *steps])
     for owner, name, label in (
-        (run, "train", "train (all)"),
-        (run, "load_model", "train: load the model (and its imports)"),
-        (loop, "_accumulate", "train: forward + backward"),
-        (loop, "_checkpoint", "train: checkpoints"),
-        (loop, "_log_step", "train: step logs"),
+        (demo, "train", "train (all)"),
+        (recipe, "load_model", "train: load the model (and its imports)"),
+        (Recipe, "_accumulate", "train: forward + backward"),
+        (Recipe, "_checkpoint", "train: checkpoints"),
+        (Recipe, "_log_step", "train: step logs"),
         (generate.Personalized, "load", "load the models for generation"),
         (generate.Personalized, "generate", "generate the videos"),
         (demo, "_score_shot", "score the shots"),

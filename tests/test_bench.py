@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import runpy
+import sys
+from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -94,6 +98,23 @@ def test_bench_reuses_finished_runs_and_retrains_changed_ones(tmp_path, capsys):
     first = json.loads((out / "bench.json").read_text())
     stamp = lora.stat().st_mtime_ns
     capsys.readouterr()
+
+    # `benchmarks/rescore.py` samples the same runs again: with the bench's options it gives the bench's
+    # scores; with another guidance, other videos.
+    rescore = runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / "rescore.py"))["main"]
+    for out2, options in ((tmp_path / "same", []), (tmp_path / "g1", ["--guidance", "1.0"])):
+        with patch.object(sys, "argv", ["rescore.py", str(out), str(out2), *options]):
+            rescore()
+    same, g1 = (
+        json.loads((f / lora.parent.parent.relative_to(out) / "row.json").read_text())
+        for f in (tmp_path / "same", tmp_path / "g1")
+    )
+    assert all(same["row"][c] == pytest.approx(first["rows"][0][c]) for c in COLUMNS)
+    assert (
+        g1["rescored"] == {"identity_scale": 1.0, "guidance_scale": 1.0}
+        and g1["row"]["edits"] != same["row"]["edits"]
+    )
+    assert lora.stat().st_mtime_ns == stamp
 
     assert main(args) == 0  # the same bench again: nothing is trained
     again = json.loads((out / "bench.json").read_text())

@@ -161,9 +161,19 @@ def _trained(run_dir: Path, config_yaml: str, method: str) -> bool:
     return same and done
 
 
-def _score(run_dir: Path, concept: Concept, model: str, gen_steps: int | None, out: Path) -> dict:
+def _score(
+    run_dir: Path,
+    concept: Concept,
+    model: str,
+    gen_steps: int | None,
+    out: Path,
+    identity_scale: float = 1.0,
+    guidance_scale: float | None = None,
+) -> dict:
     """Generate the reproduction and the concept's edit suite (`setseq.eval.edits`), and score them: the
-    reproduction for MSE, appearance, TC and motion; every edit for adherence, identity, kept and motion."""
+    reproduction for MSE, appearance, TC and motion; every edit for adherence, identity, kept and motion.
+    `identity_scale` and `guidance_scale` are the sampling's for every video but the LoRA-off one (the bench
+    samples at 1.0 and the run's guidance; `benchmarks/rescore.py` tries others on kept runs)."""
     pm = Personalized.load(run_dir, log=lambda s: None)
     meta = pm.lora.meta if pm.lora is not None else {}
     token, motion_token = str(meta.get("token", "sks")), str(meta.get("motion_token", "zwx"))
@@ -171,10 +181,14 @@ def _score(run_dir: Path, concept: Concept, model: str, gen_steps: int | None, o
     spec = CONCEPTS[concept.name]  # (load_suite checked it is a toy-world concept)
 
     def generate(
-        name: str, prompt: str, motion_scale: float = 1.0, identity_scale: float = 1.0
+        name: str, prompt: str, motion_scale: float = 1.0, identity: float = identity_scale
     ) -> np.ndarray:
         opts = GenerateOptions(
-            identity_scale=identity_scale, motion_scale=motion_scale, steps=gen_steps, seed=0
+            identity_scale=identity,
+            motion_scale=motion_scale,
+            guidance_scale=guidance_scale if identity else None,
+            steps=gen_steps,
+            seed=0,
         )
         frames = from_tensor(pm.generate(prompt, opts))
         write_video(out / f"{name}.mp4", frames, fps=fps)
@@ -184,7 +198,7 @@ def _score(run_dir: Path, concept: Concept, model: str, gen_steps: int | None, o
     rep = generate("reproduced", t_motion)
     # What the same prompt and seed give with the LoRA off: what a personalization that learned nothing
     # would score (`mse_off`, beside the reproduction's `mse`).
-    off = generate("lora_off", t_motion, motion_scale=0.0, identity_scale=0.0)
+    off = generate("lora_off", t_motion, motion_scale=0.0, identity=0.0)
     shape_ok = shape_reproduced(rep, spec)
     edits = {
         e.name: score_edit(
