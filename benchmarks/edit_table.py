@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from setseq.config import resolve_config
+from setseq.config_load import resolve_config
 from setseq.data.synthetic import CONCEPTS
 from setseq.eval import edits as E
 from setseq.tools.bench_tables import groups_table, headline, headline_table, summarize_groups

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from setseq.config import resolve_config
+from setseq.config_load import resolve_config
 from setseq.data.video import from_tensor, load_clip
 from setseq.eval import toy_metrics as M
 from setseq.eval.metrics import mse

@@ -43,7 +43,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     start = time.process_time()  # (the imports below are here: their time is one of the figures)
-    import setseq.config as config
+    import setseq.config_load as config_load
     import setseq.data.video as video
     import setseq.infer.generate as generate
     import setseq.tools.demo as demo
@@ -52,7 +52,7 @@ def main() -> None:
 
     SPENT["import setseq.tools.demo"] = time.process_time() - start
     steps = [f"stage{i}.steps={n}" for i, n in ((1, args.stage1_steps), (2, args.stage2_steps)) if n]
-    resolve = config.resolve_config  # (the demo holds its own name for it, and for `train`)
+    resolve = config_load.resolve_config  # (the demo holds its own name for it, and for `train`)
     demo.resolve_config = lambda path, data, overrides: resolve(path, data, [*overrides, *steps])
     for owner, name, label in (
         (demo, "train", "train (all)"),

@@ -84,7 +84,7 @@ def cyan_demo_config(tmp_path, *overrides: str, mask: bool = True):
     concept's exact mask written under `tmp_path` unless `mask` is False."""
     import dataclasses
 
-    from setseq.config import resolve_config
+    from setseq.config_load import resolve_config
     from setseq.tools.demo import CONCEPT_DIR, DEMO_CONFIG, concept_mask
 
     name = "cyan_diamond_bounce"

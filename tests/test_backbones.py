@@ -20,7 +20,7 @@ import torch
 from setseq import lora as L
 from setseq.backbones.base import TinyModel
 from setseq.backbones.registry import families, guess_backbone, load_backbone
-from setseq.config import resolve_config
+from setseq.config_load import resolve_config
 from setseq.errors import SetseqError
 from setseq.export import load_setseq
 from setseq.train import checkpoint as C

@@ -303,7 +303,7 @@ def test_resume_refuses_every_train_flag_it_cannot_take(tmp_path, capsys, monkey
 
 def test_each_flag_that_sets_a_config_key_names_a_real_key():
     from setseq.cli import COMMANDS
-    from setseq.config import config_keys
+    from setseq.config_keys import config_keys
     from setseq.flags import flag_params
 
     keys = {k for k, _, _ in config_keys()}

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from setseq.config import RunConfig, parse_overrides, resolve_config
+from setseq.config import RunConfig
+from setseq.config_load import parse_overrides, resolve_config
 from setseq.errors import SetseqError
 
 ROOT = Path(__file__).parent.parent

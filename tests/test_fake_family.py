@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from setseq.backbones import registry
 from setseq.backbones.base import Backbone
 from setseq.backbones.diffusers_backbone import DiffusersBackbone
-from setseq.config import resolve_config
+from setseq.config_load import resolve_config
 from setseq.export import export_file, load_setseq
 from setseq.infer.generate import GenerateOptions, Personalized
 from setseq.train import checkpoint as C

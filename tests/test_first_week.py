@@ -263,7 +263,7 @@ MENTIONS = {
     "setseq/tools/report.py:find_inputs",  # "pass the folder that `setseq train --out` ... wrote"
     "setseq/tools/report.py:build_report",  # the page's title, "pass the one `setseq eval` wrote"
     "setseq/commands.py:cmd_eval",  # --reference's help: "the frames it trained on (as `setseq report` shows them)"
-    "setseq/config.py:format_keys",  # the listing's head: "set as key=value after `setseq train`"
+    "setseq/config_keys.py:format_keys",  # the listing's head: "set as key=value after `setseq train`"
     "setseq/eval/run_eval.py:reference_frames",  # "as `setseq report` shows"
     "setseq/tools/report.py:_training_clip",  # "as `setseq eval --reference RUN` scores"
 }
@@ -372,7 +372,7 @@ def test_every_suggested_command_works_when_pasted(base, run, tmp_path, monkeypa
     with pytest.raises(SystemExit) as exited:  # (--list-keys exits as --help does)
         main(shlex.split(listing)[1:])
     assert exited.value.code in (0, None) and "stage1.steps" in capsys.readouterr().out
-    covered.add("setseq/config.py:_build")
+    covered.add("setseq/config_load.py:_build")
 
     # A one-stage run has no motion part -> train stage 2 on it, from its own config.
     one = tmp_path / "one stage"

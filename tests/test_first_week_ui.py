@@ -14,14 +14,9 @@ import pytest
 import yaml
 
 from setseq.cli import build_parser, main
-from setseq.config import (
-    _SECTIONS,
-    RunConfig,
-    config_keys,
-    recipes,
-    resolve_config,
-    resolve_train_config,
-)
+from setseq.config import _SECTIONS, RunConfig
+from setseq.config_keys import config_keys
+from setseq.config_load import recipes, resolve_config, resolve_train_config
 from tests.test_cli import assert_one_line_error, help_text, run_cli
 from tests.test_export import fake_run
 

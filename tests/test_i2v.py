@@ -95,7 +95,7 @@ def copying_dir(i2v_dir, tmp_path_factory):
 def t2v_run(tmp_path_factory):
     """A run trained (2 + 2 steps) on the tiny T2V Wan of the I2V model's size: the LoRA users bring to I2V."""
     from setseq.backbones.wan import build_tiny_wan
-    from setseq.config import resolve_config
+    from setseq.config_load import resolve_config
     from setseq.data.video import write_video
     from setseq.train.run import train
     from tests.helpers import TINY_TRAINING, moving_square_video
@@ -332,7 +332,7 @@ def test_training_on_an_i2v_model(i2v_dir, clip_mp4, tmp_path, monkeypatch):
     conditioned on its own first frame (mask 1 on the first latent frame, its CLIP tokens); the run then
     generates from an image."""
     from setseq.backbones.wan import WanBackbone
-    from setseq.config import resolve_config
+    from setseq.config_load import resolve_config
     from setseq.infer.generate import GenerateOptions
     from setseq.train.run import train
     from tests.helpers import TINY_TRAINING
@@ -371,7 +371,7 @@ def test_training_on_an_i2v_model(i2v_dir, clip_mp4, tmp_path, monkeypatch):
 
 
 def test_what_i2v_training_does_not_build_is_refused_before_writing(i2v_dir, clip_mp4, tmp_path):
-    from setseq.config import resolve_config
+    from setseq.config_load import resolve_config
     from setseq.train.run import train
     from setseq.train.setup import check_image_to_video
 

@@ -127,7 +127,7 @@ def test_checkpointing_lowers_the_estimate():
     ],
 )
 def test_a_run_that_cannot_fit_is_refused_naming_the_flag(tmp_path, monkeypatch, gib, batch, flag):
-    from setseq.config import resolve_config
+    from setseq.config_load import resolve_config
     from setseq.data import synthetic as S
     from setseq.data.video import write_video
     from setseq.train.run import train
@@ -149,7 +149,7 @@ def test_a_run_that_cannot_fit_is_refused_naming_the_flag(tmp_path, monkeypatch,
 
 def test_the_estimate_counts_prior_samples(monkeypatch):
     """With prior preservation every forward also carries as many class samples: the estimate sees 2x."""
-    from setseq.config import resolve_config
+    from setseq.config_load import resolve_config
     from setseq.data.cache import EncodedConcept
     from setseq.train import memory_plan as R
     from setseq.train.setup import lora_spec

@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from setseq.backbones.base import Backbone, BackboneInfo
-from setseq.config import METHODS, resolve_config
+from setseq.config import METHODS
+from setseq.config_load import resolve_config
 from setseq.errors import SetseqError
 from setseq.functional import flow_matching as fm
 from setseq.prompts import PromptEmbeds

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from setseq.cli import main
-from setseq.config import resolve_config
+from setseq.config_load import resolve_config
 from setseq.data.cache import EncodedConcept
 from setseq.errors import SetseqError
 from setseq.export import load_setseq

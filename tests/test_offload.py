@@ -125,7 +125,7 @@ def test_block_swap_count_is_checked(tiny_wan_dir):
 def test_refusal_names_the_block_swap_that_fits(tiny_wan_dir, monkeypatch):
     """On a GPU-like device (meta) too small for the DiT's weights, the refusal names model.block_swap=N,
     and with those N blocks swapped the same estimate fits."""
-    from setseq.config import resolve_config
+    from setseq.config_load import resolve_config
     from setseq.data.cache import EncodedConcept
     from setseq.memory import GiB, estimate_training_memory
     from setseq.train.memory_plan import check_memory

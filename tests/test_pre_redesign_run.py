@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from setseq.config import resolve_config
+from setseq.config_load import resolve_config
 from setseq.infer.generate import GenerateOptions, Personalized
 from setseq.train.run import train
 from setseq.train.setup import resumed_config

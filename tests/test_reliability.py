@@ -899,7 +899,7 @@ class _InfGrad(torch.autograd.Function):
 
 
 def _train_in_process(model, video, out, steps=4, extra=()):
-    from setseq.config import resolve_config
+    from setseq.config_load import resolve_config
     from setseq.train.run import train
 
     argv = train_argv(model, video, out, steps=steps, extra=extra)

@@ -138,7 +138,7 @@ def test_degraded_masks_reach_the_iou_they_claim(kind):
 
 
 def test_mask_recipe(tmp_path, capsys):
-    from setseq.config import resolve_config
+    from setseq.config_load import resolve_config
     from setseq.tools.demo import DEMO_CONFIG
 
     with_mask = resolve_config(None, {"data": {"mask": "auto"}}, mask_defaults=True)
@@ -231,7 +231,7 @@ def test_mask_overlay_keeps_the_subject_and_dims_the_rest():
 
 
 def test_mask_degrade_option():
-    from setseq.config import resolve_config
+    from setseq.config_load import resolve_config
     from setseq.data.degrade import parse_degrade
 
     assert parse_degrade("blur:0.7") == ("blur", 0.7)
@@ -250,7 +250,7 @@ def test_mask_degrade_reaches_training_and_the_cache_key(tmp_path):
     import torch
 
     from setseq.backbones.registry import load_backbone
-    from setseq.config import resolve_config
+    from setseq.config_load import resolve_config
     from setseq.tools.demo import CONCEPT_DIR, DEMO_CONFIG, concept_mask
     from setseq.train.encode import encode_concept
 
@@ -303,7 +303,7 @@ def test_edge_erodes_and_feathers():
 
 def test_edge_options_are_checked():
     """Negative pixels are refused by the config, and shaping a mask that was not given is refused in one line."""
-    from setseq.config import resolve_config
+    from setseq.config_load import resolve_config
     from setseq.train.methods import check_mask
 
     with pytest.raises(SetseqError, match="mask_erode and data.mask_feather are pixels"):

@@ -172,7 +172,7 @@ def _meta_check(rank: int, world: int, port: int, folder: str, errors) -> None:
     from torch.distributed.tensor import DTensor
 
     from setseq.backbones.registry import load_backbone
-    from setseq.config import resolve_config
+    from setseq.config_load import resolve_config
     from setseq.train.distributed import Processes, parallelize
     from setseq.train.setup import load_model
 
@@ -268,7 +268,7 @@ def test_refusal_names_sharding_across_the_gpus_there_are(tmp_path, monkeypatch)
     with model.fsdp_prefetch=0, 4 processes do (75% - 12.5%). With no GPU it names block swap instead."""
     from setseq.backbones.registry import load_backbone
     from setseq.backbones.wan import build_tiny_wan
-    from setseq.config import resolve_config
+    from setseq.config_load import resolve_config
     from setseq.data.cache import EncodedConcept
     from setseq.errors import SetseqError
     from setseq.memory import GiB, estimate_training_memory
@@ -530,7 +530,7 @@ def test_fsdp_offload_holds_the_base_weights_in_fsdp2_and_the_lora_outside(tiny_
 
 def test_fsdp_offload_is_refused_where_it_cannot_run(tiny_wan_dir):
     """With block swap (two ways to keep the DiT on the host) and with several processes: one line each."""
-    from setseq.config import resolve_config
+    from setseq.config_load import resolve_config
     from setseq.errors import SetseqError
     from setseq.train.distributed import Processes
     from setseq.train.setup import load_model

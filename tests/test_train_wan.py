@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from setseq import lora as L
-from setseq.config import resolve_config
+from setseq.config_load import resolve_config
 from setseq.export import load_setseq
 from setseq.train import checkpoint as C
 from setseq.train.recipe import Recipe

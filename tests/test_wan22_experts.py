@@ -11,7 +11,7 @@ from setseq import lora as L
 from setseq.backbones.registry import load_backbone
 from setseq.backbones.wan import WanExperts
 from setseq.cli import main
-from setseq.config import resolve_config
+from setseq.config_load import resolve_config
 from setseq.export import load_setseq
 from setseq.train.run import train
 

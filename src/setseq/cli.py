@@ -4,7 +4,7 @@ Each subcommand is one function of `setseq.commands` (`COMMANDS`); each of its p
 once, in its type (`setseq.flags`), and `build_parser` turns the signatures into argparse parsers. `main`
 calls the function with the parsed values as keyword arguments.
 Nothing here imports torch: `setseq --help` is instant. `--help` shows each option's default (a train flag
-that sets a config key names the key and its default, read from `setseq.config`); `setseq train --list-keys`
+that sets a config key names the key and its default, read from `setseq.config_keys`); `setseq train --list-keys`
 lists every config key; a misspelt subcommand, flag or choice gets a "did you mean".
 User errors (`SetseqError`) are printed as one line, without a traceback, with exit status 2.
 """
@@ -64,7 +64,8 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
         key = getattr(action, "config_key", None)
         if key:
             # (here, not at the top: setseq.config loads dataclasses and YAML, too slow for `setseq --help`)
-            from setseq.config import TOY_RECIPE, key_default, recipe_value
+            from setseq.config_keys import key_default, recipe_value
+            from setseq.config_load import TOY_RECIPE
 
             default, toy = key_default(key), recipe_value(TOY_RECIPE, key)
             shown = [f"default {_show(default)}"] if default not in (None, "") else []
@@ -103,7 +104,7 @@ class _ListKeys(argparse.Action):
         super().__init__(option_strings, argparse.SUPPRESS, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
-        from setseq.config import format_keys  # (only when asked: see _Formatter)
+        from setseq.config_keys import format_keys  # (only when asked: see _Formatter)
 
         try:
             print(format_keys(), flush=True)

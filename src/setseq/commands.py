@@ -191,7 +191,7 @@ def cmd_train(
     take. Each other flag that was given sets its config key (`Arg.key`), under the `key=value` overrides.
     """
     flags = config_flags(cmd_train, locals())  # (first: locals() holds the parameters alone)
-    from setseq.config import resolve_train_config
+    from setseq.config_load import resolve_train_config
     from setseq.runtime import quiet_libraries
     from setseq.train.distributed import close_processes
     from setseq.train.outputs import check_out_folder
@@ -557,7 +557,7 @@ def cmd_bench(
     quiet_libraries()
     if shape:
         if rank is None:  # (the default is the config's, declared once there)
-            from setseq.config import key_default
+            from setseq.config_keys import key_default
 
             rank = key_default("lora.rank")
         _shape_bench(

@@ -111,7 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser, func: Callable[..., Any]) -> 
 
 def config_flags(func: Callable[..., Any], values: dict[str, Any]) -> dict[str, Any]:
     """The values of `func`'s parameters that set a config key and were given (not None), as the nested
-    dict of sections that `setseq.config.resolve_config` takes: {"data": {"frames": 9}, "method": ...}."""
+    dict of sections that `setseq.config_load.resolve_config` takes: {"data": {"frames": 9}, "method": ...}."""
     tree: dict[str, Any] = {}
     for name, _, arg in flag_params(func):
         if arg.key and values[name] is not None:

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 import yaml
 
-from setseq.config import ASSETS, METHODS, resolve_config
+from setseq.config import METHODS
+from setseq.config_load import ASSETS, resolve_config
 from setseq.data.synthetic import CONCEPTS
 from setseq.data.video import from_tensor, load_clip, write_video
 from setseq.errors import SetseqError

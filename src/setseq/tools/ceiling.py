@@ -27,7 +27,7 @@ import numpy as np
 
 from setseq import lora as L
 from setseq.backbones.toy.files import toy_folder
-from setseq.config import ASSETS
+from setseq.config_load import ASSETS
 from setseq.data.cache import file_sha256
 from setseq.data.synthetic import CONCEPTS, caption
 from setseq.data.video import from_tensor

@@ -26,7 +26,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from setseq.config import ASSETS, TOY_RECIPE, DataConfig, resolve_config
+from setseq.config import DataConfig
+from setseq.config_load import ASSETS, TOY_RECIPE, resolve_config
 from setseq.data.synthetic import CONCEPTS, ConceptSpec, render_mask
 from setseq.data.video import from_tensor, load_clip, write_video
 from setseq.errors import SetseqError

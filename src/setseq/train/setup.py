@@ -22,7 +22,8 @@ from setseq import offload
 from setseq.backbones.base import Backbone, dit_on_meta
 from setseq.backbones.registry import load_backbone
 from setseq.backbones.toy.files import SHIPPED_TOY_MODELS
-from setseq.config import METHODS, ONE_STAGE, RunConfig, resolve_config
+from setseq.config import METHODS, ONE_STAGE, RunConfig
+from setseq.config_load import resolve_config
 from setseq.data.cache import EncodedConcept, file_sha256
 from setseq.data.video import probe_video
 from setseq.errors import SetseqError
