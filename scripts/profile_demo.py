@@ -1,6 +1,6 @@
 """Where `setseq demo` spends its time: this process's CPU seconds in each phase, on one thread.
 
-    python scripts/profile_demo.py /tmp/demo_profile --stage1-steps 60 --stage2-steps 90
+    python scripts/profile_demo.py /tmp/demo_profile --stage1-steps 60 --stage2-steps 90 [key=value ...]
 
 CPU time, not wall time, so that a machine shared with other work gives the same figures; one thread, so they
 add up. The stages' steps can be cut (the demo recipe's 600 + 900 otherwise) and the training-step rows then
@@ -40,7 +40,8 @@ def main() -> None:
     p.add_argument("out", type=Path, help="the demo's output folder (replaced, as `setseq demo --out`)")
     p.add_argument("--stage1-steps", type=int, default=None, help="default: the demo recipe's")
     p.add_argument("--stage2-steps", type=int, default=None, help="default: the demo recipe's")
-    args = p.parse_args()
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. regularizers.self_conditioning=0")
+    args = p.parse_intermixed_args()
     torch.set_num_threads(1)
     start = time.process_time()  # (the imports below are here: their time is one of the figures)
     import setseq.config_load as config_load
@@ -52,6 +53,7 @@ def main() -> None:
 
     SPENT["import setseq.tools.demo"] = time.process_time() - start
     steps = [f"stage{i}.steps={n}" for i, n in ((1, args.stage1_steps), (2, args.stage2_steps)) if n]
+    steps += args.overrides
     resolve = config_load.resolve_config  # (the demo holds its own name for it, and for `train`)
     demo.resolve_config = lambda path, data, overrides: resolve(path, data, [*overrides, *steps])
     for owner, name, label in (
