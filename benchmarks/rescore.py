@@ -7,7 +7,8 @@ sampled as the bench samples them (`setseq.tools.bench._score`), with the option
     python benchmarks/edit_table.py benchmarks/edits_toy_default.json "setseq id1.25=/work/b29/r_id125" \\
         --ceiling-cache src/setseq/assets/toy/base_ceiling.json --seed 0
 
-A run whose row the new folder already holds is skipped, so a stopped rescore goes on where it stopped.
+A run whose row the new folder already holds is skipped, so a stopped rescore goes on where it stopped. The
+concepts are read from the shipped suite, as `setseq bench` reads them without `--suite`.
 """
 
 from __future__ import annotations
@@ -52,9 +53,7 @@ def main() -> None:
         concept = load_suite(None, [old["concept"]])[0]
         t = time.perf_counter()
         here.mkdir(parents=True, exist_ok=True)
-        scores = _score(
-            run_dir, concept, "toy", saved.get("gen_steps"), here, args.identity_scale, args.guidance
-        )
+        scores = _score(run_dir, concept, saved.get("gen_steps"), here, args.identity_scale, args.guidance)
         row = {k: old[k] for k in ("method", "concept", "seed")} | scores
         row["seconds"] = round(time.perf_counter() - t, 1)
         options = {"identity_scale": args.identity_scale, "guidance_scale": args.guidance}

@@ -385,8 +385,6 @@ def test_the_shipped_ceilings_cover_the_demo_and_the_bench():
     a first demo or bench reads them and generates nothing. If the toy model or the edit suite changes, this
     fails: refresh the file with `python benchmarks/base_ceiling.py --seeds 2 --cache
     src/setseq/assets/toy/base_ceiling.json --concepts ...`."""
-    from pathlib import Path
-
     from setseq.tools.ceiling import SHIPPED, CeilingCache
     from setseq.tools.demo import DEFAULT_CONCEPT
 

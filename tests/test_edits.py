@@ -128,7 +128,7 @@ def test_bench_scores_tell_a_kept_concept_from_a_lost_one(tmp_path, monkeypatch)
         )
         out = tmp_path / label
         out.mkdir()
-        rows[label] = _score(Path("unused"), concept, "toy", None, out)
+        rows[label] = _score(Path("unused"), concept, None, out)
     kept, lost = rows["kept"], rows["lost"]
     # Both follow every edit: adherence alone cannot tell them apart ...
     assert kept["edit"] == pytest.approx(1.0) and lost["edit"] == pytest.approx(1.0)

@@ -63,7 +63,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
         text = action.help or ""
         key = getattr(action, "config_key", None)
         if key:
-            # (here, not at the top: setseq.config loads dataclasses and YAML, too slow for `setseq --help`)
+            # (here, not at the top: the config modules load dataclasses and YAML, too slow for `setseq --help`)
             from setseq.config_keys import key_default, recipe_value
             from setseq.config_load import TOY_RECIPE
 

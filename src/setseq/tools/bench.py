@@ -165,7 +165,6 @@ def _trained(run_dir: Path, config_yaml: str, method: str) -> bool:
 def _score(
     run_dir: Path,
     concept: Concept,
-    model: str,
     gen_steps: int | None,
     out: Path,
     identity_scale: float = 1.0,
@@ -174,7 +173,7 @@ def _score(
     """Generate the reproduction and the concept's edit suite (`setseq.eval.edits`), and score them: the
     reproduction for MSE, appearance, TC and motion; every edit for adherence, identity, kept and motion.
     `identity_scale` and `guidance_scale` are the sampling's for every video but the LoRA-off one (the bench
-    samples at 1.0 and the run's guidance; `benchmarks/rescore.py` tries others on kept runs)."""
+    samples at 1.0 and the run's guidance; `benchmarks/rescore.py` tries others on a bench's runs)."""
     pm = Personalized.load(run_dir, log=lambda s: None)
     meta = pm.lora.meta if pm.lora is not None else {}
     token, motion_token = str(meta.get("token", "sks")), str(meta.get("motion_token", "zwx"))
@@ -260,7 +259,7 @@ def _run_one(job: _Job) -> tuple[dict, str]:
         if job.here.exists():
             shutil.rmtree(job.here)
         train(job.cfg, run_dir, progress=False, log=lambda s: None)
-    scores = _score(run_dir, job.concept, job.model, job.gen_steps, job.here)
+    scores = _score(run_dir, job.concept, job.gen_steps, job.here)
     if not job.keep_runs:
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         shutil.rmtree(run_dir / "cache", ignore_errors=True)
