@@ -532,3 +532,29 @@ def test_every_family_loads_with_its_dit_on_the_meta_device(row, tmp_path):
     assert {p.device.type for p in empty.transformer.parameters()} == {"meta"}
     assert {p.device.type for p in real.transformer.parameters()} == {"cpu"}
     assert empty.info.fingerprint == real.info.fingerprint
+
+
+def test_cross_attention_is_declared_where_the_dit_has_it(trained):
+    # The attention loss's layers (`Backbone.cross_attention`): Wan's and SkyReels V2's `attn2`, read in a
+    # forward as one query and one key each, whose map over every text token sums to 1 on each video token.
+    from setseq.functional.regularizers import concept_attention
+    from setseq.train.attention import AttentionLoss
+
+    bb, tiny = trained.backbone, trained.family.tiny
+    site = bb.cross_attention()
+    assert (site is not None) == (trained.family.backbone in ("wan", "skyreels-v2"))
+    if site is None:
+        return
+    assert site.layers and all(hasattr(m, "norm_q") and hasattr(m, "norm_k") for m in site.layers)
+    assert bb.token_positions("a sks person", "sks")
+    with torch.no_grad():
+        lat = bb.encode_video(torch.rand(1, tiny.frames, 3, *tiny.size) * 2 - 1)
+        with AttentionLoss(bb, site, "sks").capture() as kept:
+            bb.predict(lat, torch.tensor([0.5]), bb.encode_prompt(["a sks person"]))
+    pt, ph, pw = site.patch
+    tokens = lat.shape[2] // pt * (lat.shape[3] // ph) * (lat.shape[4] // pw)
+    assert len(kept) == len(site.layers)
+    for q, k in kept.values():
+        every = concept_attention(q, k, int(site.layers[0].heads), [list(range(k.shape[1]))])
+        assert every.shape == (1, tokens)
+        torch.testing.assert_close(every, torch.ones_like(every))

@@ -260,6 +260,13 @@ class LoraConfig:
 
 
 BACKGROUND_TARGETS = ("data", "base")
+# The stage options that need a subject mask (`data.mask`), each at its value that turns it off.
+MASK_OPTIONS_OFF: dict[str, float | str] = {
+    "background_weight": 1.0,
+    "background_swap": 0.0,
+    "background_target": "data",
+    "attention_loss": 0.0,
+}
 
 
 @dataclass
@@ -286,6 +293,11 @@ class StageConfig:
     # k >= 0, the data's target kept on the subject's path (its positions in any frame of the clip) widened
     # by k latent cells, the frozen model's beyond it (`functional.flow_matching.subject_band`).
     background_band: int = -1
+    # Break-A-Scene's cross-attention loss (Avrahami et al. 2023; needs data.mask), its weight beside the
+    # denoising loss (0: off; Break-A-Scene's own is 0.01): the concept token's cross-attention map (averaged
+    # over heads, the token's sub-tokens and the DiT's cross-attention layers, scaled to a maximum of 1 in each
+    # frame) regressed (MSE) onto the subject mask on the token grid (`setseq.train.attention`).
+    attention_loss: float = 0.0
 
     def __post_init__(self) -> None:
         if self.background_target not in BACKGROUND_TARGETS:
@@ -300,6 +312,8 @@ class StageConfig:
             raise ValueError(f"background_weight must be in [0, 1], got {self.background_weight}")
         if not 0.0 <= self.background_swap <= 1.0:
             raise ValueError(f"background_swap must be in [0, 1], got {self.background_swap}")
+        if not (self.attention_loss >= 0 and math.isfinite(self.attention_loss)):
+            raise ValueError(f"attention_loss must be a number >= 0, got {self.attention_loss}")
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if not (self.lr > 0 and math.isfinite(self.lr)):

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from setseq.config import _SECTIONS, ModelConfig, RunConfig, StageConfig, did_you_mean
+from setseq.config import _SECTIONS, MASK_OPTIONS_OFF, ModelConfig, RunConfig, StageConfig, did_you_mean
 from setseq.errors import SetseqError
 
 # ----------------------------------------------------------------------------------------------------------
@@ -179,7 +179,6 @@ def resolve_config(
 # supports (BENCHMARKS.md, "Edits" and "stage 2 swaps"): every stage-1 frame and a quarter of the stage-2
 # clips composited onto plain backgrounds.
 MASK_RECIPE = {"stage1": 1.0, "stage2": 0.25}
-_MASK_OPTIONS = ("background_weight", "background_swap", "background_target")
 
 
 def mask_recipe(file_data: dict[str, Any], data: dict[str, Any], notes: list[str]) -> dict[str, Any]:
@@ -189,15 +188,15 @@ def mask_recipe(file_data: dict[str, Any], data: dict[str, Any], notes: list[str
     stays, and `check_mask` refuses it); the note is appended to `notes`."""
     stages = {n: dict(data.get(n) or {}) for n in MASK_RECIPE}
     has_mask = bool((data.get("data") or {}).get("mask"))
-    if has_mask and not any(k in stages[n] for n in stages for k in _MASK_OPTIONS):
+    if has_mask and not any(k in stages[n] for n in stages for k in MASK_OPTIONS_OFF):
         return {**data, **{n: {**stages[n], "background_swap": v} for n, v in MASK_RECIPE.items()}}
     if has_mask or (data.get("multi") or {}).get("concepts"):
         return data
-    off = {"background_weight": 1.0, "background_swap": 0.0, "background_target": "data"}
+    off = MASK_OPTIONS_OFF
     from_file = [  # the options the file alone turns on (a flag or override that does is the user's)
         (n, k)
         for n in stages
-        for k in _MASK_OPTIONS
+        for k in MASK_OPTIONS_OFF
         if k in (file_data.get(n) or {})
         and stages[n].get(k) == (file_data.get(n) or {}).get(k)
         and stages[n][k] != off[k]

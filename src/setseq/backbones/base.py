@@ -12,6 +12,7 @@ import contextlib
 import contextvars
 import difflib
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +25,19 @@ import torch
 from setseq.errors import SetseqError
 from setseq.functional import flow_matching as fm
 from setseq.prompts import ImageCondition, PromptEmbeds
+
+
+@dataclass(frozen=True)
+class CrossAttention:
+    """Where a DiT's video tokens attend to the text tokens apart from each other (`Backbone.cross_attention`),
+    what the attention loss reads (`setseq.train.attention`)."""
+
+    # Attention modules whose query is the video tokens and key the text tokens: each applies `norm_q` to the
+    # query (B, N, heads * d) and `norm_k` to the key (B, L, heads * d), then softmax(q k^T / sqrt(d)) over the
+    # L text tokens with no mask (diffusers' `WanAttention` as `attn2`).
+    layers: tuple[torch.nn.Module, ...]
+    # (frames, height, width) latent cells per video token; the N tokens run over (f, h, w), w fastest.
+    patch: tuple[int, int, int]
 
 
 @dataclass
@@ -212,6 +226,28 @@ class Backbone:
         if self.text_encoder is None or self.tokenizer is None:
             return None
         return self.text_encoder.get_input_embeddings()  # (a transformers model)
+
+    def cross_attention(self) -> CrossAttention | None:
+        """The DiT's cross-attention layers (`CrossAttention`); None where its video and text tokens attend
+        jointly (CogVideoX, HunyuanVideo, ...), so that no layer holds a map of the text tokens alone."""
+        return None
+
+    def token_positions(self, text: str, word: str) -> list[int]:
+        """The positions of `encode_prompt([text])`'s tokens that spell `word` wherever it stands in `text` as
+        a word (several where the tokenizer splits it, as T5's does "sks"). By default from the tokenizer's
+        character offsets (a Hugging Face fast tokenizer, as `tokenize` calls it)."""
+        if self.tokenizer is None or not self.tokenizer.is_fast:
+            raise SetseqError(
+                f"the {self.info.name} backbone has no fast tokenizer to find {word!r} in its prompts",
+                "set stage1.attention_loss=0 and stage2.attention_loss=0",
+            )
+        enc = self.tokenizer(text, return_offsets_mapping=True, add_special_tokens=True, truncation=True)
+        spans = [m.span() for m in re.finditer(rf"(?<!\w){re.escape(word)}(?!\w)", text)]
+        return [
+            i
+            for i, (a, b) in enumerate(enc["offset_mapping"])
+            if b > a and any(a < end and b > start for start, end in spans)
+        ]
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute each DiT block's activations in backward (`train.gradient_checkpointing`); refused in one

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from setseq.backbones.base import BenchShape, Family, TinyModel
+from setseq.backbones.base import BenchShape, CrossAttention, Family, TinyModel
 from setseq.backbones.diffusers_backbone import DiffusersBackbone, index_class_name
 from setseq.backbones.tiny import TINY_WORDS, build_word_tokenizer, tiny_umt5
 from setseq.errors import SetseqError
@@ -180,6 +180,9 @@ class WanBackbone(DiffusersBackbone):
 
     def fingerprint_configs(self) -> list[dict]:
         return super().fingerprint_configs() + ([self.expert_meta] if self.expert_meta else [])
+
+    def cross_attention(self) -> CrossAttention:
+        return wan_cross_attention(self.transformer)
 
     def meta_transformer(self) -> nn.Module:
         if isinstance(self.transformer, WanExperts):  # (two DiTs: each built on the meta device)
@@ -524,6 +527,14 @@ def comfyui_module_name(module: str) -> str:
     raise SetseqError(
         f"no ComfyUI name is known for module '{module}'", "export with --format diffusers instead"
     )
+
+
+def wan_cross_attention(transformer: nn.Module) -> CrossAttention:
+    """A Wan DiT's cross-attention (the toy model's and SkyReels V2's too): every block's `attn2`, of both
+    experts in Wan 2.2 A14B (a step runs one of them: `model.expert_routing=step`). Wan 2.1 I2V's image tokens
+    have keys of their own (`add_k_proj`), apart from the text's `norm_k`."""
+    layers = tuple(m for name, m in transformer.named_modules() if name.endswith("attn2"))
+    return CrossAttention(layers, tuple(transformer.config.patch_size))
 
 
 def comfyui_slot(module: str) -> tuple[str, int]:

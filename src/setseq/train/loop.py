@@ -10,6 +10,7 @@ one, without depending on how many random numbers earlier steps consumed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shlex
@@ -31,6 +32,7 @@ from setseq.functional import flow_matching as fm
 from setseq.functional.regularizers import token_mask
 from setseq.io import disk_error, write_text
 from setseq.prompts import ImageCondition, PromptEmbeds, cat_prompts, stack_images, stack_prompts
+from setseq.train.attention import AttentionLoss
 
 
 def step_generator(seed: int, stage: int, step: int, micro: int = 0) -> torch.Generator:
@@ -71,6 +73,10 @@ class Batch:
     # (B, 1, f, h, w) the subject's share of each latent position, when the target off the subject is the
     # frozen base model's prediction (`stageN.background_target=base`); None: the data's target everywhere
     subject: torch.Tensor | None = None
+    # (n, 1, f, h, w) the subject's share of each latent position of the first n samples (the concept's, whose
+    # prompts are `texts`), when the stage has an attention loss (`stageN.attention_loss`, its weight here)
+    attention_subject: torch.Tensor | None = None
+    attention_weight: float = 0.0
 
 
 def stack_latents(latents: list[torch.Tensor]) -> torch.Tensor:
@@ -105,7 +111,14 @@ def with_prior(batch: Batch, latents: torch.Tensor, prompt: PromptEmbeds, weight
     if subj is not None:  # ... and every position is the data's (the base model's own video)
         subj = torch.cat([subj, torch.ones((k, *subj.shape[1:]), dtype=subj.dtype)])
     return Batch(
-        lat, cat_prompts(batch.prompt, prompt), w, texts=batch.texts, element_weights=ew, subject=subj
+        lat,
+        cat_prompts(batch.prompt, prompt),
+        w,
+        texts=batch.texts,
+        element_weights=ew,
+        subject=subj,
+        attention_subject=batch.attention_subject,  # (the prior's samples take no part)
+        attention_weight=batch.attention_weight,
     )
 
 
@@ -155,8 +168,8 @@ def sample_batch(
     """The micro-batch of `samples`, both stages' logic written once. With `subject_aware` (the Set-and-Sequence
     stages; not the one-stage baselines on the clip): each sample shown on a swapped plain background with
     probability `stageN.background_swap` (drawn from `gen`, its text's background words swapped too), the loss
-    weighted off the subject (`background_weight`), and the base model's target there (`background_target`).
-    An image-to-video DiT's clips carry their own first frame; single frames drop it."""
+    weighted off the subject (`background_weight`), the base model's target there (`background_target`), and
+    the concept token's attention tied to the subject (`attention_loss`). An image-to-video DiT's clips carry their own first frame; single frames drop it."""
     views = [_view(c, f, None) for c, f in samples]
     lat, prompts = [v[0] for v in views], [v[1] for v in views]
     if subject_aware and sc.background_swap > 0:
@@ -177,6 +190,11 @@ def sample_batch(
     batch = Batch(
         stack_latents(lat), stack_prompts(prompts), texts=texts, element_weights=weights, subject=base
     )
+    if subject_aware and sc.attention_loss > 0 and texts is not None:
+        batch.attention_subject = torch.cat(
+            [c.subject_clip if f is None else c.subject_set[f : f + 1] for c, f in samples]
+        )
+        batch.attention_weight = sc.attention_loss
     first, frame = samples[0]
     if frame is None and first.clip_image is not None:
         batch.image = stack_images([c.clip_image for c, _ in samples])
@@ -191,6 +209,7 @@ def denoising_loss(
     self_conditioning_p: float = 0.0,
     encode_prompt: Callable[[list[str]], PromptEmbeds] | None = None,
     sigma_range: tuple[float, float] | None = None,
+    attention: AttentionLoss | None = None,
 ) -> torch.Tensor:
     """One denoising loss on a batch: noise, timesteps, token masks and self-conditioning drawn from `gen`.
     `sigma_range`: the timesteps drawn within it only (one expert's, `step_expert`).
@@ -199,7 +218,9 @@ def denoising_loss(
     target) unless its family says otherwise (e.g. a v-prediction DDPM).
     Self-conditioning (FIT): each sample, with probability `self_conditioning_p`, gets the model's own x0
     estimate from a first, gradient-free pass as its self-conditioning input; the others get zeros.
-    With `encode_prompt` (token embeddings training), the batch's `texts` are encoded here, with gradients."""
+    With `encode_prompt` (token embeddings training), the batch's `texts` are encoded here, with gradients.
+    With `attention` and a batch that asks for it (`Batch.attention_subject`), Break-A-Scene's attention loss
+    of the forward is added, times `Batch.attention_weight` (`setseq.train.attention`)."""
     x0 = batch.latents.to(backbone.device, torch.float32)
     noise = torch.randn(x0.shape, generator=gen).to(backbone.device)
     sigmas = backbone.sample_sigmas(x0.shape[0], generator=gen, between=sigma_range)
@@ -221,14 +242,21 @@ def denoising_loss(
                 noisy, backbone.predict(noisy, sigmas, prompt, **extra).float(), sigmas
             )
         extra["self_cond"] = estimate * use.reshape(-1, *([1] * (x0.ndim - 1))).to(estimate.dtype)
-    pred = backbone.predict(noisy, sigmas, prompt, **extra)
+    tie = attention is not None and batch.attention_subject is not None and batch.texts
+    with attention.capture() if tie else contextlib.nullcontext({}) as kept:
+        pred = backbone.predict(noisy, sigmas, prompt, **extra)
     weights = None if batch.weights is None else batch.weights.to(backbone.device)
     target = backbone.training_target(x0, noise, sigmas)
     if batch.subject is not None:  # off the subject, the frozen base model's own prediction is the target
         with torch.no_grad(), lora_off(backbone.transformer):
             base = backbone.predict(noisy, sigmas, prompt, **extra)
         target = fm.background_target(target, base, batch.subject)
-    return fm.regression_loss(pred, target, weights, batch.element_weights)
+    loss = fm.regression_loss(pred, target, weights, batch.element_weights)
+    if tie:
+        assert attention is not None and batch.attention_subject is not None and batch.texts  # (tie says so)
+        tied = attention.loss(kept, list(batch.texts), batch.attention_subject, tuple(x0.shape))
+        loss = loss + batch.attention_weight * tied
+    return loss
 
 
 lora_off = L.switched_off  # (the name the tests and `denoising_loss` know)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from setseq.config import METHODS
+from setseq.config import MASK_OPTIONS_OFF, METHODS
 from setseq.data.masks import check_swap_source
 from setseq.errors import SetseqError
 
@@ -32,7 +32,7 @@ def effective_config(cfg):
         return cfg
     rep = dataclasses.replace
     # The subject-mask options (background weight and swap) are setseq's regularization: off for baselines.
-    plain = {"background_weight": 1.0, "background_swap": 0.0, "background_target": "data"}
+    plain = MASK_OPTIONS_OFF
     if cfg.method == "two_stage":
         return rep(
             cfg,
@@ -55,11 +55,10 @@ def effective_config(cfg):
 
 
 def uses_mask(cfg) -> bool:
-    """Whether a (effective) config's stages use the subject mask: a background weight below 1, swaps, or the
-    base model's target off the subject."""
+    """Whether a (effective) config's stages use the subject mask: any option of `MASK_OPTIONS_OFF` (a
+    background weight below 1, swaps, the base model's target off the subject, the attention loss) on."""
     return any(
-        sc.background_weight < 1.0 or sc.background_swap > 0.0 or sc.background_target != "data"
-        for sc in (cfg.stage1, cfg.stage2)
+        getattr(sc, opt) != off for sc in (cfg.stage1, cfg.stage2) for opt, off in MASK_OPTIONS_OFF.items()
     )
 
 
@@ -78,11 +77,8 @@ def check_mask(cfg) -> None:
         )
     if not cfg.data.mask:
         for n, sc in (("stage1", eff.stage1), ("stage2", eff.stage2)):
-            for opt, v, off in (
-                ("background_weight", sc.background_weight, 1.0),
-                ("background_swap", sc.background_swap, 0.0),
-                ("background_target", sc.background_target, "data"),
-            ):
+            for opt, off in MASK_OPTIONS_OFF.items():
+                v = getattr(sc, opt)
                 if v != off:
                     raise SetseqError(
                         f"{n}.{opt}={_fmt(v)} needs a subject mask of the video",

@@ -45,6 +45,7 @@ from setseq.io import disk_error
 from setseq.legacy import legacy_run_key
 from setseq.memory import Engine
 from setseq.train import checkpoint as C
+from setseq.train.attention import AttentionLoss
 from setseq.train.distributed import SINGLE, Processes, describe_engine, parallelize, sync_gradients
 from setseq.train.embeddings import DELTA_KEY, TokenEmbeddings
 from setseq.train.encode import check_shapes, encode_all, run_fields
@@ -92,8 +93,8 @@ class Recipe:
 
     run (the folder and its processes), cfg (the one config training reads: the run's, with the method's
     changes and the processes' micro-batches), backbone, shape (frames, height, width), data / concepts /
-    stitched (the encoded inputs), cache_key, self_conditioning, spec (the LoRA layers), engine (how FSDP2
-    holds the DiT), prior, embeddings, texts, writer, log_file."""
+    stitched (the encoded inputs), cache_key, self_conditioning, attention (the attention loss), spec (the LoRA
+    layers), engine (how FSDP2 holds the DiT), prior, embeddings, texts, writer, log_file."""
 
     cfg: RunConfig
     backbone: Backbone
@@ -103,6 +104,7 @@ class Recipe:
     stitched: list[EncodedConcept]
     prior: PriorData | None = None
     embeddings: TokenEmbeddings | None = None
+    attention: AttentionLoss | None = None  # Break-A-Scene's attention loss, when a stage has one
     texts: list[tuple[str, str]]  # (T_static, T_motion) of each concept
     self_conditioning: float = 0.0
     procs: Processes = SINGLE
@@ -175,6 +177,8 @@ class Recipe:
         self.cfg = split_across(effective_config(masked), self.procs.world, self.log)
         self.self_conditioning = self_conditioning_p(self.cfg, bb)
         check_token_training(self.cfg, bb, self.procs)
+        with run.removed_on_failure():
+            self.attention = AttentionLoss.for_run(self.cfg, bb)
         with run.removed_on_failure(), self.procs.main_first():  # process 0 encodes; the others read it
             self.data, self.concepts, self.stitched, self.cache_key = encode_all(
                 self.cfg, bb, cache, self.log
@@ -339,7 +343,9 @@ class Recipe:
             L.draw_masks(model, gen)
             batch = make_batch(step, micro, gen)
             token_p = self.cfg.regularizers.token_mask
-            loss = denoising_loss(bb, batch, gen, token_p, self.self_conditioning, encode, expert)
+            loss = denoising_loss(
+                bb, batch, gen, token_p, self.self_conditioning, encode, expert, self.attention
+            )
             if not torch.isfinite(loss):
                 bad = loss.item() if bad is None else bad
                 if procs.world == 1:

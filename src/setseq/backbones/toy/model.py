@@ -16,14 +16,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from setseq.backbones.base import Backbone, BackboneInfo, Family, check_image_input
+from setseq.backbones.base import Backbone, BackboneInfo, CrossAttention, Family, check_image_input
 from setseq.backbones.toy.config import codec_name
 from setseq.backbones.toy.files import RESTORE_HINT, ToyComponents, load_toy_components, toy_fingerprint
 from setseq.backbones.toy.pixel_codec import PixelCodec
 from setseq.backbones.toy.sampler import euler_cfg_sample, seeded_noise
 from setseq.backbones.toy.tokenizer import IDENTIFIER_TOKENS
 from setseq.backbones.toy.vae_codec import VaeCodec
-from setseq.backbones.wan import comfyui_slot
+from setseq.backbones.wan import comfyui_slot, wan_cross_attention
 from setseq.errors import SetseqError
 from setseq.functional.flow_matching import sample_sigmas as _draw_sigmas
 from setseq.functional.flow_matching import sigma_share
@@ -205,6 +205,9 @@ class ToyBackbone(Backbone, own=("generate_batch",)):  # (batched generation: sc
             s = t.to(out.dtype).div(1000.0).clamp_min(float(self.config["x0_sigma_min"]))
             out = (noisy.to(out.dtype) - out) / s.reshape(-1, *([1] * (out.ndim - 1)))
         return out
+
+    def cross_attention(self) -> CrossAttention:
+        return wan_cross_attention(self.transformer)  # (a diffusers WanTransformer3DModel)
 
     @torch.no_grad()
     def meta_transformer(self) -> torch.nn.Module:
