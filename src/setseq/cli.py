@@ -1,6 +1,6 @@
 """The `setseq` command line: a parser built from the subcommands' typed functions, and dispatch.
 
-Each subcommand is one function of `setseq.commands` (`COMMANDS`); each of its parameters declares its flag
+Each subcommand is one function of `setseq.commands` or, for the tools, `setseq.tool_commands` (`COMMANDS`); each of its parameters declares its flag
 once, in its type (`setseq.flags`), and `build_parser` turns the signatures into argparse parsers. `main`
 calls the function with the parsed values as keyword arguments.
 Nothing here imports torch: `setseq --help` is instant. `--help` shows each option's default (a train flag
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from setseq import commands
+from setseq import commands, tool_commands
 from setseq.errors import SetseqError
 from setseq.flags import RESUME_KEYS, add_arguments, flag_params
 from setseq.names import METHODS
@@ -33,10 +33,10 @@ COMMANDS = (
     commands.cmd_compose,
     commands.cmd_export,
     commands.cmd_info,
-    commands.cmd_demo,
+    tool_commands.cmd_demo,
     commands.cmd_eval,
-    commands.cmd_bench,
-    commands.cmd_report,
+    tool_commands.cmd_bench,
+    tool_commands.cmd_report,
     commands.cmd_mask,
 )
 METHOD_NAMES = tuple(METHODS)
