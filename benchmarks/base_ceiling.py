@@ -27,7 +27,8 @@ from setseq.data.synthetic import CONCEPTS
 from setseq.data.video import load_clip
 from setseq.eval.edits import EDIT_GROUPS, EDIT_KINDS, edit_suite, group_edits
 from setseq.infer.generate import Personalized
-from setseq.tools.bench import _run_config, load_suite
+from setseq.tools.bench import _run_config
+from setseq.tools.bench_score import load_suite
 from setseq.tools.ceiling import CeilingCache, composited_colours
 
 FIGURES = ("followed", "kept", "colour_kept", "success", "colour_success")

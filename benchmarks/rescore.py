@@ -1,7 +1,7 @@
 """Sampling options on trained runs (issue #29, "Inference: identity and motion scales, guidance"): score the
 runs a `setseq bench` folder holds again (every run keeps its LoRA), with another identity scale or guidance, into a new
 folder that `benchmarks/edit_table.py` reads like a bench folder. Nothing is trained: the runs' LoRAs are
-sampled as the bench samples them (`setseq.tools.bench._score`), with the options given.
+sampled as the bench samples them (`setseq.tools.bench_score.score_run`), with the options given.
 
     python benchmarks/rescore.py /work/b29/f_recipe_s0 /work/b29/r_id125 --identity-scale 1.25
     python benchmarks/edit_table.py benchmarks/edits_toy_default.json "setseq id1.25=/work/b29/r_id125" \\
@@ -22,7 +22,8 @@ import torch
 
 from setseq.io import write_json
 from setseq.runtime import quiet_libraries
-from setseq.tools.bench import ROW_FILE, _score, load_suite
+from setseq.tools.bench import ROW_FILE
+from setseq.tools.bench_score import load_suite, score_run
 
 
 def main() -> None:
@@ -53,7 +54,7 @@ def main() -> None:
         concept = load_suite(None, [old["concept"]])[0]
         t = time.perf_counter()
         here.mkdir(parents=True, exist_ok=True)
-        scores = _score(run_dir, concept, saved.get("gen_steps"), here, args.identity_scale, args.guidance)
+        scores = score_run(run_dir, concept, saved.get("gen_steps"), here, args.identity_scale, args.guidance)
         row = {k: old[k] for k in ("method", "concept", "seed")} | scores
         row["seconds"] = round(time.perf_counter() - t, 1)
         options = {"identity_scale": args.identity_scale, "guidance_scale": args.guidance}

@@ -25,7 +25,7 @@ from setseq.eval.metrics import mse
 from setseq.export import load_setseq
 from setseq.infer.compose import load_composition
 from setseq.infer.generate import GenerateOptions, Personalized
-from setseq.tools.bench import Concept, load_suite
+from setseq.tools.bench_score import Concept, load_suite
 from setseq.tools.demo import DEMO_CONFIG, with_concept_mask
 from setseq.train.run import train
 

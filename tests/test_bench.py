@@ -16,7 +16,7 @@ import torch
 from setseq.cli import main
 from setseq.config import METHODS
 from setseq.errors import SetseqError
-from setseq.tools.bench import load_suite
+from setseq.tools.bench_score import load_suite
 from setseq.tools.bench_tables import COLUMNS, checks, paired, summarize, table
 
 

@@ -14,7 +14,7 @@ import torch
 
 from setseq.data.synthetic import CONCEPTS, caption, render
 from setseq.eval.edits import EDIT_KINDS, edit_suite, score_edit, summarize_edits, target_spec
-from setseq.tools.bench import Concept, _score
+from setseq.tools.bench_score import Concept, score_run
 from setseq.tools.demo import CONCEPT_DIR
 
 
@@ -128,7 +128,7 @@ def test_bench_scores_tell_a_kept_concept_from_a_lost_one(tmp_path, monkeypatch)
         )
         out = tmp_path / label
         out.mkdir()
-        rows[label] = _score(Path("unused"), concept, None, out)
+        rows[label] = score_run(Path("unused"), concept, None, out)
     kept, lost = rows["kept"], rows["lost"]
     # Both follow every edit: adherence alone cannot tell them apart ...
     assert kept["edit"] == pytest.approx(1.0) and lost["edit"] == pytest.approx(1.0)
@@ -184,7 +184,8 @@ def test_swaps_never_show_an_edit_background(tmp_path):
     concept's edit suite asks for: a kept concept is one that survived a background training never showed.
     A palette set in the config is kept as given."""
     from setseq.eval.edits import edit_backgrounds
-    from setseq.tools.bench import _run_config, load_suite
+    from setseq.tools.bench import _run_config
+    from setseq.tools.bench_score import load_suite
 
     for concept in load_suite():
         cfg = _run_config("setseq", concept, 0, "toy", [], tmp_path / "masks")
@@ -206,7 +207,8 @@ def test_grouping_never_counts_a_composited_colour_as_unseen(tmp_path):
     within the detector's tolerance of an edit's background counts as that background."""
     from setseq.data.synthetic import BG_COLOURS
     from setseq.eval.edits import EDIT_GROUPS, edit_group, group_edits
-    from setseq.tools.bench import _run_config, load_suite
+    from setseq.tools.bench import _run_config
+    from setseq.tools.bench_score import load_suite
     from setseq.tools.ceiling import composited_colours
 
     for concept in load_suite():
@@ -239,7 +241,8 @@ def test_grouping_never_counts_a_composited_colour_as_unseen(tmp_path):
 
 def test_nothing_is_seen_without_swaps(tmp_path):
     from setseq.eval.edits import group_edits
-    from setseq.tools.bench import _run_config, load_suite
+    from setseq.tools.bench import _run_config
+    from setseq.tools.bench_score import load_suite
     from setseq.tools.ceiling import composited_colours
 
     cyan = load_suite(names=["cyan_diamond_bounce"])[0]
