@@ -13,9 +13,10 @@ the maps from the DiT:
   (`Backbone.token_positions`: every sub-token of a word the tokenizer splits), cached per prompt;
 - the subject mask on the latent grid is averaged over each token's latent cells (the DiT's patch).
 
-Memory: the recomputed softmax keeps heads x N x L floats per layer and concept sample for the backward (N video
-tokens, L text tokens): nothing on the toy model (4 x 144 x 32), about 0.8 GB a layer on Wan at 81 frames of
-480x832 (12 x 32,760 x 512), which is why it is off by default on every recipe.
+Memory: the softmax is recomputed from the query and key (which the attention keeps anyway), one layer at a
+time, in the forward and again in the backward (activation checkpointing), so what stays is each layer's (n, N)
+map. The transient peak is heads x N x L floats per concept sample (N video tokens, L text tokens): nothing on the
+toy model (4 x 144 x 32), about 0.8 GB on Wan at 81 frames of 480x832 (12 x 32,760 x 512).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from setseq.backbones.base import Backbone, CrossAttention
 from setseq.config import RunConfig
@@ -116,7 +118,9 @@ class AttentionLoss:
                     f"set model.expert_routing=step, or {OFF_HINT}",
                 )
             q, k = qk
-            maps.append(concept_attention(q[:n], k[:n], int(self.site.layers[i].heads), positions))
+            heads = int(self.site.layers[i].heads)
+            # (recomputed in the backward: only the (n, N) map is kept, not the (n, heads, N, L) softmax)
+            maps.append(checkpoint(concept_attention, q[:n], k[:n], heads, positions, use_reentrant=False))
         if not maps:
             raise SetseqError("the attention loss saw no cross-attention layer run in the forward", OFF_HINT)
         pt, ph, pw = self.site.patch
