@@ -143,6 +143,14 @@ def test_mask_recipe(tmp_path, capsys):
 
     with_mask = resolve_config(None, {"data": {"mask": "auto"}}, mask_defaults=True)
     assert (with_mask.stage1.background_swap, with_mask.stage2.background_swap) == (1.0, 0.25)
+    # a segmenter's mask is feathered against its halo, unless the edge is shaped by the user; a given mask is not
+    assert with_mask.data.mask_feather == 1.0 and "feathered by 1 px" in capsys.readouterr().err
+    eroded = resolve_config(None, {"data": {"mask": "auto"}}, ["data.mask_erode=2"], mask_defaults=True)
+    assert (eroded.data.mask_erode, eroded.data.mask_feather) == (2, 0.0)
+    sharp = resolve_config(None, {"data": {"mask": "auto"}}, ["data.mask_feather=0"], mask_defaults=True)
+    assert sharp.data.mask_feather == 0.0
+    assert resolve_config(None, {"data": {"mask": "m"}}, mask_defaults=True).data.mask_feather == 0.0
+    assert "feathered" not in capsys.readouterr().err
     own = resolve_config(None, {"data": {"mask": "m"}}, ["stage1.background_weight=0.1"], mask_defaults=True)
     assert (own.stage1.background_swap, own.stage2.background_swap, own.stage1.background_weight) == (
         0,

@@ -112,7 +112,8 @@ TrainMask = Annotated[
     Arg(
         "subject mask: a mask video or a folder of per-frame masks (white = subject), same frames and size "
         "as the video, or 'auto' to make one from --mask-prompt (setseq mask); with a mask the stages swap "
-        "backgrounds (stage1.background_swap=1, stage2.background_swap=0.25) unless a mask option is set",
+        "backgrounds (stage1.background_swap=1, stage2.background_swap=0.25) unless a mask option is set; "
+        "an auto mask's edge is feathered by 1 px (data.mask_feather)",
         None,
         key="data.mask",
         resume=True,

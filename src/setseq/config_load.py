@@ -179,15 +179,27 @@ def resolve_config(
 # supports (BENCHMARKS.md, "Edits" and "stage 2 swaps"): every stage-1 frame and a quarter of the stage-2
 # clips composited onto plain backgrounds.
 MASK_RECIPE = {"stage1": 1.0, "stage2": 0.25}
+# A segmenter's mask (`--mask auto`) carries a halo of the old scene: its edge is feathered by this many pixels
+# unless the config shapes it (`data.mask_erode` / `data.mask_feather`). In the toy world, feathering a halo by
+# 1 px won back most of the reproduced motion the halo cost, and eroding it did not (BENCHMARKS.md,
+# "Imperfect masks").
+AUTO_MASK_FEATHER = 1.0
 
 
 def mask_recipe(file_data: dict[str, Any], data: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     """`data` with the mask recipe filled in: a mask given and no stage's mask option set -> `MASK_RECIPE`'s
-    swaps; no mask, and the mask options set by the config file alone (a recipe such as toy-demo.yaml, on a
+    swaps; `--mask auto` and neither edge option set -> the edge feathered (`AUTO_MASK_FEATHER`); no mask, and the mask options set by the config file alone (a recipe such as toy-demo.yaml, on a
     user's own video) -> those options off, with a one-line note (an option given as a flag or override
     stays, and `check_mask` refuses it); the note is appended to `notes`."""
     stages = {n: dict(data.get(n) or {}) for n in MASK_RECIPE}
-    has_mask = bool((data.get("data") or {}).get("mask"))
+    given = dict(data.get("data") or {})
+    has_mask = bool(given.get("mask"))
+    if given.get("mask") == "auto" and not {"mask_erode", "mask_feather"} & set(given):
+        data = {**data, "data": {**given, "mask_feather": AUTO_MASK_FEATHER}}
+        notes.append(
+            f"note: --mask auto: the mask's edge is feathered by {AUTO_MASK_FEATHER:g} px against a segmenter's "
+            "halo (data.mask_feather; data.mask_feather=0 keeps it sharp)"
+        )
     if has_mask and not any(k in stages[n] for n in stages for k in MASK_OPTIONS_OFF):
         return {**data, **{n: {**stages[n], "background_swap": v} for n, v in MASK_RECIPE.items()}}
     if has_mask or (data.get("multi") or {}).get("concepts"):
