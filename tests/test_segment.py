@@ -157,6 +157,13 @@ def test_mask_recipe(tmp_path, capsys):
         0,
         0.1,
     )
+    # the attention loss adds to the swaps; the other mask options replace them
+    tied = resolve_config(None, {"data": {"mask": "m"}}, ["stage1.attention_loss=0.01"], mask_defaults=True)
+    assert (tied.stage1.background_swap, tied.stage2.background_swap, tied.stage1.attention_loss) == (
+        1,
+        0.25,
+        0.01,
+    )
     assert resolve_config(None, {}, mask_defaults=True).stage1.background_swap == 0.0
     toy = resolve_config(DEMO_CONFIG, {"data": {"video": "v.mp4"}}, mask_defaults=True)
     assert (toy.stage1.background_swap, toy.stage2.background_swap) == (0.0, 0.0)

@@ -1,8 +1,8 @@
 """The `setseq` command line: a parser built from the subcommands' typed functions, and dispatch.
 
-Each subcommand is one function of `setseq.commands` or, for the tools, `setseq.tool_commands` (`COMMANDS`); each of its parameters declares its flag
-once, in its type (`setseq.flags`), and `build_parser` turns the signatures into argparse parsers. `main`
-calls the function with the parsed values as keyword arguments.
+Each subcommand is one function of `setseq.commands` or, for the tools, `setseq.tool_commands` (`COMMANDS`);
+each of its parameters declares its flag once, in its type (`setseq.flags`), and `build_parser` turns the
+signatures into argparse parsers. `main` calls the function with the parsed values as keyword arguments.
 Nothing here imports torch: `setseq --help` is instant. `--help` shows each option's default (a train flag
 that sets a config key names the key and its default, read from `setseq.config_keys`); `setseq train --list-keys`
 lists every config key; a misspelt subcommand, flag or choice gets a "did you mean".

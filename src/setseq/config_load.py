@@ -188,7 +188,9 @@ AUTO_MASK_FEATHER = 1.0
 
 def mask_recipe(file_data: dict[str, Any], data: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     """`data` with the mask recipe filled in: a mask given and no stage's mask option set -> `MASK_RECIPE`'s
-    swaps; `--mask auto` and neither edge option set -> the edge feathered (`AUTO_MASK_FEATHER`); no mask, and the mask options set by the config file alone (a recipe such as toy-demo.yaml, on a
+    swaps (the attention loss adds to them; the other mask options replace them); `--mask auto` and neither
+    edge option set -> the edge feathered (`AUTO_MASK_FEATHER`); no mask, and the mask options set by the
+    config file alone (a recipe such as toy-demo.yaml, on a
     user's own video) -> those options off, with a one-line note (an option given as a flag or override
     stays, and `check_mask` refuses it); the note is appended to `notes`."""
     stages = {n: dict(data.get(n) or {}) for n in MASK_RECIPE}
@@ -200,7 +202,8 @@ def mask_recipe(file_data: dict[str, Any], data: dict[str, Any], notes: list[str
             f"note: --mask auto: the mask's edge is feathered by {AUTO_MASK_FEATHER:g} px against a segmenter's "
             "halo (data.mask_feather; data.mask_feather=0 keeps it sharp)"
         )
-    if has_mask and not any(k in stages[n] for n in stages for k in MASK_OPTIONS_OFF):
+    replacing = [k for k in MASK_OPTIONS_OFF if k != "attention_loss"]
+    if has_mask and not any(k in stages[n] for n in stages for k in replacing):
         return {**data, **{n: {**stages[n], "background_swap": v} for n, v in MASK_RECIPE.items()}}
     if has_mask or (data.get("multi") or {}).get("concepts"):
         return data

@@ -169,7 +169,8 @@ def sample_batch(
     stages; not the one-stage baselines on the clip): each sample shown on a swapped plain background with
     probability `stageN.background_swap` (drawn from `gen`, its text's background words swapped too), the loss
     weighted off the subject (`background_weight`), the base model's target there (`background_target`), and
-    the concept token's attention tied to the subject (`attention_loss`). An image-to-video DiT's clips carry their own first frame; single frames drop it."""
+    the concept token's attention tied to the subject (`attention_loss`). An image-to-video DiT's clips carry
+    their own first frame; single frames drop it."""
     views = [_view(c, f, None) for c, f in samples]
     lat, prompts = [v[0] for v in views], [v[1] for v in views]
     if subject_aware and sc.background_swap > 0:
@@ -179,8 +180,10 @@ def sample_batch(
                 lat[j], prompts[j] = _view(c, f, k)
                 if texts is not None:
                     texts[j] = swap_prompt(texts[j], c.swap_names[k])
-    weights = base = None
-    if subject_aware and (sc.background_weight < 1.0 or sc.background_target == "base"):
+    weights = base = subject = None
+    if subject_aware and (
+        sc.background_weight < 1.0 or sc.background_target == "base" or sc.attention_loss > 0
+    ):
         # (B, 1, f, h, w) the subject's share of each latent position
         subject = torch.cat([c.subject_clip if f is None else c.subject_set[f : f + 1] for c, f in samples])
         if sc.background_weight < 1.0:
@@ -190,11 +193,8 @@ def sample_batch(
     batch = Batch(
         stack_latents(lat), stack_prompts(prompts), texts=texts, element_weights=weights, subject=base
     )
-    if subject_aware and sc.attention_loss > 0 and texts is not None:
-        batch.attention_subject = torch.cat(
-            [c.subject_clip if f is None else c.subject_set[f : f + 1] for c, f in samples]
-        )
-        batch.attention_weight = sc.attention_loss
+    if subject is not None and sc.attention_loss > 0 and texts is not None:
+        batch.attention_subject, batch.attention_weight = subject, sc.attention_loss
     first, frame = samples[0]
     if frame is None and first.clip_image is not None:
         batch.image = stack_images([c.clip_image for c, _ in samples])
