@@ -241,3 +241,36 @@ def test_a_background_source_that_yields_nothing_is_refused(tmp_path):
         assert not (tmp_path / "bad").exists()
     with pytest.raises((ValueError, SetseqError), match="swap_textures"):
         _cfg(tmp_path, "data.swap_source=textures")  # no folder named
+
+
+def test_prior_backgrounds_are_the_composites_and_never_a_held_out_colour(tmp_path):
+    """Prior preservation asked on the composites' backgrounds (`regularizers.prior_backgrounds`): the bench's
+    config names only the palette it composites onto, for setseq and for a method without a mask, and the
+    prior videos the shipped toy model draws from those prompts show no held-out colour as background."""
+    from setseq.backbones.toy import load_toy
+    from setseq.config_load import resolve_config
+    from setseq.tools.demo import DEMO_CONFIG, with_concept_mask
+    from setseq.train.prior import prepare_prior, prior_prompts
+
+    prior = ["regularizers.prior_videos=4", "regularizers.prior_backgrounds=true"]
+    for method in ("setseq", "dreambooth"):
+        cfg = resolve_config(DEMO_CONFIG, None, [f"method={method}", "concept.class_word=diamond", *prior])
+        cfg = with_concept_mask(cfg, NAME, tmp_path)
+        assert prior_prompts(cfg) == [f"a diamond on a {c} background." for c in PALETTE], method
+    bb = load_toy("toy")
+    data = prepare_prior(cfg, bb, 9, 32, 32, tmp_path, log=lambda s: None, progress=False)
+    assert data is not None and len(data) == 4
+    for i in range(len(data)):
+        with torch.no_grad():
+            video = bb.decode_latents(data.clip_latents[i : i + 1])[0]  # (F, 3, H, W) in [-1, 1]
+        frames = ((video.permute(0, 2, 3, 1).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+        colour, _ = detect_background(frames)
+        assert colour == PALETTE[i] and colour not in HELD_OUT, (i, colour)
+
+
+def test_prior_backgrounds_without_prior_videos_is_refused_in_one_line():
+    from setseq.config_load import resolve_config
+
+    with pytest.raises(SetseqError, match="set regularizers.prior_videos too") as e:
+        resolve_config(None, None, ["regularizers.prior_backgrounds=true"])
+    assert "\n" not in str(e.value).strip()

@@ -357,6 +357,11 @@ class RegularizerConfig:
     prior_weight: float = 1.0  # loss weight of the prior videos
     prior_prompts: list[str] | None = None  # the prior videos' prompts; None: from class_word and action
     prior_steps: int | None = None  # sampler steps for the prior videos; None: the backbone's default
+    # Each prior prompt is also asked on every background of `data.swap_backgrounds` (its first sentence gets
+    # "on a {colour} background", the composites' wording), so the prior shows the class on the scenes the
+    # concept is composited onto, and only there (issue #29's "prior preservation with prompts whose
+    # backgrounds vary").
+    prior_backgrounds: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.token_mask < 1.0:
@@ -375,6 +380,11 @@ class RegularizerConfig:
             raise ValueError("regularizers.prior_prompts must be a non-empty list of prompts")
         if self.prior_steps is not None and self.prior_steps < 1:
             raise ValueError(f"regularizers.prior_steps must be >= 1, got {self.prior_steps}")
+        if self.prior_backgrounds and not self.prior_videos:
+            raise ValueError(
+                "regularizers.prior_backgrounds names backgrounds in the prior videos' prompts, "
+                "but prior preservation is off: set regularizers.prior_videos too (8, say)"
+            )
 
 
 CONCEPT_KEYS = ("video", "token", "motion_token", "class_word", "action", "camera", "static_prompt")

@@ -108,10 +108,15 @@ def with_concept_mask(cfg, name: str, folder: Path):
     """`cfg` with the concept's mask (`concept_mask`) when its method's stages use one, else `cfg` itself.
     Background swaps then composite onto the default plain colours *other than* those the concept's edit
     suite asks for (`setseq.eval.edits.edit_backgrounds`), so the edits are scored on backgrounds training
-    never showed; a `data.swap_backgrounds` set in the config is kept as given."""
-    if not uses_mask(effective_config(cfg)):
+    never showed; a `data.swap_backgrounds` set in the config is kept as given. The prior's backgrounds
+    (`regularizers.prior_backgrounds`) are those colours too, with a mask or without."""
+    eff = effective_config(cfg)
+    if uses_mask(eff):
+        data = dataclasses.replace(cfg.data, mask=str(concept_mask(name, folder)))
+    elif eff.regularizers.prior_backgrounds and eff.regularizers.prior_videos:
+        data = cfg.data
+    else:
         return cfg
-    data = dataclasses.replace(cfg.data, mask=str(concept_mask(name, folder)))
     if list(cfg.data.swap_backgrounds) == list(DataConfig().swap_backgrounds):
         held_out = set(edit_backgrounds(CONCEPTS[name]))
         data = dataclasses.replace(

@@ -38,7 +38,13 @@ def effective_config(cfg):
             cfg,
             stage1=rep(cfg.stage1, dropconnect=0.0, **plain),
             stage2=rep(cfg.stage2, dropconnect=0.0, **plain),
-            regularizers=rep(cfg.regularizers, token_mask=0.0, self_conditioning=0.0, prior_videos=0),
+            regularizers=rep(
+                cfg.regularizers,
+                token_mask=0.0,
+                self_conditioning=0.0,
+                prior_videos=0,
+                prior_backgrounds=False,
+            ),
         )
     # one-stage baselines: the whole step budget in stage 1, no stage 2
     out = rep(

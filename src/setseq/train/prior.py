@@ -24,14 +24,25 @@ from setseq.train.distributed import Processes
 
 
 def prior_prompts(cfg: RunConfig) -> list[str]:
-    """The class prompts: configured, or "a {class}." plus "the {class} is {action}." when there is one."""
+    """The class prompts: configured, or "a {class}." plus "the {class} is {action}." when there is one.
+
+    With `regularizers.prior_backgrounds`, each of them on every colour of `data.swap_backgrounds` in turn
+    ("a diamond on a gray background.", ...): the backgrounds the composites may use, never a colour the
+    bench or the demo left out of them."""
     rc, cc = cfg.regularizers, cfg.concept
     if rc.prior_prompts:
-        return list(rc.prior_prompts)
-    text = f"a {cc.class_word}."
-    if cc.action:
-        text += f" the {cc.class_word} is {cc.action}."
-    return [text]
+        texts = list(rc.prior_prompts)
+    else:
+        texts = [f"a {cc.class_word}." + (f" the {cc.class_word} is {cc.action}." if cc.action else "")]
+    if not rc.prior_backgrounds:
+        return texts
+    return [on_background(t, c) for c in cfg.data.swap_backgrounds for t in texts]
+
+
+def on_background(text: str, colour: str) -> str:
+    """`text` with "on a {colour} background" ending its first sentence."""
+    head, dot, rest = text.strip().partition(".")
+    return f"{head.rstrip()} on a {colour} background{dot or '.'}{rest}"
 
 
 class PriorData:
