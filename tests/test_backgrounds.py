@@ -48,7 +48,7 @@ def test_counts_as_reads_colours_as_the_detector_does():
     assert not counts_as(far) & {"green", "yellow", "white"}
 
 
-@pytest.mark.parametrize("source", [s for s in SWAP_SOURCES if s not in ("named", "textures")])
+@pytest.mark.parametrize("source", [s for s in SWAP_SOURCES if s not in ("named", "textures", "generated")])
 def test_drawn_backgrounds_never_show_a_held_out_colour(source):
     frames, mask = _video_and_mask()
     data = DataConfig(swap_backgrounds=PALETTE, swap_source=source, swap_count=12)
@@ -274,3 +274,53 @@ def test_prior_backgrounds_without_prior_videos_is_refused_in_one_line():
     with pytest.raises(SetseqError, match="set regularizers.prior_videos too") as e:
         resolve_config(None, None, ["regularizers.prior_backgrounds=true"])
     assert "\n" not in str(e.value).strip()
+
+
+def test_generated_scenes_are_the_base_models_and_count_as_every_colour_they_show(tmp_path):
+    """`data.swap_source=generated`: the base model's own videos from the scene prompts (the class on each
+    composite colour by default), kept as backgrounds only where no pixel counts as a left-out colour; on the
+    shipped toy model every scene it draws for cyan shows one (its sprite, or the codec's blended edges), so
+    the source alone is refused in one line."""
+    from setseq.backbones.toy import load_toy
+    from setseq.train.encode import SCENE_SEED, generated_scenes, scene_prompts
+
+    palette = f"data.swap_backgrounds=[{','.join(PALETTE)}]"
+    cfg = _cfg(tmp_path, "data.swap_source=generated", "data.swap_count=4", palette)
+    assert scene_prompts(cfg) == [f"a diamond on a {c} background" for c in PALETTE]
+    bb = load_toy("toy")
+    scenes = generated_scenes(cfg, bb, (9, 32, 32))
+    assert [v.shape for v in scenes] == [(9, 32, 32, 3)] * 4 and scenes[0].dtype == np.uint8
+    first = bb.generate(scene_prompts(cfg)[0], frames=9, height=32, width=32, seed=SCENE_SEED)
+    assert np.array_equal(
+        scenes[0], ((first + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    )
+    frames, mask = _video_and_mask()
+    gray = np.full((9, 32, 32, 3), SWAP_COLOURS["gray"], np.uint8)
+    got = swap_backgrounds(cfg.data, frames, mask, [*scenes, gray])
+    assert got and all(not counts_as(bg.image) & set(HELD_OUT) for bg in got)
+    assert sum(np.array_equal(bg.image, gray) for bg in got) == 1
+    assert all(counts_as(v) & set(HELD_OUT) for v in scenes)  # what the toy model draws
+    with pytest.raises(SetseqError, match="gives no background far from the subject") as e:
+        swap_backgrounds(cfg.data, frames, mask, scenes)
+    assert "\n" not in str(e.value).strip()
+
+
+def test_training_composites_onto_generated_scenes(tmp_path):
+    logs = []
+    cfg = _cfg(
+        tmp_path,
+        "stage1.steps=1",
+        "stage2.steps=1",
+        "stage1.background_swap=1.0",
+        "stage2.background_swap=1.0",
+        "data.swap_source=generated",
+        "data.swap_count=3",
+        "data.swap_backgrounds=[white,gray,green,yellow,blue,purple,black,red]",  # every colour allowed
+        "data.swap_prompts=[a star on a black background,a square on a red background]",
+    )
+    run = train(cfg, tmp_path / "run", progress=False, log=logs.append)
+    assert (run / "setseq.safetensors").is_file()
+    assert any("the model drew 3 scenes from ['a star on a black background'" in m for m in logs), logs
+    assert any("generated backgrounds:" in m for m in logs), logs
+    with pytest.raises(SetseqError, match="data.swap_prompts .* goes with data.swap_source=generated"):
+        _cfg(tmp_path, "data.swap_prompts=[a beach]")

@@ -142,10 +142,14 @@ class DataConfig:
     )
     # Where the composite backgrounds come from (`setseq.data.masks.SWAP_SOURCES`): named (the plain colours of
     # swap_backgrounds), random (plain colours), gradient (two colours blended), noise (a smooth colour
-    # texture), each drawn `swap_count` times, seeded; or textures (the images of the folder `swap_textures`).
+    # texture), each drawn `swap_count` times, seeded; textures (the images of the folder `swap_textures`); or
+    # generated (`swap_count` videos the base model draws from `swap_prompts`, cached with the concept).
     swap_source: str = "named"
     swap_count: int = 8
     swap_textures: str | None = None
+    # The generated scenes' prompts (cycled); None: the class on each colour of swap_backgrounds ("a person on
+    # a gray background"), the prior's videos used as backgrounds.
+    swap_prompts: list[str] | None = None
     # Whether a composited sample's prompt names its background ("... on a {colour} background").
     swap_named: bool = True
 
@@ -179,6 +183,15 @@ class DataConfig:
             raise ValueError(
                 "data.swap_textures (a folder of background images) goes with data.swap_source=textures, "
                 f"got swap_source={self.swap_source!r}, swap_textures={self.swap_textures!r}"
+            )
+        if self.swap_prompts is not None and (
+            self.swap_source != "generated"
+            or not self.swap_prompts
+            or not all(isinstance(t, str) and t.strip() for t in self.swap_prompts)
+        ):
+            raise ValueError(
+                "data.swap_prompts (a non-empty list of scene prompts) goes with data.swap_source=generated, "
+                f"got swap_source={self.swap_source!r}, swap_prompts={self.swap_prompts!r}"
             )
         if self.frames is not None and self.frames < 1:
             raise ValueError(f"data.frames must be >= 1, got {self.frames}")

@@ -263,8 +263,9 @@ def composite_over(frames: np.ndarray, mask: np.ndarray, background: np.ndarray)
 
 # -- background sources (`data.swap_source`) ---------------------------------------------------------------
 
-#: Where composite backgrounds come from: the named plain colours, drawn ones, or a folder of images.
-SWAP_SOURCES = ("named", "random", "gradient", "noise", "textures")
+#: Where composite backgrounds come from: the named plain colours, drawn ones, a folder of images, or videos
+#: the base model generates (`setseq.train.encode.generated_scenes`).
+SWAP_SOURCES = ("named", "random", "gradient", "noise", "textures", "generated")
 _SWAP_SEED = 20261207  # the drawn backgrounds are the same for every run of a config (they are cached)
 _TRIES = 400  # draws per wanted background before the source counts as yielding nothing
 _NOISE_AMPLITUDE = 48.0  # smooth noise: +- this much per channel around a drawn colour
@@ -273,7 +274,8 @@ _NOISE_CELLS = 4  # ... varying over a 4x4 grid, bilinearly upsampled
 
 @dataclass(frozen=True)
 class Background:
-    """One composite background: its pixels (H, W, 3) uint8 and the colour name its prompt uses."""
+    """One composite background: its pixels, an image (H, W, 3) or a video (F, H, W, 3) uint8, and the colour
+    name its prompt uses."""
 
     image: np.ndarray
     name: str
@@ -375,7 +377,7 @@ def check_swap_source(data) -> None:
     """One-line refusal of a background source that yields nothing, before anything is written: a texture
     folder that is missing, holds no readable image, or none without a left-out colour; a drawn source
     whose every draw shows a left-out colour."""
-    if data.swap_source == "named":
+    if data.swap_source in ("named", "generated"):  # (generated: checked once its scenes are drawn)
         return
     banned = set(SWAP_COLOURS) - set(data.swap_backgrounds)
     if data.swap_source == "textures":
@@ -406,10 +408,13 @@ def check_swap_source(data) -> None:
         )
 
 
-def swap_backgrounds(data, frames: np.ndarray, mask: np.ndarray) -> list[Background]:
+def swap_backgrounds(
+    data, frames: np.ndarray, mask: np.ndarray, scenes: list[np.ndarray] | None = None
+) -> list[Background]:
     """The composite backgrounds of `data` (a `DataConfig`) for a video `frames` (F, H, W, 3) and its subject
     `mask`: the named plain colours, or `data.swap_count` drawn (seeded, so every run of a config gets the
-    same), or the texture folder's images; none shows a colour `data.swap_backgrounds` leaves out or comes
+    same), or the texture folder's images, or the base model's `scenes` (videos (F, H, W, 3) uint8, for the
+    `generated` source); none shows a colour `data.swap_backgrounds` leaves out or comes
     near the subject's colour. Each is named by its colour (`counts_as`'s vote) unless `data.swap_named` is
     off (name ""). Refused in one line when nothing is left."""
     size = frames.shape[1:3]
@@ -426,6 +431,10 @@ def swap_backgrounds(data, frames: np.ndarray, mask: np.ndarray) -> list[Backgro
         images = [
             im for im in _texture_images(Path(data.swap_textures), size) if _allowed(im, banned, subject)
         ]
+    elif data.swap_source == "generated":
+        if scenes is None:
+            raise ValueError("the generated source needs the base model's scenes")
+        images = [v for v in scenes if _allowed(v, banned, subject)]
     else:
         rng = np.random.default_rng(_SWAP_SEED)
         images = []

@@ -237,7 +237,42 @@ def _mask_key(cfg: RunConfig) -> dict[str, Any]:
             key["swap_count"] = d.swap_count
         if d.swap_source == "textures":
             key["swap_textures_sha256"] = mask_sha256(d.swap_textures)
+        if d.swap_source == "generated":
+            key |= {"swap_count": d.swap_count, "swap_prompts": scene_prompts(cfg)}
     return key
+
+
+def scene_prompts(cfg: RunConfig) -> list[str]:
+    """The prompts of the `generated` source's scenes: `data.swap_prompts`, or the class on each colour of
+    `data.swap_backgrounds` ("a diamond on a gray background")."""
+    d = cfg.data
+    return list(
+        d.swap_prompts or [f"a {cfg.concept.class_word} on a {c} background" for c in d.swap_backgrounds]
+    )
+
+
+def generated_scenes(cfg: RunConfig, bb: Backbone, shape: tuple[int, int, int]) -> list:
+    """`data.swap_count` videos (F, H, W, 3) uint8 of `shape` = (frames, height, width) that the model draws
+    from `scene_prompts` (cycled, each its own seed) with its sampler's defaults. Called while encoding, before
+    any Set-and-Sequence layer is attached: the base model's own scenes."""
+    if bb.info.image == "required":
+        raise SetseqError(
+            f"data.swap_source=generated draws scenes from text, and the {bb.info.name} backbone needs a "
+            "first frame for every video",
+            "use data.swap_source=textures with images of the scenes",
+        )
+    prompts, (frames, h, w) = scene_prompts(cfg), shape
+    out = []
+    for i in range(cfg.data.swap_count):
+        with torch.no_grad():
+            video = bb.generate(
+                prompts[i % len(prompts)], frames=frames, height=h, width=w, seed=SCENE_SEED + i
+            )
+        out.append(((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    return out
+
+
+SCENE_SEED = 20261208  # the generated scenes' first sampling seed
 
 
 def _swap_pool(cfg: RunConfig) -> list[str]:
@@ -257,7 +292,11 @@ def _encode_subject(
     enc.subject_set, enc.subject_clip = latent_weights(mask, enc.set_latents.shape, enc.clip_latents.shape)
     if not (cfg.stage1.background_swap > 0 or cfg.stage2.background_swap > 0):
         return
-    backgrounds = swap_backgrounds(cfg.data, frames, mask)
+    scenes = None
+    if cfg.data.swap_source == "generated":
+        scenes = generated_scenes(cfg, bb, frames.shape[:3])
+        log(f"subject mask: the model drew {len(scenes)} scenes from {scene_prompts(cfg)}")
+    backgrounds = swap_backgrounds(cfg.data, frames, mask, scenes)
     if not backgrounds:
         raise SetseqError(
             "every colour of data.swap_backgrounds is too close to the subject's own to keep it visible",
