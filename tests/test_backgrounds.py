@@ -32,6 +32,12 @@ PALETTE = [c for c in DataConfig().swap_backgrounds if c not in HELD_OUT]  # wha
 
 
 _cfg = cyan_demo_config
+ONE_STEP_SWAPS = (
+    "stage1.steps=1",
+    "stage2.steps=1",
+    "stage1.background_swap=1.0",
+    "stage2.background_swap=1.0",
+)
 
 
 def _video_and_mask():
@@ -182,10 +188,7 @@ def test_training_runs_each_source_and_the_base_target(tmp_path, monkeypatch):
     logs = []
     cfg = _cfg(
         tmp_path,
-        "stage1.steps=1",
-        "stage2.steps=1",
-        "stage1.background_swap=1.0",
-        "stage2.background_swap=1.0",
+        *ONE_STEP_SWAPS,
         "stage1.background_target=base",
         "stage2.background_target=base",
         "data.swap_source=noise",
@@ -309,10 +312,7 @@ def test_training_composites_onto_generated_scenes(tmp_path):
     logs = []
     cfg = _cfg(
         tmp_path,
-        "stage1.steps=1",
-        "stage2.steps=1",
-        "stage1.background_swap=1.0",
-        "stage2.background_swap=1.0",
+        *ONE_STEP_SWAPS,
         "data.swap_source=generated",
         "data.swap_count=3",
         "data.swap_backgrounds=[white,gray,green,yellow,blue,purple,black,red]",  # every colour allowed
