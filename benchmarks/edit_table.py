@@ -6,7 +6,7 @@
         "setseq swap0.5=/work/b22/swap1b" "dreambooth=/work/b22/db" --save benchmarks/edits_toy_default.json
     python benchmarks/edit_table.py benchmarks/edits_toy_default.json      # the saved record again
     python benchmarks/edit_table.py benchmarks/edits_toy_default.json --ceiling-cache src/setseq/assets/toy/base_ceiling.json \
-        [--seed 0]
+        [--seed 0] [--concepts cyan_diamond_bounce,pink_cross_zigzag]
 
 Reads every finished run's `row.json` (so a bench still running contributes what it has finished), and prints,
 over the (concept, seed) pairs each method has: the reproduction and edit columns (mean), the per-kind shares
@@ -142,9 +142,12 @@ def main(args: list[str]) -> None:
     save, args = _option(args, "--save")
     ceiling_cache, args = _option(args, "--ceiling-cache")
     seed, args = _option(args, "--seed")
+    concepts, args = _option(args, "--concepts")
     rows = load(args)
     if seed is not None:  # one seed's runs only (e.g. those the ceiling cache has)
         rows = {k: r for k, r in rows.items() if k[2] == int(seed)}
+    if concepts is not None:  # those concepts only (e.g. the ones a stopped bench finished)
+        rows = {k: r for k, r in rows.items() if k[1] in concepts.split(",")}
     if save:
         Path(save).write_text(json.dumps({"rows": list(rows.values())}, indent=1) + "\n")
     add_groups(rows, CeilingCache(ceiling_cache) if ceiling_cache else None)
