@@ -324,3 +324,14 @@ def test_training_composites_onto_generated_scenes(tmp_path):
     assert any("generated backgrounds:" in m for m in logs), logs
     with pytest.raises(SetseqError, match="data.swap_prompts .* goes with data.swap_source=generated"):
         _cfg(tmp_path, "data.swap_prompts=[a beach]")
+    # scenes that all show a left-out colour: refused in one line, and no run folder is left behind
+    bad = _cfg(
+        tmp_path,
+        *ONE_STEP_SWAPS,
+        "data.swap_source=generated",
+        "data.swap_count=2",
+        f"data.swap_backgrounds=[{','.join(PALETTE)}]",
+    )
+    with pytest.raises(SetseqError, match="gives no background") as e:
+        train(bad, tmp_path / "bad", progress=False, log=lambda s: None)
+    assert "\n" not in str(e.value).strip() and not (tmp_path / "bad").exists()
