@@ -17,6 +17,11 @@ Memory: the softmax is recomputed from the query and key (which the attention ke
 time, in the forward and again in the backward (activation checkpointing), so what stays is each layer's (n, N)
 map. The transient peak is heads x N x L floats per concept sample (N video tokens, L text tokens): nothing on the
 toy model (4 x 144 x 32), about 0.8 GB on Wan at 81 frames of 480x832 (12 x 32,760 x 512).
+
+With gradient checkpointing (`train.gradient_checkpointing`: diffusers' non-reentrant checkpoint of each block)
+the hooks see the forward's query and key as they are, part of the graph; the backward through them recomputes
+the block as for the denoising loss (the hooks are gone by then), so the gradients are the same as without it.
+Each layer's query and key then stay until the backward.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ class AttentionLoss:
     @classmethod
     def for_run(cls, cfg: RunConfig, backbone: Backbone) -> AttentionLoss | None:
         """The run's attention loss, None when no stage has one; refused in one line where the DiT has no
-        separate cross-attention, the prompts lack the concept token, or gradient checkpointing is on."""
+        separate cross-attention or the prompts lack the concept token."""
         if not any(sc.attention_loss > 0 for sc in (cfg.stage1, cfg.stage2)):
             return None
         site = backbone.cross_attention()
@@ -54,12 +59,6 @@ class AttentionLoss:
                 f"stageN.attention_loss needs a DiT whose video tokens attend to the text in layers of their "
                 f"own (Wan, SkyReels V2, the toy model); the {backbone.info.name} DiT attends to both at once",
                 OFF_HINT,
-            )
-        if cfg.train.gradient_checkpointing:
-            raise SetseqError(
-                "stageN.attention_loss reads the attention of the forward, which gradient checkpointing "
-                "recomputes in the backward",
-                f"set train.gradient_checkpointing=false, or {OFF_HINT}",
             )
         loss = cls(backbone, site, cfg.concept.token)
         for text in (cfg.concept.t_static, cfg.concept.t_motion):
