@@ -15,7 +15,7 @@ from setseq import lora as L
 from setseq.config import DataConfig
 from setseq.data.masks import SWAP_COLOURS, SWAP_SOURCES, counts_as, swap_backgrounds
 from setseq.data.synthetic import BG_COLOURS, BG_SHADES, CONCEPTS, render_mask
-from setseq.data.video import load_clip
+from setseq.data.video import from_tensor, load_clip
 from setseq.errors import SetseqError
 from setseq.eval.edits import edit_backgrounds
 from setseq.eval.toy_detect import _MASK_THRESHOLD, detect_background
@@ -266,7 +266,7 @@ def test_prior_backgrounds_are_the_composites_and_never_a_held_out_colour(tmp_pa
     for i in range(len(data)):
         with torch.no_grad():
             video = bb.decode_latents(data.clip_latents[i : i + 1])[0]  # (F, 3, H, W) in [-1, 1]
-        frames = ((video.permute(0, 2, 3, 1).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+        frames = from_tensor(video)
         colour, _ = detect_background(frames)
         assert colour == PALETTE[i] and colour not in HELD_OUT, (i, colour)
 
@@ -294,9 +294,7 @@ def test_generated_scenes_are_the_base_models_and_count_as_every_colour_they_sho
     scenes = generated_scenes(cfg, bb, (9, 32, 32))
     assert [v.shape for v in scenes] == [(9, 32, 32, 3)] * 4 and scenes[0].dtype == np.uint8
     first = bb.generate(scene_prompts(cfg)[0], frames=9, height=32, width=32, seed=SCENE_SEED)
-    assert np.array_equal(
-        scenes[0], ((first + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    )
+    assert np.array_equal(scenes[0], from_tensor(first))
     frames, mask = _video_and_mask()
     gray = np.full((9, 32, 32, 3), SWAP_COLOURS["gray"], np.uint8)
     got = swap_backgrounds(cfg.data, frames, mask, [*scenes, gray])
@@ -305,6 +303,18 @@ def test_generated_scenes_are_the_base_models_and_count_as_every_colour_they_sho
     assert all(counts_as(v) & set(HELD_OUT) for v in scenes)  # what the toy model draws
     with pytest.raises(SetseqError, match="gives no background far from the subject") as e:
         swap_backgrounds(cfg.data, frames, mask, scenes)
+    assert "\n" not in str(e.value).strip()
+
+
+def test_generated_scenes_are_refused_on_an_image_to_video_model(tmp_path):
+    import types
+
+    from setseq.train.encode import generated_scenes
+
+    cfg = _cfg(tmp_path, "data.swap_source=generated")
+    i2v = types.SimpleNamespace(info=types.SimpleNamespace(image="required", name="wan-i2v"))
+    with pytest.raises(SetseqError, match="the wan-i2v backbone needs a first frame") as e:
+        generated_scenes(cfg, i2v, (9, 32, 32))
     assert "\n" not in str(e.value).strip()
 
 

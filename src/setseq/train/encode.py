@@ -35,7 +35,7 @@ from setseq.data.masks import (
     swap_backgrounds,
     swap_prompt,
 )
-from setseq.data.video import load_clip, to_tensor
+from setseq.data.video import from_tensor, load_clip, to_tensor
 from setseq.errors import SetseqError
 
 
@@ -268,7 +268,7 @@ def generated_scenes(cfg: RunConfig, bb: Backbone, shape: tuple[int, int, int]) 
             video = bb.generate(
                 prompts[i % len(prompts)], frames=frames, height=h, width=w, seed=SCENE_SEED + i
             )
-        out.append(((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+        out.append(from_tensor(video))
     return out
 
 
